@@ -1,0 +1,1 @@
+//! The Locus operator: reconciles `StatefulService` resources (`locus.dev/v1alpha1`).
