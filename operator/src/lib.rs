@@ -1,1 +1,3 @@
 //! The Locus operator: reconciles `StatefulService` resources (`locus.dev/v1alpha1`).
+
+pub mod crd;

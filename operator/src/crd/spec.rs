@@ -1,0 +1,304 @@
+//! The desired state a user writes: [`StatefulServiceSpec`], and the root type
+//! [`StatefulService`] the `CustomResource` derive generates around it.
+//!
+//! Doc comments on fields are the text `kubectl explain statefulservice.spec` shows.
+
+// Doc comments of these types become the schema's descriptions, which users read through
+// `kubectl explain`: field names there are written as users type them, without backticks.
+#![allow(clippy::doc_markdown)]
+
+use std::time::Duration as StdDuration;
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use kube::core::Duration;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::rules;
+use super::status::StatefulServiceStatus;
+
+/// A sticky stateful service: pods that each own a share of the session key space, and the
+/// ring that tells routers which pod owns which key.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "every printcolumn repeats keys such as type_ = \"integer\"; they are separate columns"
+)]
+#[kube(
+    group = "locus.dev",
+    version = "v1alpha1",
+    kind = "StatefulService",
+    plural = "statefulservices",
+    shortname = "stsvc",
+    category = "locus",
+    namespaced,
+    status = "StatefulServiceStatus",
+    derive = "PartialEq",
+    doc = "StatefulService runs a sticky stateful service: each session's state lives in the memory of one pod, every request for the session is routed to that pod, and the state moves with ownership when pods come and go.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    )
+)]
+#[kube(printcolumn(
+    name = "Replicas",
+    type_ = "integer",
+    json_path = ".spec.replicas",
+    description = "Desired number of slots"
+))]
+#[kube(printcolumn(
+    name = "Ready",
+    type_ = "integer",
+    json_path = ".status.readyReplicas",
+    description = "Slots whose pod is Ready"
+))]
+#[kube(printcolumn(
+    name = "Ring",
+    type_ = "integer",
+    json_path = ".status.ringVersion",
+    description = "Version of the last published ring"
+))]
+#[kube(printcolumn(
+    name = "Phase",
+    type_ = "string",
+    json_path = ".status.phase",
+    description = "Stable, or the step of the transition in progress"
+))]
+#[kube(printcolumn(
+    name = "Shards",
+    type_ = "integer",
+    json_path = ".spec.shards",
+    description = "Number of shards of the ring",
+    priority = 1
+))]
+#[kube(printcolumn(
+    name = "Active",
+    type_ = "integer",
+    json_path = ".status.activeReplicas",
+    description = "Slots that own shards in the current ring",
+    priority = 1
+))]
+#[kube(printcolumn(
+    name = "Age",
+    type_ = "date",
+    json_path = ".metadata.creationTimestamp"
+))]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new(rules::PORT_NAMES_CONTAINER_PORT)
+        .message(Message::Expression(rules::PORT_NAMES_CONTAINER_PORT_MESSAGE.into()))
+        .field_path(".port"),
+    validation = Rule::new(rules::REPLICAS_AT_MOST_SHARDS)
+        .message(rules::REPLICAS_AT_MOST_SHARDS_MESSAGE)
+        .field_path(".replicas"),
+)]
+pub struct StatefulServiceSpec {
+    /// Number of slots. Each slot is served by one pod at a time and owns an equal share of the
+    /// shards. Changing it (also through the scale subresource: kubectl scale, HPA) starts a
+    /// warm scale-up or scale-down transition. At most spec.shards.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+
+    /// Number of shards the 64-bit hash ring is cut into: a power of two, at most 65536. A key
+    /// belongs to shard H(key) >> (64 - log2(shards)). It may only grow (each doubling splits
+    /// every shard in two halves that keep their owner, so nothing moves); it can never shrink.
+    #[serde(default = "default_shards")]
+    #[schemars(range(min = 1, max = 65536))]
+    #[x_kube(
+        validation = Rule::new(rules::SHARDS_POWER_OF_TWO).message(rules::SHARDS_POWER_OF_TWO_MESSAGE),
+        validation = Rule::new(rules::SHARDS_ONLY_GROW).message(rules::SHARDS_ONLY_GROW_MESSAGE),
+    )]
+    pub shards: u32,
+
+    /// Template of the pods of every slot. The operator adds its own labels, the snapshot
+    /// volume and the environment the Locus SDK reads. The template may list at most 64
+    /// containers with at most 128 ports each.
+    #[schemars(schema_with = "crate::crd::schema::pod_template")]
+    pub template: PodTemplateSpec,
+
+    /// Name of the container port that serves session traffic (and the handoff endpoints). It
+    /// must name a port in spec.template.spec.containers[*].ports; routers send each request to
+    /// this port of the owner pod.
+    #[schemars(length(min = 1, max = 15), regex(pattern = rules::PORT_NAME_PATTERN))]
+    pub port: String,
+
+    /// Number of tokens per slot on the consistent-hashing circle that gives every shard its
+    /// order of preferred slots. More tokens spread shards more evenly when slots are added or
+    /// removed; 1 to 1024.
+    #[serde(default = "default_vnodes")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub vnodes: u32,
+
+    /// How pods are replaced when spec.template changes.
+    #[serde(default)]
+    pub update_strategy: UpdateStrategy,
+
+    /// Largest number of shards moved by one transition step; a larger change is split into
+    /// several steps so that warm-up load stays bounded. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_shard_moves_per_step: Option<u32>,
+
+    /// Deadlines of the transition steps. Each step rolls forward when its deadline passes (cold
+    /// loads instead of warm ones), so a stuck pod cannot wedge the service.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+
+    /// How long a slot's pod may stay unready before spec.onPodFailure applies, as a Go
+    /// duration (for example 10s).
+    #[serde(default = "default_unready_grace")]
+    #[schemars(transform = crate::crd::schema::positive_duration)]
+    pub unready_grace: Duration,
+
+    /// What happens to a slot whose pod stays unready longer than spec.unreadyGrace.
+    /// Reroute (default): its shards move to the other slots, which load their sessions cold.
+    /// Wait: the slot keeps its shards and requests for them get 503 until a replacement pod is
+    /// Ready.
+    #[serde(default)]
+    pub on_pod_failure: PodFailurePolicy,
+
+    /// In-place restart snapshots: before exiting on SIGTERM a pod writes its sessions to a
+    /// memory-backed emptyDir volume and restores them on start, so an image-only update keeps
+    /// the slot's pod, address and state. Unset: no snapshot volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotSpec>,
+}
+
+/// How pods are replaced when the pod template changes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateStrategy {
+    /// Surge (default): a new pod is started beside the old one, warms the whole slot, then
+    /// takes it over. InPlace: an image-only change restarts each pod in place and the pod
+    /// restores its sessions from its snapshot (needs spec.snapshot); any other change falls
+    /// back to Surge.
+    #[serde(rename = "type", default)]
+    pub type_: UpdateStrategyType,
+}
+
+/// Kind of pod replacement on a template change.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum UpdateStrategyType {
+    /// Start a surge pod, warm the whole slot on it, then hand the slot over.
+    #[default]
+    Surge,
+    /// Restart the pod in place, keeping its state through a memory-backed snapshot.
+    InPlace,
+}
+
+/// Deadlines of the transition steps, as Go durations (for example 30s or 1m30s).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Timeouts {
+    /// Longest wait in the Warm step for the pods that gain shards to report them pre-copied;
+    /// then the ring switches anyway.
+    #[serde(default = "default_warm_timeout")]
+    #[schemars(transform = crate::crd::schema::positive_duration)]
+    pub warm: Duration,
+
+    /// Longest wait in the Settle step for the pods that lost shards to report them drained
+    /// (handed over to the new owners); then the old pods are retired anyway.
+    #[serde(default = "default_drain_timeout")]
+    #[schemars(transform = crate::crd::schema::positive_duration)]
+    pub drain: Duration,
+
+    /// Longest wait after the Switch for every member to report that it observed the new ring;
+    /// then the transition is settled anyway.
+    #[serde(default = "default_settle_timeout")]
+    #[schemars(transform = crate::crd::schema::positive_duration)]
+    pub settle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            warm: default_warm_timeout(),
+            drain: default_drain_timeout(),
+            settle: default_settle_timeout(),
+        }
+    }
+}
+
+/// Policy for a slot whose pod stays unready past the grace period.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum PodFailurePolicy {
+    /// Move the slot's shards to other slots, which load the sessions cold.
+    #[default]
+    Reroute,
+    /// Keep the slot (static membership) and answer 503 until a replacement pod is Ready.
+    Wait,
+}
+
+/// The memory-backed snapshot volume used by in-place restarts.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotSpec {
+    /// Size limit of the memory-backed emptyDir that holds the snapshot, as a Kubernetes
+    /// quantity (for example 256Mi). It counts against the pod's memory limit.
+    #[serde(default = "default_snapshot_size_limit")]
+    #[schemars(transform = crate::crd::schema::positive_quantity)]
+    pub size_limit: String,
+}
+
+impl Default for SnapshotSpec {
+    fn default() -> Self {
+        Self {
+            size_limit: default_snapshot_size_limit(),
+        }
+    }
+}
+
+/// Default of `spec.replicas`.
+pub const DEFAULT_REPLICAS: i32 = 1;
+/// Default of `spec.shards`.
+pub const DEFAULT_SHARDS: u32 = 4096;
+/// Default of `spec.vnodes`.
+pub const DEFAULT_VNODES: u32 = 128;
+/// Default of `spec.timeouts.warm`.
+pub const DEFAULT_WARM_TIMEOUT: StdDuration = StdDuration::from_secs(30);
+/// Default of `spec.timeouts.drain`.
+pub const DEFAULT_DRAIN_TIMEOUT: StdDuration = StdDuration::from_secs(30);
+/// Default of `spec.timeouts.settle`.
+pub const DEFAULT_SETTLE_TIMEOUT: StdDuration = StdDuration::from_secs(60);
+/// Default of `spec.unreadyGrace`.
+pub const DEFAULT_UNREADY_GRACE: StdDuration = StdDuration::from_secs(10);
+/// Default of `spec.snapshot.sizeLimit`.
+pub const DEFAULT_SNAPSHOT_SIZE_LIMIT: &str = "256Mi";
+
+fn default_replicas() -> i32 {
+    DEFAULT_REPLICAS
+}
+
+fn default_shards() -> u32 {
+    DEFAULT_SHARDS
+}
+
+fn default_vnodes() -> u32 {
+    DEFAULT_VNODES
+}
+
+fn default_warm_timeout() -> Duration {
+    DEFAULT_WARM_TIMEOUT.into()
+}
+
+fn default_drain_timeout() -> Duration {
+    DEFAULT_DRAIN_TIMEOUT.into()
+}
+
+fn default_settle_timeout() -> Duration {
+    DEFAULT_SETTLE_TIMEOUT.into()
+}
+
+fn default_unready_grace() -> Duration {
+    DEFAULT_UNREADY_GRACE.into()
+}
+
+fn default_snapshot_size_limit() -> String {
+    DEFAULT_SNAPSHOT_SIZE_LIMIT.to_owned()
+}

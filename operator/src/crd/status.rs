@@ -1,0 +1,140 @@
+//! The observed state the operator reports: [`StatefulServiceStatus`].
+//!
+//! The operator writes status by server-side apply; conditions are a list-type map keyed by
+//! `type`, so each condition is merged on its own.
+
+// Doc comments of these types become the schema's descriptions, which users read through
+// `kubectl explain`: field names there are written as users type them, without backticks.
+#![allow(clippy::doc_markdown)]
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+/// Condition type: the service serves every shard from a Ready pod.
+pub const AVAILABLE: &str = "Available";
+/// Condition type: a transition (scale, rollout, reroute) is in progress.
+pub const PROGRESSING: &str = "Progressing";
+/// Condition type: something needs attention (a slot without a Ready pod, a step that timed out).
+pub const DEGRADED: &str = "Degraded";
+
+/// Observed state of a `StatefulService`, written by the operator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StatefulServiceStatus {
+    /// The metadata.generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Number of slots that have a pod (the scale subresource reads it).
+    #[serde(default)]
+    pub replicas: i32,
+
+    /// Number of slots whose pod is Ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+
+    /// Number of slots that own shards in the current ring.
+    #[serde(default)]
+    pub active_replicas: i32,
+
+    /// Version of the last ring published in the ConfigMap `<name>-ring`; every publish adds 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_version: Option<u64>,
+
+    /// Stable when no transition is in progress; otherwise the step in progress: Warm, Switch or
+    /// Settle.
+    #[serde(default)]
+    pub phase: Phase,
+
+    /// Latest observations of the service's state: Available, Progressing, Degraded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+
+    /// Label selector of the service's pods, in the string form of kubectl's --selector (the
+    /// scale subresource and the HorizontalPodAutoscaler read it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+
+    /// Revision (hash) of the pod template that the current pods were created from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_revision: Option<String>,
+
+    /// Revision (hash) of spec.template; differs from currentRevision while a rollout is in
+    /// progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_revision: Option<String>,
+
+    /// The most recent transition: the one in progress, or the last one finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition: Option<TransitionRecord>,
+}
+
+/// Step of the ring's life cycle.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum Phase {
+    /// No transition in progress: the ring has no target and no previous assignment.
+    #[default]
+    Stable,
+    /// A target assignment is published beside the current one; gaining pods pre-copy sessions.
+    Warm,
+    /// The target became current; losing pods hand over and drain the keys they lost.
+    Switch,
+    /// Waiting for every member to observe the new ring and every losing pod to drain.
+    Settle,
+}
+
+/// What started a transition.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransitionKind {
+    /// Slots were added.
+    ScaleUp,
+    /// Slots were removed.
+    ScaleDown,
+    /// Pods were replaced by surge pods after a template change.
+    Rollout,
+    /// Pods were restarted in place, keeping state through their snapshot.
+    InPlace,
+    /// A failed slot's shards moved to the other slots.
+    Reroute,
+    /// The shard count grew; shards were split in place and none moved.
+    Reshard,
+}
+
+/// Summary of one transition, for `kubectl describe` and dashboards.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TransitionRecord {
+    /// What started the transition: ScaleUp, ScaleDown, Rollout, InPlace, Reroute or Reshard.
+    pub kind: TransitionKind,
+
+    /// Ring version the transition started from.
+    pub from_version: u64,
+
+    /// Ring version of the last step published so far (the final one once finished).
+    pub to_version: u64,
+
+    /// Number of shards whose owner changed.
+    #[serde(default)]
+    pub shards_moved: u32,
+
+    /// When the first step was published.
+    pub started_at: Time,
+
+    /// When the ring became stable again; unset while the transition is in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+
+    /// Seconds from startedAt to finishedAt; unset while the transition is in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<f64>,
+
+    /// Percentage (0 to 100) of moved sessions that were warm on their new owner when it first
+    /// served them; the rest were loaded cold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub warm_hit_percent: Option<f64>,
+}
