@@ -38,15 +38,24 @@ pub const REPLICAS_AT_MOST_SHARDS: &str = "self.replicas <= self.shards";
 pub const REPLICAS_AT_MOST_SHARDS_MESSAGE: &str =
     "spec.replicas must not exceed spec.shards: every slot needs at least one shard";
 
-/// Every duration field (`spec.timeouts.*`, `spec.unreadyGrace`): strictly positive.
-pub const DURATION_POSITIVE: &str = "duration(self) > duration('0s')";
+/// Every duration field (`spec.timeouts.*`, `spec.unreadyGrace`): strictly positive. A value
+/// that does not match [`DURATION_PATTERN`] is left to the pattern's own error, so that `thirty`
+/// gets one clear message instead of a CEL conversion error as well.
+pub const DURATION_POSITIVE: &str = "!self.matches('^([0-9]+([.][0-9]+)?(ns|us|µs|ms|s|m|h))+$') || duration(self) > duration('0s')";
 /// Message of [`DURATION_POSITIVE`].
 pub const DURATION_POSITIVE_MESSAGE: &str =
     "must be a positive duration such as 500ms, 30s, 1m30s or 2h";
 /// `OpenAPI` pattern of every duration field: Go `time.ParseDuration` syntax without a sign.
-pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
+pub const DURATION_PATTERN: &str = "^([0-9]+([.][0-9]+)?(ns|us|µs|ms|s|m|h))+$";
 /// Longest accepted duration string (bounds the cost of [`DURATION_POSITIVE`]).
 pub const DURATION_MAX_LENGTH: u32 = 32;
+
+/// `spec` (reported on `spec.snapshot`): an in-place update keeps sessions across the restart
+/// only through the snapshot volume, so it requires one.
+pub const IN_PLACE_NEEDS_SNAPSHOT: &str =
+    "self.updateStrategy.type != 'InPlace' || has(self.snapshot)";
+/// Message of [`IN_PLACE_NEEDS_SNAPSHOT`].
+pub const IN_PLACE_NEEDS_SNAPSHOT_MESSAGE: &str = "spec.updateStrategy.type InPlace needs spec.snapshot (for example snapshot: {sizeLimit: 256Mi}): the snapshot volume is what keeps the sessions across the restart";
 
 /// `spec.snapshot.sizeLimit`: a strictly positive Kubernetes quantity.
 pub const QUANTITY_POSITIVE: &str =

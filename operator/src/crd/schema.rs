@@ -88,6 +88,59 @@ fn drop_descriptions(schema: &mut Value) {
     }
 }
 
+/// Adjusts a whole generated schema for the API server and `kubectl explain`, applied to the
+/// spec and status types:
+///
+/// - descriptions come from doc comments wrapped at 100 columns; lines within a paragraph are
+///   joined so that `kubectl explain` can wrap them itself;
+/// - the API server warns about the `uint32` and `uint64` formats schemars gives unsigned
+///   integers; the format is dropped (the `minimum: 0` beside it stays).
+pub(crate) fn for_kubernetes(schema: &mut Schema) {
+    if let Some(object) = schema.as_object_mut() {
+        for value in object.values_mut() {
+            adjust(value);
+        }
+        adjust_node(object);
+    }
+}
+
+fn adjust(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            for inner in object.values_mut() {
+                adjust(inner);
+            }
+            adjust_node(object);
+        }
+        Value::Array(items) => items.iter_mut().for_each(adjust),
+        _ => {}
+    }
+}
+
+/// Adjusts one schema node (its children are done by the caller).
+fn adjust_node(node: &mut serde_json::Map<String, Value>) {
+    if let Some(Value::String(description)) = node.get_mut("description") {
+        *description = unwrap_lines(description);
+    }
+    if matches!(node.get("format"), Some(Value::String(f)) if f == "uint32" || f == "uint64") {
+        node.remove("format");
+    }
+}
+
+/// Joins the lines of each paragraph with a space; paragraphs stay separated by a blank line.
+fn unwrap_lines(text: &str) -> String {
+    text.split("\n\n")
+        .map(|paragraph| {
+            paragraph
+                .lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
 /// Sets `key` on a JSON object; leaves any other value alone.
 fn set_key(value: &mut Value, key: &str, new: Value) {
     if let Value::Object(map) = value {
@@ -128,6 +181,43 @@ mod tests {
             .and_then(Value::as_array)
             .map(Vec::len);
         assert_eq!(rules, Some(2));
+    }
+
+    #[test]
+    fn unwrap_lines_joins_lines_but_keeps_paragraphs() {
+        assert_eq!(
+            unwrap_lines("one\ntwo\n  three\n\nfour\nfive"),
+            "one two three\n\nfour five"
+        );
+        assert_eq!(unwrap_lines("single line"), "single line");
+    }
+
+    #[test]
+    fn for_kubernetes_unwraps_descriptions_and_drops_unsigned_formats() {
+        let mut schema = schemars::json_schema!({
+            "description": "a\nb",
+            "type": "object",
+            "properties": {
+                "count": { "type": "integer", "format": "uint32", "minimum": 0, "description": "c\nd" },
+                "version": { "type": "integer", "format": "uint64", "minimum": 0 },
+                "generation": { "type": "integer", "format": "int64" },
+                "items": { "type": "array", "items": { "type": "string", "description": "e\nf" } },
+            },
+        });
+        for_kubernetes(&mut schema);
+        assert_eq!(
+            schema.as_value(),
+            &json!({
+                "description": "a b",
+                "type": "object",
+                "properties": {
+                    "count": { "type": "integer", "minimum": 0, "description": "c d" },
+                    "version": { "type": "integer", "minimum": 0 },
+                    "generation": { "type": "integer", "format": "int64" },
+                    "items": { "type": "array", "items": { "type": "string", "description": "e f" } },
+                },
+            })
+        );
     }
 
     #[test]

@@ -85,6 +85,7 @@ use super::status::StatefulServiceStatus;
     json_path = ".metadata.creationTimestamp"
 ))]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::crd::schema::for_kubernetes)]
 #[x_kube(
     validation = Rule::new(rules::PORT_NAMES_CONTAINER_PORT)
         .message(Message::Expression(rules::PORT_NAMES_CONTAINER_PORT_MESSAGE.into()))
@@ -92,6 +93,9 @@ use super::status::StatefulServiceStatus;
     validation = Rule::new(rules::REPLICAS_AT_MOST_SHARDS)
         .message(rules::REPLICAS_AT_MOST_SHARDS_MESSAGE)
         .field_path(".replicas"),
+    validation = Rule::new(rules::IN_PLACE_NEEDS_SNAPSHOT)
+        .message(rules::IN_PLACE_NEEDS_SNAPSHOT_MESSAGE)
+        .field_path(".updateStrategy.type"),
 )]
 pub struct StatefulServiceSpec {
     /// Number of slots. Each slot is served by one pod at a time and owns an equal share of the
@@ -153,7 +157,9 @@ pub struct StatefulServiceSpec {
     pub unready_grace: Duration,
 
     /// What happens to a slot whose pod stays unready longer than spec.unreadyGrace.
+    ///
     /// Reroute (default): its shards move to the other slots, which load their sessions cold.
+    ///
     /// Wait: the slot keeps its shards and requests for them get 503 until a replacement pod is
     /// Ready.
     #[serde(default)]
@@ -171,9 +177,10 @@ pub struct StatefulServiceSpec {
 #[serde(rename_all = "camelCase")]
 pub struct UpdateStrategy {
     /// Surge (default): a new pod is started beside the old one, warms the whole slot, then
-    /// takes it over. InPlace: an image-only change restarts each pod in place and the pod
-    /// restores its sessions from its snapshot (needs spec.snapshot); any other change falls
-    /// back to Surge.
+    /// takes it over.
+    ///
+    /// InPlace: an image-only change restarts each pod in place and the pod restores its
+    /// sessions from its snapshot (requires spec.snapshot); any other change falls back to Surge.
     #[serde(rename = "type", default)]
     pub type_: UpdateStrategyType,
 }

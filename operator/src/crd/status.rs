@@ -21,6 +21,7 @@ pub const DEGRADED: &str = "Degraded";
 /// Observed state of a `StatefulService`, written by the operator.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::crd::schema::for_kubernetes)]
 pub struct StatefulServiceStatus {
     /// The metadata.generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
