@@ -5,3 +5,5 @@
 //! shard of the key space); this crate reads that ring, routes every request of
 //! a session to its owner (client side) and checks ownership, keeps bounded
 //! session state and hands sessions over when ownership moves (server side).
+
+pub mod ring;
