@@ -4,3 +4,6 @@
 //! is a real control plane (etcd, kube-apiserver, kube-controller-manager,
 //! kube-scheduler built from the Kubernetes Go modules) plus a node agent of our
 //! own that runs each pod as local processes in the pod's own network namespace.
+
+pub mod cluster;
+pub mod wait;

@@ -1,4 +1,4 @@
-//! `locus-operator`: runs the StatefulService controller.
+//! `locus-operator`: runs the `StatefulService` controller.
 
 fn main() {
     eprintln!("locus-operator: the controller is not built yet");

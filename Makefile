@@ -1,0 +1,49 @@
+# Locus — the two commands a new machine needs are `make demo` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: all test demo bench cluster-tools build crds crds-check fmt-check clippy unit e2e kind-e2e clean-cluster
+
+all: build
+
+## cluster-tools: build (or find cached) the control-plane binaries of the local cluster
+cluster-tools:
+	@bash e2e/cluster/build.sh >/dev/null
+
+build:
+	$(CARGO) build --workspace --bins
+
+## crds: regenerate the CRD YAML from the Rust types
+crds:
+	$(CARGO) run -q -p locus-operator --bin crdgen > crds/statefulservices.locus.dev.yaml
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## test: everything CI runs — formatting, lints, unit, integration and end-to-end tests
+test: cluster-tools fmt-check clippy
+	@echo "[make test] cargo test (unit, in-process, real API server and end-to-end tests)"
+	$(CARGO) test --workspace --no-fail-fast
+
+## demo: start the local cluster (or use $KUBECONFIG's) and run the main job on it
+demo: cluster-tools
+	$(CARGO) build --workspace --bins
+	@bash e2e/demo.sh
+
+## bench: benchmarks whose figures go to docs/benchmarks.md
+bench:
+	$(CARGO) bench -p locus
+	$(CARGO) run --release -p locus --example ring_report -- --members 100 --vnodes 128 --keys 1000000
+	$(CARGO) run --release -p locus --example ring_report -- --members 1000 --vnodes 128 --keys 1000000
+
+## kind-e2e: for users with Docker — the same e2e suite against a kind cluster
+kind-e2e:
+	@bash e2e/kind.sh
+
+## clean-cluster: remove what a killed local cluster left behind (bridges, namespaces, processes)
+clean-cluster:
+	$(CARGO) run -q -p locus-e2e --bin locus-cluster -- clean
