@@ -18,6 +18,9 @@ use std::process::{Command, ExitCode, Stdio};
 use locus_e2e::cluster::local::progress;
 use locus_e2e::cluster::{ClusterError, LocalCluster, LocalClusterConfig, random_suffix};
 
+/// Workspace binaries the node can run as images `locus/<name>:dev` (binary `locus-<name>`).
+const WORKSPACE_IMAGES: &[&str] = &["test-server", "ring-probe", "operator", "sample", "loadgen"];
+
 const USAGE: &str = "usage: locus-cluster up [--run-dir DIR] [--image NAME=PATH]... [--no-node] [--json] [--lifeline]\n       locus-cluster build";
 
 struct Args {
@@ -155,10 +158,17 @@ async fn up(args: Args) -> ExitCode {
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("locus-cluster-{}", random_suffix())));
     let here = own_dir();
-    let mut images = vec![(
-        "locus/test-server:dev".to_owned(),
-        here.join("locus-test-server"),
-    )];
+    // Images of the workspace's own binaries: `locus/<name>:dev` runs `locus-<name>` from the
+    // directory this binary was built into.
+    let mut images: Vec<(String, PathBuf)> = WORKSPACE_IMAGES
+        .iter()
+        .map(|name| {
+            (
+                format!("locus/{name}:dev"),
+                here.join(format!("locus-{name}")),
+            )
+        })
+        .collect();
     images.extend(args.images.iter().cloned());
     let config = LocalClusterConfig {
         bin_dir,
