@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all test demo bench cluster-tools build crds crds-check fmt-check clippy unit e2e kind-e2e clean-cluster
+.PHONY: all test demo bench cluster-tools build crds chart-check fmt-check clippy kind-e2e clean-cluster
 
 all: build
 
@@ -18,6 +18,10 @@ build:
 crds:
 	$(CARGO) run -q -p locus-operator --bin crdgen > crds/statefulservices.locus.dev.yaml
 
+## chart-check: helm lint, rendering, CRD copy and committed rendering up to date
+chart-check:
+	@bash charts/check.sh
+
 fmt-check:
 	$(CARGO) fmt --all -- --check
 
@@ -25,7 +29,7 @@ clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## test: everything CI runs — formatting, lints, unit, integration and end-to-end tests
-test: cluster-tools fmt-check clippy
+test: cluster-tools fmt-check clippy chart-check
 	@echo "[make test] cargo test (unit, in-process, real API server and end-to-end tests)"
 	$(CARGO) test --workspace --no-fail-fast
 
