@@ -1,0 +1,13 @@
+# The sample stateful service and its load generator as a static, non-root image.
+FROM rust:1-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends musl-tools && rm -rf /var/lib/apt/lists/* \
+    && rustup target add x86_64-unknown-linux-musl
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --target x86_64-unknown-linux-musl -p locus-examples --bins
+
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /src/target/x86_64-unknown-linux-musl/release/locus-sample /locus-sample
+COPY --from=build /src/target/x86_64-unknown-linux-musl/release/locus-loadgen /locus-loadgen
+USER 65532:65532
+ENTRYPOINT ["/locus-sample"]

@@ -1,2 +1,0 @@
-//! placeholder, replaced in this change
-fn main() {}
