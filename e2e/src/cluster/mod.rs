@@ -130,7 +130,8 @@ pub async fn client_for(kubeconfig: &Path) -> Result<kube::Client, ClusterError>
 pub struct Cluster {
     info: ClusterInfo,
     /// The supervisor and its stdin (the lifeline): both live as long as the test process.
-    _supervisor: Mutex<(Child, ChildStdin)>,
+    /// `None` on an external cluster (`LOCUS_E2E_KUBECONFIG`).
+    supervisor: Option<Mutex<(Child, ChildStdin)>>,
 }
 
 static SHARED: OnceLock<Result<Cluster, String>> = OnceLock::new();
@@ -150,9 +151,12 @@ pub fn workspace_bin_dir() -> Option<PathBuf> {
 impl Cluster {
     /// The shared cluster of this test binary, started on first use (building the control
     /// plane first if it is not cached, which takes many minutes once).
+    ///
+    /// With `LOCUS_E2E_KUBECONFIG` set, the tests run against that cluster instead (kind, for
+    /// users with Docker); `kubectl` and `helm` then come from `PATH`.
     pub async fn shared() -> Result<&'static Cluster, ClusterError> {
         let cell = tokio::task::spawn_blocking(|| {
-            SHARED.get_or_init(|| start_supervisor().map_err(|e| e.to_string()))
+            SHARED.get_or_init(|| startsupervisor().map_err(|e| e.to_string()))
         })
         .await
         .map_err(|e| ClusterError::Supervisor(e.to_string()))?;
@@ -170,9 +174,12 @@ impl Cluster {
         &self.info.kubeconfig
     }
 
-    /// The node agent's run directory; pod logs are under `pods/`.
-    pub fn node_run_dir(&self) -> &Path {
-        &self.info.node_run_dir
+    /// The node agent's run directory; pod logs are under `pods/`. `None` on an external
+    /// cluster, whose pod logs are only reachable through `kubectl logs`.
+    pub fn node_run_dir(&self) -> Option<&Path> {
+        self.supervisor
+            .as_ref()
+            .map(|_| self.info.node_run_dir.as_path())
     }
 
     /// A new admin client. Each test runs its own tokio runtime, so clients are not shared.
@@ -264,7 +271,30 @@ pub fn random_suffix() -> String {
     format!("{:06x}", (mixed >> 40) & 0xff_ffff)
 }
 
-fn start_supervisor() -> Result<Cluster, ClusterError> {
+fn external_cluster(kubeconfig: PathBuf) -> Cluster {
+    let bin_dir = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).find(|dir| dir.join("kubectl").is_file()))
+        .unwrap_or_default();
+    Cluster {
+        info: ClusterInfo {
+            kubeconfig,
+            bin_dir,
+            run_dir: PathBuf::new(),
+            node_run_dir: PathBuf::new(),
+            server: String::new(),
+            node_name: None,
+            bridge: String::new(),
+            pod_cidr: String::new(),
+            start_seconds: 0.0,
+        },
+        supervisor: None,
+    }
+}
+
+fn startsupervisor() -> Result<Cluster, ClusterError> {
+    if let Some(kubeconfig) = std::env::var_os("LOCUS_E2E_KUBECONFIG") {
+        return Ok(external_cluster(kubeconfig.into()));
+    }
     let bin = match std::env::var_os("LOCUS_CLUSTER_BIN") {
         Some(p) => PathBuf::from(p),
         None => workspace_bin_dir()
@@ -308,7 +338,7 @@ fn start_supervisor() -> Result<Cluster, ClusterError> {
                 .map_err(|e| ClusterError::Supervisor(e.to_string()))?;
             return Ok(Cluster {
                 info,
-                _supervisor: Mutex::new((child, stdin)),
+                supervisor: Some(Mutex::new((child, stdin))),
             });
         }
     }
