@@ -1,0 +1,273 @@
+//! Command-line flags of the node agent, parsed by hand.
+//!
+//! Every flag accepts `--name value` and `--name=value`. A missing or invalid flag is
+//! reported with the flag's name and what a valid value looks like.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::network::Ipv4Cidr;
+
+/// The agent's configuration, as given on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flags {
+    /// Admin kubeconfig (client-certificate auth) the agent talks to the API server with.
+    pub kubeconfig: PathBuf,
+    /// Name of the Node object this agent registers and serves.
+    pub node_name: String,
+    /// An existing, up Linux bridge carrying the gateway address.
+    pub bridge: String,
+    /// The pod range on the bridge.
+    pub pod_cidr: Ipv4Cidr,
+    /// The bridge's own address (the API server listens there too).
+    pub gateway: Ipv4Addr,
+    /// Service range: blackholed inside every pod.
+    pub service_cidr: Ipv4Cidr,
+    /// The images file: container image → local executable.
+    pub images: PathBuf,
+    /// Where pods' logs, volumes and tokens live.
+    pub run_dir: PathBuf,
+    /// Upper bound of the crash-loop back-off.
+    pub max_restart_backoff: Duration,
+}
+
+/// The usage text printed with flag errors.
+pub const USAGE: &str = "usage: locus-node-agent --kubeconfig PATH --node-name NAME --bridge NAME \
+--pod-cidr 10.213.N.0/24 --gateway 10.213.N.1 --service-cidr 10.96.0.0/16 --images PATH \
+--run-dir DIR [--max-restart-backoff-secs 10]\n       locus-node-agent exec-container \
+[--hostname NAME] [--workdir DIR] [--mount SRC:DST[:ro]]... -- PROGRAM [ARGS...]";
+
+/// A flag was missing, unknown, repeated or invalid.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FlagError {
+    /// A required flag was not given.
+    #[error("missing flag --{0}")]
+    Missing(&'static str),
+    /// A flag the agent does not know.
+    #[error("unknown argument {0:?}")]
+    Unknown(String),
+    /// A flag given without its value.
+    #[error("flag --{0} needs a value")]
+    NoValue(String),
+    /// A flag given twice.
+    #[error("flag --{0} given twice")]
+    Repeated(String),
+    /// A flag whose value does not parse.
+    #[error("invalid --{flag} {value:?}: {reason}")]
+    Invalid {
+        /// The flag.
+        flag: &'static str,
+        /// The value given.
+        value: String,
+        /// What a valid value looks like.
+        reason: String,
+    },
+}
+
+const KNOWN: [&str; 9] = [
+    "kubeconfig",
+    "node-name",
+    "bridge",
+    "pod-cidr",
+    "gateway",
+    "service-cidr",
+    "images",
+    "run-dir",
+    "max-restart-backoff-secs",
+];
+
+/// Splits `--name value` / `--name=value` pairs into (name, value), refusing unknown
+/// and repeated flags.
+fn pairs(args: &[String]) -> Result<Vec<(&'static str, String)>, FlagError> {
+    let mut out: Vec<(&'static str, String)> = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let Some(body) = arg.strip_prefix("--") else {
+            return Err(FlagError::Unknown(arg.clone()));
+        };
+        let (name, inline) = match body.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (body, None),
+        };
+        let Some(known) = KNOWN.iter().find(|k| **k == name) else {
+            return Err(FlagError::Unknown(arg.clone()));
+        };
+        let value = match inline {
+            Some(v) => v,
+            None => it
+                .next()
+                .filter(|v| !v.starts_with("--"))
+                .cloned()
+                .ok_or_else(|| FlagError::NoValue(name.to_string()))?,
+        };
+        if value.is_empty() {
+            return Err(FlagError::NoValue(name.to_string()));
+        }
+        if out.iter().any(|(n, _)| n == known) {
+            return Err(FlagError::Repeated(name.to_string()));
+        }
+        out.push((known, value));
+    }
+    Ok(out)
+}
+
+impl Flags {
+    /// Parses the agent's flags (the arguments after the program name).
+    pub fn parse(args: &[String]) -> Result<Self, FlagError> {
+        let pairs = pairs(args)?;
+        let get = |name: &'static str| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.clone())
+                .ok_or(FlagError::Missing(name))
+        };
+        let cidr = |name: &'static str| -> Result<Ipv4Cidr, FlagError> {
+            let value = get(name)?;
+            value.parse().map_err(|reason| FlagError::Invalid {
+                flag: name,
+                value: value.clone(),
+                reason,
+            })
+        };
+        let pod_cidr = cidr("pod-cidr")?;
+        let service_cidr = cidr("service-cidr")?;
+        let gateway_text = get("gateway")?;
+        let gateway: Ipv4Addr = gateway_text.parse().map_err(|_| FlagError::Invalid {
+            flag: "gateway",
+            value: gateway_text.clone(),
+            reason: "expected an IPv4 address such as 10.213.1.1".into(),
+        })?;
+        if !pod_cidr.contains(gateway) {
+            return Err(FlagError::Invalid {
+                flag: "gateway",
+                value: gateway_text,
+                reason: format!("the gateway must lie inside --pod-cidr {pod_cidr}"),
+            });
+        }
+        if pod_cidr.prefix() > 29 {
+            return Err(FlagError::Invalid {
+                flag: "pod-cidr",
+                value: pod_cidr.to_string(),
+                reason: "the range is too small for pods: use at most a /29 (a /24 is usual)"
+                    .into(),
+            });
+        }
+        let max_restart_backoff = match pairs.iter().find(|(n, _)| *n == "max-restart-backoff-secs")
+        {
+            None => Duration::from_secs(10),
+            Some((_, v)) => match v.parse::<u64>() {
+                Ok(secs) if secs > 0 => Duration::from_secs(secs),
+                _ => {
+                    return Err(FlagError::Invalid {
+                        flag: "max-restart-backoff-secs",
+                        value: v.clone(),
+                        reason: "expected a whole number of seconds, at least 1".into(),
+                    });
+                }
+            },
+        };
+        let node_name = get("node-name")?;
+        if !is_dns_subdomain(&node_name) {
+            return Err(FlagError::Invalid {
+                flag: "node-name",
+                value: node_name,
+                reason: "expected a DNS subdomain: lower-case letters, digits, '-' and '.'".into(),
+            });
+        }
+        let bridge = get("bridge")?;
+        if bridge.len() > 15 || bridge.contains('/') || bridge.contains(char::is_whitespace) {
+            return Err(FlagError::Invalid {
+                flag: "bridge",
+                value: bridge,
+                reason: "expected a network interface name of at most 15 characters".into(),
+            });
+        }
+        Ok(Self {
+            kubeconfig: get("kubeconfig")?.into(),
+            node_name,
+            bridge,
+            pod_cidr,
+            gateway,
+            service_cidr,
+            images: get("images")?.into(),
+            run_dir: get("run-dir")?.into(),
+            max_restart_backoff,
+        })
+    }
+}
+
+fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    const FULL: &str = "--kubeconfig /k --node-name locus-node --bridge locus1 \
+        --pod-cidr 10.213.1.0/24 --gateway=10.213.1.1 --service-cidr 10.96.0.0/16 \
+        --images /i.yaml --run-dir /run/x";
+
+    #[test]
+    fn parses_both_spellings() {
+        let f = Flags::parse(&args(FULL)).unwrap();
+        assert_eq!(f.node_name, "locus-node");
+        assert_eq!(f.gateway, Ipv4Addr::new(10, 213, 1, 1));
+        assert_eq!(f.pod_cidr.to_string(), "10.213.1.0/24");
+        assert_eq!(f.max_restart_backoff, Duration::from_secs(10));
+        let f = Flags::parse(&args(&format!("{FULL} --max-restart-backoff-secs=3"))).unwrap();
+        assert_eq!(f.max_restart_backoff, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn reports_missing_unknown_and_invalid_flags() {
+        let without_images = FULL.replace("--images /i.yaml", "");
+        assert_eq!(
+            Flags::parse(&args(&without_images)),
+            Err(FlagError::Missing("images"))
+        );
+        assert_eq!(
+            Flags::parse(&args(&format!("{FULL} --verbose yes"))),
+            Err(FlagError::Unknown("--verbose".into()))
+        );
+        assert_eq!(
+            Flags::parse(&args(&format!("{FULL} --images /j"))),
+            Err(FlagError::Repeated("images".into()))
+        );
+        let outside = FULL.replace("--gateway=10.213.1.1", "--gateway=10.213.2.1");
+        assert!(matches!(
+            Flags::parse(&args(&outside)),
+            Err(FlagError::Invalid {
+                flag: "gateway",
+                ..
+            })
+        ));
+        let bad = FULL.replace("10.213.1.0/24", "10.213.1.0/33");
+        assert!(matches!(
+            Flags::parse(&args(&bad)),
+            Err(FlagError::Invalid {
+                flag: "pod-cidr",
+                ..
+            })
+        ));
+        assert_eq!(
+            Flags::parse(&args("--kubeconfig")),
+            Err(FlagError::NoValue("kubeconfig".into()))
+        );
+    }
+}
