@@ -156,6 +156,7 @@ fn pod(service: &str, index: u16, suffix: &str) -> Pod {
 }
 
 /// The ring vectors: different S and N, every phase.
+#[allow(clippy::too_many_lines, reason = "one block per ring vector")]
 fn rings() -> Vec<(&'static str, Ring)> {
     let mut rings = Vec::new();
     let parts = |service: &str,
