@@ -241,7 +241,7 @@ pub async fn build(flags: Flags, ip: IpCommand, images: Images) -> Result<Arc<Ag
 
 /// Runs the node until SIGTERM/SIGINT, then stops every pod and removes their networks.
 pub async fn run(agent: Arc<Agent>) -> Result<(), StartError> {
-    let machine = crate::node::Machine::detect();
+    let machine = crate::node::Machine::detect(&agent.flags.run_dir);
     let since = crate::status::now();
     let node_uid = crate::node::register(&agent, &machine, since)
         .await

@@ -11,7 +11,10 @@
 //!
 //! Stopping (pod deletion, agent shutdown) sends SIGTERM to the container's process
 //! group and SIGKILL when the deadline passes; a failed liveness or startup probe does
-//! the same with the pod's termination grace period, then restarts per policy.
+//! the same with the pod's termination grace period, then restarts per policy. A new
+//! `image` in the pod spec (the one container field Kubernetes lets change in place)
+//! stops the container the same way and restarts it at once with the new image, in the
+//! same pod: same address, same volumes, `restartCount` + 1.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -129,6 +132,17 @@ pub struct Supervisor {
     pub updates: mpsc::UnboundedSender<Update>,
     /// The stop deadline, once the container must stop.
     pub stop: watch::Receiver<Option<Instant>>,
+    /// The container's latest spec: a new image restarts the container with it.
+    pub spec: watch::Receiver<Container>,
+}
+
+/// How a run ended.
+struct RunEnd {
+    status: std::io::Result<std::process::ExitStatus>,
+    /// Why the agent killed it (failed probe), if it did.
+    kill_message: Option<String>,
+    /// It was stopped to run a new image.
+    replaced: bool,
 }
 
 enum Wait {
@@ -242,8 +256,11 @@ impl Supervisor {
         child: &mut tokio::process::Child,
         pid: u32,
         view: &mut ContainerView,
-    ) -> (std::io::Result<std::process::ExitStatus>, Option<String>) {
+    ) -> RunEnd {
         let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
+        let running_image = self.container.image.clone();
+        let mut replaced = false;
+        let mut spec_open = true;
         let probes = match (self.role, self.facts.pod_ip.parse::<IpAddr>()) {
             (Role::App, Ok(ip)) => Some(tokio::spawn(probe::run(
                 self.container.clone(),
@@ -298,6 +315,23 @@ impl Supervisor {
                         kill_at = Some(kill_at.map_or(deadline, |k| k.min(deadline)));
                     }
                 }
+                changed = self.spec.changed(), if !replaced && spec_open => {
+                    let image = self.spec.borrow().image.clone();
+                    if changed.is_err() {
+                        // No more spec updates (init containers): stop watching.
+                        spec_open = false;
+                    } else if image != running_image {
+                        replaced = true;
+                        let image = image.unwrap_or_default();
+                        tracing::info!(pod = %self.pod_label(), container = %self.container.name, %image, "image changed: restarting");
+                        note_in_log(&self.log, &format!("image changed to {image}; stopping the container to restart it"));
+                        view.ready = false;
+                        self.send(view);
+                        signal_group(pid, Signal::SIGTERM);
+                        let at = Instant::now() + self.grace;
+                        kill_at = Some(kill_at.map_or(at, |k| k.min(at)));
+                    }
+                }
                 () = killer => {
                     signal_group(pid, Signal::SIGKILL);
                     kill_at = None;
@@ -309,7 +343,11 @@ impl Supervisor {
         }
         // Whatever the container left running in its group goes with it.
         signal_group(pid, Signal::SIGKILL);
-        (status, kill_message)
+        RunEnd {
+            status,
+            kill_message,
+            replaced,
+        }
     }
 
     /// Reports a start that could not happen (image, command, environment) and waits
@@ -349,6 +387,8 @@ impl Supervisor {
             if self.stopping() {
                 return view;
             }
+            self.container = self.spec.borrow_and_update().clone();
+            view.image = self.container.image.clone().unwrap_or_default();
             let launch = match self.prepare().await {
                 Ok(l) => l,
                 Err((reason, message)) => {
@@ -393,18 +433,20 @@ impl Supervisor {
             self.send(&view);
             tracing::info!(pod = %self.pod_label(), container = %self.container.name, pid, "container started");
 
-            let (status, kill_message) = self.watch_process(&mut child, pid, &mut view).await;
-            let termination = termination(status, kill_message, started_at, container_id);
+            let end = self.watch_process(&mut child, pid, &mut view).await;
+            let termination = termination(end.status, end.kill_message, started_at, container_id);
             let exit_code = termination.exit_code;
             tracing::info!(pod = %self.pod_label(), container = %self.container.name, exit_code, "container exited");
             view.ready = false;
             view.started = false;
-            if self.stopping() || !should_restart(&self.restart_policy, self.role, exit_code) {
+            let restart =
+                end.replaced || should_restart(&self.restart_policy, self.role, exit_code);
+            if self.stopping() || !restart {
                 view.state = RunState::Terminated(termination);
                 self.send(&view);
                 return view;
             }
-            if started_instant.elapsed() >= BACKOFF_RESET {
+            if started_instant.elapsed() >= BACKOFF_RESET || end.replaced {
                 crash_step = 0;
             }
             let delay = backoff(crash_step, cap);

@@ -37,6 +37,8 @@ pub struct Machine {
     pub cpus: usize,
     /// Memory in KiB.
     pub memory_kib: u64,
+    /// Size of the file system holding the run directory, in KiB.
+    pub storage_kib: u64,
     /// Kernel release.
     pub kernel: String,
     /// OS name (`PRETTY_NAME` of `/etc/os-release`).
@@ -48,8 +50,8 @@ pub struct Machine {
 }
 
 impl Machine {
-    /// Reads the facts from /proc and /etc.
-    pub fn detect() -> Self {
+    /// Reads the facts from `/proc`, `/etc` and the file system under `run_dir`.
+    pub fn detect(run_dir: &std::path::Path) -> Self {
         let read = |p: &str| {
             std::fs::read_to_string(p)
                 .map(|s| s.trim().to_string())
@@ -67,6 +69,8 @@ impl Machine {
         Self {
             cpus: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             memory_kib,
+            storage_kib: nix::sys::statvfs::statvfs(run_dir)
+                .map_or(0, |s| s.blocks().saturating_mul(s.fragment_size()) / 1024),
             kernel: read("/proc/sys/kernel/osrelease"),
             os_image,
             boot_id: read("/proc/sys/kernel/random/boot_id"),
@@ -120,7 +124,7 @@ pub fn node_status(
         ("cpu", machine.cpus.to_string()),
         ("memory", format!("{}Ki", machine.memory_kib)),
         ("pods", MAX_PODS.to_string()),
-        ("ephemeral-storage", "100Gi".to_string()),
+        ("ephemeral-storage", format!("{}Ki", machine.storage_kib)),
     ]
     .into();
     let condition = |kind: &str, status: &str, reason: &str, message: &str| {
@@ -269,8 +273,9 @@ mod tests {
 
     #[test]
     fn machine_facts_are_plausible() {
-        let m = Machine::detect();
+        let m = Machine::detect(std::path::Path::new("/"));
         assert!(m.cpus >= 1);
         assert!(m.memory_kib > 0);
+        assert!(m.storage_kib > 0);
     }
 }

@@ -176,6 +176,8 @@ struct Worker {
     volumes: Option<Volumes>,
     updates: mpsc::UnboundedSender<Update>,
     stop: watch::Sender<Option<Instant>>,
+    /// The latest spec of each started app container, by index.
+    specs: Vec<Option<watch::Sender<k8s_openapi::api::core::v1::Container>>>,
     tasks: JoinSet<()>,
     ending: Option<(Why, Instant)>,
 }
@@ -189,6 +191,18 @@ impl Worker {
         self.pod = signal.pod.clone();
         self.view.generation = self.pod.metadata.generation;
         self.view.unready_gates = unready_gates(&self.pod);
+        let containers = self.pod.spec.iter().flat_map(|s| s.containers.iter());
+        for (sender, container) in self.specs.iter().zip(containers) {
+            if let Some(sender) = sender {
+                sender.send_if_modified(|current| {
+                    let changed = current.image != container.image;
+                    if changed {
+                        *current = container.clone();
+                    }
+                    changed
+                });
+            }
+        }
         if let Some((why, grace)) = ending(signal) {
             let deadline = Instant::now() + grace;
             let (why, deadline) = match self.ending {
@@ -230,6 +244,13 @@ impl Worker {
             }
         };
         let grace = spec.termination_grace_period_seconds.unwrap_or(30).max(2);
+        let (spec_tx, spec_rx) = watch::channel(container.clone());
+        if role == Role::App {
+            if self.specs.len() <= index {
+                self.specs.resize_with(index + 1, || None);
+            }
+            self.specs[index] = Some(spec_tx);
+        }
         let supervisor = Supervisor {
             agent: self.agent.clone(),
             pod: Arc::new(self.pod.clone()),
@@ -247,6 +268,7 @@ impl Worker {
             grace: Duration::from_secs(u64::try_from(grace).unwrap_or(30)),
             updates: self.updates.clone(),
             stop: self.stop.subscribe(),
+            spec: spec_rx,
         };
         self.tasks.spawn(async move {
             supervisor.run().await;
@@ -422,6 +444,7 @@ fn new_worker(
         volumes: None,
         updates,
         stop: watch::Sender::new(None),
+        specs: Vec::new(),
         tasks: JoinSet::new(),
         ending: None,
     };
