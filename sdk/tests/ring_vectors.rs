@@ -594,3 +594,27 @@ fn committed_file_is_what_the_generator_writes() {
         "sdk/testdata/ring-vectors.json is stale: regenerate it (see this file's docs) and review the diff"
     );
 }
+
+/// The example of `docs/ring-format.md` §8 is a valid document and routes as
+/// the text says.
+#[test]
+fn format_doc_example_is_valid() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/ring-format.md");
+    let text = std::fs::read_to_string(path).unwrap();
+    let section = text.find("## 8. Example").unwrap();
+    let start = section + text[section..].find("```json\n").unwrap() + "```json\n".len();
+    let end = start + text[start..].find("```").unwrap();
+    let ring = RingDocument::from_json(&text.as_bytes()[start..end]).unwrap();
+    assert_eq!(ring.version(), 42);
+    assert_eq!(ring.current().as_slice(), &[0, 1, 2, 0, 1, 2, 0, 1]);
+    assert_eq!(ring.target().unwrap().as_slice(), &[0, 1, 2, 0, 1, 2, 0, 2]);
+    assert_eq!(hash_key(b"session-1"), 0xc07e_a649_48c9_a305);
+    assert_eq!(ring.shard_of(b"session-1"), 6);
+    let owner = ring.owner(b"session-1");
+    assert_eq!(owner.pod.name, "chat-0-k2x7p");
+    assert_eq!(owner.pod.address.to_string(), "10.244.0.11:8080");
+    assert_eq!(
+        ring.slot(1).unwrap().successor.as_ref().unwrap().name,
+        "chat-1-z5r9t"
+    );
+}

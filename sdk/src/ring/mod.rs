@@ -58,7 +58,9 @@ pub const MIN_SHARDS: u32 = 1;
 pub const MAX_SHARDS: u32 = 1 << 16;
 
 /// Largest number of slots in a ring (slot indices are `0..MAX_SLOTS`).
-pub const MAX_SLOTS: usize = 4096;
+/// A 2048-slot document with typical pod names and two tables is about
+/// 450 KiB, under [`MAX_DOCUMENT_BYTES`].
+pub const MAX_SLOTS: usize = 2048;
 
 /// Default number of tokens per slot on the planner's ring (`spec.vnodes`).
 pub const DEFAULT_VNODES: u32 = 128;

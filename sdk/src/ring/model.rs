@@ -474,3 +474,116 @@ impl Ring {
         &self.parts.slots[usize::from(slot)]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(i: u16) -> Pod {
+        Pod {
+            name: format!("svc-{i}-x"),
+            uid: format!("uid-{i}"),
+            address: SocketAddr::from(([10, 0, 0, 1], 8000 + i)),
+        }
+    }
+
+    fn slot(index: u16) -> Slot {
+        Slot {
+            index,
+            pod: pod(index),
+            state: SlotState::Active,
+            successor: None,
+            predecessor: None,
+        }
+    }
+
+    fn parts(transition: Transition) -> RingParts {
+        RingParts {
+            namespace: "ns".into(),
+            service: "svc".into(),
+            version: 5,
+            shards: ShardCount::new(4).unwrap(),
+            vnodes: 8,
+            slots: vec![slot(0), slot(1), slot(2)],
+            current: Assignment::new(vec![0, 1, 2, 0]).unwrap(),
+            transition,
+        }
+    }
+
+    #[test]
+    fn owners_under_each_table() {
+        let target = Assignment::new(vec![2, 2, 2, 2]).unwrap();
+        let ring = Ring::new(parts(Transition::Warm { target })).unwrap();
+        for key in [&b""[..], b"k1", b"k2", b"another"] {
+            let shard = ring.shard_of(key);
+            assert_eq!(shard, ShardCount::new(4).unwrap().shard_of(key));
+            let expected = [0, 1, 2, 0][shard as usize];
+            assert_eq!(ring.owner(key).index, expected);
+            assert_eq!(ring.owner(key).pod, pod(expected));
+            assert_eq!(ring.owner_of_shard(shard).unwrap().index, expected);
+            assert_eq!(ring.target_owner(key).unwrap().index, 2);
+            assert!(ring.previous_owner(key).is_none());
+        }
+        assert!(ring.owner_of_shard(4).is_none());
+        assert_eq!(ring.phase(), Phase::Warm);
+
+        let previous = Assignment::new(vec![1, 1, 1, 1]).unwrap();
+        let ring = Ring::new(parts(Transition::Switch { previous })).unwrap();
+        assert_eq!(ring.previous_owner(b"k1").unwrap().index, 1);
+        assert!(ring.target_owner(b"k1").is_none());
+    }
+
+    #[test]
+    fn new_refuses_inconsistent_parts() {
+        let mut p = parts(Transition::Stable);
+        p.current = Assignment::new(vec![0; 8]).unwrap();
+        assert_eq!(
+            Ring::new(p).unwrap_err().to_string(),
+            "table `current` has 8 entries, expected 4 (one per shard)"
+        );
+        let mut p = parts(Transition::Stable);
+        p.current = Assignment::new(vec![0, 1, 3, 0]).unwrap();
+        assert_eq!(
+            Ring::new(p).unwrap_err().to_string(),
+            "table `current` assigns shard 2 to slot 3, but the ring has only 3 slots (0..3)"
+        );
+        let p = parts(Transition::Switch {
+            previous: Assignment::new(vec![0, 0]).unwrap(),
+        });
+        assert!(matches!(
+            Ring::new(p),
+            Err(RingError::TableLength {
+                table: "previous",
+                ..
+            })
+        ));
+        let mut p = parts(Transition::Stable);
+        p.slots[1].pod.address = SocketAddr::from(([10, 0, 0, 1], 0));
+        assert_eq!(
+            Ring::new(p).unwrap_err().to_string(),
+            "slot 1 pod address `10.0.0.1:0` is not a valid socket address (ip:port, port 1-65535): port 0"
+        );
+        let mut p = parts(Transition::Stable);
+        p.slots.swap(0, 1);
+        assert!(matches!(
+            Ring::new(p),
+            Err(RingError::SlotIndexMismatch {
+                position: 0,
+                index: 1
+            })
+        ));
+    }
+
+    #[test]
+    fn pods_are_found_in_any_role() {
+        let mut p = parts(Transition::Warm {
+            target: Assignment::new(vec![0, 1, 2, 0]).unwrap(),
+        });
+        p.slots[2].successor = Some(pod(9));
+        let ring = Ring::new(p).unwrap();
+        assert_eq!(ring.slot_for_pod("svc-1-x").unwrap().index, 1);
+        assert_eq!(ring.slot_for_pod("svc-9-x").unwrap().index, 2);
+        assert!(ring.slot_for_pod("nope").is_none());
+        assert_eq!(ring.into_parts().version, 5);
+    }
+}
