@@ -79,6 +79,16 @@ pub fn exit_of(status: std::process::ExitStatus) -> (i32, Option<i32>) {
     }
 }
 
+/// `runAsUser`/`runAsGroup`: the container's security context first, then the pod's.
+pub fn run_as(pod: &Pod, container: &Container) -> Option<(u32, Option<u32>)> {
+    let own = container.security_context.as_ref();
+    let pods = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let id = |v: Option<i64>| v.and_then(|v| u32::try_from(v).ok());
+    let uid = id(own.and_then(|c| c.run_as_user)).or(id(pods.and_then(|p| p.run_as_user)))?;
+    let gid = id(own.and_then(|c| c.run_as_group)).or(id(pods.and_then(|p| p.run_as_group)));
+    Some((uid, gid))
+}
+
 /// How a run ended, in Kubernetes' terms.
 fn termination(
     status: std::io::Result<std::process::ExitStatus>,
@@ -242,6 +252,7 @@ impl Supervisor {
             hostname,
             mounts: self.mounts.clone(),
             workdir: self.container.working_dir.clone().filter(|w| !w.is_empty()),
+            user: run_as(pod, &self.container),
             program: resolved.program,
             args: resolved.args,
             env: env.vars().to_vec(),
@@ -495,6 +506,30 @@ mod tests {
         assert!(should_restart("Always", Role::Init, 1));
         assert!(!should_restart("Always", Role::Init, 0));
         assert!(!should_restart("Never", Role::Init, 1));
+    }
+
+    #[test]
+    fn run_as_prefers_the_container_over_the_pod() {
+        use k8s_openapi::api::core::v1::{PodSecurityContext, PodSpec, SecurityContext};
+        let pod = Pod {
+            spec: Some(PodSpec {
+                security_context: Some(PodSecurityContext {
+                    run_as_user: Some(1000),
+                    run_as_group: Some(3000),
+                    ..PodSecurityContext::default()
+                }),
+                ..PodSpec::default()
+            }),
+            ..Pod::default()
+        };
+        let mut c = Container::default();
+        assert_eq!(run_as(&pod, &c), Some((1000, Some(3000))));
+        c.security_context = Some(SecurityContext {
+            run_as_user: Some(65532),
+            ..SecurityContext::default()
+        });
+        assert_eq!(run_as(&pod, &c), Some((65532, Some(3000))));
+        assert_eq!(run_as(&Pod::default(), &Container::default()), None);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! by `ip netns exec`). It takes a private UTS namespace and sets the host name to the
 //! pod's name, bind-mounts each volume onto its target (creating the target first; a
 //! read-only mount is remounted read-only), changes to the working directory and replaces
-//! itself with the container's program. The mounts are visible to this process and its
+//! itself with the container's program, as `runAsUser`/`runAsGroup` when the pod asks
+//! for them (the group defaults to the user's id; supplementary groups are not set). The mounts are visible to this process and its
 //! children only, so two pods mounting the same path each see their own volume.
 //!
 //! The target directories are created on the host's file system (that is where the
@@ -24,6 +25,8 @@ pub struct ExecSpec {
     pub hostname: Option<String>,
     /// Directory to start in.
     pub workdir: Option<PathBuf>,
+    /// User and group to run as (root when absent).
+    pub user: Option<(u32, Option<u32>)>,
     /// Bind mounts, in order.
     pub mounts: Vec<Mount>,
     /// The program to become.
@@ -37,6 +40,7 @@ pub fn parse(args: &[String]) -> Result<ExecSpec, String> {
     let mut spec = ExecSpec {
         hostname: None,
         workdir: None,
+        user: None,
         mounts: Vec::new(),
         program: PathBuf::new(),
         args: Vec::new(),
@@ -57,11 +61,22 @@ pub fn parse(args: &[String]) -> Result<ExecSpec, String> {
             }
             "--hostname" => spec.hostname = Some(value("--hostname")?),
             "--workdir" => spec.workdir = Some(value("--workdir")?.into()),
+            "--user" => spec.user = Some(parse_user(&value("--user")?)?),
             "--mount" => spec.mounts.push(Mount::parse(&value("--mount")?)?),
             other => return Err(format!("exec-container: unknown argument {other:?}")),
         }
     }
     Err("exec-container: missing `-- PROGRAM [ARGS...]`".into())
+}
+
+/// Parses `UID[:GID]`.
+fn parse_user(v: &str) -> Result<(u32, Option<u32>), String> {
+    let bad = || format!("exec-container: --user {v:?}: expected UID[:GID]");
+    let (uid, gid) = match v.split_once(':') {
+        Some((u, g)) => (u, Some(g.parse().map_err(|_| bad())?)),
+        None => (v, None),
+    };
+    Ok((uid.parse().map_err(|_| bad())?, gid))
 }
 
 fn bind(m: &Mount) -> Result<(), String> {
@@ -122,6 +137,10 @@ pub fn run(spec: &ExecSpec) -> String {
         }
         cmd.current_dir(dir);
     }
+    if let Some((uid, gid)) = spec.user {
+        // The group first: after giving up root the process could not change it.
+        cmd.gid(gid.unwrap_or(uid)).uid(uid);
+    }
     let err = cmd.exec();
     format!(
         "exec-container: cannot run {}: {err}",
@@ -148,6 +167,8 @@ mod tests {
             "/c:/d",
             "--workdir",
             "/d",
+            "--user",
+            "1000:2000",
             "--",
             "/bin/x",
             "--mount",
@@ -155,6 +176,9 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(spec.hostname.as_deref(), Some("web"));
+        assert_eq!(spec.user, Some((1000, Some(2000))));
+        assert_eq!(parse_user("7"), Ok((7, None)));
+        assert!(parse_user("x:1").is_err());
         assert_eq!(spec.mounts.len(), 2);
         assert!(spec.mounts[0].read_only);
         assert_eq!(spec.program, PathBuf::from("/bin/x"));

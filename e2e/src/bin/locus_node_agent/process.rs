@@ -2,7 +2,7 @@
 //!
 //! A container runs as
 //! `ip netns exec <netns> <agent> exec-container [--hostname H] [--workdir D]
-//! --mount SRC:DST[:ro]… -- <program> <args…>`: `ip netns exec` enters the pod's network
+//! [--user UID[:GID]] --mount SRC:DST[:ro]… -- <program> <args…>`: `ip netns exec` enters the pod's network
 //! namespace and gives the process a private mount namespace, `exec-container` (see
 //! `exec.rs`) bind-mounts the pod's volumes there and then becomes the container's
 //! program, so the process id the agent holds is the container's own. Each container is
@@ -75,6 +75,8 @@ pub struct Launch {
     pub mounts: Vec<Mount>,
     /// `workingDir`.
     pub workdir: Option<String>,
+    /// `runAsUser` and `runAsGroup` (container's, else the pod's).
+    pub user: Option<(u32, Option<u32>)>,
     /// The executable.
     pub program: PathBuf,
     /// Its arguments.
@@ -100,6 +102,10 @@ impl Launch {
         if let Some(dir) = &self.workdir {
             args.push("--workdir".into());
             args.push(dir.clone());
+        }
+        if let Some((uid, gid)) = self.user {
+            args.push("--user".into());
+            args.push(gid.map_or_else(|| uid.to_string(), |g| format!("{uid}:{g}")));
         }
         for m in &self.mounts {
             args.push("--mount".into());
@@ -182,6 +188,7 @@ mod tests {
             hostname: "web-1".into(),
             mounts: vec![Mount::parse("/v:/data").unwrap()],
             workdir: Some("/data".into()),
+            user: Some((1000, None)),
             program: "/bin/server".into(),
             args: vec!["--port".into(), "--".into()],
             env: vec![],
@@ -190,7 +197,7 @@ mod tests {
         assert_eq!(
             l.ip_args().join(" "),
             "netns exec locus-br-1234 /bin/agent exec-container --hostname web-1 \
-             --workdir /data --mount /v:/data -- /bin/server --port --"
+             --workdir /data --user 1000 --mount /v:/data -- /bin/server --port --"
         );
     }
 }

@@ -520,7 +520,16 @@ async fn prepare_volume(
     }
     mkdir(dir)?;
     if volume.empty_dir.is_some() {
+        // World-writable as a kubelet makes it, so non-root containers can write.
         // `medium: Memory` is a plain directory here too.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).map_err(
+            |source| VolumeError::Io {
+                volume: name.to_string(),
+                path: dir.display().to_string(),
+                source,
+            },
+        )?;
     } else if let Some(s) = &volume.secret {
         let source = ObjectSource {
             kind: Kind::Secret,
