@@ -1,0 +1,1218 @@
+//! Scenario tests of the planner: a simulated cluster ([`World`]) applies each plan the way an
+//! ideal executor would, pods become Ready and report progress when a test says so, and the
+//! clock only moves when a test moves it. Every applied plan is checked against invariants
+//! (versions +1, new ring entries name Ready pods, no pod named by the ring is deleted).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use locus::ring::{Phase as RingPhase, Ring, SlotState};
+use serde_json::json;
+
+use super::*;
+use crate::crd::{PROGRESSING, Phase, StatefulServiceSpec};
+
+fn spec(replicas: i32) -> StatefulServiceSpec {
+    serde_json::from_value(json!({
+        "replicas": replicas,
+        "shards": 64,
+        "vnodes": 16,
+        "port": "http",
+        "template": {"spec": {"containers": [{
+            "name": "app", "image": "app:1",
+            "ports": [{"name": "http", "containerPort": 8080}]
+        }]}}
+    }))
+    .unwrap()
+}
+
+/// How simulated pods report progress.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reports {
+    /// Like the ring probe: observed always, warmed in Warm, drained in Switch.
+    All,
+    /// Observed only: never warmed, never drained (a stuck SDK).
+    ObservedOnly,
+    /// Nothing at all.
+    Nothing,
+}
+
+struct World {
+    spec: StatefulServiceSpec,
+    pods: Vec<ObservedPod>,
+    ring: Option<PublishedRing>,
+    status: Option<crate::crd::StatefulServiceStatus>,
+    now: Timestamp,
+    next_uid: u32,
+    events: Vec<PlannedEvent>,
+    deleted: Vec<String>,
+    publishes: Vec<Ring>,
+}
+
+impl World {
+    fn new(replicas: i32) -> Self {
+        Self {
+            spec: spec(replicas),
+            pods: Vec::new(),
+            ring: None,
+            status: None,
+            now: "2030-01-01T00:00:00Z".parse().unwrap(),
+            next_uid: 0,
+            events: Vec::new(),
+            deleted: Vec::new(),
+            publishes: Vec::new(),
+        }
+    }
+
+    /// A world already converged on `replicas` slots.
+    fn converged(replicas: i32) -> Self {
+        let mut world = Self::new(replicas);
+        world.settle(Reports::All);
+        world
+    }
+
+    fn observed(&self) -> Observed<'_> {
+        Observed {
+            namespace: "default",
+            name: "chat",
+            uid: "svc-uid",
+            generation: Some(1),
+            spec: &self.spec,
+            status: self.status.as_ref(),
+            pods: &self.pods,
+            ring: self.ring.as_ref(),
+            now: self.now,
+        }
+    }
+
+    fn plan(&self) -> Actions {
+        plan(&self.observed()).unwrap()
+    }
+
+    fn advance(&mut self, seconds: i64) {
+        self.now += SignedDuration::from_secs(seconds);
+    }
+
+    fn ring(&self) -> &Ring {
+        &self.ring.as_ref().expect("a ring").ring
+    }
+
+    fn pod_mut(&mut self, name: &str) -> &mut ObservedPod {
+        self.pods.iter_mut().find(|p| p.name == name).expect("pod")
+    }
+
+    fn pods_of(&self, slot: u16) -> Vec<&ObservedPod> {
+        self.pods.iter().filter(|p| p.slot == slot).collect()
+    }
+
+    fn slot_pod(&self, slot: u16) -> String {
+        self.ring().slot(slot).expect("slot").pod.name.clone()
+    }
+
+    fn set_ready(&mut self, name: &str, ready: bool) {
+        let now = self.now;
+        let pod = self.pod_mut(name);
+        if pod.ready != ready {
+            pod.ready = ready;
+            pod.ready_changed_at = Some(now);
+        }
+        if ready {
+            pod.images_current = true;
+        }
+    }
+
+    fn ready_all(&mut self) {
+        let names: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|p| p.live())
+            .map(|p| p.name.clone())
+            .collect();
+        for name in names {
+            self.set_ready(&name, true);
+        }
+    }
+
+    /// Every Ready pod reports on the current ring, as `reports` says.
+    fn report(&mut self, reports: Reports) {
+        let Some(published) = &self.ring else { return };
+        let version = published.ring.version();
+        let phase = published.ring.phase();
+        for pod in self.pods.iter_mut().filter(|p| p.ready && !p.terminal) {
+            if reports == Reports::Nothing {
+                continue;
+            }
+            pod.progress.observed = Some(version);
+            if reports == Reports::All {
+                match phase {
+                    RingPhase::Warm => pod.progress.warmed = Some(version),
+                    RingPhase::Switch => pod.progress.drained = Some(version),
+                    RingPhase::Stable => {}
+                }
+            }
+        }
+    }
+
+    /// Applies a plan like an ideal executor, checking the invariants.
+    fn apply(&mut self, actions: &Actions) {
+        if let Some(next) = &actions.publish {
+            let expected = self.ring.as_ref().map_or(1, |p| p.ring.version() + 1);
+            assert_eq!(next.ring.version(), expected, "versions go up by one");
+            let before: BTreeSet<String> = self
+                .ring
+                .iter()
+                .flat_map(|p| p.ring.slots())
+                .flat_map(|s| [Some(&s.pod), s.successor.as_ref(), s.predecessor.as_ref()])
+                .flatten()
+                .map(|p| p.uid.clone())
+                .collect();
+            for slot in next.ring.slots() {
+                for pod in [Some(&slot.pod), slot.successor.as_ref()]
+                    .into_iter()
+                    .flatten()
+                {
+                    if before.contains(&pod.uid) {
+                        continue;
+                    }
+                    let observed = self
+                        .pods
+                        .iter()
+                        .find(|p| p.uid == pod.uid)
+                        .unwrap_or_else(|| panic!("ring names unknown pod {}", pod.name));
+                    assert!(
+                        observed.ready || slot.state == SlotState::Unavailable,
+                        "ring names pod {} before it is Ready",
+                        pod.name
+                    );
+                    assert_eq!(Some(pod.address), observed.address);
+                }
+            }
+        }
+        let final_ring = actions.publish.as_ref().or(self.ring.as_ref());
+        for deletion in &actions.delete {
+            if let Some(ring) = final_ring.map(|p| &p.ring) {
+                let held: BTreeSet<u16> = ring.current().counts().into_keys().collect();
+                for slot in ring.slots() {
+                    let serving = held.contains(&slot.index) || ring.phase() != RingPhase::Stable;
+                    if serving && self.spec.replicas > 0 {
+                        assert_ne!(
+                            slot.pod.uid, deletion.uid,
+                            "deletes pod {} the ring serves from",
+                            slot.pod.name
+                        );
+                    }
+                    for other in [&slot.successor, &slot.predecessor].into_iter().flatten() {
+                        assert_ne!(
+                            other.uid, deletion.uid,
+                            "deletes handover pod {}",
+                            other.name
+                        );
+                    }
+                }
+            }
+            self.pods.retain(|p| p.uid != deletion.uid);
+            self.deleted.push(deletion.name.clone());
+        }
+        for create in &actions.create {
+            assert!(
+                self.pods.iter().all(|p| p.name != create.name),
+                "name {} reused while the pod exists",
+                create.name
+            );
+            self.next_uid += 1;
+            let n = self.next_uid;
+            self.pods.push(ObservedPod {
+                name: create.name.clone(),
+                uid: format!("uid-{n}"),
+                slot: create.slot,
+                revision: create.revision.clone(),
+                shape: Some(naming::shape(&self.spec.template)),
+                address: Some(
+                    format!("10.0.{}.{}:8080", n / 250, n % 250 + 1)
+                        .parse()
+                        .unwrap(),
+                ),
+                ready: false,
+                ready_changed_at: Some(self.now),
+                created_at: self.now,
+                deleting: false,
+                terminal: false,
+                images_current: true,
+                progress: Progress::default(),
+            });
+        }
+        for update in &actions.update {
+            let shape = naming::shape(&self.spec.template);
+            let pod = self.pod_mut(&update.name);
+            pod.revision = update.revision.clone();
+            pod.shape = Some(shape);
+            pod.images_current = false;
+        }
+        if let Some(next) = &actions.publish {
+            self.publishes.push(next.ring.clone());
+            self.ring = Some(next.clone());
+        }
+        self.status = Some(actions.status.clone());
+        self.events.extend(actions.events.iter().cloned());
+    }
+
+    fn step(&mut self) -> Actions {
+        let actions = self.plan();
+        self.apply(&actions);
+        actions
+    }
+
+    fn progressing(&self) -> bool {
+        self.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == PROGRESSING))
+            .is_some_and(|c| c.status == "True")
+    }
+
+    /// Makes every pod Ready, lets pods report, plans and applies, until nothing changes;
+    /// moves the clock by a second per round. Returns the number of rounds.
+    fn settle(&mut self, reports: Reports) -> usize {
+        for round in 0..2000 {
+            self.ready_all();
+            self.report(reports);
+            let actions = self.step();
+            if actions.is_idle() && !self.progressing() {
+                return round;
+            }
+            self.advance(1);
+        }
+        panic!("did not converge; events: {:#?}", self.events);
+    }
+
+    fn reasons(&self) -> Vec<&'static str> {
+        self.events.iter().map(|e| e.reason).collect()
+    }
+
+    fn counts(&self) -> BTreeMap<u16, u32> {
+        self.ring().current().counts()
+    }
+}
+
+fn assert_balanced(world: &World, slots: u16) {
+    let counts = world.counts();
+    assert_eq!(counts.len(), usize::from(slots), "{counts:?}");
+    let shards = world.ring().shards().get();
+    for (&slot, &count) in &counts {
+        assert!(slot < slots, "{counts:?}");
+        let q = shards / u32::from(slots);
+        assert!(count == q || count == q + 1, "{counts:?}");
+    }
+}
+
+fn assert_converged(world: &World, slots: u16) {
+    let ring = world.ring();
+    assert_eq!(ring.phase(), RingPhase::Stable);
+    assert_eq!(ring.slots().len(), usize::from(slots));
+    assert!(
+        ring.slots().iter().all(|s| s.state == SlotState::Active),
+        "{ring:?}"
+    );
+    assert_balanced(world, slots);
+    assert_eq!(world.pods.len(), usize::from(slots), "one pod per slot");
+    let status = world.status.as_ref().unwrap();
+    assert_eq!(status.phase, Phase::Stable);
+    assert_eq!(status.ready_replicas, i32::from(slots));
+    assert_eq!(status.active_replicas, i32::from(slots));
+    assert_eq!(status.current_revision, status.update_revision);
+    assert!(!world.progressing());
+}
+
+// ----- creation -----------------------------------------------------------------------------
+
+#[test]
+fn create_waits_for_every_pod_then_publishes_a_stable_balanced_ring() {
+    let mut world = World::new(3);
+    let first = world.step();
+    assert_eq!(first.create.len(), 3);
+    assert_eq!(
+        first.create.iter().map(|c| c.slot).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    assert!(first.publish.is_none());
+    assert!(
+        first
+            .create
+            .iter()
+            .all(|c| c.name.starts_with(&format!("chat-{}-", c.slot)))
+    );
+
+    // Two of three Ready: still no ring, nothing more created.
+    let names: Vec<String> = world.pods.iter().map(|p| p.name.clone()).collect();
+    world.set_ready(&names[0], true);
+    world.set_ready(&names[1], true);
+    let waiting = world.step();
+    assert!(waiting.is_idle(), "{waiting:?}");
+    assert_eq!(
+        world.status.as_ref().unwrap().conditions[0].reason,
+        "NoRing"
+    );
+    assert!(
+        waiting.requeue_after.is_some(),
+        "the create step has a deadline"
+    );
+
+    world.set_ready(&names[2], true);
+    let publish = world.step();
+    let ring = &publish.publish.as_ref().unwrap().ring;
+    assert_eq!(ring.version(), 1);
+    assert_eq!(ring.phase(), RingPhase::Stable);
+    assert_eq!(world.reasons(), [reasons::RING_CREATED]);
+    assert_converged(&world, 3);
+    assert_eq!(world.status.as_ref().unwrap().ring_version, Some(1));
+    let available = &world.status.as_ref().unwrap().conditions[0];
+    assert_eq!(
+        (available.status.as_str(), available.reason.as_str()),
+        ("True", "AllShardsServed")
+    );
+}
+
+#[test]
+fn create_rolls_forward_after_the_warm_timeout_with_the_ready_slots() {
+    let mut world = World::new(3);
+    world.step();
+    let names: Vec<String> = world.pods.iter().map(|p| p.name.clone()).collect();
+    world.set_ready(&names[0], true);
+    world.set_ready(&names[1], true);
+    world.advance(29);
+    assert!(world.step().publish.is_none());
+    world.advance(1);
+    let actions = world.step();
+    let ring = &actions.publish.as_ref().unwrap().ring;
+    assert_eq!(ring.slots().len(), 3);
+    assert_eq!(ring.slot(2).unwrap().state, SlotState::Unavailable);
+    assert_eq!(world.counts().keys().copied().collect::<Vec<_>>(), [0, 1]);
+    assert!(world.reasons().contains(&reasons::TIMEOUT));
+    let status = world.status.as_ref().unwrap();
+    assert_eq!(status.conditions[2].reason, "StepTimedOut");
+
+    // The slow pod comes up and joins like a scale-up.
+    world.settle(Reports::All);
+    assert_converged(&world, 3);
+    assert_eq!(
+        world.slot_pod(2),
+        names[2],
+        "the slow pod was kept, not replaced"
+    );
+}
+
+#[test]
+fn pods_of_old_revisions_or_extra_slots_before_the_first_ring_are_replaced() {
+    let mut world = World::new(3);
+    world.step();
+    world.spec.replicas = 2;
+    world.spec.template.spec.as_mut().unwrap().containers[0].image = Some("app:2".into());
+    let actions = world.step();
+    assert_eq!(actions.delete.len(), 3);
+    assert_eq!(actions.create.len(), 2);
+    world.settle(Reports::All);
+    assert_converged(&world, 2);
+}
+
+// ----- scale up -----------------------------------------------------------------------------
+
+#[test]
+fn scale_up_warms_then_switches_then_settles() {
+    let mut world = World::converged(3);
+    let before = world.ring().current().clone();
+    world.spec.replicas = 5;
+    let create = world.step();
+    assert_eq!(
+        create.create.iter().map(|c| c.slot).collect::<Vec<_>>(),
+        [3, 4]
+    );
+    assert!(
+        create.publish.is_none(),
+        "no ring change before the new pods are Ready"
+    );
+
+    world.ready_all();
+    let warm = world.step();
+    let ring = &warm.publish.as_ref().unwrap().ring;
+    assert_eq!(ring.phase(), RingPhase::Warm);
+    assert_eq!(
+        ring.current(),
+        &before,
+        "routers keep the old table during Warm"
+    );
+    assert_eq!(ring.slot(3).unwrap().state, SlotState::Joining);
+    let target = ring.target().unwrap();
+    for m in before.moves_to(target).unwrap() {
+        assert!(m.to >= 3, "shards only move to the new slots: {m:?}");
+    }
+    assert_eq!(world.status.as_ref().unwrap().phase, Phase::Warm);
+
+    // Until the joining pods report warmed, nothing happens; the deadline is requeued.
+    let wait = world.step();
+    assert!(wait.publish.is_none());
+    assert!(wait.requeue_after.unwrap() <= Duration::from_secs(31));
+
+    world.report(Reports::All);
+    let switch = world.step();
+    let ring = &switch.publish.as_ref().unwrap().ring;
+    assert_eq!(ring.phase(), RingPhase::Switch);
+    assert_eq!(ring.previous(), Some(&before));
+    assert!(ring.slots().iter().all(|s| s.state == SlotState::Active));
+    assert_eq!(switch.steps[0].step, StepKind::Switch);
+    assert!(switch.steps[0].shards_moved > 0);
+    assert_eq!(world.status.as_ref().unwrap().phase, Phase::Switch);
+
+    world.report(Reports::All);
+    let settle = world.step();
+    assert_eq!(
+        settle.publish.as_ref().unwrap().ring.phase(),
+        RingPhase::Stable
+    );
+    assert_converged(&world, 5);
+    let record = world
+        .status
+        .as_ref()
+        .unwrap()
+        .last_transition
+        .clone()
+        .unwrap();
+    assert_eq!(record.kind, crate::crd::TransitionKind::ScaleUp);
+    assert_eq!(record.from_version, 1);
+    assert_eq!(record.to_version, 4);
+    assert!(record.finished_at.is_some());
+    assert_eq!(
+        world.reasons()[1..],
+        [reasons::WARM, reasons::SWITCH, reasons::SETTLE]
+    );
+}
+
+#[test]
+fn capped_scale_up_moves_at_most_the_cap_per_step_and_ends_balanced() {
+    let mut world = World::converged(2);
+    world.spec.max_shard_moves_per_step = Some(5);
+    world.spec.replicas = 4;
+    world.settle(Reports::All);
+    assert_converged(&world, 4);
+    let mut warm_steps = 0;
+    for pair in world.publishes.windows(2) {
+        if let (Some(target), current) = (pair[1].target(), pair[1].current()) {
+            warm_steps += 1;
+            let moved = current.moves_to(target).unwrap().count();
+            assert!(moved <= 5, "step moved {moved}");
+        }
+        assert!(pair[1].version() == pair[0].version() + 1);
+    }
+    // 64 shards over 4 slots from 2: 32 shards move, 5 per step.
+    assert_eq!(warm_steps, 7);
+}
+
+#[test]
+fn a_new_slot_that_is_not_ready_holds_back_the_slots_after_it() {
+    let mut world = World::converged(2);
+    world.spec.replicas = 4;
+    world.step();
+    let slot2 = world.pods_of(2)[0].name.clone();
+    let slot3 = world.pods_of(3)[0].name.clone();
+    world.set_ready(&slot3, true);
+    let actions = world.step();
+    assert!(
+        actions.publish.is_none(),
+        "slot 3 cannot join before slot 2"
+    );
+    world.set_ready(&slot2, true);
+    let actions = world.step();
+    let ring = &actions.publish.as_ref().unwrap().ring;
+    assert_eq!(ring.slots().len(), 4);
+}
+
+// ----- scale down ---------------------------------------------------------------------------
+
+#[test]
+fn scale_down_marks_leaving_slots_and_deletes_their_pods_only_after_settle() {
+    let mut world = World::converged(5);
+    let before = world.ring().current().clone();
+    let leaving: Vec<String> = (2..5).map(|s| world.slot_pod(s)).collect();
+    world.spec.replicas = 2;
+    let warm = world.step();
+    let ring = &warm.publish.as_ref().unwrap().ring;
+    assert_eq!(ring.phase(), RingPhase::Warm);
+    assert!(warm.delete.is_empty());
+    for s in 2..5 {
+        assert_eq!(ring.slot(s).unwrap().state, SlotState::Leaving);
+    }
+    for m in before.moves_to(ring.target().unwrap()).unwrap() {
+        assert!(m.from >= 2 && m.to < 2, "only leaving slots give: {m:?}");
+    }
+    world.report(Reports::All);
+    let switch = world.step();
+    let ring = &switch.publish.as_ref().unwrap().ring;
+    assert!(switch.delete.is_empty());
+    for s in 2..5 {
+        assert_eq!(ring.slot(s).unwrap().state, SlotState::Draining);
+    }
+    world.report(Reports::All);
+    let settle = world.step();
+    assert_eq!(settle.publish.as_ref().unwrap().ring.slots().len(), 2);
+    let deleted: Vec<String> = settle.delete.iter().map(|d| d.name.clone()).collect();
+    assert_eq!(deleted, leaving);
+    assert!(world.progressing(), "pods are still being deleted");
+    assert!(world.step().is_idle());
+    assert_converged(&world, 2);
+    assert_eq!(
+        world
+            .status
+            .as_ref()
+            .unwrap()
+            .last_transition
+            .as_ref()
+            .unwrap()
+            .kind,
+        crate::crd::TransitionKind::ScaleDown
+    );
+}
+
+#[test]
+fn scale_three_to_five_to_two() {
+    let mut world = World::converged(3);
+    world.spec.replicas = 5;
+    world.settle(Reports::All);
+    assert_converged(&world, 5);
+    world.spec.replicas = 2;
+    world.settle(Reports::All);
+    assert_converged(&world, 2);
+}
+
+// ----- timeouts -----------------------------------------------------------------------------
+
+#[test]
+fn warm_rolls_forward_when_pods_never_report_warmed() {
+    let mut world = World::converged(2);
+    world.spec.replicas = 3;
+    world.step();
+    world.ready_all();
+    let warm = world.step();
+    assert_eq!(warm.publish.as_ref().unwrap().ring.phase(), RingPhase::Warm);
+    world.report(Reports::ObservedOnly);
+    world.advance(29);
+    assert!(world.step().publish.is_none());
+    world.advance(1);
+    let switch = world.step();
+    assert_eq!(
+        switch.publish.as_ref().unwrap().ring.phase(),
+        RingPhase::Switch
+    );
+    assert!(
+        switch
+            .events
+            .iter()
+            .any(|e| e.warning && e.reason == reasons::TIMEOUT)
+    );
+    assert!(switch.steps[0].phase_seconds.unwrap() >= 30.0);
+}
+
+#[test]
+fn settle_rolls_forward_on_drain_and_settle_timeouts() {
+    let mut world = World::converged(3);
+    world.spec.replicas = 2;
+    world.step();
+    world.report(Reports::All);
+    world.step(); // Switch
+    assert_eq!(world.ring().phase(), RingPhase::Switch);
+    // Pods observe, but the leaving pod never reports drained: wait for timeouts.drain (30s).
+    world.report(Reports::ObservedOnly);
+    world.advance(29);
+    let waiting = world.step();
+    assert!(waiting.publish.is_none());
+    assert_eq!(world.status.as_ref().unwrap().phase, Phase::Settle);
+    world.advance(1);
+    let settled = world.step();
+    assert_eq!(
+        settled.publish.as_ref().unwrap().ring.phase(),
+        RingPhase::Stable
+    );
+    assert!(
+        settled
+            .events
+            .iter()
+            .any(|e| e.reason == reasons::TIMEOUT && e.note.contains("drain"))
+    );
+
+    // Nobody reports at all: the settle timeout (60s) rules.
+    let mut world = World::converged(3);
+    world.spec.replicas = 2;
+    world.step();
+    world.report(Reports::All);
+    world.step();
+    world.advance(59);
+    assert!(world.step().publish.is_none());
+    assert_eq!(world.status.as_ref().unwrap().phase, Phase::Switch);
+    world.advance(1);
+    assert!(world.step().publish.is_some());
+    let degraded = &world.status.as_ref().unwrap().conditions[2];
+    assert_eq!(degraded.reason, "StepTimedOut");
+    assert!(degraded.message.contains("settle") && degraded.message.contains("drain"));
+}
+
+#[test]
+fn a_ring_without_bookkeeping_counts_every_deadline_as_passed() {
+    let mut world = World::converged(2);
+    world.spec.replicas = 3;
+    world.step();
+    world.ready_all();
+    world.step();
+    world.ring.as_mut().unwrap().meta = None;
+    let switch = world.step();
+    assert_eq!(
+        switch.publish.as_ref().unwrap().ring.phase(),
+        RingPhase::Switch
+    );
+}
+
+// ----- rollouts -----------------------------------------------------------------------------
+
+#[test]
+fn surge_rollout_hands_each_slot_to_a_new_pod_without_moving_shards() {
+    let mut world = World::converged(3);
+    let table = world.ring().current().clone();
+    let old: Vec<String> = (0..3).map(|s| world.slot_pod(s)).collect();
+    world.spec.template.spec.as_mut().unwrap().containers[0].image = Some("app:2".into());
+    let revision = naming::revision(&world.spec.template);
+
+    let surge = world.step();
+    assert_eq!(surge.create.len(), 1, "one surge pod at a time");
+    assert_eq!(surge.create[0].slot, 0);
+    assert_eq!(surge.create[0].revision, revision);
+    let surge_pod = surge.create[0].name.clone();
+    assert!(
+        world.step().create.is_empty(),
+        "no second surge pod while the first starts"
+    );
+
+    world.set_ready(&surge_pod, true);
+    let warm = world.step();
+    let ring = &warm.publish.as_ref().unwrap().ring;
+    assert_eq!(ring.phase(), RingPhase::Warm);
+    assert_eq!(
+        ring.slot(0).unwrap().successor.as_ref().unwrap().name,
+        surge_pod
+    );
+    assert_eq!(ring.target(), Some(&table));
+
+    world.report(Reports::All);
+    let switch = world.step();
+    let ring = &switch.publish.as_ref().unwrap().ring;
+    assert_eq!(ring.slot(0).unwrap().pod.name, surge_pod);
+    assert_eq!(
+        ring.slot(0).unwrap().predecessor.as_ref().unwrap().name,
+        old[0]
+    );
+    assert!(switch.delete.is_empty(), "the predecessor drains first");
+
+    world.report(Reports::All);
+    let settle = world.step();
+    assert_eq!(
+        settle
+            .delete
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>(),
+        [old[0].as_str()]
+    );
+
+    world.settle(Reports::All);
+    assert_converged(&world, 3);
+    assert!(
+        world.publishes.iter().all(|r| r.current() == &table),
+        "no shard moved"
+    );
+    for (slot, old) in old.iter().enumerate() {
+        assert_ne!(&world.slot_pod(slot as u16), old);
+    }
+    assert!(world.pods.iter().all(|p| p.revision == revision));
+    let record = world
+        .status
+        .as_ref()
+        .unwrap()
+        .last_transition
+        .clone()
+        .unwrap();
+    assert_eq!(record.kind, crate::crd::TransitionKind::Rollout);
+}
+
+#[test]
+fn in_place_update_restarts_pods_one_at_a_time_keeping_names_and_ring() {
+    let mut world = World::new(3);
+    world.spec.update_strategy.type_ = crate::crd::UpdateStrategyType::InPlace;
+    world.spec.snapshot = Some(crate::crd::SnapshotSpec::default());
+    world.settle(Reports::All);
+    let ring_before = world.ring().clone();
+    let names: Vec<String> = (0..3).map(|s| world.slot_pod(s)).collect();
+    world.spec.template.spec.as_mut().unwrap().containers[0].image = Some("app:2".into());
+    let revision = naming::revision(&world.spec.template);
+
+    let first = world.step();
+    assert!(first.create.is_empty() && first.publish.is_none());
+    assert_eq!(first.update.len(), 1);
+    assert_eq!(first.update[0].name, names[0]);
+    assert_eq!(first.update[0].revision, revision);
+    // The node has not restarted the container yet: the next pod waits.
+    assert!(world.step().update.is_empty());
+    // Restarting: not Ready (within the grace period), then Ready with the new image.
+    world.set_ready(&names[0], false);
+    assert!(world.step().is_idle());
+    world.advance(3);
+    world.set_ready(&names[0], true);
+    let second = world.step();
+    assert_eq!(second.update.len(), 1);
+    assert_eq!(second.update[0].name, names[1]);
+
+    world.settle(Reports::All);
+    assert_converged(&world, 3);
+    assert_eq!(world.ring(), &ring_before, "the ring never changed");
+    assert_eq!((0..3).map(|s| world.slot_pod(s)).collect::<Vec<_>>(), names);
+    assert!(world.pods.iter().all(|p| p.revision == revision));
+    assert_eq!(
+        world
+            .reasons()
+            .iter()
+            .filter(|r| **r == reasons::IN_PLACE)
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn in_place_falls_back_to_surge_when_more_than_images_change() {
+    let mut world = World::new(2);
+    world.spec.update_strategy.type_ = crate::crd::UpdateStrategyType::InPlace;
+    world.spec.snapshot = Some(crate::crd::SnapshotSpec::default());
+    world.settle(Reports::All);
+    world.spec.template.spec.as_mut().unwrap().containers[0].args = Some(vec!["--fast".into()]);
+    let actions = world.step();
+    assert!(actions.update.is_empty());
+    assert_eq!(actions.create.len(), 1);
+    world.settle(Reports::All);
+    assert_converged(&world, 2);
+}
+
+// ----- failures -----------------------------------------------------------------------------
+
+#[test]
+fn reroute_moves_a_failed_slots_shards_then_the_replacement_rejoins() {
+    let mut world = World::converged(3);
+    let failed = world.slot_pod(1);
+    world.set_ready(&failed, false);
+
+    // Within unreadyGrace (10s): nothing but a requeue at the deadline.
+    let within = world.step();
+    assert!(within.is_idle());
+    assert!(within.requeue_after.unwrap() <= Duration::from_secs(11));
+    assert_eq!(
+        world.status.as_ref().unwrap().conditions[2].reason,
+        "SlotsUnavailable"
+    );
+
+    world.advance(10);
+    let reroute = world.step();
+    let ring = &reroute.publish.as_ref().unwrap().ring;
+    assert_eq!(
+        ring.phase(),
+        RingPhase::Switch,
+        "no warm step: the new owners load cold"
+    );
+    assert_eq!(ring.slot(1).unwrap().state, SlotState::Draining);
+    assert!(!ring.current().counts().contains_key(&1));
+    assert_eq!(reroute.create.len(), 1, "a replacement starts");
+    assert_eq!(reroute.create[0].slot, 1);
+    assert!(reroute.events.iter().any(|e| e.reason == reasons::REROUTED));
+
+    // The failed pod cannot report drained; the others observe: settle.
+    world.report(Reports::All);
+    let settle = world.step();
+    let ring = &settle.publish.as_ref().unwrap().ring;
+    assert_eq!(ring.phase(), RingPhase::Stable);
+    assert_eq!(ring.slot(1).unwrap().state, SlotState::Unavailable);
+    assert_eq!(
+        settle
+            .delete
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>(),
+        [failed.as_str()]
+    );
+
+    world.settle(Reports::All);
+    assert_converged(&world, 3);
+    assert_ne!(world.slot_pod(1), failed);
+    let kinds: Vec<_> = world.publishes.iter().map(Ring::phase).collect();
+    assert!(
+        kinds.contains(&RingPhase::Warm),
+        "the replacement rejoined warm: {kinds:?}"
+    );
+}
+
+#[test]
+fn wait_marks_the_slot_unavailable_and_the_replacement_takes_over() {
+    let mut world = World::new(3);
+    world.spec.on_pod_failure = crate::crd::PodFailurePolicy::Wait;
+    world.settle(Reports::All);
+    let table = world.ring().current().clone();
+    let failed = world.slot_pod(2);
+    world.set_ready(&failed, false);
+    world.advance(10);
+    let mark = world.step();
+    let ring = &mark.publish.as_ref().unwrap().ring;
+    assert_eq!(ring.phase(), RingPhase::Stable);
+    assert_eq!(ring.slot(2).unwrap().state, SlotState::Unavailable);
+    assert_eq!(ring.current(), &table, "the slot keeps its shards");
+    assert_eq!(mark.create.len(), 1);
+    let replacement = mark.create[0].name.clone();
+    let available = &world.status.as_ref().unwrap().conditions[0];
+    assert_eq!(available.status, "False");
+
+    world.set_ready(&replacement, true);
+    let takeover = world.step();
+    let ring = &takeover.publish.as_ref().unwrap().ring;
+    assert_eq!(ring.slot(2).unwrap().pod.name, replacement);
+    assert_eq!(ring.slot(2).unwrap().state, SlotState::Active);
+    assert_eq!(
+        takeover
+            .delete
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>(),
+        [failed.as_str()]
+    );
+    assert_eq!(ring.current(), &table);
+    world.settle(Reports::All);
+    assert_converged(&world, 3);
+}
+
+#[test]
+fn wait_recovers_the_same_pod_if_it_comes_back_first() {
+    let mut world = World::new(2);
+    world.spec.on_pod_failure = crate::crd::PodFailurePolicy::Wait;
+    world.settle(Reports::All);
+    let pod = world.slot_pod(0);
+    world.set_ready(&pod, false);
+    world.advance(10);
+    let mark = world.step();
+    let replacement = mark.create[0].name.clone();
+    world.set_ready(&pod, true);
+    let recover = world.step();
+    assert_eq!(
+        recover
+            .publish
+            .as_ref()
+            .unwrap()
+            .ring
+            .slot(0)
+            .unwrap()
+            .state,
+        SlotState::Active
+    );
+    assert_eq!(
+        recover
+            .delete
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>(),
+        [replacement.as_str()]
+    );
+    assert!(world.reasons().contains(&reasons::RECOVERED));
+}
+
+#[test]
+fn a_blip_shorter_than_the_grace_period_changes_nothing() {
+    let mut world = World::converged(3);
+    let pod = world.slot_pod(0);
+    world.set_ready(&pod, false);
+    world.advance(5);
+    assert!(world.step().is_idle());
+    world.set_ready(&pod, true);
+    world.advance(10);
+    assert!(world.step().is_idle());
+    assert_converged(&world, 3);
+}
+
+#[test]
+fn every_slot_failing_under_reroute_marks_them_unavailable() {
+    let mut world = World::converged(2);
+    for s in 0..2 {
+        let pod = world.slot_pod(s);
+        world.set_ready(&pod, false);
+    }
+    world.advance(10);
+    let actions = world.step();
+    let ring = &actions.publish.as_ref().unwrap().ring;
+    assert_eq!(ring.phase(), RingPhase::Stable, "nobody to reroute to");
+    assert!(
+        ring.slots()
+            .iter()
+            .all(|s| s.state == SlotState::Unavailable)
+    );
+    world.settle(Reports::All);
+    assert_converged(&world, 2);
+}
+
+#[test]
+fn an_evicted_pod_that_still_serves_hands_its_slot_to_a_surge_pod() {
+    let mut world = World::converged(3);
+    let table = world.ring().current().clone();
+    let evicted = world.slot_pod(1);
+    world.pod_mut(&evicted).deleting = true;
+    let start = world.step();
+    assert_eq!(start.create.len(), 1, "replacement starts at once");
+    assert!(start.delete.is_empty(), "it is already being deleted");
+    let replacement = start.create[0].name.clone();
+    world.set_ready(&replacement, true);
+    let warm = world.step();
+    let ring = &warm.publish.as_ref().unwrap().ring;
+    assert_eq!(
+        ring.slot(1).unwrap().successor.as_ref().unwrap().name,
+        replacement
+    );
+    world.report(Reports::All);
+    world.step();
+    assert_eq!(
+        world
+            .ring()
+            .slot(1)
+            .unwrap()
+            .predecessor
+            .as_ref()
+            .unwrap()
+            .name,
+        evicted
+    );
+    // The evicted pod finishes terminating.
+    world.pods.retain(|p| p.name != evicted);
+    world.settle(Reports::All);
+    assert_converged(&world, 3);
+    assert_eq!(world.slot_pod(1), replacement);
+    assert!(world.publishes.iter().all(|r| r.current() == &table));
+}
+
+#[test]
+fn a_pod_that_vanished_is_replaced_and_the_replacement_takes_over_within_grace() {
+    let mut world = World::converged(3);
+    let gone = world.slot_pod(0);
+    world.pods.retain(|p| p.name != gone);
+    let start = world.step();
+    assert_eq!(start.create.len(), 1);
+    assert!(
+        start.publish.is_none(),
+        "within the grace period, wait for the replacement"
+    );
+    let replacement = start.create[0].name.clone();
+    world.advance(3);
+    world.set_ready(&replacement, true);
+    let takeover = world.step();
+    assert_eq!(
+        takeover
+            .publish
+            .as_ref()
+            .unwrap()
+            .ring
+            .slot(0)
+            .unwrap()
+            .pod
+            .name,
+        replacement
+    );
+    assert!(world.reasons().contains(&reasons::TAKEOVER));
+}
+
+#[test]
+fn a_failed_pod_with_phase_failed_is_deleted_once_replaced() {
+    let mut world = World::converged(2);
+    let pod = world.slot_pod(1);
+    world.pod_mut(&pod).terminal = true;
+    world.set_ready(&pod, false);
+    world.settle(Reports::All);
+    assert_converged(&world, 2);
+    assert!(world.deleted.contains(&pod));
+}
+
+// ----- aborts, restarts, no-ops -------------------------------------------------------------
+
+#[test]
+fn warm_is_withdrawn_when_a_joining_pod_disappears() {
+    let mut world = World::converged(2);
+    let table = world.ring().current().clone();
+    world.spec.replicas = 3;
+    world.step();
+    world.ready_all();
+    world.step();
+    assert_eq!(world.ring().phase(), RingPhase::Warm);
+    let joiner = world.slot_pod(2);
+    world.pods.retain(|p| p.name != joiner);
+    let abort = world.step();
+    let ring = &abort.publish.as_ref().unwrap().ring;
+    assert_eq!(ring.phase(), RingPhase::Stable);
+    assert_eq!(ring.current(), &table);
+    assert!(abort.events.iter().any(|e| e.reason == reasons::ABORTED));
+    assert_eq!(abort.create.len(), 1, "a new pod for slot 2");
+    world.settle(Reports::All);
+    assert_converged(&world, 3);
+}
+
+#[test]
+fn planning_is_deterministic_so_a_restarted_operator_continues_the_transition() {
+    let mut world = World::converged(3);
+    world.spec.replicas = 4;
+    world.step();
+    world.ready_all();
+    world.step(); // Warm published
+    world.report(Reports::All);
+    // Two operator instances (or one before and one after a restart) see the same state.
+    let a = world.plan();
+    let b = world.plan();
+    assert_eq!(a, b);
+    assert_eq!(a.publish.as_ref().unwrap().ring.phase(), RingPhase::Switch);
+}
+
+#[test]
+fn a_stale_view_of_pods_plans_the_same_pod_names() {
+    let mut world = World::converged(2);
+    world.spec.replicas = 4;
+    let first = world.plan();
+    // The executor created the pods but the cache does not show them yet: planning again
+    // yields the same names, so the second create is a no-op on the server.
+    let again = world.plan();
+    assert_eq!(first.create, again.create);
+    world.apply(&first);
+    assert!(world.plan().create.is_empty());
+}
+
+#[test]
+fn replacement_names_never_reuse_a_known_pod_name() {
+    let mut world = World::converged(1);
+    let old = world.slot_pod(0);
+    world.pod_mut(&old).deleting = true;
+    let actions = world.step();
+    assert_eq!(actions.create.len(), 1);
+    assert_ne!(actions.create[0].name, old);
+}
+
+#[test]
+fn a_converged_service_plans_nothing_and_an_unchanged_status() {
+    let mut world = World::converged(3);
+    let status = world.status.clone();
+    world.advance(3600);
+    let actions = world.step();
+    assert!(actions.is_idle());
+    assert!(actions.events.is_empty());
+    assert_eq!(actions.requeue_after, None);
+    assert_eq!(Some(actions.status), status, "no status write either");
+}
+
+#[test]
+fn condition_times_change_only_with_their_status() {
+    let mut world = World::converged(2);
+    let times = |w: &World| -> Vec<_> {
+        w.status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.last_transition_time.clone()))
+            .collect()
+    };
+    let before = times(&world);
+    world.advance(100);
+    let pod = world.slot_pod(0);
+    world.set_ready(&pod, false);
+    world.step();
+    let after = times(&world);
+    assert_eq!(before[1], after[1], "Progressing did not change");
+    assert_ne!(before[0], after[0], "Available changed");
+    assert_ne!(before[2], after[2], "Degraded changed");
+}
+
+// ----- reshard, scale to zero ---------------------------------------------------------------
+
+#[test]
+fn growing_shards_splits_in_place_without_moving_keys() {
+    let mut world = World::converged(3);
+    let before = world.ring().clone();
+    world.spec.shards = 256;
+    let actions = world.step();
+    let ring = &actions.publish.as_ref().unwrap().ring;
+    assert_eq!(ring.shards().get(), 256);
+    assert_eq!(ring.phase(), RingPhase::Stable);
+    for key in 0..500u32 {
+        let key = key.to_le_bytes();
+        assert_eq!(before.owner(&key).index, ring.owner(&key).index);
+    }
+    assert_eq!(
+        world
+            .status
+            .as_ref()
+            .unwrap()
+            .last_transition
+            .as_ref()
+            .unwrap()
+            .kind,
+        crate::crd::TransitionKind::Reshard
+    );
+    // 21/21/22 of 64 became 84/84/88 of 256, off floor/ceil balance (85/85/86): a small,
+    // warm rebalance follows.
+    let split = world.ring().current().clone();
+    world.settle(Reports::All);
+    assert_converged(&world, 3);
+    let moved = split.moves_to(world.ring().current()).unwrap().count();
+    assert!(moved <= 3, "{moved}");
+}
+
+#[test]
+fn scale_to_zero_keeps_the_ring_with_every_slot_unavailable_and_comes_back() {
+    let mut world = World::converged(2);
+    world.spec.replicas = 0;
+    let actions = world.step();
+    assert_eq!(actions.delete.len(), 2);
+    let ring = &actions.publish.as_ref().unwrap().ring;
+    assert!(
+        ring.slots()
+            .iter()
+            .all(|s| s.state == SlotState::Unavailable)
+    );
+    assert!(world.step().is_idle());
+    world.spec.replicas = 2;
+    world.settle(Reports::All);
+    assert_converged(&world, 2);
+}
+
+#[test]
+fn scale_down_while_a_slot_below_is_rerouted_settles() {
+    let mut world = World::converged(4);
+    let pod = world.slot_pod(1);
+    world.set_ready(&pod, false);
+    world.advance(10);
+    world.step(); // reroute switch
+    world.spec.replicas = 2;
+    world.settle(Reports::All);
+    assert_converged(&world, 2);
+}
+
+#[test]
+fn template_change_during_a_scale_up_finishes_both() {
+    let mut world = World::converged(2);
+    world.spec.replicas = 3;
+    world.step();
+    world.ready_all();
+    world.step(); // Warm
+    world.spec.template.spec.as_mut().unwrap().containers[0].image = Some("app:2".into());
+    world.settle(Reports::All);
+    assert_converged(&world, 3);
+}
+
+#[test]
+fn nothing_ever_reported_still_converges_on_timeouts() {
+    let mut world = World::converged(2);
+    world.spec.replicas = 4;
+    world.spec.template.spec.as_mut().unwrap().containers[0].image = Some("app:2".into());
+    // One second per round; every step waits for its timeout.
+    world.settle(Reports::Nothing);
+    assert_converged(&world, 4);
+}
