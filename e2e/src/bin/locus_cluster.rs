@@ -169,6 +169,11 @@ async fn up(args: Args) -> ExitCode {
             )
         })
         .collect();
+    // A second tag of the test server, for tests that change a pod's image in place.
+    images.push((
+        "locus/test-server:v2".to_owned(),
+        here.join("locus-test-server"),
+    ));
     images.extend(args.images.iter().cloned());
     let config = LocalClusterConfig {
         bin_dir,
