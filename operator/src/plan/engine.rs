@@ -563,10 +563,17 @@ impl<'a> Planner<'a> {
                 })
             })
             .collect();
+        // A ring ConfigMap deleted by hand is recreated with a version above the last one the
+        // status recorded: readers ignore versions that are not newer than theirs.
+        let version = self
+            .obs
+            .status
+            .and_then(|s| s.ring_version)
+            .map_or(1, |v| v + 1);
         let ring = Ring::new(RingParts {
             namespace: self.obs.namespace.to_owned(),
             service: self.obs.name.to_owned(),
-            version: 1,
+            version,
             shards: self.shards,
             vnodes: self.vnodes,
             slots,
@@ -578,7 +585,7 @@ impl<'a> Planner<'a> {
                 false,
                 reasons::RING_CREATED,
                 format!(
-                    "published ring version 1: {} slots, {} shards",
+                    "published ring version {version}: {} slots, {} shards",
                     self.n,
                     self.shards.get()
                 ),
@@ -588,7 +595,7 @@ impl<'a> Planner<'a> {
                 true,
                 reasons::TIMEOUT,
                 format!(
-                    "not every pod was Ready after {:?}: published ring version 1 with {} of {} slots ({} serving)",
+                    "not every pod was Ready after {:?}: published ring version {version} with {} of {} slots ({} serving)",
                     self.warm,
                     ring.slots().len(),
                     self.n,

@@ -154,40 +154,51 @@ impl World {
         }
     }
 
+    /// Invariants of a publish: the version goes up by one, and every pod a ring names for
+    /// the first time exists and is Ready (or its slot is marked unavailable).
+    fn check_publish(&self, next: &PublishedRing) {
+        let last = self
+            .ring
+            .as_ref()
+            .map(|p| p.ring.version())
+            .or(self.status.as_ref().and_then(|s| s.ring_version));
+        let expected = last.map_or(1, |v| v + 1);
+        assert_eq!(next.ring.version(), expected, "versions go up by one");
+        let before: BTreeSet<String> = self
+            .ring
+            .iter()
+            .flat_map(|p| p.ring.slots())
+            .flat_map(|s| [Some(&s.pod), s.successor.as_ref(), s.predecessor.as_ref()])
+            .flatten()
+            .map(|p| p.uid.clone())
+            .collect();
+        for slot in next.ring.slots() {
+            for pod in [Some(&slot.pod), slot.successor.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                if before.contains(&pod.uid) {
+                    continue;
+                }
+                let observed = self
+                    .pods
+                    .iter()
+                    .find(|p| p.uid == pod.uid)
+                    .unwrap_or_else(|| panic!("ring names unknown pod {}", pod.name));
+                assert!(
+                    observed.ready || slot.state == SlotState::Unavailable,
+                    "ring names pod {} before it is Ready",
+                    pod.name
+                );
+                assert_eq!(Some(pod.address), observed.address);
+            }
+        }
+    }
+
     /// Applies a plan like an ideal executor, checking the invariants.
     fn apply(&mut self, actions: &Actions) {
         if let Some(next) = &actions.publish {
-            let expected = self.ring.as_ref().map_or(1, |p| p.ring.version() + 1);
-            assert_eq!(next.ring.version(), expected, "versions go up by one");
-            let before: BTreeSet<String> = self
-                .ring
-                .iter()
-                .flat_map(|p| p.ring.slots())
-                .flat_map(|s| [Some(&s.pod), s.successor.as_ref(), s.predecessor.as_ref()])
-                .flatten()
-                .map(|p| p.uid.clone())
-                .collect();
-            for slot in next.ring.slots() {
-                for pod in [Some(&slot.pod), slot.successor.as_ref()]
-                    .into_iter()
-                    .flatten()
-                {
-                    if before.contains(&pod.uid) {
-                        continue;
-                    }
-                    let observed = self
-                        .pods
-                        .iter()
-                        .find(|p| p.uid == pod.uid)
-                        .unwrap_or_else(|| panic!("ring names unknown pod {}", pod.name));
-                    assert!(
-                        observed.ready || slot.state == SlotState::Unavailable,
-                        "ring names pod {} before it is Ready",
-                        pod.name
-                    );
-                    assert_eq!(Some(pod.address), observed.address);
-                }
-            }
+            self.check_publish(next);
         }
         let final_ring = actions.publish.as_ref().or(self.ring.as_ref());
         for deletion in &actions.delete {
@@ -399,6 +410,24 @@ fn create_rolls_forward_after_the_warm_timeout_with_the_ready_slots() {
         names[2],
         "the slow pod was kept, not replaced"
     );
+}
+
+#[test]
+fn a_deleted_ring_config_map_comes_back_with_a_newer_version() {
+    let mut world = World::converged(2);
+    world.spec.replicas = 3;
+    world.settle(Reports::All);
+    let last = world.ring().version();
+    world.ring = None;
+    let actions = world.step();
+    let ring = &actions.publish.as_ref().unwrap().ring;
+    assert_eq!(ring.version(), last + 1, "readers holding {last} accept it");
+    assert_eq!(
+        ring.slots().len(),
+        3,
+        "the running pods are taken as they are"
+    );
+    assert!(actions.create.is_empty() && actions.delete.is_empty());
 }
 
 #[test]

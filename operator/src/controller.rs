@@ -1,0 +1,206 @@
+//! The controller: a kube-runtime `Controller` over `StatefulService` that owns the service's
+//! pods and ring `ConfigMap` (watched by the `locus.dev/service` label), and a reconcile that
+//! observes (fresh reads: the pods, the ring), plans ([`crate::plan::plan`]) and executes
+//! ([`crate::executor::Executor`]).
+//!
+//! Reconcile reads the pods and the ring from the API server rather than from a cache: the
+//! next step must be planned from the ring just published, never from a stale copy. The
+//! watches only trigger reconciles; pods report progress by annotating themselves, so a
+//! report is a pod event and needs no polling.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::ListParams;
+use kube::runtime::controller::{Action, Config as ControllerConfig};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, ResourceExt};
+use locus::ring::RingDocument;
+use tracing::{debug, warn};
+
+use crate::crd::StatefulService;
+use crate::error::{Error, Result};
+use crate::executor::Executor;
+use crate::metrics::{ErrorLabels, Metrics, ResultLabels, ServiceLabels};
+use crate::plan::{self, LABEL_SERVICE, Observed, ObservedPod};
+
+/// Reconcile again after this long even if nothing changed (a safety net; a converged service
+/// costs reads only, no writes).
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// Retry delay after a failed reconcile.
+pub const ERROR_RETRY: Duration = Duration::from_secs(5);
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The API client (the operator's own credentials).
+    pub client: Client,
+    /// Publishes Kubernetes events.
+    pub recorder: Recorder,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Context {
+    /// A context whose events are reported as `locus-operator` from `instance`.
+    pub fn new(client: Client, metrics: Arc<Metrics>, instance: &str) -> Self {
+        let reporter = Reporter {
+            controller: "locus-operator".to_owned(),
+            instance: Some(instance.to_owned()),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+        }
+    }
+}
+
+/// Observes, plans and executes one service.
+async fn reconcile_service(svc: &StatefulService, ctx: &Context) -> Result<Action> {
+    let (Some(namespace), Some(uid)) = (svc.namespace(), svc.uid()) else {
+        return Err(Error::MissingIdentity {
+            name: svc.name_any(),
+        });
+    };
+    let name = svc.name_any();
+    if svc.metadata.deletion_timestamp.is_some() {
+        // Owner references let the garbage collector remove everything.
+        return Ok(Action::await_change());
+    }
+    let read = |kind: &'static str, object: String| {
+        let namespace = namespace.clone();
+        move |source| Error::Read {
+            kind,
+            namespace,
+            name: object,
+            source,
+        }
+    };
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let listed = pods
+        .list(&ListParams::default().labels(&plan::selector(&name)))
+        .await
+        .map_err(read("pods", name.clone()))?;
+    let observed: Vec<ObservedPod> = listed
+        .items
+        .iter()
+        .filter_map(|p| plan::observe_pod(p, &uid, &svc.spec.port))
+        .collect();
+    let ring_name = RingDocument::config_map_name(&name);
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+    let ring_map = config_maps
+        .get_opt(&ring_name)
+        .await
+        .map_err(read("ConfigMap", ring_name.clone()))?;
+    let published = ring_map
+        .as_ref()
+        .map(plan::published_ring)
+        .transpose()
+        .map_err(|source| Error::InvalidRing {
+            namespace: namespace.clone(),
+            name: ring_name.clone(),
+            source,
+        })?;
+    let actions = plan::plan(&Observed {
+        namespace: &namespace,
+        name: &name,
+        uid: &uid,
+        generation: svc.metadata.generation,
+        spec: &svc.spec,
+        status: svc.status.as_ref(),
+        pods: &observed,
+        ring: published.as_ref(),
+        now: Timestamp::now(),
+    })
+    .map_err(|source| Error::Plan {
+        namespace: namespace.clone(),
+        name: name.clone(),
+        source,
+    })?;
+
+    let executor = Executor::new(ctx, svc);
+    let mut pod_names: Vec<String> = observed.iter().map(|p| p.name.clone()).collect();
+    pod_names.extend(actions.create.iter().map(|c| c.name.clone()));
+    executor.ensure_owned(&pod_names).await?;
+    executor.execute(&actions, svc.status.as_ref()).await?;
+
+    ctx.metrics.record_steps(&actions.steps);
+    if let Some(version) = actions.status.ring_version {
+        ctx.metrics
+            .ring_version
+            .get_or_create(&ServiceLabels {
+                namespace: namespace.clone(),
+                service: name.clone(),
+            })
+            .set(version);
+    }
+    debug!(%namespace, %name, idle = actions.is_idle(), requeue = ?actions.requeue_after, "reconciled");
+    Ok(Action::requeue(actions.requeue_after.unwrap_or(RESYNC)))
+}
+
+async fn reconcile(svc: Arc<StatefulService>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let result = reconcile_service(&svc, &ctx).await;
+    let label = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics
+        .reconcile_duration
+        .get_or_create(&ResultLabels { result: label })
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "the signature kube-runtime's Controller::run expects"
+)]
+fn error_policy(svc: Arc<StatefulService>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(service = %svc.name_any(), %error, "reconcile failed");
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels {
+            error: error.metric_label(),
+        })
+        .inc();
+    Action::requeue(ERROR_RETRY)
+}
+
+/// Runs the controller until `shutdown` resolves (then finishes the reconciles in flight).
+/// `namespace` limits it to one namespace; `None` watches all.
+pub async fn run_controller(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let (services, pods, config_maps) = match namespace {
+        Some(ns) => (
+            Api::<StatefulService>::namespaced(client.clone(), ns),
+            Api::<Pod>::namespaced(client.clone(), ns),
+            Api::<ConfigMap>::namespaced(client, ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client),
+        ),
+    };
+    let owned = || watcher::Config::default().labels(LABEL_SERVICE);
+    Controller::new(services, watcher::Config::default())
+        .owns(pods, owned())
+        .owns(config_maps, owned())
+        .with_config(ControllerConfig::default().debounce(Duration::from_millis(20)))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => debug!(service = %object.name, "reconcile done"),
+                Err(error) => debug!(%error, "controller"),
+            }
+        })
+        .await;
+}

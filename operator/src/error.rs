@@ -1,0 +1,197 @@
+//! The operator's one error type. Every variant names the action that failed and the object
+//! it failed on; [`Error::metric_label`] gives the short label the error counter uses.
+
+use std::net::SocketAddr;
+
+use locus::ring::RingError;
+
+use crate::plan::ObserveError;
+
+/// Everything that can go wrong in the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A `StatefulService` without namespace, name or UID (not from the API server).
+    #[error("StatefulService {name:?} has no namespace, name or UID")]
+    MissingIdentity {
+        /// Whatever name it has.
+        name: String,
+    },
+
+    /// Reading an object failed.
+    #[error("reading {kind} {namespace}/{name}: {source}")]
+    Read {
+        /// Kind of the object (or `pods` for the list).
+        kind: &'static str,
+        /// Its namespace.
+        namespace: String,
+        /// Its name (the service's, for the list of its pods).
+        name: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
+
+    /// A server-side apply (or create) failed.
+    #[error("applying {kind} {namespace}/{name}: {source}")]
+    Apply {
+        /// Kind of the object.
+        kind: &'static str,
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
+
+    /// Patching a pod's image for an in-place update failed.
+    #[error("updating pod {namespace}/{name} in place: {source}")]
+    UpdatePod {
+        /// Namespace of the pod.
+        namespace: String,
+        /// Name of the pod.
+        name: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
+
+    /// Deleting a pod failed.
+    #[error("deleting pod {namespace}/{name}: {source}")]
+    DeletePod {
+        /// Namespace of the pod.
+        namespace: String,
+        /// Name of the pod.
+        name: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
+
+    /// Writing the status failed.
+    #[error("writing the status of StatefulService {namespace}/{name}: {source}")]
+    Status {
+        /// Namespace of the service.
+        namespace: String,
+        /// Name of the service.
+        name: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
+
+    /// The ring `ConfigMap` holds something that is not a valid ring. The operator leaves it
+    /// alone (readers only accept newer versions, so overwriting it blindly could strand them);
+    /// delete the `ConfigMap` to start a new ring from the status' ring version.
+    #[error("the ring ConfigMap {namespace}/{name} cannot be read and is left alone: {source}")]
+    InvalidRing {
+        /// Namespace of the `ConfigMap`.
+        namespace: String,
+        /// Name of the `ConfigMap`.
+        name: String,
+        /// Why it cannot be read.
+        #[source]
+        source: ObserveError,
+    },
+
+    /// The ring planner refused the service's parameters.
+    #[error("planning the ring of StatefulService {namespace}/{name}: {source}")]
+    Plan {
+        /// Namespace of the service.
+        namespace: String,
+        /// Name of the service.
+        name: String,
+        /// The cause.
+        #[source]
+        source: RingError,
+    },
+
+    /// The ring could not be encoded (it would exceed the document limit).
+    #[error("encoding the ring of StatefulService {namespace}/{name}: {source}")]
+    EncodeRing {
+        /// Namespace of the service.
+        namespace: String,
+        /// Name of the service.
+        name: String,
+        /// The cause.
+        #[source]
+        source: RingError,
+    },
+
+    /// The handoff key could not be generated.
+    #[error("generating the handoff key of StatefulService {namespace}/{name}: {source}")]
+    HandoffKey {
+        /// Namespace of the service.
+        namespace: String,
+        /// Name of the service.
+        name: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Leader election could not read or write its Lease.
+    #[error("leader election on Lease {namespace}/{name}: {source}")]
+    Lease {
+        /// Namespace of the Lease.
+        namespace: String,
+        /// Name of the Lease.
+        name: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
+
+    /// The metrics and health server could not start.
+    #[error("serving metrics and health checks on {addr}: {source}")]
+    Serve {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// A short, stable label for the error counter (`locus_operator_reconcile_errors_total`).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::MissingIdentity { .. } => "missing_identity",
+            Self::Read { .. } => "read",
+            Self::Apply { .. } => "apply",
+            Self::UpdatePod { .. } => "update_pod",
+            Self::DeletePod { .. } => "delete_pod",
+            Self::Status { .. } => "status",
+            Self::InvalidRing { .. } => "invalid_ring",
+            Self::Plan { .. } => "plan",
+            Self::EncodeRing { .. } => "encode_ring",
+            Self::HandoffKey { .. } => "handoff_key",
+            Self::Lease { .. } => "lease",
+            Self::Serve { .. } => "serve",
+        }
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_object_and_labels_are_short() {
+        let error = Error::InvalidRing {
+            namespace: "shop".into(),
+            name: "cart-ring".into(),
+            source: ObserveError::MissingRingKey,
+        };
+        assert_eq!(
+            error.to_string(),
+            "the ring ConfigMap shop/cart-ring cannot be read and is left alone: the ConfigMap has no key ring.json"
+        );
+        assert_eq!(error.metric_label(), "invalid_ring");
+    }
+}
