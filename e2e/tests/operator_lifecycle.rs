@@ -3,6 +3,11 @@
 //! specs are refused; a converged service costs no writes. The operator runs in-process under
 //! the chart's RBAC rules (a missing permission fails these tests).
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a test failure"
+)]
+
 mod operator_support;
 
 use std::collections::BTreeSet;
@@ -113,4 +118,292 @@ async fn create_then_scale_three_to_five_to_two() {
         .0
         .clone();
     assert_eq!(key, again);
+}
+
+/// The revision label of a pod.
+fn revision_of(pod: &k8s_openapi::api::core::v1::Pod) -> Option<String> {
+    pod.metadata
+        .labels
+        .as_ref()?
+        .get("locus.dev/revision")
+        .cloned()
+}
+
+#[tokio::test]
+async fn a_template_change_rolls_out_by_surge_handoff_without_moving_shards() {
+    let env = setup("op-surge").await.unwrap();
+    let _operator = Operator::start(env.operator.clone(), env.namespace());
+    let history = RingHistory::watch(&env, "cart");
+    apply(&env, &service("cart", 3)).await.unwrap();
+    let (before, status) = converged(&env, "cart", 3).await.unwrap();
+    let old_revision = status.current_revision.clone().unwrap();
+    let old_uids: BTreeSet<String> = before.slots().iter().map(|s| s.pod.uid.clone()).collect();
+
+    let mut manifest = service("cart", 3);
+    manifest["spec"]["template"]["spec"]["containers"] =
+        serde_json::json!([probe_container(&[("MODE", "second")])]);
+    apply(&env, &manifest).await.unwrap();
+    let (after, status) = converged(&env, "cart", 3).await.unwrap();
+    let new_revision = status.update_revision.clone().unwrap();
+    assert_ne!(new_revision, old_revision);
+    assert_eq!(
+        status.current_revision.as_deref(),
+        Some(new_revision.as_str())
+    );
+    assert_eq!(
+        status.last_transition.as_ref().unwrap().kind,
+        TransitionKind::Rollout
+    );
+    for slot in after.slots() {
+        assert!(
+            !old_uids.contains(&slot.pod.uid),
+            "slot {} kept its old pod",
+            slot.index
+        );
+    }
+    for pod in live_pods(&env, "cart").await.unwrap() {
+        assert_eq!(revision_of(&pod).as_deref(), Some(new_revision.as_str()));
+    }
+    // Every slot was handed over (a successor in a warm ring, then a predecessor in a switch
+    // ring), and no version of the ring moved a shard.
+    let rings = history.rings();
+    for index in 0..3u16 {
+        let warmed = rings
+            .iter()
+            .any(|(_, r)| r.slot(index).is_some_and(|s| s.successor.is_some()));
+        let switched = rings
+            .iter()
+            .any(|(_, r)| r.slot(index).is_some_and(|s| s.predecessor.is_some()));
+        assert!(warmed && switched, "slot {index} was not handed over");
+    }
+    assert!(rings.iter().all(|(_, r)| r.current() == before.current()));
+}
+
+/// A StatefulService of test servers updated in place (image-only changes).
+fn in_place_service(image: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "locus.dev/v1alpha1",
+        "kind": "StatefulService",
+        "metadata": {"name": "feed"},
+        "spec": {
+            "replicas": 2,
+            "shards": 64,
+            "port": "http",
+            "unreadyGrace": "20s",
+            "updateStrategy": {"type": "InPlace"},
+            "snapshot": {"sizeLimit": "16Mi"},
+            "template": {"spec": {
+                "terminationGracePeriodSeconds": 5,
+                "containers": [{
+                    "name": "server",
+                    "image": image,
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1},
+                }],
+            }},
+        },
+    })
+}
+
+#[tokio::test]
+async fn an_image_only_change_with_in_place_keeps_the_pods_and_restarts_their_containers() {
+    let env = setup("op-inplace").await.unwrap();
+    let _operator = Operator::start(env.operator.clone(), env.namespace());
+    apply(&env, &in_place_service("locus/test-server:dev"))
+        .await
+        .unwrap();
+    let (before, status) = converged(&env, "feed", 2).await.unwrap();
+    let old_revision = status.current_revision.clone().unwrap();
+    let pods_before: Vec<(String, String)> = live_pods(&env, "feed")
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p.metadata.name.clone().unwrap(),
+                p.metadata.uid.clone().unwrap(),
+            )
+        })
+        .collect();
+
+    apply(&env, &in_place_service("locus/test-server:v2"))
+        .await
+        .unwrap();
+    let (after, status) = converged(&env, "feed", 2).await.unwrap();
+    assert_ne!(
+        status.current_revision.as_deref(),
+        Some(old_revision.as_str())
+    );
+    assert_eq!(status.current_revision, status.update_revision);
+    assert_eq!(after.version(), before.version(), "the ring did not change");
+    let pods_after = live_pods(&env, "feed").await.unwrap();
+    let mut same: Vec<(String, String)> = pods_after
+        .iter()
+        .map(|p| {
+            (
+                p.metadata.name.clone().unwrap(),
+                p.metadata.uid.clone().unwrap(),
+            )
+        })
+        .collect();
+    same.sort();
+    let mut expected = pods_before.clone();
+    expected.sort();
+    assert_eq!(same, expected, "same pods (names and UIDs)");
+    for pod in &pods_after {
+        let spec_image = pod.spec.as_ref().unwrap().containers[0].image.clone();
+        assert_eq!(spec_image.as_deref(), Some("locus/test-server:v2"));
+        let container = &pod
+            .status
+            .as_ref()
+            .unwrap()
+            .container_statuses
+            .as_ref()
+            .unwrap()[0];
+        assert!(container.restart_count >= 1, "container restarted in place");
+        assert_eq!(container.image, "locus/test-server:v2");
+        assert_eq!(revision_of(pod), status.update_revision);
+    }
+}
+
+/// `kubectl apply` of `manifest` in the test namespace: (success, stderr).
+async fn kubectl_apply(env: &Env, manifest: String) -> (bool, String) {
+    use std::io::Write as _;
+    let mut command = env.cluster.kubectl();
+    command
+        .args(["apply", "-n", env.namespace(), "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    tokio::task::spawn_blocking(move || {
+        let mut child = command.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(manifest.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn invalid_specs_are_refused_with_the_documented_messages() {
+    use locus_operator::crd::rules;
+    let env = setup("op-invalid").await.unwrap();
+    let with = |patch: serde_json::Value| {
+        let mut manifest = service("bad", 2);
+        for (key, value) in patch.as_object().unwrap() {
+            manifest["spec"][key] = value.clone();
+        }
+        serde_json::to_string(&manifest).unwrap()
+    };
+    let cases = [
+        (
+            with(serde_json::json!({"shards": 1000})),
+            rules::SHARDS_POWER_OF_TWO_MESSAGE.to_owned(),
+        ),
+        (
+            with(serde_json::json!({"replicas": 9, "shards": 8})),
+            rules::REPLICAS_AT_MOST_SHARDS_MESSAGE.to_owned(),
+        ),
+        (
+            with(serde_json::json!({"port": "grpc"})),
+            "spec.port 'grpc' must name a containerPort in spec.template.spec.containers[*].ports"
+                .to_owned(),
+        ),
+        (
+            with(serde_json::json!({"updateStrategy": {"type": "InPlace"}})),
+            rules::IN_PLACE_NEEDS_SNAPSHOT_MESSAGE.to_owned(),
+        ),
+        (
+            with(serde_json::json!({"unreadyGrace": "0s"})),
+            rules::DURATION_POSITIVE_MESSAGE.to_owned(),
+        ),
+    ];
+    for (manifest, message) in cases {
+        let (ok, stderr) = kubectl_apply(&env, manifest).await;
+        assert!(!ok, "accepted a bad spec expected to fail with {message:?}");
+        assert!(
+            stderr.contains(&message),
+            "expected {message:?} in:\n{stderr}"
+        );
+    }
+    // Shards may grow but never shrink.
+    let (ok, stderr) = kubectl_apply(&env, with(serde_json::json!({"shards": 256}))).await;
+    assert!(ok, "{stderr}");
+    let (ok, stderr) = kubectl_apply(&env, with(serde_json::json!({"shards": 128}))).await;
+    assert!(!ok);
+    assert!(stderr.contains(rules::SHARDS_ONLY_GROW_MESSAGE), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_converged_service_costs_no_writes() {
+    let env = setup("op-noop").await.unwrap();
+    let _operator = Operator::start(env.operator.clone(), env.namespace());
+    apply(&env, &service("quiet", 3)).await.unwrap();
+    converged(&env, "quiet", 3).await.unwrap();
+    // Let the last status write land: wait until a second passes without a write.
+    let quiet = locus_e2e::wait::until(
+        std::time::Duration::from_secs(30),
+        "a quiet operator",
+        || async {
+            let mark = env.requests.len();
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            Ok::<_, String>(env.requests.writes_since(mark).is_empty().then_some(()))
+        },
+    );
+    quiet.await.unwrap();
+
+    let mark = env.requests.len();
+    let ns = env.namespace().to_owned();
+    let pod = live_pods(&env, "quiet").await.unwrap()[0]
+        .metadata
+        .name
+        .clone()
+        .unwrap();
+    let touches = 10;
+    for i in 0..touches {
+        // Changes the operator does not care about, each of which triggers a reconcile.
+        let patch = serde_json::json!({"metadata": {"annotations": {"e2e.locus.dev/touch": i.to_string()}}});
+        if i % 2 == 0 {
+            env.services()
+                .patch(
+                    "quiet",
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await
+                .unwrap();
+        } else {
+            env.pods()
+                .patch(
+                    &pod,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await
+                .unwrap();
+        }
+        let what = format!("reconcile {}", i + 1);
+        locus_e2e::wait::until(std::time::Duration::from_secs(30), &what, || async {
+            Ok::<_, String>((env.requests.reconciles_since(mark, &ns) > i).then_some(()))
+        })
+        .await
+        .unwrap();
+    }
+    let reconciles = env.requests.reconciles_since(mark, &ns);
+    let writes = env.requests.writes_since(mark);
+    println!("no-op reconciles: {reconciles}, writes: {}", writes.len());
+    assert!(reconciles >= touches);
+    assert!(
+        writes.is_empty(),
+        "a converged service was written to: {writes:#?}"
+    );
 }

@@ -16,7 +16,8 @@
 //! | `POST /stall`, `POST /unstall` | stop and resume progress reports (resuming reports the newest ring at once) |
 //! | `GET /ring` | `{"version": V, "phase": "...", "reported": V}` as last seen |
 //!
-//! With `LOCUS_PROBE_STALLED=true` it starts stalled. It exits at once on SIGTERM.
+//! With `LOCUS_PROBE_STALLED=true` it starts stalled. On SIGTERM it keeps serving (and
+//! reporting) for `LOCUS_PROBE_TERM_DELAY_MS` milliseconds (default 0), then exits 0.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -237,14 +238,20 @@ async fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
         };
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
     tokio::select! {
-        result = axum::serve(listener, app) => {
+        result = server => {
+            let result = result.unwrap_or_else(|e| Err(std::io::Error::other(e)));
             if let Err(error) = result {
                 eprintln!("server: {error}");
                 return std::process::ExitCode::FAILURE;
             }
         }
-        _ = terminate.recv() => eprintln!("SIGTERM: exiting"),
+        _ = terminate.recv() => {
+            let delay = env("LOCUS_PROBE_TERM_DELAY_MS").and_then(|d| d.parse().ok()).unwrap_or(0);
+            eprintln!("SIGTERM: exiting in {delay} ms");
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
     }
     std::process::ExitCode::SUCCESS
 }

@@ -129,12 +129,18 @@ pub struct Env {
     pub ns: TestNamespace,
     pub operator: Client,
     pub requests: RequestLog,
+    token: String,
 }
 
 impl Env {
     /// The namespace's name.
     pub fn namespace(&self) -> &str {
         self.ns.name()
+    }
+
+    /// Another client with the operator's credentials, with its own request log.
+    pub async fn another_operator_client(&self) -> Res<(Client, RequestLog)> {
+        client_with_token(self.cluster, self.namespace(), &self.token).await
     }
 
     /// The services of the namespace (admin).
@@ -175,14 +181,9 @@ pub async fn install_crd(admin: &Client) -> Res<()> {
     Ok(())
 }
 
-/// A client that acts as the operator: a ServiceAccount in `namespace` bound to a
-/// ClusterRole made of the chart's rules, authenticated with a token from the TokenRequest
-/// API, trusting the cluster CA; every request it sends is recorded.
-async fn operator_client(
-    cluster: &Cluster,
-    admin: &Client,
-    namespace: &str,
-) -> Res<(Client, RequestLog)> {
+/// The operator's identity: a ServiceAccount in `namespace` bound to a ClusterRole made of
+/// the chart's rules; returns a token for it from the TokenRequest API.
+async fn operator_account(admin: &Client, namespace: &str) -> Res<String> {
     let name = "locus-operator";
     let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
     let account: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}}))?;
@@ -224,7 +225,18 @@ async fn operator_client(
         .await?
         .status
         .ok_or("TokenRequest without status")?
-        .token;
+        .token
+        .ok_or("TokenRequest without a token")?;
+    Ok(token)
+}
+
+/// A client authenticated with `token`, trusting the cluster CA; every request it sends is
+/// recorded.
+async fn client_with_token(
+    cluster: &Cluster,
+    namespace: &str,
+    token: &str,
+) -> Res<(Client, RequestLog)> {
     let kubeconfig = Kubeconfig::read_from(cluster.kubeconfig())?;
     let mut config =
         kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
@@ -243,13 +255,15 @@ pub async fn setup(prefix: &str) -> Res<Env> {
     let admin = cluster.client().await?;
     install_crd(&admin).await?;
     let ns = cluster.namespace(prefix).await?;
-    let (operator, requests) = operator_client(cluster, &admin, ns.name()).await?;
+    let token = operator_account(&admin, ns.name()).await?;
+    let (operator, requests) = client_with_token(cluster, ns.name(), &token).await?;
     Ok(Env {
         cluster,
         admin,
         ns,
         operator,
         requests,
+        token,
     })
 }
 
