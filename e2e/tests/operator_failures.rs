@@ -1,0 +1,285 @@
+//! The operator on the local cluster when things go wrong: a pod fails its readiness probe
+//! (policy `Reroute` and `Wait`), a pod is deleted from outside, the operator is killed in the
+//! middle of a transition, and the leader dies with a standby waiting. The operator runs
+//! in-process under the chart's RBAC rules.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a test failure"
+)]
+
+mod operator_support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use kube::api::DeleteParams;
+use locus::ring::{Phase, SlotState};
+use locus_e2e::wait;
+use operator_support::*;
+use serde_json::json;
+
+/// Waits until the history holds a ring matching `predicate`; returns its position.
+async fn seen(
+    history: &RingHistory,
+    what: &str,
+    predicate: impl Fn(&locus::ring::Ring) -> bool,
+) -> usize {
+    wait::until(CONVERGE, what, || async {
+        Ok::<_, String>(history.rings().iter().position(|(_, r)| predicate(r)))
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn reroute_moves_a_failed_slot_away_and_its_replacement_rejoins_warm() {
+    let env = setup("op-reroute").await.unwrap();
+    let _operator = Operator::start(env.operator.clone(), env.namespace());
+    let history = RingHistory::watch(&env, "inv");
+    apply(&env, &service("inv", 3)).await.unwrap();
+    let (before, _) = converged(&env, "inv", 3).await.unwrap();
+    let victim = before.slot(1).unwrap().pod.name.clone();
+
+    post_to_pod(&env, &victim, "/fail").await.unwrap();
+    let failed_at = Instant::now();
+    let rerouted = seen(&history, "slot 1's shards moved away", |r| {
+        !r.current().counts().contains_key(&1)
+    })
+    .await;
+    let rings = history.rings();
+    let (at, ring) = &rings[rerouted];
+    // unreadyGrace is 3s: nothing moved before it passed.
+    assert!(
+        at.duration_since(failed_at) >= Duration::from_secs(2),
+        "{:?}",
+        at.duration_since(failed_at)
+    );
+    assert_eq!(
+        ring.phase(),
+        Phase::Switch,
+        "no warm step for a failed slot"
+    );
+    assert_eq!(rings[rerouted - 1].1.phase(), Phase::Stable);
+    assert_eq!(ring.slot(1).unwrap().state, SlotState::Draining);
+    for m in before.current().moves_to(ring.current()).unwrap() {
+        assert_eq!(m.from, 1, "only the failed slot's shards move: {m:?}");
+    }
+
+    let (after, _) = converged(&env, "inv", 3).await.unwrap();
+    assert_balanced(&after, 3);
+    assert_ne!(after.slot(1).unwrap().pod.name, victim);
+    let rejoined = history.rings()[rerouted..].iter().any(|(_, r)| {
+        r.phase() == Phase::Warm && r.slot(1).is_some_and(|s| s.state == SlotState::Joining)
+    });
+    assert!(rejoined, "the replacement rejoined through a warm step");
+    let victim_left = env.pods().get_opt(&victim).await.unwrap();
+    assert!(victim_left.is_none_or(|p| p.metadata.deletion_timestamp.is_some()));
+}
+
+#[tokio::test]
+async fn wait_keeps_a_failed_slot_unavailable_until_its_replacement_takes_over() {
+    let env = setup("op-wait").await.unwrap();
+    let _operator = Operator::start(env.operator.clone(), env.namespace());
+    let history = RingHistory::watch(&env, "acct");
+    let mut manifest = service("acct", 3);
+    manifest["spec"]["onPodFailure"] = json!("Wait");
+    apply(&env, &manifest).await.unwrap();
+    let (before, _) = converged(&env, "acct", 3).await.unwrap();
+    let victim = before.slot(2).unwrap().pod.name.clone();
+
+    post_to_pod(&env, &victim, "/fail").await.unwrap();
+    let marked = seen(&history, "slot 2 unavailable", |r| {
+        r.slot(2).is_some_and(|s| s.state == SlotState::Unavailable)
+    })
+    .await;
+    let ring = history.rings()[marked].1.clone();
+    assert_eq!(
+        ring.current(),
+        before.current(),
+        "the slot keeps its shards"
+    );
+    assert_eq!(ring.phase(), Phase::Stable);
+
+    let (after, _) = converged(&env, "acct", 3).await.unwrap();
+    assert_ne!(after.slot(2).unwrap().pod.name, victim);
+    assert_eq!(after.current(), before.current(), "no shard moved at all");
+    assert!(
+        history
+            .rings()
+            .iter()
+            .all(|(_, r)| r.phase() == Phase::Stable)
+    );
+}
+
+#[tokio::test]
+async fn a_pod_deleted_from_outside_hands_its_slot_to_a_replacement() {
+    let env = setup("op-evict").await.unwrap();
+    let _operator = Operator::start(env.operator.clone(), env.namespace());
+    let history = RingHistory::watch(&env, "sess");
+    let mut manifest = service("sess", 3);
+    // The probe keeps serving 15 s after SIGTERM, so the replacement can warm the slot.
+    manifest["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(30);
+    manifest["spec"]["template"]["spec"]["containers"] =
+        json!([probe_container(&[("LOCUS_PROBE_TERM_DELAY_MS", "15000")])]);
+    apply(&env, &manifest).await.unwrap();
+    let (before, _) = converged(&env, "sess", 3).await.unwrap();
+    let victim = before.slot(0).unwrap().pod.name.clone();
+
+    env.pods()
+        .delete(&victim, &DeleteParams::default())
+        .await
+        .unwrap();
+    let handed = seen(&history, "a successor for slot 0", |r| {
+        r.slot(0).and_then(|s| s.successor.as_ref()).is_some()
+    })
+    .await;
+    let switch = seen(&history, "slot 0's predecessor", |r| {
+        r.slot(0)
+            .and_then(|s| s.predecessor.as_ref())
+            .is_some_and(|p| p.name == victim)
+    })
+    .await;
+    assert!(switch > handed);
+    let (after, _) = converged(&env, "sess", 3).await.unwrap();
+    assert_ne!(after.slot(0).unwrap().pod.name, victim);
+    assert_eq!(
+        after.current(),
+        before.current(),
+        "a replaced pod moves no shard"
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_operator_finishes_the_transition_it_finds() {
+    let env = setup("op-restart").await.unwrap();
+    let history = RingHistory::watch(&env, "game");
+    // Pods start with progress reports stalled and the warm timeout is long: the Warm step
+    // can only end by the pods' reports.
+    let manifest = |replicas: i32| {
+        let mut m = service("game", replicas);
+        m["spec"]["timeouts"]["warm"] = json!("300s");
+        m["spec"]["template"]["spec"]["containers"] =
+            json!([probe_container(&[("LOCUS_PROBE_STALLED", "true")])]);
+        m
+    };
+    let first = Operator::start(env.operator.clone(), env.namespace());
+    apply(&env, &manifest(2)).await.unwrap();
+    converged(&env, "game", 2).await.unwrap();
+    apply(&env, &manifest(3)).await.unwrap();
+    let warm = seen(&history, "a warm ring", |r| r.phase() == Phase::Warm).await;
+    let warm_version = history.rings()[warm].1.version();
+    first.kill().await;
+
+    let (client, _) = env.another_operator_client().await.unwrap();
+    let started = Instant::now();
+    let _second = Operator::start(client, env.namespace());
+    for pod in live_pods(&env, "game").await.unwrap() {
+        post_to_pod(&env, pod.metadata.name.as_deref().unwrap(), "/unstall")
+            .await
+            .unwrap();
+    }
+    let (ring, _) = converged(&env, "game", 3).await.unwrap();
+    assert_balanced(&ring, 3);
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "finished by reports, not timeouts"
+    );
+    let versions: Vec<(u64, Phase)> = history
+        .rings()
+        .iter()
+        .map(|(_, r)| (r.version(), r.phase()))
+        .collect();
+    let from_warm: Vec<(u64, Phase)> = versions
+        .iter()
+        .copied()
+        .filter(|(v, _)| *v >= warm_version)
+        .collect();
+    assert_eq!(
+        from_warm,
+        [
+            (warm_version, Phase::Warm),
+            (warm_version + 1, Phase::Switch),
+            (warm_version + 2, Phase::Stable)
+        ],
+        "the second operator continued the same transition"
+    );
+}
+
+#[tokio::test]
+async fn a_standby_takes_over_when_the_leader_dies() {
+    let env = setup("op-leader").await.unwrap();
+    let lease = |identity: &str| locus_operator::leader::LeaseConfig {
+        namespace: env.namespace().to_owned(),
+        name: "locus-operator".to_owned(),
+        identity: identity.to_owned(),
+        lease_duration: Duration::from_secs(4),
+        renew_deadline: Duration::from_secs(3),
+        retry_period: Duration::from_millis(500),
+    };
+    let config = |identity: &str| locus_operator::Config {
+        namespace: Some(env.namespace().to_owned()),
+        metrics_addr: None,
+        leader_election: Some(lease(identity)),
+        instance: identity.to_owned(),
+    };
+    let leases: Api<Lease> = Api::namespaced(env.admin.clone(), env.namespace());
+    let holder = |name: &'static str| {
+        let leases = leases.clone();
+        async move {
+            wait::until(
+                Duration::from_secs(30),
+                &format!("{name} holds the Lease"),
+                || async {
+                    let lease = leases.get_opt("locus-operator").await?;
+                    let current = lease.and_then(|l| l.spec).and_then(|s| s.holder_identity);
+                    Ok::<_, kube::Error>((current.as_deref() == Some(name)).then_some(()))
+                },
+            )
+            .await
+            .unwrap();
+        }
+    };
+
+    let leader = Operator::start_with(env.operator.clone(), config("first"));
+    holder("first").await;
+    let (standby_client, standby_log) = env.another_operator_client().await.unwrap();
+    let _standby = Operator::start_with(standby_client, config("second"));
+    apply(&env, &service("lead", 2)).await.unwrap();
+    converged(&env, "lead", 2).await.unwrap();
+    let standby_writes: Vec<String> = standby_log
+        .writes_since(0)
+        .into_iter()
+        .filter(|w| !w.contains("/leases"))
+        .collect();
+    assert!(
+        standby_writes.is_empty(),
+        "the standby wrote: {standby_writes:#?}"
+    );
+
+    leader.kill().await;
+    let killed = Instant::now();
+    holder("second").await;
+    let takeover = killed.elapsed();
+    assert!(takeover < Duration::from_secs(15), "{takeover:?}");
+    apply(&env, &service("lead", 3)).await.unwrap();
+    converged(&env, "lead", 3).await.unwrap();
+    assert!(
+        standby_log
+            .writes_since(0)
+            .iter()
+            .any(|w| w.contains("/configmaps/lead-ring")),
+        "the new leader published the ring"
+    );
+    let transitions = leases
+        .get("locus-operator")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .lease_transitions
+        .unwrap();
+    assert!(transitions >= 1);
+    println!("standby took over {takeover:?} after the leader died");
+}
