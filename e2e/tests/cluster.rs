@@ -1,6 +1,9 @@
 //! The local cluster's control plane: real binaries built from the Kubernetes Go modules,
 //! reachable with the kubeconfig the harness writes, and torn down without leftovers.
 
+// Test code: a failed step fails the test at once, with its cause.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -78,10 +81,29 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
     found
 }
 
+/// How a test asks the supervisor to stop.
+#[derive(Clone, Copy)]
+enum Stop {
+    /// Close its stdin, as happens when the test process exits for any reason.
+    Lifeline,
+    /// Send SIGTERM, as `kill` or Ctrl-C (SIGINT takes the same path) would.
+    Sigterm,
+}
+
 /// The lifeline: when whoever started `locus-cluster up --lifeline` goes away (its stdin
 /// closes), every process, pod network namespace, the bridge and the run dir are removed.
 #[tokio::test]
 async fn closing_the_lifeline_leaves_nothing_behind() {
+    start_run_pod_and_stop(Stop::Lifeline).await;
+}
+
+/// A signal stops the cluster the same way, even while the lifeline is still open.
+#[tokio::test]
+async fn sigterm_leaves_nothing_behind() {
+    start_run_pod_and_stop(Stop::Sigterm).await;
+}
+
+async fn start_run_pod_and_stop(stop: Stop) {
     let bin = locus_e2e::cluster::workspace_bin_dir()
         .unwrap()
         .join("locus-cluster");
@@ -138,9 +160,15 @@ async fn closing_the_lifeline_leaves_nothing_behind() {
     );
     assert!(!processes_mentioning(&run_dir).is_empty());
 
-    // Close the lifeline and wait for the supervisor to finish its teardown.
+    // Stop the supervisor and wait for it to finish its teardown.
     stdin.flush().unwrap();
-    drop(stdin);
+    match stop {
+        Stop::Lifeline => drop(stdin),
+        Stop::Sigterm => {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        }
+    }
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()

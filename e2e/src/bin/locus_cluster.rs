@@ -136,7 +136,12 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        "up" => up(args).await,
+        // Exit at once: the lifeline reader may still block on stdin (after a signal), and
+        // the runtime would wait for it on shutdown.
+        "up" => {
+            let code = up(args).await;
+            std::process::exit(i32::from(code != ExitCode::SUCCESS));
+        }
         other => {
             eprintln!("unknown command {other}\n{USAGE}");
             ExitCode::from(2)

@@ -125,7 +125,7 @@ impl LocalCluster {
         }
         let logs = run.join("logs");
 
-        let network = ClusterNetwork::create()?;
+        let network = ClusterNetwork::create(run)?;
         let mut cluster = Self {
             info: ClusterInfo {
                 kubeconfig: run.join("admin.kubeconfig"),

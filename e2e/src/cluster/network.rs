@@ -35,6 +35,7 @@ pub struct ClusterNetwork {
     /// The pod range, `10.213.<n>.0/24`.
     pub pod_cidr: String,
     claim: PathBuf,
+    run_dir: String,
 }
 
 /// What a claim file records about the cluster that owns a network slot.
@@ -42,6 +43,35 @@ pub struct ClusterNetwork {
 struct Claim {
     supervisor_pid: u32,
     process_groups: Vec<i32>,
+    /// Every process of the cluster names its run directory in its arguments; a recorded
+    /// process group is only killed if its leader still does (pids get reused).
+    #[serde(default)]
+    run_dir: String,
+}
+
+/// Holds `/run/locus/lock` exclusively: claiming, cleaning and releasing slots happen one
+/// process at a time, so two starts never clean up the same stale slot.
+fn state_lock() -> Result<nix::fcntl::Flock<std::fs::File>, ClusterError> {
+    let path = format!("{STATE_DIR}/lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(format!("open {path}")))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, errno)| {
+        ClusterError::Io {
+            action: format!("lock {path}"),
+            source: errno.into(),
+        }
+    })
+}
+
+/// Whether the process `pid` names `needle` in its command line.
+fn cmdline_mentions(pid: i32, needle: &str) -> bool {
+    !needle.is_empty()
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
 }
 
 /// Prefix of the network namespaces the node agent creates for pods on `bridge`.
@@ -92,8 +122,11 @@ fn io_err(action: String) -> impl FnOnce(std::io::Error) -> ClusterError {
 
 impl ClusterNetwork {
     /// Claims a free slot, cleaning stale ones on the way, and brings its bridge up.
-    pub fn create() -> Result<Self, ClusterError> {
+    /// `run_dir` is the cluster's run directory (recorded to recognise its processes).
+    pub fn create(run_dir: &std::path::Path) -> Result<Self, ClusterError> {
         std::fs::create_dir_all(STATE_DIR).map_err(io_err(format!("create {STATE_DIR}")))?;
+        let _lock = state_lock()?;
+        let run_dir = run_dir.to_string_lossy().into_owned();
         for index in 1..=MAX_CLUSTERS {
             let claim = PathBuf::from(format!("{STATE_DIR}/cluster-{index}.json"));
             if claim.exists() {
@@ -106,7 +139,9 @@ impl ClusterNetwork {
                 }
                 tracing::info!(index, "cleaning up a stale local cluster");
                 for group in owner.process_groups {
-                    kill_group(group, nix::sys::signal::Signal::SIGKILL);
+                    if cmdline_mentions(group, &owner.run_dir) {
+                        kill_group(group, nix::sys::signal::Signal::SIGKILL);
+                    }
                 }
                 remove_network(index);
                 let _ = std::fs::remove_file(&claim);
@@ -119,6 +154,7 @@ impl ClusterNetwork {
             let mine = Claim {
                 supervisor_pid: std::process::id(),
                 process_groups: Vec::new(),
+                run_dir: run_dir.clone(),
             };
             let json = serde_json::to_vec(&mine).unwrap_or_default();
             file.write_all(&json)
@@ -129,6 +165,7 @@ impl ClusterNetwork {
                 gateway: Ipv4Addr::new(10, 213, index, 1),
                 pod_cidr: format!("10.213.{index}.0/24"),
                 claim,
+                run_dir,
             };
             // A bridge left by a run that died before writing its claim is removed first.
             remove_network(index);
@@ -158,6 +195,7 @@ impl ClusterNetwork {
         let claim = Claim {
             supervisor_pid: std::process::id(),
             process_groups: groups.to_vec(),
+            run_dir: self.run_dir.clone(),
         };
         if let Ok(json) = serde_json::to_vec(&claim) {
             let _ = std::fs::write(&self.claim, json);
@@ -166,6 +204,7 @@ impl ClusterNetwork {
 
     /// Removes the bridge, every pod namespace on it and the claim.
     pub fn remove(&self) {
+        let _lock = state_lock();
         remove_network(self.index);
         let _ = std::fs::remove_file(&self.claim);
     }
