@@ -7,3 +7,6 @@
 //! session state and hands sessions over when ownership moves (server side).
 
 pub mod ring;
+pub mod store;
+
+pub use store::{SessionStore, StoreError};

@@ -1,0 +1,98 @@
+//! One resident session: its state behind an async read-write lock, and the
+//! count of updates queued on it.
+//!
+//! Readers share the lock; an update, an install, a write-back or a handoff
+//! holds it alone. An entry leaves the index only while its lock is held
+//! exclusively, and is then marked *retired*: a caller that looked the entry up
+//! before and acquires the lock after sees the mark and looks the key up again
+//! (and finds it loading, moved or absent). So the index slot of a resident
+//! entry never changes under a holder of its lock.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::RwLock;
+
+/// A session's state and bookkeeping, guarded by the entry's lock.
+#[derive(Debug)]
+pub(crate) struct State<V> {
+    pub value: V,
+    pub version: u64,
+    /// Changed since the persistence last stored it.
+    pub dirty: bool,
+    /// No longer in the index; look the key up again.
+    pub retired: bool,
+}
+
+/// A resident session.
+#[derive(Debug)]
+pub(crate) struct Entry<V> {
+    pub state: RwLock<State<V>>,
+    pending: AtomicUsize,
+}
+
+impl<V> Entry<V> {
+    pub fn new(value: V, version: u64, dirty: bool) -> Self {
+        Self {
+            state: RwLock::new(State {
+                value,
+                version,
+                dirty,
+                retired: false,
+            }),
+            pending: AtomicUsize::new(0),
+        }
+    }
+
+    /// Updates queued on or holding the lock.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// Joins the queue of updates if fewer than `max` are in it.
+    pub fn enter(&self, max: usize) -> Option<Pending<'_, V>> {
+        self.pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Pending { entry: self })
+    }
+
+    /// Joins the queue without a bound (handoffs must not be turned away).
+    pub fn enter_unbounded(&self) -> Pending<'_, V> {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        Pending { entry: self }
+    }
+}
+
+/// A place in an entry's update queue, left on drop (also on cancellation and
+/// panic).
+pub(crate) struct Pending<'a, V> {
+    entry: &'a Entry<V>,
+}
+
+impl<V> Drop for Pending<'_, V> {
+    fn drop(&mut self) {
+        self.entry.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_is_bounded_and_places_are_released_on_drop() {
+        let entry = Entry::new((), 0, false);
+        let first = entry.enter(2).unwrap();
+        let second = entry.enter(2).unwrap();
+        assert!(entry.enter(2).is_none());
+        assert_eq!(entry.pending(), 2);
+        drop(first);
+        let third = entry.enter(2).unwrap();
+        let forced = entry.enter_unbounded();
+        assert_eq!(entry.pending(), 3);
+        drop((second, third, forced));
+        assert_eq!(entry.pending(), 0);
+    }
+}
