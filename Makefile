@@ -14,9 +14,10 @@ cluster-tools:
 build:
 	$(CARGO) build --workspace --bins
 
-## crds: regenerate the CRD YAML from the Rust types
+## crds: regenerate the CRD YAML from the Rust types (and the chart's copy and rendering)
 crds:
 	$(CARGO) run -q -p locus-operator --bin crdgen > crds/statefulservices.locus.dev.yaml
+	@bash charts/check.sh --update
 
 ## chart-check: helm lint, rendering, CRD copy and committed rendering up to date
 chart-check:
