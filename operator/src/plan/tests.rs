@@ -1245,3 +1245,199 @@ fn nothing_ever_reported_still_converges_on_timeouts() {
     world.settle(Reports::Nothing);
     assert_converged(&world, 4);
 }
+
+// ----- first reaction, table-driven ---------------------------------------------------------
+
+/// What a converged 3-slot service does in the first pass after one change: pods created,
+/// updated and deleted, the phase of the ring published (if any), the events.
+#[test]
+fn first_reaction_to_each_kind_of_change() {
+    type Change = fn(&mut World);
+    struct Case {
+        name: &'static str,
+        change: Change,
+        creates: usize,
+        updates: usize,
+        deletes: usize,
+        publish: Option<RingPhase>,
+        reasons: &'static [&'static str],
+    }
+    fn image(w: &mut World) {
+        w.spec.template.spec.as_mut().unwrap().containers[0].image = Some("app:2".into());
+    }
+    fn fail(w: &mut World, grace_passed: bool) {
+        let pod = w.slot_pod(1);
+        w.set_ready(&pod, false);
+        w.advance(if grace_passed { 10 } else { 9 });
+    }
+    let cases = [
+        Case {
+            name: "nothing changed",
+            change: |_| {},
+            creates: 0,
+            updates: 0,
+            deletes: 0,
+            publish: None,
+            reasons: &[],
+        },
+        Case {
+            name: "replicas 3 -> 5",
+            change: |w| w.spec.replicas = 5,
+            creates: 2,
+            updates: 0,
+            deletes: 0,
+            publish: None,
+            reasons: &[],
+        },
+        Case {
+            name: "replicas 3 -> 2",
+            change: |w| w.spec.replicas = 2,
+            creates: 0,
+            updates: 0,
+            deletes: 0,
+            publish: Some(RingPhase::Warm),
+            reasons: &[reasons::WARM],
+        },
+        Case {
+            name: "replicas 3 -> 0",
+            change: |w| w.spec.replicas = 0,
+            creates: 0,
+            updates: 0,
+            deletes: 3,
+            publish: Some(RingPhase::Stable),
+            reasons: &[reasons::NORMALIZED],
+        },
+        Case {
+            name: "image, Surge",
+            change: image,
+            creates: 1,
+            updates: 0,
+            deletes: 0,
+            publish: None,
+            reasons: &[reasons::SURGE],
+        },
+        Case {
+            name: "image, InPlace",
+            change: |w| {
+                w.spec.update_strategy.type_ = crate::crd::UpdateStrategyType::InPlace;
+                w.spec.template.spec.as_mut().unwrap().containers[0].image = Some("app:2".into());
+            },
+            creates: 0,
+            updates: 1,
+            deletes: 0,
+            publish: None,
+            reasons: &[reasons::IN_PLACE],
+        },
+        Case {
+            name: "shards 64 -> 128",
+            change: |w| w.spec.shards = 128,
+            creates: 0,
+            updates: 0,
+            deletes: 0,
+            publish: Some(RingPhase::Stable),
+            reasons: &[reasons::RESHARD],
+        },
+        Case {
+            name: "pod unready within grace",
+            change: |w| fail(w, false),
+            creates: 0,
+            updates: 0,
+            deletes: 0,
+            publish: None,
+            reasons: &[],
+        },
+        Case {
+            name: "pod unready past grace, Reroute",
+            change: |w| fail(w, true),
+            creates: 1,
+            updates: 0,
+            deletes: 0,
+            publish: Some(RingPhase::Switch),
+            reasons: &[reasons::REROUTED],
+        },
+        Case {
+            name: "pod unready past grace, Wait",
+            change: |w| {
+                w.spec.on_pod_failure = crate::crd::PodFailurePolicy::Wait;
+                fail(w, true);
+            },
+            creates: 1,
+            updates: 0,
+            deletes: 0,
+            publish: Some(RingPhase::Stable),
+            reasons: &[reasons::UNAVAILABLE],
+        },
+        Case {
+            name: "pod being deleted, still Ready",
+            change: |w| {
+                let pod = w.slot_pod(1);
+                w.pod_mut(&pod).deleting = true;
+            },
+            creates: 1,
+            updates: 0,
+            deletes: 0,
+            publish: None,
+            reasons: &[],
+        },
+        Case {
+            name: "pod vanished",
+            change: |w| {
+                let pod = w.slot_pod(1);
+                w.pods.retain(|p| p.name != pod);
+            },
+            creates: 1,
+            updates: 0,
+            deletes: 0,
+            publish: None,
+            reasons: &[],
+        },
+        Case {
+            name: "pod failed (phase Failed)",
+            change: |w| {
+                let pod = w.slot_pod(1);
+                w.set_ready(&pod, false);
+                w.pod_mut(&pod).terminal = true;
+            },
+            creates: 1,
+            updates: 0,
+            deletes: 0,
+            publish: None,
+            reasons: &[],
+        },
+        Case {
+            name: "stray pod of an unknown slot",
+            change: |w| {
+                let mut stray = w.pods[0].clone();
+                stray.name = "chat-7-zzzzz".into();
+                stray.uid = "stray".into();
+                stray.slot = 7;
+                w.pods.push(stray);
+            },
+            creates: 0,
+            updates: 0,
+            deletes: 1,
+            publish: None,
+            reasons: &[],
+        },
+    ];
+    for case in cases {
+        let mut world = World::converged(3);
+        (case.change)(&mut world);
+        let actions = world.plan();
+        let got = (
+            actions.create.len(),
+            actions.update.len(),
+            actions.delete.len(),
+            actions.publish.as_ref().map(|p| p.ring.phase()),
+            actions.events.iter().map(|e| e.reason).collect::<Vec<_>>(),
+        );
+        let want = (
+            case.creates,
+            case.updates,
+            case.deletes,
+            case.publish,
+            case.reasons.to_vec(),
+        );
+        assert_eq!(got, want, "{}", case.name);
+    }
+}
