@@ -1251,6 +1251,7 @@ fn nothing_ever_reported_still_converges_on_timeouts() {
 /// What a converged 3-slot service does in the first pass after one change: pods created,
 /// updated and deleted, the phase of the ring published (if any), the events.
 #[test]
+#[allow(clippy::too_many_lines, reason = "one table of cases")]
 fn first_reaction_to_each_kind_of_change() {
     type Change = fn(&mut World);
     struct Case {
