@@ -407,3 +407,64 @@ async fn a_converged_service_costs_no_writes() {
         "a converged service was written to: {writes:#?}"
     );
 }
+
+#[tokio::test]
+async fn metrics_and_health_endpoints_report_what_the_operator_did() {
+    let env = setup("op-metrics").await.unwrap();
+    // A free port on loopback for the operator's endpoints.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let _operator = Operator::start_with(
+        env.operator.clone(),
+        locus_operator::Config {
+            namespace: Some(env.namespace().to_owned()),
+            metrics_addr: Some(addr),
+            leader_election: None,
+            instance: "metrics".to_owned(),
+        },
+    );
+    apply(&env, &service("obs", 2)).await.unwrap();
+    converged(&env, "obs", 2).await.unwrap();
+    apply(&env, &service("obs", 3)).await.unwrap();
+    let (ring, _) = converged(&env, "obs", 3).await.unwrap();
+
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let get = |path: &str| {
+        let request = http.get(format!("http://{addr}{path}"));
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/healthz").await.0, 200);
+    assert_eq!(get("/readyz").await.0, 200);
+    let (status, text) = get("/metrics").await;
+    assert_eq!(status, 200);
+    let ns = env.namespace();
+    for expected in [
+        r#"locus_operator_transitions_total{kind="none",step="create"} 1"#.to_owned(),
+        r#"locus_operator_transitions_total{kind="ScaleUp",step="warm"} 1"#.to_owned(),
+        r#"locus_operator_transitions_total{kind="ScaleUp",step="switch"} 1"#.to_owned(),
+        r#"locus_operator_transitions_total{kind="ScaleUp",step="settle"} 1"#.to_owned(),
+        r#"locus_operator_phase_duration_seconds_count{phase="warm"} 1"#.to_owned(),
+        format!(
+            r#"locus_operator_ring_version{{namespace="{ns}",service="obs"}} {}"#,
+            ring.version()
+        ),
+        r#"locus_operator_reconcile_duration_seconds_count{result="ok"}"#.to_owned(),
+        "locus_operator_leader 1".to_owned(),
+    ] {
+        assert!(text.contains(&expected), "missing {expected:?} in:\n{text}");
+    }
+    let moved = text
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"locus_operator_shards_moved_total{kind="ScaleUp"} "#))
+        .unwrap();
+    // 256 shards from 2 to 3 slots: the new slot takes 85 or 86 (one slot holds the extra
+    // shard; which one depends on the namespace, part of the token names).
+    assert!(moved == "85" || moved == "86", "{moved}");
+}

@@ -24,6 +24,8 @@
 //! * [`metrics`]: [`Metrics`], the Prometheus registry (prefix `locus`) all of
 //!   the above report into.
 //! * [`headers`]: the HTTP header names the parts use to talk to each other.
+//! * [`store`]: [`SessionStore`], the pod's bounded, versioned session state
+//!   with single-flight loads and write-back passivation.
 //!
 //! A caller routing to a service whose ring lives in a file:
 //!
@@ -52,6 +54,7 @@ pub mod metrics;
 pub mod ring;
 pub mod server;
 pub mod source;
+pub mod store;
 
 pub use client::{ReqwestClient, RouteError, Router, RouterLayer, SessionKey};
 pub use fanout::{FanOut, FanOutError, FanOutResult};
@@ -60,6 +63,7 @@ pub use server::ownership::{MissingKey, Mode, Ownership, OwnershipLayer};
 pub use source::{
     FileRingSource, KubeRingSource, RingSource, RingWatch, SourceStatus, StaticRingSource,
 };
+pub use store::{SessionStore, StoreError};
 
 /// A boxed, thread-safe error, as tower and hyper use.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
