@@ -468,3 +468,46 @@ async fn metrics_and_health_endpoints_report_what_the_operator_did() {
     // shard; which one depends on the namespace, part of the token names).
     assert!(moved == "85" || moved == "86", "{moved}");
 }
+
+#[tokio::test]
+async fn kubectl_scale_goes_through_the_scale_subresource() {
+    let env = setup("op-kscale").await.unwrap();
+    let _operator = Operator::start(env.operator.clone(), env.namespace());
+    apply(&env, &service("elastic", 1)).await.unwrap();
+    converged(&env, "elastic", 1).await.unwrap();
+    let mut command = env.cluster.kubectl();
+    command.args([
+        "scale",
+        "-n",
+        env.namespace(),
+        "statefulservice/elastic",
+        "--replicas=3",
+    ]);
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ring, status) = converged(&env, "elastic", 3).await.unwrap();
+    assert_balanced(&ring, 3);
+    assert_eq!(status.replicas, 3);
+    // What an autoscaler reads: the scale subresource's status.
+    let scale: serde_json::Value = env
+        .admin
+        .request(
+            http::Request::get(format!(
+                "/apis/locus.dev/v1alpha1/namespaces/{}/statefulservices/elastic/scale",
+                env.namespace()
+            ))
+            .body(Vec::new())
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(scale["status"]["replicas"], 3);
+    assert_eq!(scale["status"]["selector"], "locus.dev/service=elastic");
+}
