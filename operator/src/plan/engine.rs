@@ -1177,7 +1177,7 @@ impl<'a> Planner<'a> {
     // ----- warm ring --------------------------------------------------------------------
 
     /// `Warm`: switch when every gaining pod warmed (or `timeouts.warm` passed); withdraw the
-    /// ring if a gaining pod is gone.
+    /// ring if a gaining pod is gone or has not been Ready for `unreadyGrace`.
     fn warm(&mut self, published: &'a PublishedRing) -> Result<Decision, RingError> {
         let ring = &published.ring;
         let version = ring.version();
@@ -1193,9 +1193,18 @@ impl<'a> Planner<'a> {
                 None => gaining_slots.contains(&s.index).then_some(&s.pod),
             })
             .collect();
+        // A gaining pod that is gone, or has not been Ready for the grace period, cannot
+        // take what it gains: withdraw the target rather than switch to it.
+        let now = self.obs.now;
         let gone: Vec<&str> = gaining
             .iter()
-            .filter(|p| self.find(p).is_none_or(|o| !o.live()))
+            .filter(|p| {
+                self.find(p).is_none_or(|o| {
+                    !o.live()
+                        || (!o.ready
+                            && now >= plus(o.ready_changed_at.unwrap_or(o.created_at), self.grace))
+                })
+            })
             .map(|p| p.name.as_str())
             .collect();
         let kind = published
@@ -1211,7 +1220,7 @@ impl<'a> Planner<'a> {
                 true,
                 reasons::ABORTED,
                 format!(
-                    "pods {gone:?} are gone: ring version {version} withdrawn, ring version {} keeps the current table",
+                    "pods {gone:?} are gone or not Ready: ring version {version} withdrawn, ring version {} keeps the current table",
                     next.version()
                 ),
             );

@@ -1087,6 +1087,31 @@ fn warm_is_withdrawn_when_a_joining_pod_disappears() {
 }
 
 #[test]
+fn warm_is_withdrawn_when_a_joining_pod_stays_unready_past_the_grace() {
+    let mut world = World::converged(2);
+    world.spec.replicas = 3;
+    world.step();
+    world.ready_all();
+    world.step();
+    let joiner = world.slot_pod(2);
+    world.set_ready(&joiner, false);
+    world.advance(9);
+    assert!(
+        world.step().publish.is_none(),
+        "within the grace period it may recover"
+    );
+    world.advance(1);
+    let abort = world.step();
+    assert_eq!(
+        abort.publish.as_ref().unwrap().ring.phase(),
+        RingPhase::Stable
+    );
+    assert!(abort.events.iter().any(|e| e.reason == reasons::ABORTED));
+    world.settle(Reports::All);
+    assert_converged(&world, 3);
+}
+
+#[test]
 fn planning_is_deterministic_so_a_restarted_operator_continues_the_transition() {
     let mut world = World::converged(3);
     world.spec.replicas = 4;
