@@ -1,0 +1,577 @@
+//! The planner's decision procedure; the state machine is described in the documentation of
+//! the parent module. This file holds the planner's state, the pod candidates, ring building
+//! and bookkeeping; [`stable`] the steps from a fresh or `Stable` ring; [`phases`] the `Warm`
+//! and `Switch` steps.
+
+mod phases;
+mod stable;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use locus::ring::{
+    self, Assignment, Phase, Ring, RingError, RingParts, ShardCount, SlotState, Transition,
+};
+
+use super::status::{self, StatusFacts};
+use super::{
+    Actions, MAX_SURGE, Observed, ObservedPod, PlannedEvent, PodDeletion, PodPlan, PublishedRing,
+    RingMeta, StepKind, StepRecord, naming,
+};
+use crate::crd::{TransitionKind, TransitionRecord, UpdateStrategyType};
+
+/// A small margin added to deadlines, so the requeued pass finds them passed.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(100);
+
+/// The slots that hold at least one shard under `table`.
+fn members(table: &Assignment) -> BTreeSet<u16> {
+    table.counts().into_keys().collect()
+}
+
+/// Slots that hold, under `to`, a shard they did not hold under `from` (the gaining slots).
+fn gainers(from: &Assignment, to: &Assignment) -> BTreeSet<u16> {
+    from.as_slice()
+        .iter()
+        .zip(to.as_slice())
+        .filter(|(a, b)| a != b)
+        .map(|(_, &b)| b)
+        .collect()
+}
+
+/// Slots that held, under `from`, a shard they do not hold under `to` (the losing slots).
+fn losers(from: &Assignment, to: &Assignment) -> BTreeSet<u16> {
+    gainers(to, from)
+}
+
+fn plus(at: Timestamp, duration: Duration) -> Timestamp {
+    at.saturating_add(duration).unwrap_or(Timestamp::MAX)
+}
+
+/// A `Time` at whole seconds, as the API server stores it, so that a status computed twice
+/// compares equal to the one read back.
+fn whole_seconds(at: Timestamp) -> Time {
+    Time(Timestamp::from_second(at.as_second()).unwrap_or(at))
+}
+
+fn seconds_between(from: Timestamp, to: Timestamp) -> f64 {
+    to.duration_since(from).as_secs_f64().max(0.0)
+}
+
+/// The ring form of an observed pod, if it has an address.
+fn ring_pod(pod: &ObservedPod) -> Option<ring::Pod> {
+    pod.address.map(|address| ring::Pod {
+        name: pod.name.clone(),
+        uid: pod.uid.clone(),
+        address,
+    })
+}
+
+/// What a planner pass decided about the ring.
+struct Decision {
+    publish: Option<PublishedRing>,
+}
+
+impl Decision {
+    fn none() -> Self {
+        Self { publish: None }
+    }
+
+    fn publish(ring: Ring, meta: RingMeta) -> Self {
+        Self {
+            publish: Some(PublishedRing {
+                ring,
+                meta: Some(meta),
+            }),
+        }
+    }
+}
+
+/// One candidate transition from a `Stable` ring: `Some` if it applies.
+type StableStep<'a> =
+    fn(&mut Planner<'a>, &'a PublishedRing) -> Result<Option<Decision>, RingError>;
+
+pub(super) struct Planner<'a> {
+    obs: &'a Observed<'a>,
+    /// Desired number of slots.
+    n: u16,
+    revision: String,
+    shape: String,
+    shards: ShardCount,
+    vnodes: u32,
+    grace: Duration,
+    warm: Duration,
+    drain: Duration,
+    settle: Duration,
+    max_moves: Option<NonZeroU32>,
+    /// Pods to keep besides those the final ring names.
+    keep: BTreeSet<String>,
+    /// A Ready replacement, new-slot or surge pod with an address, per slot.
+    ready_candidates: BTreeMap<u16, &'a ObservedPod>,
+    /// Slots whose serving pod runs an old revision (a rollout is due).
+    outdated: Vec<u16>,
+    /// Slots that still wait for a pod to become Ready.
+    waiting_for_pods: BTreeSet<u16>,
+    /// In a `Switch` ring: whether every member observed it.
+    switch_observed: Option<bool>,
+    names: BTreeSet<String>,
+    create: Vec<PodPlan>,
+    update: Vec<PodPlan>,
+    events: Vec<PlannedEvent>,
+    steps: Vec<StepRecord>,
+    deadlines: Vec<Timestamp>,
+}
+
+impl<'a> Planner<'a> {
+    pub(super) fn new(obs: &'a Observed<'a>) -> Result<Self, RingError> {
+        let spec = obs.spec;
+        let n = u16::try_from(spec.replicas.max(0))
+            .unwrap_or(u16::MAX)
+            .min(ring::MAX_SLOTS as u16);
+        let mut names: BTreeSet<String> = obs.pods.iter().map(|p| p.name.clone()).collect();
+        if let Some(published) = obs.ring {
+            for slot in published.ring.slots() {
+                names.insert(slot.pod.name.clone());
+                names.extend(slot.successor.iter().map(|p| p.name.clone()));
+                names.extend(slot.predecessor.iter().map(|p| p.name.clone()));
+            }
+        }
+        Ok(Self {
+            obs,
+            n,
+            revision: naming::revision(&spec.template),
+            shape: naming::shape(&spec.template),
+            shards: ShardCount::new(spec.shards)?,
+            vnodes: spec.vnodes,
+            grace: spec.unready_grace.into(),
+            warm: spec.timeouts.warm.into(),
+            drain: spec.timeouts.drain.into(),
+            settle: spec.timeouts.settle.into(),
+            max_moves: spec.max_shard_moves_per_step.and_then(NonZeroU32::new),
+            keep: BTreeSet::new(),
+            ready_candidates: BTreeMap::new(),
+            outdated: Vec::new(),
+            waiting_for_pods: BTreeSet::new(),
+            switch_observed: None,
+            names,
+            create: Vec::new(),
+            update: Vec::new(),
+            events: Vec::new(),
+            steps: Vec::new(),
+            deadlines: Vec::new(),
+        })
+    }
+
+    pub(super) fn run(mut self) -> Result<Actions, RingError> {
+        let decision = match self.obs.ring {
+            None => self.fresh()?,
+            Some(published) => {
+                self.slot_candidates(&published.ring);
+                match published.ring.phase() {
+                    Phase::Stable => self.stable(published)?,
+                    Phase::Warm => self.warm(published)?,
+                    Phase::Switch => self.switch(published)?,
+                }
+            }
+        };
+        let final_ring = decision.publish.as_ref().or(self.obs.ring).map(|p| &p.ring);
+        let delete = self.deletions(final_ring);
+        let final_meta = decision
+            .publish
+            .as_ref()
+            .or(self.obs.ring)
+            .and_then(|p| p.meta.as_ref());
+        let converged = self.converged(final_ring, &delete);
+        // A Switch ring published in this pass has not been observed by anyone yet.
+        let switch_observed = match decision.publish.as_ref() {
+            Some(p) if p.ring.phase() == Phase::Switch => false,
+            _ => self.switch_observed.unwrap_or(true),
+        };
+        let leaving: BTreeSet<&str> = delete.iter().map(|d| d.uid.as_str()).collect();
+        let status = status::build(&StatusFacts {
+            obs: self.obs,
+            n: self.n,
+            ring: final_ring,
+            meta: final_meta,
+            leaving: &leaving,
+            switch_observed,
+            converged,
+            revision: &self.revision,
+        });
+        let now = self.obs.now;
+        let requeue_after = self
+            .deadlines
+            .iter()
+            .filter(|&&d| d > now)
+            .min()
+            .map(|&d| d.duration_since(now).unsigned_abs() + DEADLINE_MARGIN);
+        Ok(Actions {
+            create: self.create,
+            update: self.update,
+            delete,
+            publish: decision.publish,
+            status,
+            events: self.events,
+            steps: self.steps,
+            requeue_after,
+        })
+    }
+
+    // ----- pods -------------------------------------------------------------------------
+
+    fn pods_of(&self, slot: u16) -> impl Iterator<Item = &'a ObservedPod> + '_ {
+        self.obs.pods.iter().filter(move |p| p.slot == slot)
+    }
+
+    /// The observed pod behind a ring entry (same name and UID).
+    fn find(&self, pod: &ring::Pod) -> Option<&'a ObservedPod> {
+        self.obs
+            .pods
+            .iter()
+            .find(|p| p.uid == pod.uid && p.name == pod.name)
+    }
+
+    fn healthy(&self, pod: &ring::Pod) -> bool {
+        self.find(pod).is_some_and(ObservedPod::healthy)
+    }
+
+    fn in_place_eligible(&self, pod: &ObservedPod) -> bool {
+        self.obs.spec.update_strategy.type_ == UpdateStrategyType::InPlace
+            && pod.revision != self.revision
+            && pod.shape.as_deref() == Some(self.shape.as_str())
+    }
+
+    /// A name for a new pod of `slot` that no known pod uses.
+    fn fresh_name(&self, slot: u16) -> String {
+        (0..u32::MAX)
+            .map(|attempt| {
+                naming::pod_name(self.obs.name, self.obs.uid, slot, &self.revision, attempt)
+            })
+            .find(|name| !self.names.contains(name))
+            .unwrap_or_default()
+    }
+
+    fn plan_create(&mut self, slot: u16) {
+        let name = self.fresh_name(slot);
+        self.names.insert(name.clone());
+        self.keep.insert(name.clone());
+        self.create.push(PodPlan {
+            name,
+            slot,
+            revision: self.revision.clone(),
+        });
+        self.waiting_for_pods.insert(slot);
+    }
+
+    /// The best existing candidate pod for `slot` (current revision, live, not one of the
+    /// `serving` pods the ring names), kept; `None` if there is none.
+    fn existing_candidate(&mut self, slot: u16, serving: &[&str]) -> Option<&'a ObservedPod> {
+        let best = self
+            .pods_of(slot)
+            .filter(|p| {
+                p.live() && p.revision == self.revision && !serving.contains(&p.uid.as_str())
+            })
+            .min_by(|a, b| {
+                (!a.ready, a.created_at, &a.name).cmp(&(!b.ready, b.created_at, &b.name))
+            })?;
+        self.keep.insert(best.name.clone());
+        if best.ready && best.address.is_some() {
+            self.ready_candidates.insert(slot, best);
+        } else {
+            self.waiting_for_pods.insert(slot);
+        }
+        Some(best)
+    }
+
+    /// Keeps the best candidate for `slot`, or plans a new pod if there is none.
+    fn ensure_candidate(&mut self, slot: u16, serving: &[&str]) -> Option<&'a ObservedPod> {
+        let found = self.existing_candidate(slot, serving);
+        if found.is_none() {
+            self.plan_create(slot);
+        }
+        found
+    }
+
+    /// Decides which slots need another pod than the one the ring names: slots beyond the
+    /// ring, slots whose pod failed (past the grace period), is gone or is being deleted, and
+    /// slots whose pod runs an old revision (rollout; new surge pods are only planned when
+    /// nothing else is going on, see [`Self::start_rollout`]).
+    fn slot_candidates(&mut self, ring: &'a Ring) {
+        let now = self.obs.now;
+        let current = members(ring.current());
+        let target = ring.target().map(members).unwrap_or_default();
+        for s in 0..self.n {
+            let Some(entry) = ring.slot(s) else {
+                self.ensure_candidate(s, &[]);
+                continue;
+            };
+            if entry.successor.is_some() {
+                continue;
+            }
+            let serving: Vec<&str> = std::iter::once(entry.pod.uid.as_str())
+                .chain(entry.predecessor.iter().map(|p| p.uid.as_str()))
+                .collect();
+            let member = current.contains(&s) || target.contains(&s);
+            match self.find(&entry.pod) {
+                Some(pod) if pod.healthy() => {
+                    if pod.revision != self.revision && !self.in_place_eligible(pod) {
+                        self.outdated.push(s);
+                    }
+                }
+                // Not Ready: a replacement after the grace period (at once for a slot already
+                // marked unavailable). The pod itself is kept while the grace runs.
+                Some(pod) if pod.live() && !(member && entry.state == SlotState::Unavailable) => {
+                    let since = pod.ready_changed_at.unwrap_or(pod.created_at);
+                    let deadline = plus(since, self.grace);
+                    if now < deadline {
+                        self.deadlines.push(deadline);
+                        self.keep.insert(pod.name.clone());
+                        self.existing_candidate(s, &serving);
+                    } else {
+                        self.ensure_candidate(s, &serving);
+                    }
+                }
+                _ => {
+                    self.ensure_candidate(s, &serving);
+                }
+            }
+        }
+        // Surge pods already started for a rollout are kept, at most MAX_SURGE of them.
+        let outdated = self.outdated.clone();
+        let mut surging = 0;
+        for s in outdated {
+            if surging >= MAX_SURGE {
+                break;
+            }
+            let entry = ring.slot(s).map(|e| e.pod.uid.as_str()).unwrap_or_default();
+            if self.existing_candidate(s, &[entry]).is_some() {
+                surging += 1;
+            }
+        }
+    }
+
+    /// When a slot's pod stopped serving: the `Ready` condition's change for a live pod, the
+    /// first replacement's creation for a pod that is gone, finished or being deleted (the
+    /// replacement is created as soon as that is seen), else now.
+    fn down_since(&self, slot: u16, pod: Option<&ObservedPod>) -> Timestamp {
+        match pod {
+            Some(p) if p.live() => p.ready_changed_at.unwrap_or(p.created_at),
+            _ => self
+                .pods_of(slot)
+                .filter(|p| p.revision == self.revision && p.live())
+                .map(|p| p.created_at)
+                .min()
+                .unwrap_or(self.obs.now),
+        }
+    }
+
+    // ----- building rings ---------------------------------------------------------------
+
+    fn next_parts(&self, ring: &Ring) -> RingParts {
+        let mut parts = ring.parts().clone();
+        parts.version += 1;
+        parts.vnodes = self.vnodes;
+        parts
+    }
+
+    fn assign(
+        &self,
+        previous: Option<&Assignment>,
+        slots: &[u16],
+        capped: bool,
+    ) -> Result<ring::Plan, RingError> {
+        ring::plan(&ring::PlanRequest {
+            namespace: self.obs.namespace,
+            service: self.obs.name,
+            shards: previous.map_or(self.shards, Assignment::shard_count),
+            vnodes: self.vnodes,
+            previous,
+            slots,
+            max_moves: if capped { self.max_moves } else { None },
+        })
+    }
+
+    /// Turns `parts` into a `Stable` ring: no second table, no handover pods, slot states
+    /// derived from the table, trailing slots that neither hold shards nor are wanted dropped.
+    fn normalize_stable(&self, parts: &mut RingParts) {
+        parts.transition = Transition::Stable;
+        let held = members(&parts.current);
+        let old_len = parts.slots.len();
+        for slot in &mut parts.slots {
+            slot.successor = None;
+            slot.predecessor = None;
+            let member = held.contains(&slot.index);
+            slot.state = match (member, slot.state) {
+                (true, SlotState::Unavailable) | (false, _) => SlotState::Unavailable,
+                (true, _) if slot.index >= self.n => SlotState::Leaving,
+                (true, _) => SlotState::Active,
+            };
+        }
+        let needed = held.iter().next_back().map_or(1, |&s| usize::from(s) + 1);
+        let len = old_len.min(usize::from(self.n)).max(needed).max(1);
+        parts.slots.truncate(len);
+    }
+
+    fn meta(&self, transition: Option<TransitionRecord>, timed_out: Vec<String>) -> RingMeta {
+        RingMeta {
+            published_at: self.obs.now,
+            transition,
+            timed_out,
+        }
+    }
+
+    /// Bookkeeping for the first step of a transition.
+    fn meta_start(&self, kind: TransitionKind, from: u64, moved: u32) -> RingMeta {
+        self.meta(
+            Some(TransitionRecord {
+                kind,
+                from_version: from,
+                to_version: from + 1,
+                shards_moved: moved,
+                started_at: whole_seconds(self.obs.now),
+                finished_at: None,
+                duration_seconds: None,
+                warm_hit_percent: None,
+            }),
+            Vec::new(),
+        )
+    }
+
+    /// Bookkeeping for a later step of the transition in `old`; `finished` closes it.
+    fn meta_step(
+        &self,
+        old: Option<&RingMeta>,
+        to: u64,
+        timed_out: &[&str],
+        finished: bool,
+    ) -> RingMeta {
+        let mut record = old.and_then(|m| m.transition.clone());
+        let mut timeouts = old.map(|m| m.timed_out.clone()).unwrap_or_default();
+        timeouts.extend(timed_out.iter().map(|s| (*s).to_owned()));
+        if let Some(record) = record.as_mut() {
+            record.to_version = to;
+            if finished {
+                record.finished_at = Some(whole_seconds(self.obs.now));
+                record.duration_seconds =
+                    Some(seconds_between(record.started_at.0, self.obs.now).round());
+            }
+        }
+        self.meta(record, timeouts)
+    }
+
+    /// Bookkeeping for a single-step change outside any transition: the last record stays.
+    fn meta_keep(&self, old: Option<&RingMeta>) -> RingMeta {
+        self.meta(
+            old.and_then(|m| m.transition.clone()),
+            old.map(|m| m.timed_out.clone()).unwrap_or_default(),
+        )
+    }
+
+    fn published_at(published: &PublishedRing) -> Timestamp {
+        published
+            .meta
+            .as_ref()
+            .map_or(Timestamp::UNIX_EPOCH, |m| m.published_at)
+    }
+
+    fn event(&mut self, warning: bool, reason: &'static str, note: String) {
+        self.events.push(PlannedEvent {
+            warning,
+            reason,
+            note,
+        });
+    }
+
+    fn step(
+        &mut self,
+        kind: Option<TransitionKind>,
+        step: StepKind,
+        shards_moved: u32,
+        left: Option<(&PublishedRing, Phase)>,
+    ) {
+        let (phase_seconds, left_phase) = match left {
+            Some((published, phase)) => (
+                Some(seconds_between(Self::published_at(published), self.obs.now)),
+                Some(phase),
+            ),
+            None => (None, None),
+        };
+        self.steps.push(StepRecord {
+            kind,
+            step,
+            shards_moved,
+            phase_seconds,
+            left_phase,
+        });
+    }
+
+    // ----- after the decision -----------------------------------------------------------
+
+    /// Pods to delete given the ring that will be published: every pod that ring does not
+    /// name and no slot needs, and the failed pods of slots that hold no shards.
+    fn deletions(&self, ring: Option<&Ring>) -> Vec<PodDeletion> {
+        let mut named: BTreeSet<&str> = BTreeSet::new();
+        // With replicas 0 a stable ring keeps its slots (a ring needs one) but no pod stays.
+        let ring = ring.filter(|r| self.n > 0 || r.phase() != Phase::Stable);
+        if let Some(ring) = ring {
+            let held = members(ring.current());
+            let target = ring.target().map(members).unwrap_or_default();
+            let stable = ring.phase() == Phase::Stable;
+            for slot in ring.slots() {
+                let tombstone = stable
+                    && !held.contains(&slot.index)
+                    && !target.contains(&slot.index)
+                    && !self.healthy(&slot.pod);
+                if !tombstone {
+                    named.insert(slot.pod.uid.as_str());
+                }
+                named.extend(slot.successor.iter().map(|p| p.uid.as_str()));
+                named.extend(slot.predecessor.iter().map(|p| p.uid.as_str()));
+            }
+        }
+        self.obs
+            .pods
+            .iter()
+            .filter(|p| !p.deleting)
+            .filter(|p| !named.contains(p.uid.as_str()) && !self.keep.contains(&p.name))
+            .map(|p| PodDeletion {
+                name: p.name.clone(),
+                uid: p.uid.clone(),
+                reason: if p.terminal {
+                    "finished"
+                } else if p.slot >= self.n {
+                    "scaled down"
+                } else if p.revision != self.revision {
+                    "outdated"
+                } else {
+                    "surplus"
+                },
+            })
+            .collect()
+    }
+
+    /// True when nothing remains to do: a `Stable` ring of exactly the wanted slots, each
+    /// `Active` and served by a pod of the current revision, and no other pod. (A pod that is
+    /// not Ready within its grace period makes the service degraded, not progressing.)
+    fn converged(&self, ring: Option<&Ring>, delete: &[PodDeletion]) -> bool {
+        let Some(ring) = ring else {
+            return false;
+        };
+        let held = members(ring.current());
+        ring.phase() == Phase::Stable
+            && ring.slots().len() == usize::from(self.n)
+            && held.len() == usize::from(self.n)
+            && ring.slots().iter().all(|s| {
+                s.state == SlotState::Active
+                    && self.find(&s.pod).is_some_and(|p| {
+                        p.live() && p.revision == self.revision && p.images_current
+                    })
+            })
+            && self.create.is_empty()
+            && self.update.is_empty()
+            && delete.is_empty()
+            && self.obs.pods.iter().filter(|p| !p.deleting).count() == usize::from(self.n)
+    }
+}
