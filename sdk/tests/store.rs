@@ -1076,6 +1076,173 @@ async fn a_restore_past_the_bounds_reports_refusals_and_keeps_going() {
 }
 
 // ---------------------------------------------------------------------------
+// Randomised concurrency: every operation at once under tight bounds.
+
+/// A tiny deterministic generator (xorshift64*), one per task.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_concurrent_operations_keep_the_accounting_exact_and_bounded() {
+    let (store, persistence) = text_store(Limits {
+        max_sessions: 12,
+        max_pending_updates: 3,
+        idle_timeout: Duration::from_millis(1),
+        write_back_backoff: Duration::from_millis(1),
+        ..small(100, 600)
+    });
+    let tasks: Vec<_> = (0..4_u64)
+        .map(|seed| {
+            let (store, persistence) = (store.clone(), persistence.clone());
+            tokio::spawn(async move {
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (seed + 1));
+                for _ in 0..400 {
+                    let key = format!("k{}", rng.below(20));
+                    let key = key.as_bytes();
+                    let n = usize::try_from(rng.below(40)).unwrap();
+                    let outcome = match rng.below(10) {
+                        0..=3 => store
+                            .update(key, |s| {
+                                if s.len() + n > 100 {
+                                    s.truncate(n);
+                                } else {
+                                    s.push_str(&fill('x', n));
+                                }
+                            })
+                            .await
+                            .map(drop),
+                        4 => store.get(key).await.map(drop),
+                        5 => store
+                            .install(key, Versioned::new(rng.below(30), fill('i', n)))
+                            .await
+                            .map(drop),
+                        6 => store
+                            .hand_off(key, None, "elsewhere", Duration::from_millis(rng.below(3)))
+                            .await
+                            .map(drop),
+                        7 => {
+                            store.passivate_idle().await;
+                            Ok(())
+                        }
+                        8 => {
+                            persistence.fail_stores(rng.below(2) == 0);
+                            Ok(())
+                        }
+                        _ => store.export(key).await.map(drop),
+                    };
+                    if let Err(error) = outcome {
+                        assert!(
+                            matches!(
+                                error,
+                                StoreError::Busy { .. }
+                                    | StoreError::Full { .. }
+                                    | StoreError::Moved { .. }
+                                    | StoreError::LoadsSaturated { .. }
+                            ),
+                            "unexpected {error:?}"
+                        );
+                    }
+                    let stats = store.stats();
+                    assert!(stats.bytes <= 600, "{stats:?}");
+                    assert!(stats.sessions + stats.loading <= 12, "{stats:?}");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    persistence.fail_stores(false);
+    assert_bytes_exact(&store).await;
+    assert_eq!(store.flush().await.failed, 0);
+    // The mix reached the bounds and the failure paths, not just the happy one.
+    let text = metrics_text(&store);
+    for series in [
+        r#"store_rejections_total{reason="full"}"#,
+        r#"store_rejections_total{reason="moved"}"#,
+        r#"store_evictions_total{reason="pressure"}"#,
+        r#"store_evictions_total{reason="handoff"}"#,
+        r#"store_write_backs_total{result="failed"}"#,
+    ] {
+        assert!(sample(&text, series) > 0, "{series} never happened");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_write_is_lost_across_pressure_eviction_and_passivation() {
+    // 20 keys of up to 90 bytes in 300 bytes: sessions are written back and
+    // reloaded all the time, by pressure and by a concurrent sweeper.
+    let (store, persistence) = text_store(Limits {
+        idle_timeout: Duration::from_millis(1),
+        ..small(100, 300)
+    });
+    let sweeper = tokio::spawn({
+        let store = store.clone();
+        async move {
+            loop {
+                store.passivate_idle().await;
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    let writers: Vec<_> = (0..4_u64)
+        .map(|writer| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut rng = Rng(0xD1B5_4A32_D192_ED03 ^ (writer + 1));
+                // Each writer owns 5 keys, so its own order of acknowledged
+                // writes is the order of every write to them.
+                let mut expected: HashMap<String, Versioned<String>> = HashMap::new();
+                for _ in 0..300 {
+                    let key = format!("w{writer}-{}", rng.below(5));
+                    let c = char::from(b'a' + u8::try_from(rng.below(26)).unwrap());
+                    match store
+                        .update(key.as_bytes(), |s| {
+                            if s.len() >= 90 {
+                                s.clear();
+                            }
+                            s.push(c);
+                            s.clone()
+                        })
+                        .await
+                    {
+                        Ok(done) => {
+                            expected.insert(key, done);
+                        }
+                        Err(StoreError::Full { .. }) => {}
+                        Err(other) => panic!("unexpected {other:?}"),
+                    }
+                }
+                expected
+            })
+        })
+        .collect();
+    let mut expected = HashMap::new();
+    for writer in writers {
+        expected.extend(writer.await.unwrap());
+    }
+    sweeper.abort();
+    let _ = sweeper.await;
+    assert!(persistence.calls().len() > 100, "eviction was exercised");
+    for (key, acknowledged) in expected {
+        assert_eq!(
+            store.get(key.as_bytes()).await.unwrap(),
+            acknowledged,
+            "{key}"
+        );
+    }
+    assert_bytes_exact(&store).await;
+}
+
+// ---------------------------------------------------------------------------
 // The futures can cross threads (axum handlers need Send).
 
 #[test]

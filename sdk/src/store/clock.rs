@@ -70,6 +70,13 @@ impl Clock for ManualClock {
     }
 }
 
+/// `now + by`, saturated at about 30 years from `now` (a user-supplied
+/// duration such as `Duration::MAX` must not panic).
+pub(crate) fn later(now: Instant, by: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+    now.checked_add(by.min(FAR)).unwrap_or(now)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +89,15 @@ mod tests {
         let other = clock.clone();
         other.advance(Duration::from_secs(3));
         assert_eq!(clock.now() - first, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn later_saturates_instead_of_panicking() {
+        let now = Instant::now();
+        assert_eq!(
+            later(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        assert!(later(now, Duration::MAX) > now + Duration::from_secs(86_400 * 365));
     }
 }

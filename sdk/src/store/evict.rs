@@ -17,6 +17,7 @@ use futures::stream;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::clock::later;
 use super::entry::{Entry, State};
 use super::error::display_key;
 use super::index::Shortfall;
@@ -111,7 +112,7 @@ where
             return Evicted::InUse;
         }
         if state.dirty && self.write_back(key, &mut state).await.is_err() {
-            let until = self.inner.clock.now() + self.inner.limits.write_back_backoff;
+            let until = later(self.inner.clock.now(), self.inner.limits.write_back_backoff);
             self.with_index(|index| index.back_off(key, entry, until));
             return Evicted::WriteBackFailed;
         }
@@ -223,7 +224,7 @@ where
         let store = Arc::downgrade(&self.inner);
         let every = self.inner.limits.sweep_interval;
         tokio::spawn(async move {
-            let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+            let mut ticks = tokio::time::interval_at(later(Instant::now(), every), every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;

@@ -20,6 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{Stream, StreamExt, stream};
 
+use super::clock::later;
 use super::entry::{Entry, State};
 use super::error::display_key;
 use super::index::{InsertRefused, Lookup};
@@ -140,7 +141,7 @@ where
         let owner: std::sync::Arc<str> = owner.into();
         for _ in 0..MAX_RELOOKUPS {
             let now = self.inner.clock.now();
-            let expires = now + ttl;
+            let expires = later(now, ttl);
             let found = self.with_index(|index| match index.lookup(key, now) {
                 Lookup::Resident(entry) => Some(Ok(entry)),
                 Lookup::Loading(flight) => Some(Err(flight)),
@@ -178,7 +179,7 @@ where
             let removed = self.with_index(|index| {
                 let removed = index.remove(key, &entry, None);
                 if removed.is_some() {
-                    index.tombstone(key, owner.clone(), version, now + ttl, now);
+                    index.tombstone(key, owner.clone(), version, later(now, ttl), now);
                 }
                 removed
             });
