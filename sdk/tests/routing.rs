@@ -816,3 +816,51 @@ async fn the_router_is_a_tower_layer_over_any_client() {
     let owner = ring.owner(b"key-1").pod.address;
     assert_eq!(response.body(), &format!("http://{owner}/a/b?c=d v7"));
 }
+
+#[tokio::test]
+async fn an_axum_gateway_routes_incoming_requests_to_their_owners() {
+    let pods = start_pods(3, |b| b).await;
+    let ring = ring(1, &members(&pods), 0);
+    publish_to_pods(&pods, &ring);
+    let router =
+        RouterLayer::new(StaticRingSource::with_ring(ring.clone())).layer(ReqwestClient::new());
+    // The gateway's handler sends the incoming request (hyper body, not
+    // `Sync`) through the router and maps routing errors to statuses.
+    let gateway = axum::Router::new().fallback(move |request: Request<axum::body::Body>| {
+        let router = router.clone();
+        async move {
+            match router.oneshot(request).await {
+                Ok(response) => axum::response::IntoResponse::into_response(response),
+                Err(error) => {
+                    axum::response::IntoResponse::into_response((error.status(), error.to_string()))
+                }
+            }
+        }
+    });
+    let listener = bind(10).await;
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, gateway).await.unwrap() });
+
+    let http = reqwest::Client::new();
+    for i in 0..30 {
+        let key = format!("g{i}");
+        let response = http
+            .post(format!("http://{address}/rooms"))
+            .header("x-locus-session", &key)
+            .body(format!("message {i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()["x-locus-pod"],
+            ring.owner(key.as_bytes()).pod.name.as_str()
+        );
+    }
+    let response = http
+        .get(format!("http://{address}/rooms"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
