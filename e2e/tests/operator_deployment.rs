@@ -1,7 +1,7 @@
-//! The `locus-operator` binary itself (image `locus/operator:dev`) deployed on the local
-//! cluster as two replicas under the chart's RBAC rules: one leads, the other stands by and
-//! takes over when the leader's pod is deleted. Build it first:
-//! `cargo build -p locus-operator -p locus-e2e --bins`.
+//! The `locus-operator` binary itself (image `locus/operator:dev`) installed on the local
+//! cluster with `helm install` of charts/locus-operator: two replicas under the chart's RBAC
+//! and pod security, one leads, the other stands by and takes over when the leader's pod is
+//! deleted. Build it first: `cargo build -p locus-operator -p locus-e2e --bins`.
 
 #![allow(
     clippy::unwrap_used,
@@ -15,49 +15,50 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::DeleteParams;
 use locus_e2e::wait;
 use operator_support::*;
-use serde_json::json;
 
 #[tokio::test]
 async fn two_operator_replicas_lead_in_turn() {
     let env = setup("op-deploy").await.unwrap();
     let ns = env.namespace().to_owned();
-    let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
-    let deployment: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "locus-operator"},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": "locus-operator"}},
-            "template": {
-                "metadata": {"labels": {"app": "locus-operator"}},
-                "spec": {
-                    // The ServiceAccount the test setup bound to the chart's rules.
-                    "serviceAccountName": "locus-operator",
-                    "terminationGracePeriodSeconds": 10,
-                    "containers": [{
-                        "name": "operator",
-                        "image": "locus/operator:dev",
-                        "ports": [{"name": "metrics", "containerPort": 8080}],
-                        "env": [
-                            {"name": "POD_NAME", "valueFrom": field("metadata.name")},
-                            {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
-                            {"name": "LOCUS_OPERATOR_WATCH_NAMESPACE", "value": ns},
-                            {"name": "RUST_LOG", "value": "info,locus_operator=debug"},
-                        ],
-                        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 1},
-                        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 5},
-                    }],
-                },
-            },
-        },
-    }))
-    .unwrap();
-    Api::<Deployment>::namespaced(env.admin.clone(), &ns)
-        .create(&PostParams::default(), &deployment)
+
+    // The chart itself, as users install it: its Deployment (restricted pod security), its
+    // ServiceAccount and its ClusterRole (the rules file the other tests run under).
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/locus-operator");
+    // Not `locus-operator-<ns>`: the test setup's own ClusterRole has that name.
+    let release = format!("chart-{ns}");
+    let out = std::process::Command::new(env.cluster.tool("helm"))
+        .arg(format!(
+            "--kubeconfig={}",
+            env.cluster.kubeconfig().display()
+        ))
+        .args([
+            "install",
+            &release,
+            chart,
+            "--namespace",
+            &ns,
+            "--wait",
+            "--timeout=120s",
+        ])
+        .args(["--set", &format!("watchNamespace={ns}")])
+        .args(["--set", "logLevel=debug"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "helm install failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deployment = Api::<Deployment>::namespaced(env.admin.clone(), &ns)
+        .get(&format!("{release}-locus-operator"))
         .await
         .unwrap();
+    let status = deployment.status.unwrap_or_default();
+    assert_eq!(status.ready_replicas, Some(2), "{status:?}");
 
     let leases: Api<Lease> = Api::namespaced(env.admin.clone(), &ns);
     let holder = || {
