@@ -1,0 +1,372 @@
+//! `locus-sample`: a session ledger served the Locus way.
+//!
+//! Each session (a [`Ledger`]) lives in the memory of the pod that owns its
+//! key under the ring; the [`OwnershipLayer`] forwards (or answers 421 for)
+//! the keys this pod does not own, and a bounded [`SessionStore`] keeps the
+//! sessions, written back to PostgreSQL when it is configured.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `POST /sessions/{id}/events` + [`Event`] JSON | 200 [`AppendAnswer`]; 400 bad JSON or header mismatch; 413 body or session too large; 422 refused by the ledger's rules; 429/503 + `Retry-After` past the store's bounds |
+//! | `GET /sessions/{id}` | 200 [`SessionView`] |
+//! | `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 200 once a ring is loaded (or while none has been published); 503 before, and while shutting down |
+//! | `GET /metrics` | the SDK's `locus_*` metrics, the store's `locus_store_*` and the sample's `sample_*` |
+//!
+//! The session id is the Locus key: clients send it in
+//! [`x-locus-session`](locus::headers::SESSION) (the router routes by it)
+//! and the path's `{id}` must be the same (400 otherwise). Session answers
+//! carry [`x-locus-pod`](locus::headers::POD) (who answered) and
+//! [`x-locus-cache`](CACHE_HEADER): `warm` (the session was in memory),
+//! `cold` (it was not: loaded from PostgreSQL, or created) or `stateless`.
+//!
+//! With [`SampleMode::Stateless`] nothing is kept in memory: every request
+//! reads and writes its session in PostgreSQL (one transaction per append),
+//! with no ownership check, so any pod behind any load balancer can serve
+//! any session — the baseline of the data-locality benchmark.
+//!
+//! # Where the handoff driver plugs in
+//!
+//! [`SampleService::new`] builds every part from a [`SampleConfig`] and
+//! [`app`] assembles the HTTP stack in one place. A handoff driver needs
+//! exactly what the service exposes: [`SampleService::store`] (export,
+//! hand-off, install, snapshot and restore hooks), [`SampleService::ring`],
+//! [`SampleService::metrics`] and the pod name; it adds its routes under
+//! [`locus::RESERVED_PATH_PREFIX`] (which the ownership layer passes through)
+//! by merging them into [`SampleService::router`], and it runs from
+//! [`SampleService::shutdown`], which today writes every changed session back
+//! to PostgreSQL (there is no other pod to hand sessions to yet).
+
+mod handlers;
+mod metrics;
+pub mod options;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use http::HeaderValue;
+use locus::store::{Flush, JsonCodec, Limits};
+use locus::{Metrics, Mode, OwnershipLayer, RingSource, RingWatch, SessionStore};
+use prometheus_client::registry::Registry;
+use tokio::task::JoinHandle;
+
+use crate::Error;
+use crate::ledger::{Ledger, LedgerRules};
+use crate::postgres::{LedgerPersistence, PgConfig, Postgres};
+use crate::ring_source::{OpenRing, RingSourceConfig};
+
+pub use self::metrics::SampleMetrics;
+
+#[cfg(doc)]
+use crate::ledger::{AppendAnswer, Event, SessionView};
+
+/// Response header saying whether the session was in memory.
+pub const CACHE_HEADER: http::HeaderName = http::HeaderName::from_static("x-locus-cache");
+
+/// The session store of the sample.
+pub type LedgerStore = SessionStore<Ledger, LedgerPersistence>;
+
+/// Where sessions live.
+#[derive(Debug, Clone)]
+pub enum SampleMode {
+    /// In this pod's memory (the session store), behind the ownership
+    /// check; written back to PostgreSQL if given.
+    InMemory {
+        /// The store's persistence; `None`: sessions live in memory only.
+        postgres: Option<PgConfig>,
+    },
+    /// In PostgreSQL only: every request reads and writes its session there.
+    Stateless {
+        /// The database.
+        postgres: PgConfig,
+        /// Longest a request may spend in PostgreSQL (503 past it).
+        timeout: Duration,
+    },
+}
+
+/// Everything the sample needs to start.
+#[derive(Debug, Clone)]
+pub struct SampleConfig {
+    /// This pod's name, as the ring names it.
+    pub pod: String,
+    /// Memory (with optional PostgreSQL) or stateless.
+    pub mode: SampleMode,
+    /// Where the ring comes from; `None` only in stateless mode.
+    pub ring: Option<RingSourceConfig>,
+    /// Bounds of the session store.
+    pub limits: Limits,
+    /// Bounds of each ledger.
+    pub rules: LedgerRules,
+    /// Largest request body, in bytes (413 past it).
+    pub max_event_bytes: usize,
+    /// Forward requests for keys owned elsewhere, or answer 421.
+    pub ownership: Mode,
+}
+
+impl SampleConfig {
+    /// A memory-only sample for `pod` reading its ring from `ring`, with
+    /// the default bounds.
+    pub fn new(pod: impl Into<String>, ring: RingSourceConfig) -> Self {
+        Self {
+            pod: pod.into(),
+            mode: SampleMode::InMemory { postgres: None },
+            ring: Some(ring),
+            limits: Limits::default(),
+            rules: LedgerRules::default(),
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            ownership: Mode::Forward,
+        }
+    }
+}
+
+/// Default largest request body.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 4096;
+
+/// Where requests are served from.
+pub(crate) enum Backend {
+    Memory(LedgerStore),
+    Stateless { pg: Postgres, timeout: Duration },
+}
+
+/// What the handlers share.
+pub(crate) struct AppState {
+    pub(crate) backend: Backend,
+    pub(crate) rules: LedgerRules,
+    pub(crate) max_key_bytes: usize,
+    pub(crate) pod: HeaderValue,
+    pub(crate) metrics: Metrics,
+    pub(crate) sample: SampleMetrics,
+    pub(crate) ring: Option<Arc<OpenRing>>,
+    pub(crate) draining: AtomicBool,
+}
+
+/// The running sample: its HTTP app and the parts a handoff driver needs.
+pub struct SampleService {
+    router: Router,
+    state: Arc<AppState>,
+    passivation: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SampleService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SampleService")
+            .field("pod", &self.state.pod)
+            .field("ring_version", &self.ring().and_then(|r| r.version()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Turns the sample's readiness off; clones share the switch.
+#[derive(Clone)]
+pub struct Readiness {
+    state: Arc<AppState>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness")
+            .field("shut", &self.is_shut())
+            .finish()
+    }
+}
+
+impl Readiness {
+    /// From now on `/readyz` answers 503.
+    pub fn shut(&self) {
+        self.state.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`shut`](Self::shut) was called.
+    pub fn is_shut(&self) -> bool {
+        self.state.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// What [`SampleService::shutdown`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Changed sessions written back to PostgreSQL, and failures.
+    pub flush: Flush,
+}
+
+impl SampleService {
+    /// Connects to PostgreSQL (if configured), builds the session store and
+    /// its metrics, opens the ring source and assembles the app.
+    pub async fn new(config: SampleConfig) -> Result<Self, Error> {
+        let SampleConfig {
+            pod,
+            mode,
+            ring,
+            limits,
+            rules,
+            max_event_bytes,
+            ownership,
+        } = config;
+        let pod_header = HeaderValue::from_str(&pod)
+            .map_err(|_| Error::config("pod name", format!("{pod:?} is not a header value")))?;
+        let mut registry = Registry::default();
+        let sample = SampleMetrics::new();
+        sample.register(registry.sub_registry_with_prefix("sample"));
+        let max_key_bytes = limits.max_key_bytes;
+        let (backend, passivation) = match mode {
+            SampleMode::InMemory { postgres } => {
+                let persistence = match postgres {
+                    Some(pg) => LedgerPersistence::Postgres(Postgres::connect(pg).await?),
+                    None => LedgerPersistence::None,
+                };
+                let store = SessionStore::builder(JsonCodec, Ledger::weight)
+                    .limits(limits)
+                    .persistence(persistence)
+                    .build()?;
+                store.register_metrics(registry.sub_registry_with_prefix("locus"));
+                let passivation = store.spawn_passivation();
+                (Backend::Memory(store), Some(passivation))
+            }
+            SampleMode::Stateless { postgres, timeout } => (
+                Backend::Stateless {
+                    pg: Postgres::connect(postgres).await?,
+                    timeout,
+                },
+                None,
+            ),
+        };
+        let metrics = Metrics::from_registry(registry);
+        let ring = match ring {
+            Some(config) => Some(Arc::new(config.open(&metrics).await?)),
+            None => None,
+        };
+        let ownership = match (&backend, &ring) {
+            (Backend::Memory(_), Some(ring)) => Some(
+                OwnershipLayer::builder(pod.clone(), ring.watch())
+                    .mode(ownership)
+                    .max_key_bytes(max_key_bytes)
+                    .metrics(metrics.clone())
+                    .build()?,
+            ),
+            (Backend::Memory(_), None) => {
+                return Err(Error::config(
+                    "ring source",
+                    "the in-memory sample needs a ring (--ring-file, or LOCUS_RING_CONFIGMAP and POD_NAMESPACE)",
+                ));
+            }
+            (Backend::Stateless { .. }, _) => None,
+        };
+        if let Some(ring) = &ring {
+            tracing::info!(%pod, source = %ring.describe(), "ring source open");
+        }
+        let state = Arc::new(AppState {
+            backend,
+            rules,
+            max_key_bytes,
+            pod: pod_header,
+            metrics,
+            sample,
+            ring,
+            draining: AtomicBool::new(false),
+        });
+        let router = app(Arc::clone(&state), ownership, max_event_bytes);
+        Ok(Self {
+            router,
+            state,
+            passivation,
+        })
+    }
+
+    /// The HTTP app (cheap to clone); serve it with `axum::serve`.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// The session store (in-memory mode).
+    pub fn store(&self) -> Option<&LedgerStore> {
+        match &self.state.backend {
+            Backend::Memory(store) => Some(store),
+            Backend::Stateless { .. } => None,
+        }
+    }
+
+    /// The ring this pod serves by (none in stateless mode without a ring).
+    pub fn ring(&self) -> Option<RingWatch> {
+        self.state.ring.as_ref().map(RingSource::watch)
+    }
+
+    /// The process's metrics (the `/metrics` registry).
+    pub fn metrics(&self) -> &Metrics {
+        &self.state.metrics
+    }
+
+    /// Starts refusing readiness (`/readyz` answers 503) while requests in
+    /// flight finish; call it when SIGTERM arrives.
+    pub fn begin_shutdown(&self) {
+        self.readiness().shut();
+    }
+
+    /// A handle that turns readiness off, for a signal handler that runs
+    /// apart from the service.
+    pub fn readiness(&self) -> Readiness {
+        Readiness {
+            state: Arc::clone(&self.state),
+        }
+    }
+
+    /// Ends the service after the HTTP server stopped: stops passivation and
+    /// writes every changed session back to PostgreSQL (a no-op without it).
+    pub async fn shutdown(self) -> ShutdownReport {
+        self.begin_shutdown();
+        if let Some(task) = &self.passivation {
+            task.abort();
+        }
+        let flush = match &self.state.backend {
+            Backend::Memory(store) => store.flush().await,
+            Backend::Stateless { .. } => Flush::default(),
+        };
+        if flush.failed > 0 {
+            tracing::warn!(
+                written = flush.written,
+                failed = flush.failed,
+                "sessions not written back at shutdown"
+            );
+        } else {
+            tracing::info!(written = flush.written, "sessions written back at shutdown");
+        }
+        ShutdownReport { flush }
+    }
+}
+
+/// The sample's HTTP stack, assembled in this one place.
+///
+/// Session routes, innermost first:
+/// 1. the handlers (append, read);
+/// 2. a body limit, so an oversized event is refused (413) before it is
+///    buffered;
+/// 3. the ownership check (in-memory mode), outermost so that a request for
+///    a key this pod does not own is forwarded or redirected before any body
+///    is read or any session touched. In stateless mode there is no owner: a
+///    small layer only stamps `x-locus-pod` on answers.
+///
+/// The operational routes (`/healthz`, `/readyz`, `/metrics`) carry no
+/// session key and sit beside the session routes, outside the ownership
+/// check.
+fn app(state: Arc<AppState>, ownership: Option<OwnershipLayer>, max_event_bytes: usize) -> Router {
+    let sessions = Router::new()
+        .route("/sessions/{id}", get(handlers::read))
+        .route("/sessions/{id}/events", post(handlers::append))
+        .layer(DefaultBodyLimit::max(max_event_bytes));
+    let sessions = match ownership {
+        Some(ownership) => sessions.layer(ownership),
+        None => sessions.layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            handlers::stamp_pod,
+        )),
+    };
+    Router::new()
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(handlers::metrics))
+        .merge(sessions)
+        .with_state(state)
+}
