@@ -49,10 +49,14 @@
 //! The guide is `docs/sdk.md`.
 
 pub mod client;
+pub mod driver;
 pub mod fanout;
+pub mod handoff;
 pub mod metrics;
+pub mod progress;
 pub mod ring;
 pub mod server;
+pub mod snapshot;
 pub mod source;
 pub mod store;
 

@@ -2,12 +2,15 @@
 //!
 //! * [`ownership`]: serve the keys this pod owns; forward the others to their
 //!   owner, or answer 421 with an owner hint.
+//! * [`session`]: the session layer, handoff endpoints, transition driver and
+//!   shutdown of a pod, tied together by [`Member`](session::Member).
 //!
 //! The session store, handoff endpoints (under
 //! [`RESERVED_PATH_PREFIX`](crate::RESERVED_PATH_PREFIX)) and drain gate
 //! join as sibling modules.
 
 pub mod ownership;
+pub mod session;
 
 /// The environment variable holding the pod's own name (set it from the
 /// downward API: `fieldRef: metadata.name`).

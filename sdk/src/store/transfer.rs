@@ -99,6 +99,16 @@ where
     V: Clone + Send + Sync + 'static,
     P: Persistence<V>,
 {
+    /// The keys of every resident session, least recently used first,
+    /// without counting an access: what the handoff driver scans to pre-copy
+    /// some shards or to drain the keys this pod lost.
+    pub fn resident_keys(&self) -> Vec<Bytes> {
+        self.with_index(|index| index.entries())
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect()
+    }
+
     /// The resident session's version, without loading it or counting an
     /// access. `None` if it is not resident.
     pub async fn version_of(&self, key: &[u8]) -> Option<u64> {

@@ -1,0 +1,211 @@
+//! Handing keys over in bulk: hand each key off under its lock, push the
+//! records to their new owner in bounded batches, retry until acknowledged
+//! or the deadline passes. Used by the drain after a Switch and by the
+//! SIGTERM drain.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use futures::stream;
+use tokio::time::Instant;
+
+use crate::handoff::HandoffState;
+use crate::handoff::keeping::Handed;
+use crate::ring::Pod;
+use crate::store::{HandOff, SessionRecord};
+
+/// What a bulk hand-over did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Records handed off here and acknowledged by their new owner.
+    pub delivered: usize,
+    /// Records handed off here and not acknowledged before the deadline
+    /// (kept for transfers until they expire).
+    pub undelivered: usize,
+    /// Keys that were no longer resident when their turn came (handed off by
+    /// a transfer first, or evicted).
+    pub skipped: usize,
+    /// Keys whose hand-off failed in the store (they stay here).
+    pub failed: usize,
+}
+
+impl DrainReport {
+    fn add(&mut self, other: DrainReport) {
+        self.delivered += other.delivered;
+        self.undelivered += other.undelivered;
+        self.skipped += other.skipped;
+        self.failed += other.failed;
+    }
+
+    /// True if every record handed off was acknowledged and none failed.
+    pub fn complete(&self) -> bool {
+        self.undelivered == 0 && self.failed == 0
+    }
+}
+
+/// Keys grouped by the pod they go to.
+pub(crate) type Destinations = BTreeMap<String, (Pod, Vec<Bytes>)>;
+
+/// Hands every key of `destinations` off to its pod and pushes it there,
+/// `push_concurrency` pods at a time, until `deadline`. `version` is the
+/// ring version the destinations were computed under; `op` labels metrics
+/// (`push` or `shutdown`).
+pub(crate) async fn hand_over(
+    state: &HandoffState,
+    destinations: Destinations,
+    version: u64,
+    deadline: Instant,
+    op: &'static str,
+) -> DrainReport {
+    let reports: Vec<DrainReport> = stream::iter(destinations.into_values())
+        .map(|(pod, keys)| to_one(state, pod, keys, version, deadline, op))
+        .buffer_unordered(state.config.push_concurrency.max(1))
+        .collect()
+        .await;
+    let mut total = DrainReport::default();
+    for report in reports {
+        total.add(report);
+    }
+    total
+}
+
+async fn to_one(
+    state: &HandoffState,
+    pod: Pod,
+    keys: Vec<Bytes>,
+    version: u64,
+    deadline: Instant,
+    op: &'static str,
+) -> DrainReport {
+    let mut report = DrainReport::default();
+    let mut keys = keys.into_iter().peekable();
+    while keys.peek().is_some() {
+        if Instant::now() >= deadline {
+            // Not handed off: these keys stay here (and in the persistence).
+            break;
+        }
+        // One batch: hand off up to the batch bounds.
+        let mut batch: Vec<SessionRecord> = Vec::new();
+        let mut bytes = 0;
+        while let Some(key) = keys.peek() {
+            if batch.len() >= state.config.batch_records || bytes >= state.config.batch_bytes {
+                break;
+            }
+            let key = key.clone();
+            keys.next();
+            match hand_off(state, &key, &pod, version).await {
+                Ok(Some(record)) => {
+                    bytes += record.key.len() + record.value.len();
+                    batch.push(record);
+                }
+                Ok(None) => report.skipped += 1,
+                Err(()) => report.failed += 1,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let (delivered, undelivered) = push(state, &pod, version, batch, deadline, op).await;
+        report.delivered += delivered;
+        report.undelivered += undelivered;
+    }
+    report
+}
+
+/// Hands one key off to `pod` under the key's lock and keeps the record in
+/// the outbox until acknowledged. `Ok(None)`: not resident any more.
+async fn hand_off(
+    state: &HandoffState,
+    key: &Bytes,
+    pod: &Pod,
+    version: u64,
+) -> Result<Option<SessionRecord>, ()> {
+    let _lock = state.keys.lock(key).await;
+    if let Some(Handed::Record(record)) = state.outbox.get(key, &pod.name) {
+        return Ok(Some(record));
+    }
+    let ttl = state.config.tombstone_ttl;
+    state.tombstones.handed(key, ttl);
+    match state.store.hand_off(key, None, &pod.name, ttl).await {
+        Ok(HandOff::State(record)) => {
+            let kept = state.outbox.insert(
+                key,
+                Handed::Record(record.clone()),
+                &pod.name,
+                version,
+                state.config.drain_timeout + state.config.outbox_ttl,
+            );
+            if !kept {
+                tracing::warn!(pod = %state.pod, "outbox full: a drained record is kept only until pushed");
+            }
+            Ok(Some(record))
+        }
+        Ok(HandOff::Unchanged { .. } | HandOff::NotResident) => Ok(None),
+        Err(error) => {
+            tracing::warn!(pod = %state.pod, to = %pod.name, %error, "cannot hand a session off; it stays here");
+            Err(())
+        }
+    }
+}
+
+/// Pushes `batch` to `pod` until every record is acknowledged or the
+/// deadline passes. Returns (delivered, undelivered).
+async fn push(
+    state: &HandoffState,
+    pod: &Pod,
+    version: u64,
+    mut batch: Vec<SessionRecord>,
+    deadline: Instant,
+    op: &'static str,
+) -> (usize, usize) {
+    let mut delivered = 0;
+    let mut backoff = state.config.retry_backoff;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let budget = state
+            .config
+            .push_timeout
+            .min(deadline - now)
+            .max(Duration::from_millis(1));
+        match state.client.push(pod, version, &batch, budget).await {
+            Ok(acks) => {
+                let mut refused = Vec::new();
+                let mut taken = 0;
+                for ((key, outcome), record) in acks.into_iter().zip(batch) {
+                    if outcome.delivered() {
+                        state.outbox.remove(&key);
+                        taken += 1;
+                    } else {
+                        refused.push(record);
+                    }
+                }
+                delivered += taken;
+                state.metrics.records(op, "sent", taken as u64);
+                batch = refused;
+                if batch.is_empty() {
+                    return (delivered, 0);
+                }
+            }
+            Err(error) => {
+                state.metrics.call_error(op, error.metric_label());
+                if error.is_gone() {
+                    tracing::warn!(
+                        pod = %state.pod, to = %pod.name, records = batch.len(),
+                        "new owner is gone; records stay answerable to transfers until they expire"
+                    );
+                    break;
+                }
+                tracing::debug!(pod = %state.pod, to = %pod.name, %error, "push failed; retrying");
+            }
+        }
+        let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+        tokio::time::sleep(pause).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+    (delivered, batch.len())
+}

@@ -1,0 +1,336 @@
+//! The transition driver: what one pod does on each new ring version.
+//!
+//! The driver watches the pod's [`RingWatch`] and, for every new version `V`:
+//!
+//! * **observed** — reports `observed = V` at once;
+//! * **Warm** (the ring has a `target` under which this pod gains shards: a
+//!   joining slot, a slot inheriting shards, or a slot's `successor`) —
+//!   pre-copies the resident sessions of the gained shards from the pods
+//!   serving them now ([`PRECOPY_PATH`](crate::handoff::PRECOPY_PATH)),
+//!   keeps them in the warm cache (not in the store: they are not this pod's
+//!   yet), then reports `warmed = V`. Bounded by
+//!   [`warm_timeout`](crate::handoff::HandoffConfig::warm_timeout); on
+//!   expiry it reports anyway and counts a roll-forward;
+//! * **Switch** — the ownership layer routes by the new `current` at once.
+//!   Records pushed to this pod before it owned their keys are installed
+//!   (promotion); other gained keys are taken over on first touch
+//!   ([`touch`] module: transfer from the previous owner). Keys this pod lost
+//!   are **drained**: after the requests admitted under older rings have
+//!   finished (the [`gate`]), every resident key this pod no longer owns is
+//!   handed off under its lock (tombstone: stragglers get 421 with the new
+//!   owner) and pushed to its new owner in bounded batches; then
+//!   `drained = V` is reported. Bounded by
+//!   [`drain_timeout`](crate::handoff::HandoffConfig::drain_timeout);
+//! * **Stable** — after [`settle_grace`](crate::handoff::HandoffConfig::settle_grace),
+//!   pre-copies and expired outbox entries are dropped. Tombstones expire
+//!   by themselves ([`tombstone_ttl`](crate::handoff::HandoffConfig::tombstone_ttl)).
+//!
+//! The drain does not depend on having seen the Switch: any ring under
+//! which this pod holds keys it does not own starts one, so a pod whose
+//! ring source skipped a version still hands its keys over.
+
+pub(crate) mod drain;
+pub(crate) mod gate;
+pub mod plan;
+pub(crate) mod touch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use futures::stream;
+use http::HeaderName;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+pub use self::drain::DrainReport;
+
+use crate::handoff::keeping::CacheInsert;
+use crate::handoff::{HandoffState, PrecopyRequest};
+use crate::progress::ProgressTracker;
+use crate::ring::{Phase, Ring};
+
+/// Response header set by the session layer on the first touch of a gained
+/// key: how the key got here (`unchanged`, `transferred`, `promoted`,
+/// `loaded`, `cold`).
+pub const HANDOFF_HEADER: HeaderName = HeaderName::from_static("x-locus-handoff");
+
+/// The per-pod driver; see the [module docs](self).
+pub(crate) struct Driver {
+    pub state: Arc<HandoffState>,
+    pub progress: ProgressTracker,
+    pub gate: Arc<gate::Gate>,
+    drain_wake: Notify,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        state: Arc<HandoffState>,
+        progress: ProgressTracker,
+        gate: Arc<gate::Gate>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            state,
+            progress,
+            gate,
+            drain_wake: Notify::new(),
+        })
+    }
+
+    /// Runs the driver until the ring source is gone; spawns its helpers.
+    pub(crate) async fn run(self: Arc<Self>) {
+        let drainer = tokio::spawn(Arc::clone(&self).drain_loop());
+        let _drainer = AbortOnDrop(drainer);
+        let mut watch = self.state.ring.clone();
+        let mut last = 0;
+        let mut warm: Option<(u64, AbortOnDrop)> = None;
+        // Held only to be aborted when replaced or when the driver stops.
+        let mut _settle: Option<AbortOnDrop> = None;
+        loop {
+            if let Some(ring) = watch.latest()
+                && ring.version() > last
+            {
+                last = ring.version();
+                self.state.first_seen(last);
+                self.progress.observed(last);
+                tracing::debug!(pod = %self.state.pod, version = last, phase = %ring.phase(), "ring");
+                let gains = !plan::gained_shards(&ring, &self.state.pod).is_empty();
+                if gains {
+                    if warm.as_ref().is_none_or(|(v, _)| *v != last) {
+                        let task = tokio::spawn(Arc::clone(&self).warm(Arc::clone(&ring)));
+                        warm = Some((last, AbortOnDrop(task)));
+                    }
+                } else {
+                    warm = None;
+                }
+                _settle = None;
+                match ring.phase() {
+                    Phase::Switch => {
+                        let dropped = self.state.outbox.drop_older_than(last);
+                        self.state.metrics.dropped(dropped as u64);
+                        self.promote(&ring).await;
+                    }
+                    Phase::Stable => {
+                        let task = tokio::spawn(Arc::clone(&self).settle());
+                        _settle = Some(AbortOnDrop(task));
+                    }
+                    Phase::Warm => {}
+                }
+                self.drain_wake.notify_one();
+            }
+            if !watch.changed().await {
+                return;
+            }
+        }
+    }
+
+    /// Pre-copies the shards this pod gains under the Warm `ring`.
+    async fn warm(self: Arc<Self>, ring: Arc<Ring>) {
+        let state = &self.state;
+        let started = Instant::now();
+        let version = ring.version();
+        let gained = plan::gained_shards(&ring, &state.pod);
+        let deadline = started + state.config.warm_timeout;
+        let sources = gained.len();
+        let this = &self;
+        let copied: Vec<u64> = stream::iter(gained.into_values())
+            .map(|(source, shards)| {
+                let request = PrecopyRequest {
+                    shard_count: ring.shards().get(),
+                    shards,
+                };
+                async move {
+                    this.precopy_from(&source, version, &request, deadline)
+                        .await
+                }
+            })
+            .buffer_unordered(state.config.precopy_concurrency.max(1))
+            .collect()
+            .await;
+        let records: u64 = copied.iter().sum();
+        let took = started.elapsed();
+        state.metrics.phase("warm", took);
+        tracing::info!(
+            pod = %state.pod, version, sources, records, ?took, "pre-copy done; reporting warmed"
+        );
+        self.progress.warmed(version);
+    }
+
+    /// One source's pre-copy, retried until `deadline`.
+    async fn precopy_from(
+        &self,
+        source: &crate::ring::Pod,
+        version: u64,
+        request: &PrecopyRequest,
+        deadline: Instant,
+    ) -> u64 {
+        let state = &self.state;
+        let mut backoff = state.config.retry_backoff;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                state.metrics.rolled_forward("warm");
+                tracing::warn!(pod = %state.pod, from = %source.name, "pre-copy timed out; rolling forward");
+                return 0;
+            }
+            let mut full = false;
+            let ttl = state.config.parked_ttl;
+            let result = state
+                .client
+                .precopy(
+                    source,
+                    version,
+                    request,
+                    deadline - now,
+                    |record| match state.cache.insert(record, &source.name, false, ttl) {
+                        CacheInsert::Full => {
+                            full = true;
+                            false
+                        }
+                        CacheInsert::Kept | CacheInsert::Superseded => true,
+                    },
+                )
+                .await;
+            match result {
+                Ok(records) => {
+                    state.metrics.records("precopy", "received", records);
+                    if full {
+                        tracing::warn!(pod = %state.pod, "warm cache full: the rest is taken over by transfer");
+                    }
+                    return records;
+                }
+                Err(error) => {
+                    state.metrics.call_error("precopy", error.metric_label());
+                    if error.is_gone() {
+                        // Nothing to copy from a pod that is gone.
+                        state.metrics.rolled_forward("warm");
+                        return 0;
+                    }
+                    tracing::debug!(pod = %state.pod, %error, "pre-copy failed; retrying");
+                }
+            }
+            let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// At a Switch: installs the records pushed here before this pod owned
+    /// their keys, when their sender is the keys' previous owner; drops the
+    /// other parked records (they belong to no transition any more).
+    async fn promote(&self, ring: &Ring) {
+        let state = &self.state;
+        let pod = &state.pod;
+        let keys = state.cache.finals(|key, from| {
+            plan::gained_from(ring, pod, key).is_some_and(|previous| previous.name == from)
+        });
+        let mut promoted = 0;
+        for key in keys {
+            let _lock = state.keys.lock(&key).await;
+            let Some(cached) = state.cache.get(&key).filter(|c| c.last) else {
+                continue;
+            };
+            let Some(previous) = plan::gained_from(ring, pod, &key) else {
+                continue;
+            };
+            if touch::install(state, ring.version(), &key, &cached.record, previous)
+                .await
+                .is_ok()
+            {
+                promoted += 1;
+            }
+        }
+        let dropped = state.cache.drop_finals();
+        if promoted > 0 || dropped > 0 {
+            state.metrics.records("promote", "received", promoted);
+            tracing::info!(pod = %state.pod, promoted, dropped, "parked records after the switch");
+        }
+    }
+
+    /// After a Stable ring and the grace: drops pre-copies and expired
+    /// outbox entries.
+    async fn settle(self: Arc<Self>) {
+        tokio::time::sleep(self.state.config.settle_grace).await;
+        let precopies = self.state.cache.drop_precopies();
+        let dropped = self.state.outbox.purge();
+        self.state.metrics.dropped(dropped as u64);
+        if dropped > 0 {
+            tracing::warn!(
+                pod = %self.state.pod, dropped,
+                "records handed off were never acknowledged by their new owner"
+            );
+        }
+        tracing::debug!(pod = %self.state.pod, precopies, "settled");
+    }
+
+    /// Drains on every wake-up (a new ring), one drain at a time.
+    async fn drain_loop(self: Arc<Self>) {
+        loop {
+            self.drain_wake.notified().await;
+            let Some(ring) = self.state.ring.latest() else {
+                continue;
+            };
+            self.drain(&ring).await;
+        }
+    }
+
+    /// Hands every resident key this pod does not own under `ring` to its
+    /// owner, then reports drained if this pod is a losing pod of a Switch.
+    pub(crate) async fn drain(&self, ring: &Ring) -> DrainReport {
+        let state = &self.state;
+        let version = ring.version();
+        let losing = plan::is_losing(ring, &state.pod);
+        let mut report = DrainReport::default();
+        if !self.lost_keys(ring).is_empty() {
+            let started = Instant::now();
+            let deadline = state.first_seen(version) + state.config.drain_timeout;
+            // Requests admitted under an older ring may still load or change
+            // a lost key: let them finish first.
+            let within = deadline.saturating_duration_since(Instant::now()) / 2;
+            if !self.gate.wait_below(version, within).await {
+                tracing::warn!(pod = %state.pod, "requests under an older ring still running; draining anyway");
+            }
+            let destinations = self.lost_keys(ring);
+            let keys: usize = destinations.values().map(|(_, k)| k.len()).sum();
+            report = drain::hand_over(state, destinations, version, deadline, "push").await;
+            if !report.complete() {
+                state.metrics.rolled_forward("drain");
+            }
+            let took = started.elapsed();
+            state.metrics.phase("drain", took);
+            tracing::info!(pod = %state.pod, version, keys, ?report, ?took, "drained");
+        }
+        if losing {
+            self.progress.drained(version);
+        }
+        report
+    }
+
+    /// Resident keys owned elsewhere under `ring`, by owner.
+    fn lost_keys(&self, ring: &Ring) -> drain::Destinations {
+        let mut destinations = drain::Destinations::new();
+        for key in self.state.store.resident_keys() {
+            let owner = ring.owner(&key);
+            if owner.pod.name == self.state.pod {
+                continue;
+            }
+            destinations
+                .entry(owner.pod.name.clone())
+                .or_insert_with(|| (owner.pod.clone(), Vec::<Bytes>::new()))
+                .1
+                .push(key);
+        }
+        destinations
+    }
+}
+
+/// Aborts a task when dropped.
+pub(crate) struct AbortOnDrop(pub JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,263 @@
+//! The first touch of a gained key: make it resident before the request is
+//! served, from the best source that is safe.
+//!
+//! In a Switch ring, for a key this pod owns now and another pod (the
+//! *previous owner*) served before the switch, and that is not in this
+//! pod's store yet, under the key's lock:
+//!
+//! 1. a record the previous owner already handed to this pod (parked by a
+//!    push that arrived before this pod owned the key) is installed;
+//! 2. otherwise the previous owner is asked for a **transfer**, with the
+//!    version this pod pre-copied, if any. Its answer is final — it handed
+//!    the key off under the key's lock and left a tombstone:
+//!    * the state → installed (`transferred`);
+//!    * "unchanged since v" → the pre-copy is installed (`unchanged`);
+//!    * "not resident" → the persistence holds the latest state (`loaded`);
+//!    * refused (its ring is behind, the key is busy) or no answer → asked
+//!      again after a pause;
+//! 3. if the previous owner is gone (connection refused), or has not
+//!    answered by [`handoff_deadline`](crate::handoff::HandoffConfig::handoff_deadline)
+//!    after this pod saw the Switch, the key is loaded from the persistence
+//!    (`cold`, counted as rolled forward). This is the only path on which
+//!    acknowledged writes can be lost: those the previous owner had not
+//!    persisted when it crashed (or stopped answering past the deadline).
+//!
+//! A request that waits longer than
+//! [`first_touch_wait`](crate::handoff::HandoffConfig::first_touch_wait)
+//! gets 503 with `Retry-After`; the transfer goes on with the next attempt.
+//! So until this pod has the key's latest state, or the previous owner is
+//! known gone or timed out, nobody here mutates the key: the single-writer
+//! invariant.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::plan;
+use crate::handoff::keeping::Cached;
+use crate::handoff::{HandoffError, HandoffState, TransferAnswer};
+use crate::ring::{Pod, Ring};
+use crate::store::SessionRecord;
+
+/// How a first touch made the key resident; also the value of the
+/// [`x-locus-handoff`](super::HANDOFF_HEADER) response header.
+pub(crate) type TouchPath = &'static str;
+
+/// Why a request could not be served yet.
+#[derive(Debug)]
+pub(crate) enum TouchError {
+    /// Try again shortly (503 with `Retry-After`).
+    Retry(String),
+}
+
+/// Makes `key` resident if this pod gained it in the Switch `ring` and does
+/// not hold it yet. `Ok(None)`: nothing to do.
+pub(crate) async fn ensure(
+    state: &HandoffState,
+    ring: &Ring,
+    key: &[u8],
+) -> Result<Option<TouchPath>, TouchError> {
+    let Some(previous) = plan::gained_from(ring, &state.pod, key) else {
+        return Ok(None);
+    };
+    let epoch = ring.version();
+    if state.settled.contains(epoch, key) || state.store.version_of(key).await.is_some() {
+        return Ok(None);
+    }
+    let patience = Instant::now() + state.config.first_touch_wait;
+    let Ok(_lock) = tokio::time::timeout_at(patience, state.keys.lock(key)).await else {
+        return Err(TouchError::Retry(
+            "another request is taking this session over".into(),
+        ));
+    };
+    if state.settled.contains(epoch, key) || state.store.version_of(key).await.is_some() {
+        return Ok(None);
+    }
+    let cached = state.cache.get(key).filter(|c| *c.from == previous.name);
+    if let Some(parked) = cached.as_ref().filter(|c| c.last) {
+        install(state, epoch, key, &parked.record, previous).await?;
+        state.metrics.first_touch("promoted");
+        return Ok(Some("promoted"));
+    }
+    let precopy = cached.filter(|c| !c.last);
+    let deadline = state.first_seen(ring.version()) + state.config.handoff_deadline;
+    transfer(state, ring, key, previous, precopy, deadline, patience).await
+}
+
+async fn transfer(
+    state: &HandoffState,
+    ring: &Ring,
+    key: &[u8],
+    previous: &Pod,
+    precopy: Option<Cached>,
+    deadline: Instant,
+    patience: Instant,
+) -> Result<Option<TouchPath>, TouchError> {
+    let known = precopy.as_ref().map(|c| c.record.version);
+    let wants = [(Bytes::copy_from_slice(key), known)];
+    let mut backoff = state.config.retry_backoff;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            tracing::warn!(
+                pod = %state.pod, previous = %previous.name,
+                "no transfer from the previous owner before the deadline: loading cold"
+            );
+            state.metrics.rolled_forward("transfer");
+            return cold(state, ring.version(), key, "cold").await;
+        }
+        if now >= patience {
+            return Err(TouchError::Retry(format!(
+                "waiting for pod {} to hand this session over",
+                previous.name
+            )));
+        }
+        let budget = state
+            .config
+            .transfer_timeout
+            .min(deadline - now)
+            .min(patience - now)
+            .max(Duration::from_millis(1));
+        match state
+            .client
+            .transfer(previous, ring.version(), &wants, budget)
+            .await
+        {
+            Ok(mut answers) => {
+                let Some((_, answer)) = answers.pop() else {
+                    continue;
+                };
+                match answer {
+                    TransferAnswer::State(record) => {
+                        state.metrics.records("transfer", "received", 1);
+                        install(state, ring.version(), key, &record, previous).await?;
+                        state.metrics.first_touch("transferred");
+                        return Ok(Some("transferred"));
+                    }
+                    TransferAnswer::Unchanged(version) => {
+                        state.metrics.records("transfer", "received", 1);
+                        match &precopy {
+                            Some(c) if c.record.version == version => {
+                                install(state, ring.version(), key, &c.record, previous).await?;
+                                state.metrics.first_touch("unchanged");
+                                return Ok(Some("unchanged"));
+                            }
+                            _ => {
+                                // Cannot happen with a consistent peer: it
+                                // said "unchanged" for a version we do not
+                                // hold. The state is gone from memory.
+                                tracing::error!(
+                                    pod = %state.pod, previous = %previous.name, version,
+                                    "transfer answered unchanged for a version this pod does not hold"
+                                );
+                                state.metrics.rolled_forward("transfer");
+                                return cold(state, ring.version(), key, "cold").await;
+                            }
+                        }
+                    }
+                    TransferAnswer::NotResident => {
+                        return cold(state, ring.version(), key, "loaded").await;
+                    }
+                    TransferAnswer::Refused(reason, message) => {
+                        tracing::debug!(
+                            pod = %state.pod, previous = %previous.name,
+                            reason = reason.as_str(), %message, "transfer refused; asking again"
+                        );
+                    }
+                }
+            }
+            Err(error) if error.is_gone() => {
+                tracing::info!(
+                    pod = %state.pod, previous = %previous.name,
+                    "previous owner is gone: loading cold"
+                );
+                state.metrics.call_error("transfer", error.metric_label());
+                state.metrics.rolled_forward("transfer");
+                return cold(state, ring.version(), key, "cold").await;
+            }
+            Err(error) => {
+                if let HandoffError::Unauthorized { .. } = error {
+                    tracing::error!(pod = %state.pod, %error, "handoff secret mismatch");
+                } else {
+                    tracing::debug!(pod = %state.pod, %error, "transfer failed; asking again");
+                }
+                state.metrics.call_error("transfer", error.metric_label());
+            }
+        }
+        let pause = backoff.min(patience.saturating_duration_since(Instant::now()));
+        tokio::time::sleep(pause).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Installs a record this pod now owns. If the store refuses it (full), the
+/// record is parked again so the next attempt can install it: it was handed
+/// off, so nobody else has it.
+pub(crate) async fn install(
+    state: &HandoffState,
+    epoch: u64,
+    key: &[u8],
+    record: &SessionRecord,
+    previous: &Pod,
+) -> Result<(), TouchError> {
+    match state.store.install_record(record).await {
+        Ok(_) => {
+            taken_over(state, epoch, key);
+            Ok(())
+        }
+        Err(error) => {
+            state.cache.insert(
+                record.clone(),
+                &previous.name,
+                true,
+                state.config.parked_ttl,
+            );
+            Err(TouchError::Retry(format!(
+                "cannot install the session taken over: {error}"
+            )))
+        }
+    }
+}
+
+/// Lets the store load `key` from the persistence: drops the pre-copy and any
+/// tombstone this pod left on the key when it handed it off before.
+async fn cold(
+    state: &HandoffState,
+    epoch: u64,
+    key: &[u8],
+    path: TouchPath,
+) -> Result<Option<TouchPath>, TouchError> {
+    clear_tombstone(state, key).await;
+    taken_over(state, epoch, key);
+    state.metrics.first_touch(path);
+    Ok(Some(path))
+}
+
+/// The key is this pod's now: forget the side copies and the hand-offs of
+/// it, and never take it over again in this switch.
+fn taken_over(state: &HandoffState, epoch: u64, key: &[u8]) {
+    state.cache.remove(key);
+    state.outbox.remove(key);
+    state.tombstones.take(key);
+    state.settled.mark(epoch, key);
+}
+
+/// Removes the tombstone this pod left on `key` when it handed the key off
+/// earlier, if it still stands (the caller holds the key's lock). While a
+/// tombstone stands nothing loads the key, so the key is not resident and
+/// not loading: a hand-off to this pod with a zero lifetime then replaces
+/// the tombstone with one that has already expired, and the next access
+/// loads the key from the persistence.
+pub(crate) async fn clear_tombstone(state: &HandoffState, key: &[u8]) {
+    if !state.tombstones.take(key) {
+        return;
+    }
+    if let Err(error) = state
+        .store
+        .hand_off(key, None, &state.pod, Duration::ZERO)
+        .await
+    {
+        tracing::warn!(pod = %state.pod, %error, "cannot clear a tombstone");
+    }
+}

@@ -1,0 +1,116 @@
+//! [`SessionTable`]: the session store as the handoff protocol sees it.
+//!
+//! The handoff endpoints, the transition driver and the snapshot code need a
+//! handful of the store's calls (export, hand-off, install, snapshot, flush)
+//! and nothing of its value type. This object-safe trait gives them those
+//! calls over encoded [`SessionRecord`]s, so they are written once, not per
+//! `SessionStore<V, P>`. It is implemented for every
+//! [`SessionStore`](crate::store::SessionStore).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt as _, StreamExt as _};
+
+use crate::store::{
+    Flush, HandOff, Installed, Limits, Persistence, Restore, SessionRecord, SessionStore,
+    StoreError,
+};
+
+/// The store calls the handoff protocol makes; see the [module docs](self).
+pub trait SessionTable: Send + Sync + 'static {
+    /// Keys of the resident sessions.
+    fn resident_keys(&self) -> Vec<Bytes>;
+
+    /// The resident version of `key`, if resident.
+    fn version_of<'a>(&'a self, key: &'a [u8]) -> BoxFuture<'a, Option<u64>>;
+
+    /// The resident session encoded (pre-copy), if resident.
+    fn export<'a>(
+        &'a self,
+        key: &'a [u8],
+    ) -> BoxFuture<'a, Result<Option<SessionRecord>, StoreError>>;
+
+    /// Hands the session over to `owner` and leaves a tombstone for `ttl`.
+    fn hand_off<'a>(
+        &'a self,
+        key: &'a [u8],
+        known: Option<u64>,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<HandOff, StoreError>>;
+
+    /// Installs `record` if newer than what is held.
+    fn install_record<'a>(
+        &'a self,
+        record: &'a SessionRecord,
+    ) -> BoxFuture<'a, Result<Installed, StoreError>>;
+
+    /// Writes every changed session back through the persistence.
+    fn flush(&self) -> BoxFuture<'_, Flush>;
+
+    /// Every resident session, encoded.
+    fn snapshot(&self) -> BoxStream<'static, Result<SessionRecord, StoreError>>;
+
+    /// Installs every record of `records`.
+    fn restore<'a>(&'a self, records: BoxStream<'a, SessionRecord>) -> BoxFuture<'a, Restore>;
+
+    /// The store's bounds.
+    fn limits(&self) -> &Limits;
+}
+
+impl<V, P> SessionTable for SessionStore<V, P>
+where
+    V: Clone + Send + Sync + 'static,
+    P: Persistence<V>,
+{
+    fn resident_keys(&self) -> Vec<Bytes> {
+        SessionStore::resident_keys(self)
+    }
+
+    fn version_of<'a>(&'a self, key: &'a [u8]) -> BoxFuture<'a, Option<u64>> {
+        SessionStore::version_of(self, key).boxed()
+    }
+
+    fn export<'a>(
+        &'a self,
+        key: &'a [u8],
+    ) -> BoxFuture<'a, Result<Option<SessionRecord>, StoreError>> {
+        SessionStore::export(self, key).boxed()
+    }
+
+    fn hand_off<'a>(
+        &'a self,
+        key: &'a [u8],
+        known: Option<u64>,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<HandOff, StoreError>> {
+        SessionStore::hand_off(self, key, known, owner, ttl).boxed()
+    }
+
+    fn install_record<'a>(
+        &'a self,
+        record: &'a SessionRecord,
+    ) -> BoxFuture<'a, Result<Installed, StoreError>> {
+        SessionStore::install_record(self, record).boxed()
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Flush> {
+        SessionStore::flush(self).boxed()
+    }
+
+    fn snapshot(&self) -> BoxStream<'static, Result<SessionRecord, StoreError>> {
+        SessionStore::snapshot(self).boxed()
+    }
+
+    fn restore<'a>(&'a self, records: BoxStream<'a, SessionRecord>) -> BoxFuture<'a, Restore> {
+        SessionStore::restore(self, records).boxed()
+    }
+
+    fn limits(&self) -> &Limits {
+        SessionStore::limits(self)
+    }
+}

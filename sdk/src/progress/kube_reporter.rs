@@ -1,0 +1,148 @@
+//! [`KubeProgressReporter`]: progress as annotations on the pod's own Pod.
+//!
+//! Each report is one server-side apply of the pod's annotations
+//! ([`annotations`](crate::ring::annotations)), field manager `locus-pod`,
+//! forced: this field manager owns exactly those annotations, so nothing
+//! else on the pod is touched. The per-service Role grants `patch` on the
+//! service's pods by name.
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+
+use super::{Progress, ProgressError, ProgressReporter};
+use crate::ring::annotations;
+
+/// Environment variable holding the pod's namespace (downward API,
+/// `fieldRef: metadata.namespace`).
+pub const NAMESPACE_ENV: &str = "POD_NAMESPACE";
+
+/// Field manager of the pods' own applies.
+pub const FIELD_MANAGER: &str = "locus-pod";
+
+/// Patches the pod's own annotations; see the [module docs](self).
+#[derive(Clone)]
+pub struct KubeProgressReporter {
+    api: Api<Pod>,
+    namespace: String,
+    pod: String,
+}
+
+impl std::fmt::Debug for KubeProgressReporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeProgressReporter")
+            .field("namespace", &self.namespace)
+            .field("pod", &self.pod)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubeProgressReporter {
+    /// Reports onto pod `pod` in `namespace` through `client`.
+    pub fn new(client: kube::Client, namespace: impl Into<String>, pod: impl Into<String>) -> Self {
+        let namespace = namespace.into();
+        Self {
+            api: Api::namespaced(client, &namespace),
+            namespace,
+            pod: pod.into(),
+        }
+    }
+
+    /// Reports onto the pod named by `POD_NAME` in `POD_NAMESPACE`, with the
+    /// in-cluster client (the pod's service account).
+    pub async fn from_env() -> Result<Self, ProgressError> {
+        let var = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| ProgressError::Setup {
+                    reason: format!("environment variable {name} is unset or empty"),
+                })
+        };
+        let pod = var(crate::server::POD_NAME_ENV)?;
+        let namespace = var(NAMESPACE_ENV)?;
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| ProgressError::Setup {
+                reason: format!("no Kubernetes client: {e}"),
+            })?;
+        Ok(Self::new(client, namespace, pod))
+    }
+
+    /// The apply body for `progress`.
+    pub fn apply_body(&self, progress: &Progress) -> serde_json::Value {
+        annotations_body(&self.namespace, &self.pod, progress)
+    }
+}
+
+fn annotations_body(namespace: &str, pod: &str, progress: &Progress) -> serde_json::Value {
+    let mut values = serde_json::Map::new();
+    for (name, value) in [
+        (annotations::OBSERVED_RING_VERSION, progress.observed),
+        (annotations::WARMED_RING_VERSION, progress.warmed),
+        (annotations::DRAINED_RING_VERSION, progress.drained),
+    ] {
+        if let Some(value) = value {
+            values.insert(name.to_owned(), json!(value.to_string()));
+        }
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": pod, "namespace": namespace, "annotations": values },
+    })
+}
+
+impl ProgressReporter for KubeProgressReporter {
+    fn report<'a>(&'a self, progress: &'a Progress) -> BoxFuture<'a, Result<(), ProgressError>> {
+        Box::pin(async move {
+            let body = self.apply_body(progress);
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            self.api
+                .patch(&self.pod, &params, &Patch::Apply(&body))
+                .await
+                .map_err(|source| ProgressError::Patch {
+                    namespace: self.namespace.clone(),
+                    pod: self.pod.clone(),
+                    source,
+                })?;
+            tracing::debug!(pod = %self.pod, ?progress, "progress reported");
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_apply_body_names_only_the_versions_set() {
+        let body = annotations_body(
+            "ns",
+            "chat-0-abcde",
+            &Progress {
+                observed: Some(7),
+                warmed: None,
+                drained: Some(6),
+            },
+        );
+        assert_eq!(
+            body,
+            json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": "chat-0-abcde",
+                    "namespace": "ns",
+                    "annotations": {
+                        "locus.dev/observed-ring-version": "7",
+                        "locus.dev/drained-ring-version": "6",
+                    },
+                },
+            })
+        );
+    }
+}

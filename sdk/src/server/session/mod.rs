@@ -1,0 +1,28 @@
+//! The pod side of a Locus service beyond the ownership check: the session
+//! layer, the handoff endpoints, the transition driver, progress reports,
+//! shutdown and fast restarts, tied together by [`Member`].
+//!
+//! * [`Member`]: built from the pod's name, its ring source and its
+//!   [`SessionStore`](crate::store::SessionStore); [`Member::start`] restores
+//!   a snapshot and starts the [transition driver](crate::driver);
+//!   [`Member::layer`] is the middleware; [`Member::shutdown`] is what the
+//!   service calls on SIGTERM.
+//! * [`SessionLayer`] / [`SessionService`]: the middleware (see
+//!   [`service`](self::SessionService) for the per-request steps).
+//!
+//! The stack of a pod, outermost first:
+//!
+//! ```text
+//! OwnershipLayer   forward / 421 for keys owned elsewhere; /_locus/ passes through
+//! SessionLayer     handoff endpoints; in-flight gate; take over gained keys
+//! application      handlers using the SessionStore
+//! ```
+
+mod member;
+mod response;
+mod service;
+
+pub use self::member::{
+    Member, MemberBuilder, MemberError, ShutdownPath, ShutdownReport, StartReport,
+};
+pub use self::service::{SessionBody, SessionLayer, SessionService};
