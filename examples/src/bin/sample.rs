@@ -65,6 +65,7 @@ async fn serve(config: SampleConfig, listen: std::net::SocketAddr) -> Result<(),
     tracing::info!(
         written = report.flush.written,
         failed = report.flush.failed,
+        dropped = report.dropped,
         "locus-sample stopped"
     );
     Ok(())

@@ -142,6 +142,8 @@ pub(crate) struct AppState {
     pub(crate) sample: SampleMetrics,
     pub(crate) ring: Option<Arc<OpenRing>>,
     pub(crate) draining: AtomicBool,
+    /// Sessions are written back to PostgreSQL.
+    pub(crate) persistent: bool,
 }
 
 /// The running sample: its HTTP app and the parts a handoff driver needs.
@@ -189,8 +191,12 @@ impl Readiness {
 /// What [`SampleService::shutdown`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShutdownReport {
-    /// Changed sessions written back to PostgreSQL, and failures.
+    /// Changed sessions written back to PostgreSQL, and failures (zero
+    /// without PostgreSQL).
     pub flush: Flush,
+    /// Sessions that end with the process: resident sessions when there is
+    /// no PostgreSQL to write them to.
+    pub dropped: usize,
 }
 
 impl SampleService {
@@ -212,6 +218,10 @@ impl SampleService {
         let sample = SampleMetrics::new();
         sample.register(registry.sub_registry_with_prefix("sample"));
         let max_key_bytes = limits.max_key_bytes;
+        let persistent = matches!(
+            mode,
+            SampleMode::InMemory { postgres: Some(_) } | SampleMode::Stateless { .. }
+        );
         let (backend, passivation) = match mode {
             SampleMode::InMemory { postgres } => {
                 let persistence = match postgres {
@@ -267,6 +277,7 @@ impl SampleService {
             sample,
             ring,
             draining: AtomicBool::new(false),
+            persistent,
         });
         let router = app(Arc::clone(&state), ownership, max_event_bytes);
         Ok(Self {
@@ -314,16 +325,29 @@ impl SampleService {
     }
 
     /// Ends the service after the HTTP server stopped: stops passivation and
-    /// writes every changed session back to PostgreSQL (a no-op without it).
+    /// writes every changed session back to PostgreSQL; without PostgreSQL
+    /// the resident sessions end with the process (counted in the report).
     pub async fn shutdown(self) -> ShutdownReport {
         self.begin_shutdown();
         if let Some(task) = &self.passivation {
             task.abort();
         }
-        let flush = match &self.state.backend {
-            Backend::Memory(store) => store.flush().await,
-            Backend::Stateless { .. } => Flush::default(),
+        let store = match &self.state.backend {
+            Backend::Memory(store) => store,
+            Backend::Stateless { .. } => return ShutdownReport::default(),
         };
+        if !self.state.persistent {
+            let dropped = store.stats().sessions;
+            tracing::info!(
+                sessions = dropped,
+                "no persistence: resident sessions end with the process"
+            );
+            return ShutdownReport {
+                flush: Flush::default(),
+                dropped,
+            };
+        }
+        let flush = store.flush().await;
         if flush.failed > 0 {
             tracing::warn!(
                 written = flush.written,
@@ -333,7 +357,7 @@ impl SampleService {
         } else {
             tracing::info!(written = flush.written, "sessions written back at shutdown");
         }
-        ShutdownReport { flush }
+        ShutdownReport { flush, dropped: 0 }
     }
 }
 
