@@ -29,12 +29,19 @@ bin=$(find_bin || true)
 case $cmd in
 start)
     if [ -z "$bin" ] && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "[pg.sh] installing postgresql with apt-get" >&2
-        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } >&2; then
-            echo "apt-get install postgresql failed" >&2
-            exit 1
-        fi
+        # Tests start in parallel: one installs, the others wait for it.
+        exec 9>/tmp/locus-examples-pg-install.lock
+        command -v flock >/dev/null 2>&1 && flock 9
         bin=$(find_bin || true)
+        if [ -z "$bin" ]; then
+            echo "[pg.sh] installing postgresql with apt-get" >&2
+            if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } >&2; then
+                echo "apt-get install postgresql failed" >&2
+                exit 1
+            fi
+            bin=$(find_bin || true)
+        fi
+        exec 9>&-
     fi
     if [ -z "$bin" ]; then
         echo "no PostgreSQL binaries (initdb) found and cannot install them (not root, or no apt-get)" >&2
