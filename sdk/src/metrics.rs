@@ -18,8 +18,8 @@
 //!
 //! Client outcomes are [`RouteError::metric_label`](crate::RouteError::metric_label)
 //! or `ok`; server outcomes are `served`, `forwarded`, `passthrough`,
-//! `misdirected`, `no_key`, `key_too_long`, `no_ring`, `owner_unavailable`,
-//! `forward_failed`. Rejection reasons are
+//! `fanout`, `misdirected`, `no_key`, `key_too_long`, `no_ring`,
+//! `owner_unavailable`, `forward_failed`. Rejection reasons are
 //! [`Rejection::metric_label`](crate::source::Rejection::metric_label).
 //!
 //! ```

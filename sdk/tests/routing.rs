@@ -864,3 +864,199 @@ async fn an_axum_gateway_routes_incoming_requests_to_their_owners() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 }
+
+/// A stand-in for the API server's `ConfigMap` list and watch endpoints,
+/// just enough for kube's watcher: the current object and its
+/// resourceVersion in a watch channel; watches stream `MODIFIED` events and
+/// end when the server shuts down.
+mod fake_api {
+    use std::collections::HashMap;
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+
+    use axum::extract::{Query, State};
+    use axum::response::{IntoResponse, Response};
+    use bytes::Bytes;
+    use serde_json::{Value, json};
+    use tokio::net::TcpListener;
+    use tokio::sync::watch;
+    use tokio::task::JoinHandle;
+
+    #[derive(Clone)]
+    struct Shared {
+        object: watch::Receiver<(u64, Value)>,
+        shutdown: watch::Receiver<bool>,
+    }
+
+    pub struct FakeApi {
+        pub address: SocketAddr,
+        pub object: watch::Sender<(u64, Value)>,
+        shutdown: watch::Sender<bool>,
+        task: JoinHandle<()>,
+    }
+
+    pub fn config_map(namespace: &str, document: &[u8], resource_version: u64) -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": "chat-ring",
+                "namespace": namespace,
+                "uid": "5c3c1d2e-0000-4000-8000-000000000001",
+                "resourceVersion": resource_version.to_string(),
+            },
+            "data": {"ring.json": String::from_utf8_lossy(document)},
+        })
+    }
+
+    async fn configmaps(
+        State(shared): State<Shared>,
+        Query(query): Query<HashMap<String, String>>,
+    ) -> Response {
+        let (version, object) = shared.object.borrow().clone();
+        if query.get("watch").map(String::as_str) != Some("true") {
+            return axum::Json(json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMapList",
+                "metadata": {"resourceVersion": version.to_string()},
+                "items": [object],
+            }))
+            .into_response();
+        }
+        let since: u64 = query
+            .get("resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let events = futures::stream::unfold(
+            (shared.object, shared.shutdown, since),
+            |(mut object, mut shutdown, since)| async move {
+                loop {
+                    let (version, current) = object.borrow_and_update().clone();
+                    if version > since {
+                        let line = format!("{}\n", json!({"type": "MODIFIED", "object": current}));
+                        return Some((
+                            Ok::<_, Infallible>(Bytes::from(line)),
+                            (object, shutdown, version),
+                        ));
+                    }
+                    tokio::select! {
+                        changed = object.changed() => changed.ok()?,
+                        _ = shutdown.wait_for(|down| *down) => return None,
+                    }
+                }
+            },
+        );
+        (
+            [("content-type", "application/json")],
+            axum::body::Body::from_stream(events),
+        )
+            .into_response()
+    }
+
+    impl FakeApi {
+        pub fn start(listener: TcpListener, version: u64, object: Value) -> Self {
+            let address = listener.local_addr().unwrap();
+            let (object_tx, object_rx) = watch::channel((version, object));
+            let (shutdown_tx, shutdown_rx) = watch::channel(false);
+            let shared = Shared {
+                object: object_rx,
+                shutdown: shutdown_rx.clone(),
+            };
+            let app = axum::Router::new()
+                .route(
+                    "/api/v1/namespaces/{namespace}/configmaps",
+                    axum::routing::get(configmaps),
+                )
+                .with_state(shared);
+            let mut down = shutdown_rx;
+            let task = tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = down.wait_for(|down| *down).await;
+                    })
+                    .await
+                    .unwrap();
+            });
+            Self {
+                address,
+                object: object_tx,
+                shutdown: shutdown_tx,
+                task,
+            }
+        }
+
+        /// Stops serving: open watches end, connections close, the port
+        /// refuses connections. Returns once the listener is gone.
+        pub async fn stop(self) -> SocketAddr {
+            self.shutdown.send_replace(true);
+            self.task.await.unwrap();
+            self.address
+        }
+    }
+}
+
+#[tokio::test]
+async fn routing_continues_on_the_last_good_ring_while_the_api_server_is_down() {
+    use fake_api::{FakeApi, config_map};
+
+    let pods = start_pods(3, |b| b).await;
+    let v1 = ring(1, &members(&pods), 0);
+    let v2 = ring(2, &members(&pods), 1);
+    publish_to_pods(&pods, &v1);
+    let api = FakeApi::start(
+        bind(11).await,
+        1,
+        config_map("default", &RingDocument::to_json(&v1).unwrap(), 1),
+    );
+    let config = kube::Config::new(format!("http://{}", api.address).parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let metrics = Metrics::new();
+    let source = locus::KubeRingSource::builder(client, "default", "chat")
+        .metrics(metrics.clone())
+        .spawn();
+    assert_eq!(source.config_map(), "default/chat-ring");
+    let loaded = source.watch().wait_for_version(1, WAIT).await.unwrap();
+    assert_eq!(*loaded, v1);
+    let router = RouterLayer::new(&source).layer(ReqwestClient::new());
+    let check = |ring: Ring| {
+        let router = router.clone();
+        async move {
+            for i in 0..10 {
+                let key = format!("api-{i}");
+                let response = router.clone().oneshot(get(&key)).await.unwrap();
+                assert_eq!(response.status(), StatusCode::OK);
+                assert_eq!(
+                    header(&response, headers::POD).as_ref(),
+                    Some(&ring.owner(key.as_bytes()).pod.name)
+                );
+            }
+        }
+    };
+    check(v1.clone()).await;
+
+    // A malformed update: rejected, ring 1 keeps serving.
+    api.object
+        .send_replace((2, config_map("default", b"{\"schema\": 1", 2)));
+    await_status(source.status(), |s| s.rejected >= 1).await;
+    assert_eq!(metrics.rejected_total("malformed"), 1);
+    check(v1.clone()).await;
+
+    // The API server goes away: the source notices, routing does not.
+    let address = api.stop().await;
+    await_status(source.status(), |s| s.errors >= 1).await;
+    assert_eq!(source.watch().version(), Some(1));
+    check(v1.clone()).await;
+
+    // It comes back with ring 2: the watcher reconnects (with backoff) and
+    // the router follows.
+    let listener = TcpListener::bind(address).await.unwrap();
+    let _api = FakeApi::start(
+        listener,
+        3,
+        config_map("default", &RingDocument::to_json(&v2).unwrap(), 3),
+    );
+    publish_to_pods(&pods, &v2);
+    await_status(source.status(), |s| s.version == Some(2)).await;
+    check(v2).await;
+    assert_eq!(metrics.ring_version(), 2);
+}

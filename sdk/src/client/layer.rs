@@ -135,7 +135,7 @@ impl RouterLayer {
     }
 
     /// Largest request body kept in memory so the request can be retried
-    /// after a 421; 0 disables retries.
+    /// after a 421; with 0 only requests with an empty body are retried.
     #[must_use]
     pub fn max_replay_bytes(mut self, max: usize) -> Self {
         self.config.max_replay_bytes = max;

@@ -152,8 +152,8 @@ async fn run(api: Api<ConfigMap>, name: String, config_map: String, publisher: A
                 handle(&publisher, &config_map, event);
             }
             Err(error) => {
-                // Logged at warn once per outage, then quietly retried with
-                // backoff; the status counts every attempt.
+                // Logged at warn and counted once per outage, then retried
+                // quietly with backoff.
                 if failing {
                     tracing::debug!(%config_map, %error, "ring watch still failing");
                 } else {

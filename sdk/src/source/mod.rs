@@ -156,8 +156,9 @@ pub struct SourceStatus {
     pub unchanged: u64,
     /// Documents refused (malformed, older, conflicting, for another service).
     pub rejected: u64,
-    /// Failures to fetch a document at all (file unreadable, API server
-    /// unreachable); the last good ring keeps serving.
+    /// Outages: times the source started failing to fetch documents at all
+    /// (file unreadable, API server unreachable); each run of consecutive
+    /// failures counts once. The last good ring keeps serving throughout.
     pub errors: u64,
     /// Version of the held ring.
     pub version: Option<u64>,
