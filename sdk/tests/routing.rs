@@ -1060,3 +1060,25 @@ async fn routing_continues_on_the_last_good_ring_while_the_api_server_is_down() 
     check(v2).await;
     assert_eq!(metrics.ring_version(), 2);
 }
+
+#[tokio::test]
+async fn an_empty_retry_budget_turns_a_421_into_an_error() {
+    let pods = start_pods(2, |b| b.mode(Mode::Redirect421)).await;
+    let old = ring(1, &members(&pods), 0);
+    publish_to_pods(&pods, &ring(2, &members(&pods), 1));
+    let metrics = Metrics::new();
+    // No reserve, no share of the request rate: no retry is ever allowed.
+    // Out-of-range values are clamped, not a panic.
+    let router = RouterLayer::new(StaticRingSource::with_ring(old))
+        .retry_budget(Duration::ZERO, 0, -1.0)
+        .misdirect_wait(Duration::from_millis(10))
+        .metrics(metrics.clone())
+        .layer(ReqwestClient::new());
+    let error = router.oneshot(get("budget")).await.unwrap_err();
+    assert!(
+        matches!(&error, RouteError::Misdirected { reason, ring_version: Some(2), .. } if reason.contains("budget")),
+        "{error}"
+    );
+    assert_eq!(metrics.misdirected_received_total(), 1);
+    assert_eq!(metrics.requests_total(Side::Client, "misdirected"), 1);
+}

@@ -152,9 +152,18 @@ impl RouterLayer {
 
     /// The retry budget (see [`TpsBudget::new`]): deposits count for `ttl`,
     /// at least `min_per_sec` retries per second, plus `retry_percent` of the
-    /// request rate.
+    /// request rate (0.2 = 20 %). Values outside what the budget accepts are
+    /// clamped: `ttl` to 1–60 s, `retry_percent` to 0–1000, `min_per_sec`
+    /// below `i32::MAX`.
     #[must_use]
     pub fn retry_budget(mut self, ttl: Duration, min_per_sec: u32, retry_percent: f32) -> Self {
+        let ttl = ttl.clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let retry_percent = if retry_percent.is_nan() {
+            0.0
+        } else {
+            retry_percent.clamp(0.0, 1000.0)
+        };
+        let min_per_sec = min_per_sec.min(i32::MAX.unsigned_abs() - 1);
         self.config.budget = Arc::new(TpsBudget::new(ttl, min_per_sec, retry_percent));
         self
     }
