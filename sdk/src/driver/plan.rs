@@ -287,7 +287,7 @@ mod tests {
     fn owners_without_a_slot_follow_the_planner() {
         let r = ring(
             vec![slot(0, "a"), slot(1, "b"), slot(2, "c")],
-            (0..16).map(|s| (s % 3) as u16).collect(),
+            (0..16u16).map(|s| s % 3).collect(),
             Transition::Stable,
         );
         let plan = owners_without(&r, 1).unwrap();

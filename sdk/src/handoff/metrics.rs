@@ -5,7 +5,7 @@
 //!
 //! | metric | type | labels |
 //! |---|---|---|
-//! | `locus_handoff_records_total` | counter | `op` (`precopy`, `transfer`, `push`, `shutdown`), `direction` (`sent`, `received`) |
+//! | `locus_handoff_records_total` | counter | `op` (`precopy`, `transfer`, `push`, `shutdown`, `promote`), `direction` (`sent`, `received`) |
 //! | `locus_handoff_first_touch_total` | counter | `path` (`unchanged`, `transferred`, `promoted`, `loaded`, `cold`) |
 //! | `locus_handoff_rolled_forward_total` | counter | `phase` (`warm`, `transfer`, `drain`, `shutdown`) |
 //! | `locus_handoff_refused_total` | counter | `reason` (`unauthorized`, `not_owner`, `ring_behind`, `busy`, `failed`, `too_large`, `bad_request`) |
@@ -76,6 +76,9 @@ pub struct HandoffStats {
     pub pushed: u64,
     /// Records pushed to this pod.
     pub push_received: u64,
+    /// Records pushed here before this pod owned their keys, installed at
+    /// the switch that made it their owner.
+    pub promoted: u64,
     /// First touches that found the pre-copy current.
     pub first_touch_unchanged: u64,
     /// First touches that received the state by transfer.
@@ -193,6 +196,7 @@ impl HandoffMetrics {
             transfer_received: self.count2("transfer", "received"),
             pushed: self.count2("push", "sent") + self.count2("shutdown", "sent"),
             push_received: self.count2("push", "received"),
+            promoted: self.count2("promote", "received"),
             first_touch_unchanged: touch("unchanged"),
             first_touch_transferred: touch("transferred"),
             first_touch_promoted: touch("promoted"),
