@@ -45,6 +45,7 @@ fn options() -> PodOptions {
         },
         limits: Limits::default(),
         snapshot_dir: None,
+        coordination_wait: Duration::ZERO,
     }
 }
 
@@ -155,7 +156,9 @@ async fn scale_3_to_4_to_2_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replacing_a_slots_pod_under_load() {
-    let cluster = Arc::new(HttpCluster::new(options()));
+    let mut options = options();
+    options.coordination_wait = Duration::from_secs(10);
+    let cluster = Arc::new(HttpCluster::new(options));
     let mut pods = Vec::new();
     for i in 0..3u8 {
         pods.push(
@@ -169,8 +172,15 @@ async fn replacing_a_slots_pod_under_load() {
     let load = start_load(&cluster, 2);
     load.progress(1500).await;
 
+    // An eviction: SIGTERM reaches slot 1's pod, the operator starts a
+    // successor and retires the old pod through Warm → Switch → Stable; the
+    // old pod's shutdown waits for that instead of pushing on its own.
     let successor = cluster.start_pod("counters-1-b", 24, 0).await;
+    let old_member = cluster.member("counters-1-a");
+    let shutdown = tokio::spawn(async move { old_member.shutdown(Duration::from_secs(30)).await });
     operator.replace(cluster.as_ref(), 1, successor).await;
+    let report = shutdown.await.unwrap();
+    assert_eq!(report.path, ShutdownPath::Coordinated, "{report:?}");
     load.progress(1500).await;
     let verdict = verdict(&cluster, load, &operator).await;
     let old = cluster.stop_pod("counters-1-a").await;

@@ -564,3 +564,197 @@ async fn restore_file(
         took: started.elapsed(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::{Assignment, Pod, RingParts, ShardCount, Slot, SlotState, Transition};
+    use crate::store::{JsonCodec, SessionStore, Versioned};
+
+    fn ring(service: &str, version: u64, table: Vec<u16>) -> Ring {
+        let slot = |index: u16| Slot {
+            index,
+            pod: Pod {
+                name: format!("svc-{index}-x"),
+                uid: format!("uid-{index}"),
+                address: format!("10.0.0.{}:80", index + 1).parse().unwrap(),
+            },
+            state: SlotState::Active,
+            successor: None,
+            predecessor: None,
+        };
+        Ring::new(RingParts {
+            namespace: "ns".into(),
+            service: service.into(),
+            version,
+            shards: ShardCount::new(table.len() as u32).unwrap(),
+            vnodes: 8,
+            slots: vec![slot(0), slot(1)],
+            current: Assignment::new(table).unwrap(),
+            transition: Transition::Stable,
+        })
+        .unwrap()
+    }
+
+    fn store() -> SessionStore<String> {
+        SessionStore::builder(JsonCodec, String::len)
+            .build()
+            .unwrap()
+    }
+
+    fn dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("locus-snap-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A store with 50 sessions (versions 1..=3, some clean), snapshotted
+    /// by pod `svc-0-x` of slot 0 under a ring where slot 0 owns everything.
+    async fn written(name: &str) -> (PathBuf, Ring, SessionStore<String>) {
+        let dir = dir(name);
+        let ring = ring("svc", 4, vec![0, 0]);
+        let store = store();
+        for i in 0..50 {
+            let key = format!("k{i}");
+            store
+                .install(
+                    key.as_bytes(),
+                    Versioned::new(i % 3 + 1, format!("value {i}")),
+                )
+                .await
+                .unwrap();
+        }
+        let header = SnapshotHeader::new(&ring, 0, "svc-0-x");
+        let done = write(&store, &dir, &header).await.unwrap();
+        assert_eq!((done.records, done.skipped), (50, 0));
+        assert_eq!(done.bytes, std::fs::metadata(path_in(&dir)).unwrap().len());
+        (dir, ring, store)
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_restores_every_session_with_its_version_once() {
+        let (dir, ring, original) = written("round").await;
+        let restored = store();
+        let report = restore(&restored, &dir, &ring, "svc-0-x")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.records, 50);
+        assert_eq!(report.restore.inserted, 50);
+        assert_eq!(report.header.slot, 0);
+        for i in 0..50u64 {
+            let key = format!("k{i}");
+            let got = restored.get(key.as_bytes()).await.unwrap();
+            assert_eq!(got, original.get(key.as_bytes()).await.unwrap());
+            assert_eq!(got.version, i % 3 + 1);
+        }
+        assert!(!path_in(&dir).exists(), "a snapshot is restored only once");
+        assert!(
+            restore(&store(), &dir, &ring, "svc-0-x")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    async fn refused(
+        name: &str,
+        damage: impl FnOnce(&Path),
+        pod: &str,
+        ring: Option<Ring>,
+    ) -> SnapshotError {
+        let (dir, own_ring, _) = written(name).await;
+        damage(&path_in(&dir));
+        let target = store();
+        let ring = ring.unwrap_or(own_ring);
+        let error = restore(&target, &dir, &ring, pod).await.unwrap_err();
+        assert_eq!(
+            target.stats().sessions,
+            0,
+            "nothing installed from a refused snapshot"
+        );
+        assert!(!path_in(&dir).exists(), "a refused snapshot is removed");
+        std::fs::remove_dir_all(&dir).unwrap();
+        error
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_snapshot_is_detected_and_ignored() {
+        let flip = |path: &Path| {
+            let mut bytes = std::fs::read(path).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x40;
+            std::fs::write(path, bytes).unwrap();
+        };
+        let error = refused("corrupt", flip, "svc-0-x", None).await;
+        assert!(matches!(error, SnapshotError::Corrupt { .. }), "{error}");
+        let magic = |path: &Path| {
+            let mut bytes = std::fs::read(path).unwrap();
+            bytes[0] = b'X';
+            std::fs::write(path, bytes).unwrap();
+        };
+        let error = refused("magic", magic, "svc-0-x", None).await;
+        assert!(error.to_string().contains("bad magic"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_truncated_snapshot_is_detected_and_ignored() {
+        for cut in [1, 20, 33, 500] {
+            let truncate = |path: &Path| {
+                let bytes = std::fs::read(path).unwrap();
+                std::fs::write(path, &bytes[..bytes.len() - cut]).unwrap();
+            };
+            let error = refused(&format!("cut{cut}"), truncate, "svc-0-x", None).await;
+            assert!(
+                matches!(error, SnapshotError::Corrupt { .. }),
+                "cut {cut}: {error}"
+            );
+        }
+        let header_only = |path: &Path| {
+            let bytes = std::fs::read(path).unwrap();
+            std::fs::write(path, &bytes[..60]).unwrap();
+        };
+        let error = refused("header", header_only, "svc-0-x", None).await;
+        assert!(matches!(error, SnapshotError::Corrupt { .. }), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_foreign_snapshot_is_detected_and_ignored() {
+        let keep = |_: &Path| {};
+        let other_service = refused(
+            "service",
+            keep,
+            "svc-0-x",
+            Some(ring("other", 4, vec![0, 0])),
+        )
+        .await;
+        assert!(
+            matches!(other_service, SnapshotError::Foreign { .. }),
+            "{other_service}"
+        );
+        let other_slot = refused("slot", keep, "svc-1-x", None).await;
+        assert!(other_slot.to_string().contains("slot 0"), "{other_slot}");
+        let older_ring = refused("newer", keep, "svc-0-x", Some(ring("svc", 3, vec![0, 0]))).await;
+        assert!(older_ring.to_string().contains("newer"), "{older_ring}");
+    }
+
+    #[tokio::test]
+    async fn records_of_shards_the_slot_lost_are_skipped() {
+        let (dir, _, _) = written("moved").await;
+        // Slot 0 now owns only shard 0 of 2.
+        let ring = ring("svc", 5, vec![0, 1]);
+        let target = store();
+        let report = restore(&target, &dir, &ring, "svc-0-x")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.records, 50);
+        assert!(report.not_owned > 0 && report.restore.inserted > 0);
+        assert_eq!(report.not_owned + report.restore.inserted as u64, 50);
+        for key in target.resident_keys() {
+            assert_eq!(ring.owner(&key).index, 0);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -136,6 +136,8 @@ pub struct PodOptions {
     pub config: HandoffConfig,
     pub limits: Limits,
     pub snapshot_dir: Option<PathBuf>,
+    /// How long a shutdown waits for the operator to retire the pod.
+    pub coordination_wait: Duration,
 }
 
 /// A fleet of pods on loopback plus the callers' ring source.
@@ -183,7 +185,7 @@ impl HttpCluster {
             .secret(secret())
             .progress(progress.clone())
             .config(self.options.config.clone())
-            .coordination_wait(Duration::ZERO);
+            .coordination_wait(self.options.coordination_wait);
         if let Some(dir) = &self.options.snapshot_dir {
             builder = builder.snapshot_dir(dir.join(name));
             std::fs::create_dir_all(dir.join(name)).unwrap();
