@@ -26,6 +26,16 @@
 //! * [`headers`]: the HTTP header names the parts use to talk to each other.
 //! * [`store`]: [`SessionStore`], the pod's bounded, versioned session state
 //!   with single-flight loads and write-back passivation.
+//! * [`handoff`]: the protocol that moves sessions between pods (pre-copy,
+//!   transfer, drain push) over authenticated endpoints under `/_locus/`.
+//! * [`driver`]: what a pod does on each ring version (warm, take over,
+//!   drain, settle) and the rules that keep one writer per session.
+//! * [`progress`]: how a pod reports observed / warmed / drained versions
+//!   (its own annotations in Kubernetes).
+//! * [`snapshot`]: fast restarts through a memory-backed directory.
+//! * [`server::session`]: [`Member`], one pod of the service, tying the
+//!   store, the handoff endpoints, the driver, progress and shutdown into a
+//!   layer for the pod's HTTP stack.
 //!
 //! A caller routing to a service whose ring lives in a file:
 //!
@@ -46,7 +56,150 @@
 //! # }
 //! ```
 //!
-//! The guide is `docs/sdk.md`.
+//! # A complete service
+//!
+//! A pod of a service keeping shopping carts: an axum application over a
+//! [`SessionStore`] with a [`Persistence`](store::Persistence), the
+//! [`Member`]'s layer (handoff endpoints, take-over of gained keys, in-flight
+//! bound) inside the [`OwnershipLayer`], a caller routing to it, and the
+//! SIGTERM shutdown. In Kubernetes the pod name comes from `POD_NAME`, the
+//! ring from [`KubeRingSource`], the secret from
+//! [`HandoffSecret::from_env`], progress goes to
+//! [`KubeProgressReporter::from_env`](progress::KubeProgressReporter::from_env)
+//! and fast restarts are enabled by
+//! [`MemberBuilder::snapshot_dir_from_env`](server::session::MemberBuilder::snapshot_dir_from_env);
+//! here everything is in memory and the pod serves on 127.0.0.1.
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use std::sync::Mutex;
+//! use std::time::Duration;
+//!
+//! use axum::extract::State;
+//! use axum::http::HeaderMap;
+//! use axum::response::{IntoResponse, Response};
+//! use locus::ring::{Assignment, Pod, Ring, RingParts, ShardCount, Slot, SlotState, Transition};
+//! use locus::store::{JsonCodec, Persistence, SessionStore, Versioned};
+//! use locus::{HandoffSecret, Member, OwnershipLayer, ReqwestClient, RouterLayer, StaticRingSource};
+//! use tower::{Layer, ServiceExt};
+//!
+//! type Cart = Vec<String>;
+//!
+//! /// Where carts live when they are not in memory (a database in a real service).
+//! #[derive(Default)]
+//! struct CartTable(Mutex<HashMap<Vec<u8>, Versioned<Cart>>>);
+//!
+//! impl Persistence<Cart> for CartTable {
+//!     type Error = std::convert::Infallible;
+//!
+//!     async fn load(&self, key: &[u8]) -> Result<Option<Versioned<Cart>>, Self::Error> {
+//!         Ok(self.0.lock().unwrap().get(key).cloned())
+//!     }
+//!
+//!     async fn store(&self, key: &[u8], version: u64, cart: &Cart) -> Result<(), Self::Error> {
+//!         let stored = Versioned::new(version, cart.clone());
+//!         self.0.lock().unwrap().insert(key.to_vec(), stored);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! #[derive(Clone)]
+//! struct App {
+//!     carts: SessionStore<Cart, CartTable>,
+//!     member: Member,
+//! }
+//!
+//! /// `POST /cart` with the item as body, the cart in `x-locus-session`.
+//! async fn add(State(app): State<App>, headers: HeaderMap, item: String) -> Response {
+//!     let key = headers[locus::headers::SESSION].as_bytes();
+//!     let added = app.carts.update(key, |cart| {
+//!         cart.push(item);
+//!         cart.len()
+//!     });
+//!     match added.await {
+//!         Ok(done) => format!("{} items (version {})", done.value, done.version).into_response(),
+//!         // 429 / 503 with Retry-After, 413, or 421 naming the new owner.
+//!         Err(error) => app.member.error_response(&error).into_response(),
+//!     }
+//! }
+//!
+//! /// A one-slot ring (the operator publishes the real one).
+//! fn ring(pod: &str, address: std::net::SocketAddr) -> Ring {
+//!     let slot = Slot {
+//!         index: 0,
+//!         pod: Pod { name: pod.into(), uid: "uid-0".into(), address },
+//!         state: SlotState::Active,
+//!         successor: None,
+//!         predecessor: None,
+//!     };
+//!     let shards = ShardCount::new(16).unwrap();
+//!     Ring::new(RingParts {
+//!         namespace: "shop".into(),
+//!         service: "carts".into(),
+//!         version: 1,
+//!         shards,
+//!         vnodes: 16,
+//!         slots: vec![slot],
+//!         current: Assignment::new(vec![0; 16]).unwrap(),
+//!         transition: Transition::Stable,
+//!     })
+//!     .unwrap()
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), locus::BoxError> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let pod = "carts-0-x7k2p";
+//! let source = StaticRingSource::with_ring(ring(pod, listener.local_addr()?));
+//!
+//! let carts = SessionStore::builder(JsonCodec, |cart: &Cart| cart.iter().map(String::len).sum())
+//!     .persistence(CartTable::default())
+//!     .build()?;
+//! let member = Member::builder(pod, &source, carts.clone())
+//!     .secret(HandoffSecret::new("7f3a9c0e5b2d4f6a8c1e3b5d7f9a2c4e")?)
+//!     // How long a SIGTERM waits for the operator to retire this pod before
+//!     // handing the sessions over on its own (default 5 s).
+//!     .coordination_wait(Duration::ZERO)
+//!     .build()?;
+//! // Restores a snapshot if one is configured, starts the transition driver.
+//! member.start().await;
+//!
+//! let app = axum::Router::new()
+//!     .route("/cart", axum::routing::post(add))
+//!     .with_state(App { carts: carts.clone(), member: member.clone() })
+//!     // Inner: handoff endpoints, in-flight bound, take-over of gained keys.
+//!     .layer(member.layer())
+//!     // Outer: forward (or answer 421 for) keys this pod does not own.
+//!     .layer(OwnershipLayer::new(pod, &source)?);
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let server = tokio::spawn(async move {
+//!     let stopped = async { stopped.await.unwrap_or(()) };
+//!     axum::serve(listener, app).with_graceful_shutdown(stopped).await
+//! });
+//!
+//! // A caller routes by the same ring to the session's owner.
+//! let router = RouterLayer::new(&source).layer(ReqwestClient::new());
+//! let request = http::Request::post("/cart")
+//!     .header(locus::headers::SESSION, "cart-7")
+//!     .body("apple".to_owned())?;
+//! let response = router.oneshot(request).await?;
+//! assert_eq!(response.status(), 200);
+//! let body = http_body_util::BodyExt::collect(response.into_body()).await?;
+//! assert_eq!(&body.to_bytes()[..], b"1 items (version 1)");
+//!
+//! // On SIGTERM (tokio::signal::unix::signal(SignalKind::terminate())):
+//! // snapshot, or wait for the operator's transition, or hand the sessions
+//! // to their next owners — here, with no other pod, write them back.
+//! let report = member.shutdown(Duration::from_secs(25)).await;
+//! assert_eq!(report.flushed.map(|f| f.written), Some(1));
+//! stop.send(()).ok();
+//! server.await??;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The guides are `docs/sdk.md`, `docs/session-store.md` and
+//! `docs/handoff.md`.
 
 pub mod client;
 pub mod driver;
@@ -62,8 +215,10 @@ pub mod store;
 
 pub use client::{ReqwestClient, RouteError, Router, RouterLayer, SessionKey};
 pub use fanout::{FanOut, FanOutError, FanOutResult};
+pub use handoff::{HandoffConfig, HandoffSecret};
 pub use metrics::Metrics;
 pub use server::ownership::{MissingKey, Mode, Ownership, OwnershipLayer};
+pub use server::session::{Member, SessionLayer};
 pub use source::{
     FileRingSource, KubeRingSource, RingSource, RingWatch, SourceStatus, StaticRingSource,
 };
