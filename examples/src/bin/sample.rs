@@ -1,8 +1,9 @@
 //! `locus-sample`: the session ledger (see `locus_examples::sample` and
 //! `examples/README.md`). A thin wrapper: read flags, build the
-//! [`SampleService`], serve it until SIGTERM or Ctrl-C, then shut it down
-//! (readiness off, requests in flight finished, changed sessions written
-//! back).
+//! [`SampleService`], serve it until SIGTERM or Ctrl-C, then shut it down:
+//! with the handoff driver, sessions are handed over (or snapshotted) while
+//! the server still serves; then readiness goes off, requests in flight
+//! finish and changed sessions are written back.
 
 use std::process::ExitCode;
 
@@ -25,7 +26,11 @@ async fn main() -> ExitCode {
             println!("{USAGE}");
             ExitCode::SUCCESS
         }
-        Ok(SampleCommand::Serve { config, listen }) => match serve(*config, listen).await {
+        Ok(SampleCommand::Serve {
+            config,
+            listen,
+            shutdown_timeout,
+        }) => match serve(*config, listen, shutdown_timeout).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 tracing::error!(%error, "locus-sample failed");
@@ -39,7 +44,11 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: SampleConfig, listen: std::net::SocketAddr) -> Result<(), Error> {
+async fn serve(
+    config: SampleConfig,
+    listen: std::net::SocketAddr,
+    shutdown_timeout: std::time::Duration,
+) -> Result<(), Error> {
     let mut terminate = signal(SignalKind::terminate()).map_err(Error::Serve)?;
     let service = SampleService::new(config).await?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -49,20 +58,40 @@ async fn serve(config: SampleConfig, listen: std::net::SocketAddr) -> Result<(),
             source,
         })?;
     tracing::info!(address = %listen, "locus-sample listening");
-    let readiness = service.readiness();
-    let stop = async move {
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(
+        axum::serve(listener, service.router())
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .into_future(),
+    );
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+        ended = &mut server => {
+            return match ended {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(Error::Serve(error)),
+                Err(error) => Err(Error::Serve(std::io::Error::other(error))),
+            };
         }
-        readiness.shut();
-    };
-    axum::serve(listener, service.router())
-        .with_graceful_shutdown(stop)
-        .await
-        .map_err(Error::Serve)?;
+    }
+    // Still serving: the sessions go to their next owners (who may ask
+    // this pod for them) or into the snapshot.
+    let drained = service.drain(shutdown_timeout).await;
+    let _ = stop.send(());
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => return Err(Error::Serve(error)),
+        Err(error) => return Err(Error::Serve(std::io::Error::other(error))),
+    }
     let report = service.shutdown().await;
     tracing::info!(
+        path = ?drained.path,
+        handed_over = drained.handed_over.delivered,
+        undelivered = drained.handed_over.undelivered,
+        snapshot = ?drained.snapshot_sessions,
         written = report.flush.written,
         failed = report.flush.failed,
         dropped = report.dropped,

@@ -53,6 +53,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt as _;
 use http::{Method, StatusCode};
+use locus::driver::HANDOFF_HEADER;
 use locus::{RingWatch, headers};
 use tokio::sync::watch;
 
@@ -63,7 +64,7 @@ use crate::ledger::{AppendAnswer, SessionView};
 use crate::ranges::SeqSet;
 use crate::sample::CACHE_HEADER;
 
-pub use self::stats::{CacheCounts, Latency, LostWrite, Summary, Verification};
+pub use self::stats::{CacheCounts, Latency, LostWrite, MovedCounts, Summary, Verification};
 
 /// Most sessions.
 pub const MAX_SESSIONS: u32 = 1_000_000;
@@ -229,6 +230,8 @@ struct SessionTrack {
     versions: SeqSet,
     /// Highest of them.
     max_version: u64,
+    /// The pod that answered last (to see sessions move).
+    last_pod: Option<Box<str>>,
 }
 
 struct Shared {
@@ -546,16 +549,23 @@ async fn worker(shared: Arc<Shared>, control: Arc<PhaseControl>) -> Tally {
 }
 
 /// Counts what every answered request says about who answered and how.
-fn observe(shared: &Shared, id: &str, answer: &Answer, tally: &mut Tally) {
-    match answer
+fn observe(shared: &Shared, session: u32, id: &str, answer: &Answer, tally: &mut Tally) {
+    let cache = answer
         .headers
         .get(CACHE_HEADER)
-        .map(http::HeaderValue::as_bytes)
-    {
+        .map(http::HeaderValue::as_bytes);
+    match cache {
         Some(b"warm") => tally.cache.warm += 1,
         Some(b"cold") => tally.cache.cold += 1,
         Some(b"stateless") => tally.cache.stateless += 1,
         _ => tally.cache.unknown += 1,
+    }
+    if let Some(path) = answer
+        .headers
+        .get(HANDOFF_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        tally.handoff(path);
     }
     let pod = answer
         .headers
@@ -563,6 +573,18 @@ fn observe(shared: &Shared, id: &str, answer: &Answer, tally: &mut Tally) {
         .and_then(|v| v.to_str().ok());
     if let Some(pod) = pod {
         tally.pod(pod);
+        // The first answer from a new pod for a session answered elsewhere
+        // before: the session moved. Was it in memory there already?
+        let mut track = shared.track(session);
+        if track.last_pod.as_deref().is_some_and(|last| last != pod) {
+            match cache {
+                Some(b"warm") => tally.moved.warm += 1,
+                _ => tally.moved.cold += 1,
+            }
+        }
+        if track.last_pod.as_deref() != Some(pod) {
+            track.last_pod = Some(pod.into());
+        }
     }
     if answer.headers.contains_key(headers::FORWARDED_BY) {
         tally.forwarded += 1;
@@ -608,7 +630,7 @@ async fn one_append(shared: &Shared, session: u32, i: u64, tally: &mut Tally) {
     if appended.session != id || appended.seq != Some(seq) {
         return tally.error("wrong_answer");
     }
-    observe(shared, &id, &answer, tally);
+    observe(shared, session, &id, &answer, tally);
     tally.latency(Op::Append, took);
     tally.appends_acked += 1;
     let mut track = shared.track(session);
@@ -647,7 +669,7 @@ async fn one_read(shared: &Shared, session: u32, tally: &mut Tally) {
     if view.session != id {
         return tally.error("wrong_answer");
     }
-    observe(shared, &id, &answer, tally);
+    observe(shared, session, &id, &answer, tally);
     tally.latency(Op::Read, took);
     tally.reads_ok += 1;
     if view.version < floor {

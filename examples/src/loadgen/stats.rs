@@ -30,6 +30,8 @@ pub(crate) struct Tally {
     pub(crate) duplicates: u64,
     pub(crate) errors: BTreeMap<String, u64>,
     pub(crate) cache: CacheCounts,
+    pub(crate) moved: MovedCounts,
+    pub(crate) handoff: BTreeMap<String, u64>,
     pub(crate) by_pod: BTreeMap<String, u64>,
     pub(crate) forwarded: u64,
     pub(crate) not_owner: u64,
@@ -49,6 +51,8 @@ impl Default for Tally {
             duplicates: 0,
             errors: BTreeMap::new(),
             cache: CacheCounts::default(),
+            moved: MovedCounts::default(),
+            handoff: BTreeMap::new(),
             by_pod: BTreeMap::new(),
             forwarded: 0,
             not_owner: 0,
@@ -84,6 +88,15 @@ impl Tally {
         }
     }
 
+    pub(crate) fn handoff(&mut self, path: &str) {
+        // The SDK's few labels; anything else is counted together.
+        let path = match path {
+            "unchanged" | "transferred" | "promoted" | "loaded" | "cold" => path,
+            _ => "other",
+        };
+        *self.handoff.entry(path.to_owned()).or_default() += 1;
+    }
+
     pub(crate) fn pod(&mut self, pod: &str) {
         if self.by_pod.len() < MAX_PODS || self.by_pod.contains_key(pod) {
             *self.by_pod.entry(pod.to_owned()).or_default() += 1;
@@ -104,6 +117,11 @@ impl Tally {
         self.cache.cold += other.cache.cold;
         self.cache.stateless += other.cache.stateless;
         self.cache.unknown += other.cache.unknown;
+        self.moved.warm += other.moved.warm;
+        self.moved.cold += other.moved.cold;
+        for (path, n) in &other.handoff {
+            *self.handoff.entry(path.clone()).or_default() += n;
+        }
         for (pod, n) in &other.by_pod {
             *self.by_pod.entry(pod.clone()).or_default() += n;
         }
@@ -148,6 +166,8 @@ impl Tally {
             read_latency_ms: Latency::of(&self.reads),
             errors_by_kind: self.errors.clone(),
             cache: self.cache,
+            moved: self.moved,
+            handoff: self.handoff.clone(),
             by_pod: self.by_pod.clone(),
             forwarded: self.forwarded,
             not_owner: self.not_owner,
@@ -173,6 +193,25 @@ pub struct CacheCounts {
     pub stateless: u64,
     /// No (or an unknown) `x-locus-cache` header.
     pub unknown: u64,
+}
+
+/// Sessions seen answered by a new pod (after answers from another one):
+/// how the new pod found them (`x-locus-cache` of its first answer).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedCounts {
+    /// In memory on the new pod: handed over (pre-copy, transfer, push).
+    pub warm: u64,
+    /// Not in memory: loaded or created for the request.
+    pub cold: u64,
+}
+
+impl MovedCounts {
+    /// Percentage of moved sessions found warm; `None` if none moved.
+    pub fn warm_percent(&self) -> Option<f64> {
+        let all = self.warm + self.cold;
+        #[allow(clippy::cast_precision_loss, reason = "a percentage for people")]
+        (all > 0).then(|| round3(100.0 * self.warm as f64 / all as f64))
+    }
 }
 
 /// Latency percentiles of the answered requests, in milliseconds.
@@ -279,6 +318,14 @@ pub struct Summary {
     pub errors_by_kind: BTreeMap<String, u64>,
     /// Warm, cold and stateless answers.
     pub cache: CacheCounts,
+    /// Sessions answered by a new pod, warm or cold there.
+    #[serde(default)]
+    pub moved: MovedCounts,
+    /// First touches of sessions a pod gained in a transition, by how the
+    /// session got there (`x-locus-handoff`: `unchanged`, `transferred`,
+    /// `promoted`, `loaded`, `cold`).
+    #[serde(default)]
+    pub handoff: BTreeMap<String, u64>,
     /// Answers per pod (`x-locus-pod`).
     pub by_pod: BTreeMap<String, u64>,
     /// Answers a pod forwarded to the owner (`x-locus-forwarded-by`).
@@ -357,6 +404,24 @@ impl Summary {
             "  cache: warm {}  cold {}  stateless {}  unknown {}",
             self.cache.warm, self.cache.cold, self.cache.stateless, self.cache.unknown
         );
+        if self.moved != MovedCounts::default() || !self.handoff.is_empty() {
+            let paths: Vec<String> = self
+                .handoff
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  moved sessions: warm {}  cold {}  first touches: {}",
+                self.moved.warm,
+                self.moved.cold,
+                if paths.is_empty() {
+                    "-".to_owned()
+                } else {
+                    paths.join(", ")
+                }
+            );
+        }
         let pods: Vec<String> = self
             .by_pod
             .iter()

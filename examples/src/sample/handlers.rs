@@ -50,6 +50,8 @@ pub(crate) struct Refusal {
     message: String,
     retry_after: Option<Duration>,
     owner: Option<String>,
+    /// The owner's `ip:port` and the ring version saying so, when known.
+    owner_hint: Option<(String, u64)>,
 }
 
 impl Refusal {
@@ -60,7 +62,26 @@ impl Refusal {
             message: message.into(),
             retry_after: None,
             owner: None,
+            owner_hint: None,
         }
+    }
+
+    /// For a session handed to another pod: adds that pod's address from
+    /// `state`'s ring, so a router whose ring lags can follow the 421.
+    fn with_owner_address(mut self, state: &AppState) -> Self {
+        let (Some(owner), Some(ring)) = (&self.owner, &state.ring) else {
+            return self;
+        };
+        let Some(ring) = locus::RingSource::watch(ring.as_ref()).latest() else {
+            return self;
+        };
+        self.owner_hint = ring
+            .slots()
+            .iter()
+            .map(|slot| &slot.pod)
+            .find(|pod| pod.name == *owner)
+            .map(|pod| (pod.address.to_string(), ring.version()));
+        self
     }
 
     pub(crate) fn label(&self) -> &'static str {
@@ -80,6 +101,7 @@ impl From<StoreError> for Refusal {
             message: error.to_string(),
             retry_after: error.retry_after(),
             owner,
+            owner_hint: None,
         }
     }
 }
@@ -129,6 +151,13 @@ impl IntoResponse for Refusal {
         }
         if let Some(owner) = self.owner.and_then(|o| HeaderValue::from_str(&o).ok()) {
             response.headers_mut().insert(headers::OWNER, owner);
+        }
+        if let Some((address, version)) = self.owner_hint
+            && let Ok(address) = HeaderValue::from_str(&address)
+        {
+            let map = response.headers_mut();
+            map.insert(headers::OWNER_ADDRESS, address);
+            map.insert(headers::RING_VERSION, HeaderValue::from(version));
         }
         response
     }
@@ -192,7 +221,7 @@ pub(crate) async fn append(
             state.sample.cache(cache);
             answer(cache, &body)
         }
-        Err(refusal) => refusal.into_response(),
+        Err(refusal) => refusal.with_owner_address(&state).into_response(),
     }
 }
 
@@ -301,7 +330,7 @@ pub(crate) async fn read(
             state.sample.cache(cache);
             answer(cache, &view)
         }
-        Err(refusal) => refusal.into_response(),
+        Err(refusal) => refusal.with_owner_address(&state).into_response(),
     }
 }
 
@@ -384,13 +413,26 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, S
     }
 }
 
-/// `GET /metrics`.
+/// `GET /metrics`: the main registry, then the handoff driver's.
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, locus::Metrics::CONTENT_TYPE)],
-        state.metrics.encode(),
-    )
-        .into_response()
+    let mut page = state.metrics.encode();
+    if let Some(registry) = &state.handoff_metrics {
+        // One exposition: the first registry's end marker goes, the second
+        // one's stays.
+        if let Some(body) = page.strip_suffix("# EOF\n") {
+            page.truncate(body.len());
+        }
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut page, registry) {
+            tracing::warn!(%error, "cannot encode the handoff metrics");
+        }
+    }
+    ([(header::CONTENT_TYPE, locus::Metrics::CONTENT_TYPE)], page).into_response()
+}
+
+/// Placeholder behind the handoff endpoints' route: the member's session
+/// layer answers those requests before they get here.
+pub(crate) async fn not_found() -> StatusCode {
+    StatusCode::NOT_FOUND
 }
 
 /// Stateless mode: stamps `x-locus-pod` on every session answer, as the

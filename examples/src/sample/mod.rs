@@ -25,19 +25,21 @@
 //! with no ownership check, so any pod behind any load balancer can serve
 //! any session — the baseline of the data-locality benchmark.
 //!
-//! # Where the handoff driver plugs in
+//! # Transitions: the handoff driver
 //!
-//! [`SampleService::new`] builds every part from a [`SampleConfig`] and
-//! [`app`] assembles the HTTP stack in one place. A handoff driver needs
-//! exactly what the service exposes: [`SampleService::store`] (export,
-//! hand-off, install, snapshot and restore hooks), [`SampleService::ring`],
-//! [`SampleService::metrics`] and the pod name; it adds its routes under
-//! [`locus::RESERVED_PATH_PREFIX`] (which the ownership layer passes through)
-//! by merging them into [`SampleService::router`], and it runs from
-//! [`SampleService::shutdown`], which today writes every changed session back
-//! to PostgreSQL (there is no other pod to hand sessions to yet).
+//! With [`SampleConfig::handoff`] set (in a pod: `LOCUS_HANDOFF_SECRET_FILE`,
+//! which the operator always sets), the service is a full Locus member
+//! ([`handoff`] module): the SDK's [`Member`] serves the handoff endpoints
+//! under [`locus::RESERVED_PATH_PREFIX`], runs the transition driver
+//! (pre-copy of the shards this pod gains in a Warm ring, transfer on first
+//! touch, drain of the keys it lost), reports progress on the pod's own
+//! annotations, restores the snapshot of an in-place restart at start, and on
+//! SIGTERM ([`SampleService::drain`]) hands its sessions over (or snapshots
+//! them) while it still serves. Moved sessions are then warm on their new
+//! owner, and nothing acknowledged is lost even without PostgreSQL.
 
 mod handlers;
+pub mod handoff;
 mod metrics;
 pub mod options;
 
@@ -49,9 +51,12 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use http::HeaderValue;
+use locus::driver::DrainReport;
+use locus::server::session::{Member, ShutdownPath};
 use locus::store::{Flush, JsonCodec, Limits};
 use locus::{Metrics, Mode, OwnershipLayer, RingSource, RingWatch, SessionStore};
 use prometheus_client::registry::Registry;
+use tokio::sync::Mutex as AsyncMutex;
 use tokio::task::JoinHandle;
 
 use crate::Error;
@@ -59,6 +64,7 @@ use crate::ledger::{Ledger, LedgerRules};
 use crate::postgres::{LedgerPersistence, PgConfig, Postgres};
 use crate::ring_source::{OpenRing, RingSourceConfig};
 
+pub use self::handoff::{HandoffOptions, ProgressTarget, SecretSource};
 pub use self::metrics::SampleMetrics;
 
 #[cfg(doc)]
@@ -105,6 +111,10 @@ pub struct SampleConfig {
     pub max_event_bytes: usize,
     /// Forward requests for keys owned elsewhere, or answer 421.
     pub ownership: Mode,
+    /// Take part in transitions (in-memory mode with a ring): handoff
+    /// endpoints, transition driver, progress, drain and snapshot. `None`:
+    /// a pod that loses shards keeps nothing warm for their new owner.
+    pub handoff: Option<HandoffOptions>,
 }
 
 impl SampleConfig {
@@ -119,6 +129,7 @@ impl SampleConfig {
             rules: LedgerRules::default(),
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             ownership: Mode::Forward,
+            handoff: None,
         }
     }
 }
@@ -144,6 +155,11 @@ pub(crate) struct AppState {
     pub(crate) draining: AtomicBool,
     /// Sessions are written back to PostgreSQL.
     pub(crate) persistent: bool,
+    /// The Locus member, when the sample takes part in transitions.
+    pub(crate) member: Option<Member>,
+    /// The member's handoff metrics (`locus_handoff_*`), encoded after the
+    /// main registry on `/metrics`.
+    pub(crate) handoff_metrics: Option<Registry>,
 }
 
 /// The running sample: its HTTP app and the parts a handoff driver needs.
@@ -151,6 +167,8 @@ pub struct SampleService {
     router: Router,
     state: Arc<AppState>,
     passivation: Option<JoinHandle<()>>,
+    /// What [`SampleService::drain`] did, once it ran.
+    drained: AsyncMutex<Option<ShutdownReport>>,
 }
 
 impl std::fmt::Debug for SampleService {
@@ -188,15 +206,22 @@ impl Readiness {
     }
 }
 
-/// What [`SampleService::shutdown`] did.
+/// What [`SampleService::shutdown`] (and [`SampleService::drain`]) did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShutdownReport {
     /// Changed sessions written back to PostgreSQL, and failures (zero
     /// without PostgreSQL).
     pub flush: Flush,
     /// Sessions that end with the process: resident sessions when there is
-    /// no PostgreSQL to write them to.
+    /// no PostgreSQL to write them to and nobody took them over.
     pub dropped: usize,
+    /// With the handoff driver: the way the member shut down.
+    pub path: Option<ShutdownPath>,
+    /// With the handoff driver: sessions pushed to other pods on the way
+    /// out (path `Handoff`).
+    pub handed_over: DrainReport,
+    /// With a snapshot directory: sessions written to the snapshot.
+    pub snapshot_sessions: Option<u64>,
 }
 
 impl SampleService {
@@ -211,6 +236,7 @@ impl SampleService {
             rules,
             max_event_bytes,
             ownership,
+            handoff,
         } = config;
         let pod_header = HeaderValue::from_str(&pod)
             .map_err(|_| Error::config("pod name", format!("{pod:?} is not a header value")))?;
@@ -268,6 +294,13 @@ impl SampleService {
         if let Some(ring) = &ring {
             tracing::info!(%pod, source = %ring.describe(), "ring source open");
         }
+        let (member, handoff_metrics) = match (&backend, &ring, handoff) {
+            (Backend::Memory(store), Some(ring), Some(options)) => {
+                let (member, registry) = options.start(&pod, ring.as_ref(), store).await?;
+                (Some(member), Some(registry))
+            }
+            _ => (None, None),
+        };
         let state = Arc::new(AppState {
             backend,
             rules,
@@ -278,13 +311,22 @@ impl SampleService {
             ring,
             draining: AtomicBool::new(false),
             persistent,
+            member,
+            handoff_metrics,
         });
         let router = app(Arc::clone(&state), ownership, max_event_bytes);
         Ok(Self {
             router,
             state,
             passivation,
+            drained: AsyncMutex::new(None),
         })
+    }
+
+    /// The Locus member (handoff endpoints, transition driver), when the
+    /// sample takes part in transitions.
+    pub fn member(&self) -> Option<&Member> {
+        self.state.member.as_ref()
     }
 
     /// The HTTP app (cheap to clone); serve it with `axum::serve`.
@@ -324,10 +366,67 @@ impl SampleService {
         }
     }
 
+    /// What SIGTERM calls while the HTTP server still serves, when the
+    /// sample takes part in transitions: the member's shutdown within
+    /// `within` (the pod's termination grace period minus a margin) — a
+    /// snapshot for an in-place restart, the transition's drain when the
+    /// operator retires this pod, else a hand-over of every session to the
+    /// pods that take its shards. Without the handoff driver it only turns
+    /// readiness off. Runs once; later calls return the first report.
+    pub async fn drain(&self, within: Duration) -> ShutdownReport {
+        let mut drained = self.drained.lock().await;
+        if let Some(report) = *drained {
+            return report;
+        }
+        let Some(member) = &self.state.member else {
+            self.begin_shutdown();
+            return ShutdownReport::default();
+        };
+        if let Some(task) = &self.passivation {
+            task.abort();
+        }
+        let done = member.shutdown(within).await;
+        // Readiness goes off only now: while it hands over, this pod still
+        // serves, and the operator treats a Ready pod being deleted as an
+        // eviction to coordinate (a successor warms from it).
+        self.begin_shutdown();
+        let report = ShutdownReport {
+            flush: done.flushed.unwrap_or_default(),
+            dropped: if self.state.persistent || done.path != ShutdownPath::Idle {
+                0
+            } else {
+                self.store().map_or(0, |s| s.stats().sessions)
+            },
+            path: Some(done.path),
+            handed_over: done.handed_over,
+            snapshot_sessions: done
+                .snapshot
+                .as_ref()
+                .and_then(|r| r.as_ref().ok())
+                .map(|w| w.records),
+        };
+        tracing::info!(
+            path = ?done.path,
+            handed_over = ?done.handed_over,
+            flushed = ?done.flushed,
+            snapshot = ?done.snapshot,
+            took = ?done.took,
+            "sessions handed over"
+        );
+        *drained = Some(report);
+        report
+    }
+
     /// Ends the service after the HTTP server stopped: stops passivation and
     /// writes every changed session back to PostgreSQL; without PostgreSQL
     /// the resident sessions end with the process (counted in the report).
+    /// With the handoff driver, after [`drain`](Self::drain) this only
+    /// returns its report; without a drain first, it runs it now (nothing
+    /// can reach this pod any more, so only the push to other pods helps).
     pub async fn shutdown(self) -> ShutdownReport {
+        if self.state.member.is_some() {
+            return self.drain(DEFAULT_SHUTDOWN_TIMEOUT).await;
+        }
         self.begin_shutdown();
         if let Some(task) = &self.passivation {
             task.abort();
@@ -343,8 +442,8 @@ impl SampleService {
                 "no persistence: resident sessions end with the process"
             );
             return ShutdownReport {
-                flush: Flush::default(),
                 dropped,
+                ..ShutdownReport::default()
             };
         }
         let flush = store.flush().await;
@@ -357,9 +456,16 @@ impl SampleService {
         } else {
             tracing::info!(written = flush.written, "sessions written back at shutdown");
         }
-        ShutdownReport { flush, dropped: 0 }
+        ShutdownReport {
+            flush,
+            ..ShutdownReport::default()
+        }
     }
 }
+
+/// Longest [`SampleService::drain`] when nobody says otherwise: under the
+/// default 30 s termination grace period of a pod.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// The sample's HTTP stack, assembled in this one place.
 ///
@@ -367,7 +473,9 @@ impl SampleService {
 /// 1. the handlers (append, read);
 /// 2. a body limit, so an oversized event is refused (413) before it is
 ///    buffered;
-/// 3. the ownership check (in-memory mode), outermost so that a request for
+/// 3. with the handoff driver, the member's session layer (handoff
+///    endpoints, in-flight gate, first-touch takeover of gained keys);
+/// 4. the ownership check (in-memory mode), outermost so that a request for
 ///    a key this pod does not own is forwarded or redirected before any body
 ///    is read or any session touched. In stateless mode there is no owner: a
 ///    small layer only stamps `x-locus-pod` on answers.
@@ -380,6 +488,20 @@ fn app(state: Arc<AppState>, ownership: Option<OwnershipLayer>, max_event_bytes:
         .route("/sessions/{id}", get(handlers::read))
         .route("/sessions/{id}/events", post(handlers::append))
         .layer(DefaultBodyLimit::max(max_event_bytes));
+    // The member's session layer sits inside the ownership check: it serves
+    // the handoff endpoints (a route of their own, so that the layer sees
+    // them; the layer answers them before the placeholder handler), admits
+    // requests through the in-flight gate and takes over gained keys on
+    // first touch before the handlers run.
+    let sessions = match &state.member {
+        Some(member) => sessions
+            .route(
+                &format!("{}{{*rest}}", locus::handoff::HANDOFF_PATH_PREFIX),
+                axum::routing::any(handlers::not_found),
+            )
+            .layer(member.layer()),
+        None => sessions,
+    };
     let sessions = match ownership {
         Some(ownership) => sessions.layer(ownership),
         None => sessions.layer(axum::middleware::from_fn_with_state(

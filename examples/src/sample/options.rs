@@ -14,7 +14,8 @@ use locus::Mode;
 use locus::ring::RingDocument;
 use locus::store::Limits;
 
-use super::{DEFAULT_MAX_EVENT_BYTES, SampleConfig, SampleMode};
+use super::handoff::{DEFAULT_COORDINATION_WAIT, HandoffOptions, ProgressTarget, SecretSource};
+use super::{DEFAULT_MAX_EVENT_BYTES, DEFAULT_SHUTDOWN_TIMEOUT, SampleConfig, SampleMode};
 use crate::Error;
 use crate::args::{Args, parse, parse_duration};
 use crate::ledger::LedgerRules;
@@ -43,6 +44,12 @@ usage: locus-sample [flags]          (each flag also reads the environment varia
   --idle-timeout DURATION   passivate sessions idle this long   LOCUS_SAMPLE_IDLE_TIMEOUT (default 5m)
   --max-event-bytes N       largest request body        LOCUS_SAMPLE_MAX_EVENT_BYTES (default 4096)
   --recent-events N         events kept verbatim per session   LOCUS_SAMPLE_RECENT_EVENTS (default 16)
+  --handoff-secret-file PATH  take part in transitions (handoff endpoints, driver, drain)
+                            with this shared secret      LOCUS_HANDOFF_SECRET_FILE (set by the operator)
+  --snapshot-dir DIR        fast restarts: snapshot on SIGTERM, restore at start   LOCUS_SNAPSHOT_DIR
+  --coordination-wait DURATION  on SIGTERM, wait this long for the operator to retire the pod
+                            before handing sessions over alone   LOCUS_SAMPLE_COORDINATION_WAIT (default 15s)
+  --shutdown-timeout DURATION   longest hand-over on SIGTERM   LOCUS_SAMPLE_SHUTDOWN_TIMEOUT (default 25s)
   --help                    this text
 
 Durations: 500ms, 30s, 5m, 1h. Logs: RUST_LOG (default info).";
@@ -63,6 +70,10 @@ const FLAGS: &[(&str, &str)] = &[
     ("--idle-timeout", "LOCUS_SAMPLE_IDLE_TIMEOUT"),
     ("--max-event-bytes", "LOCUS_SAMPLE_MAX_EVENT_BYTES"),
     ("--recent-events", "LOCUS_SAMPLE_RECENT_EVENTS"),
+    ("--handoff-secret-file", "LOCUS_HANDOFF_SECRET_FILE"),
+    ("--snapshot-dir", "LOCUS_SNAPSHOT_DIR"),
+    ("--coordination-wait", "LOCUS_SAMPLE_COORDINATION_WAIT"),
+    ("--shutdown-timeout", "LOCUS_SAMPLE_SHUTDOWN_TIMEOUT"),
 ];
 
 /// What the command line asks for.
@@ -76,6 +87,8 @@ pub enum SampleCommand {
         config: Box<SampleConfig>,
         /// Where to listen.
         listen: SocketAddr,
+        /// Longest hand-over on SIGTERM.
+        shutdown_timeout: Duration,
     },
 }
 
@@ -198,6 +211,46 @@ impl<E: Fn(&str) -> Option<String>> Values<E> {
         }
     }
 
+    /// The handoff driver's options: on when a secret file is given.
+    /// Progress goes to the pod's annotations when the ring comes from the
+    /// `ConfigMap` (the operator runs the pod).
+    fn handoff(
+        &self,
+        ring: Option<&RingSourceConfig>,
+        stateless: bool,
+    ) -> Result<Option<HandoffOptions>, Error> {
+        let Some((_, secret_file)) = self
+            .get("--handoff-secret-file")
+            .filter(|(_, f)| !f.is_empty())
+        else {
+            return Ok(None);
+        };
+        if stateless {
+            // Nothing is kept in memory: nothing to hand over.
+            return Ok(None);
+        }
+        let progress = match ring {
+            Some(RingSourceConfig::Kube {
+                namespace,
+                kubeconfig,
+                ..
+            }) => ProgressTarget::Kube {
+                namespace: namespace.clone(),
+                kubeconfig: kubeconfig.clone(),
+            },
+            _ => ProgressTarget::None,
+        };
+        Ok(Some(HandoffOptions {
+            progress,
+            snapshot_dir: self
+                .get("--snapshot-dir")
+                .map(|(_, dir)| PathBuf::from(dir))
+                .filter(|dir| !dir.as_os_str().is_empty()),
+            coordination_wait: self.duration("--coordination-wait", DEFAULT_COORDINATION_WAIT)?,
+            ..HandoffOptions::new(SecretSource::File(PathBuf::from(secret_file)))
+        }))
+    }
+
     fn limits(&self) -> Result<Limits, Error> {
         let defaults = Limits::default();
         let limits = Limits {
@@ -263,6 +316,8 @@ pub fn parse_command(
             format!("must be 64 to {MAX_EVENT_BYTES}"),
         ));
     }
+    let handoff = values.handoff(ring.as_ref(), stateless)?;
+    let shutdown_timeout = values.duration("--shutdown-timeout", DEFAULT_SHUTDOWN_TIMEOUT)?;
     Ok(SampleCommand::Serve {
         config: Box::new(SampleConfig {
             pod,
@@ -275,13 +330,17 @@ pub fn parse_command(
             },
             max_event_bytes,
             ownership: values.ownership()?,
+            handoff,
         }),
         listen,
+        shutdown_timeout,
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
@@ -294,7 +353,7 @@ mod tests {
 
     fn serve(args: &[&str], env: &[(&str, &str)]) -> Result<(SampleConfig, SocketAddr), Error> {
         match parse_command(Args::new(args.iter().copied()), env_of(env))? {
-            SampleCommand::Serve { config, listen } => Ok((*config, listen)),
+            SampleCommand::Serve { config, listen, .. } => Ok((*config, listen)),
             SampleCommand::Help => panic!("unexpected help"),
         }
     }
@@ -326,6 +385,64 @@ mod tests {
         ));
         assert_eq!(config.limits.max_session_bytes, 256 << 10);
         assert_eq!(config.ownership, Mode::Forward);
+        assert!(config.handoff.is_none(), "no secret, no handoff");
+    }
+
+    #[test]
+    fn the_operator_handoff_environment_turns_the_driver_on() {
+        let (config, _) = serve(
+            &[],
+            &[
+                ("POD_NAME", "ledger-0-abcde"),
+                ("POD_NAMESPACE", "shop"),
+                ("LOCUS_SERVICE", "ledger"),
+                ("LOCUS_RING_CONFIGMAP", "ledger-ring"),
+                ("LOCUS_HANDOFF_SECRET_FILE", "/var/run/locus/handoff/key"),
+                ("LOCUS_SNAPSHOT_DIR", "/var/run/locus/snapshot"),
+                ("LOCUS_SAMPLE_COORDINATION_WAIT", "3s"),
+            ],
+        )
+        .unwrap();
+        let handoff = config.handoff.unwrap();
+        assert!(
+            matches!(handoff.secret, SecretSource::File(ref f) if f == Path::new("/var/run/locus/handoff/key"))
+        );
+        assert!(matches!(
+            handoff.progress,
+            ProgressTarget::Kube { ref namespace, kubeconfig: None } if namespace == "shop"
+        ));
+        assert_eq!(
+            handoff.snapshot_dir.as_deref(),
+            Some(Path::new("/var/run/locus/snapshot"))
+        );
+        assert_eq!(handoff.coordination_wait, Duration::from_secs(3));
+        // A ring file: the driver runs, nobody to report progress to.
+        let (config, _) = serve(
+            &[
+                "--ring-file",
+                "r",
+                "--pod",
+                "a",
+                "--handoff-secret-file",
+                "k",
+            ],
+            &[],
+        )
+        .unwrap();
+        let handoff = config.handoff.unwrap();
+        assert!(matches!(handoff.progress, ProgressTarget::None));
+        assert!(handoff.snapshot_dir.is_none());
+        match parse_command(
+            Args::new(["--ring-file", "r", "--pod", "a", "--shutdown-timeout", "7s"]),
+            env_of(&[]),
+        )
+        .unwrap()
+        {
+            SampleCommand::Serve {
+                shutdown_timeout, ..
+            } => assert_eq!(shutdown_timeout, Duration::from_secs(7)),
+            SampleCommand::Help => panic!("unexpected help"),
+        }
     }
 
     #[test]
