@@ -6,4 +6,5 @@
 //! own that runs each pod as local processes in the pod's own network namespace.
 
 pub mod cluster;
+pub mod demo;
 pub mod wait;
