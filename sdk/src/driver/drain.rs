@@ -22,7 +22,8 @@ pub struct DrainReport {
     /// Records handed off here and acknowledged by their new owner.
     pub delivered: usize,
     /// Records handed off here and not acknowledged before the deadline
-    /// (kept for transfers until they expire).
+    /// (kept for transfers until they expire), or whose new owner was gone
+    /// (taken back and written to the persistence).
     pub undelivered: usize,
     /// Keys that were no longer resident when their turn came (handed off by
     /// a transfer first, or evicted).
@@ -80,9 +81,10 @@ async fn to_one(
     op: &'static str,
 ) -> DrainReport {
     let mut report = DrainReport::default();
+    let mut gone = false;
     let mut keys = keys.into_iter().peekable();
     while keys.peek().is_some() {
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline || gone {
             // Not handed off: these keys stay here (and in the persistence).
             break;
         }
@@ -107,11 +109,40 @@ async fn to_one(
         if batch.is_empty() {
             continue;
         }
-        let (delivered, undelivered) = push(state, &pod, version, batch, deadline, op).await;
+        let (delivered, undelivered) =
+            push(state, &pod, version, batch, deadline, op, &mut gone).await;
         report.delivered += delivered;
-        report.undelivered += undelivered;
+        report.undelivered += undelivered.len();
+        if !undelivered.is_empty() && gone {
+            take_back(state, &undelivered).await;
+        }
     }
     report
+}
+
+/// The new owner is gone (nothing listens at its address): nobody will ask
+/// for these records, and they exist nowhere else. Installs them back here
+/// and writes them through the persistence, so the pod that takes the slot
+/// over loads their latest state. This pod does not serve them (it does not
+/// own them); a later drain hands them to whoever owns them then.
+async fn take_back(state: &HandoffState, records: &[SessionRecord]) {
+    for record in records {
+        let _lock = state.keys.lock(&record.key).await;
+        match state.store.install_record(record).await {
+            Ok(_) => {
+                state.outbox.remove(&record.key);
+                state.tombstones.take(&record.key);
+            }
+            Err(error) => {
+                tracing::error!(pod = %state.pod, %error, "cannot take back a session whose new owner is gone");
+            }
+        }
+    }
+    let flush = state.store.flush().await;
+    tracing::warn!(
+        pod = %state.pod, records = records.len(), written = flush.written, failed = flush.failed,
+        "new owner gone: sessions taken back and written to the persistence"
+    );
 }
 
 /// Hands one key off to `pod` under the key's lock and keeps the record in
@@ -150,8 +181,9 @@ async fn hand_off(
     }
 }
 
-/// Pushes `batch` to `pod` until every record is acknowledged or the
-/// deadline passes. Returns (delivered, undelivered).
+/// Pushes `batch` to `pod` until every record is acknowledged, the deadline
+/// passes or `pod` is gone (`gone` set). Returns the number delivered and
+/// the records not delivered.
 async fn push(
     state: &HandoffState,
     pod: &Pod,
@@ -159,7 +191,8 @@ async fn push(
     mut batch: Vec<SessionRecord>,
     deadline: Instant,
     op: &'static str,
-) -> (usize, usize) {
+    gone: &mut bool,
+) -> (usize, Vec<SessionRecord>) {
     let mut delivered = 0;
     let mut backoff = state.config.retry_backoff;
     loop {
@@ -188,16 +221,13 @@ async fn push(
                 state.metrics.records(op, "sent", taken as u64);
                 batch = refused;
                 if batch.is_empty() {
-                    return (delivered, 0);
+                    return (delivered, batch);
                 }
             }
             Err(error) => {
                 state.metrics.call_error(op, error.metric_label());
                 if error.is_gone() {
-                    tracing::warn!(
-                        pod = %state.pod, to = %pod.name, records = batch.len(),
-                        "new owner is gone; records stay answerable to transfers until they expire"
-                    );
+                    *gone = true;
                     break;
                 }
                 tracing::debug!(pod = %state.pod, to = %pod.name, %error, "push failed; retrying");
@@ -207,5 +237,5 @@ async fn push(
         tokio::time::sleep(pause).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }
-    (delivered, batch.len())
+    (delivered, batch)
 }

@@ -108,6 +108,7 @@ impl Driver {
                 _settle = None;
                 match ring.phase() {
                     Phase::Switch => {
+                        self.state.takeover_ring(&ring, &[]);
                         let dropped = self.state.outbox.drop_older_than(last);
                         self.state.metrics.dropped(dropped as u64);
                         self.promote(&ring).await;

@@ -29,6 +29,7 @@
 //! known gone or timed out, nobody here mutates the key: the single-writer
 //! invariant.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -51,13 +52,18 @@ pub(crate) enum TouchError {
     Retry(String),
 }
 
-/// Makes `key` resident if this pod gained it in the Switch `ring` and does
-/// not hold it yet. `Ok(None)`: nothing to do.
+/// Makes `key` resident if this pod gained it in the Switch `ring` (or in
+/// the Switch that `ring` settles, until its deadline) and does not hold it
+/// yet. `Ok(None)`: nothing to do.
 pub(crate) async fn ensure(
     state: &HandoffState,
-    ring: &Ring,
+    ring: &Arc<Ring>,
     key: &[u8],
 ) -> Result<Option<TouchPath>, TouchError> {
+    let Some(ring) = state.takeover_ring(ring, key) else {
+        return Ok(None);
+    };
+    let ring = ring.as_ref();
     let Some(previous) = plan::gained_from(ring, &state.pod, key) else {
         return Ok(None);
     };

@@ -54,6 +54,7 @@ pub use self::transport::{HandoffBody, HttpTransport, Transport, TransportError}
 pub(crate) use self::metrics::HandoffMetrics;
 
 use self::keeping::{KeyLocks, Outbox, Settled, Tombstones, WarmCache};
+use crate::ring::{Phase, Ring};
 use crate::source::RingWatch;
 
 /// Prefix of every handoff endpoint.
@@ -179,6 +180,9 @@ pub(crate) struct HandoffState {
     pub metrics: HandoffMetrics,
     /// When this pod first saw each recent ring version (phase deadlines).
     seen: Mutex<BTreeMap<u64, tokio::time::Instant>>,
+    /// The newest Switch ring this pod saw: its takeovers go on after the
+    /// ring that settles it arrives, until the handoff deadline.
+    switch: Mutex<Option<Arc<Ring>>>,
 }
 
 impl HandoffState {
@@ -212,7 +216,34 @@ impl HandoffState {
             config,
             metrics,
             seen: Mutex::new(BTreeMap::new()),
+            switch: Mutex::new(None),
         }
+    }
+
+    /// The ring under which a request admitted under `ring` takes `key`
+    /// over: `ring` itself if it is a Switch, else the newest Switch ring
+    /// seen, while its handoff deadline runs and if `key`'s owner did not
+    /// change since. A Stable ring settling a Switch can arrive while a
+    /// transfer of that Switch is still under way; without this, a request
+    /// under the Stable ring would load the key cold beside it.
+    pub(crate) fn takeover_ring(&self, ring: &Arc<Ring>, key: &[u8]) -> Option<Arc<Ring>> {
+        let mut held = self.switch.lock().unwrap_or_else(PoisonError::into_inner);
+        if ring.phase() == Phase::Switch {
+            if held.as_ref().is_none_or(|h| ring.version() > h.version()) {
+                *held = Some(Arc::clone(ring));
+            }
+            return Some(Arc::clone(ring));
+        }
+        let switch = held.as_ref()?;
+        if switch.version() > ring.version()
+            || switch.owner(key).pod.name != ring.owner(key).pod.name
+        {
+            return None;
+        }
+        let switch = Arc::clone(switch);
+        drop(held);
+        let deadline = self.first_seen(switch.version()) + self.config.handoff_deadline;
+        (tokio::time::Instant::now() < deadline).then_some(switch)
     }
 
     /// When this pod first saw ring `version` (now, if never before).

@@ -85,6 +85,8 @@ pub struct Verdict {
     pub lost_allowed: u64,
     /// Versions acknowledged twice (double owner), or out of real-time order.
     pub violations: Vec<String>,
+    /// Sessions with a violation or a lost write.
+    pub bad_sessions: BTreeSet<usize>,
     /// First touches of moved sessions by their new owner, and how many were
     /// warm.
     pub first_touches: usize,
@@ -119,12 +121,17 @@ impl Verdict {
     }
 }
 
-/// A crashed pod and what it had persisted per session when it died.
+/// A crashed pod: when it died, what had been persisted per session then,
+/// and the sessions it held, owned or was moving (to or from itself).
 #[derive(Debug, Clone)]
 pub struct Crash {
     pub pod: String,
+    pub at: Instant,
     /// Session → highest version persisted when the pod died.
     pub persisted: HashMap<usize, u64>,
+    /// Sessions whose state the pod held, owned, or was handing over or
+    /// taking over when it died.
+    pub affected: std::collections::HashSet<usize>,
 }
 
 /// Checks `ops` against the final counters `finals` (session → (version,
@@ -151,13 +158,18 @@ pub fn check(ops: &[Op], finals: &HashMap<usize, (u64, u64)>, crashes: &[Crash])
         }
     }
     for (session, acked) in &by_session {
-        // Writes a crashed pod acknowledged above what it had persisted:
-        // allowed to be lost, and left out of the order checks (the next
-        // owner continued from the persisted version).
-        let allowed = |pod: &str, version: u64| {
-            crashes
-                .iter()
-                .any(|c| c.pod == pod && version > c.persisted.get(session).copied().unwrap_or(0))
+        let violations_before = verdict.violations.len();
+        // After a crash only what had not been persisted may be lost: writes
+        // acknowledged before the crash, above the persisted version, of a
+        // session the crashed pod held or was moving. They are left out of
+        // the order checks (the next owner continued from the persisted
+        // version).
+        let allowed = |version: u64, ended: Instant| {
+            crashes.iter().any(|c| {
+                c.affected.contains(session)
+                    && ended <= c.at
+                    && version > c.persisted.get(session).copied().unwrap_or(0)
+            })
         };
         let mut kept: Vec<(u64, Instant, Instant)> = Vec::new();
         let mut allowed_here = 0;
@@ -176,7 +188,7 @@ pub fn check(ops: &[Op], finals: &HashMap<usize, (u64, u64)>, crashes: &[Crash])
                     "session {session}: pod {pod} answered value {value} at version {version}"
                 ));
             }
-            if allowed(pod, *version) {
+            if allowed(*version, op.ended) {
                 allowed_here += 1;
                 continue;
             }
@@ -216,6 +228,7 @@ pub fn check(ops: &[Op], finals: &HashMap<usize, (u64, u64)>, crashes: &[Crash])
         // losses may or may not be.
         if final_value < acked_here {
             verdict.lost += acked_here - final_value;
+            verdict.bad_sessions.insert(*session);
         }
         let max = acked_here + allowed_here + unknown_here;
         if final_value > max {
@@ -225,6 +238,9 @@ pub fn check(ops: &[Op], finals: &HashMap<usize, (u64, u64)>, crashes: &[Crash])
         }
         if allowed_here > 0 {
             verdict.lost_allowed += (acked_here + allowed_here).saturating_sub(final_value);
+        }
+        if verdict.violations.len() > violations_before {
+            verdict.bad_sessions.insert(*session);
         }
     }
     verdict

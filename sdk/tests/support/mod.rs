@@ -16,3 +16,4 @@ pub mod db;
 pub mod http;
 pub mod load;
 pub mod operator;
+pub mod sim;

@@ -1,0 +1,590 @@
+//! The simulated cluster: the real pod stack (ownership layer, session layer
+//! with the handoff endpoints and the transition driver, counter store over
+//! the shared persistence) and the real client router, connected by an
+//! in-memory network instead of sockets, on tokio's paused clock.
+//!
+//! The network delays every message by a seeded random time (so messages
+//! overtake each other), can *pause* a pod (nothing reaches it or leaves it
+//! until it resumes; rings included) and can *kill* one (its tasks stop, new
+//! connections are refused, calls in progress and bodies being streamed are
+//! cut).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt as _;
+use locus::client::RouterBody;
+use locus::handoff::{HandoffBody, HandoffConfig, HandoffSecret, Transport, TransportError};
+use locus::progress::MemoryProgressReporter;
+use locus::ring::{Pod, Ring};
+use locus::server::session::Member;
+use locus::store::{JsonCodec, Limits, SessionStore};
+use locus::{
+    BoxError, Mode, OwnershipLayer, RouteError, Router, RouterLayer, StaticRingSource, headers,
+};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tower::util::BoxCloneService;
+use tower::{Layer, Service, ServiceExt};
+
+use super::checker::{Crash, Outcome};
+use super::db::Db;
+use super::load::Rng;
+use super::operator::Fleet;
+
+type PodService = BoxCloneService<Request<HandoffBody>, Response<HandoffBody>, Infallible>;
+
+/// `HandoffBody` spelled with its `'static` error bound, for closure
+/// parameters (where an elided trait-object lifetime would be generic).
+type StaticBody = http_body_util::combinators::UnsyncBoxBody<
+    Bytes,
+    Box<dyn std::error::Error + Send + Sync + 'static>,
+>;
+
+fn boxed<B>(body: B) -> HandoffBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+fn text(status: StatusCode, body: String) -> Response<HandoffBody> {
+    let mut response = Response::new(boxed(http_body_util::Full::new(Bytes::from(body))));
+    *response.status_mut() = status;
+    response
+}
+
+/// Delays and faults of the network.
+#[derive(Debug, Clone, Copy)]
+pub struct NetConfig {
+    /// Largest one-way delay of a message.
+    pub max_delay: Duration,
+    /// Largest delay of a ring reaching a pod or the callers.
+    pub max_ring_delay: Duration,
+}
+
+struct Endpoint {
+    name: String,
+    service: PodService,
+    killed: watch::Receiver<bool>,
+}
+
+struct NetInner {
+    rng: Rng,
+    endpoints: HashMap<SocketAddr, Endpoint>,
+    paused: HashMap<String, Instant>,
+}
+
+/// The in-memory network; clones share it.
+#[derive(Clone)]
+pub struct Net {
+    inner: Arc<Mutex<NetInner>>,
+    config: NetConfig,
+}
+
+/// A body that fails once its pod is killed.
+struct Cut {
+    inner: HandoffBody,
+    killed: watch::Receiver<bool>,
+}
+
+impl Body for Cut {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if *self.killed.borrow() {
+            return Poll::Ready(Some(Err("connection reset: the pod died".into())));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+}
+
+impl Net {
+    pub fn new(seed: u64, config: NetConfig) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(NetInner {
+                rng: Rng::new(seed),
+                endpoints: HashMap::new(),
+                paused: HashMap::new(),
+            })),
+            config,
+        }
+    }
+
+    fn random(&self, max: Duration) -> Duration {
+        let max = u64::try_from(max.as_micros()).unwrap().max(1);
+        Duration::from_micros(self.inner.lock().unwrap().rng.below(max + 1))
+    }
+
+    /// Waits while pod `name` is paused.
+    async fn unpaused(&self, name: &str) {
+        loop {
+            let until = self.inner.lock().unwrap().paused.get(name).copied();
+            match until {
+                Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
+                _ => return,
+            }
+        }
+    }
+
+    /// How long the application works on a request before touching the
+    /// store: mostly little, sometimes long, so requests admitted under an
+    /// old ring reach the store after the ring changed (stragglers).
+    fn handler_delay(&self) -> Duration {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.rng.below(10) == 0 {
+            Duration::from_millis(inner.rng.below(400))
+        } else {
+            Duration::from_millis(inner.rng.below(5))
+        }
+    }
+
+    /// Pauses pod `name` for `duration`.
+    pub fn pause(&self, name: &str, duration: Duration) {
+        self.inner
+            .lock()
+            .unwrap()
+            .paused
+            .insert(name.to_owned(), Instant::now() + duration);
+    }
+
+    /// Delivers `request` to the pod at `to`, from pod `from` (for pauses).
+    async fn deliver(
+        &self,
+        from: Option<&str>,
+        to: SocketAddr,
+        request: Request<HandoffBody>,
+    ) -> Result<Response<HandoffBody>, TransportError> {
+        if let Some(from) = from {
+            self.unpaused(from).await;
+        }
+        tokio::time::sleep(self.random(self.config.max_delay)).await;
+        let (name, service, mut killed) = {
+            let inner = self.inner.lock().unwrap();
+            let Some(endpoint) = inner.endpoints.get(&to) else {
+                return Err(TransportError::Unreachable("no such address".into()));
+            };
+            (
+                endpoint.name.clone(),
+                endpoint.service.clone(),
+                endpoint.killed.clone(),
+            )
+        };
+        self.unpaused(&name).await;
+        if *killed.borrow() {
+            return Err(TransportError::Unreachable("connection refused".into()));
+        }
+        // `ready` + `call` (not `oneshot`): the boxed future keeps the
+        // compiler's `Send` check of this async block simple.
+        let mut service = service;
+        let call = match service.ready().await {
+            Ok(service) => service.call(request),
+            Err(never) => match never {},
+        };
+        let response = tokio::select! {
+            response = call => response.unwrap_or_else(|never| match never {}),
+            _ = killed.wait_for(|k| *k) => {
+                return Err(TransportError::Failed("connection reset: the pod died".into()));
+            }
+        };
+        self.unpaused(&name).await;
+        tokio::time::sleep(self.random(self.config.max_delay)).await;
+        if let Some(from) = from {
+            self.unpaused(from).await;
+        }
+        if *killed.borrow() {
+            return Err(TransportError::Failed(
+                "connection reset: the pod died".into(),
+            ));
+        }
+        Ok(response.map(|inner| boxed(Cut { inner, killed })))
+    }
+}
+
+/// A pod's stack with its response bodies boxed.
+#[derive(Clone)]
+struct PodStack<S> {
+    stack: S,
+}
+
+impl<S, B> Service<Request<StaticBody>> for PodStack<S>
+where
+    S: Service<Request<StaticBody>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<HandoffBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<HandoffBody>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.stack.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<StaticBody>) -> Self::Future {
+        let call: BoxFuture<'static, Result<Response<B>, Infallible>> =
+            Box::pin(self.stack.call(request));
+        Box::pin(async move { Ok(call.await?.map(boxed)) })
+    }
+}
+
+/// The handoff transport of one pod.
+struct SimTransport {
+    net: Net,
+    pod: String,
+}
+
+impl Transport for SimTransport {
+    fn send(
+        &self,
+        to: SocketAddr,
+        request: Request<HandoffBody>,
+    ) -> BoxFuture<'static, Result<Response<HandoffBody>, TransportError>> {
+        let net = self.net.clone();
+        let pod = self.pod.clone();
+        Box::pin(async move { net.deliver(Some(&pod), to, request).await })
+    }
+}
+
+/// The callers' side of the network, as the router's inner service.
+#[derive(Clone)]
+pub struct SimClient {
+    net: Net,
+}
+
+impl Service<Request<RouterBody<String>>> for SimClient {
+    type Response = Response<HandoffBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<HandoffBody>, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<RouterBody<String>>) -> Self::Future {
+        let net = self.net.clone();
+        Box::pin(async move {
+            let to: SocketAddr = request
+                .uri()
+                .authority()
+                .ok_or("no authority")?
+                .as_str()
+                .parse()?;
+            let request = request.map(boxed);
+            net.deliver(None, to, request).await.map_err(Into::into)
+        })
+    }
+}
+
+/// One simulated pod.
+pub struct SimPod {
+    pub info: Pod,
+    pub source: StaticRingSource,
+    pub member: Member,
+    pub store: SessionStore<u64, Db>,
+    pub progress: MemoryProgressReporter,
+    kill: watch::Sender<bool>,
+}
+
+/// The simulated fleet.
+pub struct SimCluster {
+    pub net: Net,
+    pub db: Db,
+    pub pods: Mutex<BTreeMap<String, SimPod>>,
+    pub client_source: StaticRingSource,
+    pub config: HandoffConfig,
+    pub limits: Limits,
+    pub passivate: bool,
+    router: Router<SimClient>,
+    crashes: Mutex<Vec<Crash>>,
+}
+
+fn secret() -> HandoffSecret {
+    HandoffSecret::new("simulation-secret-0123456789abcdef").unwrap()
+}
+
+impl SimCluster {
+    pub fn new(net: Net, config: HandoffConfig, limits: Limits, passivate: bool) -> Self {
+        let client_source = StaticRingSource::new();
+        let router = RouterLayer::new(&client_source)
+            .timeout(Duration::from_secs(10))
+            .layer(SimClient { net: net.clone() });
+        Self {
+            net,
+            db: Db::default(),
+            pods: Mutex::new(BTreeMap::new()),
+            client_source,
+            config,
+            limits,
+            passivate,
+            router,
+            crashes: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Starts pod `name` at `address`.
+    pub async fn start_pod(&self, name: &str, address: SocketAddr) -> Pod {
+        let source = StaticRingSource::new();
+        if let Some(ring) = locus::RingSource::watch(&self.client_source).latest() {
+            source.publish((*ring).clone()).unwrap();
+        }
+        let store = SessionStore::builder(JsonCodec, |_: &u64| 8)
+            .limits(self.limits.clone())
+            .persistence(self.db.clone())
+            .build()
+            .unwrap();
+        if self.passivate {
+            // Ends with the store.
+            drop(store.spawn_passivation());
+        }
+        let progress = MemoryProgressReporter::new();
+        let member = Member::builder(name, &source, store.clone())
+            .secret(secret())
+            .progress(progress.clone())
+            .config(self.config.clone())
+            .transport(SimTransport {
+                net: self.net.clone(),
+                pod: name.to_owned(),
+            })
+            .coordination_wait(Duration::ZERO)
+            .build()
+            .unwrap();
+        member.start().await;
+        let app = {
+            let store = store.clone();
+            let member = member.clone();
+            let net = self.net.clone();
+            tower::service_fn(move |request: Request<StaticBody>| {
+                let store = store.clone();
+                let member = member.clone();
+                let work = net.handler_delay();
+                async move {
+                    tokio::time::sleep(work).await;
+                    let key = request
+                        .headers()
+                        .get(headers::SESSION)
+                        .map(|v| v.as_bytes().to_vec())
+                        .unwrap_or_default();
+                    let result = if request.method() == http::Method::POST {
+                        store
+                            .update(&key, |n| {
+                                *n += 1;
+                                *n
+                            })
+                            .await
+                    } else {
+                        store.read(&key, |n| *n).await
+                    };
+                    Ok::<_, Infallible>(match result {
+                        Ok(done) => {
+                            let mut response = text(StatusCode::OK, done.value.to_string());
+                            response.headers_mut().insert(
+                                super::http::VERSION_HEADER,
+                                http::HeaderValue::from(done.version),
+                            );
+                            response
+                        }
+                        Err(error) => member.error_response(&error),
+                    })
+                }
+            })
+        };
+        let ownership = OwnershipLayer::builder(name, &source)
+            .mode(Mode::Redirect421)
+            .build()
+            .unwrap();
+        let stack = ownership.layer(member.layer().layer(app));
+        let service: PodService = BoxCloneService::new(PodStack { stack });
+        let (kill, killed) = watch::channel(false);
+        let info = Pod {
+            name: name.to_owned(),
+            uid: format!("uid-{name}"),
+            address,
+        };
+        self.net.inner.lock().unwrap().endpoints.insert(
+            address,
+            Endpoint {
+                name: name.to_owned(),
+                service,
+                killed,
+            },
+        );
+        self.pods.lock().unwrap().insert(
+            name.to_owned(),
+            SimPod {
+                info: info.clone(),
+                source,
+                member,
+                store,
+                progress,
+                kill,
+            },
+        );
+        info
+    }
+
+    /// Kills pod `name`: what it had not persisted is lost. Records, for the
+    /// checker, the persisted versions and the sessions it held, owned or was
+    /// moving under `ring` when it died.
+    pub fn kill(&self, name: &str, keys: &[Vec<u8>], ring: Option<&Ring>) {
+        let Some(pod) = self.pods.lock().unwrap().remove(name) else {
+            return;
+        };
+        pod.member.abort();
+        pod.kill.send_replace(true);
+        let resident: HashSet<Vec<u8>> = pod
+            .store
+            .resident_keys()
+            .into_iter()
+            .map(|k| k.to_vec())
+            .collect();
+        let involved = |key: &[u8]| {
+            resident.contains(key)
+                || ring.is_some_and(|r| {
+                    r.owner(key).pod.name == name
+                        || r.target_owner(key).is_some_and(|s| {
+                            s.pod.name == name
+                                || s.successor.as_ref().is_some_and(|p| p.name == name)
+                        })
+                        || locus::driver::plan::previous_pod(r, key).is_some_and(|p| p.name == name)
+                })
+        };
+        let mut persisted = HashMap::new();
+        let mut affected = HashSet::new();
+        for (session, key) in keys.iter().enumerate() {
+            persisted.insert(session, self.db.version(key));
+            if involved(key) {
+                affected.insert(session);
+            }
+        }
+        self.crashes.lock().unwrap().push(Crash {
+            pod: name.to_owned(),
+            at: Instant::now(),
+            persisted,
+            affected,
+        });
+    }
+
+    pub fn crashes(&self) -> Vec<Crash> {
+        self.crashes.lock().unwrap().clone()
+    }
+
+    pub fn alive(&self, name: &str) -> bool {
+        self.pods.lock().unwrap().contains_key(name)
+    }
+
+    /// Sends one request for `key` through the callers' router.
+    pub async fn call(&self, method: http::Method, key: &[u8]) -> Outcome {
+        let request = Request::builder()
+            .method(method)
+            .uri("/counter")
+            .header(headers::SESSION, key)
+            .body(String::new())
+            .unwrap();
+        outcome(self.router.clone().oneshot(request).await).await
+    }
+
+    /// Reads `key` until a pod answers: (version, value).
+    pub async fn read(&self, key: &[u8]) -> Option<(u64, u64)> {
+        for _ in 0..200 {
+            if let Outcome::Acked { version, value, .. } = self.call(http::Method::GET, key).await {
+                return Some((version, value));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+}
+
+async fn outcome(result: Result<Response<HandoffBody>, RouteError>) -> Outcome {
+    let response = match result {
+        Ok(response) => response,
+        Err(RouteError::Timeout { .. } | RouteError::Upstream { .. }) => {
+            return Outcome::Unknown("no answer".into());
+        }
+        Err(_) => return Outcome::Refused(0),
+    };
+    if response.status() != StatusCode::OK {
+        return Outcome::Refused(response.status().as_u16());
+    }
+    let (parts, body) = response.into_parts();
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let version: Option<u64> = header(super::http::VERSION_HEADER).and_then(|v| v.parse().ok());
+    let pod = header(headers::POD.as_str()).unwrap_or_default();
+    let handoff = header(locus::driver::HANDOFF_HEADER.as_str());
+    drop(parts);
+    let Ok(body) = body.collect().await else {
+        return Outcome::Unknown("body cut".into());
+    };
+    let value = String::from_utf8_lossy(&body.to_bytes()).parse().ok();
+    match (version, value) {
+        (Some(version), Some(value)) => Outcome::Acked {
+            version,
+            value,
+            pod,
+            handoff,
+        },
+        _ => Outcome::Unknown("malformed answer".into()),
+    }
+}
+
+impl Fleet for SimCluster {
+    async fn publish(&self, ring: &Ring) {
+        let targets: Vec<(String, StaticRingSource)> = self
+            .pods
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(name, p)| (name.clone(), p.source.clone()))
+            .collect();
+        for (name, source) in targets {
+            let net = self.net.clone();
+            let ring = ring.clone();
+            let delay = net.random(net.config.max_ring_delay);
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                net.unpaused(&name).await;
+                let _ = source.publish(ring);
+            });
+        }
+        let client = self.client_source.clone();
+        let ring = ring.clone();
+        let delay = self.net.random(self.net.config.max_ring_delay);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = client.publish(ring);
+        });
+    }
+
+    fn progress(&self, pod: &str) -> Option<MemoryProgressReporter> {
+        self.pods
+            .lock()
+            .unwrap()
+            .get(pod)
+            .map(|p| p.progress.clone())
+    }
+}
