@@ -50,6 +50,9 @@ struct RecordingInner<V> {
     calls: Mutex<Vec<Call>>,
     fail_stores: AtomicBool,
     fail_loads: AtomicUsize,
+    /// Times every call yields to the scheduler before it answers (a
+    /// backend's latency, so that calls overlap other tasks' work).
+    yields: AtomicUsize,
     load_gate: watch::Sender<bool>,
     store_gate: watch::Sender<bool>,
     loads_started: watch::Sender<usize>,
@@ -69,6 +72,7 @@ impl<V: Clone> Recording<V> {
                 calls: Mutex::new(Vec::new()),
                 fail_stores: AtomicBool::new(false),
                 fail_loads: AtomicUsize::new(0),
+                yields: AtomicUsize::new(0),
                 load_gate: watch::Sender::new(true),
                 store_gate: watch::Sender::new(true),
                 loads_started: watch::Sender::new(0),
@@ -116,6 +120,16 @@ impl<V: Clone> Recording<V> {
         self.inner.fail_loads.store(n, Ordering::SeqCst);
     }
 
+    fn yield_in_calls(&self, n: usize) {
+        self.inner.yields.store(n, Ordering::SeqCst);
+    }
+
+    async fn latency(&self) {
+        for _ in 0..self.inner.yields.load(Ordering::SeqCst) {
+            tokio::task::yield_now().await;
+        }
+    }
+
     async fn loads_started(&self, n: usize) {
         let mut rx = self.inner.loads_started.subscribe();
         within(rx.wait_for(|started| *started >= n)).await.unwrap();
@@ -139,6 +153,7 @@ impl<V: Clone + Send + Sync + 'static> Persistence<V> for Recording<V> {
         self.inner.loads_started.send_modify(|n| *n += 1);
         let mut gate = self.inner.load_gate.subscribe();
         gate.wait_for(|open| *open).await.unwrap();
+        self.latency().await;
         let fail = self
             .inner
             .fail_loads
@@ -159,6 +174,7 @@ impl<V: Clone + Send + Sync + 'static> Persistence<V> for Recording<V> {
         self.inner.stores_started.send_modify(|n| *n += 1);
         let mut gate = self.inner.store_gate.subscribe();
         gate.wait_for(|open| *open).await.unwrap();
+        self.latency().await;
         if self.inner.fail_stores.load(Ordering::SeqCst) {
             return Err(Injected);
         }
@@ -1240,6 +1256,193 @@ async fn no_acknowledged_write_is_lost_across_pressure_eviction_and_passivation(
         );
     }
     assert_bytes_exact(&store).await;
+}
+
+// ---------------------------------------------------------------------------
+// Pressure eviction under concurrent requests.
+//
+// A request that needs room evicts idle sessions for itself. `Full` is only
+// allowed when no resident session can be evicted: each is in use (locked, or
+// with updates queued), being evicted for another request, or pinned by the
+// backoff of a failed write-back. A request holds at most one session at a
+// time, so while fewer requests than `max_sessions` are in flight and the
+// persistence never fails, some resident session is idle whenever a request
+// needs room: no request may get `Full`.
+
+/// What a [`contend`] run observed.
+struct Contention {
+    /// Acknowledged increments per key.
+    acknowledged: HashMap<String, u64>,
+    /// Requests answered `Full`.
+    full: usize,
+}
+
+/// `tasks` tasks send `ops` requests each (one read in five, otherwise an
+/// increment) for random keys out of `keys`, at most `in_flight` requests at
+/// once over all tasks. Every answer other than `Full` must be a success, and
+/// the session bound must hold after every request.
+async fn contend<P: Persistence<u64>>(
+    store: &SessionStore<u64, P>,
+    tasks: u64,
+    in_flight: usize,
+    keys: u64,
+    ops: usize,
+) -> Contention {
+    let permits = Arc::new(tokio::sync::Semaphore::new(in_flight));
+    let max_sessions = store.limits().max_sessions;
+    let runs: Vec<_> = (0..tasks)
+        .map(|task| {
+            let (store, permits) = (store.clone(), permits.clone());
+            tokio::spawn(async move {
+                let mut rng = Rng(0xA076_1D64_78BD_642F ^ (task + 1));
+                let mut acknowledged: HashMap<String, u64> = HashMap::new();
+                let mut full = 0;
+                for _ in 0..ops {
+                    let key = format!("s{}", rng.below(keys));
+                    let read = rng.below(5) == 0;
+                    let permit = permits.acquire().await.unwrap();
+                    let outcome = if read {
+                        store.get(key.as_bytes()).await.map(drop)
+                    } else {
+                        store.update(key.as_bytes(), |n| *n += 1).await.map(drop)
+                    };
+                    drop(permit);
+                    match outcome {
+                        Ok(()) if !read => *acknowledged.entry(key).or_default() += 1,
+                        Ok(()) => {}
+                        Err(StoreError::Full { .. }) => full += 1,
+                        Err(other) => panic!("unexpected {other:?}"),
+                    }
+                    let stats = store.stats();
+                    assert!(stats.sessions + stats.loading <= max_sessions, "{stats:?}");
+                }
+                (acknowledged, full)
+            })
+        })
+        .collect();
+    let mut seen = Contention {
+        acknowledged: HashMap::new(),
+        full: 0,
+    };
+    for run in runs {
+        let (acknowledged, full) = run.await.unwrap();
+        for (key, n) in acknowledged {
+            *seen.acknowledged.entry(key).or_default() += n;
+        }
+        seen.full += full;
+    }
+    seen
+}
+
+fn eight_sessions() -> Limits {
+    Limits {
+        max_sessions: 8,
+        persistence_timeout: Duration::from_secs(3600),
+        ..Limits::default()
+    }
+}
+
+#[tokio::test]
+async fn a_request_short_of_room_waits_for_an_eviction_in_progress_instead_of_giving_up() {
+    let (store, persistence) = text_store(Limits {
+        max_sessions: 1,
+        ..small(100, 1_000)
+    });
+    store.update(b"a", |s| s.push('a')).await.unwrap();
+    persistence.hold_stores(true);
+    // c needs a's place: its request claims a and writes it back (held).
+    let for_c = tokio::spawn({
+        let store = store.clone();
+        async move { store.update(b"c", |s| s.push('c')).await }
+    });
+    persistence.stores_started(1).await;
+    // d needs a place too, and a is the only session: d's request waits for
+    // that eviction to end rather than answering Full.
+    let mut for_d = pin!(store.update(b"d", |s| s.push('d')));
+    assert!(poll!(&mut for_d).is_pending(), "answered at once");
+    // c's request goes away mid-write-back: its claim ends, a stays (still
+    // changed), and d's request evicts a itself.
+    for_c.abort();
+    assert!(for_c.await.unwrap_err().is_cancelled());
+    let (for_d, ()) = tokio::join!(for_d, async {
+        persistence.stores_started(2).await;
+        persistence.hold_stores(false);
+    });
+    assert_eq!(for_d.unwrap(), Versioned::new(1, ()));
+    assert_eq!(
+        persistence.stored(b"a"),
+        Some(Versioned::new(1, "a".into()))
+    );
+    assert_eq!(store.version_of(b"a").await, None);
+    assert_eq!(store.version_of(b"c").await, None, "c never started");
+    assert_eq!(store.stats().sessions, 1);
+    assert_eq!(
+        persistence.calls(),
+        [
+            Call::Load(b"a".to_vec()),
+            Call::Store(b"a".to_vec(), 1),
+            Call::Store(b"a".to_vec(), 1),
+            Call::Load(b"d".to_vec()),
+        ]
+    );
+    assert_bytes_exact(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_needing_room_at_once_get_no_full_while_idle_sessions_exist() {
+    // The sample service's set-up on one pod: 8 sessions, 60 keys, 6
+    // requests in flight (16 tasks), then 7 requests from 7 tasks.
+    let store = counter_store(eight_sessions());
+    let six = contend(&store, 16, 6, 60, 150).await;
+    let seven = contend(&store, 7, 7, 60, 300).await;
+    assert_eq!((six.full, seven.full), (0, 0), "Full with idle sessions");
+    let text = metrics_text(&store);
+    assert!(
+        sample(&text, r#"store_evictions_total{reason="pressure"}"#) > 1_000,
+        "pressure eviction was exercised"
+    );
+    let stats = store.stats();
+    assert_eq!((stats.sessions, stats.loading), (8, 0), "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pressure_eviction_writes_back_and_loses_no_acknowledged_write() {
+    // Loads and write-backs take a few scheduler turns, so evictions overlap
+    // other requests' lookups, loads and evictions.
+    let persistence = Recording::new();
+    persistence.yield_in_calls(3);
+    let store = SessionStore::builder(JsonCodec, |_: &u64| 8)
+        .limits(eight_sessions())
+        .persistence(persistence.clone())
+        .build()
+        .unwrap();
+    let six = contend(&store, 16, 6, 60, 150).await;
+    assert_eq!(six.full, 0, "Full with idle sessions");
+    // 16 requests in flight for 8 sessions: all 8 may be in use at once, so
+    // `Full` is allowed, but nothing acknowledged may be lost.
+    let sixteen = contend(&store, 16, 16, 60, 150).await;
+    let text = metrics_text(&store);
+    assert!(sample(&text, r#"store_write_backs_total{result="ok"}"#) > 1_000);
+    assert_eq!(
+        sample(&text, r#"store_write_backs_total{result="failed"}"#),
+        0
+    );
+    let mut acknowledged = six.acknowledged;
+    for (key, n) in sixteen.acknowledged {
+        *acknowledged.entry(key).or_default() += n;
+    }
+    assert!(acknowledged.len() > 50);
+    for (key, n) in acknowledged {
+        // Every increment is one version: the count and the version agree
+        // with the acknowledged increments, resident or reloaded.
+        assert_eq!(
+            store.get(key.as_bytes()).await.unwrap(),
+            Versioned::new(n, n),
+            "{key}"
+        );
+    }
+    let stats = store.stats();
+    assert!(stats.sessions <= 8, "{stats:?}");
 }
 
 // ---------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-//! One resident session: its state behind an async read-write lock, and the
-//! count of updates queued on it.
+//! One resident session: its state behind an async read-write lock, the
+//! count of updates queued on it, and the pins of requests about to use it.
 //!
 //! Readers share the lock; an update, an install, a write-back or a handoff
 //! holds it alone. An entry leaves the index only while its lock is held
@@ -7,7 +7,14 @@
 //! before and acquires the lock after sees the mark and looks the key up again
 //! (and finds it loading, moved or absent). So the index slot of a resident
 //! entry never changes under a holder of its lock.
+//!
+//! Eviction passes over an entry that is *in use*: updates queued on it, or
+//! *pinned* by a load whose waiters have not taken it yet. The pin closes the
+//! gap between a load making its session resident and the requests that
+//! waited for it locking it; without it, another request short of room could
+//! evict the session in that gap, and the waiters would load it again.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::RwLock;
@@ -28,6 +35,7 @@ pub(crate) struct State<V> {
 pub(crate) struct Entry<V> {
     pub state: RwLock<State<V>>,
     pending: AtomicUsize,
+    pins: AtomicUsize,
 }
 
 impl<V> Entry<V> {
@@ -40,6 +48,21 @@ impl<V> Entry<V> {
                 retired: false,
             }),
             pending: AtomicUsize::new(0),
+            pins: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether eviction must pass over it: updates queued or running, or
+    /// pinned.
+    pub fn in_use(&self) -> bool {
+        self.pending() > 0 || self.pins.load(Ordering::Acquire) > 0
+    }
+
+    /// Pins the entry until the returned guard is dropped.
+    pub fn pin(self: &Arc<Self>) -> Pinned<V> {
+        self.pins.fetch_add(1, Ordering::AcqRel);
+        Pinned {
+            entry: Arc::clone(self),
         }
     }
 
@@ -77,6 +100,18 @@ impl<V> Drop for Pending<'_, V> {
     }
 }
 
+/// A pin on an entry (see [`Entry::pin`]), released on drop.
+#[derive(Debug)]
+pub(crate) struct Pinned<V> {
+    entry: Arc<Entry<V>>,
+}
+
+impl<V> Drop for Pinned<V> {
+    fn drop(&mut self) {
+        self.entry.pins.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +129,20 @@ mod tests {
         assert_eq!(entry.pending(), 3);
         drop((second, third, forced));
         assert_eq!(entry.pending(), 0);
+    }
+
+    #[test]
+    fn pins_and_queued_updates_mark_an_entry_in_use() {
+        let entry = Arc::new(Entry::new((), 0, false));
+        assert!(!entry.in_use());
+        let pins = (entry.pin(), entry.pin());
+        assert!(entry.in_use());
+        assert_eq!(entry.pending(), 0, "pins take no place in the queue");
+        drop(pins);
+        assert!(!entry.in_use());
+        let queued = entry.enter(1).unwrap();
+        assert!(entry.in_use());
+        drop(queued);
+        assert!(!entry.in_use());
     }
 }

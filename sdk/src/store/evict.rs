@@ -8,7 +8,28 @@
 //! [`Limits::write_back_backoff`](super::Limits::write_back_backoff), so a
 //! persistence outage does not turn every admission into a round of failing
 //! writes.
+//!
+//! Under pressure, concurrent requests must not compete for one victim (the
+//! losers would find it locked by the winner's write-back and give up while
+//! other idle sessions wait to be evicted), nor for the room a victim leaves
+//! (a request that evicted would find its room taken). So a request that
+//! needs room:
+//!
+//! 1. *claims* its victims in the index, least recently used first: claimed
+//!    sessions are skipped by other claims, so each request evicts distinct
+//!    ones;
+//! 2. evicts them into its own [`Reservation`]: the freed room is held back
+//!    for it, and its next bound check is the only one that counts it free;
+//! 3. when a victim turns out to be in use, claims the next candidate;
+//! 4. when no candidate is left but other requests' evictions are running,
+//!    waits for one of them to end (each ends within `persistence_timeout`)
+//!    and looks again, a bounded number of times.
+//!
+//! It answers [`StoreError::Full`](super::StoreError::Full) only when no
+//! resident session can be claimed: each is in use, being evicted for
+//! another request, or backed off after a failed write-back.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -20,12 +41,17 @@ use tokio::time::Instant;
 use super::clock::later;
 use super::entry::{Entry, State};
 use super::error::display_key;
-use super::index::Shortfall;
+use super::index::{Room, Shortfall};
 use super::metrics::Eviction;
 use super::{Persistence, SessionStore, StoreError};
 
-/// Most sessions one pressure round considers.
+/// Most sessions one round of pressure eviction tries to evict.
 const MAX_VICTIMS: usize = 64;
+
+/// How many times one round of pressure eviction, finding no candidate, waits
+/// for another request's eviction to end (or, with candidates that were in
+/// use when tried, lets other tasks run) before it looks again.
+const MAX_EVICTION_WAITS: usize = 4;
 
 /// What one passivation sweep did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,22 +93,95 @@ where
     V: Clone + Send + Sync + 'static,
     P: Persistence<V>,
 {
-    /// Evicts least recently used idle sessions until `short` is covered (or
-    /// the candidates run out). Returns how many were evicted.
-    pub(super) async fn evict_for(&self, short: Shortfall) -> usize {
-        let now = self.inner.clock.now();
-        let victims = self.with_index(|index| {
-            index.victims(short, MAX_VICTIMS, now, |entry| entry.pending() > 0)
-        });
+    /// Room held for one request, given back when it is dropped unspent.
+    pub(super) fn reservation(&self) -> Reservation<'_, V, P> {
+        Reservation {
+            store: self,
+            room: Room::default(),
+        }
+    }
+
+    /// One round of pressure eviction: evicts least recently used idle
+    /// sessions into `reserved` until it holds `short` more than it did (see
+    /// the [module docs](self)). Returns how many sessions it evicted; the
+    /// caller checks its bound again (with its room) if any.
+    pub(super) async fn evict_for(
+        &self,
+        short: Shortfall,
+        reserved: &mut Reservation<'_, V, P>,
+    ) -> usize {
         let mut freed = Shortfall::default();
-        for (key, entry) in victims {
-            if freed.sessions >= short.sessions && freed.bytes >= short.bytes {
-                break;
-            }
-            if let Evicted::Freed(weight) = self.evict(&key, &entry, Eviction::Pressure, None).await
-            {
-                freed.sessions += 1;
-                freed.bytes += weight;
+        // Candidates found in use when tried, skipped until the next wait.
+        let mut in_use: HashSet<Bytes> = HashSet::new();
+        let (mut tried, mut waits) = (0, 0);
+        while (freed.sessions < short.sessions || freed.bytes < short.bytes) && tried < MAX_VICTIMS
+        {
+            // Subscribed before looking, so an eviction that ends after the
+            // look wakes the wait below.
+            let mut ended = self.inner.evictions.subscribe();
+            let remaining = Shortfall {
+                sessions: short.sessions.saturating_sub(freed.sessions),
+                bytes: short.bytes.saturating_sub(freed.bytes),
+            };
+            let now = self.inner.clock.now();
+            let claimed = self.with_index(|index| {
+                index.claim(remaining, MAX_VICTIMS - tried, now, |key, entry| {
+                    entry.in_use() || in_use.contains(key)
+                })
+            });
+            let victims = match claimed {
+                Ok(victims) => victims,
+                Err(_) if waits >= MAX_EVICTION_WAITS => break,
+                Err(evicting) if evicting > 0 => {
+                    waits += 1;
+                    let timeout = self.inner.limits.persistence_timeout;
+                    if tokio::time::timeout(timeout, ended.changed())
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    in_use.clear();
+                    continue;
+                }
+                Err(_) if !in_use.is_empty() => {
+                    waits += 1;
+                    tokio::task::yield_now().await;
+                    in_use.clear();
+                    continue;
+                }
+                Err(_) => break,
+            };
+            // Each claim ends when its guard drops: after its eviction, or
+            // unused if the room is covered first (or this future is dropped).
+            let claims: Vec<Claim<'_, V, P>> = victims
+                .into_iter()
+                .map(|(key, entry)| Claim {
+                    store: self,
+                    key,
+                    entry,
+                })
+                .collect();
+            for claim in claims {
+                if freed.sessions >= short.sessions && freed.bytes >= short.bytes {
+                    break;
+                }
+                tried += 1;
+                let room = Some(&mut reserved.room);
+                match self
+                    .evict(&claim.key, &claim.entry, Eviction::Pressure, None, room)
+                    .await
+                {
+                    Evicted::Freed(weight) => {
+                        freed.sessions += 1;
+                        freed.bytes += weight;
+                    }
+                    Evicted::InUse => {
+                        in_use.insert(claim.key.clone());
+                    }
+                    // Backed off: no later claim picks it.
+                    Evicted::WriteBackFailed => {}
+                }
             }
         }
         if freed.sessions > 0 {
@@ -97,18 +196,20 @@ where
 
     /// Writes `entry` back if changed, then removes it from the index — if it
     /// is not in use and, when `idle_before` is given, was not accessed after
-    /// it.
+    /// it. The freed room goes to `into` if given (a request's reservation),
+    /// to the pool otherwise.
     async fn evict(
         &self,
         key: &Bytes,
         entry: &Arc<Entry<V>>,
         reason: Eviction,
         idle_before: Option<Instant>,
+        into: Option<&mut Room>,
     ) -> Evicted {
         let Ok(mut state) = entry.state.try_write() else {
             return Evicted::InUse;
         };
-        if state.retired || entry.pending() > 0 {
+        if state.retired || entry.in_use() {
             return Evicted::InUse;
         }
         if state.dirty && self.write_back(key, &mut state).await.is_err() {
@@ -116,7 +217,7 @@ where
             self.with_index(|index| index.back_off(key, entry, until));
             return Evicted::WriteBackFailed;
         }
-        match self.with_index(|index| index.remove(key, entry, idle_before)) {
+        match self.with_index(|index| index.remove(key, entry, idle_before, into)) {
             Some(weight) => {
                 state.retired = true;
                 self.inner.metrics.eviction(reason);
@@ -196,7 +297,8 @@ where
         report.tombstones_expired = expired;
         let outcomes: Vec<Evicted> = stream::iter(idle)
             .map(|(key, entry)| async move {
-                self.evict(&key, &entry, Eviction::Idle, Some(cutoff)).await
+                self.evict(&key, &entry, Eviction::Idle, Some(cutoff), None)
+                    .await
             })
             .buffer_unordered(limits.write_back_concurrency)
             .collect()
@@ -262,5 +364,57 @@ where
             }
         }
         report
+    }
+}
+
+/// Room evicted for one request (see the [module docs](self)), held until the
+/// index call that fits the request spends it; given back to the pool if the
+/// request drops it unspent (gave up, failed, was cancelled).
+pub(super) struct Reservation<'a, V, P>
+where
+    V: Clone + Send + Sync + 'static,
+    P: Persistence<V>,
+{
+    store: &'a SessionStore<V, P>,
+    /// The room held; index calls spend it.
+    pub(super) room: Room,
+}
+
+impl<V, P> Drop for Reservation<'_, V, P>
+where
+    V: Clone + Send + Sync + 'static,
+    P: Persistence<V>,
+{
+    fn drop(&mut self) {
+        if !self.room.is_empty() {
+            self.store.with_index(|index| index.release(&mut self.room));
+        }
+    }
+}
+
+/// A victim claimed by one request. Dropping it ends the claim (a no-op if
+/// the victim was evicted) and wakes requests waiting for an eviction to end.
+struct Claim<'a, V, P>
+where
+    V: Clone + Send + Sync + 'static,
+    P: Persistence<V>,
+{
+    store: &'a SessionStore<V, P>,
+    key: Bytes,
+    entry: Arc<Entry<V>>,
+}
+
+impl<V, P> Drop for Claim<'_, V, P>
+where
+    V: Clone + Send + Sync + 'static,
+    P: Persistence<V>,
+{
+    fn drop(&mut self) {
+        self.store
+            .with_index(|index| index.unclaim(&self.key, &self.entry));
+        self.store
+            .inner
+            .evictions
+            .send_modify(|ended| *ended = ended.wrapping_add(1));
     }
 }

@@ -7,16 +7,25 @@
 //! loading sessions, loads in flight, tombstones — and the order of last
 //! access that eviction and passivation walk, least recent first.
 //!
+//! Pressure eviction is coordinated here. A request that needs room *claims*
+//! victims ([`Index::claim`]): a claimed session is skipped by every other
+//! claim, so concurrent requests evict distinct sessions. The room a claimed
+//! eviction frees is not returned to the pool but *reserved* for the request
+//! that evicted it (its [`Room`]); only that request's next bound check counts
+//! it as free, so a concurrent request cannot take it. The request spends its
+//! room when its session, load or growth fits, or releases it when it gives up.
+//!
 //! It is plain synchronous data behind the store's mutex and never calls user
 //! code, so every method leaves it consistent. Bound checks and the changes
 //! they guard happen in the same call: a caller that gets `Ok` holds the room
 //! it asked for.
 //!
 //! Invariants (checked by [`Index::check`] in tests):
-//! * `bytes` is the sum of the weights of resident slots, and never exceeds
-//!   `max_total_bytes`;
-//! * `resident + loading` never exceeds `max_sessions`, `loading` never
-//!   exceeds `max_loads`;
+//! * `bytes` is the sum of the weights of resident slots, and `bytes` plus the
+//!   reserved bytes never exceeds `max_total_bytes`;
+//! * `resident + loading` plus the reserved sessions never exceeds
+//!   `max_sessions`, `loading` never exceeds `max_loads`;
+//! * `evicting` counts exactly the claimed resident slots;
 //! * `lru` holds exactly the resident keys, ordered by last access;
 //! * `tombs` holds exactly the moved keys, ordered by expiry.
 
@@ -47,6 +56,24 @@ pub(crate) struct Shortfall {
     pub sessions: usize,
     /// Bytes that must be freed.
     pub bytes: usize,
+}
+
+/// Room evicted for one request and held for it: counted against the bounds
+/// for everybody else, free for the request holding it. Spent by the index
+/// call that fits the request, or given back with [`Index::release`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Room {
+    /// Session places held.
+    pub sessions: usize,
+    /// Bytes held.
+    pub bytes: usize,
+}
+
+impl Room {
+    /// Whether it holds nothing.
+    pub fn is_empty(self) -> bool {
+        self == Self::default()
+    }
 }
 
 /// Why a load could not start.
@@ -83,6 +110,8 @@ struct Resident<T> {
     seq: u64,
     last_access: Instant,
     backoff_until: Option<Instant>,
+    /// A request is evicting it (see [`Index::claim`]).
+    claimed: bool,
 }
 
 struct Tombstone {
@@ -108,6 +137,10 @@ pub(crate) struct Index<T, F> {
     bytes: usize,
     resident: usize,
     loading: usize,
+    /// Room held by requests (sum of their [`Room`]s).
+    reserved: Room,
+    /// Claimed resident slots.
+    evicting: usize,
 }
 
 impl<T, F: Clone> Index<T, F> {
@@ -121,6 +154,8 @@ impl<T, F: Clone> Index<T, F> {
             bytes: 0,
             resident: 0,
             loading: 0,
+            reserved: Room::default(),
+            evicting: 0,
         }
     }
 
@@ -137,6 +172,18 @@ impl<T, F: Clone> Index<T, F> {
     /// Loads in flight.
     pub fn loading(&self) -> usize {
         self.loading
+    }
+
+    /// Room held by requests, not yet spent.
+    #[cfg(test)]
+    pub fn reserved(&self) -> Room {
+        self.reserved
+    }
+
+    /// Resident sessions claimed by a pressure eviction in progress.
+    #[cfg(test)]
+    pub fn evicting(&self) -> usize {
+        self.evicting
     }
 
     /// Tombstones held (expired ones included until purged).
@@ -188,7 +235,14 @@ impl<T, F: Clone> Index<T, F> {
     }
 
     /// Starts a load of the absent key `key`: it counts as a session from now.
-    pub fn begin_load(&mut self, key: &[u8], flight: F) -> Result<(), LoadRefused> {
+    /// `room` (held by the caller) counts as free; on success it is spent
+    /// (its bytes go back to the pool).
+    pub fn begin_load(
+        &mut self,
+        key: &[u8],
+        flight: F,
+        room: &mut Room,
+    ) -> Result<(), LoadRefused> {
         debug_assert!(
             !matches!(
                 self.map.get(key),
@@ -199,12 +253,11 @@ impl<T, F: Clone> Index<T, F> {
         if self.loading >= self.bounds.loads {
             return Err(LoadRefused::Saturated);
         }
-        if self.resident + self.loading >= self.bounds.sessions {
-            return Err(LoadRefused::Short(Shortfall {
-                sessions: self.resident + self.loading + 1 - self.bounds.sessions,
-                bytes: 0,
-            }));
+        let sessions = self.sessions_short(*room);
+        if sessions > 0 {
+            return Err(LoadRefused::Short(Shortfall { sessions, bytes: 0 }));
         }
+        self.release(room);
         self.remove_tombstone(key);
         self.map
             .insert(Bytes::copy_from_slice(key), Slot::Loading(flight));
@@ -213,22 +266,24 @@ impl<T, F: Clone> Index<T, F> {
     }
 
     /// Turns the loading key `key` resident with `entry` of `weight` bytes,
-    /// if the bytes fit.
+    /// if the bytes fit (`room` counting as free; spent on success).
     pub fn finish_load(
         &mut self,
         key: &Bytes,
         entry: Arc<T>,
         weight: usize,
         now: Instant,
+        room: &mut Room,
     ) -> Result<(), Shortfall> {
         debug_assert!(matches!(self.map.get(key), Some(Slot::Loading(_))));
-        let short = self.bytes_short(weight);
+        let short = self.bytes_short(weight, *room);
         if short > 0 {
             return Err(Shortfall {
                 sessions: 0,
                 bytes: short,
             });
         }
+        self.release(room);
         self.loading -= 1;
         self.put_resident(key.clone(), entry, weight, now);
         Ok(())
@@ -247,14 +302,15 @@ impl<T, F: Clone> Index<T, F> {
     /// Whether `key` can become resident at `version` with `weight` bytes:
     /// it must be absent or moved (an unexpired tombstone only gives way to a
     /// version at least as new as the one handed off), and a session and the
-    /// bytes must fit. Used by installs, followed by [`insert`](Self::insert)
-    /// under the same lock.
+    /// bytes must fit (`room` counting as free). Used by installs, followed
+    /// by [`insert`](Self::insert) under the same lock.
     pub fn admit(
         &self,
         key: &[u8],
         weight: usize,
         version: u64,
         now: Instant,
+        room: Room,
     ) -> Result<(), InsertRefused> {
         match self.map.get(key) {
             Some(Slot::Resident(_) | Slot::Loading(_)) => return Err(InsertRefused::Occupied),
@@ -263,8 +319,8 @@ impl<T, F: Clone> Index<T, F> {
             }
             Some(Slot::Moved(_)) | None => {}
         }
-        let sessions = (self.resident + self.loading + 1).saturating_sub(self.bounds.sessions);
-        let bytes = self.bytes_short(weight);
+        let sessions = self.sessions_short(room);
+        let bytes = self.bytes_short(weight, room);
         if sessions > 0 || bytes > 0 {
             return Err(InsertRefused::Short(Shortfall { sessions, bytes }));
         }
@@ -272,9 +328,16 @@ impl<T, F: Clone> Index<T, F> {
     }
 
     /// Makes `key` resident with `entry` of `weight` bytes, replacing a
-    /// tombstone. Only after [`admit`](Self::admit) said yes under the same
-    /// lock.
-    pub fn insert(&mut self, key: &[u8], entry: Arc<T>, weight: usize, now: Instant) {
+    /// tombstone, and spends `room`. Only after [`admit`](Self::admit) said
+    /// yes (with the same room) under the same lock.
+    pub fn insert(
+        &mut self,
+        key: &[u8],
+        entry: Arc<T>,
+        weight: usize,
+        now: Instant,
+        room: &mut Room,
+    ) {
         debug_assert!(
             !matches!(
                 self.map.get(key),
@@ -282,6 +345,7 @@ impl<T, F: Clone> Index<T, F> {
             ),
             "insert on an occupied key"
         );
+        self.release(room);
         self.remove_tombstone(key);
         self.put_resident(Bytes::copy_from_slice(key), entry, weight, now);
     }
@@ -297,36 +361,58 @@ impl<T, F: Clone> Index<T, F> {
                 seq,
                 last_access: now,
                 backoff_until: None,
+                claimed: false,
             }),
         );
         self.resident += 1;
         self.bytes += weight;
     }
 
-    fn bytes_short(&self, extra: usize) -> usize {
-        self.bytes
+    /// Sessions missing for one more, `room` counting as free.
+    fn sessions_short(&self, room: Room) -> usize {
+        (self.resident + self.loading + self.reserved.sessions + 1)
+            .saturating_sub(room.sessions)
+            .saturating_sub(self.bounds.sessions)
+    }
+
+    /// Bytes missing for `extra` more, `room` counting as free.
+    fn bytes_short(&self, extra: usize, room: Room) -> usize {
+        (self.bytes + self.reserved.bytes)
             .saturating_add(extra)
+            .saturating_sub(room.bytes)
             .saturating_sub(self.bounds.total_bytes)
     }
 
+    /// Gives the room a request held back to the pool.
+    pub fn release(&mut self, room: &mut Room) {
+        debug_assert!(
+            room.sessions <= self.reserved.sessions && room.bytes <= self.reserved.bytes,
+            "releasing room that was never reserved"
+        );
+        self.reserved.sessions -= room.sessions;
+        self.reserved.bytes -= room.bytes;
+        *room = Room::default();
+    }
+
     /// Changes the weight of the resident `entry` of `key` to `weight`, if the
-    /// growth fits. Returns the previous weight. `None` if `entry` is not the
-    /// resident entry of `key` (a caller bug; nothing changes).
+    /// growth fits (`room` counting as free; spent on success). Returns the
+    /// previous weight. `None` if `entry` is not the resident entry of `key`
+    /// (a caller bug; nothing changes).
     pub fn resize(
         &mut self,
         key: &[u8],
         entry: &Arc<T>,
         weight: usize,
+        room: &mut Room,
     ) -> Option<Result<usize, Shortfall>> {
-        let Some(Slot::Resident(resident)) = self.map.get_mut(key) else {
-            return None;
+        let old = match self.map.get(key) {
+            Some(Slot::Resident(resident)) if Arc::ptr_eq(&resident.entry, entry) => {
+                resident.weight
+            }
+            _ => return None,
         };
-        if !Arc::ptr_eq(&resident.entry, entry) {
-            return None;
-        }
-        let old = resident.weight;
         if weight > old {
-            let short = (self.bytes + (weight - old)).saturating_sub(self.bounds.total_bytes);
+            let short = self.bytes_short(weight - old, *room);
             if short > 0 {
                 return Some(Err(Shortfall {
                     sessions: 0,
@@ -334,18 +420,24 @@ impl<T, F: Clone> Index<T, F> {
                 }));
             }
         }
-        resident.weight = weight;
+        self.release(room);
+        if let Some(Slot::Resident(resident)) = self.map.get_mut(key) {
+            resident.weight = weight;
+        }
         self.bytes = self.bytes - old + weight;
         Some(Ok(old))
     }
 
     /// Removes the resident `entry` of `key`, unless it was accessed after
-    /// `idle_before` (when given). Returns the freed weight.
+    /// `idle_before` (when given). Returns the freed weight. The freed room
+    /// goes to `into` (held back for the request evicting for it) when given,
+    /// to the pool otherwise.
     pub fn remove(
         &mut self,
         key: &[u8],
         entry: &Arc<T>,
         idle_before: Option<Instant>,
+        into: Option<&mut Room>,
     ) -> Option<usize> {
         let Some(Slot::Resident(resident)) = self.map.get(key) else {
             return None;
@@ -356,12 +448,80 @@ impl<T, F: Clone> Index<T, F> {
         if idle_before.is_some_and(|cutoff| resident.last_access > cutoff) {
             return None;
         }
-        let (seq, weight) = (resident.seq, resident.weight);
+        let (seq, weight, claimed) = (resident.seq, resident.weight, resident.claimed);
         self.map.remove(key);
         self.lru.remove(&seq);
         self.resident -= 1;
         self.bytes -= weight;
+        if claimed {
+            self.evicting -= 1;
+        }
+        if let Some(room) = into {
+            room.sessions += 1;
+            room.bytes += weight;
+            self.reserved.sessions += 1;
+            self.reserved.bytes += weight;
+        }
         Some(weight)
+    }
+
+    /// Claims victims to cover `short`, least recently used first: at most
+    /// `limit` resident entries that no one else claimed, that are not backed
+    /// off at `now` and that `skip` does not rule out (in use, already tried).
+    /// Each claimed entry is skipped by every later claim until
+    /// [`unclaim`](Self::unclaim)ed or removed, so concurrent requests never
+    /// pick the same victim.
+    ///
+    /// `Err` (nothing claimed) carries how many entries others are evicting
+    /// right now: room that may come free soon.
+    pub fn claim(
+        &mut self,
+        short: Shortfall,
+        limit: usize,
+        now: Instant,
+        skip: impl Fn(&Bytes, &T) -> bool,
+    ) -> Result<Vec<(Bytes, Arc<T>)>, usize> {
+        let mut chosen = Vec::new();
+        let (mut sessions, mut bytes) = (0, 0);
+        for key in self.lru.values() {
+            if chosen.len() >= limit || (sessions >= short.sessions && bytes >= short.bytes) {
+                break;
+            }
+            let Some(Slot::Resident(resident)) = self.map.get(key) else {
+                continue;
+            };
+            if resident.claimed
+                || resident.backoff_until.is_some_and(|until| until > now)
+                || skip(key, &resident.entry)
+            {
+                continue;
+            }
+            sessions += 1;
+            bytes += resident.weight;
+            chosen.push((key.clone(), Arc::clone(&resident.entry)));
+        }
+        if chosen.is_empty() {
+            return Err(self.evicting);
+        }
+        for (key, _) in &chosen {
+            if let Some(Slot::Resident(resident)) = self.map.get_mut(key) {
+                resident.claimed = true;
+            }
+        }
+        self.evicting += chosen.len();
+        Ok(chosen)
+    }
+
+    /// Ends the claim on the resident `entry` of `key` (its eviction did not
+    /// happen); nothing if it is no longer resident.
+    pub fn unclaim(&mut self, key: &[u8], entry: &Arc<T>) {
+        if let Some(Slot::Resident(resident)) = self.map.get_mut(key)
+            && Arc::ptr_eq(&resident.entry, entry)
+            && resident.claimed
+        {
+            resident.claimed = false;
+            self.evicting -= 1;
+        }
     }
 
     /// Marks the resident `entry` of `key` as not worth another write-back
@@ -442,35 +602,6 @@ impl<T, F: Clone> Index<T, F> {
         purged
     }
 
-    /// Resident entries worth evicting to cover `short`, least recently used
-    /// first: at most `limit`, skipping those backed off at `now` and those
-    /// `busy` says are in use.
-    pub fn victims(
-        &self,
-        short: Shortfall,
-        limit: usize,
-        now: Instant,
-        busy: impl Fn(&T) -> bool,
-    ) -> Vec<(Bytes, Arc<T>)> {
-        let mut chosen = Vec::new();
-        let (mut sessions, mut bytes) = (0, 0);
-        for key in self.lru.values() {
-            if chosen.len() >= limit || (sessions >= short.sessions && bytes >= short.bytes) {
-                break;
-            }
-            let Some(Slot::Resident(resident)) = self.map.get(key) else {
-                continue;
-            };
-            if resident.backoff_until.is_some_and(|until| until > now) || busy(&resident.entry) {
-                continue;
-            }
-            sessions += 1;
-            bytes += resident.weight;
-            chosen.push((key.clone(), Arc::clone(&resident.entry)));
-        }
-        chosen
-    }
-
     /// Resident entries last accessed at or before `cutoff`, least recent
     /// first, at most `limit`.
     pub fn idle(&self, cutoff: Instant, limit: usize) -> Vec<(Bytes, Arc<T>)> {
@@ -505,12 +636,13 @@ impl<T, F: Clone> Index<T, F> {
     #[cfg(test)]
     pub fn check(&self) -> Result<(), String> {
         let mut bytes = 0;
-        let (mut resident, mut loading, mut moved) = (0, 0, 0);
+        let (mut resident, mut loading, mut moved, mut claimed) = (0, 0, 0, 0);
         for (key, slot) in &self.map {
             match slot {
                 Slot::Resident(r) => {
                     resident += 1;
                     bytes += r.weight;
+                    claimed += usize::from(r.claimed);
                     if self.lru.get(&r.seq) != Some(key) {
                         return Err(format!("lru misses resident key {key:?}"));
                     }
@@ -527,8 +659,17 @@ impl<T, F: Clone> Index<T, F> {
         if bytes != self.bytes {
             return Err(format!("bytes {} but weights sum to {bytes}", self.bytes));
         }
-        if bytes > self.bounds.total_bytes {
-            return Err(format!("bytes {bytes} over the bound"));
+        if bytes + self.reserved.bytes > self.bounds.total_bytes {
+            return Err(format!(
+                "bytes {bytes} + reserved {} over the bound",
+                self.reserved.bytes
+            ));
+        }
+        if claimed != self.evicting {
+            return Err(format!(
+                "{claimed} claimed slots but evicting {}",
+                self.evicting
+            ));
         }
         if resident != self.resident || loading != self.loading {
             return Err(format!(
@@ -536,7 +677,9 @@ impl<T, F: Clone> Index<T, F> {
                 self.resident, self.loading
             ));
         }
-        if resident + loading > self.bounds.sessions || loading > self.bounds.loads {
+        if resident + loading + self.reserved.sessions > self.bounds.sessions
+            || loading > self.bounds.loads
+        {
             return Err("session or load bound exceeded".into());
         }
         if self.lru.len() != resident || self.tombs.len() != moved {
@@ -568,9 +711,17 @@ mod tests {
 
     fn load(index: &mut TestIndex, key: &str, weight: usize, now: Instant) -> Arc<u32> {
         let entry = Arc::new(0);
-        index.begin_load(key.as_bytes(), 0).unwrap();
         index
-            .finish_load(&Bytes::from(key.to_owned()), entry.clone(), weight, now)
+            .begin_load(key.as_bytes(), 0, &mut Room::default())
+            .unwrap();
+        index
+            .finish_load(
+                &Bytes::from(key.to_owned()),
+                entry.clone(),
+                weight,
+                now,
+                &mut Room::default(),
+            )
             .unwrap();
         entry
     }
@@ -579,27 +730,42 @@ mod tests {
     fn loads_count_as_sessions_and_are_bounded() {
         let now = Instant::now();
         let mut index = TestIndex::new(bounds());
-        index.begin_load(b"a", 1).unwrap();
-        index.begin_load(b"b", 1).unwrap();
-        assert_eq!(index.begin_load(b"c", 1), Err(LoadRefused::Saturated));
+        index.begin_load(b"a", 1, &mut Room::default()).unwrap();
+        index.begin_load(b"b", 1, &mut Room::default()).unwrap();
+        assert_eq!(
+            index.begin_load(b"c", 1, &mut Room::default()),
+            Err(LoadRefused::Saturated)
+        );
         index
-            .finish_load(&Bytes::from_static(b"a"), Arc::new(1), 10, now)
+            .finish_load(
+                &Bytes::from_static(b"a"),
+                Arc::new(1),
+                10,
+                now,
+                &mut Room::default(),
+            )
             .unwrap();
-        index.begin_load(b"c", 1).unwrap();
+        index.begin_load(b"c", 1, &mut Room::default()).unwrap();
         // a resident, b and c loading: the session bound (3) is reached.
         index.cancel_load(b"b");
         assert!(matches!(index.lookup(b"b", now), Lookup::Absent));
-        index.begin_load(b"d", 1).unwrap();
+        index.begin_load(b"d", 1, &mut Room::default()).unwrap();
         assert_eq!(
-            index.begin_load(b"e", 1),
+            index.begin_load(b"e", 1, &mut Room::default()),
             Err(LoadRefused::Saturated),
             "two loads in flight"
         );
         index
-            .finish_load(&Bytes::from_static(b"c"), Arc::new(1), 10, now)
+            .finish_load(
+                &Bytes::from_static(b"c"),
+                Arc::new(1),
+                10,
+                now,
+                &mut Room::default(),
+            )
             .unwrap();
         assert_eq!(
-            index.begin_load(b"e", 1),
+            index.begin_load(b"e", 1, &mut Room::default()),
             Err(LoadRefused::Short(Shortfall {
                 sessions: 1,
                 bytes: 0
@@ -613,9 +779,15 @@ mod tests {
         let now = Instant::now();
         let mut index = TestIndex::new(bounds());
         let a = load(&mut index, "a", 60, now);
-        index.begin_load(b"b", 0).unwrap();
+        index.begin_load(b"b", 0, &mut Room::default()).unwrap();
         assert_eq!(
-            index.finish_load(&Bytes::from_static(b"b"), Arc::new(0), 50, now),
+            index.finish_load(
+                &Bytes::from_static(b"b"),
+                Arc::new(0),
+                50,
+                now,
+                &mut Room::default()
+            ),
             Err(Shortfall {
                 sessions: 0,
                 bytes: 10
@@ -623,28 +795,48 @@ mod tests {
         );
         index.cancel_load(b"b");
         assert_eq!(
-            index.resize(b"a", &a, 101),
+            index.resize(b"a", &a, 101, &mut Room::default()),
             Some(Err(Shortfall {
                 sessions: 0,
                 bytes: 1
             }))
         );
-        assert_eq!(index.resize(b"a", &a, 100), Some(Ok(60)));
+        assert_eq!(
+            index.resize(b"a", &a, 100, &mut Room::default()),
+            Some(Ok(60))
+        );
         assert_eq!(index.bytes(), 100);
-        assert_eq!(index.resize(b"a", &a, 5), Some(Ok(100)));
-        assert_eq!(index.resize(b"a", &Arc::new(0), 5), None, "not this entry");
+        assert_eq!(
+            index.resize(b"a", &a, 5, &mut Room::default()),
+            Some(Ok(100))
+        );
+        assert_eq!(
+            index.resize(b"a", &Arc::new(0), 5, &mut Room::default()),
+            None,
+            "not this entry"
+        );
         let b = load(&mut index, "b", 95, now);
         assert_eq!(index.bytes(), 100);
-        assert_eq!(index.remove(b"b", &b, None), Some(95));
+        assert_eq!(index.remove(b"b", &b, None, None), Some(95));
         assert_eq!(index.bytes(), 5);
         index.check().unwrap();
     }
 
+    fn keys(claimed: &[(Bytes, Arc<u32>)]) -> Vec<Bytes> {
+        claimed.iter().map(|(key, _)| key.clone()).collect()
+    }
+
+    fn unclaim_all(index: &mut TestIndex, claimed: &[(Bytes, Arc<u32>)]) {
+        for (key, entry) in claimed {
+            index.unclaim(key, entry);
+        }
+    }
+
     #[test]
-    fn victims_follow_least_recent_access_and_skip_busy_and_backed_off() {
+    fn claims_follow_least_recent_access_and_skip_busy_and_backed_off() {
         let t0 = Instant::now();
         let mut index = TestIndex::new(bounds());
-        let a = load(&mut index, "a", 10, t0);
+        let _a = load(&mut index, "a", 10, t0);
         let b = load(&mut index, "b", 20, t0);
         let _c = load(&mut index, "c", 30, t0);
         // Touch a: order is now b, c, a.
@@ -653,20 +845,137 @@ mod tests {
             sessions: 1,
             bytes: 40,
         };
-        let keys = |v: Vec<(Bytes, Arc<u32>)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
-        assert_eq!(keys(index.victims(need, 10, t0, |_| false)), ["b", "c"]);
-        assert_eq!(keys(index.victims(need, 1, t0, |_| false)), ["b"]);
+        let claim = |index: &mut TestIndex, limit, now, skip: &dyn Fn(&u32) -> bool| {
+            let claimed = index.claim(need, limit, now, |_, e| skip(e)).unwrap();
+            unclaim_all(index, &claimed);
+            keys(&claimed)
+        };
+        assert_eq!(claim(&mut index, 10, t0, &|_| false), ["b", "c"]);
+        assert_eq!(claim(&mut index, 1, t0, &|_| false), ["b"]);
         let busy_b = |e: &u32| std::ptr::eq(e, Arc::as_ptr(&b));
-        assert_eq!(keys(index.victims(need, 10, t0, busy_b)), ["c", "a"]);
+        assert_eq!(claim(&mut index, 10, t0, &busy_b), ["c", "a"]);
         index.back_off(
             b"c",
             &index.peek(b"c").unwrap(),
             t0 + Duration::from_secs(5),
         );
-        assert_eq!(keys(index.victims(need, 10, t0, |_| false)), ["b", "a"]);
+        assert_eq!(claim(&mut index, 10, t0, &|_| false), ["b", "a"]);
         let later = t0 + Duration::from_secs(6);
-        assert_eq!(keys(index.victims(need, 10, later, |_| false)), ["b", "c"]);
-        let _ = a;
+        assert_eq!(claim(&mut index, 10, later, &|_| false), ["b", "c"]);
+        assert_eq!(index.evicting(), 0);
+        index.check().unwrap();
+    }
+
+    #[test]
+    fn concurrent_claims_get_distinct_victims_until_none_is_left() {
+        let now = Instant::now();
+        let mut index = TestIndex::new(bounds());
+        for key in ["a", "b", "c"] {
+            load(&mut index, key, 10, now);
+        }
+        let one = Shortfall {
+            sessions: 1,
+            bytes: 0,
+        };
+        let first = index.claim(one, 8, now, |_, _| false).unwrap();
+        let second = index.claim(one, 8, now, |_, _| false).unwrap();
+        let third = index.claim(one, 8, now, |_, _| false).unwrap();
+        assert_eq!(
+            [keys(&first), keys(&second), keys(&third)],
+            [["a"], ["b"], ["c"]]
+        );
+        assert_eq!(index.evicting(), 3);
+        // Nothing left to claim: the answer says three evictions are running.
+        assert_eq!(index.claim(one, 8, now, |_, _| false), Err(3));
+        index.check().unwrap();
+        // An eviction that did not happen frees its victim for the next claim;
+        // one that happened ends its claim by removing the victim.
+        unclaim_all(&mut index, &second);
+        let (key, entry) = &first[0];
+        assert_eq!(index.remove(key, entry, None, None), Some(10));
+        assert_eq!(index.evicting(), 1);
+        assert_eq!(
+            keys(&index.claim(one, 8, now, |_, _| false).unwrap()),
+            ["b"]
+        );
+        // A removal by someone else (a handoff) also ends the claim.
+        let (key, entry) = &third[0];
+        assert_eq!(index.remove(key, entry, None, None), Some(10));
+        assert_eq!(index.evicting(), 1);
+        index.check().unwrap();
+    }
+
+    #[test]
+    fn evicted_room_is_held_for_the_request_that_evicted_it() {
+        let now = Instant::now();
+        let mut index = TestIndex::new(bounds());
+        let a = load(&mut index, "a", 40, now);
+        load(&mut index, "b", 30, now);
+        load(&mut index, "c", 20, now);
+        let (mut mine, mut none) = (Room::default(), Room::default());
+        index
+            .claim(
+                Shortfall {
+                    sessions: 1,
+                    bytes: 0,
+                },
+                1,
+                now,
+                |_, _| false,
+            )
+            .unwrap();
+        assert_eq!(index.remove(b"a", &a, None, Some(&mut mine)), Some(40));
+        assert_eq!(
+            mine,
+            Room {
+                sessions: 1,
+                bytes: 40
+            }
+        );
+        assert_eq!((index.resident(), index.bytes()), (2, 50));
+        assert_eq!(index.reserved(), mine);
+        index.check().unwrap();
+        // Anybody else still finds the bounds reached...
+        assert_eq!(
+            index.begin_load(b"x", 0, &mut none),
+            Err(LoadRefused::Short(Shortfall {
+                sessions: 1,
+                bytes: 0
+            }))
+        );
+        assert_eq!(
+            index.admit(b"x", 20, 1, now, none),
+            Err(InsertRefused::Short(Shortfall {
+                sessions: 1,
+                bytes: 10
+            }))
+        );
+        let b = index.peek(b"b").unwrap();
+        assert_eq!(
+            index.resize(b"b", &b, 60, &mut none),
+            Some(Err(Shortfall {
+                sessions: 0,
+                bytes: 20
+            }))
+        );
+        // ...while the holder fits, and spends its room doing so: the bytes
+        // it did not use go back to the pool.
+        assert_eq!(index.admit(b"x", 20, 1, now, mine), Ok(()));
+        index.begin_load(b"x", 0, &mut mine).unwrap();
+        assert!(mine.is_empty());
+        assert_eq!(index.reserved(), Room::default());
+        assert_eq!(index.resize(b"b", &b, 60, &mut none), Some(Ok(30)));
+        index.check().unwrap();
+        // Room given back unspent returns to the pool as well.
+        index.cancel_load(b"x");
+        let c = index.peek(b"c").unwrap();
+        index.remove(b"c", &c, None, Some(&mut mine));
+        index.release(&mut mine);
+        assert!(mine.is_empty());
+        assert_eq!(
+            (index.resident(), index.bytes(), index.reserved()),
+            (1, 60, Room::default())
+        );
         index.check().unwrap();
     }
 
@@ -683,8 +992,8 @@ mod tests {
         assert_eq!(idle[0].0, "a");
         // An access after the cutoff protects a session from idle removal.
         assert!(matches!(index.lookup(b"a", t1), Lookup::Resident(_)));
-        assert_eq!(index.remove(b"a", &a, Some(t0)), None);
-        assert_eq!(index.remove(b"a", &a, Some(t1)), Some(1));
+        assert_eq!(index.remove(b"a", &a, Some(t0), None), None);
+        assert_eq!(index.remove(b"a", &a, Some(t1), None), Some(1));
         index.check().unwrap();
     }
 
@@ -723,26 +1032,29 @@ mod tests {
         let soon = now + Duration::from_secs(9);
         index.tombstone(b"a", "pod-1".into(), 5, soon, now);
         assert_eq!(
-            index.admit(b"a", 40, 4, now),
+            index.admit(b"a", 40, 4, now, Room::default()),
             Err(InsertRefused::Stale { held: 5 })
         );
         // An expired tombstone no longer protects anything.
-        assert_eq!(index.admit(b"a", 40, 4, soon), Ok(()));
-        assert_eq!(index.admit(b"a", 40, 5, now), Ok(()));
-        index.insert(b"a", Arc::new(1), 40, now);
+        assert_eq!(index.admit(b"a", 40, 4, soon, Room::default()), Ok(()));
+        assert_eq!(index.admit(b"a", 40, 5, now, Room::default()), Ok(()));
+        index.insert(b"a", Arc::new(1), 40, now, &mut Room::default());
         assert_eq!(index.tombstones(), 0);
-        assert_eq!(index.admit(b"a", 1, 9, now), Err(InsertRefused::Occupied));
         assert_eq!(
-            index.admit(b"b", 61, 1, now),
+            index.admit(b"a", 1, 9, now, Room::default()),
+            Err(InsertRefused::Occupied)
+        );
+        assert_eq!(
+            index.admit(b"b", 61, 1, now, Room::default()),
             Err(InsertRefused::Short(Shortfall {
                 sessions: 0,
                 bytes: 1
             }))
         );
-        index.insert(b"b", Arc::new(1), 10, now);
-        index.insert(b"c", Arc::new(1), 10, now);
+        index.insert(b"b", Arc::new(1), 10, now, &mut Room::default());
+        index.insert(b"c", Arc::new(1), 10, now, &mut Room::default());
         assert_eq!(
-            index.admit(b"d", 10, 1, now),
+            index.admit(b"d", 10, 1, now, Room::default()),
             Err(InsertRefused::Short(Shortfall {
                 sessions: 1,
                 bytes: 0

@@ -80,7 +80,7 @@ pub use limits::Limits;
 pub use persistence::{NoPersistence, Persistence, Versioned};
 pub use transfer::{HandOff, Installed, Restore, SessionRecord};
 
-use entry::{Entry, State};
+use entry::{Entry, Pinned, State};
 use error::display_key;
 use index::{Bounds, Index, LoadRefused, Lookup, Shortfall};
 use metrics::{LoadResult, Op, StoreMetrics};
@@ -94,8 +94,11 @@ const MAX_RELOOKUPS: usize = 8;
 const MAX_EVICTION_ROUNDS: usize = 4;
 
 /// A load's outcome, shared by every caller waiting on it. `None` while the
-/// load runs.
-type Flight = watch::Receiver<Option<Result<(), StoreError>>>;
+/// load runs. A loaded session stays pinned (not evictable) until the last
+/// waiter is done with the outcome, and the waiters hold the pin on until
+/// they have the session's lock.
+type Outcome<V> = Option<Result<Arc<Pinned<V>>, StoreError>>;
+type Flight<V> = watch::Receiver<Outcome<V>>;
 
 type Weigher<V> = Box<dyn Fn(&V) -> usize + Send + Sync>;
 type Factory<V> = Box<dyn Fn(&[u8]) -> V + Send + Sync>;
@@ -121,7 +124,10 @@ struct Inner<V, P> {
     weigher: Weigher<V>,
     factory: Factory<V>,
     clock: Arc<dyn Clock>,
-    index: Mutex<Index<Entry<V>, Flight>>,
+    index: Mutex<Index<Entry<V>, Flight<V>>>,
+    /// Counts pressure evictions that ended (evicted or not), for requests
+    /// waiting for room that other requests' evictions may free.
+    evictions: watch::Sender<u64>,
     metrics: StoreMetrics,
 }
 
@@ -241,6 +247,7 @@ where
                 factory: self.factory,
                 clock: self.clock,
                 index: Mutex::new(Index::new(bounds)),
+                evictions: watch::Sender::new(0),
                 metrics: StoreMetrics::new(),
             }),
         })
@@ -297,7 +304,8 @@ where
         cold: &mut bool,
     ) -> Result<Result<Versioned<R>, E>, StoreError> {
         for _ in 0..MAX_RELOOKUPS {
-            let entry = self.resident(key, cold).await?;
+            let found = self.resident(key, cold).await?;
+            let entry = &found.entry;
             let Some(_queued) = entry.enter(self.inner.limits.max_pending_updates) else {
                 return Err(self.busy(key));
             };
@@ -310,7 +318,7 @@ where
                 Ok(output) => output,
                 Err(refused) => return Ok(Err(refused)),
             };
-            self.commit(key, &entry, &mut state, work).await?;
+            self.commit(key, entry, &mut state, work).await?;
             return Ok(Ok(Versioned::new(state.version, output)));
         }
         Err(self.busy(key))
@@ -349,7 +357,8 @@ where
         let mut cold = false;
         let result = async {
             for _ in 0..MAX_RELOOKUPS {
-                let entry = self.resident(key, &mut cold).await?;
+                let found = self.resident(key, &mut cold).await?;
+                let entry = &found.entry;
                 let Some(_queued) = entry.enter(self.inner.limits.max_pending_updates) else {
                     return Err(self.busy(key));
                 };
@@ -361,7 +370,7 @@ where
                     Ok(done) => done,
                     Err(refused) => return Ok(Err(refused)),
                 };
-                self.commit(key, &entry, &mut state, work).await?;
+                self.commit(key, entry, &mut state, work).await?;
                 return Ok(Ok(Versioned::new(state.version, output)));
             }
             Err(self.busy(key))
@@ -397,8 +406,8 @@ where
         let mut cold = false;
         let result = async {
             for _ in 0..MAX_RELOOKUPS {
-                let entry = self.resident(key, &mut cold).await?;
-                let state = entry.state.read().await;
+                let found = self.resident(key, &mut cold).await?;
+                let state = found.entry.state.read().await;
                 if state.retired {
                     continue;
                 }
@@ -416,27 +425,45 @@ where
     }
 
     /// The resident entry of `key`, loading it first if needed (single
-    /// flight). Sets `cold` if it waited for a load.
-    async fn resident(&self, key: &[u8], cold: &mut bool) -> Result<Arc<Entry<V>>, StoreError> {
+    /// flight). Sets `cold` if it waited for a load. Keep the answer until
+    /// the entry's lock is taken: it holds the load's pin.
+    async fn resident(&self, key: &[u8], cold: &mut bool) -> Result<Found<V>, StoreError> {
         self.check_key(key)?;
+        // The pin of the load this request waited for, if any.
+        let mut loaded = None;
         let mut eviction_rounds = 0;
+        // Room evicted for this request: spent by the load it starts, given
+        // back if the key turns up resident, loading or moved meanwhile.
+        let mut reserved = self.reservation();
         for _ in 0..MAX_RELOOKUPS {
             let now = self.inner.clock.now();
-            let step = self.with_index(|index| match index.lookup(key, now) {
-                Lookup::Resident(entry) => Step::Ready(entry),
-                Lookup::Loading(flight) => Step::Wait(flight),
-                Lookup::Moved { owner, .. } => Step::Moved(owner),
-                Lookup::Absent => {
-                    let (done, flight) = watch::channel(None);
-                    match index.begin_load(key, flight.clone()) {
-                        Ok(()) => Step::Start(done, flight),
-                        Err(LoadRefused::Saturated) => Step::Saturated,
-                        Err(LoadRefused::Short(short)) => Step::Evict(short),
+            let room = &mut reserved.room;
+            let step = self.with_index(|index| {
+                let step = match index.lookup(key, now) {
+                    Lookup::Resident(entry) => Step::Ready(entry),
+                    Lookup::Loading(flight) => Step::Wait(flight),
+                    Lookup::Moved { owner, .. } => Step::Moved(owner),
+                    Lookup::Absent => {
+                        let (done, flight) = watch::channel(None);
+                        match index.begin_load(key, flight.clone(), room) {
+                            Ok(()) => Step::Start(done, flight),
+                            Err(LoadRefused::Saturated) => Step::Saturated,
+                            Err(LoadRefused::Short(short)) => Step::Evict(short),
+                        }
                     }
+                };
+                if !matches!(step, Step::Evict(_)) {
+                    index.release(room);
                 }
+                step
             });
             match step {
-                Step::Ready(entry) => return Ok(entry),
+                Step::Ready(entry) => {
+                    return Ok(Found {
+                        entry,
+                        _loaded: loaded,
+                    });
+                }
                 Step::Moved(owner) => {
                     return Err(StoreError::Moved {
                         key: display_key(key),
@@ -452,15 +479,17 @@ where
                 Step::Start(done, flight) => {
                     *cold = true;
                     self.spawn_load(Bytes::copy_from_slice(key), done);
-                    self.wait(key, flight).await?;
+                    loaded = Some(self.wait(key, flight).await?);
                 }
                 Step::Wait(flight) => {
                     *cold = true;
-                    self.wait(key, flight).await?;
+                    loaded = Some(self.wait(key, flight).await?);
                 }
                 Step::Evict(short) => {
                     eviction_rounds += 1;
-                    if eviction_rounds > MAX_EVICTION_ROUNDS || self.evict_for(short).await == 0 {
+                    if eviction_rounds > MAX_EVICTION_ROUNDS
+                        || self.evict_for(short, &mut reserved).await == 0
+                    {
                         return Err(self.full("sessions"));
                     }
                 }
@@ -469,20 +498,22 @@ where
         Err(self.full("sessions"))
     }
 
-    /// Waits for a load to end; its error, if any, is this caller's.
-    async fn wait(&self, key: &[u8], mut flight: Flight) -> Result<(), StoreError> {
+    /// Waits for a load to end; its error, if any, is this caller's. On
+    /// success, returns the pin that keeps the loaded session resident.
+    async fn wait(&self, key: &[u8], mut flight: Flight<V>) -> Result<Arc<Pinned<V>>, StoreError> {
+        let interrupted = || StoreError::Interrupted {
+            key: display_key(key),
+            retry_after: self.inner.limits.retry_after,
+        };
         match flight.wait_for(Option::is_some).await {
-            Ok(outcome) => outcome.clone().unwrap_or(Ok(())),
-            Err(_) => Err(StoreError::Interrupted {
-                key: display_key(key),
-                retry_after: self.inner.limits.retry_after,
-            }),
+            Ok(outcome) => outcome.clone().unwrap_or_else(|| Err(interrupted())),
+            Err(_) => Err(interrupted()),
         }
     }
 
     /// Runs the load of `key` in a task of its own, so that it completes (and
     /// the session becomes resident) even if every caller gives up.
-    fn spawn_load(&self, key: Bytes, done: watch::Sender<Option<Result<(), StoreError>>>) {
+    fn spawn_load(&self, key: Bytes, done: watch::Sender<Outcome<V>>) {
         let store = self.clone();
         tokio::spawn(async move {
             // Forgets the load if this task dies before it ends (a panic in
@@ -502,8 +533,9 @@ where
     }
 
     /// Loads `key` through the persistence (or the factory) and makes it
-    /// resident, evicting idle sessions if its bytes do not fit.
-    async fn load_and_admit(&self, key: &Bytes) -> Result<(), StoreError> {
+    /// resident, evicting idle sessions if its bytes do not fit. Returns the
+    /// pin that keeps it resident for the requests waiting for it.
+    async fn load_and_admit(&self, key: &Bytes) -> Result<Arc<Pinned<V>>, StoreError> {
         let limits = &self.inner.limits;
         let loaded =
             tokio::time::timeout(limits.persistence_timeout, self.inner.persistence.load(key))
@@ -540,12 +572,17 @@ where
         };
         let weight = self.weigh(key, &value)?;
         let entry = Arc::new(Entry::new(value, version, false));
+        let pinned = Arc::new(entry.pin());
+        let mut reserved = self.reservation();
         for _ in 0..MAX_EVICTION_ROUNDS {
             let now = self.inner.clock.now();
-            match self.with_index(|index| index.finish_load(key, Arc::clone(&entry), weight, now)) {
-                Ok(()) => return Ok(()),
+            let room = &mut reserved.room;
+            match self
+                .with_index(|index| index.finish_load(key, Arc::clone(&entry), weight, now, room))
+            {
+                Ok(()) => return Ok(pinned),
                 Err(short) => {
-                    if self.evict_for(short).await == 0 {
+                    if self.evict_for(short, &mut reserved).await == 0 {
                         break;
                     }
                 }
@@ -562,11 +599,13 @@ where
         entry: &Arc<Entry<V>>,
         weight: usize,
     ) -> Result<(), StoreError> {
+        let mut reserved = self.reservation();
         for _ in 0..MAX_EVICTION_ROUNDS {
-            match self.with_index(|index| index.resize(key, entry, weight)) {
+            let room = &mut reserved.room;
+            match self.with_index(|index| index.resize(key, entry, weight, room)) {
                 Some(Ok(_previous)) => return Ok(()),
                 Some(Err(short)) => {
-                    if self.evict_for(short).await == 0 {
+                    if self.evict_for(short, &mut reserved).await == 0 {
                         break;
                     }
                 }
@@ -640,7 +679,7 @@ where
     }
 
     /// Runs `f` on the index under its mutex, then refreshes the gauges.
-    fn with_index<R>(&self, f: impl FnOnce(&mut Index<Entry<V>, Flight>) -> R) -> R {
+    fn with_index<R>(&self, f: impl FnOnce(&mut Index<Entry<V>, Flight<V>>) -> R) -> R {
         let mut index = self
             .inner
             .index
@@ -700,11 +739,18 @@ where
     }
 }
 
+/// What [`SessionStore::resident`] found: the entry, and the pin of the load
+/// the request waited for (held until the request has the entry's lock).
+struct Found<V> {
+    entry: Arc<Entry<V>>,
+    _loaded: Option<Arc<Pinned<V>>>,
+}
+
 /// The next move of [`SessionStore::resident`].
 enum Step<V> {
     Ready(Arc<Entry<V>>),
-    Wait(Flight),
-    Start(watch::Sender<Option<Result<(), StoreError>>>, Flight),
+    Wait(Flight<V>),
+    Start(watch::Sender<Outcome<V>>, Flight<V>),
     Moved(Arc<str>),
     Saturated,
     Evict(Shortfall),

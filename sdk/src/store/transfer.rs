@@ -187,7 +187,7 @@ where
             };
             let now = self.inner.clock.now();
             let removed = self.with_index(|index| {
-                let removed = index.remove(key, &entry, None);
+                let removed = index.remove(key, &entry, None, None);
                 if removed.is_some() {
                     index.tombstone(key, owner.clone(), version, later(now, ttl), now);
                 }
@@ -250,14 +250,25 @@ where
         let weight = self.weigh(key, &value)?;
         let mut value = value;
         let mut eviction_rounds = 0;
+        // Room evicted for this install: spent by its insert, given back if
+        // the key turns out occupied or stale.
+        let mut reserved = self.reservation();
         for _ in 0..MAX_RELOOKUPS {
             let now = self.inner.clock.now();
-            let attempt = self.with_index(|index| match index.admit(key, weight, version, now) {
-                Ok(()) => {
-                    index.insert(key, Entry::new(value, version, dirty).into(), weight, now);
-                    Attempt::Inserted
+            let room = &mut reserved.room;
+            let attempt = self.with_index(|index| {
+                let refused = match index.admit(key, weight, version, now, *room) {
+                    Ok(()) => {
+                        let entry = Entry::new(value, version, dirty).into();
+                        index.insert(key, entry, weight, now, room);
+                        return Attempt::Inserted;
+                    }
+                    Err(refused) => refused,
+                };
+                if !matches!(refused, InsertRefused::Short(_)) {
+                    index.release(room);
                 }
-                Err(refused) => Attempt::Refused(refused, value),
+                Attempt::Refused(refused, value)
             });
             let refused = match attempt {
                 Attempt::Inserted => return Ok(Installed::Inserted),
@@ -270,7 +281,9 @@ where
                 InsertRefused::Stale { held } => return Ok(Installed::Stale { held }),
                 InsertRefused::Short(short) => {
                     eviction_rounds += 1;
-                    if eviction_rounds > MAX_EVICTION_ROUNDS || self.evict_for(short).await == 0 {
+                    if eviction_rounds > MAX_EVICTION_ROUNDS
+                        || self.evict_for(short, &mut reserved).await == 0
+                    {
                         let limit = if short.sessions > 0 {
                             "sessions"
                         } else {
