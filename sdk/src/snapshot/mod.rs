@@ -33,6 +33,7 @@
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -58,6 +59,8 @@ const MAX_HEADER_BYTES: u32 = 64 * 1024;
 const FLAG_DIRTY: u8 = 1;
 /// Records in flight between the store and the file writer.
 const PIPE_RECORDS: usize = 1024;
+/// Most tasks installing restored records at once.
+const MAX_RESTORE_WORKERS: usize = 4;
 
 /// Who a snapshot belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +161,8 @@ pub struct SnapshotRestore {
     pub restore: Restore,
     /// File size.
     pub bytes: u64,
+    /// Time to check the file (first pass).
+    pub check_took: Duration,
     /// Time to check and install.
     pub took: Duration,
 }
@@ -452,7 +457,7 @@ fn check(path: &Path) -> Result<(SnapshotHeader, u64, u64), SnapshotError> {
 /// not own under `ring` are skipped. `Ok(None)`: no snapshot. The file is
 /// removed afterwards, whatever the outcome.
 pub async fn restore(
-    store: &dyn SessionTable,
+    store: Arc<dyn SessionTable>,
     dir: &Path,
     ring: &Ring,
     pod: &str,
@@ -481,19 +486,14 @@ pub async fn restore(
     result.map(Some)
 }
 
-async fn restore_file(
-    store: &dyn SessionTable,
+/// Checks that the snapshot is this pod's: same service, the slot it
+/// serves, a ring no newer than the pod's.
+fn belongs(
+    header: &SnapshotHeader,
     path: &Path,
     ring: &Ring,
     pod: &str,
-) -> Result<SnapshotRestore, SnapshotError> {
-    let started = Instant::now();
-    let checked = path.to_owned();
-    let (header, records, bytes) = tokio::task::spawn_blocking(move || check(&checked))
-        .await
-        .map_err(|e| SnapshotError::Writer {
-            reason: e.to_string(),
-        })??;
+) -> Result<(), SnapshotError> {
     let foreign = |reason: String| SnapshotError::Foreign {
         path: path.to_owned(),
         reason,
@@ -521,8 +521,40 @@ async fn restore_file(
             ring.version()
         )));
     }
-    // Second pass: install the records this pod owns.
-    let (tx, rx) = tokio::sync::mpsc::channel::<SessionRecord>(PIPE_RECORDS);
+    Ok(())
+}
+
+async fn restore_file(
+    store: Arc<dyn SessionTable>,
+    path: &Path,
+    ring: &Ring,
+    pod: &str,
+) -> Result<SnapshotRestore, SnapshotError> {
+    let started = Instant::now();
+    let checked = path.to_owned();
+    let (header, records, bytes) = tokio::task::spawn_blocking(move || check(&checked))
+        .await
+        .map_err(|e| SnapshotError::Writer {
+            reason: e.to_string(),
+        })??;
+    let check_took = started.elapsed();
+    belongs(&header, path, ring, pod)?;
+    // Second pass: one reader thread deals the records this pod owns to a
+    // few installing tasks (decoding and installing is the costly part).
+    let workers = std::thread::available_parallelism()
+        .map_or(2, std::num::NonZero::get)
+        .clamp(1, MAX_RESTORE_WORKERS);
+    let mut senders = Vec::with_capacity(workers);
+    let mut installers = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<SessionRecord>(PIPE_RECORDS / workers);
+        senders.push(tx);
+        let store = Arc::clone(&store);
+        installers.push(tokio::spawn(async move {
+            let records = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed();
+            store.restore(records).await
+        }));
+    }
     let reading = path.to_owned();
     let owned = {
         let ring = ring.clone();
@@ -533,6 +565,7 @@ async fn restore_file(
         let (mut reader, _, file_len) = open(&reading)?;
         let body_end = file_len - TRAILER_BYTES;
         let mut not_owned = 0;
+        let mut next = 0;
         while reader.read < body_end {
             let record =
                 read_record(&mut reader, body_end).map_err(|e| SnapshotError::Corrupt {
@@ -543,24 +576,34 @@ async fn restore_file(
                 not_owned += 1;
                 continue;
             }
-            if tx.blocking_send(record).is_err() {
+            if senders[next].blocking_send(record).is_err() {
                 break;
             }
+            next = (next + 1) % senders.len();
         }
         Ok(not_owned)
     });
-    let mut rx = rx;
-    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed();
-    let restore = store.restore(stream).await;
     let not_owned = reader.await.map_err(|e| SnapshotError::Writer {
         reason: e.to_string(),
     })??;
+    let mut restore = Restore::default();
+    for installer in installers {
+        let part = installer.await.map_err(|e| SnapshotError::Writer {
+            reason: e.to_string(),
+        })?;
+        restore.inserted += part.inserted;
+        restore.replaced += part.replaced;
+        restore.stale += part.stale;
+        restore.failed += part.failed;
+        restore.errors.extend(part.errors);
+    }
     Ok(SnapshotRestore {
         header,
         records,
         not_owned,
         restore,
         bytes,
+        check_took,
         took: started.elapsed(),
     })
 }
@@ -635,7 +678,7 @@ mod tests {
     async fn a_snapshot_restores_every_session_with_its_version_once() {
         let (dir, ring, original) = written("round").await;
         let restored = store();
-        let report = restore(&restored, &dir, &ring, "svc-0-x")
+        let report = restore(Arc::new(restored.clone()), &dir, &ring, "svc-0-x")
             .await
             .unwrap()
             .unwrap();
@@ -650,7 +693,7 @@ mod tests {
         }
         assert!(!path_in(&dir).exists(), "a snapshot is restored only once");
         assert!(
-            restore(&store(), &dir, &ring, "svc-0-x")
+            restore(Arc::new(store()), &dir, &ring, "svc-0-x")
                 .await
                 .unwrap()
                 .is_none()
@@ -668,7 +711,9 @@ mod tests {
         damage(&path_in(&dir));
         let target = store();
         let ring = ring.unwrap_or(own_ring);
-        let error = restore(&target, &dir, &ring, pod).await.unwrap_err();
+        let error = restore(Arc::new(target.clone()), &dir, &ring, pod)
+            .await
+            .unwrap_err();
         assert_eq!(
             target.stats().sessions,
             0,
@@ -745,7 +790,7 @@ mod tests {
         // Slot 0 now owns only shard 0 of 2.
         let ring = ring("svc", 5, vec![0, 1]);
         let target = store();
-        let report = restore(&target, &dir, &ring, "svc-0-x")
+        let report = restore(Arc::new(target.clone()), &dir, &ring, "svc-0-x")
             .await
             .unwrap()
             .unwrap();

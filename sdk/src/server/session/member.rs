@@ -299,7 +299,7 @@ impl Member {
         {
             let state = &self.inner.state;
             if let Some(ring) = state.ring.wait_for_ring(Duration::from_secs(10)).await {
-                match snapshot::restore(state.store.as_ref(), dir, &ring, &state.pod).await {
+                match snapshot::restore(Arc::clone(&state.store), dir, &ring, &state.pod).await {
                     Ok(restored) => report.snapshot = restored,
                     Err(error) => report.snapshot_ignored = Some(error),
                 }
