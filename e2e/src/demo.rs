@@ -18,9 +18,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
-    PostParams,
+    ApiResource, DeleteParams, DynamicObject, EvictParams, GroupVersionKind, ListParams, Patch,
+    PatchParams, PostParams,
 };
 use kube::{Api, Client};
 use locus::RingSource as _;
@@ -94,6 +95,9 @@ pub enum Change {
     Scale(u16),
     /// A template change (an environment variable): a surge rollout, slot by slot.
     Rollout,
+    /// The pod of this slot evicted through the Eviction API (as a node drain does): it
+    /// gets SIGTERM and a replacement takes its slot over.
+    Evict(u16),
 }
 
 /// One phase of the demo.
@@ -310,7 +314,7 @@ impl DemoReport {
                 .map_or_else(|| "-".to_owned(), |p| format!("{p:.1}"));
             let _ = writeln!(
                 out,
-                "{:<12} {:>8} {:>7} {:>6} {:>8.2} {:>8.2} {:>7} {:>12} {:>7} {:>9} {:>8.1}{}",
+                "{:<12} {:>8} {:>7} {:>6} {:>8.2} {:>8.2} {:>7} {:>12} {:>7} {:>9} {:>8}{}",
                 phase.name,
                 s.requests,
                 s.errors,
@@ -321,7 +325,11 @@ impl DemoReport {
                 format!("{}/{}", s.moved.warm, s.moved.cold),
                 phase.ring.shards_moved,
                 format!("{}→{}", phase.ring.from_version, phase.ring.to_version),
-                phase.ring.converge_s,
+                if phase.ring.converge_s > 0.0 {
+                    format!("{:.1}", phase.ring.converge_s)
+                } else {
+                    "-".to_owned()
+                },
                 if phase.timed_out { "  TIMED OUT" } else { "" }
             );
         }
@@ -412,21 +420,21 @@ pub fn manifest(options: &DemoOptions, replicas: u16, revision: u32) -> Value {
 }
 
 /// The demo's handle on the cluster and the service.
-struct Session<'a> {
-    options: &'a DemoOptions,
+struct Session {
+    options: DemoOptions,
     services: Api<DynamicObject>,
     maps: Api<ConfigMap>,
     pods: Api<Pod>,
 }
 
-impl Session<'_> {
+impl Session {
     async fn apply(&self, replicas: u16, revision: u32) -> Result<i64, DemoError> {
         let applied = self
             .services
             .patch(
                 &self.options.service,
                 &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(manifest(self.options, replicas, revision)),
+                &Patch::Apply(manifest(&self.options, replicas, revision)),
             )
             .await
             .map_err(api(format!(
@@ -434,6 +442,71 @@ impl Session<'_> {
                 self.options.service
             )))?;
         Ok(applied.metadata.generation.unwrap_or_default())
+    }
+
+    /// Evicts the pod serving `slot`; returns its name.
+    async fn evict(&self, slot: u16) -> Result<String, DemoError> {
+        let ring = self
+            .ring()
+            .await
+            .map_err(api("read the ring ConfigMap"))?
+            .ok_or_else(|| DemoError::NoRing(self.options.service.clone()))?;
+        let pod =
+            ring.slot(slot)
+                .map(|s| s.pod.name.clone())
+                .ok_or_else(|| DemoError::Command {
+                    command: format!("evict slot {slot}"),
+                    output: format!("the ring has {} slots", ring.slots().len()),
+                })?;
+        self.disruption_allowed().await?;
+        self.pods
+            .evict(&pod, &EvictParams::default())
+            .await
+            .map_err(api(format!("evict pod {pod}")))?;
+        Ok(pod)
+    }
+
+    /// Waits until the service's PodDisruptionBudget allows an eviction. The disruption
+    /// controller resolves the pods' controller (the `StatefulService`) through a REST
+    /// mapping it refreshes every 30 s; a budget it failed to sync before the CRD was in its
+    /// mapping is retried with a growing backoff, so the wait nudges it (an annotation
+    /// change is an update event that requeues it).
+    async fn disruption_allowed(&self) -> Result<(), DemoError> {
+        let budgets: Api<PodDisruptionBudget> =
+            Api::namespaced(self.pods.clone().into_client(), &self.options.namespace);
+        let name = &self.options.service;
+        let nudges = std::sync::atomic::AtomicU32::new(0);
+        let last_nudge = Mutex::new(Instant::now());
+        wait::until(
+            Duration::from_secs(120),
+            &format!("the PodDisruptionBudget {name} to allow a disruption"),
+            || async {
+                let budget = budgets.get(name).await?;
+                let status = budget.status.unwrap_or_default();
+                if status.disruptions_allowed.unwrap_or_default() >= 1
+                    && status.observed_generation == budget.metadata.generation
+                {
+                    return Ok(Some(()));
+                }
+                let due = last_nudge.lock().is_ok_and(|mut at| {
+                    let due = at.elapsed() >= Duration::from_secs(10);
+                    if due {
+                        *at = Instant::now();
+                    }
+                    due
+                });
+                if due {
+                    let n = nudges.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    let patch = json!({"metadata": {"annotations": {"locus.dev/demo-resync": n.to_string()}}});
+                    budgets
+                        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await?;
+                }
+                Ok::<_, kube::Error>(None)
+            },
+        )
+        .await?;
+        Ok(())
     }
 
     async fn ring(&self) -> Result<Option<Ring>, kube::Error> {
@@ -606,98 +679,184 @@ async fn delete_namespace(
     Ok(())
 }
 
-/// Runs the demo on `target`; `log` gets one line per step.
+/// Runs the demo on `target`: [`Demo::deploy`], every phase of the options, then
+/// [`Demo::finish`]; `log` gets one line per step.
 pub async fn run(
     target: &DemoTarget,
     options: &DemoOptions,
     log: &dyn Fn(&str),
 ) -> Result<DemoReport, DemoError> {
-    let client = client_for(&target.kubeconfig).await?;
-    prepare(target, options, &client, log).await?;
-    let session = Session {
-        options,
-        services: Api::namespaced_with(client.clone(), &options.namespace, &resource()),
-        maps: Api::namespaced(client.clone(), &options.namespace),
-        pods: Api::namespaced(client.clone(), &options.namespace),
-    };
-    let mut state = ServiceState {
-        replicas: options.replicas,
-        revision: 1,
-    };
-    // The CRD may be fresh: retry the first apply until the API server serves it.
-    let generation = wait::until(
-        Duration::from_secs(60),
-        "the StatefulService API to accept the sample service",
-        || async {
-            session
-                .apply(state.replicas, state.revision)
-                .await
-                .map(Some)
-        },
-    )
-    .await?;
-    log(&format!(
-        "applied StatefulService {}/{} ({} replicas, image {SAMPLE_IMAGE}, port http, readiness /readyz)",
-        options.namespace, options.service, state.replicas
-    ));
-    let started = Instant::now();
-    session.converged(state.replicas, generation).await?;
-    log(&format!(
-        "converged: phase Stable, {} slots, ring version {} ({:.1} s)",
-        state.replicas,
-        session
-            .ring()
-            .await
-            .ok()
-            .flatten()
-            .map_or(0, |r| r.version()),
-        started.elapsed().as_secs_f64()
-    ));
-
-    let ring_source: OpenRing = RingSourceConfig::Kube {
-        namespace: options.namespace.clone(),
-        service: options.service.clone(),
-        kubeconfig: Some(target.kubeconfig.clone()),
-    }
-    .open(&locus::Metrics::new())
-    .await?;
-    let watch = ring_source.watch();
-    if watch.wait_for_ring(Duration::from_secs(60)).await.is_none() {
-        return Err(DemoError::NoRing(options.service.clone()));
-    }
-    let mut load = LoadGenerator::new(LoadConfig {
-        sessions: options.sessions,
-        concurrency: options.concurrency,
-        rate: options.rate,
-        ..LoadConfig::new(Target::Ring(watch))
-    })?;
-    log(&format!(
-        "load generator: {} sessions, {} in flight, {} req/s, routed by the ring (KubeRingSource over the admin kubeconfig)",
-        options.sessions,
-        options.concurrency,
-        options
-            .rate
-            .map_or_else(|| "unpaced".to_owned(), |r| format!("{r}"))
-    ));
-
-    let mut reports: Vec<PhaseReport> = Vec::new();
+    let mut demo = Demo::deploy(target, options, log).await?;
     for phase in &options.phases {
-        let lost_before = reports.last().map_or(0, |r| r.verification.lost_writes);
-        let report = session
-            .phase(&mut load, phase, &mut state, lost_before, log)
+        demo.run_phase(phase, log).await?;
+    }
+    Ok(demo.finish())
+}
+
+/// A deployed sample service with its load generator; phases run one after the other.
+pub struct Demo {
+    service: Session,
+    state: ServiceState,
+    load: LoadGenerator,
+    /// Kept open: the load generator routes by its watch.
+    _ring_source: OpenRing,
+    reports: Vec<PhaseReport>,
+}
+
+impl std::fmt::Debug for Demo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Demo")
+            .field("namespace", &self.service.options.namespace)
+            .field("service", &self.service.options.service)
+            .field("phases", &self.reports.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Demo {
+    /// Installs the operator and creates the namespace (as the options say), applies the
+    /// sample service, waits until it is converged and opens the load generator on its ring.
+    pub async fn deploy(
+        target: &DemoTarget,
+        options: &DemoOptions,
+        log: &dyn Fn(&str),
+    ) -> Result<Self, DemoError> {
+        let client = client_for(&target.kubeconfig).await?;
+        prepare(target, options, &client, log).await?;
+        let service = Session {
+            options: options.clone(),
+            services: Api::namespaced_with(client.clone(), &options.namespace, &resource()),
+            maps: Api::namespaced(client.clone(), &options.namespace),
+            pods: Api::namespaced(client.clone(), &options.namespace),
+        };
+        let mut state = ServiceState {
+            replicas: options.replicas,
+            revision: 1,
+            generation: 0,
+        };
+        // The CRD may be fresh: retry the first apply until the API server serves it.
+        state.generation = wait::until(
+            Duration::from_secs(60),
+            "the StatefulService API to accept the sample service",
+            || async {
+                service
+                    .apply(state.replicas, state.revision)
+                    .await
+                    .map(Some)
+            },
+        )
+        .await?;
+        log(&format!(
+            "applied StatefulService {}/{} ({} replicas, image {SAMPLE_IMAGE}, port http, readiness /readyz)",
+            options.namespace, options.service, state.replicas
+        ));
+        let started = Instant::now();
+        service.converged(state.replicas, state.generation).await?;
+        log(&format!(
+            "converged: phase Stable, {} slots, ring version {} ({:.1} s)",
+            state.replicas,
+            service
+                .ring()
+                .await
+                .ok()
+                .flatten()
+                .map_or(0, |r| r.version()),
+            started.elapsed().as_secs_f64()
+        ));
+        let ring_source: OpenRing = RingSourceConfig::Kube {
+            namespace: options.namespace.clone(),
+            service: options.service.clone(),
+            kubeconfig: Some(target.kubeconfig.clone()),
+        }
+        .open(&locus::Metrics::new())
+        .await?;
+        let watch = ring_source.watch();
+        if watch.wait_for_ring(Duration::from_secs(60)).await.is_none() {
+            return Err(DemoError::NoRing(options.service.clone()));
+        }
+        let load = LoadGenerator::new(LoadConfig {
+            sessions: options.sessions,
+            concurrency: options.concurrency,
+            rate: options.rate,
+            ..LoadConfig::new(Target::Ring(watch))
+        })?;
+        log(&format!(
+            "load generator: {} sessions, {} in flight, {} req/s, routed by the ring (KubeRingSource over the admin kubeconfig)",
+            options.sessions,
+            options.concurrency,
+            options
+                .rate
+                .map_or_else(|| "unpaced".to_owned(), |r| format!("{r}"))
+        ));
+        Ok(Self {
+            service,
+            state,
+            load,
+            _ring_source: ring_source,
+            reports: Vec::new(),
+        })
+    }
+
+    /// Runs one phase and returns its report (also kept for [`finish`](Self::finish)).
+    pub async fn run_phase(
+        &mut self,
+        phase: &Phase,
+        log: &dyn Fn(&str),
+    ) -> Result<&PhaseReport, DemoError> {
+        let lost_before = self
+            .reports
+            .last()
+            .map_or(0, |r| r.verification.lost_writes);
+        let report = self
+            .service
+            .phase(&mut self.load, phase, &mut self.state, lost_before, log)
             .await?;
         log(&report.line());
-        reports.push(report);
+        self.reports.push(report);
+        Ok(self
+            .reports
+            .last()
+            .unwrap_or_else(|| unreachable!("just pushed")))
     }
-    let verification = reports
-        .last()
-        .map(|r| r.verification.clone())
-        .unwrap_or_default();
-    let total = load.total("total", Some(verification));
-    Ok(DemoReport {
-        phases: reports,
-        total,
-    })
+
+    /// The load generator, for phases of the caller's own (it counts them in the total).
+    pub fn load(&mut self) -> &mut LoadGenerator {
+        &mut self.load
+    }
+
+    /// The service's pods (admin client).
+    pub fn pods(&self) -> &Api<Pod> {
+        &self.service.pods
+    }
+
+    /// The ring the operator published last.
+    pub async fn ring(&self) -> Result<Option<Ring>, DemoError> {
+        self.service
+            .ring()
+            .await
+            .map_err(api("read the ring ConfigMap"))
+    }
+
+    /// Waits until the service is converged on the last applied spec.
+    pub async fn converged(&self) -> Result<(), DemoError> {
+        self.service
+            .converged(self.state.replicas, self.state.generation)
+            .await
+            .map(drop)
+    }
+
+    /// The reports of the phases so far and the total, with the last read-back.
+    pub fn finish(self) -> DemoReport {
+        let verification = self
+            .reports
+            .last()
+            .map(|r| r.verification.clone())
+            .unwrap_or_default();
+        DemoReport {
+            total: self.load.total("total", Some(verification)),
+            phases: self.reports,
+        }
+    }
 }
 
 /// Installs the operator and creates the namespace, as the options say.
@@ -749,9 +908,11 @@ async fn prepare(
 struct ServiceState {
     replicas: u16,
     revision: u32,
+    /// `metadata.generation` of the last apply.
+    generation: i64,
 }
 
-impl Session<'_> {
+impl Session {
     /// Runs one phase: the change, load until converged plus the tail, the read-back.
     async fn phase(
         &self,
@@ -778,8 +939,8 @@ impl Session<'_> {
                     phase.name, state.replicas
                 ));
                 state.replicas = *to;
-                let generation = self.apply(state.replicas, state.revision).await?;
-                self.load_until_converged(load, &phase.name, state.replicas, generation)
+                state.generation = self.apply(state.replicas, state.revision).await?;
+                self.load_until_converged(load, &phase.name, state.replicas, state.generation)
                     .await
             }
             Change::Rollout => {
@@ -788,8 +949,17 @@ impl Session<'_> {
                     "phase {}: template change (DEMO_REVISION={}) → surge rollout of {} pods under load",
                     phase.name, state.revision, state.replicas
                 ));
-                let generation = self.apply(state.replicas, state.revision).await?;
-                self.load_until_converged(load, &phase.name, state.replicas, generation)
+                state.generation = self.apply(state.replicas, state.revision).await?;
+                self.load_until_converged(load, &phase.name, state.replicas, state.generation)
+                    .await
+            }
+            Change::Evict(slot) => {
+                let pod = self.evict(*slot).await?;
+                log(&format!(
+                    "phase {}: evicted pod {pod} (slot {slot}) through the Eviction API under load",
+                    phase.name
+                ));
+                self.load_until_converged(load, &phase.name, state.replicas, state.generation)
                     .await
             }
         };
