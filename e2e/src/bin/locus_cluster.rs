@@ -179,6 +179,7 @@ async fn up(args: Args) -> ExitCode {
         "locus/test-server:v2".to_owned(),
         here.join("locus-test-server"),
     ));
+    images.push(("locus/sample:v2".to_owned(), here.join("locus-sample")));
     images.extend(args.images.iter().cloned());
     let config = LocalClusterConfig {
         bin_dir,
