@@ -160,6 +160,8 @@ pub struct DemoOptions {
     /// Load kept running after a change converged, in the same phase, so that the sessions
     /// that moved get touched on their new pods.
     pub tail: Duration,
+    /// How long the load generator waits for one answer before counting a timeout.
+    pub request_timeout: Duration,
 }
 
 impl DemoOptions {
@@ -190,6 +192,7 @@ impl DemoOptions {
             ],
             converge_timeout: Duration::from_secs(300),
             tail: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -778,6 +781,7 @@ impl Demo {
             sessions: options.sessions,
             concurrency: options.concurrency,
             rate: options.rate,
+            timeout: options.request_timeout,
             ..LoadConfig::new(Target::Ring(watch))
         })?;
         log(&format!(
