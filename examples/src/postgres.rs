@@ -66,7 +66,7 @@ pub enum PgError {
     #[error("connecting to PostgreSQL took longer than {0:?}")]
     ConnectTimeout(Duration),
     /// A statement failed.
-    #[error("PostgreSQL {action} failed: {source}")]
+    #[error("PostgreSQL {action} failed: {}", db_message(source))]
     Query {
         /// What was being done (`load`, `store`, `append`, ...).
         action: &'static str,
@@ -94,12 +94,26 @@ impl PgError {
     }
 }
 
+/// The server's own message when there is one: the driver's `Display` says only "db error".
+fn db_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map_or_else(
+        || e.to_string(),
+        |db| format!("{} ({})", db.message(), db.code().code()),
+    )
+}
+
 fn query(action: &'static str) -> impl FnOnce(tokio_postgres::Error) -> PgError {
     move |source| PgError::Query { action, source }
 }
 
-const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS locus_sessions (
-    key bytea PRIMARY KEY, version bigint NOT NULL, state bytea NOT NULL)";
+/// Creates the table if missing. Pods of a new service start together: concurrent
+/// `CREATE TABLE IF NOT EXISTS` can fail on the catalog's unique index, so creators take a
+/// transaction-scoped advisory lock (key: "locus" in ASCII) and run one at a time.
+const CREATE_TABLE: &str = "BEGIN;
+    SELECT pg_advisory_xact_lock(465725257075);
+    CREATE TABLE IF NOT EXISTS locus_sessions (
+        key bytea PRIMARY KEY, version bigint NOT NULL, state bytea NOT NULL);
+    COMMIT;";
 const LOAD: &str = "SELECT version, state FROM locus_sessions WHERE key = $1";
 const UPSERT: &str = "INSERT INTO locus_sessions (key, version, state) VALUES ($1, $2, $3)
     ON CONFLICT (key) DO UPDATE SET version = EXCLUDED.version, state = EXCLUDED.state
