@@ -42,6 +42,8 @@ demo: cluster-tools
 ## bench: benchmarks whose figures go to docs/benchmarks.md
 bench:
 	$(CARGO) bench -p locus
+	@bash e2e/bench/cluster-start.sh 5
+	@bash bench/locality-routing.sh
 	$(CARGO) run --release -p locus --example ring_report -- --members 100 --vnodes 128 --keys 1000000
 	$(CARGO) run --release -p locus --example ring_report -- --members 1000 --vnodes 128 --keys 1000000
 
