@@ -46,7 +46,7 @@
 mod error;
 mod forward;
 mod layer;
-mod response;
+pub(crate) mod response;
 mod service;
 
 pub use self::error::OwnershipError;

@@ -1,49 +1,18 @@
 //! The answers the session layer produces itself.
 
-use std::time::Duration;
-
-use bytes::Bytes;
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt as _, Full};
 
 use crate::handoff::HandoffBody;
 use crate::headers;
 use crate::ring::{Pod, Ring};
+use crate::server::ownership::response as ownership_response;
+pub(crate) use crate::server::ownership::response::unavailable;
 use crate::store::StoreError;
 
-/// A plain-text answer carrying `x-locus-pod`.
-pub(crate) fn plain(
-    pod: &HeaderValue,
-    status: StatusCode,
-    message: String,
-) -> Response<HandoffBody> {
-    let body = Full::new(Bytes::from(message))
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(headers::POD, pod.clone());
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-/// 503 with `Retry-After` in whole seconds (at least 1).
-pub(crate) fn unavailable(
-    pod: &HeaderValue,
-    retry_after: Duration,
-    message: String,
-) -> Response<HandoffBody> {
-    let mut response = plain(pod, StatusCode::SERVICE_UNAVAILABLE, message);
-    let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-    response
-        .headers_mut()
-        .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-    response
+/// A plain-text answer carrying `x-locus-pod` (the ownership layer's, so both layers answer
+/// alike).
+fn plain(pod: &HeaderValue, status: StatusCode, message: String) -> Response<HandoffBody> {
+    ownership_response::plain(status, pod, message)
 }
 
 /// 421 naming the owner (name, address if known, ring version).
@@ -106,6 +75,10 @@ pub(crate) fn store_error(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use http::header::RETRY_AFTER;
+
     use super::*;
 
     #[test]
