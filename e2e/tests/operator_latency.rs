@@ -8,7 +8,7 @@
 //! - *router updated*: a [`Router`] over a [`KubeRingSource`] (its own client and connection, as
 //!   a caller in another process would have) accepted a ring at least that new — the instant
 //!   the source swapped it in ([`locus::source::HeldRing::received_at`]), after which every
-//!   request is routed by it.
+//!   request is accepted by it.
 //!
 //! Prints p50, p99 and the maximum of each leg and of the whole path. The figures are
 //! reported, not asserted (they belong to `docs/benchmarks.md`); the test asserts that every
@@ -71,9 +71,9 @@ async fn ring_propagation() {
         tower::service_fn(|_: http::Request<()>| async { Ok::<_, std::convert::Infallible>(()) }),
         &source,
     );
-    let routed: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
+    let accepted: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
     let mut ring = router.ring().clone();
-    let sink = routed.clone();
+    let sink = accepted.clone();
     let follow = tokio::spawn(async move {
         loop {
             if let Some(held) = ring.held() {
@@ -132,10 +132,10 @@ async fn ring_propagation() {
     follow.abort();
 
     let ready_at = ready_at.lock().unwrap().clone();
-    let routed = routed.lock().unwrap().clone();
+    let accepted = accepted.lock().unwrap().clone();
     // When the router first held a ring of at least `version`.
     let router_at = |version: u64| {
-        routed
+        accepted
             .iter()
             .find(|(v, _)| *v >= version)
             .map(|(_, at)| *at)
