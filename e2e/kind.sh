@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make kind-e2e`, for users with Docker: create the kind cluster, build and load the images,
-# install the operator with Helm, and run the same end-to-end suite against that cluster.
+# and run the same end-to-end suite against that cluster (the tests install the operator's chart).
 # It cannot run where Locus is developed (no container engine there); it is kept small so
 # that it stays plainly right.
 set -euo pipefail
@@ -23,9 +23,8 @@ docker build -f docker/operator.Dockerfile -t locus/operator:dev .
 docker build -f docker/sample.Dockerfile -t locus/sample:dev .
 kind load docker-image --name "$cluster" locus/operator:dev locus/sample:dev
 
-echo "[kind-e2e] installing the operator"
-helm upgrade --install locus-operator charts/locus-operator \
-    --namespace locus-system --create-namespace --wait
-
+# No operator is installed here: each end-to-end test helm-installs the chart into its own
+# namespace, watching only that namespace (a cluster-wide operator next to it would reconcile
+# the same StatefulServices twice).
 echo "[kind-e2e] running the end-to-end suite against $KUBECONFIG"
 LOCUS_E2E_KUBECONFIG=$KUBECONFIG cargo test -p locus-e2e --test 'e2e_*' -- --test-threads=1
