@@ -3,11 +3,16 @@
 //! An [`Assignment`] is `S` slot indices, one per shard. In the ring document
 //! it is written as base64 (RFC 4648, standard alphabet, padded) of the `S`
 //! entries as little-endian `u16`: 4096 shards take 10 924 characters whatever
-//! the number of slots.
+//! the number of slots. Decoding is strict (canonical form only), so one table
+//! has exactly one encoding and a corrupted document is refused rather than
+//! silently misread.
 
 use std::collections::BTreeMap;
 
-use super::{RingError, ShardCount, base64};
+use base64::engine::general_purpose::STANDARD;
+use base64::{DecodeError, Engine as _};
+
+use super::{RingError, ShardCount};
 
 /// One shard whose slot differs between two assignments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -135,7 +140,7 @@ impl Assignment {
             .iter()
             .flat_map(|slot| slot.to_le_bytes())
             .collect();
-        base64::encode(&bytes)
+        STANDARD.encode(bytes)
     }
 
     /// Decodes the document encoding; `table` names the field in errors and
@@ -145,8 +150,8 @@ impl Assignment {
         shards: ShardCount,
         table: &'static str,
     ) -> Result<Self, RingError> {
-        let bytes = base64::decode(text.as_bytes())
-            .map_err(|reason| RingError::TableEncoding { table, reason })?;
+        let bytes =
+            decode_canonical(text).map_err(|reason| RingError::TableEncoding { table, reason })?;
         if bytes.len() % 2 != 0 {
             return Err(RingError::TableEncoding {
                 table,
@@ -180,6 +185,24 @@ impl Assignment {
     }
 }
 
+/// Decodes canonical padded standard base64 (RFC 4648 §4). The engine refuses
+/// misplaced or non-canonical padding and non-zero bits in the last symbol;
+/// the error says what is wrong, in the words of `docs/ring-format.md`.
+fn decode_canonical(text: &str) -> Result<Vec<u8>, &'static str> {
+    if !text.len().is_multiple_of(4) {
+        return Err("length is not a multiple of 4");
+    }
+    STANDARD.decode(text).map_err(|error| match error {
+        DecodeError::InvalidByte(at, b'=') if text.bytes().skip(at).all(|b| b == b'=') => {
+            "more than two padding characters"
+        }
+        DecodeError::InvalidByte(_, b'=') => "padding before the end",
+        DecodeError::InvalidByte(..) => "character outside the base64 alphabet",
+        DecodeError::InvalidLength(_) | DecodeError::InvalidPadding => "invalid padding",
+        DecodeError::InvalidLastSymbol(..) => "non-zero bits in the padding",
+    })
+}
+
 impl std::fmt::Debug for Assignment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Assignment")
@@ -208,6 +231,43 @@ mod tests {
         let a = Assignment::new(vec![1, 0x0203]).unwrap();
         // bytes 01 00 03 02
         assert_eq!(a.to_base64(), "AQADAg==");
+    }
+
+    #[test]
+    fn rfc4648_vectors_round_trip() {
+        let cases: [(&[u8], &str); 7] = [
+            (b"", ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"foob", "Zm9vYg=="),
+            (b"fooba", "Zm9vYmE="),
+            (b"foobar", "Zm9vYmFy"),
+        ];
+        for (raw, text) in cases {
+            assert_eq!(STANDARD.encode(raw), text);
+            assert_eq!(decode_canonical(text).unwrap(), raw);
+        }
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(decode_canonical(&STANDARD.encode(&all)).unwrap(), all);
+    }
+
+    #[test]
+    fn non_canonical_input_is_refused_with_its_reason() {
+        for (bad, reason) in [
+            ("Zg=", "length is not a multiple of 4"),
+            ("Zg===", "length is not a multiple of 4"),
+            ("Zh==", "non-zero bits in the padding"),
+            ("Zm9=", "non-zero bits in the padding"),
+            ("Z===", "more than two padding characters"),
+            ("====", "more than two padding characters"),
+            ("Zg==Zg==", "padding before the end"),
+            ("Z=9v", "padding before the end"),
+            ("Zm9v!A==", "character outside the base64 alphabet"),
+            ("Zm 9", "character outside the base64 alphabet"),
+        ] {
+            assert_eq!(decode_canonical(bad), Err(reason), "{bad}");
+        }
     }
 
     #[test]

@@ -34,7 +34,6 @@
 //! ```
 
 mod assignment;
-mod base64;
 mod document;
 mod error;
 mod hash;
