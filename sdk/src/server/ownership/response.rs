@@ -1,5 +1,6 @@
 //! The answers the ownership layer produces itself.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -60,15 +61,34 @@ pub(crate) fn misdirected(
         ),
         None => format!("this request is not for pod {pod_name}"),
     };
+    misdirected_with_hint(
+        pod,
+        message,
+        owner.map(|owner| owner.name.as_str()),
+        owner.map(|owner| owner.address),
+        version,
+    )
+}
+
+/// 421 saying `message`, with the owner hint both layers send: the owner's
+/// name (`x-locus-owner`), its address (`x-locus-owner-address`) and the ring
+/// version (`x-locus-ring-version`), each when known and valid as a header.
+pub(crate) fn misdirected_with_hint(
+    pod: &HeaderValue,
+    message: String,
+    owner_name: Option<&str>,
+    owner_address: Option<SocketAddr>,
+    version: Option<u64>,
+) -> Response<LocalBody> {
     let mut response = plain(StatusCode::MISDIRECTED_REQUEST, pod, message);
     let headers = response.headers_mut();
-    if let Some(owner) = owner {
-        if let Ok(name) = HeaderValue::from_str(&owner.name) {
-            headers.insert(headers::OWNER, name);
-        }
-        if let Ok(address) = HeaderValue::from_str(&owner.address.to_string()) {
-            headers.insert(headers::OWNER_ADDRESS, address);
-        }
+    if let Some(name) = owner_name.and_then(|name| HeaderValue::from_str(name).ok()) {
+        headers.insert(headers::OWNER, name);
+    }
+    if let Some(address) =
+        owner_address.and_then(|address| HeaderValue::from_str(&address.to_string()).ok())
+    {
+        headers.insert(headers::OWNER_ADDRESS, address);
     }
     if let Some(version) = version {
         headers.insert(headers::RING_VERSION, HeaderValue::from(version));
@@ -104,5 +124,10 @@ mod tests {
         assert_eq!(r.headers()[headers::OWNER_ADDRESS], "[::1]:8080");
         assert_eq!(r.headers()[headers::RING_VERSION], "9");
         assert_eq!(r.headers()[headers::POD], "chat-0-a");
+        let r = misdirected(&pod, "chat-0-a", None, Some(9));
+        assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST);
+        assert!(r.headers().get(headers::OWNER).is_none());
+        assert!(r.headers().get(headers::OWNER_ADDRESS).is_none());
+        assert_eq!(r.headers()[headers::RING_VERSION], "9");
     }
 }

@@ -3,7 +3,6 @@
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::handoff::HandoffBody;
-use crate::headers;
 use crate::ring::{Pod, Ring};
 use crate::server::ownership::response as ownership_response;
 pub(crate) use crate::server::ownership::response::unavailable;
@@ -22,24 +21,13 @@ pub(crate) fn misdirected(
     owner: Option<&Pod>,
     ring_version: Option<u64>,
 ) -> Response<HandoffBody> {
-    let mut response = plain(
+    ownership_response::misdirected_with_hint(
         pod,
-        StatusCode::MISDIRECTED_REQUEST,
         format!("this session is served by pod {owner_name}"),
-    );
-    let headers = response.headers_mut();
-    if let Ok(name) = HeaderValue::from_str(owner_name) {
-        headers.insert(headers::OWNER, name);
-    }
-    if let Some(owner) = owner
-        && let Ok(address) = HeaderValue::from_str(&owner.address.to_string())
-    {
-        headers.insert(headers::OWNER_ADDRESS, address);
-    }
-    if let Some(version) = ring_version {
-        headers.insert(headers::RING_VERSION, HeaderValue::from(version));
-    }
-    response
+        Some(owner_name),
+        owner.map(|owner| owner.address),
+        ring_version,
+    )
 }
 
 /// The answer for a store error: its status, `Retry-After` for transient
@@ -80,6 +68,7 @@ mod tests {
     use http::header::RETRY_AFTER;
 
     use super::*;
+    use crate::headers;
 
     #[test]
     fn store_errors_map_to_their_status_and_hints() {
@@ -99,6 +88,8 @@ mod tests {
         let r = store_error(&pod, &moved, None);
         assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST);
         assert_eq!(r.headers()[headers::OWNER], "chat-1-b");
+        assert!(r.headers().get(headers::OWNER_ADDRESS).is_none());
+        assert!(r.headers().get(headers::RING_VERSION).is_none());
         let large = StoreError::TooLarge {
             key: "k".into(),
             size: 9,
@@ -107,5 +98,21 @@ mod tests {
         let r = store_error(&pod, &large, None);
         assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert!(r.headers().get(RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn misdirected_names_the_owner_its_address_and_the_ring_version() {
+        let pod = HeaderValue::from_static("chat-0-a");
+        let owner = Pod {
+            name: "chat-1-b".into(),
+            uid: "u".into(),
+            address: "10.0.0.2:8080".parse().unwrap(),
+        };
+        let r = misdirected(&pod, "chat-1-b", Some(&owner), Some(7));
+        assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST);
+        assert_eq!(r.headers()[headers::POD], "chat-0-a");
+        assert_eq!(r.headers()[headers::OWNER], "chat-1-b");
+        assert_eq!(r.headers()[headers::OWNER_ADDRESS], "10.0.0.2:8080");
+        assert_eq!(r.headers()[headers::RING_VERSION], "7");
     }
 }
