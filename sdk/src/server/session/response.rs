@@ -99,20 +99,4 @@ mod tests {
         assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert!(r.headers().get(RETRY_AFTER).is_none());
     }
-
-    #[test]
-    fn misdirected_names_the_owner_its_address_and_the_ring_version() {
-        let pod = HeaderValue::from_static("chat-0-a");
-        let owner = Pod {
-            name: "chat-1-b".into(),
-            uid: "u".into(),
-            address: "10.0.0.2:8080".parse().unwrap(),
-        };
-        let r = misdirected(&pod, "chat-1-b", Some(&owner), Some(7));
-        assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST);
-        assert_eq!(r.headers()[headers::POD], "chat-0-a");
-        assert_eq!(r.headers()[headers::OWNER], "chat-1-b");
-        assert_eq!(r.headers()[headers::OWNER_ADDRESS], "10.0.0.2:8080");
-        assert_eq!(r.headers()[headers::RING_VERSION], "7");
-    }
 }
