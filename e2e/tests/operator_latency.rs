@@ -51,7 +51,7 @@ fn report(label: &str, samples: &mut [Duration]) {
         samples[samples.len() - 1],
     );
     println!(
-        "{label} over {} events: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "{label} over {} events: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         samples.len(),
         p50.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3,
