@@ -169,40 +169,20 @@ pub fn plan(request: &PlanRequest<'_>) -> Result<Plan, RingError> {
     }
     let assignment = Assignment::new(table)?;
 
-    let mut counts: BTreeMap<u16, SlotCount> = sorted
-        .iter()
-        .map(|&slot| {
-            (
-                slot,
-                SlotCount {
-                    slot,
-                    before: 0,
-                    after: 0,
-                },
-            )
-        })
-        .collect();
+    let none = |slot| SlotCount {
+        slot,
+        before: 0,
+        after: 0,
+    };
+    let mut counts: BTreeMap<u16, SlotCount> =
+        sorted.iter().map(|&slot| (slot, none(slot))).collect();
     if let Some(previous) = request.previous {
         for (slot, before) in previous.counts() {
-            counts
-                .entry(slot)
-                .or_insert(SlotCount {
-                    slot,
-                    before: 0,
-                    after: 0,
-                })
-                .before = before;
+            counts.entry(slot).or_insert_with(|| none(slot)).before = before;
         }
     }
     for (slot, after) in assignment.counts() {
-        counts
-            .entry(slot)
-            .or_insert(SlotCount {
-                slot,
-                before: 0,
-                after: 0,
-            })
-            .after = after;
+        counts.entry(slot).or_insert_with(|| none(slot)).after = after;
     }
     Ok(Plan {
         assignment,
