@@ -14,7 +14,7 @@ use http_body_util::{BodyExt as _, Full, Limited, StreamBody};
 use tower::Service;
 
 use super::keeping::{CacheInsert, Handed};
-use super::wire::{self, AckOutcome, Frame, FrameDecoder, Refusal, WireRecord};
+use super::wire::{self, AckOutcome, Frame, Refusal, WireRecord};
 use super::{
     HANDOFF_PATH_PREFIX, HandoffBody, HandoffState, PRECOPY_PATH, PUSH_PATH, PrecopyRequest,
     TRANSFER_PATH,
@@ -192,10 +192,24 @@ where
             };
         }
     };
-    match path {
-        PRECOPY_PATH => precopy(&state, &from, &bytes),
-        TRANSFER_PATH => transfer(&state, &from, version, &bytes).await,
-        _ => push(&state, &from, version, &bytes).await,
+    if path == PRECOPY_PATH {
+        return precopy(&state, &from, &bytes);
+    }
+    let frames = match wire::decode_body(&bytes, state.config.max_frame_bytes) {
+        Ok(frames) => frames,
+        Err(error) => {
+            state.metrics.refused("bad_request");
+            return plain(
+                &state,
+                StatusCode::BAD_REQUEST,
+                format!("bad frames: {error}"),
+            );
+        }
+    };
+    if path == TRANSFER_PATH {
+        transfer(&state, &from, version, frames).await
+    } else {
+        push(&state, &from, version, frames).await
     }
 }
 
@@ -287,25 +301,6 @@ fn refusal_of(error: &StoreError) -> Refusal {
     }
 }
 
-fn decode_all(state: &HandoffState, body: &[u8]) -> Result<Vec<Frame>, Box<Response<HandoffBody>>> {
-    let mut decoder = FrameDecoder::new(state.config.max_frame_bytes);
-    let bad = |error: wire::WireError| {
-        state.metrics.refused("bad_request");
-        plain(
-            state,
-            StatusCode::BAD_REQUEST,
-            format!("bad frames: {error}"),
-        )
-    };
-    decoder.push(body).map_err(bad)?;
-    let mut frames = Vec::new();
-    while let Some(frame) = decoder.next_frame().map_err(bad)? {
-        frames.push(frame);
-    }
-    decoder.finish().map_err(bad)?;
-    Ok(frames)
-}
-
 /// This pod's ring once it is at least `version`, waiting a bounded time.
 async fn ring_at_least(state: &HandoffState, version: u64) -> Option<Arc<Ring>> {
     state
@@ -318,12 +313,8 @@ async fn transfer(
     state: &Arc<HandoffState>,
     from: &str,
     version: u64,
-    body: &[u8],
+    frames: Vec<Frame>,
 ) -> Response<HandoffBody> {
-    let frames = match decode_all(state, body) {
-        Ok(frames) => frames,
-        Err(response) => return *response,
-    };
     if frames.len() > state.config.max_transfer_keys {
         state.metrics.refused("too_large");
         return plain(
@@ -442,12 +433,8 @@ async fn push(
     state: &Arc<HandoffState>,
     from: &str,
     version: u64,
-    body: &[u8],
+    frames: Vec<Frame>,
 ) -> Response<HandoffBody> {
-    let frames = match decode_all(state, body) {
-        Ok(frames) => frames,
-        Err(response) => return *response,
-    };
     let mut records = Vec::with_capacity(frames.len());
     for frame in frames {
         let Frame::Record(WireRecord { record, last: true }) = frame else {
