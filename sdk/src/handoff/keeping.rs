@@ -14,6 +14,7 @@
 //!   outside the session store until this pod owns the key.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -103,6 +104,80 @@ impl Handed {
     }
 }
 
+/// Entries by key and the bytes they count, under one lock, with a bound
+/// on those bytes: the storage of the [`Outbox`] and the [`WarmCache`].
+struct Bounded<V> {
+    inner: Mutex<Entries<V>>,
+    max_bytes: usize,
+}
+
+struct Entries<V> {
+    map: HashMap<Bytes, V>,
+    bytes: usize,
+}
+
+/// What an entry counts against its map's byte bound.
+trait Weight {
+    fn weight(&self, key: &[u8]) -> usize;
+}
+
+impl<V: Weight> Bounded<V> {
+    fn new(max_bytes: usize) -> Self {
+        Self {
+            inner: Mutex::new(Entries {
+                map: HashMap::new(),
+                bytes: 0,
+            }),
+            max_bytes,
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Entries<V>) -> R) -> R {
+        f(&mut self.inner.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Forgets `key`.
+    fn remove(&self, key: &[u8]) {
+        self.with(|entries| {
+            if let Some(old) = entries.map.remove(key) {
+                entries.bytes -= old.weight(key);
+            }
+        });
+    }
+}
+
+impl<V: Weight> Entries<V> {
+    /// Puts `value` under `key`, in place of any entry there.
+    fn insert(&mut self, key: Bytes, value: V) {
+        let added = value.weight(&key);
+        match self.map.entry(key) {
+            Entry::Occupied(mut entry) => {
+                let old = entry.insert(value);
+                self.bytes -= old.weight(entry.key());
+            }
+            Entry::Vacant(entry) => {
+                entry.insert(value);
+            }
+        }
+        self.bytes += added;
+    }
+
+    /// Drops the entries `drop` picks; returns how many it dropped.
+    fn drop_where(&mut self, mut drop: impl FnMut(&V) -> bool) -> usize {
+        let before = self.map.len();
+        let mut freed = 0;
+        self.map.retain(|key, value| {
+            let dropped = drop(value);
+            if dropped {
+                freed += value.weight(key);
+            }
+            !dropped
+        });
+        self.bytes -= freed;
+        before - self.map.len()
+    }
+}
+
 struct OutboxEntry {
     handed: Handed,
     to: Arc<str>,
@@ -111,28 +186,22 @@ struct OutboxEntry {
     expires: Instant,
 }
 
-#[derive(Default)]
-struct OutboxInner {
-    map: HashMap<Bytes, OutboxEntry>,
-    bytes: usize,
+impl Weight for OutboxEntry {
+    fn weight(&self, key: &[u8]) -> usize {
+        self.handed.bytes() + key.len()
+    }
 }
 
 /// Records handed off and not yet acknowledged; see the [module docs](self).
 pub(crate) struct Outbox {
-    inner: Mutex<OutboxInner>,
-    max_bytes: usize,
+    entries: Bounded<OutboxEntry>,
 }
 
 impl Outbox {
     pub(crate) fn new(max_bytes: usize) -> Self {
         Self {
-            inner: Mutex::new(OutboxInner::default()),
-            max_bytes,
+            entries: Bounded::new(max_bytes),
         }
-    }
-
-    fn with<R>(&self, f: impl FnOnce(&mut OutboxInner) -> R) -> R {
-        f(&mut self.inner.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Keeps `handed` for `to` until `ttl` passes or it is acknowledged.
@@ -148,11 +217,12 @@ impl Outbox {
     ) -> bool {
         let now = Instant::now();
         let size = handed.bytes() + key.len();
-        self.with(|inner| {
-            if inner.bytes + size > self.max_bytes {
-                purge(inner, now);
+        let max_bytes = self.entries.max_bytes;
+        self.entries.with(|entries| {
+            if entries.bytes + size > max_bytes {
+                drop_records(entries, |entry| entry.expires <= now);
             }
-            if inner.bytes + size > self.max_bytes {
+            if entries.bytes + size > max_bytes {
                 return false;
             }
             let entry = OutboxEntry {
@@ -161,18 +231,15 @@ impl Outbox {
                 version,
                 expires: now + ttl,
             };
-            if let Some(old) = inner.map.insert(key.clone(), entry) {
-                inner.bytes -= old.handed.bytes() + key.len();
-            }
-            inner.bytes += size;
+            entries.insert(key.clone(), entry);
             true
         })
     }
 
     /// What was handed to `to` for `key`, if still kept.
     pub(crate) fn get(&self, key: &[u8], to: &str) -> Option<Handed> {
-        self.with(|inner| {
-            inner
+        self.entries.with(|entries| {
+            entries
                 .map
                 .get(key)
                 .filter(|e| &*e.to == to && e.expires > Instant::now())
@@ -182,59 +249,43 @@ impl Outbox {
 
     /// Forgets `key` (its new owner acknowledged it).
     pub(crate) fn remove(&self, key: &[u8]) {
-        self.with(|inner| {
-            if let Some(old) = inner.map.remove(key) {
-                inner.bytes -= old.handed.bytes() + key.len();
-            }
-        });
+        self.entries.remove(key);
     }
 
     /// Drops expired entries; returns how many records (not "unchanged"
     /// markers) were dropped unacknowledged.
     pub(crate) fn purge(&self) -> usize {
-        self.with(|inner| purge(inner, Instant::now()))
+        self.entries.with(|entries| {
+            let now = Instant::now();
+            drop_records(entries, |entry| entry.expires <= now)
+        })
     }
 
     /// Drops the entries of hand-offs under rings older than `version` (a
     /// new transition started: they belong to a finished one); returns how
     /// many records were dropped unacknowledged.
     pub(crate) fn drop_older_than(&self, version: u64) -> usize {
-        self.with(|inner| {
-            let mut dropped = 0;
-            let mut freed = 0;
-            inner.map.retain(|key, entry| {
-                let keep = entry.version >= version;
-                if !keep {
-                    freed += entry.handed.bytes() + key.len();
-                    dropped += usize::from(matches!(entry.handed, Handed::Record(_)));
-                }
-                keep
-            });
-            inner.bytes -= freed;
-            dropped
-        })
+        self.entries
+            .with(|entries| drop_records(entries, |entry| entry.version < version))
     }
 
     /// Entries kept.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.with(|inner| inner.map.len())
+        self.entries.with(|entries| entries.map.len())
     }
 }
 
-fn purge(inner: &mut OutboxInner, now: Instant) -> usize {
-    let mut dropped = 0;
-    let mut freed = 0;
-    inner.map.retain(|key, entry| {
-        let keep = entry.expires > now;
-        if !keep {
-            freed += entry.handed.bytes() + key.len();
-            dropped += usize::from(matches!(entry.handed, Handed::Record(_)));
-        }
-        keep
+/// Drops the outbox entries `drop` picks; returns how many of them were
+/// records (not "unchanged" markers).
+fn drop_records(entries: &mut Entries<OutboxEntry>, drop: impl Fn(&OutboxEntry) -> bool) -> usize {
+    let mut records = 0;
+    entries.drop_where(|entry| {
+        let dropped = drop(entry);
+        records += usize::from(dropped && matches!(entry.handed, Handed::Record(_)));
+        dropped
     });
-    inner.bytes -= freed;
-    dropped
+    records
 }
 
 /// A record kept on the gaining side.
@@ -249,16 +300,15 @@ pub(crate) struct Cached {
     expires: Instant,
 }
 
-#[derive(Default)]
-struct CacheInner {
-    map: HashMap<Bytes, Cached>,
-    bytes: usize,
+impl Weight for Cached {
+    fn weight(&self, _key: &[u8]) -> usize {
+        record_bytes(&self.record)
+    }
 }
 
 /// Pre-copies and parked records; see the [module docs](self).
 pub(crate) struct WarmCache {
-    inner: Mutex<CacheInner>,
-    max_bytes: usize,
+    entries: Bounded<Cached>,
 }
 
 /// What [`WarmCache::insert`] did.
@@ -275,13 +325,8 @@ pub(crate) enum CacheInsert {
 impl WarmCache {
     pub(crate) fn new(max_bytes: usize) -> Self {
         Self {
-            inner: Mutex::new(CacheInner::default()),
-            max_bytes,
+            entries: Bounded::new(max_bytes),
         }
-    }
-
-    fn with<R>(&self, f: impl FnOnce(&mut CacheInner) -> R) -> R {
-        f(&mut self.inner.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Keeps `record` from `from` for `ttl`. A final record replaces a
@@ -295,8 +340,9 @@ impl WarmCache {
         ttl: Duration,
     ) -> CacheInsert {
         let now = Instant::now();
-        self.with(|inner| {
-            if let Some(held) = inner.map.get(&record.key)
+        let max_bytes = self.entries.max_bytes;
+        self.entries.with(|entries| {
+            if let Some(held) = entries.map.get(&record.key)
                 && held.expires > now
             {
                 let better = match (held.last, last) {
@@ -309,17 +355,15 @@ impl WarmCache {
                 }
             }
             let size = record_bytes(&record);
-            let old = inner
-                .map
-                .get(&record.key)
-                .map_or(0, |c| record_bytes(&c.record));
-            if inner.bytes - old + size > self.max_bytes {
-                purge_cache(inner, now);
-                let old = inner
+            let old = |entries: &Entries<Cached>| {
+                entries
                     .map
                     .get(&record.key)
-                    .map_or(0, |c| record_bytes(&c.record));
-                if inner.bytes - old + size > self.max_bytes {
+                    .map_or(0, |c| record_bytes(&c.record))
+            };
+            if entries.bytes - old(entries) + size > max_bytes {
+                entries.drop_where(|c| c.expires <= now);
+                if entries.bytes - old(entries) + size > max_bytes {
                     return CacheInsert::Full;
                 }
             }
@@ -330,10 +374,7 @@ impl WarmCache {
                 last,
                 expires: now + ttl,
             };
-            if let Some(old) = inner.map.insert(key, cached) {
-                inner.bytes -= record_bytes(&old.record);
-            }
-            inner.bytes += size;
+            entries.insert(key, cached);
             CacheInsert::Kept
         })
     }
@@ -341,23 +382,20 @@ impl WarmCache {
     /// The unexpired record of `key`, if any, without removing it.
     pub(crate) fn get(&self, key: &[u8]) -> Option<Cached> {
         let now = Instant::now();
-        self.with(|inner| inner.map.get(key).filter(|c| c.expires > now).cloned())
+        self.entries
+            .with(|entries| entries.map.get(key).filter(|c| c.expires > now).cloned())
     }
 
     /// Removes the record of `key`.
     pub(crate) fn remove(&self, key: &[u8]) {
-        self.with(|inner| {
-            if let Some(old) = inner.map.remove(key) {
-                inner.bytes -= record_bytes(&old.record);
-            }
-        });
+        self.entries.remove(key);
     }
 
     /// Keys of the unexpired final records for which `wanted(key, from)`.
     pub(crate) fn finals(&self, wanted: impl Fn(&[u8], &str) -> bool) -> Vec<Bytes> {
         let now = Instant::now();
-        self.with(|inner| {
-            inner
+        self.entries.with(|entries| {
+            entries
                 .map
                 .iter()
                 .filter(|(key, c)| c.last && c.expires > now && wanted(key, &c.from))
@@ -370,55 +408,22 @@ impl WarmCache {
     /// records; returns how many records were dropped.
     pub(crate) fn drop_precopies(&self) -> usize {
         let now = Instant::now();
-        self.with(|inner| {
-            let before = inner.map.len();
-            let mut freed = 0;
-            inner.map.retain(|_, c| {
-                let keep = c.last && c.expires > now;
-                if !keep {
-                    freed += record_bytes(&c.record);
-                }
-                keep
-            });
-            inner.bytes -= freed;
-            before - inner.map.len()
-        })
+        self.entries
+            .with(|entries| entries.drop_where(|c| !(c.last && c.expires > now)))
     }
 
     /// Drops the parked final records: a final record applies only to the
     /// next Switch that makes its sender this pod's previous owner.
     pub(crate) fn drop_finals(&self) -> usize {
-        self.with(|inner| {
-            let before = inner.map.len();
-            let mut freed = 0;
-            inner.map.retain(|_, c| {
-                if c.last {
-                    freed += record_bytes(&c.record);
-                }
-                !c.last
-            });
-            inner.bytes -= freed;
-            before - inner.map.len()
-        })
+        self.entries.with(|entries| entries.drop_where(|c| c.last))
     }
 
     /// Records kept and their bytes.
     #[cfg(test)]
     pub(crate) fn size(&self) -> (usize, usize) {
-        self.with(|inner| (inner.map.len(), inner.bytes))
+        self.entries
+            .with(|entries| (entries.map.len(), entries.bytes))
     }
-}
-
-fn purge_cache(inner: &mut CacheInner, now: Instant) {
-    let mut freed = 0;
-    inner.map.retain(|_, c| {
-        let keep = c.expires > now;
-        if !keep {
-            freed += record_bytes(&c.record);
-        }
-        keep
-    });
-    inner.bytes -= freed;
 }
 
 /// Keys made resident here by a handoff (transfer, push, promotion, or a
@@ -586,6 +591,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_replaced_outbox_entry_counts_once_against_the_bound() {
+        let outbox = Outbox::new(100);
+        let keep = |key: &'static str, size| {
+            let handed = Handed::Record(record(key, 1, size));
+            outbox.insert(&Bytes::from_static(key.as_bytes()), handed, "pod-b", 5, TTL)
+        };
+        // Each entry counts its record (key and value) and its key: 42 bytes.
+        for _ in 0..3 {
+            assert!(keep("a", 40));
+        }
+        assert!(!keep("b", 57), "42 + 59 bytes is over the bound");
+        assert!(keep("b", 56), "42 + 58 bytes is within it");
+        outbox.remove(b"a");
+        assert!(keep("c", 40), "the removed entry's bytes are free again");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn settled_keys_belong_to_one_switch_and_tombstones_expire() {
         let settled = Settled::new(2);
         settled.mark(7, b"a");
@@ -609,32 +631,20 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_cache_prefers_final_then_newer_records_and_is_bounded() {
         let cache = WarmCache::new(100);
-        assert_eq!(
-            cache.insert(record("a", 3, 10), "p1", false, TTL),
-            CacheInsert::Kept
-        );
-        assert_eq!(
-            cache.insert(record("a", 2, 10), "p1", false, TTL),
-            CacheInsert::Superseded
-        );
-        assert_eq!(
-            cache.insert(record("a", 5, 10), "p1", true, TTL),
-            CacheInsert::Kept
-        );
-        assert_eq!(
-            cache.insert(record("a", 9, 10), "p1", false, TTL),
-            CacheInsert::Superseded,
-            "a pre-copy never replaces a final record"
-        );
+        // (key, version, size, from, final, what the cache does)
+        for (key, version, size, from, last, expected) in [
+            ("a", 3, 10, "p1", false, CacheInsert::Kept),
+            ("a", 2, 10, "p1", false, CacheInsert::Superseded),
+            ("a", 5, 10, "p1", true, CacheInsert::Kept),
+            // A pre-copy never replaces a final record.
+            ("a", 9, 10, "p1", false, CacheInsert::Superseded),
+            ("b", 1, 95, "p1", false, CacheInsert::Full),
+            ("c", 1, 10, "p2", false, CacheInsert::Kept),
+        ] {
+            let inserted = cache.insert(record(key, version, size), from, last, TTL);
+            assert_eq!(inserted, expected, "{key} v{version}");
+        }
         assert_eq!(cache.get(b"a").unwrap().record.version, 5);
-        assert_eq!(
-            cache.insert(record("b", 1, 95), "p1", false, TTL),
-            CacheInsert::Full
-        );
-        assert_eq!(
-            cache.insert(record("c", 1, 10), "p2", false, TTL),
-            CacheInsert::Kept
-        );
         assert_eq!(
             cache.finals(|_, from| from == "p1"),
             vec![Bytes::from_static(b"a")]
