@@ -3,8 +3,11 @@
 //! Each report is one server-side apply of the pod's annotations
 //! ([`annotations`](crate::ring::annotations)), field manager `locus-pod`,
 //! forced: this field manager owns exactly those annotations, so nothing
-//! else on the pod is touched. The per-service Role grants `patch` on the
-//! service's pods by name.
+//! else on the pod is touched. The per-service Role grants `get` and `patch`
+//! on the service's pods by name; `get` serves
+//! [`KubeProgressReporter::pod_intent`], which reads the pod back on SIGTERM.
+
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod;
@@ -14,6 +17,7 @@ use serde_json::json;
 
 use super::{Progress, ProgressError, ProgressReporter};
 use crate::ring::annotations;
+use crate::server::session::{KubePodIntent, ShutdownIntentSource};
 
 /// Environment variable holding the pod's namespace (downward API,
 /// `fieldRef: metadata.namespace`).
@@ -71,6 +75,12 @@ impl KubeProgressReporter {
         Ok(Self::new(client, namespace, pod))
     }
 
+    /// The same pod, read back to tell on SIGTERM whether it is being
+    /// deleted ([`ShutdownIntent`](crate::server::session::ShutdownIntent)).
+    pub fn pod_intent(&self) -> KubePodIntent {
+        KubePodIntent::with_api(self.api.clone(), self.namespace.clone(), self.pod.clone())
+    }
+
     /// The apply body for `progress`.
     pub fn apply_body(&self, progress: &Progress) -> serde_json::Value {
         annotations_body(&self.namespace, &self.pod, progress)
@@ -111,6 +121,10 @@ impl ProgressReporter for KubeProgressReporter {
             tracing::debug!(pod = %self.pod, ?progress, "progress reported");
             Ok(())
         })
+    }
+
+    fn intent_source(&self) -> Option<Arc<dyn ShutdownIntentSource>> {
+        Some(Arc::new(self.pod_intent()))
     }
 }
 

@@ -9,6 +9,9 @@
 //! * [`ProgressReporter`]: where reports go.
 //! * [`KubeProgressReporter`]: server-side apply of the pod's own annotations
 //!   ([`annotations`](crate::ring::annotations)), field manager `locus-pod`.
+//!   It also reads the pod back on SIGTERM
+//!   ([`ProgressReporter::intent_source`]): a pod being deleted hands its
+//!   sessions over instead of writing a snapshot that would die with it.
 //! * [`MemoryProgressReporter`]: a watch channel, for tests (the test plays
 //!   the operator and awaits conditions on it).
 //! * [`ProgressTracker`]: keeps the maxima and sends them from a background
@@ -27,6 +30,7 @@ use tokio::task::JoinHandle;
 
 pub use self::kube_reporter::{KubeProgressReporter, NAMESPACE_ENV};
 pub use self::memory::MemoryProgressReporter;
+use crate::server::session::ShutdownIntentSource;
 
 /// The versions a pod reports; `None` until first set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -78,11 +82,24 @@ pub trait ProgressReporter: Send + Sync + 'static {
     /// Records `progress` (every field that is `Some`). Called from the
     /// tracker's background task with growing values; may be slow.
     fn report<'a>(&'a self, progress: &'a Progress) -> BoxFuture<'a, Result<(), ProgressError>>;
+
+    /// A reporter that writes to the pod's own object can also read it back
+    /// on SIGTERM, to tell a pod being deleted from a container restarted in
+    /// place ([`ShutdownIntentSource`]). A
+    /// [`Member`](crate::server::session::Member) given no source of its own
+    /// uses this one. Default: none.
+    fn intent_source(&self) -> Option<Arc<dyn ShutdownIntentSource>> {
+        None
+    }
 }
 
 impl<T: ProgressReporter + ?Sized> ProgressReporter for Arc<T> {
     fn report<'a>(&'a self, progress: &'a Progress) -> BoxFuture<'a, Result<(), ProgressError>> {
         (**self).report(progress)
+    }
+
+    fn intent_source(&self) -> Option<Arc<dyn ShutdownIntentSource>> {
+        (**self).intent_source()
     }
 }
 

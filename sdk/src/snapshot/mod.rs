@@ -172,6 +172,21 @@ pub fn path_in(dir: &Path) -> PathBuf {
     dir.join(SNAPSHOT_FILE)
 }
 
+/// Removes the snapshot in `dir` and a left-over temporary file, if any;
+/// true if a snapshot was there. A pod that is going away writes none and
+/// leaves none behind: a later process under the same pod name and
+/// directory (outside Kubernetes, where the directory may outlive the pod)
+/// must not restore sessions that were handed to other pods since.
+pub fn discard(dir: &Path) -> Result<bool, SnapshotError> {
+    let path = path_in(dir);
+    let _ = fs::remove_file(dir.join(format!("{SNAPSHOT_FILE}.tmp")));
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(error) => Err(io_error(&path)(error)),
+    }
+}
+
 fn io_error(path: &Path) -> impl Fn(io::Error) -> SnapshotError + '_ {
     move |source| SnapshotError::Io {
         path: path.to_owned(),
@@ -800,6 +815,21 @@ mod tests {
         for key in target.resident_keys() {
             assert_eq!(ring.owner(&key).index, 0);
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_discarded_snapshot_is_gone_and_never_restored() {
+        let (dir, ring, _) = written("discard").await;
+        std::fs::write(dir.join(format!("{SNAPSHOT_FILE}.tmp")), b"partial").unwrap();
+        assert!(discard(&dir).unwrap());
+        assert!(!path_in(&dir).exists());
+        assert!(!dir.join(format!("{SNAPSHOT_FILE}.tmp")).exists());
+        assert!(!discard(&dir).unwrap(), "nothing left to discard");
+        let restored = restore(Arc::new(store()), &dir, &ring, "svc-0-x")
+            .await
+            .unwrap();
+        assert!(restored.is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

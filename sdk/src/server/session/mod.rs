@@ -9,6 +9,9 @@
 //!   service calls on SIGTERM.
 //! * [`SessionLayer`] / [`SessionService`]: the middleware (see
 //!   [`service`](self::SessionService) for the per-request steps).
+//! * [`ShutdownIntent`] (restart in the same pod, or the pod goes away) and
+//!   where shutdown learns it ([`ShutdownIntentSource`], [`KubePodIntent`]):
+//!   a snapshot is written only for a restart; see [`intent`].
 //!
 //! The stack of a pod, outermost first:
 //!
@@ -18,10 +21,12 @@
 //! application      handlers using the SessionStore
 //! ```
 
+pub mod intent;
 mod member;
 mod response;
 mod service;
 
+pub use self::intent::{IntentError, KubePodIntent, ShutdownIntent, ShutdownIntentSource};
 pub use self::member::{
     Member, MemberBuilder, MemberError, ShutdownPath, ShutdownReport, StartReport,
 };
