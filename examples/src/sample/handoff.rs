@@ -7,13 +7,20 @@
 //! authenticate with), `POD_NAMESPACE` and `POD_NAME` (progress is reported
 //! on the pod's own annotations) and, with `spec.snapshot`,
 //! `LOCUS_SNAPSHOT_DIR` (the memory-backed volume of in-place restarts).
+//!
+//! With a snapshot volume, SIGTERM reads the pod's own Pod through the same
+//! client as the progress reports: a pod being deleted (eviction, drain,
+//! replacement, scale-down) hands its sessions over, since the volume goes
+//! with it; a container restarted in the same pod (in-place update) writes
+//! the snapshot. [`HandoffOptions::shutdown_intent`] says it instead, for a
+//! sample run outside Kubernetes.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use locus::handoff::{HandoffConfig, HandoffSecret};
 use locus::progress::{KubeProgressReporter, MemoryProgressReporter};
-use locus::server::session::Member;
+use locus::server::session::{Member, ShutdownIntent};
 use locus::source::RingSource;
 use prometheus_client::registry::Registry;
 
@@ -70,6 +77,12 @@ pub struct HandoffOptions {
     /// How long a pod that got SIGTERM waits for the operator to start the
     /// transition retiring it before handing its sessions over on its own.
     pub coordination_wait: Duration,
+    /// Why SIGTERM stops the process, when the caller knows (a sample run
+    /// outside Kubernetes): restart with the snapshot, or retire and hand
+    /// the sessions over. `None`: with [`ProgressTarget::Kube`], the pod's
+    /// own Pod tells (`deletionTimestamp`); otherwise the snapshot is written
+    /// (with a warning), as for a restart.
+    pub shutdown_intent: Option<ShutdownIntent>,
     /// The protocol's timings and bounds.
     pub config: HandoffConfig,
 }
@@ -87,6 +100,7 @@ impl HandoffOptions {
             progress: ProgressTarget::None,
             snapshot_dir: None,
             coordination_wait: DEFAULT_COORDINATION_WAIT,
+            shutdown_intent: None,
             config: HandoffConfig::default(),
         }
     }
@@ -139,6 +153,8 @@ impl HandoffOptions {
         if let Some(dir) = self.snapshot_dir {
             builder = builder.snapshot_dir(dir);
         }
+        // Set after the progress reporter it would otherwise come from.
+        let intent = self.shutdown_intent;
         builder = match self.progress {
             ProgressTarget::None => builder,
             ProgressTarget::Kube {
@@ -150,6 +166,9 @@ impl HandoffOptions {
             }
             ProgressTarget::Memory(reporter) => builder.progress(reporter),
         };
+        if let Some(intent) = intent {
+            builder = builder.shutdown_intent(intent);
+        }
         builder
             .build()
             .map_err(|e| Error::config("handoff", e.to_string()))

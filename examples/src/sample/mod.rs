@@ -34,9 +34,10 @@
 //! (pre-copy of the shards this pod gains in a Warm ring, transfer on first
 //! touch, drain of the keys it lost), reports progress on the pod's own
 //! annotations, restores the snapshot of an in-place restart at start, and on
-//! SIGTERM ([`SampleService::drain`]) hands its sessions over (or snapshots
-//! them) while it still serves. Moved sessions are then warm on their new
-//! owner, and nothing acknowledged is lost even without PostgreSQL.
+//! SIGTERM ([`SampleService::drain`]) hands its sessions over while it still
+//! serves — or, when its container restarts in the same pod, snapshots them.
+//! Moved sessions are then warm on their new owner, and nothing acknowledged
+//! is lost even without PostgreSQL.
 
 mod handlers;
 pub mod handoff;
@@ -52,7 +53,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use http::HeaderValue;
 use locus::driver::DrainReport;
-use locus::server::session::{Member, ShutdownPath};
+use locus::server::session::{Member, ShutdownIntent, ShutdownPath};
 use locus::store::{Flush, JsonCodec, Limits};
 use locus::{Metrics, Mode, OwnershipLayer, RingSource, RingWatch, SessionStore};
 use prometheus_client::registry::Registry;
@@ -222,6 +223,11 @@ pub struct ShutdownReport {
     pub handed_over: DrainReport,
     /// With a snapshot directory: sessions written to the snapshot.
     pub snapshot_sessions: Option<u64>,
+    /// With a snapshot directory: why the process stopped (restart in the
+    /// same pod, or the pod going away), as given or read from the pod;
+    /// `None` if it was not needed or could not be found (then the snapshot
+    /// was written).
+    pub intent: Option<ShutdownIntent>,
 }
 
 impl SampleService {
@@ -369,10 +375,12 @@ impl SampleService {
     /// What SIGTERM calls while the HTTP server still serves, when the
     /// sample takes part in transitions: the member's shutdown within
     /// `within` (the pod's termination grace period minus a margin) — a
-    /// snapshot for an in-place restart, the transition's drain when the
-    /// operator retires this pod, else a hand-over of every session to the
-    /// pods that take its shards. Without the handoff driver it only turns
-    /// readiness off. Runs once; later calls return the first report.
+    /// snapshot when the container restarts in the same pod (in-place
+    /// update), else the transition's drain when the operator retires this
+    /// pod (a pod being deleted, with or without a snapshot volume), else a
+    /// hand-over of every session to the pods that take its shards. Without
+    /// the handoff driver it only turns readiness off. Runs once; later calls
+    /// return the first report.
     pub async fn drain(&self, within: Duration) -> ShutdownReport {
         let mut drained = self.drained.lock().await;
         if let Some(report) = *drained {
@@ -404,9 +412,11 @@ impl SampleService {
                 .as_ref()
                 .and_then(|r| r.as_ref().ok())
                 .map(|w| w.records),
+            intent: done.intent.as_ref().and_then(|i| i.as_ref().ok()).copied(),
         };
         tracing::info!(
             path = ?done.path,
+            intent = ?done.intent,
             handed_over = ?done.handed_over,
             flushed = ?done.flushed,
             snapshot = ?done.snapshot,

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use locus::Mode;
 use locus::ring::RingDocument;
+use locus::server::session::ShutdownIntent;
 use locus::store::Limits;
 
 use super::handoff::{DEFAULT_COORDINATION_WAIT, HandoffOptions, ProgressTarget, SecretSource};
@@ -47,6 +48,8 @@ usage: locus-sample [flags]          (each flag also reads the environment varia
   --handoff-secret-file PATH  take part in transitions (handoff endpoints, driver, drain)
                             with this shared secret      LOCUS_HANDOFF_SECRET_FILE (set by the operator)
   --snapshot-dir DIR        fast restarts: snapshot on SIGTERM, restore at start   LOCUS_SNAPSHOT_DIR
+  --shutdown-intent WHAT    with a snapshot dir, why SIGTERM comes: restart (snapshot) | retire (hand over)
+                            | auto (in Kubernetes: the pod's deletionTimestamp tells)   LOCUS_SAMPLE_SHUTDOWN_INTENT (default auto)
   --coordination-wait DURATION  on SIGTERM, wait this long for the operator to retire the pod
                             before handing sessions over alone   LOCUS_SAMPLE_COORDINATION_WAIT (default 15s)
   --shutdown-timeout DURATION   longest hand-over on SIGTERM   LOCUS_SAMPLE_SHUTDOWN_TIMEOUT (default 25s)
@@ -72,6 +75,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("--recent-events", "LOCUS_SAMPLE_RECENT_EVENTS"),
     ("--handoff-secret-file", "LOCUS_HANDOFF_SECRET_FILE"),
     ("--snapshot-dir", "LOCUS_SNAPSHOT_DIR"),
+    ("--shutdown-intent", "LOCUS_SAMPLE_SHUTDOWN_INTENT"),
     ("--coordination-wait", "LOCUS_SAMPLE_COORDINATION_WAIT"),
     ("--shutdown-timeout", "LOCUS_SAMPLE_SHUTDOWN_TIMEOUT"),
 ];
@@ -197,6 +201,22 @@ impl<E: Fn(&str) -> Option<String>> Values<E> {
         }))
     }
 
+    /// `--shutdown-intent`: `None` for auto (the pod object tells).
+    fn shutdown_intent(&self) -> Result<Option<ShutdownIntent>, Error> {
+        match self.get("--shutdown-intent") {
+            None => Ok(None),
+            Some((what, v)) => match v.as_str() {
+                "auto" => Ok(None),
+                "restart" => Ok(Some(ShutdownIntent::Restart)),
+                "retire" => Ok(Some(ShutdownIntent::Retire)),
+                other => Err(Error::config(
+                    what,
+                    format!("{other:?}: expected auto, restart or retire"),
+                )),
+            },
+        }
+    }
+
     fn ownership(&self) -> Result<Mode, Error> {
         match self.get("--ownership") {
             None => Ok(Mode::Forward),
@@ -247,6 +267,7 @@ impl<E: Fn(&str) -> Option<String>> Values<E> {
                 .map(|(_, dir)| PathBuf::from(dir))
                 .filter(|dir| !dir.as_os_str().is_empty()),
             coordination_wait: self.duration("--coordination-wait", DEFAULT_COORDINATION_WAIT)?,
+            shutdown_intent: self.shutdown_intent()?,
             ..HandoffOptions::new(SecretSource::File(PathBuf::from(secret_file)))
         }))
     }
@@ -416,6 +437,7 @@ mod tests {
             Some(Path::new("/var/run/locus/snapshot"))
         );
         assert_eq!(handoff.coordination_wait, Duration::from_secs(3));
+        assert_eq!(handoff.shutdown_intent, None, "auto: the pod tells");
         // A ring file: the driver runs, nobody to report progress to.
         let (config, _) = serve(
             &[
@@ -432,6 +454,40 @@ mod tests {
         let handoff = config.handoff.unwrap();
         assert!(matches!(handoff.progress, ProgressTarget::None));
         assert!(handoff.snapshot_dir.is_none());
+        // Outside Kubernetes the caller says why SIGTERM comes.
+        for (given, expected) in [
+            ("restart", Some(ShutdownIntent::Restart)),
+            ("retire", Some(ShutdownIntent::Retire)),
+            ("auto", None),
+        ] {
+            let (config, _) = serve(
+                &[
+                    "--ring-file",
+                    "r",
+                    "--pod",
+                    "a",
+                    "--handoff-secret-file",
+                    "k",
+                ],
+                &[("LOCUS_SAMPLE_SHUTDOWN_INTENT", given)],
+            )
+            .unwrap();
+            assert_eq!(config.handoff.unwrap().shutdown_intent, expected, "{given}");
+        }
+        let refused = serve(
+            &[
+                "--ring-file",
+                "r",
+                "--pod",
+                "a",
+                "--handoff-secret-file",
+                "k",
+                "--shutdown-intent",
+                "later",
+            ],
+            &[],
+        );
+        assert!(refused.is_err());
         match parse_command(
             Args::new(["--ring-file", "r", "--pod", "a", "--shutdown-timeout", "7s"]),
             env_of(&[]),
