@@ -21,6 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use locus::handoff::HandoffConfig;
+use locus::progress::MovedSessions;
+use locus::ring::Pod;
 use locus::server::session::ShutdownPath;
 use locus::store::Limits;
 use support::checker::{self, Outcome, Verdict};
@@ -112,6 +114,33 @@ fn assert_clean(name: &str, verdict: &Verdict, operator: &Operator) {
     }
 }
 
+/// The sum of the moved-session counts `pods` reported with the Stable ring
+/// `version` (each pod must report them within 10 s).
+async fn moved_sessions(cluster: &HttpCluster, pods: &[Pod], version: u64) -> MovedSessions {
+    let mut sum = MovedSessions {
+        version,
+        ..MovedSessions::default()
+    };
+    for pod in pods {
+        let progress = cluster.progress(&pod.name).expect("a running pod");
+        let reported = progress
+            .wait_for(
+                |p| p.moved.is_some_and(|m| m.version == version),
+                Duration::from_secs(10),
+            )
+            .await;
+        assert!(
+            reported,
+            "{} never reported moved sessions for {version}",
+            pod.name
+        );
+        let moved = progress.latest().moved.expect("reported");
+        sum.warm += moved.warm;
+        sum.cold += moved.cold;
+    }
+    sum
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_3_to_4_to_2_under_load() {
     let cluster = Arc::new(HttpCluster::new(options()));
@@ -131,6 +160,15 @@ async fn scale_3_to_4_to_2_under_load() {
     pods.push(cluster.start_pod("counters-3-a", 13, 0).await);
     operator.scale(cluster.as_ref(), &pods).await;
     load.progress(1500).await;
+    // Every pod reports how the sessions it took over arrived, with the Stable
+    // ring; the operator sums them into the transition's warm-hit percentage.
+    let moved = moved_sessions(cluster.as_ref(), &pods, operator.version).await;
+    eprintln!("scale 3→4: pods report {moved}");
+    assert!(moved.warm >= 10, "the new pod took sessions over: {moved}");
+    assert!(
+        moved.warm * 100 >= (moved.warm + moved.cold) * 99,
+        "{moved}"
+    );
 
     operator.scale(cluster.as_ref(), &pods[..2]).await;
     load.progress(1500).await;

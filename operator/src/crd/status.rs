@@ -133,8 +133,11 @@ pub struct TransitionRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_seconds: Option<f64>,
 
-    /// Percentage (0 to 100) of moved sessions that were warm on their new owner when it first
-    /// served them; the rest were loaded cold.
+    /// Percentage (0 to 100, one decimal) of the sessions the pods took over in this
+    /// transition that arrived with their state (pre-copy, transfer or push); the rest were
+    /// first served without it (loaded cold). Summed from what every pod of the final ring
+    /// reported with it (annotation locus.dev/moved-sessions); unset until they all have, or
+    /// when no session moved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 100.0))]
     pub warm_hit_percent: Option<f64>,

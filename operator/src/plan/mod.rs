@@ -70,7 +70,8 @@ pub use status::merge_conditions;
 /// Largest number of slots replaced by surge pods at the same time during a rollout.
 pub const MAX_SURGE: usize = 1;
 
-/// Progress a pod reported by annotating itself (`locus.dev/*-ring-version`).
+/// Progress a pod reported by annotating itself (`locus.dev/*-ring-version`,
+/// `locus.dev/moved-sessions`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
     /// Newest ring version the pod loaded.
@@ -79,6 +80,9 @@ pub struct Progress {
     pub warmed: Option<u64>,
     /// Newest `Switch` ring version for which the pod handed over what it lost.
     pub drained: Option<u64>,
+    /// How the sessions it took over in the transition the newest `Stable` ring completed
+    /// arrived (`locus.dev/moved-sessions`).
+    pub moved: Option<locus::progress::MovedSessions>,
 }
 
 /// What the planner needs to know about one pod of the service.

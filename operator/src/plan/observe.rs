@@ -119,6 +119,12 @@ pub fn observe_pod(pod: &Pod, service_uid: &str, port: &str) -> Option<ObservedP
             observed: parse_version(pod, annotations::OBSERVED_RING_VERSION),
             warmed: parse_version(pod, annotations::WARMED_RING_VERSION),
             drained: parse_version(pod, annotations::DRAINED_RING_VERSION),
+            // Unreadable counts are ignored: the transition's warm-hit percentage stays unset.
+            moved: meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(annotations::MOVED_SESSIONS))
+                .and_then(|m| m.trim().parse().ok()),
         },
     })
 }
@@ -194,6 +200,25 @@ mod tests {
             "an unparsable value is no report"
         );
         assert!(!observed.images_current, "status still runs app:1");
+        assert_eq!(observed.progress.moved, None);
+
+        let mut json = base();
+        json["metadata"]["annotations"]["locus.dev/moved-sessions"] = "7:120:2".into();
+        let moved = observe_pod(&pod(json), "svc", "http")
+            .unwrap()
+            .progress
+            .moved;
+        assert_eq!(
+            moved.map(|m| (m.version, m.warm, m.cold)),
+            Some((7, 120, 2))
+        );
+        let mut json = base();
+        json["metadata"]["annotations"]["locus.dev/moved-sessions"] = "7:lots:2".into();
+        let observed = observe_pod(&pod(json), "svc", "http").unwrap();
+        assert_eq!(
+            observed.progress.moved, None,
+            "unreadable counts are no report"
+        );
     }
 
     #[test]

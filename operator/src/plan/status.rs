@@ -8,7 +8,9 @@ use k8s_openapi::jiff::Timestamp;
 use locus::ring::{Phase as RingPhase, Ring, SlotState};
 
 use super::{Observed, ObservedPod, RingMeta, naming};
-use crate::crd::{AVAILABLE, DEGRADED, PROGRESSING, Phase, StatefulServiceStatus};
+use crate::crd::{
+    AVAILABLE, DEGRADED, PROGRESSING, Phase, StatefulServiceStatus, TransitionRecord,
+};
 
 /// Facts the status is computed from.
 pub(super) struct StatusFacts<'a> {
@@ -66,6 +68,33 @@ fn condition(
 
 fn find<'a>(pods: &'a [ObservedPod], pod: &locus::ring::Pod) -> Option<&'a ObservedPod> {
     pods.iter().find(|p| p.uid == pod.uid && p.name == pod.name)
+}
+
+/// The warm-hit percentage of the finished transition `record`: the sessions the pods of the
+/// `Stable` ring that completed it took over with their state, out of all they took over, as
+/// each pod reported with that ring (`locus.dev/moved-sessions`). `None` while the transition
+/// runs, until every pod of the ring reported, or when no session moved.
+fn warm_hit_percent(
+    pods: &[ObservedPod],
+    ring: Option<&Ring>,
+    record: &TransitionRecord,
+) -> Option<f64> {
+    let ring = ring.filter(|r| record.finished_at.is_some() && r.version() == record.to_version)?;
+    let (mut warm, mut cold) = (0u64, 0u64);
+    for slot in ring.slots() {
+        let moved = find(pods, &slot.pod)?
+            .progress
+            .moved
+            .filter(|m| m.version == record.to_version)?;
+        warm = warm.saturating_add(moved.warm);
+        cold = cold.saturating_add(moved.cold);
+    }
+    let total = warm.saturating_add(cold);
+    #[allow(
+        clippy::cast_precision_loss,
+        reason = "a percentage rounded to a tenth; session counts far below 2^52"
+    )]
+    (total > 0).then(|| (warm as f64 * 1000.0 / total as f64).round() / 10.0)
 }
 
 /// The revision most of the serving pods run: the update revision once all run it, else the
@@ -243,7 +272,20 @@ pub(super) fn build(facts: &StatusFacts<'_>) -> StatefulServiceStatus {
         Some(RingPhase::Switch) if facts.switch_observed => Phase::Settle,
         Some(RingPhase::Switch) => Phase::Switch,
     };
-    let transition = facts.meta.and_then(|m| m.transition.clone());
+    let transition = facts.meta.and_then(|m| m.transition.clone()).map(|mut t| {
+        // Computed once, when every pod has reported; kept from then on (a pod restarted
+        // later reports counts from zero).
+        let known = obs
+            .status
+            .and_then(|s| s.last_transition.as_ref())
+            .filter(|last| last.from_version == t.from_version && last.to_version == t.to_version)
+            .and_then(|last| last.warm_hit_percent);
+        t.warm_hit_percent = t
+            .warm_hit_percent
+            .or(known)
+            .or_else(|| warm_hit_percent(obs.pods, facts.ring, &t));
+        t
+    });
     let timed_out = facts.meta.map(|m| m.timed_out.clone()).unwrap_or_default();
 
     let desired = conditions(facts, &unserved, phase, transition.as_ref(), &timed_out);

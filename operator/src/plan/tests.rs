@@ -515,6 +515,74 @@ fn scale_up_warms_then_switches_then_settles() {
     );
 }
 
+/// A service scaled from `from` to `to` slots, converged: the world, the final Stable ring's
+/// version and its pods' names, and a way to set what a pod reported as moved sessions.
+fn scaled(from: i32, to: i32) -> (World, u64, Vec<String>) {
+    let mut world = World::converged(from);
+    world.spec = spec(to);
+    world.settle(Reports::All);
+    let stable = world.ring().version();
+    let names = world
+        .ring()
+        .slots()
+        .iter()
+        .map(|s| s.pod.name.clone())
+        .collect();
+    (world, stable, names)
+}
+
+impl World {
+    fn report_moved(&mut self, pod: &str, version: u64, warm: u64, cold: u64) {
+        self.pod_mut(pod).progress.moved = Some(locus::progress::MovedSessions {
+            version,
+            warm,
+            cold,
+        });
+    }
+
+    fn warm_hit_percent(&self) -> Option<f64> {
+        let last = self.status.as_ref()?.last_transition.as_ref()?;
+        assert!(last.finished_at.is_some());
+        last.warm_hit_percent
+    }
+}
+
+#[test]
+fn the_warm_hit_percentage_sums_what_every_pod_reported_with_the_stable_ring() {
+    let (mut world, stable, names) = scaled(3, 4);
+    assert_eq!(world.warm_hit_percent(), None, "no pod reported yet");
+    // Every pod reports, but one for an older ring: still unknown.
+    world.report_moved(&names[0], stable, 0, 0);
+    world.report_moved(&names[1], stable, 0, 0);
+    world.report_moved(&names[2], stable - 3, 50, 50);
+    world.report_moved(&names[3], stable, 197, 3);
+    world.step();
+    assert_eq!(
+        world.warm_hit_percent(),
+        None,
+        "a pod has not reported this ring"
+    );
+
+    world.report_moved(&names[2], stable, 0, 0);
+    world.step();
+    assert_eq!(world.warm_hit_percent(), Some(98.5));
+
+    // Kept once known: a pod restarted later reports from zero.
+    world.report_moved(&names[3], stable, 0, 0);
+    world.step();
+    assert_eq!(world.warm_hit_percent(), Some(98.5));
+}
+
+#[test]
+fn no_moved_session_leaves_the_warm_hit_percentage_unset() {
+    let (mut world, stable, names) = scaled(2, 3);
+    for name in &names {
+        world.report_moved(name, stable, 0, 0);
+    }
+    world.step();
+    assert_eq!(world.warm_hit_percent(), None);
+}
+
 #[test]
 fn capped_scale_up_moves_at_most_the_cap_per_step_and_ends_balanced() {
     let mut world = World::converged(2);

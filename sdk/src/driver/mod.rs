@@ -21,7 +21,10 @@
 //!   owner) and pushed to its new owner in bounded batches; then
 //!   `drained = V` is reported. Bounded by
 //!   [`drain_timeout`](crate::handoff::HandoffConfig::drain_timeout);
-//! * **Stable** — after [`settle_grace`](crate::handoff::HandoffConfig::settle_grace),
+//! * **Stable** — reports how the sessions this pod took over in the
+//!   transition arrived ([`MovedSessions`](crate::progress::MovedSessions):
+//!   warm with their state, or cold), and again if a late takeover of that
+//!   transition changes the counts; after [`settle_grace`](crate::handoff::HandoffConfig::settle_grace),
 //!   pre-copies and expired outbox entries are dropped. Tombstones expire
 //!   by themselves ([`tombstone_ttl`](crate::handoff::HandoffConfig::tombstone_ttl)).
 //!
@@ -107,6 +110,10 @@ impl Driver {
                 }
                 _settle = None;
                 match ring.phase() {
+                    Phase::Warm | Phase::Switch => self.state.moved.transition(),
+                    Phase::Stable => self.progress.moved(self.state.moved.settled(last)),
+                }
+                match ring.phase() {
                     Phase::Switch => {
                         self.state.takeover_ring(&ring, &[]);
                         let dropped = self.state.outbox.drop_older_than(last);
@@ -121,8 +128,17 @@ impl Driver {
                 }
                 self.drain_wake.notify_one();
             }
-            if !watch.changed().await {
-                return;
+            tokio::select! {
+                changed = watch.changed() => {
+                    if !changed {
+                        return;
+                    }
+                }
+                () = self.state.moved.changed() => {
+                    if let Some(moved) = self.state.moved.report() {
+                        self.progress.moved(moved);
+                    }
+                }
             }
         }
     }

@@ -210,6 +210,7 @@ pub(crate) async fn install(
     match state.store.install_record(record).await {
         Ok(_) => {
             taken_over(state, epoch, key);
+            state.moved.count(true);
             Ok(())
         }
         Err(error) => {
@@ -237,6 +238,7 @@ async fn cold(
     clear_tombstone(state, key).await;
     taken_over(state, epoch, key);
     state.metrics.first_touch(path);
+    state.moved.count(false);
     Ok(Some(path))
 }
 

@@ -32,6 +32,7 @@ mod metrics;
 mod secret;
 mod server;
 mod table;
+pub(crate) mod tally;
 mod transport;
 pub mod wire;
 
@@ -178,6 +179,8 @@ pub(crate) struct HandoffState {
     pub settled: Settled,
     pub tombstones: Tombstones,
     pub metrics: HandoffMetrics,
+    /// How the sessions taken over in the current transition arrived.
+    pub moved: tally::MovedTally,
     /// When this pod first saw each recent ring version (phase deadlines).
     seen: Mutex<BTreeMap<u64, tokio::time::Instant>>,
     /// The newest Switch ring this pod saw: its takeovers go on after the
@@ -215,6 +218,7 @@ impl HandoffState {
             client,
             config,
             metrics,
+            moved: tally::MovedTally::default(),
             seen: Mutex::new(BTreeMap::new()),
             switch: Mutex::new(None),
         }

@@ -470,6 +470,7 @@ async fn push(
                     state.outbox.remove(&record.key);
                     state.tombstones.take(&record.key);
                     state.settled.mark(version, &record.key);
+                    state.moved.count(true);
                     AckOutcome::Installed
                 }
                 Ok(Installed::Stale { .. }) => {

@@ -98,6 +98,12 @@ fn annotations_body(namespace: &str, pod: &str, progress: &Progress) -> serde_js
             values.insert(name.to_owned(), json!(value.to_string()));
         }
     }
+    if let Some(moved) = progress.moved {
+        values.insert(
+            annotations::MOVED_SESSIONS.to_owned(),
+            json!(moved.to_string()),
+        );
+    }
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -131,6 +137,7 @@ impl ProgressReporter for KubeProgressReporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::progress::MovedSessions;
 
     #[test]
     fn the_apply_body_names_only_the_versions_set() {
@@ -141,6 +148,11 @@ mod tests {
                 observed: Some(7),
                 warmed: None,
                 drained: Some(6),
+                moved: Some(MovedSessions {
+                    version: 7,
+                    warm: 120,
+                    cold: 2,
+                }),
             },
         );
         assert_eq!(
@@ -154,6 +166,7 @@ mod tests {
                     "annotations": {
                         "locus.dev/observed-ring-version": "7",
                         "locus.dev/drained-ring-version": "6",
+                        "locus.dev/moved-sessions": "7:120:2",
                     },
                 },
             })

@@ -41,17 +41,92 @@ pub struct Progress {
     pub warmed: Option<u64>,
     /// Switch ring version whose lost keys were handed over.
     pub drained: Option<u64>,
+    /// The sessions taken over in the transition the newest `Stable` ring
+    /// completed.
+    pub moved: Option<MovedSessions>,
 }
 
 impl Progress {
-    /// The element-wise maximum of `self` and `other`.
+    /// The element-wise maximum of `self` and `other` (for `moved`: the one
+    /// of the newer ring version, or with more sessions for the same one).
     #[must_use]
     pub fn max(self, other: Progress) -> Progress {
         Progress {
             observed: self.observed.max(other.observed),
             warmed: self.warmed.max(other.warmed),
             drained: self.drained.max(other.drained),
+            moved: match (self.moved, other.moved) {
+                // Counts of one transition only grow (late takeovers).
+                (Some(a), Some(b))
+                    if (b.version, b.warm + b.cold) > (a.version, a.warm + a.cold) =>
+                {
+                    Some(b)
+                }
+                (Some(a), _) => Some(a),
+                (None, b) => b,
+            },
         }
+    }
+}
+
+/// How the sessions a pod took over in one transition arrived, reported with
+/// the `Stable` ring that completed it (annotation
+/// [`MOVED_SESSIONS`](crate::ring::annotations::MOVED_SESSIONS), `V:warm:cold`).
+/// The operator sums them over the pods into the transition's warm-hit
+/// percentage.
+///
+/// *Warm*: installed with the state the previous owner held (pre-copy
+/// confirmed unchanged, first-touch transfer, push, or promotion of a record
+/// pushed before the switch). *Cold*: first served without it (the previous
+/// owner did not hold it, was gone, or missed the handoff deadline), so loaded
+/// through the persistence or started empty.
+///
+/// ```
+/// use locus::progress::MovedSessions;
+/// let moved: MovedSessions = "42:950:3".parse().unwrap();
+/// assert_eq!((moved.version, moved.warm, moved.cold), (42, 950, 3));
+/// assert_eq!(moved.to_string(), "42:950:3");
+/// assert!("42:950".parse::<MovedSessions>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MovedSessions {
+    /// The `Stable` ring version that completed the transition.
+    pub version: u64,
+    /// Sessions that arrived with their state.
+    pub warm: u64,
+    /// Sessions first served without it.
+    pub cold: u64,
+}
+
+/// A [`MovedSessions`] annotation that is not `V:warm:cold` in decimal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("moved sessions {0:?}: want <ring version>:<warm>:<cold>, three decimal numbers")]
+pub struct MovedSessionsError(String);
+
+impl std::str::FromStr for MovedSessions {
+    type Err = MovedSessionsError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let invalid = || MovedSessionsError(text.chars().take(64).collect());
+        let mut parts = text
+            .split(':')
+            .map(|p| p.parse::<u64>().map_err(|_| invalid()));
+        let (Some(version), Some(warm), Some(cold), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid());
+        };
+        Ok(Self {
+            version: version?,
+            warm: warm?,
+            cold: cold?,
+        })
+    }
+}
+
+impl std::fmt::Display for MovedSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.version, self.warm, self.cold)
     }
 }
 
@@ -195,6 +270,15 @@ impl ProgressTracker {
         });
     }
 
+    /// Reports how the sessions taken over in the transition that the
+    /// `Stable` ring `moved.version` completed arrived.
+    pub fn moved(&self, moved: MovedSessions) {
+        self.raise(Progress {
+            moved: Some(moved),
+            ..Progress::default()
+        });
+    }
+
     /// What the tracker wants reported.
     pub fn wanted(&self) -> Progress {
         *self.wanted.borrow()
@@ -254,10 +338,22 @@ mod tests {
         tracker.observed(5);
         tracker.warmed(5);
         tracker.observed(4);
+        let moved = MovedSessions {
+            version: 5,
+            warm: 10,
+            cold: 1,
+        };
+        tracker.moved(moved);
+        tracker.moved(MovedSessions {
+            version: 3,
+            warm: 99,
+            cold: 0,
+        });
         let want = Progress {
             observed: Some(5),
             warmed: Some(5),
             drained: None,
+            moved: Some(moved),
         };
         assert!(tracker.wait_reported(want, Duration::from_secs(5)).await);
         assert_eq!(memory.latest(), want);
@@ -269,5 +365,37 @@ mod tests {
                 .await
         );
         assert_eq!(memory.latest().observed, Some(5), "never goes down");
+        assert_eq!(
+            memory.latest().moved,
+            Some(moved),
+            "an older transition's counts are ignored"
+        );
+    }
+
+    #[test]
+    fn moved_sessions_parse_only_three_decimal_numbers() {
+        for bad in [
+            "",
+            "1",
+            "1:2",
+            "1:2:3:4",
+            "a:2:3",
+            "1:-2:3",
+            "1: 2:3",
+            "1:2:18446744073709551616",
+        ] {
+            assert!(bad.parse::<MovedSessions>().is_err(), "{bad:?}");
+        }
+        let moved: MovedSessions = "0:0:0".parse().unwrap();
+        assert_eq!(moved, MovedSessions::default());
+        let error = "x"
+            .repeat(1000)
+            .parse::<MovedSessions>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.len() < 200,
+            "the message quotes a bounded prefix: {error}"
+        );
     }
 }

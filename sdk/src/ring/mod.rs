@@ -79,7 +79,7 @@ pub const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
 
 /// Names of the annotations a pod patches onto itself to report progress
 /// through a transition; the operator watches pods, so it needs no polling.
-/// Values are ring versions in decimal.
+/// Values are ring versions in decimal, except [`MOVED_SESSIONS`](annotations::MOVED_SESSIONS).
 pub mod annotations {
     /// The newest ring version the pod has loaded and routes by.
     pub const OBSERVED_RING_VERSION: &str = "locus.dev/observed-ring-version";
@@ -89,4 +89,9 @@ pub mod annotations {
     /// The `Switch` ring version for which the pod finished handing over every
     /// key it lost.
     pub const DRAINED_RING_VERSION: &str = "locus.dev/drained-ring-version";
+    /// `V:warm:cold` — the sessions this pod took over in the transition that
+    /// the `Stable` ring `V` completed: `warm` arrived with their state (pre-copy,
+    /// transfer or push), `cold` were loaded on first touch
+    /// ([`MovedSessions`](crate::progress::MovedSessions)).
+    pub const MOVED_SESSIONS: &str = "locus.dev/moved-sessions";
 }
