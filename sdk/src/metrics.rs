@@ -1,4 +1,5 @@
-//! Prometheus metrics of every Locus part, under the prefix `locus`.
+//! Prometheus metrics of every Locus part, under the prefix `locus`, and
+//! the service's own metrics beside them.
 //!
 //! One [`Metrics`] value is shared (cheap clones) by the ring source, the
 //! router, the ownership layer and fan-out of a process; [`Metrics::encode`]
@@ -22,15 +23,44 @@
 //! `owner_unavailable`, `forward_failed`. Rejection reasons are
 //! [`Rejection::metric_label`](crate::source::Rejection::metric_label).
 //!
+//! # The service's metrics
+//!
+//! A service serves one `/metrics` page from the same [`Metrics`]: one
+//! registry, encoded once, with one `# EOF`.
+//!
+//! | what | how |
+//! |---|---|
+//! | the service's metrics, at any time | [`Metrics::register_with`]: the closure gets the registry's root, e.g. `registry.sub_registry_with_prefix("myservice")` |
+//! | other Locus parts that register into a `&mut Registry` ([`SessionStore::register_metrics`](crate::SessionStore::register_metrics), [`Member::register_metrics`](crate::server::session::Member::register_metrics)) | the same, under prefix `locus` |
+//! | values computed at scrape time | [`Registry::register_collector`] inside [`Metrics::register_with`] |
+//! | labels on every metric (e.g. the service's name) | [`Metrics::from_registry`] with [`Registry::with_labels`] |
+//! | another format (protobuf) | [`Metrics::with_registry`] |
+//!
+//! The registry sits behind a lock held only while a closure registers or
+//! while the page is encoded into a `String`, never while it is written to
+//! a client. The registry does not check names: a family registered twice
+//! is rendered twice, so register each once, under a prefix of the
+//! service's own (`locus` is the SDK's).
+//!
 //! ```
+//! use prometheus_client::metrics::counter::Counter;
+//!
 //! let metrics = locus::Metrics::new();
+//! let orders = Counter::<u64>::default();
+//! metrics.register_with(|registry| {
+//!     registry
+//!         .sub_registry_with_prefix("shop")
+//!         .register("orders", "Orders placed", orders.clone());
+//! });
+//! orders.inc();
 //! let text = metrics.encode();
 //! assert!(text.contains("# TYPE locus_ring_version gauge"));
+//! assert!(text.contains("shop_orders_total 1"));
 //! assert!(text.ends_with("# EOF\n"));
 //! ```
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use prometheus_client::collector::Collector;
@@ -69,7 +99,8 @@ pub struct Metrics {
 }
 
 struct Inner {
-    registry: Registry,
+    /// Locked only to register or to encode into a `String`.
+    registry: Mutex<Registry>,
     requests: Family<[Label; 2], Counter>,
     durations: Family<[Label; 1], Histogram, fn() -> Histogram>,
     forwarded: Counter,
@@ -132,8 +163,10 @@ impl Metrics {
     }
 
     /// Metrics registered under prefix `locus` in `registry`, which may
-    /// already hold the service's own metrics (and labels, e.g. the service
-    /// name); [`Metrics::encode`] then renders all of it.
+    /// already hold the service's own metrics and carry labels for every
+    /// metric (e.g. the service's name, [`Registry::with_labels`]);
+    /// [`Metrics::encode`] then renders all of it. Metrics made later are
+    /// added with [`Metrics::register_with`].
     pub fn from_registry(mut registry: Registry) -> Self {
         let sub = registry.sub_registry_with_prefix("locus");
         let requests = Family::<[Label; 2], Counter>::default();
@@ -186,7 +219,7 @@ impl Metrics {
         );
         Self {
             inner: Arc::new(Inner {
-                registry,
+                registry: Mutex::new(registry),
                 requests,
                 durations,
                 forwarded,
@@ -199,22 +232,74 @@ impl Metrics {
         }
     }
 
-    /// The registry, e.g. to encode it in another format.
-    pub fn registry(&self) -> &Registry {
-        &self.inner.registry
+    /// Registers metrics of the service (or of other Locus parts) into this
+    /// registry, at any time: `f` gets its root, where the SDK's metrics sit
+    /// under prefix `locus`, and its return value is passed back. Every
+    /// later [`Metrics::encode`] renders what it registered, on the same
+    /// page.
+    ///
+    /// The registry is locked while `f` runs: `f` must only register (no
+    /// I/O, no call back into this `Metrics` or its clones, which would
+    /// deadlock). Each family must be registered once: the registry keeps
+    /// duplicates and renders them all.
+    ///
+    /// ```
+    /// use prometheus_client::metrics::counter::Counter;
+    /// use prometheus_client::metrics::family::Family;
+    ///
+    /// // Built first, then handed to the ring source, router and layers.
+    /// let metrics = locus::Metrics::new();
+    ///
+    /// // Later: the service's own counters, under its own prefix.
+    /// let carts = Family::<[(&'static str, &'static str); 1], Counter>::default();
+    /// metrics.register_with(|registry| {
+    ///     registry.sub_registry_with_prefix("shop").register(
+    ///         "carts",
+    ///         "Carts by outcome",
+    ///         carts.clone(),
+    ///     );
+    /// });
+    /// carts.get_or_create(&[("outcome", "paid")]).inc();
+    ///
+    /// let text = metrics.encode();
+    /// assert!(text.contains("shop_carts_total{outcome=\"paid\"} 1"));
+    /// assert_eq!(text.matches("# EOF").count(), 1);
+    /// ```
+    pub fn register_with<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
+        f(&mut self.lock_registry())
     }
 
-    /// Renders every metric in the Prometheus (`OpenMetrics`) text format.
+    /// Runs `f` on the registry, e.g. to encode it in another format; the
+    /// registry is locked meanwhile, so `f` should encode into memory and
+    /// return, leaving the I/O to the caller.
+    pub fn with_registry<R>(&self, f: impl FnOnce(&Registry) -> R) -> R {
+        f(&self.lock_registry())
+    }
+
+    /// Renders every metric in the Prometheus (`OpenMetrics`) text format:
+    /// the SDK's and all [registered](Metrics::register_with) ones, ending
+    /// in one `# EOF`.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail; an encoder error would be a bug in
         // a metric, and a partial page is the most useful answer then.
-        if let Err(error) =
-            prometheus_client::encoding::text::encode(&mut out, &self.inner.registry)
-        {
+        let encoded = {
+            let registry = self.lock_registry();
+            prometheus_client::encoding::text::encode(&mut out, &registry)
+        };
+        if let Err(error) = encoded {
             tracing::warn!(%error, "encoding metrics failed");
         }
         out
+    }
+
+    /// The registry, locked. A panic while it was held (in a caller's
+    /// closure) leaves it usable: registering only appends.
+    fn lock_registry(&self) -> MutexGuard<'_, Registry> {
+        self.inner
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Counts one request by side and outcome, and its duration.
@@ -382,5 +467,113 @@ mod tests {
         let text = metrics.encode();
         assert!(text.contains("chat_messages_total 1"), "{text}");
         assert!(text.contains("locus_forwarded_total 1"), "{text}");
+    }
+
+    /// The SDK's families, fed the same requests in every test below.
+    fn recorded() -> Metrics {
+        let metrics = Metrics::new();
+        metrics.request(Side::Server, "served", Duration::from_millis(2));
+        metrics.forwarded();
+        metrics.misdirected_sent();
+        metrics.ring_rejected("malformed");
+        metrics.fanout_member("answered");
+        metrics
+    }
+
+    #[test]
+    fn a_service_metric_registered_later_is_rendered_once_beside_the_sdk_ones() {
+        let metrics = recorded();
+        let before = metrics.encode();
+        let jobs = Family::<[Label; 1], Counter>::default();
+        // Through a clone: every clone shares the one registry.
+        metrics.clone().register_with(|registry| {
+            registry.sub_registry_with_prefix("svc").register(
+                "jobs",
+                "Jobs by outcome",
+                jobs.clone(),
+            );
+        });
+        jobs.get_or_create(&[("outcome", "done")]).inc();
+        let text = metrics.encode();
+
+        assert_eq!(
+            text.matches("# TYPE svc_jobs counter\n").count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("# HELP svc_jobs Jobs by outcome.\n").count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("svc_jobs_total{outcome=\"done\"} 1\n").count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        assert!(text.ends_with("\n# EOF\n"), "{text}");
+        // The SDK's families are rendered as before, the service's added.
+        let sdk_only: Vec<&str> = text.lines().filter(|l| !l.contains("svc_jobs")).collect();
+        assert_eq!(sdk_only, before.lines().collect::<Vec<_>>());
+        assert_eq!(metrics.forwarded_total(), 1);
+    }
+
+    #[test]
+    fn a_collector_registered_later_is_computed_at_every_scrape() {
+        #[derive(Debug)]
+        struct Queue(Arc<Mutex<i64>>);
+        impl Collector for Queue {
+            fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+                let depth = *self.0.lock().unwrap_or_else(PoisonError::into_inner);
+                let metric = encoder.encode_descriptor(
+                    "svc_queue_depth",
+                    "Queued jobs",
+                    None,
+                    MetricType::Gauge,
+                )?;
+                ConstGauge::new(depth).encode(metric)
+            }
+        }
+        let metrics = recorded();
+        let depth = Arc::new(Mutex::new(3));
+        metrics.register_with(|registry| {
+            registry.register_collector(Box::new(Queue(Arc::clone(&depth))));
+        });
+        assert!(metrics.encode().contains("\nsvc_queue_depth 3\n"));
+        *depth.lock().unwrap() = 5;
+        let text = metrics.encode();
+        assert_eq!(text.matches("svc_queue_depth 5\n").count(), 1, "{text}");
+        assert!(!text.contains("svc_queue_depth 3"), "{text}");
+        assert!(text.contains("locus_forwarded_total 1\n"), "{text}");
+        assert!(text.ends_with("\n# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn registration_returns_the_closures_value_and_survives_a_panicking_one() {
+        let metrics = recorded();
+        let before = metrics.encode();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            metrics.register_with(|_| panic!("a service bug while registering"));
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(
+            metrics.encode(),
+            before,
+            "the lock was poisoned, not the page"
+        );
+        let gauge = metrics.register_with(|registry| {
+            let gauge = Gauge::<i64>::default();
+            registry.register("svc_up", "Whether the service is up", gauge.clone());
+            gauge
+        });
+        gauge.set(1);
+        let text = metrics.encode();
+        assert!(text.contains("\nsvc_up 1\n"), "{text}");
+        let size = metrics.with_registry(|registry| {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, registry).map(|()| out.len())
+        });
+        assert_eq!(size, Ok(text.len()));
     }
 }
