@@ -413,19 +413,10 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, S
     }
 }
 
-/// `GET /metrics`: the main registry, then the handoff driver's.
+/// `GET /metrics`: the one registry the SDK, the store, the member and the
+/// sample register into.
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let mut page = state.metrics.encode();
-    if let Some(registry) = &state.handoff_metrics {
-        // One exposition: the first registry's end marker goes, the second
-        // one's stays.
-        if let Some(body) = page.strip_suffix("# EOF\n") {
-            page.truncate(body.len());
-        }
-        if let Err(error) = prometheus_client::encoding::text::encode(&mut page, registry) {
-            tracing::warn!(%error, "cannot encode the handoff metrics");
-        }
-    }
+    let page = state.metrics.encode();
     ([(header::CONTENT_TYPE, locus::Metrics::CONTENT_TYPE)], page).into_response()
 }
 

@@ -22,7 +22,6 @@ use locus::handoff::{HandoffConfig, HandoffSecret};
 use locus::progress::{KubeProgressReporter, MemoryProgressReporter};
 use locus::server::session::{Member, ShutdownIntent};
 use locus::source::RingSource;
-use prometheus_client::registry::Registry;
 
 use super::LedgerStore;
 use crate::Error;
@@ -108,13 +107,13 @@ impl HandoffOptions {
     /// Builds and starts the member of pod `pod` over `store`, reading the
     /// ring of `ring`: a snapshot of an in-place restart is back in the
     /// store, and the driver runs, when this returns (call it before
-    /// serving). Also returns the member's metrics registry.
+    /// serving).
     pub(crate) async fn start(
         self,
         pod: &str,
         ring: &impl RingSource,
         store: &LedgerStore,
-    ) -> Result<(Member, Registry), Error> {
+    ) -> Result<Member, Error> {
         let member = self.member(pod, ring, store).await?;
         let started = member.start().await;
         if let Some(restored) = &started.snapshot {
@@ -123,10 +122,8 @@ impl HandoffOptions {
         if let Some(ignored) = &started.snapshot_ignored {
             tracing::warn!(%ignored, "snapshot found but not restored");
         }
-        let mut registry = Registry::default();
-        member.register_metrics(registry.sub_registry_with_prefix("locus"));
         tracing::info!(%pod, "handoff driver running");
-        Ok((member, registry))
+        Ok(member)
     }
 
     /// Builds the member of pod `pod` over `store`, reading the ring of

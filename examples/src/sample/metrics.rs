@@ -6,9 +6,9 @@
 //! | `sample_reads_total` | counter | `outcome` (`ok`, or the refusal's label) |
 //! | `sample_sessions_served_total` | counter | `cache` (`warm`, `cold`, `stateless`) |
 
+use locus::Metrics;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
 
 use super::handlers::Cache;
 
@@ -28,23 +28,28 @@ impl SampleMetrics {
         Self::default()
     }
 
-    /// Registers the counters into `registry` (prefix `sample`).
-    pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "appends",
-            "Appends by outcome: applied, duplicate, or why they were refused.",
-            self.appends.clone(),
-        );
-        registry.register(
-            "reads",
-            "Session reads by outcome: ok, or why they were refused.",
-            self.reads.clone(),
-        );
-        registry.register(
-            "sessions_served",
-            "Answered session requests by where the session was: warm (in memory), cold (loaded or created), stateless (PostgreSQL).",
-            self.served.clone(),
-        );
+    /// Registers the counters under prefix `sample` into the process's
+    /// metrics, beside the SDK's (`/metrics` renders them all). Call it
+    /// once.
+    pub fn register(&self, metrics: &Metrics) {
+        metrics.register_with(|registry| {
+            let registry = registry.sub_registry_with_prefix("sample");
+            registry.register(
+                "appends",
+                "Appends by outcome: applied, duplicate, or why they were refused.",
+                self.appends.clone(),
+            );
+            registry.register(
+                "reads",
+                "Session reads by outcome: ok, or why they were refused.",
+                self.reads.clone(),
+            );
+            registry.register(
+                "sessions_served",
+                "Answered session requests by where the session was: warm (in memory), cold (loaded or created), stateless (PostgreSQL).",
+                self.served.clone(),
+            );
+        });
     }
 
     pub(crate) fn append(&self, outcome: &'static str) {

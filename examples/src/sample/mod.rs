@@ -56,7 +56,6 @@ use locus::driver::DrainReport;
 use locus::server::session::{Member, ShutdownIntent, ShutdownPath};
 use locus::store::{Flush, JsonCodec, Limits};
 use locus::{Metrics, Mode, OwnershipLayer, RingSource, RingWatch, SessionStore};
-use prometheus_client::registry::Registry;
 use tokio::sync::Mutex as AsyncMutex;
 use tokio::task::JoinHandle;
 
@@ -158,9 +157,6 @@ pub(crate) struct AppState {
     pub(crate) persistent: bool,
     /// The Locus member, when the sample takes part in transitions.
     pub(crate) member: Option<Member>,
-    /// The member's handoff metrics (`locus_handoff_*`), encoded after the
-    /// main registry on `/metrics`.
-    pub(crate) handoff_metrics: Option<Registry>,
 }
 
 /// The running sample: its HTTP app and the parts a handoff driver needs.
@@ -246,9 +242,9 @@ impl SampleService {
         } = config;
         let pod_header = HeaderValue::from_str(&pod)
             .map_err(|_| Error::config("pod name", format!("{pod:?} is not a header value")))?;
-        let mut registry = Registry::default();
+        let metrics = Metrics::new();
         let sample = SampleMetrics::new();
-        sample.register(registry.sub_registry_with_prefix("sample"));
+        sample.register(&metrics);
         let max_key_bytes = limits.max_key_bytes;
         let persistent = matches!(
             mode,
@@ -264,7 +260,9 @@ impl SampleService {
                     .limits(limits)
                     .persistence(persistence)
                     .build()?;
-                store.register_metrics(registry.sub_registry_with_prefix("locus"));
+                metrics.register_with(|registry| {
+                    store.register_metrics(registry.sub_registry_with_prefix("locus"));
+                });
                 let passivation = store.spawn_passivation();
                 (Backend::Memory(store), Some(passivation))
             }
@@ -276,7 +274,6 @@ impl SampleService {
                 None,
             ),
         };
-        let metrics = Metrics::from_registry(registry);
         let ring = match ring {
             Some(config) => Some(Arc::new(config.open(&metrics).await?)),
             None => None,
@@ -300,12 +297,15 @@ impl SampleService {
         if let Some(ring) = &ring {
             tracing::info!(%pod, source = %ring.describe(), "ring source open");
         }
-        let (member, handoff_metrics) = match (&backend, &ring, handoff) {
+        let member = match (&backend, &ring, handoff) {
             (Backend::Memory(store), Some(ring), Some(options)) => {
-                let (member, registry) = options.start(&pod, ring.as_ref(), store).await?;
-                (Some(member), Some(registry))
+                let member = options.start(&pod, ring.as_ref(), store).await?;
+                metrics.register_with(|registry| {
+                    member.register_metrics(registry.sub_registry_with_prefix("locus"));
+                });
+                Some(member)
             }
-            _ => (None, None),
+            _ => None,
         };
         let state = Arc::new(AppState {
             backend,
@@ -318,7 +318,6 @@ impl SampleService {
             draining: AtomicBool::new(false),
             persistent,
             member,
-            handoff_metrics,
         });
         let router = app(Arc::clone(&state), ownership, max_event_bytes);
         Ok(Self {
