@@ -237,6 +237,15 @@ impl PhaseReport {
         self.summary.moved.warm_percent()
     }
 
+    /// The operator's `status.lastTransition.warmHitPercent` for the phase's last transition
+    /// (from what the pods reported), if that transition ended at the phase's final ring.
+    pub fn operator_warm_percent(&self) -> Option<f64> {
+        let last = self.ring.last_transition.as_ref()?;
+        (last.get("toVersion")?.as_u64()? == self.ring.to_version)
+            .then(|| last.get("warmHitPercent")?.as_f64())
+            .flatten()
+    }
+
     /// One line for people.
     pub fn line(&self) -> String {
         format!(
@@ -273,6 +282,7 @@ impl PhaseReport {
             "cache": self.summary.cache,
             "moved": self.summary.moved,
             "moved_warm_percent": self.moved_warm_percent(),
+            "operator_warm_hit_percent": self.operator_warm_percent(),
             "first_touches": self.summary.handoff,
             "ring": self.ring,
             "timed_out": self.timed_out,
@@ -297,7 +307,7 @@ impl DemoReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<12} {:>8} {:>7} {:>6} {:>8} {:>8} {:>7} {:>12} {:>7} {:>9} {:>8}",
+            "{:<12} {:>8} {:>7} {:>6} {:>8} {:>8} {:>7} {:>12} {:>7} {:>9} {:>8} {:>9}",
             "phase",
             "requests",
             "errors",
@@ -308,7 +318,8 @@ impl DemoReport {
             "moved w/c",
             "shards",
             "ring v",
-            "conv s"
+            "conv s",
+            "op warm %"
         );
         for phase in &self.phases {
             let s = &phase.summary;
@@ -317,7 +328,7 @@ impl DemoReport {
                 .map_or_else(|| "-".to_owned(), |p| format!("{p:.1}"));
             let _ = writeln!(
                 out,
-                "{:<12} {:>8} {:>7} {:>6} {:>8.2} {:>8.2} {:>7} {:>12} {:>7} {:>9} {:>8}{}",
+                "{:<12} {:>8} {:>7} {:>6} {:>8.2} {:>8.2} {:>7} {:>12} {:>7} {:>9} {:>8} {:>9}{}",
                 phase.name,
                 s.requests,
                 s.errors,
@@ -333,6 +344,9 @@ impl DemoReport {
                 } else {
                     "-".to_owned()
                 },
+                phase
+                    .operator_warm_percent()
+                    .map_or_else(|| "-".to_owned(), |p| format!("{p:.1}")),
                 if phase.timed_out { "  TIMED OUT" } else { "" }
             );
         }

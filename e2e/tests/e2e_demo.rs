@@ -39,6 +39,16 @@ fn assert_clean(report: &PhaseReport) {
         report.name
     );
     assert!(s.is_consistent(), "{}: {}", report.name, s.to_json_line());
+    if report.ring.shards_moved > 0 {
+        // The operator's own figure, from what the pods reported with the final ring.
+        let reported = report.operator_warm_percent();
+        assert!(
+            reported.is_some_and(|p| p >= 99.0),
+            "{}: status.lastTransition.warmHitPercent {reported:?} ({:?})",
+            report.name,
+            report.ring.last_transition
+        );
+    }
     if let Some(warm) = report.moved_warm_percent() {
         assert!(
             warm >= 99.0,
