@@ -142,7 +142,7 @@ impl Collector for RingAge {
             let gauge = ConstGauge::new(received.elapsed().as_secs_f64());
             let metric = encoder.encode_descriptor(
                 "ring_age",
-                "Time since the ring this process routes by was received.",
+                "Time since the ring this process routes by was received",
                 Some(&Unit::Seconds),
                 MetricType::Gauge,
             )?;
@@ -172,33 +172,33 @@ impl Metrics {
         let requests = Family::<[Label; 2], Counter>::default();
         sub.register(
             "requests",
-            "Requests by side (client router or server ownership layer) and outcome.",
+            "Requests by side (client router or server ownership layer) and outcome",
             requests.clone(),
         );
         let durations: Family<[Label; 1], Histogram, fn() -> Histogram> =
             Family::new_with_constructor(latency_histogram);
         sub.register_with_unit(
             "request_duration",
-            "Time spent in the router (client) or the ownership layer and what it wraps (server).",
+            "Time spent in the router (client) or the ownership layer and what it wraps (server)",
             Unit::Seconds,
             durations.clone(),
         );
         let forwarded = Counter::default();
         sub.register(
             "forwarded",
-            "Requests a pod forwarded to the owner of their key.",
+            "Requests a pod forwarded to the owner of their key",
             forwarded.clone(),
         );
         let misdirected = Family::<[Label; 1], Counter>::default();
         sub.register(
             "misdirected",
-            "421 Misdirected Request answers, sent by pods or received by routers.",
+            "421 Misdirected Request answers, sent by pods or received by routers",
             misdirected.clone(),
         );
         let ring_version = Gauge::default();
         sub.register(
             "ring_version",
-            "Version of the ring this process routes by (0: none yet).",
+            "Version of the ring this process routes by (0: none yet)",
             ring_version.clone(),
         );
         let ring_received = Arc::new(Mutex::new(None));
@@ -208,13 +208,13 @@ impl Metrics {
         let rejected = Family::<[Label; 1], Counter>::default();
         sub.register(
             "ring_documents_rejected",
-            "Ring documents refused by this process's ring source, by reason.",
+            "Ring documents refused by this process's ring source, by reason",
             rejected.clone(),
         );
         let fanout_members = Family::<[Label; 1], Counter>::default();
         sub.register(
             "fanout_members",
-            "Fan-out member requests by outcome (answered, timeout, upstream, status, unavailable).",
+            "Fan-out member requests by outcome (answered, timeout, upstream, status, unavailable)",
             fanout_members.clone(),
         );
         Self {
@@ -439,6 +439,10 @@ mod tests {
         }
         assert_eq!(metrics.ring_version(), 7);
         assert_eq!(metrics.rejected_total("malformed"), 1);
+        // The encoder ends every help text with a period of its own.
+        for help in text.lines().filter(|l| l.starts_with("# HELP")) {
+            assert!(!help.ends_with(".."), "{help}");
+        }
     }
 
     #[test]

@@ -36,17 +36,17 @@ impl SampleMetrics {
             let registry = registry.sub_registry_with_prefix("sample");
             registry.register(
                 "appends",
-                "Appends by outcome: applied, duplicate, or why they were refused.",
+                "Appends by outcome: applied, duplicate, or why they were refused",
                 self.appends.clone(),
             );
             registry.register(
                 "reads",
-                "Session reads by outcome: ok, or why they were refused.",
+                "Session reads by outcome: ok, or why they were refused",
                 self.reads.clone(),
             );
             registry.register(
                 "sessions_served",
-                "Answered session requests by where the session was: warm (in memory), cold (loaded or created), stateless (PostgreSQL).",
+                "Answered session requests by where the session was: warm (in memory), cold (loaded or created), stateless (PostgreSQL)",
                 self.served.clone(),
             );
         });
