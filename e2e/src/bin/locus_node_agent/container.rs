@@ -4,7 +4,8 @@
 //! the process, runs its probes and waits for it. When the process ends it restarts it
 //! as the pod's `restartPolicy` says (init containers restart only on failure, and not
 //! under `Never`), after a back-off of 0 s for the first restart, then 10 s doubling up
-//! to `--max-restart-backoff-secs`, reset after 10 minutes of running; while it waits the
+//! to `--max-restart-backoff-secs`, reset after 10 minutes of running and after an image
+//! change (a kubelet keys the back-off by the container spec); while it waits the
 //! container is `Waiting` with reason `CrashLoopBackOff`. An image without a mapping
 //! leaves it `Waiting` with `ErrImagePull`, then `ImagePullBackOff`, retried on the same
 //! back-off. Every change is sent to the pod worker as a [`ContainerView`].
@@ -55,6 +56,29 @@ pub fn backoff(step: u32, cap: Duration) -> Duration {
     }
     let secs = 10u64.saturating_mul(1u64 << (step - 1).min(20));
     Duration::from_secs(secs).min(cap)
+}
+
+/// The delay before the next start of a container that just ended after running for
+/// `ran_for`, advancing `crash_step`. A run stopped for a new image is not a crash and starts
+/// the back-off afresh (a kubelet keys its back-off by the container spec's hash, so the
+/// first crash after an image change restarts at once); so does a run of
+/// [`BACKOFF_RESET`] or longer.
+pub fn restart_delay(
+    crash_step: &mut u32,
+    replaced: bool,
+    ran_for: Duration,
+    cap: Duration,
+) -> Duration {
+    if replaced {
+        *crash_step = 0;
+        return Duration::ZERO;
+    }
+    if ran_for >= BACKOFF_RESET {
+        *crash_step = 0;
+    }
+    let delay = backoff(*crash_step, cap);
+    *crash_step = crash_step.saturating_add(1);
+    delay
 }
 
 /// Whether a container that exited with `exit_code` runs again.
@@ -457,11 +481,12 @@ impl Supervisor {
                 self.send(&view);
                 return view;
             }
-            if started_instant.elapsed() >= BACKOFF_RESET || end.replaced {
-                crash_step = 0;
-            }
-            let delay = backoff(crash_step, cap);
-            crash_step += 1;
+            let delay = restart_delay(
+                &mut crash_step,
+                end.replaced,
+                started_instant.elapsed(),
+                cap,
+            );
             view.last = Some(termination);
             if !delay.is_zero() {
                 self.waiting(
@@ -494,6 +519,31 @@ mod tests {
         assert_eq!(steps, vec![0, 10, 20, 40, 80, 160, 300]);
         assert_eq!(backoff(3, Duration::from_secs(10)), Duration::from_secs(10));
         assert_eq!(backoff(u32::MAX, cap), cap);
+    }
+
+    #[test]
+    fn an_image_change_starts_the_back_off_afresh() {
+        let cap = Duration::from_secs(300);
+        let short = Duration::from_secs(1);
+        let mut step = 0;
+        // Two crashes: the first restarts at once, the second after 10 s.
+        assert_eq!(restart_delay(&mut step, false, short, cap), Duration::ZERO);
+        assert_eq!(
+            restart_delay(&mut step, false, short, cap),
+            Duration::from_secs(10)
+        );
+        // An image change restarts at once, and so does the first crash after it.
+        assert_eq!(restart_delay(&mut step, true, short, cap), Duration::ZERO);
+        assert_eq!(restart_delay(&mut step, false, short, cap), Duration::ZERO);
+        assert_eq!(
+            restart_delay(&mut step, false, short, cap),
+            Duration::from_secs(10)
+        );
+        // A long run resets it too.
+        assert_eq!(
+            restart_delay(&mut step, false, BACKOFF_RESET, cap),
+            Duration::ZERO
+        );
     }
 
     #[test]
