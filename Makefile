@@ -44,6 +44,7 @@ bench: cluster-tools
 	$(CARGO) bench -p locus
 	LOCUS_E2E_LATENCY_CYCLES=60 $(CARGO) test --release -p locus-e2e --test operator_latency -- --nocapture
 	@bash e2e/bench/cluster-start.sh 5
+	@bash e2e/bench/inplace-restart.sh
 	@bash bench/locality-routing.sh
 	$(CARGO) run --release -p locus --example ring_report -- --members 100 --vnodes 128 --keys 1000000
 	$(CARGO) run --release -p locus --example ring_report -- --members 1000 --vnodes 128 --keys 1000000
