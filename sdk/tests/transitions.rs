@@ -317,6 +317,11 @@ async fn in_place_restart_through_a_snapshot_keeps_every_session() {
     assert_eq!(report.path, ShutdownPath::Snapshot);
     let written = report.snapshot.unwrap().unwrap();
     assert_eq!(written.records as usize, held);
+    // Written back before the snapshot (most of it while still serving): the
+    // snapshot carries no unwritten session, so the restored pod has nothing
+    // to write back for them.
+    assert!(report.flushed.unwrap().written > 0, "{:?}", report.flushed);
+    assert_eq!(written.dirty, 0, "{written:?}");
     let stopped = cluster.stop_pod(name).await;
     let address = stopped.info.address;
     drop(stopped);

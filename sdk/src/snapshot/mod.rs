@@ -140,6 +140,9 @@ pub struct SnapshotWritten {
     pub path: PathBuf,
     /// Sessions written.
     pub records: u64,
+    /// Of those, sessions not written back to the persistence yet (the
+    /// restored process writes them back as usual).
+    pub dirty: u64,
     /// Sessions that could not be encoded (left out).
     pub skipped: u64,
     /// File size.
@@ -280,11 +283,12 @@ pub async fn write(
         file.sync_all().map_err(io_error(&path))?;
         Ok((records, written + TRAILER_BYTES))
     });
-    let mut skipped = 0u64;
+    let (mut skipped, mut dirty) = (0u64, 0u64);
     let mut sessions = store.snapshot();
     while let Some(record) = sessions.next().await {
         match record {
             Ok(record) => {
+                dirty += u64::from(record.dirty);
                 if tx.send(record).await.is_err() {
                     // The writer failed; its error is reported below.
                     break;
@@ -302,10 +306,11 @@ pub async fn write(
     })??;
     fs::rename(&tmp, &path).map_err(io_error(&path))?;
     let took = started.elapsed();
-    tracing::info!(path = %path.display(), records, bytes, ?took, "snapshot written");
+    tracing::info!(path = %path.display(), records, dirty, bytes, ?took, "snapshot written");
     Ok(SnapshotWritten {
         path,
         records,
+        dirty,
         skipped,
         bytes,
         took,

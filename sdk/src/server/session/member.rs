@@ -622,13 +622,28 @@ impl Member {
                  sessions not written back are lost)"
             );
         }
+        // Written back while the pod still serves: the sessions are durable
+        // even if the next process cannot use the snapshot (a new image that
+        // refuses its format, say), without holding the pod unavailable for
+        // the whole write-back. Half the time at most: the snapshot comes first.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let early = self.flush(Instant::now() + left / 2).await;
         self.stop(deadline).await;
         report.path = ShutdownPath::Snapshot;
+        // What changed during that write-back, bounded the same way; then the
+        // snapshot, whose records carry their dirty flags as they are now (so
+        // the restored process writes back only what is still unwritten).
+        let left = deadline.saturating_duration_since(Instant::now());
+        let late = self.flush(Instant::now() + left / 2).await;
         if let Some(slot) = plan::serving_slot(ring, &state.pod) {
             let header = SnapshotHeader::new(ring, slot, &state.pod);
             report.snapshot = Some(snapshot::write(state.store.as_ref(), dir, &header).await);
         }
-        report.flushed = Some(self.flush(deadline).await);
+        report.flushed = Some(Flush {
+            written: early.written + late.written,
+            failed: late.failed,
+            clean: late.clean,
+        });
     }
 
     /// The pod goes away with its snapshot volume: no snapshot, and none
