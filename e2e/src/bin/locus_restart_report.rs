@@ -24,9 +24,10 @@
 //!    `--note-bytes` note, by the load generator routing with the SDK router over the ring
 //!    `ConfigMap`;
 //! 5. **snapshot**: the template's image `locus/sample:dev` → `locus/sample:v2` (the same
-//!    binary): the operator updates the pod in place, the pod writes its snapshot on SIGTERM
-//!    (and then writes its sessions back to PostgreSQL), the node agent restarts the container
-//!    in the same pod and the new process restores the snapshot before it serves;
+//!    binary): the operator updates the pod in place; on SIGTERM the pod writes its changed
+//!    sessions back to PostgreSQL while still serving, stops, writes what changed meanwhile
+//!    and its snapshot; the node agent restarts the container in the same pod and the new
+//!    process restores the snapshot before it serves;
 //! 6. **cold**: with every session in PostgreSQL (checked by counting its rows), the
 //!    container's process is killed with SIGKILL (the process id is the node agent's
 //!    `containerID`, `locus://<pid>`, checked against the process's environment): no
@@ -42,11 +43,10 @@
 //! once more and checked against the acknowledged appends (lost writes must be 0).
 //!
 //! Output on stdout: the settings, the machine, one line per case and the comparison
-//! (`restart → every session served`, cold over snapshot). The cold case starts with every
-//! session already in PostgreSQL, while the snapshot case writes every session back during
-//! its shutdown (after the snapshot: the SDK's shutdown path); the comparison also gives the
-//! snapshot case without that write-back (its shutdown's duration less the snapshot's, both
-//! from the container's log). Exit status 0, 3 when a write was
+//! (`restart → every session served`, and `unavailable`: from the old process no longer
+//! answering to every session served, cold over snapshot). The cold case starts with every
+//! session already in PostgreSQL, while the snapshot case writes its sessions back during its
+//! shutdown, mostly while the old process still serves. Exit status 0, 3 when a write was
 //! lost or a session could not be read back, 1 when the benchmark could not run, 2 for bad
 //! flags. Everything it started (operator, PostgreSQL, namespace, work directory; the local
 //! cluster when it started one) is removed at the end, also on errors and Ctrl-C
@@ -281,6 +281,9 @@ struct CaseReport {
     name: &'static str,
     /// Change → the old process stops answering `/readyz`.
     down_s: f64,
+    /// Change → a session read first fails (the old process no longer serves sessions; it
+    /// keeps serving them after `/readyz` turned 503, while it writes its sessions back).
+    sessions_down_s: f64,
     /// Change → the new process answers `/readyz`.
     serving_s: f64,
     /// Change → the pod is Ready again (Kubernetes).
@@ -297,24 +300,28 @@ struct CaseReport {
     verification: Verification,
     /// Case-specific facts, `key=value`.
     facts: Vec<(String, String)>,
-    /// Snapshot case: the shutdown's write-back to PostgreSQL (the shutdown's duration less
-    /// the snapshot's, from the container's log).
-    write_back_s: Option<f64>,
     /// Load average when the case started.
     load_average: String,
 }
 
 impl CaseReport {
+    /// From a session read first failing to every session served once.
+    fn unavailable_s(&self) -> f64 {
+        (self.total_s - self.sessions_down_s).max(0.0)
+    }
+
     fn line(&self) -> String {
         let mut line = format!(
             "case={} restart_to_serving_s={:.2} restart_to_ready_s={:.2} old_process_down_s={:.2} \
+             sessions_down_s={:.2} \
              resident_at_start={} read_all_s={:.2} read_rps={:.0} read_p50_ms={:.2} read_p99_ms={:.2} \
              read_max_ms={:.1} warm={} cold={} read_errors={} restart_to_all_served_s={:.2} \
-             lost_writes={} stale_sessions={} unreadable={}",
+             unavailable_s={:.2} lost_writes={} stale_sessions={} unreadable={}",
             self.name,
             self.serving_s,
             self.ready_s,
             self.down_s,
+            self.sessions_down_s,
             self.resident_at_start
                 .map_or_else(|| "?".to_owned(), |v| format!("{v:.0}")),
             self.read_all_s,
@@ -326,6 +333,7 @@ impl CaseReport {
             self.read.cache.cold,
             self.read.errors,
             self.total_s,
+            self.unavailable_s(),
             self.verification.lost_writes,
             self.verification.stale_sessions,
             self.verification.sessions_unreadable,
@@ -370,17 +378,15 @@ impl Report {
                 cold.read_all_s,
                 ratio(cold.read_all_s, snapshot.read_all_s),
             );
-            // The cold case starts with every session already in PostgreSQL; the snapshot
-            // case pays for that write-back during its shutdown. Without it:
-            if let Some(write_back) = snapshot.write_back_s {
-                let without = snapshot.total_s - write_back;
-                let _ = write!(
-                    out,
-                    " snapshot_write_back_s={write_back:.2} snapshot_without_write_back_s={without:.2} \
-                     cold_over_snapshot_without_write_back={:.2}",
-                    ratio(cold.total_s, without)
-                );
-            }
+            // The snapshot case's old process serves while it writes its sessions back: what
+            // clients wait through is from when it stops answering to every session served.
+            let _ = write!(
+                out,
+                " unavailable_s snapshot={:.2} cold={:.2} cold_over_snapshot={:.2}",
+                snapshot.unavailable_s(),
+                cold.unavailable_s(),
+                ratio(cold.unavailable_s(), snapshot.unavailable_s()),
+            );
             let _ = writeln!(out, " loadavg_end={}", self.load_average_end);
         }
         out
@@ -1004,17 +1010,22 @@ async fn ready_after_restart(
     })?
 }
 
-/// Polls `url` (`/readyz`) every 10 ms until it fails at least once and then answers 200;
-/// returns when it first failed and when it answered again.
+/// Polls `url` (`/readyz`, or a session's read with its `session` header) every 10 ms until
+/// it fails at least once and then answers 200; returns when it first failed and when it
+/// answered again.
 async fn serving_again(
     http: reqwest::Client,
     url: String,
+    session: Option<String>,
 ) -> Result<(Instant, Instant), ReportError> {
     let started = Instant::now();
     let mut down_at = None;
     loop {
-        let ok =
-            matches!(http.get(&url).send().await, Ok(r) if r.status() == reqwest::StatusCode::OK);
+        let mut request = http.get(&url).timeout(Duration::from_secs(1));
+        if let Some(session) = &session {
+            request = request.header(locus::headers::SESSION, session);
+        }
+        let ok = matches!(request.send().await, Ok(r) if r.status() == reqwest::StatusCode::OK);
         let now = Instant::now();
         match (ok, down_at) {
             (false, None) => down_at = Some(now),
@@ -1309,11 +1320,20 @@ impl Bench<'_> {
         let mut serving = Aborting(tokio::spawn(serving_again(
             self.http.clone(),
             format!("http://{}:{PORT}/readyz", before.ip),
+            None,
+        )));
+        // One session, read straight from the pod.
+        let session = format!("{}-0", self.prefix);
+        let mut sessions = Aborting(tokio::spawn(serving_again(
+            self.http.clone(),
+            format!("http://{}:{PORT}/sessions/{session}", before.ip),
+            Some(session),
         )));
         let started = Instant::now();
         change.await?;
         let joined = |e: tokio::task::JoinError| ReportError::Setup(e.to_string());
         let (down, up) = (&mut serving.0).await.map_err(joined)??;
+        let (sessions_down, _) = (&mut sessions.0).await.map_err(joined)??;
         progress(&format!(
             "{name}: the new process answers after {:.2} s; reading every session",
             (up - started).as_secs_f64()
@@ -1338,6 +1358,7 @@ impl Bench<'_> {
         Ok(CaseReport {
             name,
             down_s: (down - started).as_secs_f64(),
+            sessions_down_s: (sessions_down - started).as_secs_f64(),
             serving_s: (up - started).as_secs_f64(),
             ready_s: (ready_at - started).as_secs_f64(),
             resident_at_start: resident,
@@ -1346,7 +1367,6 @@ impl Bench<'_> {
             total_s: (done - started).as_secs_f64(),
             verification,
             facts: Vec::new(),
-            write_back_s: None,
             load_average,
         })
     }
@@ -1518,15 +1538,6 @@ async fn snapshot_case(
         .map(|p| read_log(&p))
         .unwrap_or_default();
     case.facts = snapshot_facts(&log);
-    let seconds = |key: &str| {
-        case.facts
-            .iter()
-            .find(|(k, _)| k == key)
-            .and_then(|(_, v)| v.parse::<f64>().ok())
-    };
-    case.write_back_s = seconds("shutdown_s")
-        .zip(seconds("snapshot_write_s"))
-        .map(|(shutdown, write)| (shutdown - write).max(0.0));
     case.facts.push((
         "restarts".into(),
         format!("{}→{}", first.restarts, after.restarts),
