@@ -43,8 +43,8 @@
 //! once more and checked against the acknowledged appends (lost writes must be 0).
 //!
 //! Output on stdout: the settings, the machine, one line per case and the comparison
-//! (`restart → every session served`, and `unavailable`: from the old process no longer
-//! answering to every session served, cold over snapshot). The cold case starts with every
+//! (`restart → every session served`, and from a session read first failing to every session
+//! served once more, cold over snapshot). The cold case starts with every
 //! session already in PostgreSQL, while the snapshot case writes its sessions back during its
 //! shutdown, mostly while the old process still serves. Exit status 0, 3 when a write was
 //! lost or a session could not be read back, 1 when the benchmark could not run, 2 for bad
@@ -306,7 +306,7 @@ struct CaseReport {
 
 impl CaseReport {
     /// From a session read first failing to every session served once.
-    fn unavailable_s(&self) -> f64 {
+    fn stopped_to_all_served_s(&self) -> f64 {
         (self.total_s - self.sessions_down_s).max(0.0)
     }
 
@@ -316,7 +316,7 @@ impl CaseReport {
              sessions_down_s={:.2} \
              resident_at_start={} read_all_s={:.2} read_rps={:.0} read_p50_ms={:.2} read_p99_ms={:.2} \
              read_max_ms={:.1} warm={} cold={} read_errors={} restart_to_all_served_s={:.2} \
-             unavailable_s={:.2} lost_writes={} stale_sessions={} unreadable={}",
+             stopped_to_all_served_s={:.2} lost_writes={} stale_sessions={} unreadable={}",
             self.name,
             self.serving_s,
             self.ready_s,
@@ -333,7 +333,7 @@ impl CaseReport {
             self.read.cache.cold,
             self.read.errors,
             self.total_s,
-            self.unavailable_s(),
+            self.stopped_to_all_served_s(),
             self.verification.lost_writes,
             self.verification.stale_sessions,
             self.verification.sessions_unreadable,
@@ -378,14 +378,17 @@ impl Report {
                 cold.read_all_s,
                 ratio(cold.read_all_s, snapshot.read_all_s),
             );
-            // The snapshot case's old process serves while it writes its sessions back: what
-            // clients wait through is from when it stops answering to every session served.
+            // The snapshot case's old process serves while it writes its sessions back; from
+            // when it stops serving sessions to every session served once more:
             let _ = write!(
                 out,
-                " unavailable_s snapshot={:.2} cold={:.2} cold_over_snapshot={:.2}",
-                snapshot.unavailable_s(),
-                cold.unavailable_s(),
-                ratio(cold.unavailable_s(), snapshot.unavailable_s()),
+                " stopped_to_all_served_s snapshot={:.2} cold={:.2} cold_over_snapshot={:.2}",
+                snapshot.stopped_to_all_served_s(),
+                cold.stopped_to_all_served_s(),
+                ratio(
+                    cold.stopped_to_all_served_s(),
+                    snapshot.stopped_to_all_served_s()
+                ),
             );
             let _ = writeln!(out, " loadavg_end={}", self.load_average_end);
         }
