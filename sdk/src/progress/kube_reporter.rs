@@ -10,12 +10,10 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
-use super::{Progress, ProgressError, ProgressReporter};
+use super::{OwnPod, Progress, ProgressError, ProgressReporter};
 use crate::ring::annotations;
 use crate::server::session::{KubePodIntent, ShutdownIntentSource};
 
@@ -27,63 +25,37 @@ pub const NAMESPACE_ENV: &str = "POD_NAMESPACE";
 pub const FIELD_MANAGER: &str = "locus-pod";
 
 /// Patches the pod's own annotations; see the [module docs](self).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct KubeProgressReporter {
-    api: Api<Pod>,
-    namespace: String,
-    pod: String,
-}
-
-impl std::fmt::Debug for KubeProgressReporter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeProgressReporter")
-            .field("namespace", &self.namespace)
-            .field("pod", &self.pod)
-            .finish_non_exhaustive()
-    }
+    pod: OwnPod,
 }
 
 impl KubeProgressReporter {
     /// Reports onto pod `pod` in `namespace` through `client`.
     pub fn new(client: kube::Client, namespace: impl Into<String>, pod: impl Into<String>) -> Self {
-        let namespace = namespace.into();
         Self {
-            api: Api::namespaced(client, &namespace),
-            namespace,
-            pod: pod.into(),
+            pod: OwnPod::new(client, namespace.into(), pod.into()),
         }
     }
 
     /// Reports onto the pod named by `POD_NAME` in `POD_NAMESPACE`, with the
     /// in-cluster client (the pod's service account).
     pub async fn from_env() -> Result<Self, ProgressError> {
-        let var = |name: &str| {
-            std::env::var(name)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| ProgressError::Setup {
-                    reason: format!("environment variable {name} is unset or empty"),
-                })
-        };
-        let pod = var(crate::server::POD_NAME_ENV)?;
-        let namespace = var(NAMESPACE_ENV)?;
-        let client = kube::Client::try_default()
+        let pod = OwnPod::from_env()
             .await
-            .map_err(|e| ProgressError::Setup {
-                reason: format!("no Kubernetes client: {e}"),
-            })?;
-        Ok(Self::new(client, namespace, pod))
+            .map_err(|reason| ProgressError::Setup { reason })?;
+        Ok(Self { pod })
     }
 
     /// The same pod, read back to tell on SIGTERM whether it is being
     /// deleted ([`ShutdownIntent`](crate::server::session::ShutdownIntent)).
     pub fn pod_intent(&self) -> KubePodIntent {
-        KubePodIntent::with_api(self.api.clone(), self.namespace.clone(), self.pod.clone())
+        KubePodIntent::of(self.pod.clone())
     }
 
     /// The apply body for `progress`.
     pub fn apply_body(&self, progress: &Progress) -> serde_json::Value {
-        annotations_body(&self.namespace, &self.pod, progress)
+        annotations_body(&self.pod.namespace, &self.pod.name, progress)
     }
 }
 
@@ -116,15 +88,16 @@ impl ProgressReporter for KubeProgressReporter {
         Box::pin(async move {
             let body = self.apply_body(progress);
             let params = PatchParams::apply(FIELD_MANAGER).force();
-            self.api
-                .patch(&self.pod, &params, &Patch::Apply(&body))
+            let pod = &self.pod;
+            pod.api
+                .patch(&pod.name, &params, &Patch::Apply(&body))
                 .await
                 .map_err(|source| ProgressError::Patch {
-                    namespace: self.namespace.clone(),
-                    pod: self.pod.clone(),
+                    namespace: pod.namespace.clone(),
+                    pod: pod.name.clone(),
                     source,
                 })?;
-            tracing::debug!(pod = %self.pod, ?progress, "progress reported");
+            tracing::debug!(pod = %pod.name, ?progress, "progress reported");
             Ok(())
         })
     }

@@ -20,6 +20,7 @@
 
 mod kube_reporter;
 mod memory;
+mod own_pod;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,7 @@ use tokio::task::JoinHandle;
 
 pub use self::kube_reporter::{KubeProgressReporter, NAMESPACE_ENV};
 pub use self::memory::MemoryProgressReporter;
+pub(crate) use self::own_pod::OwnPod;
 use crate::server::session::ShutdownIntentSource;
 
 /// The versions a pod reports; `None` until first set.

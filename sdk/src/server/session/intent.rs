@@ -40,9 +40,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
 
-use crate::progress::NAMESPACE_ENV;
+use crate::progress::OwnPod;
 
 /// Why this pod's process is being stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -127,92 +126,60 @@ impl<T: ShutdownIntentSource + ?Sized> ShutdownIntentSource for Arc<T> {
 /// Reads the pod's own Pod: [`ShutdownIntent::of_pod`], and
 /// [`Retire`](ShutdownIntent::Retire) if the Pod no longer exists. The pods'
 /// Role the operator makes allows `get` on the service's pods.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct KubePodIntent {
-    api: Api<Pod>,
-    namespace: String,
-    pod: String,
-}
-
-impl std::fmt::Debug for KubePodIntent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubePodIntent")
-            .field("namespace", &self.namespace)
-            .field("pod", &self.pod)
-            .finish_non_exhaustive()
-    }
+    pod: OwnPod,
 }
 
 impl KubePodIntent {
     /// Reads pod `pod` in `namespace` through `client`.
     pub fn new(client: kube::Client, namespace: impl Into<String>, pod: impl Into<String>) -> Self {
-        let namespace = namespace.into();
-        Self {
-            api: Api::namespaced(client, &namespace),
-            namespace,
-            pod: pod.into(),
-        }
+        Self::of(OwnPod::new(client, namespace.into(), pod.into()))
     }
 
-    /// Reads pod `pod` through `api` (already scoped to `namespace`).
-    pub(crate) fn with_api(api: Api<Pod>, namespace: String, pod: String) -> Self {
-        Self {
-            api,
-            namespace,
-            pod,
-        }
+    pub(crate) fn of(pod: OwnPod) -> Self {
+        Self { pod }
     }
 
     /// Reads the pod named by `POD_NAME` in `POD_NAMESPACE`, with the
     /// in-cluster client (the pod's service account).
     pub async fn from_env() -> Result<Self, IntentError> {
-        let var = |name: &str| {
-            std::env::var(name)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| IntentError::Unavailable {
-                    reason: format!("environment variable {name} is unset or empty"),
-                })
-        };
-        let pod = var(crate::server::POD_NAME_ENV)?;
-        let namespace = var(NAMESPACE_ENV)?;
-        let client = kube::Client::try_default()
+        let pod = OwnPod::from_env()
             .await
-            .map_err(|e| IntentError::Unavailable {
-                reason: format!("no Kubernetes client: {e}"),
-            })?;
-        Ok(Self::new(client, namespace, pod))
+            .map_err(|reason| IntentError::Unavailable { reason })?;
+        Ok(Self::of(pod))
     }
 
     /// The pod's namespace.
     pub fn namespace(&self) -> &str {
-        &self.namespace
+        &self.pod.namespace
     }
 
     /// The pod's name.
     pub fn pod(&self) -> &str {
-        &self.pod
+        &self.pod.name
     }
 }
 
 impl ShutdownIntentSource for KubePodIntent {
     fn shutdown_intent(&self) -> BoxFuture<'_, Result<ShutdownIntent, IntentError>> {
         Box::pin(async move {
-            let found =
-                self.api
-                    .get_opt(&self.pod)
-                    .await
-                    .map_err(|source| IntentError::Lookup {
-                        namespace: self.namespace.clone(),
-                        pod: self.pod.clone(),
-                        source,
-                    })?;
+            let pod = &self.pod;
+            let found = pod
+                .api
+                .get_opt(&pod.name)
+                .await
+                .map_err(|source| IntentError::Lookup {
+                    namespace: pod.namespace.clone(),
+                    pod: pod.name.clone(),
+                    source,
+                })?;
             // A Pod already gone from the API server was deleted without a
             // grace period: it is going away all the more.
             let intent = found
                 .as_ref()
                 .map_or(ShutdownIntent::Retire, ShutdownIntent::of_pod);
-            tracing::debug!(pod = %self.pod, exists = found.is_some(), ?intent, "pod read on shutdown");
+            tracing::debug!(pod = %pod.name, exists = found.is_some(), ?intent, "pod read on shutdown");
             Ok(intent)
         })
     }
