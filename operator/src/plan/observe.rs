@@ -31,7 +31,8 @@ fn same_image(spec: &str, status: &str) -> bool {
     matches(spec) || (!spec.contains(':') && matches(&format!("{spec}:latest")))
 }
 
-fn parse_version(pod: &Pod, key: &str) -> Option<u64> {
+/// Annotation `key` of `pod`, parsed; `None` when missing or unreadable (no report).
+fn parse_annotation<T: std::str::FromStr>(pod: &Pod, key: &str) -> Option<T> {
     pod.metadata
         .annotations
         .as_ref()?
@@ -116,15 +117,11 @@ pub fn observe_pod(pod: &Pod, service_uid: &str, port: &str) -> Option<ObservedP
         terminal,
         images_current,
         progress: Progress {
-            observed: parse_version(pod, annotations::OBSERVED_RING_VERSION),
-            warmed: parse_version(pod, annotations::WARMED_RING_VERSION),
-            drained: parse_version(pod, annotations::DRAINED_RING_VERSION),
+            observed: parse_annotation(pod, annotations::OBSERVED_RING_VERSION),
+            warmed: parse_annotation(pod, annotations::WARMED_RING_VERSION),
+            drained: parse_annotation(pod, annotations::DRAINED_RING_VERSION),
             // Unreadable counts are ignored: the transition's warm-hit percentage stays unset.
-            moved: meta
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(annotations::MOVED_SESSIONS))
-                .and_then(|m| m.trim().parse().ok()),
+            moved: parse_annotation(pod, annotations::MOVED_SESSIONS),
         },
     })
 }

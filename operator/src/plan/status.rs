@@ -280,10 +280,7 @@ pub(super) fn build(facts: &StatusFacts<'_>) -> StatefulServiceStatus {
             .and_then(|s| s.last_transition.as_ref())
             .filter(|last| last.from_version == t.from_version && last.to_version == t.to_version)
             .and_then(|last| last.warm_hit_percent);
-        t.warm_hit_percent = t
-            .warm_hit_percent
-            .or(known)
-            .or_else(|| warm_hit_percent(obs.pods, facts.ring, &t));
+        t.warm_hit_percent = known.or_else(|| warm_hit_percent(obs.pods, facts.ring, &t));
         t
     });
     let timed_out = facts.meta.map(|m| m.timed_out.clone()).unwrap_or_default();
