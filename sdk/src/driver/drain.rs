@@ -233,9 +233,7 @@ async fn push(
                 tracing::debug!(pod = %state.pod, to = %pod.name, %error, "push failed; retrying");
             }
         }
-        let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
-        tokio::time::sleep(pause).await;
-        backoff = (backoff * 2).min(Duration::from_secs(1));
+        super::retry_pause(&mut backoff, deadline).await;
     }
     (delivered, batch)
 }

@@ -37,6 +37,7 @@ pub(crate) mod gate;
 pub mod plan;
 pub(crate) mod touch;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,7 +54,7 @@ pub use self::drain::DrainReport;
 use crate::handoff::keeping::CacheInsert;
 use crate::handoff::{HandoffState, PrecopyRequest};
 use crate::progress::ProgressTracker;
-use crate::ring::{Phase, Ring};
+use crate::ring::{Phase, Pod, Ring};
 
 /// Response header set by the session layer on the first touch of a gained
 /// key: how the key got here (`unchanged`, `transferred`, `promoted`,
@@ -99,14 +100,12 @@ impl Driver {
                 self.state.first_seen(last);
                 self.progress.observed(last);
                 tracing::debug!(pod = %self.state.pod, version = last, phase = %ring.phase(), "ring");
-                let gains = !plan::gained_shards(&ring, &self.state.pod).is_empty();
-                if gains {
-                    if warm.as_ref().is_none_or(|(v, _)| *v != last) {
-                        let task = tokio::spawn(Arc::clone(&self).warm(Arc::clone(&ring)));
-                        warm = Some((last, AbortOnDrop(task)));
-                    }
-                } else {
+                let gained = plan::gained_shards(&ring, &self.state.pod);
+                if gained.is_empty() {
                     warm = None;
+                } else if warm.as_ref().is_none_or(|(v, _)| *v != last) {
+                    let task = tokio::spawn(Arc::clone(&self).warm(Arc::clone(&ring), gained));
+                    warm = Some((last, AbortOnDrop(task)));
                 }
                 _settle = None;
                 match ring.phase() {
@@ -143,12 +142,12 @@ impl Driver {
         }
     }
 
-    /// Pre-copies the shards this pod gains under the Warm `ring`.
-    async fn warm(self: Arc<Self>, ring: Arc<Ring>) {
+    /// Pre-copies the shards this pod gains under the Warm `ring`
+    /// ([`plan::gained_shards`]), from the pods serving them now.
+    async fn warm(self: Arc<Self>, ring: Arc<Ring>, gained: BTreeMap<String, (Pod, Vec<u32>)>) {
         let state = &self.state;
         let started = Instant::now();
         let version = ring.version();
-        let gained = plan::gained_shards(&ring, &state.pod);
         let deadline = started + state.config.warm_timeout;
         let sources = gained.len();
         let this = &self;
@@ -178,7 +177,7 @@ impl Driver {
     /// One source's pre-copy, retried until `deadline`.
     async fn precopy_from(
         &self,
-        source: &crate::ring::Pod,
+        source: &Pod,
         version: u64,
         request: &PrecopyRequest,
         deadline: Instant,
@@ -228,9 +227,7 @@ impl Driver {
                     tracing::debug!(pod = %state.pod, %error, "pre-copy failed; retrying");
                 }
             }
-            let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
-            tokio::time::sleep(pause).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
+            retry_pause(&mut backoff, deadline).await;
         }
     }
 
@@ -300,7 +297,7 @@ impl Driver {
         let version = ring.version();
         let losing = plan::is_losing(ring, &state.pod);
         let mut report = DrainReport::default();
-        if !self.lost_keys(ring).is_empty() {
+        if self.holds_lost_keys(ring) {
             let started = Instant::now();
             let deadline = state.first_seen(version) + state.config.drain_timeout;
             // Requests admitted under an older ring may still load or change
@@ -325,6 +322,13 @@ impl Driver {
         report
     }
 
+    /// True if a resident key is owned elsewhere under `ring`.
+    fn holds_lost_keys(&self, ring: &Ring) -> bool {
+        let keys = self.state.store.resident_keys();
+        keys.iter()
+            .any(|key| ring.owner(key).pod.name != self.state.pod)
+    }
+
     /// Resident keys owned elsewhere under `ring`, by owner.
     fn lost_keys(&self, ring: &Ring) -> drain::Destinations {
         let mut destinations = drain::Destinations::new();
@@ -341,6 +345,14 @@ impl Driver {
         }
         destinations
     }
+}
+
+/// The pause between retries of a handoff call: sleeps for `backoff`, not
+/// past `deadline`, then doubles `backoff` (up to 1 s).
+pub(crate) async fn retry_pause(backoff: &mut Duration, deadline: Instant) {
+    let pause = (*backoff).min(deadline.saturating_duration_since(Instant::now()));
+    tokio::time::sleep(pause).await;
+    *backoff = (*backoff * 2).min(Duration::from_secs(1));
 }
 
 /// Aborts a task when dropped.

@@ -191,9 +191,7 @@ async fn transfer(
                 state.metrics.call_error("transfer", error.metric_label());
             }
         }
-        let pause = backoff.min(patience.saturating_duration_since(Instant::now()));
-        tokio::time::sleep(pause).await;
-        backoff = (backoff * 2).min(Duration::from_secs(1));
+        super::retry_pause(&mut backoff, patience).await;
     }
 }
 
