@@ -85,11 +85,7 @@ pub fn is_losing(ring: &Ring, pod: &str) -> bool {
     let Some(previous) = ring.previous() else {
         return false;
     };
-    if ring
-        .slots()
-        .iter()
-        .any(|slot| slot.predecessor.as_ref().is_some_and(|p| p.name == pod))
-    {
+    if is_predecessor(ring, pod) {
         return true;
     }
     let Some(slot) = serving_slot(ring, pod) else {
@@ -103,15 +99,18 @@ pub fn is_losing(ring: &Ring, pod: &str) -> bool {
         .any(|(&before, &now)| before == slot && now != slot)
 }
 
+/// True if `pod` is a slot's predecessor (it is being drained).
+fn is_predecessor(ring: &Ring, pod: &str) -> bool {
+    ring.slots()
+        .iter()
+        .any(|slot| slot.predecessor.as_ref().is_some_and(|p| p.name == pod))
+}
+
 /// True if this pod's part in the ring is coming to an end under the
 /// operator's coordination: a successor is warming its slot, its slot is
 /// leaving or draining, or it is already only a predecessor (or not named).
 pub fn is_retiring(ring: &Ring, pod: &str) -> bool {
-    if ring
-        .slots()
-        .iter()
-        .any(|slot| slot.predecessor.as_ref().is_some_and(|p| p.name == pod))
-    {
+    if is_predecessor(ring, pod) {
         return true;
     }
     match ring.slots().iter().find(|slot| slot.pod.name == pod) {
