@@ -39,17 +39,15 @@ pub(crate) fn store_error(
     ring: Option<&Ring>,
 ) -> Response<HandoffBody> {
     if let StoreError::Moved { owner, .. } = error {
-        let address = ring.and_then(|r| {
-            r.slots().iter().find_map(|slot| {
-                [
-                    Some(&slot.pod),
-                    slot.successor.as_ref(),
-                    slot.predecessor.as_ref(),
-                ]
-                .into_iter()
-                .flatten()
-                .find(|p| p.name == *owner)
-            })
+        let address = ring.and_then(|r| r.slot_for_pod(owner)).and_then(|slot| {
+            [
+                Some(&slot.pod),
+                slot.successor.as_ref(),
+                slot.predecessor.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .find(|p| p.name == *owner)
         });
         return misdirected(pod, owner, address, ring.map(Ring::version));
     }
