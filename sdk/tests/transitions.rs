@@ -74,6 +74,30 @@ fn start_load(cluster: &Arc<HttpCluster>, seed: u64) -> Load {
     })
 }
 
+/// Three pods `counters-<i>-a` on 127.0.0.`first_host + i`, the operator's
+/// Stable ring published to them and the callers, and the workload running
+/// (1500 increments acknowledged).
+async fn start(
+    options: PodOptions,
+    first_host: u8,
+    seed: u64,
+) -> (Arc<HttpCluster>, Vec<Pod>, Operator, Load) {
+    let cluster = Arc::new(HttpCluster::new(options));
+    let mut pods = Vec::new();
+    for i in 0..3u8 {
+        pods.push(
+            cluster
+                .start_pod(&format!("counters-{i}-a"), first_host + i, 0)
+                .await,
+        );
+    }
+    let operator = Operator::new(&pods, SHARDS, timeouts());
+    cluster.publish(&operator.stable()).await;
+    let load = start_load(&cluster, seed);
+    load.progress(1500).await;
+    (cluster, pods, operator, load)
+}
+
 /// Stops the load, reads every counter and runs the checks.
 async fn verdict(cluster: &HttpCluster, load: Load, operator: &Operator) -> Verdict {
     let history = load.stop().await;
@@ -114,6 +138,20 @@ fn assert_clean(name: &str, verdict: &Verdict, operator: &Operator) {
     }
 }
 
+/// At least `at_least` first touches of moved sessions, ≥ 99 % of them warm.
+fn assert_warm(verdict: &Verdict, at_least: usize) {
+    assert!(
+        verdict.first_touches >= at_least,
+        "few first touches: {}",
+        verdict.first_touches
+    );
+    assert!(
+        verdict.warm_percent() >= 99.0,
+        "warm first touches {:.2} %",
+        verdict.warm_percent()
+    );
+}
+
 /// The sum of the moved-session counts `pods` reported with the Stable ring
 /// `version` (each pod must report them within 10 s).
 async fn moved_sessions(cluster: &HttpCluster, pods: &[Pod], version: u64) -> MovedSessions {
@@ -143,19 +181,7 @@ async fn moved_sessions(cluster: &HttpCluster, pods: &[Pod], version: u64) -> Mo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_3_to_4_to_2_under_load() {
-    let cluster = Arc::new(HttpCluster::new(options()));
-    let mut pods = Vec::new();
-    for i in 0..3u8 {
-        pods.push(
-            cluster
-                .start_pod(&format!("counters-{i}-a"), 10 + i, 0)
-                .await,
-        );
-    }
-    let mut operator = Operator::new(&pods, SHARDS, timeouts());
-    cluster.publish(&operator.stable()).await;
-    let load = start_load(&cluster, 1);
-    load.progress(1500).await;
+    let (cluster, mut pods, mut operator, load) = start(options(), 10, 1).await;
 
     pods.push(cluster.start_pod("counters-3-a", 13, 0).await);
     operator.scale(cluster.as_ref(), &pods).await;
@@ -180,35 +206,14 @@ async fn scale_3_to_4_to_2_under_load() {
         assert!(pod.member.stats().pushed > 0 || pod.member.stats().transfer_sent > 0);
     }
     assert_clean("scale 3→4→2", &verdict, &operator);
-    assert!(
-        verdict.first_touches >= 100,
-        "few first touches: {}",
-        verdict.first_touches
-    );
-    assert!(
-        verdict.warm_percent() >= 99.0,
-        "warm first touches {:.2} %",
-        verdict.warm_percent()
-    );
+    assert_warm(&verdict, 100);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replacing_a_slots_pod_under_load() {
     let mut options = options();
     options.coordination_wait = Duration::from_secs(10);
-    let cluster = Arc::new(HttpCluster::new(options));
-    let mut pods = Vec::new();
-    for i in 0..3u8 {
-        pods.push(
-            cluster
-                .start_pod(&format!("counters-{i}-a"), 20 + i, 0)
-                .await,
-        );
-    }
-    let mut operator = Operator::new(&pods, SHARDS, timeouts());
-    cluster.publish(&operator.stable()).await;
-    let load = start_load(&cluster, 2);
-    load.progress(1500).await;
+    let (cluster, _, mut operator, load) = start(options, 20, 2).await;
 
     // An eviction: SIGTERM reaches slot 1's pod, the operator starts a
     // successor and retires the old pod through Warm → Switch → Stable; the
@@ -230,29 +235,12 @@ async fn replacing_a_slots_pod_under_load() {
     let stats = cluster.member("counters-1-b").stats();
     assert!(stats.precopied > 0, "the successor pre-copied nothing");
     assert_clean("replace slot 1", &verdict, &operator);
-    assert!(verdict.first_touches >= 30);
-    assert!(
-        verdict.warm_percent() >= 99.0,
-        "warm first touches {:.2} %",
-        verdict.warm_percent()
-    );
+    assert_warm(&verdict, 30);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drain_without_the_operator_hands_sessions_to_the_next_owners() {
-    let cluster = Arc::new(HttpCluster::new(options()));
-    let mut pods = Vec::new();
-    for i in 0..3u8 {
-        pods.push(
-            cluster
-                .start_pod(&format!("counters-{i}-a"), 30 + i, 0)
-                .await,
-        );
-    }
-    let mut operator = Operator::new(&pods, SHARDS, timeouts());
-    cluster.publish(&operator.stable()).await;
-    let load = start_load(&cluster, 3);
-    load.progress(1500).await;
+    let (cluster, _, mut operator, load) = start(options(), 30, 3).await;
 
     // SIGTERM to slot 2's pod, no operator reaction yet: it hands its
     // sessions to the owners the planner gives without its slot, then exits.
@@ -281,12 +269,7 @@ async fn sigterm_drain_without_the_operator_hands_sessions_to_the_next_owners() 
         report.handed_over.delivered
     );
     assert_eq!(promoted, report.handed_over.delivered as u64);
-    assert!(verdict.first_touches >= 30);
-    assert!(
-        verdict.warm_percent() >= 99.0,
-        "warm first touches {:.2} %",
-        verdict.warm_percent()
-    );
+    assert_warm(&verdict, 30);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,19 +277,7 @@ async fn in_place_restart_through_a_snapshot_keeps_every_session() {
     let dir = std::env::temp_dir().join(format!("locus-snapshots-{}", std::process::id()));
     let mut options = options();
     options.snapshot_dir = Some(dir.clone());
-    let cluster = Arc::new(HttpCluster::new(options));
-    let mut pods = Vec::new();
-    for i in 0..3u8 {
-        pods.push(
-            cluster
-                .start_pod(&format!("counters-{i}-a"), 40 + i, 0)
-                .await,
-        );
-    }
-    let operator = Operator::new(&pods, SHARDS, timeouts());
-    cluster.publish(&operator.stable()).await;
-    let load = start_load(&cluster, 4);
-    load.progress(1500).await;
+    let (cluster, _, operator, load) = start(options, 40, 4).await;
 
     // SIGTERM with a snapshot directory: snapshot, then exit; the same pod
     // (same name, same address) starts again and restores it.
