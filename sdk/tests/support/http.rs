@@ -20,7 +20,7 @@ use locus::handoff::{HandoffConfig, HandoffSecret};
 use locus::progress::MemoryProgressReporter;
 use locus::ring::{Pod, Ring};
 use locus::server::session::{Member, StartReport};
-use locus::store::{JsonCodec, Limits, SessionStore};
+use locus::store::{JsonCodec, Limits, SessionStore, StoreError, Versioned};
 use locus::{
     OwnershipLayer, ReqwestClient, RouteError, Router, RouterLayer, StaticRingSource, headers,
 };
@@ -51,68 +51,56 @@ struct App {
     hold: Arc<Semaphore>,
 }
 
+/// The session key of a request (empty without the header).
+fn session_key(headers: &HeaderMap) -> Vec<u8> {
+    headers
+        .get(headers::SESSION)
+        .map(|v| v.as_bytes().to_vec())
+        .unwrap_or_default()
+}
+
+/// The counter's answer: its value, with its version in [`VERSION_HEADER`].
+fn answer(app: &App, result: Result<Versioned<u64>, StoreError>) -> axum::response::Response {
+    match result {
+        Ok(done) => (
+            [(VERSION_HEADER, done.version.to_string())],
+            done.value.to_string(),
+        )
+            .into_response(),
+        Err(error) => app.member.error_response(&error).into_response(),
+    }
+}
+
 /// Like `incr`, but holds the session's lock until the test releases a
 /// permit of the pod's `hold` semaphore.
 async fn hold(State(app): State<App>, headers: HeaderMap) -> axum::response::Response {
-    let key = headers
-        .get(headers::SESSION)
-        .map(|v| v.as_bytes().to_vec())
-        .unwrap_or_default();
     let gate = Arc::clone(&app.hold);
     let done = app
         .store
-        .update_async(&key, |n| async move {
+        .update_async(&session_key(&headers), |n| async move {
             // One permit per request: the test releases them one by one.
             gate.acquire().await.unwrap().forget();
             Ok::<_, std::convert::Infallible>((n + 1, n + 1))
         })
-        .await;
-    match done {
-        Ok(Ok(done)) => (
-            [(VERSION_HEADER, done.version.to_string())],
-            done.value.to_string(),
-        )
-            .into_response(),
-        Ok(Err(never)) => match never {},
-        Err(error) => app.member.error_response(&error).into_response(),
-    }
+        .await
+        .map(|done| done.unwrap_or_else(|never| match never {}));
+    answer(&app, done)
 }
 
 async fn incr(State(app): State<App>, headers: HeaderMap) -> axum::response::Response {
-    let key = headers
-        .get(headers::SESSION)
-        .map(|v| v.as_bytes().to_vec())
-        .unwrap_or_default();
-    match app
+    let done = app
         .store
-        .update(&key, |n| {
+        .update(&session_key(&headers), |n| {
             *n += 1;
             *n
         })
-        .await
-    {
-        Ok(done) => (
-            [(VERSION_HEADER, done.version.to_string())],
-            done.value.to_string(),
-        )
-            .into_response(),
-        Err(error) => app.member.error_response(&error).into_response(),
-    }
+        .await;
+    answer(&app, done)
 }
 
 async fn read(State(app): State<App>, headers: HeaderMap) -> axum::response::Response {
-    let key = headers
-        .get(headers::SESSION)
-        .map(|v| v.as_bytes().to_vec())
-        .unwrap_or_default();
-    match app.store.read(&key, |n| *n).await {
-        Ok(done) => (
-            [(VERSION_HEADER, done.version.to_string())],
-            done.value.to_string(),
-        )
-            .into_response(),
-        Err(error) => app.member.error_response(&error).into_response(),
-    }
+    let done = app.store.read(&session_key(&headers), |n| *n).await;
+    answer(&app, done)
 }
 
 /// One running pod.
@@ -288,8 +276,8 @@ impl HttpCluster {
     }
 }
 
-/// Classifies a routed increment's result.
-pub async fn outcome(result: Result<http::Response<reqwest::Body>, RouteError>) -> Outcome {
+/// Classifies a routed request's result (over any client's body).
+pub async fn outcome<B: http_body::Body>(result: Result<http::Response<B>, RouteError>) -> Outcome {
     let response = match result {
         Ok(response) => response,
         Err(RouteError::Timeout { .. } | RouteError::Upstream { .. }) => {
@@ -304,9 +292,12 @@ pub async fn outcome(result: Result<http::Response<reqwest::Body>, RouteError>) 
     if status != StatusCode::OK {
         return Outcome::Refused(status.as_u16());
     }
+    // Headers read before the body is awaited: no borrow of the (maybe not
+    // `Sync`) body lives across the await.
+    let (parts, body) = response.into_parts();
     let text = |name: &str| {
-        response
-            .headers()
+        parts
+            .headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
@@ -314,7 +305,8 @@ pub async fn outcome(result: Result<http::Response<reqwest::Body>, RouteError>) 
     let version = text(VERSION_HEADER).and_then(|v| v.parse().ok());
     let pod = text(headers::POD.as_str()).unwrap_or_default();
     let handoff = text(HANDOFF_HEADER.as_str());
-    let Ok(body) = response.into_body().collect().await else {
+    drop(parts);
+    let Ok(body) = body.collect().await else {
         return Outcome::Unknown("body cut".into());
     };
     let value = String::from_utf8_lossy(&body.to_bytes()).parse().ok();

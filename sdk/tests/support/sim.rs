@@ -28,9 +28,7 @@ use locus::progress::MemoryProgressReporter;
 use locus::ring::{Pod, Ring};
 use locus::server::session::Member;
 use locus::store::{JsonCodec, Limits, SessionStore};
-use locus::{
-    BoxError, Mode, OwnershipLayer, RouteError, Router, RouterLayer, StaticRingSource, headers,
-};
+use locus::{BoxError, Mode, OwnershipLayer, Router, RouterLayer, StaticRingSource, headers};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
@@ -38,6 +36,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use super::checker::{Crash, Outcome};
 use super::db::Db;
+use super::http::outcome;
 use super::load::Rng;
 use super::operator::Fleet;
 
@@ -511,44 +510,6 @@ impl SimCluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         None
-    }
-}
-
-async fn outcome(result: Result<Response<HandoffBody>, RouteError>) -> Outcome {
-    let response = match result {
-        Ok(response) => response,
-        Err(RouteError::Timeout { .. } | RouteError::Upstream { .. }) => {
-            return Outcome::Unknown("no answer".into());
-        }
-        Err(_) => return Outcome::Refused(0),
-    };
-    if response.status() != StatusCode::OK {
-        return Outcome::Refused(response.status().as_u16());
-    }
-    let (parts, body) = response.into_parts();
-    let header = |name: &str| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let version: Option<u64> = header(super::http::VERSION_HEADER).and_then(|v| v.parse().ok());
-    let pod = header(headers::POD.as_str()).unwrap_or_default();
-    let handoff = header(locus::driver::HANDOFF_HEADER.as_str());
-    drop(parts);
-    let Ok(body) = body.collect().await else {
-        return Outcome::Unknown("body cut".into());
-    };
-    let value = String::from_utf8_lossy(&body.to_bytes()).parse().ok();
-    match (version, value) {
-        (Some(version), Some(value)) => Outcome::Acked {
-            version,
-            value,
-            pod,
-            handoff,
-        },
-        _ => Outcome::Unknown("malformed answer".into()),
     }
 }
 
