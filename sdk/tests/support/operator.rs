@@ -363,25 +363,29 @@ impl Operator {
     }
 }
 
-/// Pods of slots that gain shards from `current` to `target` (successors
-/// included).
+/// Pods of slots that gain shards from `current` to `target`.
 fn gaining(slots: &[Slot], current: &Assignment, target: &Assignment) -> BTreeSet<String> {
-    let mut pods = BTreeSet::new();
-    for (before, after) in current.as_slice().iter().zip(target.as_slice()) {
-        if before != after {
-            pods.insert(slots[usize::from(*after)].pod.name.clone());
-        }
-    }
-    pods
+    moving(slots, current, target, |_, after| after)
 }
 
 /// Pods of slots that lose shards from `current` to `target`.
 fn losing(slots: &[Slot], current: &Assignment, target: &Assignment) -> BTreeSet<String> {
-    let mut pods = BTreeSet::new();
-    for (before, after) in current.as_slice().iter().zip(target.as_slice()) {
-        if before != after {
-            pods.insert(slots[usize::from(*before)].pod.name.clone());
-        }
-    }
-    pods
+    moving(slots, current, target, |before, _| before)
+}
+
+/// Pods of the slots `side(before, after)` picks for every shard that moves
+/// from `current` to `target`.
+fn moving(
+    slots: &[Slot],
+    current: &Assignment,
+    target: &Assignment,
+    side: impl Fn(u16, u16) -> u16,
+) -> BTreeSet<String> {
+    current
+        .as_slice()
+        .iter()
+        .zip(target.as_slice())
+        .filter(|(before, after)| before != after)
+        .map(|(&before, &after)| slots[usize::from(side(before, after))].pod.name.clone())
+        .collect()
 }
