@@ -114,6 +114,14 @@ fn limits() -> Limits {
     }
 }
 
+/// An empty in-memory store of string sessions within [`limits`].
+fn empty_store() -> SessionStore<String> {
+    SessionStore::builder(JsonCodec, String::len)
+        .limits(limits())
+        .build()
+        .unwrap()
+}
+
 fn value(i: usize, size: usize) -> String {
     let mut s = format!("{i:010}:");
     let fill = b'a' + (i % 26) as u8;
@@ -222,10 +230,7 @@ async fn main() {
     );
     std::fs::create_dir_all(&args.dir).unwrap();
 
-    let store = SessionStore::builder(JsonCodec, String::len)
-        .limits(limits())
-        .build()
-        .unwrap();
+    let store = empty_store();
     let started = Instant::now();
     for i in 0..sessions {
         store
@@ -250,10 +255,7 @@ async fn main() {
     );
     drop(store);
 
-    let restored_store = SessionStore::builder(JsonCodec, String::len)
-        .limits(limits())
-        .build()
-        .unwrap();
+    let restored_store = empty_store();
     let restored = snapshot::restore(Arc::new(restored_store.clone()), &args.dir, &ring, POD)
         .await
         .unwrap()
@@ -358,10 +360,7 @@ async fn per_key_reload(pg: &Arc<Pg>, sessions: usize, state_bytes: u64) {
 
 /// Reloads every session with one streamed `SELECT`, installed in bulk.
 async fn bulk_reload(pg: &Arc<Pg>, sessions: usize, state_bytes: u64) {
-    let bulk = SessionStore::builder(JsonCodec, String::len)
-        .limits(limits())
-        .build()
-        .unwrap();
+    let bulk = empty_store();
     let started = Instant::now();
     let (client, _) = pg.client();
     let rows = client
