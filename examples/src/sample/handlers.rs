@@ -17,7 +17,7 @@ use locus::StoreError;
 use locus::headers;
 use serde::Serialize;
 
-use super::{AppState, Backend, CACHE_HEADER};
+use super::{AppState, Backend, CACHE_HEADER, LedgerStore};
 use crate::ledger::{AppendAnswer, Appended, Event, LedgerError, SessionView};
 use crate::postgres::PgError;
 
@@ -194,12 +194,29 @@ fn check_key(state: &AppState, id: &str, request_headers: &HeaderMap) -> Result<
     }
 }
 
-fn answer(cache: Cache, body: &impl Serialize) -> Response {
-    let mut response = axum::Json(body).into_response();
-    response
-        .headers_mut()
-        .insert(CACHE_HEADER, HeaderValue::from_static(cache.as_str()));
-    response
+/// The answer to a session request: the body with how the session was
+/// found, or the refusal with the owner's address when known.
+fn respond(state: &AppState, outcome: Result<(Cache, impl Serialize), Refusal>) -> Response {
+    match outcome {
+        Ok((cache, body)) => {
+            state.sample.cache(cache);
+            let mut response = axum::Json(body).into_response();
+            response
+                .headers_mut()
+                .insert(CACHE_HEADER, HeaderValue::from_static(cache.as_str()));
+            response
+        }
+        Err(refusal) => refusal.with_owner_address(state).into_response(),
+    }
+}
+
+/// Whether the session of `key` is resident, without loading it.
+async fn residency(store: &LedgerStore, key: &[u8]) -> Cache {
+    if store.version_of(key).await.is_some() {
+        Cache::Warm
+    } else {
+        Cache::Cold
+    }
 }
 
 /// `POST /sessions/{id}/events`.
@@ -216,13 +233,7 @@ pub(crate) async fn append(
         Err(refusal) => refusal.label(),
     };
     state.sample.append(label);
-    match outcome {
-        Ok((cache, body)) => {
-            state.sample.cache(cache);
-            answer(cache, &body)
-        }
-        Err(refusal) => refusal.with_owner_address(&state).into_response(),
-    }
+    respond(&state, outcome)
 }
 
 async fn append_inner(
@@ -247,11 +258,7 @@ async fn append_inner(
     let key = id.as_bytes();
     match &state.backend {
         Backend::Memory(store) => {
-            let cache = if store.version_of(key).await.is_some() {
-                Cache::Warm
-            } else {
-                Cache::Cold
-            };
+            let cache = residency(store, key).await;
             let rules = state.rules;
             let applied = store
                 .try_update(key, |ledger| match ledger.append(event, &rules)? {
@@ -325,13 +332,7 @@ pub(crate) async fn read(
         Ok(_) => "ok",
         Err(refusal) => refusal.label(),
     });
-    match outcome {
-        Ok((cache, view)) => {
-            state.sample.cache(cache);
-            answer(cache, &view)
-        }
-        Err(refusal) => refusal.with_owner_address(&state).into_response(),
-    }
+    respond(&state, outcome)
 }
 
 async fn read_inner(
@@ -343,11 +344,7 @@ async fn read_inner(
     let key = id.as_bytes();
     match &state.backend {
         Backend::Memory(store) => {
-            let cache = if store.version_of(key).await.is_some() {
-                Cache::Warm
-            } else {
-                Cache::Cold
-            };
+            let cache = residency(store, key).await;
             let view = store
                 .read(key, |ledger| SessionView::new(id, 0, ledger))
                 .await?;
