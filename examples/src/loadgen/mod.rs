@@ -46,6 +46,7 @@ pub mod options;
 mod stats;
 mod transport;
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -55,6 +56,7 @@ use futures::StreamExt as _;
 use http::{Method, StatusCode};
 use locus::driver::HANDOFF_HEADER;
 use locus::{RingWatch, headers};
+use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use self::stats::{Op, Tally};
@@ -484,23 +486,33 @@ async fn read_back(shared: &Shared, id: &str) -> Result<SessionView, String> {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(100 << attempt.min(3))).await;
         }
-        match shared
-            .transport
-            .send(Method::GET, &path, id, String::new())
-            .await
-        {
-            Ok(answer) if answer.status == StatusCode::OK => {
-                match serde_json::from_slice::<SessionView>(&answer.body) {
-                    Ok(view) if view.session == id => return Ok(view),
-                    Ok(_) => last = "wrong_answer".into(),
-                    Err(_) => last = "bad_answer".into(),
-                }
-            }
-            Ok(answer) => last = format!("http_{}", answer.status.as_u16()),
-            Err(kind) => kind.clone_into(&mut last),
+        match exchange::<SessionView>(shared, Method::GET, &path, id, String::new()).await {
+            Ok((_, _, view)) if view.session == id => return Ok(view),
+            Ok(_) => last = "wrong_answer".into(),
+            Err(kind) => last = kind.into_owned(),
         }
     }
     Err(last)
+}
+
+/// Sends one request and parses its `200` answer as `T`: the answer, how
+/// long it took to come, and its body; otherwise the error kind
+/// (the transport's, `http_<status>` or `bad_answer`).
+async fn exchange<T: DeserializeOwned>(
+    shared: &Shared,
+    method: Method,
+    path: &str,
+    session: &str,
+    body: String,
+) -> Result<(Answer, Duration, T), Cow<'static, str>> {
+    let started = Instant::now();
+    let answer = shared.transport.send(method, path, session, body).await?;
+    let took = started.elapsed();
+    if answer.status != StatusCode::OK {
+        return Err(format!("http_{}", answer.status.as_u16()).into());
+    }
+    let parsed = serde_json::from_slice(&answer.body).map_err(|_| "bad_answer")?;
+    Ok((answer, took, parsed))
 }
 
 /// A well-mixed 64-bit function of `i` (splitmix64's finaliser), so the
@@ -611,22 +623,11 @@ async fn one_append(shared: &Shared, session: u32, i: u64, tally: &mut Tally) {
         body["note"] = serde_json::Value::String("n".repeat(shared.config.note_bytes));
     }
     let path = format!("/sessions/{id}/events");
-    let started = Instant::now();
-    let answer = match shared
-        .transport
-        .send(Method::POST, &path, &id, body.to_string())
-        .await
-    {
-        Ok(answer) => answer,
-        Err(kind) => return tally.error(kind),
-    };
-    let took = started.elapsed();
-    if answer.status != StatusCode::OK {
-        return tally.error(&format!("http_{}", answer.status.as_u16()));
-    }
-    let Ok(appended) = serde_json::from_slice::<AppendAnswer>(&answer.body) else {
-        return tally.error("bad_answer");
-    };
+    let (answer, took, appended) =
+        match exchange::<AppendAnswer>(shared, Method::POST, &path, &id, body.to_string()).await {
+            Ok(done) => done,
+            Err(kind) => return tally.error(&kind),
+        };
     if appended.session != id || appended.seq != Some(seq) {
         return tally.error("wrong_answer");
     }
@@ -650,22 +651,11 @@ async fn one_read(shared: &Shared, session: u32, tally: &mut Tally) {
     let id = shared.session_id(session);
     let floor = shared.track(session).max_version;
     let path = format!("/sessions/{id}");
-    let started = Instant::now();
-    let answer = match shared
-        .transport
-        .send(Method::GET, &path, &id, String::new())
-        .await
-    {
-        Ok(answer) => answer,
-        Err(kind) => return tally.error(kind),
-    };
-    let took = started.elapsed();
-    if answer.status != StatusCode::OK {
-        return tally.error(&format!("http_{}", answer.status.as_u16()));
-    }
-    let Ok(view) = serde_json::from_slice::<SessionView>(&answer.body) else {
-        return tally.error("bad_answer");
-    };
+    let (answer, took, view) =
+        match exchange::<SessionView>(shared, Method::GET, &path, &id, String::new()).await {
+            Ok(done) => done,
+            Err(kind) => return tally.error(&kind),
+        };
     if view.session != id {
         return tally.error("wrong_answer");
     }
