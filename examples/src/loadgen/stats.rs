@@ -391,12 +391,7 @@ impl Summary {
             self.ok, self.appends_acked, self.reads_ok, self.duplicates, self.errors
         );
         if !self.errors_by_kind.is_empty() {
-            let kinds: Vec<String> = self
-                .errors_by_kind
-                .iter()
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect();
-            let _ = write!(out, " ({})", kinds.join(", "));
+            let _ = write!(out, " ({})", listed(&self.errors_by_kind));
         }
         out.push('\n');
         let _ = writeln!(
@@ -405,36 +400,18 @@ impl Summary {
             self.cache.warm, self.cache.cold, self.cache.stateless, self.cache.unknown
         );
         if self.moved != MovedCounts::default() || !self.handoff.is_empty() {
-            let paths: Vec<String> = self
-                .handoff
-                .iter()
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect();
             let _ = writeln!(
                 out,
                 "  moved sessions: warm {}  cold {}  first touches: {}",
                 self.moved.warm,
                 self.moved.cold,
-                if paths.is_empty() {
-                    "-".to_owned()
-                } else {
-                    paths.join(", ")
-                }
+                listed_or_dash(&self.handoff)
             );
         }
-        let pods: Vec<String> = self
-            .by_pod
-            .iter()
-            .map(|(p, n)| format!("{p} {n}"))
-            .collect();
         let _ = writeln!(
             out,
             "  pods: {}  forwarded {}  not owner {}",
-            if pods.is_empty() {
-                "-".to_owned()
-            } else {
-                pods.join(", ")
-            },
+            listed_or_dash(&self.by_pod),
             self.forwarded,
             self.not_owner
         );
@@ -460,6 +437,24 @@ impl Summary {
             }
         }
         out
+    }
+}
+
+/// `name count, name count, ...` in name order.
+fn listed(counts: &BTreeMap<String, u64>) -> String {
+    counts
+        .iter()
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// [`listed`], or `-` when there is nothing to list.
+fn listed_or_dash(counts: &BTreeMap<String, u64>) -> String {
+    if counts.is_empty() {
+        "-".to_owned()
+    } else {
+        listed(counts)
     }
 }
 
