@@ -14,7 +14,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TempDir, postgres_or_skip, start_ring_pods};
+use common::{TempDir, client, postgres_or_skip, start_ring_pods};
 use http::StatusCode;
 use locus::store::Limits;
 use locus::{Metrics, RingSource as _, headers};
@@ -23,10 +23,6 @@ use locus_examples::loadgen::{self, LoadConfig, Stop, Target};
 use locus_examples::postgres::{LedgerPersistence, PgConfig, Postgres};
 use locus_examples::ring_source::RingSourceConfig;
 use locus_examples::sample::{CACHE_HEADER, SampleConfig, SampleMode};
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
 
 fn with_postgres(url: &str) -> impl Fn(&mut SampleConfig) {
     let url = url.to_owned();

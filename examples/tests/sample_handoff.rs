@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{TempDir, pod_name, start_ring_pods};
+use common::{TempDir, client, pod_name, start_ring_pods};
 use http::StatusCode;
 use locus::handoff::HandoffSecret;
 use locus::headers;
@@ -21,10 +21,6 @@ use locus_examples::ledger::SessionView;
 use locus_examples::ring_source::RingSourceConfig;
 use locus_examples::sample::{CACHE_HEADER, HandoffOptions, SampleConfig, SecretSource};
 use tokio::net::TcpListener;
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
 
 fn secret() -> HandoffSecret {
     HandoffSecret::new("a-test-secret-of-more-than-sixteen-bytes").unwrap()

@@ -13,7 +13,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{SamplePod, TempDir, WAIT, start_ring_pods};
+use common::{SamplePod, TempDir, WAIT, client, start_ring_pods};
 use http::StatusCode;
 use locus::{Metrics, RingSource as _, headers};
 use locus_examples::ledger::{AppendAnswer, SessionView};
@@ -23,10 +23,6 @@ use locus_examples::sample::CACHE_HEADER;
 
 /// Sessions of the three-pod load test.
 const SESSIONS: u32 = 150;
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
 
 /// The pod that owns `key` under `ring`.
 fn owner<'a>(pods: &'a [SamplePod], ring: &locus::ring::Ring, key: &str) -> &'a SamplePod {

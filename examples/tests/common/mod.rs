@@ -29,6 +29,12 @@ pub const SERVICE: &str = "ledger";
 pub const SHARDS: u32 = 256;
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// An HTTP client that goes straight to the pods, whatever the proxy
+/// environment says.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
 /// A directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
