@@ -392,8 +392,8 @@ impl DemoReport {
     }
 }
 
-/// The `StatefulService` resource.
-fn resource() -> ApiResource {
+/// The `StatefulService` kind, for dynamic (untyped) API access.
+pub fn resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("locus.dev", "v1alpha1", "StatefulService"),
         "statefulservices",
@@ -527,18 +527,7 @@ impl Session {
     }
 
     async fn ring(&self) -> Result<Option<Ring>, kube::Error> {
-        let Some(map) = self
-            .maps
-            .get_opt(&RingDocument::config_map_name(&self.options.service))
-            .await?
-        else {
-            return Ok(None);
-        };
-        Ok(map
-            .data
-            .as_ref()
-            .and_then(|d| d.get(RingDocument::CONFIG_MAP_KEY))
-            .and_then(|text| RingDocument::from_json(text.as_bytes()).ok()))
+        read_ring(&self.maps, &self.options.service).await
     }
 
     /// `Some(status)` once the service is converged on `replicas` slots for `generation`.
@@ -549,15 +538,7 @@ impl Session {
     ) -> Result<Option<Value>, kube::Error> {
         let service = self.services.get(&self.options.service).await?;
         let status = service.data.get("status").cloned().unwrap_or(Value::Null);
-        let progressing = status["conditions"].as_array().is_some_and(|conditions| {
-            conditions
-                .iter()
-                .any(|c| c["type"] == "Progressing" && c["status"] == "True")
-        });
-        if progressing
-            || status["phase"] != "Stable"
-            || status["observedGeneration"].as_i64() != Some(generation)
-        {
+        if !is_settled(&status, Some(generation)) {
             return Ok(None);
         }
         let Some(ring) = self.ring().await? else {
@@ -578,16 +559,7 @@ impl Session {
         if ring.slots().len() != wanted || pods.len() != wanted {
             return Ok(None);
         }
-        let served = ring.slots().iter().all(|slot| {
-            pods.iter().any(|p| {
-                p.metadata.name.as_deref() == Some(slot.pod.name.as_str())
-                    && p.metadata.uid.as_deref() == Some(slot.pod.uid.as_str())
-                    && is_ready(p)
-                    && p.status.as_ref().and_then(|s| s.pod_ip.clone())
-                        == Some(slot.pod.address.ip().to_string())
-            })
-        });
-        Ok(served.then_some(status))
+        Ok(serves(&ring, &pods).then_some(status))
     }
 
     async fn converged(&self, replicas: u16, generation: i64) -> Result<Value, DemoError> {
@@ -602,11 +574,55 @@ impl Session {
     }
 }
 
-fn is_ready(pod: &Pod) -> bool {
+/// True if the pod's Ready condition is True.
+pub fn is_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// True if a `StatefulService` status (as JSON) is settled: phase `Stable`, not
+/// `Progressing`, and observed at `generation`.
+pub fn is_settled(status: &Value, generation: Option<i64>) -> bool {
+    let progressing = status["conditions"].as_array().is_some_and(|conditions| {
+        conditions
+            .iter()
+            .any(|c| c["type"] == "Progressing" && c["status"] == "True")
+    });
+    !progressing
+        && status["phase"] == "Stable"
+        && status["observedGeneration"].as_i64() == generation
+}
+
+/// True if every slot of `ring` is served by one of `pods`: the same name and UID, Ready,
+/// at the slot's address.
+pub fn serves(ring: &Ring, pods: &[Pod]) -> bool {
+    ring.slots().iter().all(|slot| {
+        pods.iter().any(|p| {
+            p.metadata.name.as_deref() == Some(slot.pod.name.as_str())
+                && p.metadata.uid.as_deref() == Some(slot.pod.uid.as_str())
+                && is_ready(p)
+                && p.status.as_ref().and_then(|s| s.pod_ip.clone())
+                    == Some(slot.pod.address.ip().to_string())
+        })
+    })
+}
+
+/// The ring published for `service` in the `ConfigMap`s of `maps`: `None` while there is no
+/// ring `ConfigMap` or its document does not parse.
+pub async fn read_ring(maps: &Api<ConfigMap>, service: &str) -> Result<Option<Ring>, kube::Error> {
+    let Some(map) = maps
+        .get_opt(&RingDocument::config_map_name(service))
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(map
+        .data
+        .as_ref()
+        .and_then(|d| d.get(RingDocument::CONFIG_MAP_KEY))
+        .and_then(|text| RingDocument::from_json(text.as_bytes()).ok()))
 }
 
 /// Shards whose owner pod differs between `before` and `after`.

@@ -7,4 +7,5 @@
 
 pub mod cluster;
 pub mod demo;
+pub mod logs;
 pub mod wait;

@@ -25,6 +25,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::DeleteParams;
 use locus::RingSource as _;
+use locus_e2e::demo::is_ready;
+use locus_e2e::logs::{self, strip_ansi};
 use locus_e2e::wait;
 use locus_examples::loadgen::{LoadConfig, LoadGenerator, Stop, Summary, Target, Verification};
 use locus_examples::ring_source::{OpenRing, RingSourceConfig};
@@ -147,33 +149,14 @@ fn assert_nothing_lost(what: &str, verification: &Verification) {
 /// The log file of `pod`'s container, kept by the node agent after the pod ends (local
 /// cluster only).
 fn container_log(env: &Env, pod: &Pod) -> Option<PathBuf> {
-    let run = env.cluster.node_run_dir()?;
     let meta = &pod.metadata;
-    let dir = format!(
-        "{}_{}_{}",
+    Some(logs::container_log(
+        env.cluster.node_run_dir()?,
         env.namespace(),
         meta.name.as_deref()?,
-        meta.uid.as_deref()?
-    );
-    Some(run.join("pods").join(dir).join(format!("{SERVICE}.log")))
-}
-
-/// The text of a log without its terminal colour sequences (`ESC [ ... letter`).
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+        meta.uid.as_deref()?,
+        SERVICE,
+    ))
 }
 
 /// The sessions each "snapshot restored" line of a container log reports installed.
@@ -236,7 +219,7 @@ async fn an_evicted_pod_with_a_snapshot_volume_hands_its_sessions_over() {
     );
     let log = container_log(&env, &victim_pod)
         .and_then(|p| std::fs::read_to_string(p).ok())
-        .map(|log| plain(&log));
+        .map(|log| strip_ansi(&log));
     if let Some(log) = &log {
         let shutdown: Vec<&str> = log
             .lines()
@@ -289,18 +272,7 @@ async fn an_in_place_update_restores_the_sessions_from_the_snapshot() {
     apply(&env, &sample_service(IMAGE)).await.unwrap();
     let (before, status) = converged(&env, SERVICE, 3).await.unwrap();
     let old_revision = status.current_revision.clone().unwrap();
-    let mut pods_before: Vec<(String, String)> = live_pods(&env, SERVICE)
-        .await
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p.metadata.name.clone().unwrap(),
-                p.metadata.uid.clone().unwrap(),
-            )
-        })
-        .collect();
-    pods_before.sort();
+    let pods_before = identities(&live_pods(&env, SERVICE).await.unwrap());
     let (_source, mut load) = load_generator(&env).await;
     let steady = load
         .phase("steady", Stop::Duration(Duration::from_secs(4)))
@@ -346,21 +318,16 @@ async fn an_in_place_update_restores_the_sessions_from_the_snapshot() {
         "the ring kept its shards"
     );
     let pods_after = live_pods(&env, SERVICE).await.unwrap();
-    let mut same: Vec<(String, String)> = pods_after
-        .iter()
-        .map(|p| {
-            (
-                p.metadata.name.clone().unwrap(),
-                p.metadata.uid.clone().unwrap(),
-            )
-        })
-        .collect();
-    same.sort();
-    assert_eq!(same, pods_before, "same pods (names and UIDs)");
+    assert_eq!(
+        identities(&pods_after),
+        pods_before,
+        "same pods (names and UIDs)"
+    );
     if env.cluster.node_run_dir().is_some() {
         let mut restored = 0;
         for pod in &pods_after {
-            let log = plain(&std::fs::read_to_string(container_log(&env, pod).unwrap()).unwrap());
+            let log =
+                strip_ansi(&std::fs::read_to_string(container_log(&env, pod).unwrap()).unwrap());
             let counts = restored_counts(&log);
             eprintln!(
                 "{}: snapshot restores {counts:?}",

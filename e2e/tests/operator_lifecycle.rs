@@ -214,17 +214,7 @@ async fn an_image_only_change_with_in_place_keeps_the_pods_and_restarts_their_co
         .unwrap();
     let (before, status) = converged(&env, "feed", 2).await.unwrap();
     let old_revision = status.current_revision.clone().unwrap();
-    let pods_before: Vec<(String, String)> = live_pods(&env, "feed")
-        .await
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p.metadata.name.clone().unwrap(),
-                p.metadata.uid.clone().unwrap(),
-            )
-        })
-        .collect();
+    let pods_before = identities(&live_pods(&env, "feed").await.unwrap());
 
     apply(&env, &in_place_service("locus/test-server:v2"))
         .await
@@ -237,19 +227,11 @@ async fn an_image_only_change_with_in_place_keeps_the_pods_and_restarts_their_co
     assert_eq!(status.current_revision, status.update_revision);
     assert_eq!(after.version(), before.version(), "the ring did not change");
     let pods_after = live_pods(&env, "feed").await.unwrap();
-    let mut same: Vec<(String, String)> = pods_after
-        .iter()
-        .map(|p| {
-            (
-                p.metadata.name.clone().unwrap(),
-                p.metadata.uid.clone().unwrap(),
-            )
-        })
-        .collect();
-    same.sort();
-    let mut expected = pods_before.clone();
-    expected.sort();
-    assert_eq!(same, expected, "same pods (names and UIDs)");
+    assert_eq!(
+        identities(&pods_after),
+        pods_before,
+        "same pods (names and UIDs)"
+    );
     for pod in &pods_after {
         let spec_image = pod.spec.as_ref().unwrap().containers[0].image.clone();
         assert_eq!(spec_image.as_deref(), Some("locus/test-server:v2"));

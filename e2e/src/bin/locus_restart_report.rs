@@ -67,14 +67,15 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
 use kube::config::Kubeconfig;
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
 use locus::RingSource as _;
 use locus::RingWatch;
-use locus::ring::RingDocument;
 use locus_e2e::cluster::{Cluster, ClusterError, TestNamespace, random_suffix, workspace_bin_dir};
+use locus_e2e::demo;
+use locus_e2e::logs::{container_log, strip_ansi};
 use locus_examples::loadgen::{
     LoadConfig, LoadGenerator, Stop, Summary, Target, Verification, random_prefix,
 };
@@ -696,14 +697,6 @@ impl Drop for Postgres {
 // ---------------------------------------------------------------------------------------
 // The cluster side.
 
-/// The `StatefulService` resource.
-fn resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("locus.dev", "v1alpha1", "StatefulService"),
-        "statefulservices",
-    )
-}
-
 /// The address pods reach the API server at: the host of the kubeconfig's server, which on
 /// the local cluster is the bridge's own address.
 fn api_server_address(kubeconfig: &Path) -> Result<Ipv4Addr, ReportError> {
@@ -850,10 +843,7 @@ fn view(pod: &Pod) -> PodView {
         uid: pod.metadata.uid.clone().unwrap_or_default(),
         ip: status.pod_ip.clone().unwrap_or_default(),
         restarts: container.as_ref().map_or(0, |c| c.restart_count),
-        ready: status
-            .conditions
-            .as_ref()
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+        ready: demo::is_ready(pod),
         image: container
             .as_ref()
             .map(|c| c.image.clone())
@@ -896,17 +886,8 @@ impl Service {
     /// a ring naming that pod.
     async fn converged_now(&self) -> Result<Option<Pod>, kube::Error> {
         let service = self.services.get(SERVICE).await?;
-        let status = service.data.get("status").cloned().unwrap_or(Value::Null);
-        let progressing = status["conditions"].as_array().is_some_and(|conditions| {
-            conditions
-                .iter()
-                .any(|c| c["type"] == "Progressing" && c["status"] == "True")
-        });
-        if progressing
-            || status["phase"] != "Stable"
-            || status["observedGeneration"]
-                != service.metadata.generation.map_or(Value::Null, Value::from)
-        {
+        let status = service.data.get("status").unwrap_or(&Value::Null);
+        if !demo::is_settled(status, service.metadata.generation) {
             return Ok(None);
         }
         let pods: Vec<Pod> = self
@@ -924,18 +905,7 @@ impl Service {
         if !pod_view.ready {
             return Ok(None);
         }
-        let Some(map) = self
-            .maps
-            .get_opt(&RingDocument::config_map_name(SERVICE))
-            .await?
-        else {
-            return Ok(None);
-        };
-        let ring = map
-            .data
-            .as_ref()
-            .and_then(|d| d.get(RingDocument::CONFIG_MAP_KEY))
-            .and_then(|text| RingDocument::from_json(text.as_bytes()).ok());
+        let ring = demo::read_ring(&self.maps, SERVICE).await?;
         let named = ring.is_some_and(|ring| {
             ring.slots()
                 .iter()
@@ -966,11 +936,9 @@ impl Service {
 
     /// The container's log file in the node agent's run directory.
     fn log_path(&self, pod: &PodView) -> Option<PathBuf> {
-        self.node_run_dir.as_ref().map(|dir| {
-            dir.join("pods")
-                .join(format!("{}_{}_{}", self.namespace, pod.name, pod.uid))
-                .join(format!("{SERVICE}.log"))
-        })
+        self.node_run_dir
+            .as_ref()
+            .map(|dir| container_log(dir, &self.namespace, &pod.name, &pod.uid, SERVICE))
     }
 }
 
@@ -1156,25 +1124,6 @@ fn machine() -> Vec<String> {
 /// The container's log with terminal colour codes removed (empty if unreadable).
 fn read_log(path: &Path) -> String {
     strip_ansi(&std::fs::read_to_string(path).unwrap_or_default())
-}
-
-/// `raw` without terminal colour codes.
-fn strip_ansi(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ ... final byte in @..~
-            for d in chars.by_ref() {
-                if ('@'..='~').contains(&d) && d != '[' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The value of `key=` in `line`, up to the next space.
@@ -1481,7 +1430,7 @@ async fn setup(settings: &Settings) -> Result<Setup, ReportError> {
     ));
     let service = Service {
         namespace: ns.clone(),
-        services: Api::namespaced_with(client.clone(), &ns, &resource()),
+        services: Api::namespaced_with(client.clone(), &ns, &demo::resource()),
         pods: Api::namespaced(client.clone(), &ns),
         maps: Api::namespaced(client.clone(), &ns),
         node_run_dir: cluster.node_run_dir().map(Path::to_path_buf),

@@ -23,6 +23,7 @@ use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use locus::ring::{Ring, RingDocument};
 use locus_e2e::cluster::{Cluster, TestNamespace};
+use locus_e2e::demo::serves;
 use locus_e2e::wait;
 use locus_operator::crd::{PROGRESSING, Phase, StatefulService, StatefulServiceStatus};
 use serde_json::{Value, json};
@@ -407,12 +408,19 @@ pub async fn live_pods(env: &Env, name: &str) -> Res<Vec<Pod>> {
         .collect())
 }
 
-/// True if the pod's Ready condition is True.
-pub fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+/// The pods' names and UIDs, sorted: equal lists mean the same pods, none replaced.
+pub fn identities(pods: &[Pod]) -> Vec<(String, String)> {
+    let mut ids: Vec<(String, String)> = pods
+        .iter()
+        .map(|p| {
+            (
+                p.metadata.name.clone().unwrap_or_default(),
+                p.metadata.uid.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    ids.sort();
+    ids
 }
 
 /// Waits until the service is converged on `replicas` slots — status Stable and not
@@ -446,16 +454,7 @@ pub async fn converged(
         if ring.slots().len() != replicas || pods.len() != replicas {
             return Ok(None);
         }
-        let served = ring.slots().iter().all(|slot| {
-            pods.iter().any(|p| {
-                p.metadata.name.as_deref() == Some(slot.pod.name.as_str())
-                    && p.metadata.uid.as_deref() == Some(slot.pod.uid.as_str())
-                    && is_ready(p)
-                    && p.status.as_ref().and_then(|s| s.pod_ip.clone())
-                        == Some(slot.pod.address.ip().to_string())
-            })
-        });
-        Ok(served.then_some((ring, status)))
+        Ok(serves(&ring, &pods).then_some((ring, status)))
     })
     .await?;
     Ok(found)
