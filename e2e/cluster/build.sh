@@ -66,6 +66,21 @@ if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
 
+# One build at a time per cache directory: a second caller (a test next to `make demo`) waits
+# for the first and then finds the binaries cached.
+exec 9>"$bin/.build.lock"
+if ! flock -n 9; then
+    log "another build of $bin is running; waiting for it"
+    flock 9
+fi
+missing=()
+for t in "${targets[@]}"; do [ -x "$bin/$t" ] || missing+=("$t"); done
+if [ ${#missing[@]} -eq 0 ]; then
+    log "cached: $bin"
+    echo "$bin"
+    exit 0
+fi
+
 log "building ${missing[*]} into $bin (cold builds take 15-40 minutes on 2 cores)"
 n=0
 for t in "${missing[@]}"; do

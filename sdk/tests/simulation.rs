@@ -8,8 +8,8 @@
 //! evicted, so takeovers also meet sessions that are only in the
 //! persistence), message delays (messages overtake each other), ring delays
 //! per pod, handler latency (requests admitted under an old ring reach the
-//! store after the ring changed), a pod paused for up to 1.2 s (nothing
-//! reaches or leaves it) and a pod killed at a random moment of the
+//! store after the ring changed), a pod paused for up to 8 s, longer than
+//! every deadline (nothing reaches or leaves it) and a pod killed at a random moment of the
 //! transition (mid-transfer, mid-drain, mid-pre-copy). A killed pod's slot is
 //! then rerouted to the others.
 //!
@@ -241,7 +241,10 @@ async fn scenario(seed: u64) -> SeedReport {
         pause: (rng.below(2) == 0).then(|| {
             let who = pick(&mut rng);
             let at = Duration::from_millis(rng.below(2000));
-            (who, at, Duration::from_millis(100 + rng.below(1100)))
+            // Up to 8 s: past the handoff deadline (2.5 s), the pods' drain
+            // timeout (2 s) and the operator's step timeouts (3 s). No
+            // timeout may hand a paused pod's keys over.
+            (who, at, Duration::from_millis(100 + rng.below(7900)))
         }),
         kill: (rng.below(3) == 0).then(|| {
             let who = pick(&mut rng);

@@ -12,7 +12,6 @@ use futures::stream;
 use tokio::time::Instant;
 
 use crate::handoff::HandoffState;
-use crate::handoff::keeping::Handed;
 use crate::ring::Pod;
 use crate::store::{HandOff, SessionRecord};
 
@@ -21,9 +20,14 @@ use crate::store::{HandOff, SessionRecord};
 pub struct DrainReport {
     /// Records handed off here and acknowledged by their new owner.
     pub delivered: usize,
-    /// Records handed off here and not acknowledged before the deadline
-    /// (kept for transfers until they expire), or whose new owner was gone
-    /// (taken back and written to the persistence).
+    /// Records handed off here, not acknowledged by their new owner before
+    /// the deadline (or their new owner was gone), and written through the
+    /// persistence instead (conditionally: a newer stored version wins).
+    /// They stay in the outbox, so a transfer can still be answered.
+    pub persisted: usize,
+    /// Records handed off here, not acknowledged, and not durable anywhere
+    /// (no persistence, or its write failed): taken back into this pod's
+    /// store, to be handed over by a later drain round.
     pub undelivered: usize,
     /// Keys that were no longer resident when their turn came (handed off by
     /// a transfer first, or evicted).
@@ -35,12 +39,14 @@ pub struct DrainReport {
 impl DrainReport {
     fn add(&mut self, other: DrainReport) {
         self.delivered += other.delivered;
+        self.persisted += other.persisted;
         self.undelivered += other.undelivered;
         self.skipped += other.skipped;
         self.failed += other.failed;
     }
 
-    /// True if every record handed off was acknowledged and none failed.
+    /// True if every record handed off was acknowledged or written through
+    /// the persistence, and no hand-off failed: the pod may report drained.
     pub fn complete(&self) -> bool {
         self.undelivered == 0 && self.failed == 0
     }
@@ -84,10 +90,6 @@ async fn to_one(
     let mut gone = false;
     let mut keys = keys.into_iter().peekable();
     while keys.peek().is_some() {
-        if Instant::now() >= deadline || gone {
-            // Not handed off: these keys stay here (and in the persistence).
-            break;
-        }
         // One batch: hand off up to the batch bounds.
         let mut batch: Vec<SessionRecord> = Vec::new();
         let mut bytes = 0;
@@ -109,22 +111,59 @@ async fn to_one(
         if batch.is_empty() {
             continue;
         }
-        let (delivered, undelivered) =
-            push(state, &pod, version, batch, deadline, op, &mut gone).await;
+        // Past the deadline, or with the new owner gone, the rest is handed
+        // off and written through without trying to push it.
+        let (delivered, undelivered) = if gone || Instant::now() >= deadline {
+            (0, batch)
+        } else {
+            push(state, &pod, version, batch, deadline, op, &mut gone).await
+        };
         report.delivered += delivered;
-        report.undelivered += undelivered.len();
-        if !undelivered.is_empty() && gone {
-            take_back(state, &undelivered).await;
+        if !undelivered.is_empty() {
+            let kept = persist(state, &pod, undelivered).await;
+            report.persisted += kept.persisted;
+            report.undelivered += kept.undelivered;
         }
     }
     report
 }
 
-/// The new owner is gone (nothing listens at its address): nobody will ask
-/// for these records, and they exist nowhere else. Installs them back here
-/// and writes them through the persistence, so the pod that takes the slot
-/// over loads their latest state. This pod does not serve them (it does not
-/// own them); a later drain hands them to whoever owns them then.
+/// Records their new owner did not acknowledge (unreachable, slow, or gone):
+/// written through the persistence, so that the pod may report drained and
+/// whoever takes the keys over once the switch settles loads their latest
+/// state. They stay in the outbox and tombstoned here: a late transfer is
+/// still answered with them. What cannot be made durable is taken back into
+/// this pod's store (see [`take_back`]).
+async fn persist(state: &HandoffState, pod: &Pod, records: Vec<SessionRecord>) -> DrainReport {
+    let mut report = DrainReport::default();
+    let mut back = Vec::new();
+    for record in records {
+        match state.store.write_record(&record).await {
+            Ok(true) => report.persisted += 1,
+            Ok(false) => back.push(record),
+            Err(error) => {
+                tracing::warn!(pod = %state.pod, to = %pod.name, %error, "cannot write an undelivered session through");
+                back.push(record);
+            }
+        }
+    }
+    if report.persisted > 0 {
+        tracing::warn!(
+            pod = %state.pod, to = %pod.name, records = report.persisted,
+            "new owner did not acknowledge: sessions written through the persistence"
+        );
+    }
+    if !back.is_empty() {
+        report.undelivered = back.len();
+        take_back(state, &back).await;
+    }
+    report
+}
+
+/// Records that were not delivered and could not be made durable exist
+/// nowhere else: installs them back here (this pod does not serve them, it
+/// does not own them) so that a later drain round, or a transfer, hands
+/// them to their owner. The pod does not report drained meanwhile.
 async fn take_back(state: &HandoffState, records: &[SessionRecord]) {
     for record in records {
         let _lock = state.keys.lock(&record.key).await;
@@ -138,10 +177,9 @@ async fn take_back(state: &HandoffState, records: &[SessionRecord]) {
             }
         }
     }
-    let flush = state.store.flush().await;
     tracing::warn!(
-        pod = %state.pod, records = records.len(), written = flush.written, failed = flush.failed,
-        "new owner gone: sessions taken back and written to the persistence"
+        pod = %state.pod, records = records.len(),
+        "sessions not delivered and not durable: taken back to hand over later"
     );
 }
 
@@ -154,7 +192,7 @@ async fn hand_off(
     version: u64,
 ) -> Result<Option<SessionRecord>, ()> {
     let _lock = state.keys.lock(key).await;
-    if let Some(Handed::Record(record)) = state.outbox.get(key, &pod.name) {
+    if let Some(record) = state.outbox.get(key, &pod.name) {
         return Ok(Some(record));
     }
     let ttl = state.config.tombstone_ttl;
@@ -163,7 +201,7 @@ async fn hand_off(
         Ok(HandOff::State(record)) => {
             let kept = state.outbox.insert(
                 key,
-                Handed::Record(record.clone()),
+                record.clone(),
                 &pod.name,
                 version,
                 state.config.drain_timeout + state.config.outbox_ttl,

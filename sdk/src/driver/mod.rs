@@ -98,6 +98,7 @@ impl Driver {
             {
                 last = ring.version();
                 self.state.first_seen(last);
+                let prior = self.state.note_ring(&ring);
                 self.progress.observed(last);
                 tracing::debug!(pod = %self.state.pod, version = last, phase = %ring.phase(), "ring");
                 let gained = plan::gained_shards(&ring, &self.state.pod);
@@ -120,10 +121,11 @@ impl Driver {
                         self.promote(&ring).await;
                     }
                     Phase::Stable => {
+                        self.promote_skipped(prior.as_deref(), &ring).await;
                         let task = tokio::spawn(Arc::clone(&self).settle());
                         _settle = Some(AbortOnDrop(task));
                     }
-                    Phase::Warm => {}
+                    Phase::Warm => self.promote_skipped(prior.as_deref(), &ring).await,
                 }
                 self.drain_wake.notify_one();
             }
@@ -263,6 +265,27 @@ impl Driver {
         }
     }
 
+    /// Outside a Switch: installs the records parked here for keys that
+    /// moved to this pod between the `prior` ring it saw and `ring` (it
+    /// skipped the Switch that moved them, so [`promote`](Self::promote) did
+    /// not run for them). Their senders counted them delivered.
+    async fn promote_skipped(&self, prior: Option<&Ring>, ring: &Ring) {
+        let Some(prior) = prior else {
+            return;
+        };
+        if prior.phase() == Phase::Switch && prior.current() == ring.current() {
+            return;
+        }
+        let promoted = touch::promote_from(&self.state, prior, ring).await;
+        if promoted > 0 {
+            self.state.metrics.records("promote", "received", promoted);
+            tracing::info!(
+                pod = %self.state.pod, promoted, version = ring.version(),
+                "parked records promoted: this pod did not see the switch that moved them"
+            );
+        }
+    }
+
     /// After a Stable ring and the grace: drops pre-copies and expired
     /// outbox entries.
     async fn settle(self: Arc<Self>) {
@@ -280,18 +303,36 @@ impl Driver {
     }
 
     /// Drains on every wake-up (a new ring), one drain at a time.
+    /// A drain that could not hand everything over (nothing durable to write
+    /// the rest to, or a hand-off failed) runs again after a pause.
     async fn drain_loop(self: Arc<Self>) {
+        let mut again = false;
+        let mut backoff = self.state.config.retry_backoff;
         loop {
-            self.drain_wake.notified().await;
+            if again {
+                let pause = Instant::now() + self.state.config.retry_after.max(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::select! {
+                    () = self.drain_wake.notified() => {}
+                    () = tokio::time::sleep_until(pause) => {}
+                }
+            } else {
+                backoff = self.state.config.retry_backoff;
+                self.drain_wake.notified().await;
+            }
             let Some(ring) = self.state.ring.latest() else {
                 continue;
             };
-            self.drain(&ring).await;
+            again = !self.drain(&ring).await.complete();
         }
     }
 
     /// Hands every resident key this pod does not own under `ring` to its
-    /// owner, then reports drained if this pod is a losing pod of a Switch.
+    /// owner, then reports drained if this pod is a losing pod of a Switch
+    /// and every key handed off was acknowledged or written through the
+    /// persistence ([`DrainReport::complete`]): the operator settles the
+    /// switch on that report, after which the new owners may load the keys
+    /// they were not given from the persistence.
     pub(crate) async fn drain(&self, ring: &Ring) -> DrainReport {
         let state = &self.state;
         let version = ring.version();
@@ -299,7 +340,10 @@ impl Driver {
         let mut report = DrainReport::default();
         if self.holds_lost_keys(ring) {
             let started = Instant::now();
-            let deadline = state.first_seen(version) + state.config.drain_timeout;
+            // A later round (the first could not finish) gets a push timeout
+            // of its own.
+            let deadline = (state.first_seen(version) + state.config.drain_timeout)
+                .max(Instant::now() + state.config.push_timeout);
             // Requests admitted under an older ring may still load or change
             // a lost key: let them finish first.
             let within = deadline.saturating_duration_since(Instant::now()) / 2;
@@ -316,10 +360,41 @@ impl Driver {
             state.metrics.phase("drain", took);
             tracing::info!(pod = %state.pod, version, keys, ?report, ?took, "drained");
         }
-        if losing {
+        if state.unpersisted.load(std::sync::atomic::Ordering::Acquire) > 0
+            && !self.write_outbox_through().await
+        {
+            report.failed += 1;
+        }
+        if losing && report.complete() {
             self.progress.drained(version);
+        } else if losing {
+            tracing::warn!(
+                pod = %state.pod, version, ?report,
+                "not reporting drained: sessions handed off are neither acknowledged nor durable"
+            );
         }
         report
+    }
+
+    /// Writes every record of the outbox through the persistence after a
+    /// transfer answer's write-through failed; true if all were written.
+    async fn write_outbox_through(&self) -> bool {
+        let state = &self.state;
+        let failures = state.unpersisted.load(std::sync::atomic::Ordering::Acquire);
+        let mut ok = true;
+        for record in state.outbox.records() {
+            if let Err(error) = state.store.write_record(&record).await {
+                tracing::warn!(pod = %state.pod, %error, "cannot write a session handed off through");
+                ok = false;
+            }
+        }
+        if ok {
+            // Failures counted after the outbox was read stay counted.
+            state
+                .unpersisted
+                .fetch_sub(failures, std::sync::atomic::Ordering::AcqRel);
+        }
+        ok
     }
 
     /// True if a resident key is owned elsewhere under `ring`.

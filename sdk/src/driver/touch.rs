@@ -13,21 +13,23 @@
 //!    * the state → installed (`transferred`);
 //!    * "unchanged since v" → the pre-copy is installed (`unchanged`);
 //!    * "not resident" → the persistence holds the latest state (`loaded`);
-//!    * refused (its ring is behind, the key is busy) or no answer → asked
+//!    * refused (the key is busy, its ring cannot tell) or no answer → asked
 //!      again after a pause;
-//! 3. if the previous owner is gone (connection refused), or has not
-//!    answered by [`handoff_deadline`](crate::handoff::HandoffConfig::handoff_deadline)
-//!    after this pod saw the Switch, the key is loaded from the persistence
-//!    (`cold`, counted as rolled forward). This is the only path on which
-//!    acknowledged writes can be lost: those the previous owner had not
-//!    persisted when it crashed (or stopped answering past the deadline).
+//! 3. the key is loaded from the persistence without an answer (`cold`)
+//!    only once the previous owner is **fenced**: this pod holds a ring
+//!    newer than the Switch. The operator publishes the ring that settles a
+//!    Switch only when every losing pod reported drained (each lost key
+//!    acknowledged by its new owner or written through the persistence) or
+//!    its pod is gone (`docs/adr/0001-fencing.md`). No timeout, and no
+//!    refused connection (a partition looks the same), hands a key over.
 //!
 //! A request that waits longer than
 //! [`first_touch_wait`](crate::handoff::HandoffConfig::first_touch_wait)
 //! gets 503 with `Retry-After`; the transfer goes on with the next attempt.
 //! So until this pod has the key's latest state, or the previous owner is
-//! known gone or timed out, nobody here mutates the key: the single-writer
-//! invariant.
+//! fenced, nobody here mutates the key: the single-writer invariant.
+//! Unavailability (503 for the moved keys of an unreachable previous owner)
+//! is the price, reported in `locus_handoff_call_errors_total`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,7 +63,7 @@ pub(crate) async fn ensure(
     key: &[u8],
 ) -> Result<Option<TouchPath>, TouchError> {
     let Some(ring) = state.takeover_ring(ring, key) else {
-        return Ok(None);
+        return adopt_parked(state, ring, key).await;
     };
     let ring = ring.as_ref();
     let Some(previous) = plan::gained_from(ring, &state.pod, key) else {
@@ -87,8 +89,93 @@ pub(crate) async fn ensure(
         return Ok(Some("promoted"));
     }
     let precopy = cached.filter(|c| !c.last);
-    let deadline = state.first_seen(ring.version()) + state.config.handoff_deadline;
-    transfer(state, ring, key, previous, precopy, deadline, patience).await
+    transfer(state, ring, key, previous, precopy, patience).await
+}
+
+/// Outside a Switch: a record parked here by the pod that owned `key` under
+/// the ring before `ring` (this pod did not see the Switch that moved the key
+/// here — a relist, or it was not Ready — so nothing promoted it) is the
+/// key's latest state: install it before the store could load an older one
+/// from the persistence. The driver promotes such records in bulk when the
+/// ring arrives ([`promote_from`]); this covers a request that gets there
+/// first.
+async fn adopt_parked(
+    state: &HandoffState,
+    ring: &Arc<Ring>,
+    key: &[u8],
+) -> Result<Option<TouchPath>, TouchError> {
+    if state.cache.is_empty() || ring.owner(key).pod.name != state.pod {
+        return Ok(None);
+    }
+    let Some(prior) = state.ring_before(ring.version()) else {
+        return Ok(None);
+    };
+    let previous = &prior.owner(key).pod;
+    if previous.name == state.pod {
+        return Ok(None);
+    }
+    let Ok(_lock) = tokio::time::timeout(state.config.first_touch_wait, state.keys.lock(key)).await
+    else {
+        return Err(TouchError::Retry(
+            "another request is taking this session over".into(),
+        ));
+    };
+    if state.store.version_of(key).await.is_some() {
+        return Ok(None);
+    }
+    let Some(parked) = state
+        .cache
+        .get(key)
+        .filter(|c| c.last && *c.from == previous.name)
+    else {
+        return Ok(None);
+    };
+    install(state, ring.version(), key, &parked.record, previous).await?;
+    state.metrics.first_touch("promoted");
+    Ok(Some("promoted"))
+}
+
+/// Installs the records parked here by the owners of their keys under
+/// `prior` for the keys this pod owns under `ring` (a ring that is not a
+/// Switch: this pod skipped the Switch that moved them); returns how many.
+pub(crate) async fn promote_from(state: &HandoffState, prior: &Ring, ring: &Ring) -> u64 {
+    let pod = &state.pod;
+    let moved_here = |key: &[u8], from: &str| {
+        ring.owner(key).pod.name == *pod && {
+            let before = &prior.owner(key).pod.name;
+            before != pod && before == from
+        }
+    };
+    let mut promoted = 0;
+    for key in state.cache.finals(moved_here) {
+        let _lock = state.keys.lock(&key).await;
+        if state.store.version_of(&key).await.is_some() {
+            continue;
+        }
+        let Some(parked) = state.cache.get(&key).filter(|c| c.last) else {
+            continue;
+        };
+        if !moved_here(&key, &parked.from) {
+            continue;
+        }
+        let previous = prior.owner(&key).pod.clone();
+        if install(state, ring.version(), &key, &parked.record, &previous)
+            .await
+            .is_ok()
+        {
+            promoted += 1;
+        }
+    }
+    promoted
+}
+
+/// True once this pod holds a ring newer than the Switch `ring`: the
+/// operator settled it, so the previous owners are fenced (drained or gone).
+fn fenced(state: &HandoffState, ring: &Ring) -> bool {
+    state
+        .ring
+        .latest()
+        .is_some_and(|latest| latest.version() > ring.version())
 }
 
 async fn transfer(
@@ -97,22 +184,23 @@ async fn transfer(
     key: &[u8],
     previous: &Pod,
     precopy: Option<Cached>,
-    deadline: Instant,
     patience: Instant,
 ) -> Result<Option<TouchPath>, TouchError> {
     let known = precopy.as_ref().map(|c| c.record.version);
     let wants = [(Bytes::copy_from_slice(key), known)];
     let mut backoff = state.config.retry_backoff;
+    let mut attempts = 0u32;
     loop {
         let now = Instant::now();
-        if now >= deadline {
+        if attempts > 0 && fenced(state, ring) {
             tracing::warn!(
                 pod = %state.pod, previous = %previous.name,
-                "no transfer from the previous owner before the deadline: loading cold"
+                "no transfer from the previous owner, which is fenced (the switch settled): loading cold"
             );
             state.metrics.rolled_forward("transfer");
             return cold(state, ring.version(), key, "cold").await;
         }
+        attempts += 1;
         if now >= patience {
             return Err(TouchError::Retry(format!(
                 "waiting for pod {} to hand this session over",
@@ -122,7 +210,6 @@ async fn transfer(
         let budget = state
             .config
             .transfer_timeout
-            .min(deadline - now)
             .min(patience - now)
             .max(Duration::from_millis(1));
         match state
@@ -173,19 +260,12 @@ async fn transfer(
                     }
                 }
             }
-            Err(error) if error.is_gone() => {
-                tracing::info!(
-                    pod = %state.pod, previous = %previous.name,
-                    "previous owner is gone: loading cold"
-                );
-                state.metrics.call_error("transfer", error.metric_label());
-                state.metrics.rolled_forward("transfer");
-                return cold(state, ring.version(), key, "cold").await;
-            }
             Err(error) => {
                 if let HandoffError::Unauthorized { .. } = error {
                     tracing::error!(pod = %state.pod, %error, "handoff secret mismatch");
                 } else {
+                    // Even "connection refused" proves nothing: a partition,
+                    // or the previous owner's process restarting in its pod.
                     tracing::debug!(pod = %state.pod, %error, "transfer failed; asking again");
                 }
                 state.metrics.call_error("transfer", error.metric_label());

@@ -11,8 +11,10 @@ use crate::BoxError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HandoffError {
-    /// Nothing listens at the pod's address (connection refused): the pod is
-    /// gone. The protocol then rolls forward at once (cold loads).
+    /// Nothing listens at the pod's address (connection refused). Not proof
+    /// that the pod is gone (its process may be restarting, or a partition
+    /// rejects): first touches keep asking; a drain writes what it could not
+    /// deliver through the persistence.
     #[error("pod {pod} is unreachable (nothing listens at its address): {source}")]
     Unreachable {
         /// The pod called.

@@ -86,24 +86,6 @@ impl Drop for KeyGuard {
     }
 }
 
-/// What this pod answered when it handed a key off.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Handed {
-    /// The state, as sent.
-    Record(SessionRecord),
-    /// "Unchanged since this version" (the new owner holds the state).
-    Unchanged(u64),
-}
-
-impl Handed {
-    fn bytes(&self) -> usize {
-        match self {
-            Self::Record(record) => record_bytes(record),
-            Self::Unchanged(_) => 8,
-        }
-    }
-}
-
 /// Entries by key and the bytes they count, under one lock, with a bound
 /// on those bytes: the storage of the [`Outbox`] and the [`WarmCache`].
 struct Bounded<V> {
@@ -179,7 +161,8 @@ impl<V: Weight> Entries<V> {
 }
 
 struct OutboxEntry {
-    handed: Handed,
+    /// The state handed off, as sent.
+    record: SessionRecord,
     to: Arc<str>,
     /// Ring version of the hand-off.
     version: u64,
@@ -188,7 +171,7 @@ struct OutboxEntry {
 
 impl Weight for OutboxEntry {
     fn weight(&self, key: &[u8]) -> usize {
-        self.handed.bytes() + key.len()
+        record_bytes(&self.record) + key.len()
     }
 }
 
@@ -204,19 +187,19 @@ impl Outbox {
         }
     }
 
-    /// Keeps `handed` for `to` until `ttl` passes or it is acknowledged.
+    /// Keeps `record` for `to` until `ttl` passes or it is acknowledged.
     /// Returns `false` (and keeps nothing) when the outbox is at its byte
     /// bound even after dropping expired entries.
     pub(crate) fn insert(
         &self,
         key: &Bytes,
-        handed: Handed,
+        record: SessionRecord,
         to: &str,
         version: u64,
         ttl: Duration,
     ) -> bool {
         let now = Instant::now();
-        let size = handed.bytes() + key.len();
+        let size = record_bytes(&record) + key.len();
         let max_bytes = self.entries.max_bytes;
         self.entries.with(|entries| {
             if entries.bytes + size > max_bytes {
@@ -226,7 +209,7 @@ impl Outbox {
                 return false;
             }
             let entry = OutboxEntry {
-                handed,
+                record,
                 to: to.into(),
                 version,
                 expires: now + ttl,
@@ -237,13 +220,13 @@ impl Outbox {
     }
 
     /// What was handed to `to` for `key`, if still kept.
-    pub(crate) fn get(&self, key: &[u8], to: &str) -> Option<Handed> {
+    pub(crate) fn get(&self, key: &[u8], to: &str) -> Option<SessionRecord> {
         self.entries.with(|entries| {
             entries
                 .map
                 .get(key)
                 .filter(|e| &*e.to == to && e.expires > Instant::now())
-                .map(|e| e.handed.clone())
+                .map(|e| e.record.clone())
         })
     }
 
@@ -252,8 +235,13 @@ impl Outbox {
         self.entries.remove(key);
     }
 
-    /// Drops expired entries; returns how many records (not "unchanged"
-    /// markers) were dropped unacknowledged.
+    /// The records kept.
+    pub(crate) fn records(&self) -> Vec<SessionRecord> {
+        self.entries
+            .with(|entries| entries.map.values().map(|e| e.record.clone()).collect())
+    }
+
+    /// Drops expired entries; returns how many were dropped unacknowledged.
     pub(crate) fn purge(&self) -> usize {
         self.entries.with(|entries| {
             let now = Instant::now();
@@ -276,16 +264,9 @@ impl Outbox {
     }
 }
 
-/// Drops the outbox entries `drop` picks; returns how many of them were
-/// records (not "unchanged" markers).
+/// Drops the outbox entries `drop` picks; returns how many it dropped.
 fn drop_records(entries: &mut Entries<OutboxEntry>, drop: impl Fn(&OutboxEntry) -> bool) -> usize {
-    let mut records = 0;
-    entries.drop_where(|entry| {
-        let dropped = drop(entry);
-        records += usize::from(dropped && matches!(entry.handed, Handed::Record(_)));
-        dropped
-    });
-    records
+    entries.drop_where(drop)
 }
 
 /// A record kept on the gaining side.
@@ -389,6 +370,11 @@ impl WarmCache {
     /// Removes the record of `key`.
     pub(crate) fn remove(&self, key: &[u8]) {
         self.entries.remove(key);
+    }
+
+    /// True if nothing is kept (a cheap test before a lookup).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.with(|entries| entries.map.is_empty())
     }
 
     /// Keys of the unexpired final records for which `wanted(key, from)`.
@@ -549,38 +535,36 @@ mod tests {
         let outbox = Outbox::new(100);
         assert!(outbox.insert(
             &Bytes::from_static(b"a"),
-            Handed::Record(record("a", 3, 40)),
+            record("a", 3, 40),
             "pod-b",
             5,
             TTL
         ));
-        assert_eq!(
-            outbox.get(b"a", "pod-b"),
-            Some(Handed::Record(record("a", 3, 40)))
-        );
+        assert_eq!(outbox.get(b"a", "pod-b"), Some(record("a", 3, 40)));
         assert_eq!(outbox.get(b"a", "pod-c"), None);
         assert!(!outbox.insert(
             &Bytes::from_static(b"b"),
-            Handed::Record(record("b", 1, 80)),
+            record("b", 1, 80),
             "pod-b",
             5,
             TTL
         ));
         assert!(outbox.insert(
             &Bytes::from_static(b"c"),
-            Handed::Unchanged(9),
+            record("c", 9, 10),
             "pod-b",
             5,
             Duration::from_secs(1)
         ));
+        assert_eq!(outbox.records().len(), 2);
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(outbox.get(b"c", "pod-b"), None, "expired");
-        assert_eq!(outbox.purge(), 0, "only an unchanged marker expired");
+        assert_eq!(outbox.purge(), 1, "only c expired");
         outbox.remove(b"a");
         assert_eq!(outbox.len(), 0);
         assert!(outbox.insert(
             &Bytes::from_static(b"b"),
-            Handed::Record(record("b", 1, 80)),
+            record("b", 1, 80),
             "pod-b",
             5,
             TTL
@@ -594,7 +578,7 @@ mod tests {
     async fn a_replaced_outbox_entry_counts_once_against_the_bound() {
         let outbox = Outbox::new(100);
         let keep = |key: &'static str, size| {
-            let handed = Handed::Record(record(key, 1, size));
+            let handed = record(key, 1, size);
             outbox.insert(&Bytes::from_static(key.as_bytes()), handed, "pod-b", 5, TTL)
         };
         // Each entry counts its record (key and value) and its key: 42 bytes.

@@ -69,9 +69,10 @@ pub const PUSH_PATH: &str = "/_locus/handoff/v1/push";
 
 /// Timings and bounds of the handoff protocol and the transition driver.
 ///
-/// Every wait is bounded; past a phase's bound the pod rolls forward (the new
-/// owner loads sessions cold from the persistence) and counts it in
-/// `locus_handoff_rolled_forward_total{phase}`.
+/// Every wait is bounded; past a phase's bound the pod rolls forward and
+/// counts it in `locus_handoff_rolled_forward_total{phase}` — but no bound
+/// hands a key to a new owner: a key loads cold only once its previous owner
+/// is fenced (`docs/adr/0001-fencing.md`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandoffConfig {
     /// Longest pre-copy (Warm step) before reporting warmed anyway.
@@ -80,9 +81,13 @@ pub struct HandoffConfig {
     /// Longest single transfer call. Default 5 s.
     pub transfer_timeout: Duration,
     /// From the moment this pod sees a Switch ring: how long first touches
-    /// keep asking an unresponsive previous owner before loading cold.
-    /// Default 30 s. A previous owner that is *gone* (connection refused) is
-    /// not waited for.
+    /// go through the previous owner (parked record, then a transfer) after
+    /// the ring that settles the switch arrived — it may still hold a key's
+    /// state in its outbox. Past it, keys not taken over load from the
+    /// persistence directly. Default 30 s. It never lets a key load cold
+    /// while the switch is not settled: until the operator settles it (every
+    /// losing pod drained or gone), an unreachable previous owner's keys
+    /// answer 503 (`docs/adr/0001-fencing.md`).
     pub handoff_deadline: Duration,
     /// Longest a request waits for its key's first-touch transfer before it
     /// gets 503 with `Retry-After` (the next attempt continues). Default 5 s.
@@ -186,6 +191,13 @@ pub(crate) struct HandoffState {
     /// The newest Switch ring this pod saw: its takeovers go on after the
     /// ring that settles it arrives, until the handoff deadline.
     switch: Mutex<Option<Arc<Ring>>>,
+    /// Transfer answers whose write-through failed since the drain last
+    /// wrote the outbox through: the pod does not report drained until it
+    /// could.
+    pub unpersisted: std::sync::atomic::AtomicU64,
+    /// The last two rings the driver saw, oldest first: who owned a key
+    /// before a ring that moved it, when this pod did not see the Switch.
+    rings: Mutex<[Option<Arc<Ring>>; 2]>,
 }
 
 impl HandoffState {
@@ -221,6 +233,8 @@ impl HandoffState {
             moved: tally::MovedTally::default(),
             seen: Mutex::new(BTreeMap::new()),
             switch: Mutex::new(None),
+            rings: Mutex::new([None, None]),
+            unpersisted: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -248,6 +262,30 @@ impl HandoffState {
         drop(held);
         let deadline = self.first_seen(switch.version()) + self.config.handoff_deadline;
         (tokio::time::Instant::now() < deadline).then_some(switch)
+    }
+
+    /// Records `ring` as the newest ring the driver saw; returns the one it
+    /// saw before, if any.
+    pub(crate) fn note_ring(&self, ring: &Arc<Ring>) -> Option<Arc<Ring>> {
+        let mut rings = self.rings.lock().unwrap_or_else(PoisonError::into_inner);
+        if rings[1]
+            .as_ref()
+            .is_none_or(|last| last.version() < ring.version())
+        {
+            rings[0] = rings[1].replace(Arc::clone(ring));
+        }
+        rings[0].clone()
+    }
+
+    /// The newest ring the driver saw that is older than `version`.
+    pub(crate) fn ring_before(&self, version: u64) -> Option<Arc<Ring>> {
+        let rings = self.rings.lock().unwrap_or_else(PoisonError::into_inner);
+        rings
+            .iter()
+            .rev()
+            .flatten()
+            .find(|ring| ring.version() < version)
+            .cloned()
     }
 
     /// When this pod first saw ring `version` (now, if never before).

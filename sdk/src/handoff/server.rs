@@ -13,14 +13,14 @@ use http_body::Body;
 use http_body_util::{BodyExt as _, Full, Limited, StreamBody};
 use tower::Service;
 
-use super::keeping::{CacheInsert, Handed};
+use super::keeping::CacheInsert;
 use super::wire::{self, AckOutcome, Frame, Refusal, WireRecord};
 use super::{
     HANDOFF_PATH_PREFIX, HandoffBody, HandoffState, PRECOPY_PATH, PUSH_PATH, PrecopyRequest,
     TRANSFER_PATH,
 };
 use crate::ring::{MAX_SHARDS, Ring, ShardCount};
-use crate::store::{HandOff, Installed, StoreError};
+use crate::store::{HandOff, Installed, SessionRecord, StoreError};
 use crate::{BoxError, headers};
 
 /// Largest pre-copy request body (a shard list).
@@ -363,69 +363,102 @@ async fn transfer_one(
             message,
         }
     };
-    let Some(ring) = ring else {
-        return refuse(
-            Refusal::RingBehind,
-            format!(
-                "pod {} has not reached ring version {version} yet",
-                state.pod
-            ),
-        );
-    };
-    let owner = ring.owner(&key);
-    if owner.pod.name != from {
-        return refuse(
-            Refusal::NotOwner,
-            format!(
-                "under ring version {} the owner is {}, not {from}",
-                ring.version(),
-                owner.pod.name
-            ),
+    if let Some(ring) = ring {
+        let owner = ring.owner(&key);
+        if owner.pod.name != from {
+            return refuse(
+                Refusal::NotOwner,
+                format!(
+                    "under ring version {} the owner is {}, not {from}",
+                    ring.version(),
+                    owner.pod.name
+                ),
+            );
+        }
+    } else {
+        // This pod's ring is behind the asker's (its ring source is cut off
+        // from the API server, or slow). A session resident here (or handed
+        // off already) is the latest state of the key: hand it over on the
+        // asker's word rather than keep the new owner answering 503. "Not
+        // resident" cannot be answered without the ring: the key may have
+        // come to this pod in a switch it has not seen yet.
+        let held =
+            state.outbox.get(&key, from).is_some() || state.store.version_of(&key).await.is_some();
+        if !held {
+            return refuse(
+                Refusal::RingBehind,
+                format!(
+                    "pod {} has not reached ring version {version} yet",
+                    state.pod
+                ),
+            );
+        }
+        tracing::info!(
+            pod = %state.pod, %from, version,
+            "ring behind the asker: handing a resident session over on its word"
         );
     }
     let _lock = state.keys.lock(&key).await;
-    if let Some(handed) = state.outbox.get(&key, from) {
+    if let Some(record) = state.outbox.get(&key, from) {
         // Handed off already (a retry, or the drain got there first).
         state.metrics.records("transfer", "sent", 1);
-        return match handed {
-            Handed::Record(record) => Frame::Record(WireRecord { record, last: true }),
-            Handed::Unchanged(v) if known == Some(v) => Frame::Unchanged { key, version: v },
-            Handed::Unchanged(v) => refuse(
-                Refusal::Failed,
-                format!("handed off as unchanged at version {v}, but the asker knows {known:?}"),
-            ),
-        };
+        return answer(key, known, record);
     }
     let ttl = state.config.tombstone_ttl;
     state.tombstones.handed(&key, ttl);
-    match state.store.hand_off(&key, known, from, ttl).await {
+    // Always the state (not "unchanged" from the store): it is written
+    // through before the answer leaves, see `write_through`.
+    match state.store.hand_off(&key, None, from, ttl).await {
         Ok(HandOff::State(record)) => {
             state.metrics.records("transfer", "sent", 1);
-            let kept = state.outbox.insert(
-                &key,
-                Handed::Record(record.clone()),
-                from,
-                version,
-                state.config.outbox_ttl,
-            );
+            write_through(state, &record).await;
+            let kept =
+                state
+                    .outbox
+                    .insert(&key, record.clone(), from, version, state.config.outbox_ttl);
             if !kept {
                 tracing::warn!(pod = %state.pod, "outbox full: a transfer answer is not kept for retries");
             }
-            Frame::Record(WireRecord { record, last: true })
+            answer(key, known, record)
         }
         Ok(HandOff::Unchanged { version: v }) => {
+            // Not asked for (no known version was passed); answered as such.
             state.metrics.records("transfer", "sent", 1);
-            state.outbox.insert(
-                &key,
-                Handed::Unchanged(v),
-                from,
-                version,
-                state.config.outbox_ttl,
-            );
             Frame::Unchanged { key, version: v }
         }
         Ok(HandOff::NotResident) => Frame::NotResident { key },
         Err(error) => refuse(refusal_of(&error), error.to_string()),
+    }
+}
+
+/// The answer for a key handed off as `record`: "unchanged" if the asker
+/// pre-copied that version, else the state.
+fn answer(key: Bytes, known: Option<u64>, record: SessionRecord) -> Frame {
+    if known == Some(record.version) {
+        Frame::Unchanged {
+            key,
+            version: record.version,
+        }
+    } else {
+        Frame::Record(WireRecord { record, last: true })
+    }
+}
+
+/// A transfer answer has no acknowledgement: if it is lost in transit (the
+/// asker's call timed out) and this pod is fenced before the asker asks
+/// again, the asker loads the key from the persistence. So a changed session
+/// is written through before its hand-off is answered (conditionally: the
+/// new owner's later writes win). A failed write is remembered, and the
+/// drain writes the outbox through again before it reports drained.
+async fn write_through(state: &HandoffState, record: &SessionRecord) {
+    if !record.dirty {
+        return;
+    }
+    if let Err(error) = state.store.write_record(record).await {
+        tracing::warn!(pod = %state.pod, %error, "cannot write a session handed off through; the drain retries");
+        state
+            .unpersisted
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 

@@ -15,8 +15,8 @@ use futures::stream::BoxStream;
 use futures::{FutureExt as _, StreamExt as _};
 
 use crate::store::{
-    Flush, HandOff, Installed, Limits, Persistence, Restore, SessionRecord, SessionStore,
-    StoreError,
+    Flush, HandOff, Installed, Limits, LoadGuard, Persistence, Restore, SessionRecord,
+    SessionStore, StoreError,
 };
 
 /// The store calls the handoff protocol makes; see the [module docs](self).
@@ -50,6 +50,16 @@ pub trait SessionTable: Send + Sync + 'static {
 
     /// Writes every changed session back through the persistence.
     fn flush(&self) -> BoxFuture<'_, Flush>;
+
+    /// Writes a handed-off record through the persistence (conditional on
+    /// its version); `Ok(false)` if the persistence keeps nothing.
+    fn write_record<'a>(
+        &'a self,
+        record: &'a SessionRecord,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Refuses loads of keys `guard` says another pod owns.
+    fn guard_loads(&self, guard: LoadGuard) -> bool;
 
     /// Every resident session, encoded.
     fn snapshot(&self) -> BoxStream<'static, Result<SessionRecord, StoreError>>;
@@ -100,6 +110,17 @@ where
 
     fn flush(&self) -> BoxFuture<'_, Flush> {
         SessionStore::flush(self).boxed()
+    }
+
+    fn write_record<'a>(
+        &'a self,
+        record: &'a SessionRecord,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        SessionStore::write_record(self, record).boxed()
+    }
+
+    fn guard_loads(&self, guard: LoadGuard) -> bool {
+        SessionStore::guard_loads(self, guard)
     }
 
     fn snapshot(&self) -> BoxStream<'static, Result<SessionRecord, StoreError>> {

@@ -230,50 +230,49 @@ where
     /// Stores the locked `state` through the persistence; marks it clean on
     /// success.
     async fn write_back(&self, key: &[u8], state: &mut State<V>) -> Result<(), StoreError> {
+        let stored = self.store_through(key, state.version, &state.value).await;
+        match &stored {
+            Ok(()) => state.dirty = false,
+            Err(error) => tracing::warn!(
+                key = %display_key(key),
+                version = state.version,
+                %error,
+                "session write-back failed; the session stays in memory"
+            ),
+        }
+        self.inner.metrics.write_back(stored.is_ok());
+        stored
+    }
+
+    /// One bounded [`Persistence::store`] call, its failure as a
+    /// [`StoreError`].
+    pub(super) async fn store_through(
+        &self,
+        key: &[u8],
+        version: u64,
+        value: &V,
+    ) -> Result<(), StoreError> {
         let limits = &self.inner.limits;
         let stored = tokio::time::timeout(
             limits.persistence_timeout,
-            self.inner
-                .persistence
-                .store(key, state.version, &state.value),
+            self.inner.persistence.store(key, version, value),
         )
         .await;
-        let error = match stored {
-            Ok(Ok(())) => {
-                state.dirty = false;
-                self.inner.metrics.write_back(true);
-                return Ok(());
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(
-                    key = %display_key(key),
-                    version = state.version,
-                    %error,
-                    "session write-back failed; the session stays in memory"
-                );
-                StoreError::Persistence {
-                    key: display_key(key),
-                    action: "store",
-                    source: Arc::new(error),
-                    retry_after: limits.retry_after,
-                }
-            }
-            Err(_elapsed) => {
-                tracing::warn!(
-                    key = %display_key(key),
-                    version = state.version,
-                    "session write-back timed out; the session stays in memory"
-                );
-                StoreError::PersistenceTimeout {
-                    key: display_key(key),
-                    action: "store",
-                    after: limits.persistence_timeout,
-                    retry_after: limits.retry_after,
-                }
-            }
-        };
-        self.inner.metrics.write_back(false);
-        Err(error)
+        match stored {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(StoreError::Persistence {
+                key: display_key(key),
+                action: "store",
+                source: Arc::new(error),
+                retry_after: limits.retry_after,
+            }),
+            Err(_elapsed) => Err(StoreError::PersistenceTimeout {
+                key: display_key(key),
+                action: "store",
+                after: limits.persistence_timeout,
+                retry_after: limits.retry_after,
+            }),
+        }
     }
 
     /// One passivation sweep: every session idle for `idle_timeout` or more

@@ -101,6 +101,12 @@ type Outcome<V> = Option<Result<Arc<Pinned<V>>, StoreError>>;
 type Flight<V> = watch::Receiver<Outcome<V>>;
 
 type Weigher<V> = Box<dyn Fn(&V) -> usize + Send + Sync>;
+
+/// Decides whether this pod may load a session that is not resident: `None`
+/// to load it, or the name of the pod that owns it (the load is refused with
+/// [`StoreError::Moved`] naming that pod). See
+/// [`SessionStore::guard_loads`].
+pub type LoadGuard = Arc<dyn Fn(&[u8]) -> Option<Arc<str>> + Send + Sync>;
 type Factory<V> = Box<dyn Fn(&[u8]) -> V + Send + Sync>;
 
 /// Bounded, versioned, in-memory session state with write-back persistence.
@@ -129,6 +135,8 @@ struct Inner<V, P> {
     /// waiting for room that other requests' evictions may free.
     evictions: watch::Sender<u64>,
     metrics: StoreMetrics,
+    /// Set once by the handoff member: loads only of keys this pod owns.
+    guard: std::sync::OnceLock<LoadGuard>,
 }
 
 /// What is held right now.
@@ -249,6 +257,7 @@ where
                 index: Mutex::new(Index::new(bounds)),
                 evictions: watch::Sender::new(0),
                 metrics: StoreMetrics::new(),
+                guard: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -443,6 +452,9 @@ where
                     Lookup::Resident(entry) => Step::Ready(entry),
                     Lookup::Loading(flight) => Step::Wait(flight),
                     Lookup::Moved { owner, .. } => Step::Moved(owner),
+                    Lookup::Absent if let Some(owner) = self.foreign_owner(key) => {
+                        Step::Moved(owner)
+                    }
                     Lookup::Absent => {
                         let (done, flight) = watch::channel(None);
                         match index.begin_load(key, flight.clone(), room) {
@@ -635,6 +647,22 @@ where
             });
         }
         Ok(size)
+    }
+
+    /// The pod that owns `key` if the load guard says it is not this pod.
+    fn foreign_owner(&self, key: &[u8]) -> Option<Arc<str>> {
+        self.inner.guard.get().and_then(|guard| guard(key))
+    }
+
+    /// Refuses, from now on, every load of a key `guard` says another pod
+    /// owns ([`StoreError::Moved`] naming it). The handoff member sets it
+    /// to "owned under this pod's latest ring": a request admitted under an
+    /// older ring that reaches the store after the key was handed off and
+    /// its tombstone expired must not load the key beside its new owner.
+    /// Resident sessions, installs and restores are not affected. Returns
+    /// `false` (and changes nothing) if a guard was set already.
+    pub fn guard_loads(&self, guard: LoadGuard) -> bool {
+        self.inner.guard.set(guard).is_ok()
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), StoreError> {

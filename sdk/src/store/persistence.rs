@@ -17,8 +17,17 @@
 //! * Calls for different keys may run concurrently; the store never runs two
 //!   calls for the same key at once (loads are single-flight and write-backs
 //!   hold the session's lock).
-//! * A `store` for a version lower than one already stored may arrive only if
-//!   a write-back timed out and was retried; implementations may ignore it.
+//! * `store` is **conditional**: it must not replace a stored version higher
+//!   than `version` (ignore the call and return `Ok`). Sessions move between
+//!   pods with their versions, so a late write-back from a pod that handed a
+//!   session off (a retried write-back, a drain that could not deliver, a
+//!   shutdown flush) carries a lower version than what the new owner wrote
+//!   since, and must not put the older state back. With SQL:
+//!   `INSERT ... ON CONFLICT (key) DO UPDATE SET ... WHERE t.version <= excluded.version`.
+//! * [`durable`](Persistence::durable) says whether `store` keeps anything:
+//!   the handoff drain writes what it could not deliver through the
+//!   persistence before it reports a pod drained, and cannot do that over
+//!   [`NoPersistence`].
 
 use std::convert::Infallible;
 use std::error::Error;
@@ -61,7 +70,11 @@ impl<T> Versioned<T> {
 ///     }
 ///
 ///     async fn store(&self, key: &[u8], version: u64, value: &String) -> Result<(), Self::Error> {
-///         self.0.lock().unwrap().insert(key.to_vec(), Versioned::new(version, value.clone()));
+///         let mut rows = self.0.lock().unwrap();
+///         // Conditional: never put an older version over a newer one.
+///         if rows.get(key).is_none_or(|held| held.version <= version) {
+///             rows.insert(key.to_vec(), Versioned::new(version, value.clone()));
+///         }
 ///         Ok(())
 ///     }
 /// }
@@ -79,13 +92,21 @@ pub trait Persistence<V>: Send + Sync + 'static {
         key: &[u8],
     ) -> impl Future<Output = Result<Option<Versioned<V>>, Self::Error>> + Send;
 
-    /// Durably stores `value` as version `version` of session `key`.
+    /// Durably stores `value` as version `version` of session `key`, unless a
+    /// higher version of `key` is stored already (then it keeps that one and
+    /// returns `Ok`).
     fn store(
         &self,
         key: &[u8],
         version: u64,
         value: &V,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Whether [`store`](Self::store) keeps what it is given. `true` unless
+    /// overridden; [`NoPersistence`] says `false`.
+    fn durable(&self) -> bool {
+        true
+    }
 }
 
 /// No durable storage: every session starts from the store's factory, and an
@@ -106,5 +127,9 @@ impl<V: Send + Sync + 'static> Persistence<V> for NoPersistence {
 
     async fn store(&self, _key: &[u8], _version: u64, _value: &V) -> Result<(), Infallible> {
         Ok(())
+    }
+
+    fn durable(&self) -> bool {
+        false
     }
 }

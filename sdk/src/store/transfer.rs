@@ -208,6 +208,34 @@ where
         Err(self.busy(key))
     }
 
+    /// Writes a handed-off `record` straight through the persistence (it is
+    /// not installed here): what a drain does with records their new owner
+    /// did not acknowledge, so that they are durable before the pod reports
+    /// drained. The write is conditional like every write-back (a higher
+    /// stored version wins). `Ok(false)` if the persistence keeps nothing
+    /// ([`Persistence::durable`]).
+    pub async fn write_record(&self, record: &SessionRecord) -> Result<bool, StoreError> {
+        if !self.inner.persistence.durable() {
+            return Ok(false);
+        }
+        let value = self.decode(record)?;
+        self.store_through(&record.key, record.version, &value)
+            .await
+            .map(|()| true)
+    }
+
+    /// The state of `record`, decoded with the store's codec.
+    fn decode(&self, record: &SessionRecord) -> Result<V, StoreError> {
+        self.inner
+            .codec
+            .decode(&record.value)
+            .map_err(|source| StoreError::Codec {
+                key: display_key(&record.key),
+                action: "decode",
+                source: source.into(),
+            })
+    }
+
     /// Installs `session` for `key` if its version is newer than the one held
     /// (or handed off). Marks it changed, so it is written back before it is
     /// ever evicted. Counts against `max_pending_updates` like an update, and
@@ -226,15 +254,7 @@ where
     /// [`install`](Self::install), keeping the record's `dirty` flag.
     pub async fn install_record(&self, record: &SessionRecord) -> Result<Installed, StoreError> {
         self.check_key(&record.key)?;
-        let value = self
-            .inner
-            .codec
-            .decode(&record.value)
-            .map_err(|source| StoreError::Codec {
-                key: display_key(&record.key),
-                action: "decode",
-                source: source.into(),
-            })?;
+        let value = self.decode(record)?;
         self.install_with(&record.key, record.version, value, record.dirty)
             .await
     }

@@ -1,7 +1,10 @@
 //! The operator's role in tests: builds the rings of each transition step
 //! (with the real planner), publishes them to a fleet of pods and waits for
-//! the pods' progress reports, each step bounded by a timeout after which it
-//! rolls forward, as the real operator does.
+//! the pods' progress reports, as the real operator does: the Warm step and
+//! the observed wait are bounded by a timeout after which they roll forward;
+//! the Switch settles only once every losing pod reported drained or is gone
+//! (the fencing rule of `docs/adr/0001-fencing.md`), within a generous cap
+//! that only keeps a broken test from hanging.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -337,8 +340,35 @@ impl Operator {
             .map(|p| p.name.clone())
             .collect();
         let observed = Self::wait(fleet, &members, until, |p| p.observed >= Some(version)).await;
-        let drained = Self::wait(fleet, losing, until, |p| p.drained >= Some(version)).await;
+        let drained = Self::wait_drained(fleet, losing, version, self.timeouts.drain * 20).await;
         observed && drained
+    }
+
+    /// Waits until every pod of `losing` reported drained for `version` or
+    /// is gone (no longer in the fleet): no timeout settles a switch. False
+    /// if `cap` passed first (the switch then settles anyway, and the checker
+    /// will see what that costs).
+    async fn wait_drained(
+        fleet: &impl Fleet,
+        losing: &BTreeSet<String>,
+        version: u64,
+        cap: Duration,
+    ) -> bool {
+        let until = Instant::now() + cap;
+        loop {
+            let done = losing.iter().all(|pod| {
+                fleet
+                    .progress(pod)
+                    .is_none_or(|p| p.latest().drained >= Some(version))
+            });
+            if done {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn record(

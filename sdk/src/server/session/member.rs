@@ -176,6 +176,20 @@ impl MemberBuilder {
                 .as_ref()
                 .and_then(ProgressReporter::intent_source)
         });
+        // Loads only of keys this pod owns under its latest ring: a request
+        // admitted under an older ring must not load a key that was handed
+        // off (whatever became of its tombstone).
+        let watch = self.ring.clone();
+        let me: Arc<str> = self.pod.as_str().into();
+        let guard_pod = Arc::clone(&me);
+        let guarded = self.store.guard_loads(Arc::new(move |key: &[u8]| {
+            let ring = watch.latest()?;
+            let owner = &ring.owner(key).pod.name;
+            (owner.as_str() != &*guard_pod).then(|| Arc::from(owner.as_str()))
+        }));
+        if !guarded {
+            tracing::warn!(pod = %me, "the store already has a load guard (a second member on it?)");
+        }
         let state = Arc::new(HandoffState::new(
             self.pod,
             pod_header,
