@@ -178,7 +178,10 @@ impl<V: Clone + Send + Sync + 'static> Persistence<V> for Recording<V> {
         if self.inner.fail_stores.load(Ordering::SeqCst) {
             return Err(Injected);
         }
-        self.put(key, version, value.clone());
+        // Conditional, as the contract requires: a higher stored version wins.
+        if self.stored(key).is_none_or(|held| held.version <= version) {
+            self.put(key, version, value.clone());
+        }
         Ok(())
     }
 }
@@ -1460,4 +1463,71 @@ fn store_futures_are_send() {
     is_send(&store.passivate_idle());
     is_send(&store.flush());
     is_send(&store.snapshot());
+}
+
+// ---------------------------------------------------------------------------
+// Guarded loads and records written through (fencing, docs/adr/0001-fencing.md).
+
+#[tokio::test]
+async fn a_load_guard_refuses_loads_of_keys_owned_elsewhere_but_not_resident_sessions() {
+    let (store, persistence) = text_store(Limits::default());
+    persistence.put(b"theirs", 4, "stored".into());
+    store.update(b"mine", |s| s.push('x')).await.unwrap();
+    let owner_of_theirs: Arc<str> = "pod-b".into();
+    assert!(store.guard_loads(Arc::new(move |key: &[u8]| {
+        (key == b"theirs").then(|| Arc::clone(&owner_of_theirs))
+    })));
+    assert!(
+        !store.guard_loads(Arc::new(|_: &[u8]| None)),
+        "a second guard is refused"
+    );
+    match store.get(b"theirs").await {
+        Err(StoreError::Moved { owner, .. }) => assert_eq!(owner, "pod-b"),
+        other => panic!("expected Moved, got {other:?}"),
+    }
+    assert!(
+        !persistence
+            .calls()
+            .contains(&Call::Load(b"theirs".to_vec())),
+        "nothing was loaded"
+    );
+    // Resident sessions and keys the guard lets through are served as before.
+    assert_eq!(store.get(b"mine").await.unwrap().value, "x");
+    assert_eq!(store.get(b"other").await.unwrap().version, 0);
+}
+
+#[tokio::test]
+async fn a_record_written_through_never_replaces_a_newer_stored_version() {
+    let (store, persistence) = text_store(Limits::default());
+    store.update(b"k", |s| s.push_str("ab")).await.unwrap();
+    store.update(b"k", |s| s.push('c')).await.unwrap();
+    let HandOff::State(record) = store
+        .hand_off(b"k", None, "pod-b", Duration::from_secs(1))
+        .await
+        .unwrap()
+    else {
+        panic!("expected the state");
+    };
+    assert_eq!(record.version, 2);
+    assert!(store.write_record(&record).await.unwrap());
+    assert_eq!(persistence.stored(b"k").unwrap().value, "abc");
+    // The new owner wrote version 5 since; the late write-through of
+    // version 2 must not put the older state back.
+    persistence.put(b"k", 5, "newer".into());
+    assert!(store.write_record(&record).await.unwrap());
+    assert_eq!(
+        persistence.stored(b"k").unwrap(),
+        Versioned::new(5, "newer".into())
+    );
+    // Without a durable persistence nothing is written, and it says so.
+    let counters = counter_store(Limits::default());
+    counters.update(b"n", |n| *n += 1).await.unwrap();
+    let HandOff::State(record) = counters
+        .hand_off(b"n", None, "pod-b", Duration::from_secs(1))
+        .await
+        .unwrap()
+    else {
+        panic!("expected the state");
+    };
+    assert!(!counters.write_record(&record).await.unwrap());
 }
