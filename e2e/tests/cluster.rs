@@ -8,6 +8,7 @@ use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use locus_e2e::cluster::firewall;
 use locus_e2e::cluster::network::{netns_prefix, netns_with_prefix};
 use locus_e2e::cluster::{Cluster, ClusterInfo};
 
@@ -88,10 +89,13 @@ enum Stop {
     Lifeline,
     /// Send SIGTERM, as `kill` or Ctrl-C (SIGINT takes the same path) would.
     Sigterm,
+    /// SIGKILL the supervisor (nothing is torn down), then run `locus-cluster clean`.
+    KillThenClean,
 }
 
 /// The lifeline: when whoever started `locus-cluster up --lifeline` goes away (its stdin
-/// closes), every process, pod network namespace, the bridge and the run dir are removed.
+/// closes), every process, pod network namespace, the bridge, its iptables FORWARD rules
+/// and the run dir are removed.
 #[tokio::test]
 async fn closing_the_lifeline_leaves_nothing_behind() {
     start_run_pod_and_stop(Stop::Lifeline).await;
@@ -101,6 +105,50 @@ async fn closing_the_lifeline_leaves_nothing_behind() {
 #[tokio::test]
 async fn sigterm_leaves_nothing_behind() {
     start_run_pod_and_stop(Stop::Sigterm).await;
+}
+
+/// A supervisor killed outright leaves its cluster behind; `locus-cluster clean` removes it
+/// (the run dir, with the logs that tell why it died, is kept).
+#[tokio::test]
+async fn locus_cluster_clean_removes_what_a_killed_cluster_left() {
+    start_run_pod_and_stop(Stop::KillThenClean).await;
+}
+
+/// After the supervisor was killed: its bridge and FORWARD rules are still there, and
+/// `locus-cluster clean` removes them (and the rest), naming the bridge and keeping the
+/// run dir, which the test then removes.
+fn clean_after_kill(bin: &Path, info: &ClusterInfo) {
+    assert!(
+        Path::new(&format!("/sys/class/net/{}", info.bridge)).exists(),
+        "a killed supervisor tears nothing down"
+    );
+    if firewall::iptables_program().is_some() {
+        assert_eq!(forward_rules(&info.bridge).len(), 2);
+    }
+    let out = Command::new(bin).arg("clean").output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "locus-cluster clean failed: {said}");
+    assert!(said.contains(&info.bridge), "{said}");
+    assert!(info.run_dir.exists(), "clean keeps the run dir");
+    std::fs::remove_dir_all(&info.run_dir).unwrap();
+}
+
+/// The FORWARD rules tagged for `bridge` (see `locus_e2e::cluster::firewall`).
+fn forward_rules(bridge: &str) -> Vec<String> {
+    firewall::bridge_rules(bridge).unwrap()
+}
+
+/// Polls `probe` until it yields nothing, for up to 10 s (killed processes take a moment
+/// to go); returns what it yielded last.
+fn eventually_empty(mut probe: impl FnMut() -> Vec<String>) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left = probe();
+        if left.is_empty() || std::time::Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 async fn start_run_pod_and_stop(stop: Stop) {
@@ -159,24 +207,45 @@ async fn start_run_pod_and_stop(stop: Stop) {
         "the pod has its own network namespace"
     );
     assert!(!processes_mentioning(&run_dir).is_empty());
+    if firewall::iptables_program().is_some() {
+        assert_eq!(
+            forward_rules(&info.bridge).len(),
+            2,
+            "one FORWARD rule each way accepts the bridge's traffic"
+        );
+    }
 
     // Stop the supervisor and wait for it to finish its teardown.
     stdin.flush().unwrap();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     match stop {
         Stop::Lifeline => drop(stdin),
         Stop::Sigterm => {
-            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
             nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        }
+        Stop::KillThenClean => {
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
         }
     }
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
         .unwrap();
-    assert!(status.success(), "supervisor exited with {status}");
+    if let Stop::KillThenClean = stop {
+        clean_after_kill(&bin, &info);
+    } else {
+        assert!(status.success(), "supervisor exited with {status}");
+    }
 
+    assert_nothing_left(&info);
+}
+
+/// No process, pod network namespace, bridge, FORWARD rule or run dir of the cluster is left.
+fn assert_nothing_left(info: &ClusterInfo) {
+    let run_dir = info.run_dir.to_string_lossy().into_owned();
+    let prefix = netns_prefix(&info.bridge);
     assert_eq!(
-        processes_mentioning(&run_dir),
+        eventually_empty(|| processes_mentioning(&run_dir)),
         Vec::<String>::new(),
         "processes left behind"
     );
@@ -188,6 +257,12 @@ async fn start_run_pod_and_stop(stop: Stop) {
     assert!(
         !Path::new(&format!("/sys/class/net/{}", info.bridge)).exists(),
         "bridge {} left behind",
+        info.bridge
+    );
+    assert_eq!(
+        forward_rules(&info.bridge),
+        Vec::<String>::new(),
+        "iptables FORWARD rules tagged for {} left behind",
         info.bridge
     );
     assert!(!info.run_dir.exists(), "run dir {run_dir} left behind");

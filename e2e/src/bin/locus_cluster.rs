@@ -3,25 +3,31 @@
 //! ```text
 //! locus-cluster up [--run-dir DIR] [--image NAME=PATH]... [--no-node] [--json] [--lifeline]
 //! locus-cluster build
+//! locus-cluster clean
 //! ```
 //!
 //! `up` builds the control plane if it is not cached, starts it, prints how to use it and
 //! keeps it up until Ctrl-C or SIGTERM (with `--lifeline`, also until its stdin closes: the
 //! test harness holds that pipe). Stopping removes every process, pod network namespace,
-//! the bridge and (unless it was given with `--run-dir` or `LOCUS_KEEP` is set) the run
-//! directory.
+//! the bridge, the bridge's iptables FORWARD rules and (unless it was given with `--run-dir`
+//! or `LOCUS_KEEP` is set) the run directory.
+//!
+//! `clean` removes what clusters whose supervisor was killed left behind (processes, pod
+//! namespaces, bridges, FORWARD rules; not their run directories), leaving running clusters
+//! alone.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 use locus_e2e::cluster::local::progress;
+use locus_e2e::cluster::network;
 use locus_e2e::cluster::{ClusterError, LocalCluster, LocalClusterConfig, random_suffix};
 
 /// Workspace binaries the node can run as images `locus/<name>:dev` (binary `locus-<name>`).
 const WORKSPACE_IMAGES: &[&str] = &["test-server", "ring-probe", "operator", "sample", "loadgen"];
 
-const USAGE: &str = "usage: locus-cluster up [--run-dir DIR] [--image NAME=PATH]... [--no-node] [--json] [--lifeline]\n       locus-cluster build";
+const USAGE: &str = "usage: locus-cluster up [--run-dir DIR] [--image NAME=PATH]... [--no-node] [--json] [--lifeline]\n       locus-cluster build\n       locus-cluster clean";
 
 struct Args {
     command: String,
@@ -136,6 +142,7 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        "clean" => clean(),
         // Exit at once: the lifeline reader may still block on stdin (after a signal), and
         // the runtime would wait for it on shutdown.
         "up" => {
@@ -231,6 +238,30 @@ async fn up(args: Args) -> ExitCode {
     cleanup_run_dir(&run_dir, temporary);
     progress("stopped");
     ExitCode::SUCCESS
+}
+
+/// `locus-cluster clean`: removes the leftovers of killed clusters and says what it removed.
+fn clean() -> ExitCode {
+    if !nix::unistd::Uid::effective().is_root() {
+        report_error(false, &ClusterError::NotRoot);
+        return ExitCode::FAILURE;
+    }
+    match network::clean_stale() {
+        Ok(report) if report.is_empty() => {
+            progress("nothing to clean: no leftovers of a stopped local cluster");
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            for line in report {
+                progress(&line);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            report_error(false, &e);
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn cleanup_run_dir(dir: &Path, temporary: bool) {

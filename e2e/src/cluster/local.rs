@@ -143,8 +143,14 @@ impl LocalCluster {
         };
         let gateway = IpAddr::V4(cluster.network.gateway);
         progress(&format!(
-            "network: bridge {} with {}",
-            cluster.network.bridge, cluster.network.pod_cidr
+            "network: bridge {} with {}{}",
+            cluster.network.bridge,
+            cluster.network.pod_cidr,
+            if cluster.network.forward_accepted {
+                ", accepted in iptables FORWARD"
+            } else {
+                ""
+            }
         ));
 
         let pki = Pki::generate(&run.join("pki"), &[gateway])?;
@@ -431,7 +437,7 @@ impl LocalCluster {
     }
 
     /// Stops every process (the node agent first, so it can stop its pods), then removes
-    /// the network. Idempotent.
+    /// the network: pod namespaces, the bridge and its iptables FORWARD rules. Idempotent.
     pub fn stop(&mut self) {
         while let Some(mut c) = self.components.pop() {
             let grace = if c.name() == "node-agent" {

@@ -6,10 +6,12 @@
 //! - [`Cluster`] is what tests use: [`Cluster::shared`] starts one supervisor per test
 //!   binary and hands out clients, fresh namespaces and paths. The supervisor watches its
 //!   stdin; when the test process exits for any reason (success, panic, Ctrl-C, SIGKILL) the
-//!   pipe closes and the supervisor stops every process, deletes every pod network namespace
-//!   and the bridge, and removes the run directory.
+//!   pipe closes and the supervisor stops every process, deletes every pod network namespace,
+//!   the bridge and the bridge's iptables FORWARD rules, and removes the run directory.
+//!   `locus-cluster clean` does the same for clusters whose supervisor was killed.
 
 pub mod certs;
+pub mod firewall;
 pub mod kubeconfig;
 pub mod local;
 pub mod network;
@@ -70,6 +72,18 @@ pub enum ClusterError {
     /// Setting up the bridge failed.
     #[error("cluster network: {0}")]
     Network(String),
+    /// The bridge could not be accepted in the iptables FORWARD chain on a host where bridged
+    /// traffic passes iptables.
+    #[error(
+        "could not accept bridge {bridge} in the iptables FORWARD chain: {source}. Bridged traffic passes iptables on this host (/proc/sys/net/bridge/bridge-nf-call-iptables is 1), so with a FORWARD policy of DROP (dockerd sets it) pods could not reach each other: make `iptables -S FORWARD` work as root"
+    )]
+    Firewall {
+        /// The cluster's bridge.
+        bridge: String,
+        /// The cause.
+        #[source]
+        source: firewall::FirewallError,
+    },
     /// A component died.
     #[error("{name} exited ({status}); last log lines:\n{log_tail}")]
     ComponentExited {
