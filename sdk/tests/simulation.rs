@@ -9,7 +9,9 @@
 //! persistence), message delays (messages overtake each other), ring delays
 //! per pod, handler latency (requests admitted under an old ring reach the
 //! store after the ring changed), a pod paused for up to 8 s, longer than
-//! every deadline (nothing reaches or leaves it) and a pod killed at a random moment of the
+//! every deadline (nothing reaches or leaves it), two pods partitioned from
+//! each other for up to 8 s (their calls refused, as by an iptables REJECT:
+//! a refused connection must not pass for a dead pod) and a pod killed at a random moment of the
 //! transition (mid-transfer, mid-drain, mid-pre-copy). A killed pod's slot is
 //! then rerouted to the others.
 //!
@@ -56,6 +58,7 @@ struct SeedReport {
     seed: u64,
     kind: &'static str,
     paused: bool,
+    partitioned: bool,
     killed: Option<String>,
     passivate: bool,
     transitions: usize,
@@ -95,6 +98,8 @@ fn config() -> HandoffConfig {
 #[derive(Debug, Default)]
 struct Faults {
     pause: Option<(String, Duration, Duration)>,
+    /// Two pods cut from each other: at, for how long.
+    partition: Option<(String, String, Duration, Duration)>,
     kill: Option<(String, Duration)>,
 }
 
@@ -167,6 +172,13 @@ fn inject(
         let mut events: Vec<(Duration, Option<Duration>, String)> = Vec::new();
         if let Some((who, at, length)) = faults.pause {
             events.push((at, Some(length), who));
+        }
+        if let Some((a, b, at, length)) = faults.partition {
+            let net = net.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(at).await;
+                net.partition(&a, &b, length);
+            });
         }
         if let Some((who, at)) = faults.kill {
             events.push((at, None, who));
@@ -246,12 +258,22 @@ async fn scenario(seed: u64) -> SeedReport {
             // timeout may hand a paused pod's keys over.
             (who, at, Duration::from_millis(100 + rng.below(7900)))
         }),
+        partition: (rng.below(2) == 0).then(|| {
+            let a = pick(&mut rng);
+            let mut b = pick(&mut rng);
+            while b == a {
+                b = pick(&mut rng);
+            }
+            let at = Duration::from_millis(rng.below(2000));
+            (a, b, at, Duration::from_millis(100 + rng.below(7900)))
+        }),
         kill: (rng.below(3) == 0).then(|| {
             let who = pick(&mut rng);
             (who, Duration::from_millis(rng.below(2500)))
         }),
     };
     report.paused = faults.pause.is_some();
+    report.partitioned = faults.partition.is_some();
     report.killed = faults.kill.as_ref().map(|(who, _)| who.clone());
     if let Some((name, host)) = newcomer {
         let pod = cluster.start_pod(name, address(host)).await;
@@ -380,7 +402,7 @@ fn a_thousand_seeds_keep_one_writer_and_every_acknowledged_write() {
     let warm = sum(|r| r.warm as u64);
     eprintln!(
         "simulation: {} seeds in {took:?}: transitions {} requests {} acked {} unknown {} \
-         crash losses (allowed) {} pauses {} kills {} first touches {first} warm {:.1} % — {} failed",
+         crash losses (allowed) {} pauses {} partitions {} kills {} first touches {first} warm {:.1} % — {} failed",
         reports.len(),
         sum(|r| r.transitions as u64),
         sum(|r| r.requests as u64),
@@ -388,6 +410,7 @@ fn a_thousand_seeds_keep_one_writer_and_every_acknowledged_write() {
         sum(|r| r.unknown as u64),
         sum(|r| r.lost_allowed),
         sum(|r| u64::from(r.paused)),
+        sum(|r| u64::from(r.partitioned)),
         sum(|r| u64::from(r.killed.is_some())),
         if first == 0 {
             100.0

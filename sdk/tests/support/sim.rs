@@ -5,9 +5,11 @@
 //!
 //! The network delays every message by a seeded random time (so messages
 //! overtake each other), can *pause* a pod (nothing reaches it or leaves it
-//! until it resumes; rings included) and can *kill* one (its tasks stop, new
-//! connections are refused, calls in progress and bodies being streamed are
-//! cut).
+//! until it resumes; rings included), can *partition* two pods from each
+//! other (their calls to each other are refused, as an iptables REJECT
+//! does, while callers and the ring still reach both) and can *kill* one
+//! (its tasks stop, new connections are refused, calls in progress and
+//! bodies being streamed are cut).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
@@ -82,6 +84,8 @@ struct NetInner {
     rng: Rng,
     endpoints: HashMap<SocketAddr, Endpoint>,
     paused: HashMap<String, Instant>,
+    /// Pod pairs (in name order) cut from each other, until when.
+    cut: HashMap<(String, String), Instant>,
 }
 
 /// The in-memory network; clones share it.
@@ -119,6 +123,7 @@ impl Net {
                 rng: Rng::new(seed),
                 endpoints: HashMap::new(),
                 paused: HashMap::new(),
+                cut: HashMap::new(),
             })),
             config,
         }
@@ -161,6 +166,24 @@ impl Net {
             .insert(name.to_owned(), Instant::now() + duration);
     }
 
+    /// Cuts pods `a` and `b` from each other for `duration`.
+    pub fn partition(&self, a: &str, b: &str, duration: Duration) {
+        self.inner
+            .lock()
+            .unwrap()
+            .cut
+            .insert(pair(a, b), Instant::now() + duration);
+    }
+
+    /// True while pods `a` and `b` are cut from each other.
+    fn is_cut(&self, a: &str, b: &str) -> bool {
+        let inner = self.inner.lock().unwrap();
+        inner
+            .cut
+            .get(&pair(a, b))
+            .is_some_and(|until| *until > Instant::now())
+    }
+
     /// Delivers `request` to the pod at `to`, from pod `from` (for pauses).
     async fn deliver(
         &self,
@@ -184,7 +207,7 @@ impl Net {
             )
         };
         self.unpaused(&name).await;
-        if *killed.borrow() {
+        if *killed.borrow() || from.is_some_and(|from| self.is_cut(from, &name)) {
             return Err(TransportError::Unreachable("connection refused".into()));
         }
         // `ready` + `call` (not `oneshot`): the boxed future keeps the
@@ -211,6 +234,15 @@ impl Net {
             ));
         }
         Ok(response.map(|inner| boxed(Cut { inner, killed })))
+    }
+}
+
+/// The key of a pod pair, the same both ways.
+fn pair(a: &str, b: &str) -> (String, String) {
+    if a <= b {
+        (a.to_owned(), b.to_owned())
+    } else {
+        (b.to_owned(), a.to_owned())
     }
 }
 
