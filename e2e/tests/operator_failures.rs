@@ -1,7 +1,8 @@
 //! The operator on the local cluster when things go wrong: a pod fails its readiness probe
 //! (policy `Reroute` and `Wait`), a pod is deleted from outside, the operator is killed in the
-//! middle of a transition, and the leader dies with a standby waiting. The operator runs
-//! in-process under the chart's RBAC rules.
+//! middle of a transition, the leader dies with a standby waiting, a stale writer tries to
+//! publish over a newer ring, the ring `ConfigMap` is deleted, and losing pods never report
+//! drained. The operator runs in-process under the chart's RBAC rules.
 
 #![allow(
     clippy::unwrap_used,
@@ -10,13 +11,20 @@
 
 mod operator_support;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::events::v1::Event;
 use kube::Api;
-use kube::api::DeleteParams;
-use locus::ring::{Phase, SlotState};
+use kube::api::{DeleteParams, ListParams};
+use locus::ring::{Phase, Ring, RingDocument, SlotState};
 use locus_e2e::wait;
+use locus_operator::controller::Context;
+use locus_operator::executor::Executor;
+use locus_operator::metrics::Metrics;
+use locus_operator::plan::{Actions, PublishedRing, published_ring, reasons};
 use operator_support::*;
 use serde_json::json;
 
@@ -282,4 +290,219 @@ async fn a_standby_takes_over_when_the_leader_dies() {
         .unwrap();
     assert!(transitions >= 1);
     println!("standby took over {takeover:?} after the leader died");
+}
+
+/// The events with `reason` on the service `name`.
+async fn events(env: &Env, name: &str, reason: &str) -> Vec<Event> {
+    let api: Api<Event> = Api::namespaced(env.admin.clone(), env.namespace());
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .filter(|e| {
+            e.regarding
+                .as_ref()
+                .is_some_and(|r| r.name.as_deref() == Some(name))
+        })
+        .collect()
+}
+
+/// A plan that only publishes `ring` (status unchanged, so nothing else is written).
+fn publish_only(ring: Ring, status: &locus_operator::crd::StatefulServiceStatus) -> Actions {
+    Actions {
+        create: Vec::new(),
+        update: Vec::new(),
+        delete: Vec::new(),
+        publish: Some(PublishedRing { ring, meta: None }),
+        status: status.clone(),
+        events: Vec::new(),
+        steps: Vec::new(),
+        requeue_after: None,
+    }
+}
+
+#[tokio::test]
+async fn a_stale_writer_cannot_publish_over_a_newer_ring() {
+    let env = setup("op-stale").await.unwrap();
+    let operator = Operator::start(env.operator.clone(), env.namespace());
+    apply(&env, &service("fence", 2)).await.unwrap();
+    converged(&env, "fence", 2).await.unwrap();
+    let maps: Api<ConfigMap> = Api::namespaced(env.admin.clone(), env.namespace());
+    let ring_name = RingDocument::config_map_name("fence");
+    let stale_map = maps.get(&ring_name).await.unwrap();
+    let stale = published_ring(&stale_map).unwrap();
+    let stale_version = stale_map.metadata.resource_version.clone().unwrap();
+    // The leader moves on (scale up: Warm, Switch, Stable).
+    apply(&env, &service("fence", 3)).await.unwrap();
+    let (newer, _) = converged(&env, "fence", 3).await.unwrap();
+    assert!(newer.version() > stale.ring.version() + 1);
+    operator.shutdown().await.unwrap();
+
+    // A paused, deposed leader wakes up with its plan made from the stale read: a different
+    // document under a version the leader already used.
+    let svc = env.services().get("fence").await.unwrap();
+    let status = svc.status.clone().unwrap();
+    let mut parts = stale.ring.parts().clone();
+    parts.version += 1;
+    let deposed = publish_only(Ring::new(parts).unwrap(), &status);
+    let (client, log) = env.another_operator_client().await.unwrap();
+    let ctx = Context::new(client, Arc::new(Metrics::new()), "deposed");
+    let executor = Executor::new(&ctx, &svc);
+    let error = executor
+        .execute(&deposed, Some(&status), Some(&stale_version))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, locus_operator::Error::RingConflict { .. }),
+        "{error}"
+    );
+    // Planned while the ConfigMap was missing: the create is refused too.
+    let error = executor
+        .execute(&deposed, Some(&status), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, locus_operator::Error::RingConflict { .. }),
+        "{error}"
+    );
+    assert_eq!(
+        ring(&env, "fence").await.unwrap().unwrap(),
+        newer,
+        "the leader's ring stands"
+    );
+    let writes = log.writes_since(0);
+    assert_eq!(writes.len(), 2, "{writes:#?}");
+    assert!(writes[0].starts_with("PATCH ") && writes[0].contains("force=true"));
+    assert!(writes[1].starts_with("POST "));
+
+    // The precondition decided, not the force: the same kind of write with the
+    // resourceVersion just read goes through.
+    let current = maps.get(&ring_name).await.unwrap();
+    let mut parts = newer.parts().clone();
+    parts.version += 1;
+    let next = publish_only(Ring::new(parts).unwrap(), &status);
+    executor
+        .execute(
+            &next,
+            Some(&status),
+            current.metadata.resource_version.as_deref(),
+        )
+        .await
+        .unwrap();
+    let written = ring(&env, "fence").await.unwrap().unwrap();
+    assert_eq!(written.version(), newer.version() + 1);
+    assert_eq!(written.current(), newer.current());
+}
+
+#[tokio::test]
+async fn a_deleted_ring_config_map_is_recreated_with_the_same_owners() {
+    let env = setup("op-recreate").await.unwrap();
+    let _operator = Operator::start(env.operator.clone(), env.namespace());
+    apply(&env, &service("keep", 3)).await.unwrap();
+    let (before, _) = converged(&env, "keep", 3).await.unwrap();
+    let maps: Api<ConfigMap> = Api::namespaced(env.admin.clone(), env.namespace());
+    maps.delete(
+        &RingDocument::config_map_name("keep"),
+        &DeleteParams::default(),
+    )
+    .await
+    .unwrap();
+    let after = wait::until(CONVERGE, "the ring recreated", || async {
+        Ok::<_, String>(
+            ring(&env, "keep")
+                .await
+                .map_err(|e| e.to_string())?
+                .filter(|r| r.version() > before.version()),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(after.version(), before.version() + 1);
+    assert_eq!(after.current(), before.current(), "no shard moved");
+    assert_eq!(after.slots(), before.slots(), "the same pods");
+    let recreated = wait::until(CONVERGE, "a RingRecreated event", || async {
+        let found = events(&env, "keep", reasons::RING_RECREATED).await;
+        Ok::<_, String>((!found.is_empty()).then_some(found))
+    })
+    .await
+    .unwrap();
+    assert_eq!(recreated[0].type_.as_deref(), Some("Warning"));
+}
+
+#[tokio::test]
+async fn a_switch_waits_for_a_staying_pod_that_does_not_drain_and_says_why() {
+    let env = setup("op-stall").await.unwrap();
+    let _operator = Operator::start(env.operator.clone(), env.namespace());
+    let history = RingHistory::watch(&env, "slow");
+    // Every pod starts with its progress reports stalled: the Warm step ends on its timeout
+    // (20 s), but the pods that lose shards in the Switch never report drained.
+    let manifest = |replicas: i32| {
+        let mut m = service("slow", replicas);
+        m["spec"]["template"]["spec"]["containers"] =
+            json!([probe_container(&[("LOCUS_PROBE_STALLED", "true")])]);
+        m
+    };
+    apply(&env, &manifest(2)).await.unwrap();
+    let (before, _) = converged(&env, "slow", 2).await.unwrap();
+    let staying: Vec<(String, String)> = before
+        .slots()
+        .iter()
+        .map(|s| (s.pod.name.clone(), s.pod.uid.clone()))
+        .collect();
+    apply(&env, &manifest(3)).await.unwrap();
+    let switch = seen(&history, "a switch ring", |r| r.phase() == Phase::Switch).await;
+    let version = history.rings()[switch].1.version();
+
+    // Past timeouts.drain (20 s) and timeouts.settle (30 s): still the Switch, and the
+    // status says why.
+    let condition = wait::until(CONVERGE, "Progressing=DrainStalled", || async {
+        let svc = env
+            .services()
+            .get("slow")
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(svc.status.and_then(|s| {
+            s.conditions
+                .into_iter()
+                .find(|c| c.type_ == "Progressing" && c.reason == reasons::DRAIN_STALLED)
+        }))
+    })
+    .await
+    .unwrap();
+    assert!(
+        condition
+            .message
+            .contains(&format!("ring version {version}")),
+        "{}",
+        condition.message
+    );
+    for (name, _) in &staying {
+        assert!(condition.message.contains(name), "{}", condition.message);
+    }
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let ring_now = ring(&env, "slow").await.unwrap().unwrap();
+    assert_eq!(
+        (ring_now.version(), ring_now.phase()),
+        (version, Phase::Switch),
+        "no timeout settled it"
+    );
+    let live = identities(&live_pods(&env, "slow").await.unwrap());
+    for pod in &staying {
+        assert!(live.contains(pod), "{pod:?} was not deleted: {live:?}");
+    }
+    let stalled = events(&env, "slow", reasons::DRAIN_STALLED).await;
+    assert!(!stalled.is_empty());
+    assert_eq!(stalled[0].type_.as_deref(), Some("Warning"));
+
+    // They drain after all: the transition ends.
+    for pod in live_pods(&env, "slow").await.unwrap() {
+        post_to_pod(&env, pod.metadata.name.as_deref().unwrap(), "/unstall")
+            .await
+            .unwrap();
+    }
+    let (after, _) = converged(&env, "slow", 3).await.unwrap();
+    assert_balanced(&after, 3);
+    assert_eq!(after.version(), version + 1);
 }

@@ -7,9 +7,14 @@
 //! next step must be planned from the ring just published, never from a stale copy. The
 //! watches only trigger reconciles; pods report progress by annotating themselves, so a
 //! report is a pod event and needs no polling.
+//!
+//! The one thing kept in memory between reconciles is the last ring seen or published per
+//! service ([`Context::remember_ring`]): if the ring `ConfigMap` is deleted, it is recreated
+//! from that copy rather than from a fresh table (which would move shards without handoff).
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -27,13 +32,15 @@ use crate::crd::StatefulService;
 use crate::error::{Error, Result};
 use crate::executor::Executor;
 use crate::metrics::{ErrorLabels, Metrics, ResultLabels, ServiceLabels};
-use crate::plan::{self, LABEL_SERVICE, Observed, ObservedPod};
+use crate::plan::{self, LABEL_SERVICE, Observed, ObservedPod, PublishedRing, RememberedRing};
 
 /// Reconcile again after this long even if nothing changed (a safety net; a converged service
 /// costs reads only, no writes).
 pub const RESYNC: Duration = Duration::from_secs(300);
 /// Retry delay after a failed reconcile.
 pub const ERROR_RETRY: Duration = Duration::from_secs(5);
+/// Retry delay after a ring write refused because the ring changed since it was read.
+pub const CONFLICT_RETRY: Duration = Duration::from_millis(250);
 
 /// What every reconcile shares.
 pub struct Context {
@@ -43,6 +50,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// The metrics.
     pub metrics: Arc<Metrics>,
+    /// The last ring seen or published per service (by UID).
+    rings: Mutex<HashMap<String, RememberedRing>>,
 }
 
 impl Context {
@@ -56,6 +65,27 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            rings: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Remembers `ring` as the last ring of the service with UID `uid` (read or written).
+    pub fn remember_ring(&self, uid: &str, ring: &PublishedRing) {
+        if let Ok(mut rings) = self.rings.lock() {
+            let remembered = RememberedRing::remember(rings.get(uid), ring);
+            rings.insert(uid.to_owned(), remembered);
+        }
+    }
+
+    /// The last ring of the service with UID `uid`, if this instance saw one.
+    pub fn remembered_ring(&self, uid: &str) -> Option<RememberedRing> {
+        self.rings.lock().ok()?.get(uid).cloned()
+    }
+
+    /// Forgets the service with UID `uid` (deleted).
+    pub fn forget_ring(&self, uid: &str) {
+        if let Ok(mut rings) = self.rings.lock() {
+            rings.remove(uid);
         }
     }
 }
@@ -70,6 +100,7 @@ async fn reconcile_service(svc: &StatefulService, ctx: &Context) -> Result<Actio
     let name = svc.name_any();
     if svc.metadata.deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove everything.
+        ctx.forget_ring(&uid);
         return Ok(Action::await_change());
     }
     let read = |kind: &'static str, object: String| {
@@ -106,6 +137,16 @@ async fn reconcile_service(svc: &StatefulService, ctx: &Context) -> Result<Actio
             name: ring_name.clone(),
             source,
         })?;
+    let ring_resource_version = ring_map
+        .as_ref()
+        .and_then(|m| m.metadata.resource_version.clone());
+    let remembered = match &published {
+        Some(ring) => {
+            ctx.remember_ring(&uid, ring);
+            None
+        }
+        None => ctx.remembered_ring(&uid),
+    };
     let actions = plan::plan(&Observed {
         namespace: &namespace,
         name: &name,
@@ -115,6 +156,7 @@ async fn reconcile_service(svc: &StatefulService, ctx: &Context) -> Result<Actio
         status: svc.status.as_ref(),
         pods: &observed,
         ring: published.as_ref(),
+        remembered: remembered.as_ref(),
         now: Timestamp::now(),
     })
     .map_err(|source| Error::Plan {
@@ -127,7 +169,13 @@ async fn reconcile_service(svc: &StatefulService, ctx: &Context) -> Result<Actio
     let mut pod_names: Vec<String> = observed.iter().map(|p| p.name.clone()).collect();
     pod_names.extend(actions.create.iter().map(|c| c.name.clone()));
     executor.ensure_owned(&pod_names).await?;
-    executor.execute(&actions, svc.status.as_ref()).await?;
+    executor
+        .execute(
+            &actions,
+            svc.status.as_ref(),
+            ring_resource_version.as_deref(),
+        )
+        .await?;
 
     ctx.metrics.record_steps(&actions.steps);
     if let Some(version) = actions.status.ring_version {
@@ -166,7 +214,10 @@ fn error_policy(svc: Arc<StatefulService>, error: &Error, ctx: Arc<Context>) -> 
             error: error.metric_label(),
         })
         .inc();
-    Action::requeue(ERROR_RETRY)
+    match error {
+        Error::RingConflict { .. } => Action::requeue(CONFLICT_RETRY),
+        _ => Action::requeue(ERROR_RETRY),
+    }
 }
 
 /// Runs the controller until `shutdown` resolves (then finishes the reconciles in flight).

@@ -95,6 +95,26 @@ pub enum Error {
         source: ObserveError,
     },
 
+    /// The ring `ConfigMap` is not what the plan was made from any more: another writer
+    /// created, changed or deleted it since it was read (a request with the `resourceVersion`
+    /// read as a precondition, or a create, was refused). Nothing was written; the service is
+    /// planned again from a fresh read.
+    #[error(
+        "the ring ConfigMap {namespace}/{name} changed since it was read (resourceVersion {}): not written, planning again: {source}",
+        expected.as_deref().unwrap_or("none: it did not exist")
+    )]
+    RingConflict {
+        /// Namespace of the `ConfigMap`.
+        namespace: String,
+        /// Name of the `ConfigMap`.
+        name: String,
+        /// The `resourceVersion` the plan was made from (`None`: it did not exist).
+        expected: Option<String>,
+        /// The refusal.
+        #[source]
+        source: kube::Error,
+    },
+
     /// The ring planner refused the service's parameters.
     #[error("planning the ring of StatefulService {namespace}/{name}: {source}")]
     Plan {
@@ -165,6 +185,7 @@ impl Error {
             Self::DeletePod { .. } => "delete_pod",
             Self::Status { .. } => "status",
             Self::InvalidRing { .. } => "invalid_ring",
+            Self::RingConflict { .. } => "ring_conflict",
             Self::Plan { .. } => "plan",
             Self::EncodeRing { .. } => "encode_ring",
             Self::HandoffKey { .. } => "handoff_key",

@@ -158,7 +158,8 @@ pub struct StatefulServiceSpec {
 
     /// What happens to a slot whose pod stays unready longer than spec.unreadyGrace.
     ///
-    /// Reroute (default): its shards move to the other slots, which load their sessions cold.
+    /// Reroute (default): the pod is deleted and its shards move to the other slots, which take
+    /// its sessions over from its hand-off or, once it is gone, from the persistence.
     ///
     /// Wait: the slot keeps its shards and requests for them get 503 until a replacement pod is
     /// Ready.
@@ -207,14 +208,17 @@ pub struct Timeouts {
     #[schemars(transform = crate::crd::schema::positive_duration)]
     pub warm: Duration,
 
-    /// Longest wait in the Settle step for the pods that lost shards to report them drained
-    /// (handed over to the new owners); then the old pods are retired anyway.
+    /// How long the Settle step waits for the pods that lost shards to report them drained
+    /// (handed over to the new owners) before acting: then a pod that leaves anyway is deleted
+    /// and the ring settles once it is gone, while a pod that stays in the ring is waited for
+    /// (condition DrainStalled). A timeout never settles the ring by itself.
     #[serde(default = "default_drain_timeout")]
     #[schemars(transform = crate::crd::schema::positive_duration)]
     pub drain: Duration,
 
     /// Longest wait after the Switch for every member to report that it observed the new ring;
-    /// then the transition is settled anyway.
+    /// then the transition settles without those reports (once every pod that lost shards
+    /// drained or is gone).
     #[serde(default = "default_settle_timeout")]
     #[schemars(transform = crate::crd::schema::positive_duration)]
     pub settle: Duration,
@@ -235,7 +239,8 @@ impl Default for Timeouts {
     schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
 )]
 pub enum PodFailurePolicy {
-    /// Move the slot's shards to other slots, which load the sessions cold.
+    /// Delete the failed pod and move the slot's shards to other slots, which take the
+    /// sessions over from its hand-off or, once it is gone, from the persistence.
     #[default]
     Reroute,
     /// Keep the slot (static membership) and answer 503 until a replacement pod is Ready.

@@ -39,8 +39,22 @@
 //!
 //! A transition that moves shards or pods is `Warm` (target published beside current) →
 //! `Switch` (when every gaining pod reported warmed, or `timeouts.warm` passed) → `Stable`
-//! (when every member observed the switch and every losing pod drained, or `timeouts.settle`
-//! / `timeouts.drain` passed). Retired pods are deleted once a ring no longer names them.
+//! (when every member observed the switch, or `timeouts.settle` passed, **and** every losing
+//! pod is *fenced*: it reported drained for the switch, or it is gone). Retired pods are
+//! deleted once a ring no longer names them.
+//!
+//! # Fencing
+//!
+//! A timeout alone never hands a key to a new owner: the `Stable` ring that settles a
+//! `Switch` lets the gaining pods load what they have not taken over from the persistence, so
+//! it is published only once no losing pod can still serve those keys — each one reported
+//! `drained` for the switch's version, or no pod with its name and UID exists any more. Past
+//! `timeouts.drain` a losing pod that leaves anyway (a predecessor, the pod of a slot left
+//! without shards, the pod of a slot marked `Unavailable`, a finished pod) is deleted so that
+//! it becomes gone; one that stays in the ring is waited for, with a `DrainStalled` warning and
+//! condition. The same rule holds for the other ways a pod loses keys: `Reroute` deletes the
+//! failed pod along with publishing the `Switch` that moves its shards, and a replacement takes
+//! a slot over from a pod that is not Ready only once that pod is gone.
 
 mod engine;
 mod naming;
@@ -159,6 +173,28 @@ pub struct PublishedRing {
     pub meta: Option<RingMeta>,
 }
 
+/// The last ring the operator observed or published for a service, kept in memory between
+/// reconciles (the only thing that is), so that a ring `ConfigMap` deleted by hand is
+/// recreated with the ownership it had rather than a fresh table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RememberedRing {
+    /// The last document seen or written, with its bookkeeping.
+    pub last: PublishedRing,
+    /// The highest ring version seen or written for the service.
+    pub highest: u64,
+}
+
+impl RememberedRing {
+    /// Remembers `ring` as the last one, keeping the highest version of `self` and it.
+    pub fn remember(previous: Option<&Self>, ring: &PublishedRing) -> Self {
+        let version = ring.ring.version();
+        Self {
+            last: ring.clone(),
+            highest: previous.map_or(version, |p| p.highest.max(version)),
+        }
+    }
+}
+
 /// Everything the planner looks at for one `StatefulService`.
 #[derive(Clone, Debug)]
 pub struct Observed<'a> {
@@ -178,6 +214,9 @@ pub struct Observed<'a> {
     pub pods: &'a [ObservedPod],
     /// The ring last published, if any.
     pub ring: Option<&'a PublishedRing>,
+    /// The last ring this operator instance saw for the service (kept in memory), used only
+    /// when the ring `ConfigMap` is missing.
+    pub remembered: Option<&'a RememberedRing>,
     /// The time of this decision.
     pub now: Timestamp,
 }
@@ -245,6 +284,22 @@ pub mod reasons {
     pub const IN_PLACE: &str = "InPlaceUpdate";
     /// Slot states or the slot list were tidied (no shard moved).
     pub const NORMALIZED: &str = "RingNormalized";
+    /// A `Switch` waits past `timeouts.drain` for losing pods that neither reported drained
+    /// nor are gone (also the reason of the `Progressing` and `Degraded` conditions then).
+    pub const DRAIN_STALLED: &str = "DrainStalled";
+    /// The ring `ConfigMap` was missing and was published again.
+    pub const RING_RECREATED: &str = "RingRecreated";
+}
+
+/// Reasons of the deletions that fence a pod (make it gone, so that its keys may be loaded
+/// from the persistence by their new owners) while a ring still names it.
+pub mod fencing {
+    /// A losing pod that leaves anyway did not report drained within `timeouts.drain`.
+    pub const DRAIN_STALLED: &str = "not drained within timeouts.drain";
+    /// Policy `Reroute` moved the shards of this failed pod to other slots.
+    pub const REROUTED: &str = "rerouted";
+    /// A Ready replacement waits to take the slot over from this pod, which is not Ready.
+    pub const REPLACED: &str = "replaced while not Ready";
 }
 
 /// Which step of a transition was taken, for metrics.

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use locus::ring::{Phase as RingPhase, Ring, SlotState};
 
-use super::{Observed, ObservedPod, RingMeta, naming};
+use super::{Observed, ObservedPod, RingMeta, naming, reasons};
 use crate::crd::{
     AVAILABLE, DEGRADED, PROGRESSING, Phase, StatefulServiceStatus, TransitionRecord,
 };
@@ -23,6 +23,8 @@ pub(super) struct StatusFacts<'a> {
     pub leaving: &'a BTreeSet<&'a str>,
     /// In a `Switch` ring: every member reported it.
     pub switch_observed: bool,
+    /// In a `Switch` ring past `timeouts.drain`: what it waits for.
+    pub drain_stall: Option<&'a str>,
     /// Nothing remains to do.
     pub converged: bool,
     /// Revision of `spec.template`.
@@ -132,6 +134,48 @@ fn count(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
+/// The `Degraded` condition: a stalled drain first, then slots without a Ready pod, then
+/// steps that rolled forward on their timeouts.
+fn degraded(facts: &StatusFacts<'_>, unserved: &[u16], timed_out: &[String]) -> Condition {
+    let generation = facts.obs.generation;
+    if let Some(stall) = facts.drain_stall {
+        condition(
+            DEGRADED,
+            true,
+            reasons::DRAIN_STALLED,
+            stall.to_owned(),
+            generation,
+        )
+    } else if facts.ring.is_some() && facts.n > 0 && !unserved.is_empty() {
+        condition(
+            DEGRADED,
+            true,
+            "SlotsUnavailable",
+            format!("slots {unserved:?} have no Ready pod"),
+            generation,
+        )
+    } else if !timed_out.is_empty() {
+        condition(
+            DEGRADED,
+            true,
+            "StepTimedOut",
+            format!(
+                "the last transition rolled forward on timeouts: {}",
+                timed_out.join(", ")
+            ),
+            generation,
+        )
+    } else {
+        condition(
+            DEGRADED,
+            false,
+            "AsExpected",
+            "nothing needs attention".to_owned(),
+            generation,
+        )
+    }
+}
+
 /// The three conditions, without transition times.
 fn conditions(
     facts: &StatusFacts<'_>,
@@ -183,15 +227,22 @@ fn conditions(
             generation,
         )
     } else {
-        match (facts.ring, transition) {
-            (Some(ring), Some(record)) if ring.phase() != RingPhase::Stable => condition(
+        match (facts.ring, transition, facts.drain_stall) {
+            (Some(_), _, Some(stall)) => condition(
+                PROGRESSING,
+                true,
+                reasons::DRAIN_STALLED,
+                stall.to_owned(),
+                generation,
+            ),
+            (Some(ring), Some(record), _) if ring.phase() != RingPhase::Stable => condition(
                 PROGRESSING,
                 true,
                 &format!("{:?}", record.kind),
                 format!("ring version {} is in phase {:?}", ring.version(), phase),
                 generation,
             ),
-            (None, _) => condition(
+            (None, _, _) => condition(
                 PROGRESSING,
                 true,
                 "CreatingPods",
@@ -207,34 +258,7 @@ fn conditions(
             ),
         }
     };
-    let degraded = if facts.ring.is_some() && facts.n > 0 && !unserved.is_empty() {
-        condition(
-            DEGRADED,
-            true,
-            "SlotsUnavailable",
-            format!("slots {unserved:?} have no Ready pod"),
-            generation,
-        )
-    } else if !timed_out.is_empty() {
-        condition(
-            DEGRADED,
-            true,
-            "StepTimedOut",
-            format!(
-                "the last transition rolled forward on timeouts: {}",
-                timed_out.join(", ")
-            ),
-            generation,
-        )
-    } else {
-        condition(
-            DEGRADED,
-            false,
-            "AsExpected",
-            "nothing needs attention".to_owned(),
-            generation,
-        )
-    };
+    let degraded = degraded(facts, unserved, timed_out);
     vec![available, progressing, degraded]
 }
 

@@ -42,11 +42,15 @@ struct World {
     spec: StatefulServiceSpec,
     pods: Vec<ObservedPod>,
     ring: Option<PublishedRing>,
+    /// The operator's memory of the last ring (as the controller keeps it).
+    remembered: Option<RememberedRing>,
     status: Option<crate::crd::StatefulServiceStatus>,
     now: Timestamp,
     next_uid: u32,
     events: Vec<PlannedEvent>,
     deleted: Vec<String>,
+    /// The pods deleted so far, as they were.
+    gone: Vec<ObservedPod>,
     publishes: Vec<Ring>,
 }
 
@@ -56,11 +60,13 @@ impl World {
             spec: spec(replicas),
             pods: Vec::new(),
             ring: None,
+            remembered: None,
             status: None,
             now: "2030-01-01T00:00:00Z".parse().unwrap(),
             next_uid: 0,
             events: Vec::new(),
             deleted: Vec::new(),
+            gone: Vec::new(),
             publishes: Vec::new(),
         }
     }
@@ -82,6 +88,7 @@ impl World {
             status: self.status.as_ref(),
             pods: &self.pods,
             ring: self.ring.as_ref(),
+            remembered: self.remembered.as_ref(),
             now: self.now,
         }
     }
@@ -100,6 +107,34 @@ impl World {
 
     fn pod_mut(&mut self, name: &str) -> &mut ObservedPod {
         self.pods.iter_mut().find(|p| p.name == name).expect("pod")
+    }
+
+    /// Brings back a pod the last plan deleted, as the API server shows it while it
+    /// terminates (deletion timestamp set; not Ready).
+    fn linger(&mut self, name: &str) {
+        let at = self
+            .gone
+            .iter()
+            .position(|p| p.name == name)
+            .expect("a deleted pod");
+        let mut pod = self.gone.remove(at);
+        pod.deleting = true;
+        pod.ready = false;
+        self.pods.push(pod);
+    }
+
+    /// The pod finishes terminating.
+    fn vanish(&mut self, name: &str) {
+        self.pods.retain(|p| p.name != name);
+    }
+
+    fn condition(&self, type_: &str) -> (String, String, String) {
+        let c = self
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+            .expect("a condition");
+        (c.status.clone(), c.reason.clone(), c.message.clone())
     }
 
     fn pods_of(&self, slot: u16) -> Vec<&ObservedPod> {
@@ -163,7 +198,21 @@ impl World {
             .map(|p| p.ring.version())
             .or(self.status.as_ref().and_then(|s| s.ring_version));
         let expected = last.map_or(1, |v| v + 1);
-        assert_eq!(next.ring.version(), expected, "versions go up by one");
+        if self.ring.is_some() {
+            assert_eq!(next.ring.version(), expected, "versions go up by one");
+        } else {
+            // A ring recreated after its ConfigMap vanished: above every version known.
+            let reported = self
+                .pods
+                .iter()
+                .filter_map(|p| p.progress.observed)
+                .max()
+                .unwrap_or(0);
+            assert!(
+                next.ring.version() >= expected.max(reported + 1),
+                "{next:?}"
+            );
+        }
         let before: BTreeSet<String> = self
             .ring
             .iter()
@@ -202,7 +251,11 @@ impl World {
         }
         let final_ring = actions.publish.as_ref().or(self.ring.as_ref());
         for deletion in &actions.delete {
-            if let Some(ring) = final_ring.map(|p| &p.ring) {
+            if let Some(ring) = final_ring.map(|p| &p.ring)
+                && FENCING.contains(&deletion.reason)
+            {
+                self.check_fencing(ring, deletion);
+            } else if let Some(ring) = final_ring.map(|p| &p.ring) {
                 let held: BTreeSet<u16> = ring.current().counts().into_keys().collect();
                 for slot in ring.slots() {
                     let serving = held.contains(&slot.index) || ring.phase() != RingPhase::Stable;
@@ -222,7 +275,9 @@ impl World {
                     }
                 }
             }
-            self.pods.retain(|p| p.uid != deletion.uid);
+            if let Some(at) = self.pods.iter().position(|p| p.uid == deletion.uid) {
+                self.gone.push(self.pods.remove(at));
+            }
             self.deleted.push(deletion.name.clone());
         }
         for create in &actions.create {
@@ -263,9 +318,37 @@ impl World {
         if let Some(next) = &actions.publish {
             self.publishes.push(next.ring.clone());
             self.ring = Some(next.clone());
+            self.remembered = Some(RememberedRing::remember(self.remembered.as_ref(), next));
         }
         self.status = Some(actions.status.clone());
         self.events.extend(actions.events.iter().cloned());
+    }
+
+    /// Invariants of a deletion that fences a pod the ring still names: never a successor,
+    /// never a Ready pod the ring routes to (the pod of a slot holding shards that is not
+    /// marked `Unavailable`); a drain-stalled deletion only in a `Switch` ring.
+    fn check_fencing(&self, ring: &Ring, deletion: &PodDeletion) {
+        let pod = self
+            .pods
+            .iter()
+            .find(|p| p.uid == deletion.uid)
+            .unwrap_or_else(|| panic!("fences unknown pod {}", deletion.name));
+        let held: BTreeSet<u16> = ring.current().counts().into_keys().collect();
+        for slot in ring.slots() {
+            if let Some(successor) = &slot.successor {
+                assert_ne!(successor.uid, deletion.uid, "fences successor {}", pod.name);
+            }
+            if slot.pod.uid == deletion.uid && held.contains(&slot.index) {
+                assert!(
+                    !pod.ready || pod.terminal || slot.state == SlotState::Unavailable,
+                    "fences pod {} the ring routes to",
+                    pod.name
+                );
+            }
+        }
+        if deletion.reason == fencing::DRAIN_STALLED {
+            assert_eq!(ring.phase(), RingPhase::Switch, "{deletion:?}");
+        }
     }
 
     fn step(&mut self) -> Actions {
@@ -304,6 +387,9 @@ impl World {
         self.ring().current().counts()
     }
 }
+
+/// Reasons of deletions that fence a pod a ring still names.
+const FENCING: [&str; 3] = [fencing::DRAIN_STALLED, fencing::REROUTED, fencing::REPLACED];
 
 fn assert_balanced(world: &World, slots: u16) {
     let counts = world.counts();
@@ -413,21 +499,105 @@ fn create_rolls_forward_after_the_warm_timeout_with_the_ready_slots() {
 }
 
 #[test]
-fn a_deleted_ring_config_map_comes_back_with_a_newer_version() {
+fn a_deleted_ring_config_map_is_recreated_from_the_remembered_ring() {
+    let mut world = World::converged(2);
+    world.spec.replicas = 3;
+    world.step();
+    world.ready_all();
+    world.step(); // Warm
+    let lost = world.ring().clone();
+    assert_eq!(lost.phase(), RingPhase::Warm);
+    world.ring = None;
+    let actions = world.step();
+    let ring = &actions.publish.as_ref().unwrap().ring;
+    assert_eq!(
+        ring.version(),
+        lost.version() + 1,
+        "readers holding it accept it"
+    );
+    let mut same = ring.parts().clone();
+    same.version = lost.version();
+    assert_eq!(&same, lost.parts(), "the same document, no shard moved");
+    assert!(actions.create.is_empty() && actions.delete.is_empty());
+    let event = &actions.events[0];
+    assert!(
+        event.warning && event.reason == reasons::RING_RECREATED,
+        "{event:?}"
+    );
+    world.settle(Reports::All);
+    assert_converged(&world, 3);
+}
+
+#[test]
+fn without_a_remembered_ring_it_is_recreated_above_every_known_version_with_a_warning() {
     let mut world = World::converged(2);
     world.spec.replicas = 3;
     world.settle(Reports::All);
     let last = world.ring().version();
+    let pod = world.slot_pod(0);
     world.ring = None;
+    world.remembered = None;
+    // A pod saw a version the status never recorded (the operator stopped in between).
+    world.pod_mut(&pod).progress.observed = Some(last + 3);
     let actions = world.step();
     let ring = &actions.publish.as_ref().unwrap().ring;
-    assert_eq!(ring.version(), last + 1, "readers holding {last} accept it");
+    assert_eq!(ring.version(), last + 4, "above every version anyone holds");
+    assert_eq!(ring.phase(), RingPhase::Stable);
     assert_eq!(
         ring.slots().len(),
         3,
         "the running pods are taken as they are"
     );
     assert!(actions.create.is_empty() && actions.delete.is_empty());
+    let warning = actions
+        .events
+        .iter()
+        .find(|e| e.reason == reasons::RING_RECREATED)
+        .unwrap();
+    assert!(warning.warning);
+    assert!(
+        warning.note.contains("may be unavailable"),
+        "{}",
+        warning.note
+    );
+}
+
+#[test]
+fn a_remembered_ring_older_than_what_a_pod_reported_is_not_restored() {
+    let mut world = World::converged(2);
+    let last = world.ring().version();
+    let pod = world.slot_pod(1);
+    world.ring = None;
+    // Another operator instance published a newer version this one never saw.
+    world.pod_mut(&pod).progress.observed = Some(last + 1);
+    let actions = world.step();
+    let ring = &actions.publish.as_ref().unwrap().ring;
+    assert_eq!(ring.version(), last + 2);
+    let event = actions
+        .events
+        .iter()
+        .find(|e| e.reason == reasons::RING_RECREATED)
+        .unwrap();
+    assert!(event.note.contains("no copy"), "{}", event.note);
+}
+
+#[test]
+fn a_remembered_ring_older_than_the_status_is_not_restored() {
+    let mut world = World::converged(2);
+    let old = world.remembered.clone();
+    world.spec.replicas = 3;
+    world.settle(Reports::All);
+    world.ring = None;
+    world.remembered = old;
+    let actions = world.step();
+    let ring = &actions.publish.as_ref().unwrap().ring;
+    assert_eq!(ring.slots().len(), 3, "a fresh table, not the 2-slot copy");
+    assert!(
+        actions
+            .events
+            .iter()
+            .any(|e| e.reason == reasons::RING_RECREATED && e.note.contains("no copy"))
+    );
 }
 
 #[test]
@@ -708,46 +878,341 @@ fn warm_rolls_forward_when_pods_never_report_warmed() {
 }
 
 #[test]
-fn settle_rolls_forward_on_drain_and_settle_timeouts() {
+fn a_leaving_pod_that_never_drains_is_deleted_past_the_drain_timeout_and_settles_once_gone() {
     let mut world = World::converged(3);
     world.spec.replicas = 2;
     world.step();
     world.report(Reports::All);
     world.step(); // Switch
     assert_eq!(world.ring().phase(), RingPhase::Switch);
+    let switch_version = world.ring().version();
+    let leaving = world.slot_pod(2);
     // Pods observe, but the leaving pod never reports drained: wait for timeouts.drain (30s).
     world.report(Reports::ObservedOnly);
     world.advance(29);
     let waiting = world.step();
-    assert!(waiting.publish.is_none());
+    assert!(waiting.is_idle());
     assert_eq!(world.status.as_ref().unwrap().phase, Phase::Settle);
     world.advance(1);
+    let fence = world.step();
+    assert!(fence.publish.is_none(), "a timeout alone never settles");
+    assert_eq!(
+        fence
+            .delete
+            .iter()
+            .map(|d| (d.name.as_str(), d.reason))
+            .collect::<Vec<_>>(),
+        [(leaving.as_str(), fencing::DRAIN_STALLED)]
+    );
+    let stalled: Vec<&PlannedEvent> = fence
+        .events
+        .iter()
+        .filter(|e| e.reason == reasons::DRAIN_STALLED)
+        .collect();
+    assert_eq!(stalled.len(), 1);
+    assert!(stalled[0].warning);
+    assert!(stalled[0].note.contains(&leaving), "{}", stalled[0].note);
+    let (status, reason, message) = world.condition(PROGRESSING);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", reasons::DRAIN_STALLED)
+    );
+    assert!(
+        message.contains(&format!("ring version {switch_version}")),
+        "{message}"
+    );
+
+    // While it terminates: no new ring, no second deletion, no second event.
+    world.linger(&leaving);
+    world.advance(5);
+    let terminating = world.step();
+    assert!(terminating.is_idle(), "{terminating:?}");
+    assert!(terminating.events.is_empty(), "{:?}", terminating.events);
+    assert_eq!(
+        world.condition(crate::crd::DEGRADED).1,
+        reasons::DRAIN_STALLED
+    );
+
+    world.vanish(&leaving);
     let settled = world.step();
     assert_eq!(
         settled.publish.as_ref().unwrap().ring.phase(),
         RingPhase::Stable
     );
-    assert!(
-        settled
-            .events
-            .iter()
-            .any(|e| e.reason == reasons::TIMEOUT && e.note.contains("drain"))
-    );
+    assert_eq!(world.condition(crate::crd::DEGRADED).1, "AsExpected");
+    world.settle(Reports::All);
+    assert_converged(&world, 2);
+}
 
-    // Nobody reports at all: the settle timeout (60s) rules.
+#[test]
+fn settle_rolls_forward_on_the_observed_timeout_once_losing_pods_are_fenced() {
+    // Nobody reports at all: the leaving pod is deleted at the drain timeout (30s), the
+    // settle timeout (60s) rules the rest.
     let mut world = World::converged(3);
     world.spec.replicas = 2;
     world.step();
     world.report(Reports::All);
     world.step();
-    world.advance(59);
+    world.advance(30);
+    let fence = world.step();
+    assert_eq!(fence.delete.len(), 1);
+    assert!(fence.publish.is_none());
+    world.advance(29);
     assert!(world.step().publish.is_none());
     assert_eq!(world.status.as_ref().unwrap().phase, Phase::Switch);
     world.advance(1);
     assert!(world.step().publish.is_some());
     let degraded = &world.status.as_ref().unwrap().conditions[2];
     assert_eq!(degraded.reason, "StepTimedOut");
-    assert!(degraded.message.contains("settle") && degraded.message.contains("drain"));
+    assert!(degraded.message.contains("settle"), "{}", degraded.message);
+}
+
+#[test]
+fn an_unready_losing_pod_blocks_the_settle_and_its_deletion_unblocks_it() {
+    let mut world = World::converged(3);
+    world.spec.replicas = 4;
+    world.step();
+    world.ready_all();
+    world.step(); // Warm
+    world.report(Reports::All);
+    world.step(); // Switch
+    let ring = world.ring().clone();
+    assert_eq!(ring.phase(), RingPhase::Switch);
+    let previous = ring.previous().unwrap();
+    let loser = (0..3)
+        .find(|&s| previous.counts()[&s] > ring.current().counts()[&s])
+        .unwrap();
+    let pod = world.slot_pod(loser);
+    // Cut off before it drained: not Ready, no report (report() skips unready pods).
+    world.set_ready(&pod, false);
+    world.report(Reports::All);
+    let blocked = world.step();
+    assert!(
+        blocked.publish.is_none(),
+        "an unready losing pod is not skipped"
+    );
+    assert!(blocked.delete.is_empty());
+    world.advance(100);
+    let stalled = world.step();
+    assert!(stalled.publish.is_none(), "not even past every timeout");
+    assert!(
+        stalled.delete.is_empty(),
+        "it stays in the ring: not deleted"
+    );
+
+    // The pod is gone (deleted by hand, say): fenced.
+    world.vanish(&pod);
+    let settled = world.step();
+    assert_eq!(
+        settled.publish.as_ref().unwrap().ring.phase(),
+        RingPhase::Stable
+    );
+}
+
+#[test]
+fn a_staying_pod_that_never_drains_keeps_the_switch_and_says_why() {
+    let mut world = World::converged(3);
+    world.spec.replicas = 4;
+    world.step();
+    world.ready_all();
+    world.step(); // Warm
+    world.report(Reports::All);
+    world.step(); // Switch
+    let version = world.ring().version();
+    // Everyone observes; nobody drains (a stuck SDK in the slots that lose shards).
+    world.report(Reports::ObservedOnly);
+    world.advance(30);
+    let stalled = world.step();
+    assert!(stalled.publish.is_none());
+    assert!(
+        stalled.delete.is_empty(),
+        "pods that stay are never deleted"
+    );
+    assert_eq!(
+        stalled.requeue_after, None,
+        "nothing to wait for but the pods"
+    );
+    let event = stalled
+        .events
+        .iter()
+        .find(|e| e.reason == reasons::DRAIN_STALLED)
+        .unwrap();
+    assert!(event.warning);
+    let (status, reason, message) = world.condition(PROGRESSING);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", reasons::DRAIN_STALLED)
+    );
+    assert!(
+        message.contains(&format!("ring version {version}")),
+        "{message}"
+    );
+    for s in 0..3 {
+        assert!(message.contains(&world.slot_pod(s)), "{message}");
+    }
+    assert!(message.contains("stays in the ring"), "{message}");
+    assert_eq!(
+        world.condition(crate::crd::DEGRADED).1,
+        reasons::DRAIN_STALLED
+    );
+
+    // An hour later: still waiting, no new event.
+    world.advance(3600);
+    let later = world.step();
+    assert!(later.is_idle() && later.events.is_empty(), "{later:?}");
+    assert_eq!(world.ring().version(), version);
+
+    // They drain after all: settle.
+    world.report(Reports::All);
+    let settled = world.step();
+    assert_eq!(
+        settled.publish.as_ref().unwrap().ring.phase(),
+        RingPhase::Stable
+    );
+    world.settle(Reports::All);
+    assert_converged(&world, 4);
+}
+
+/// A `Switch` of a scale-up 3 -> 4 (everyone warmed and observed), and a slot that lost
+/// shards in it.
+fn scale_up_switch(world: &mut World) -> u16 {
+    world.spec.replicas = 4;
+    world.step();
+    world.ready_all();
+    world.step(); // Warm
+    world.report(Reports::All);
+    world.step(); // Switch
+    let ring = world.ring().clone();
+    assert_eq!(ring.phase(), RingPhase::Switch);
+    let previous = ring.previous().unwrap().counts();
+    let current = ring.current().counts();
+    (0..3)
+        .find(|s| previous.get(s) > current.get(s))
+        .expect("a slot that lost shards")
+}
+
+#[test]
+fn a_finished_losing_pod_is_deleted_past_the_drain_timeout_even_if_its_slot_stays() {
+    let mut world = World::converged(3);
+    let loser = scale_up_switch(&mut world);
+    let pod = world.slot_pod(loser);
+    world.set_ready(&pod, false);
+    world.pod_mut(&pod).terminal = true;
+    world.report(Reports::All);
+    let within = world.step();
+    assert!(
+        within.publish.is_none() && within.delete.is_empty(),
+        "within timeouts.drain: {within:?}"
+    );
+    assert_eq!(within.create.len(), 1, "a replacement starts");
+    world.advance(30);
+    let fence = world.step();
+    assert_eq!(
+        fence
+            .delete
+            .iter()
+            .map(|d| (d.name.as_str(), d.reason))
+            .collect::<Vec<_>>(),
+        [(pod.as_str(), fencing::DRAIN_STALLED)]
+    );
+    assert!(fence.publish.is_none());
+    world.settle(Reports::All);
+    assert_converged(&world, 4);
+}
+
+#[test]
+fn a_losing_pod_of_a_slot_marked_unavailable_is_deleted_past_the_drain_timeout() {
+    let mut world = World::new(3);
+    world.spec.on_pod_failure = crate::crd::PodFailurePolicy::Wait;
+    world.settle(Reports::All);
+    let failed = world.slot_pod(2);
+    world.set_ready(&failed, false);
+    world.advance(10);
+    world.step(); // slot 2 marked unavailable; its replacement never becomes Ready here
+    assert_eq!(world.ring().slot(2).unwrap().state, SlotState::Unavailable);
+    world.spec.replicas = 4;
+    world.step();
+    let joiner = world.pods_of(3)[0].name.clone();
+    world.set_ready(&joiner, true);
+    world.step(); // Warm
+    assert_eq!(world.ring().phase(), RingPhase::Warm);
+    world.report(Reports::All);
+    world.step(); // Switch
+    let ring = world.ring().clone();
+    assert_eq!(ring.phase(), RingPhase::Switch);
+    assert!(
+        ring.previous().unwrap().counts()[&2] > ring.current().counts()[&2],
+        "slot 2 lost shards to slot 3"
+    );
+    world.report(Reports::All);
+    world.advance(30);
+    let fence = world.step();
+    assert!(
+        fence
+            .delete
+            .iter()
+            .any(|d| d.name == failed && d.reason == fencing::DRAIN_STALLED),
+        "{:?}",
+        fence.delete
+    );
+    world.settle(Reports::All);
+    assert_converged(&world, 4);
+}
+
+#[test]
+fn the_remembered_ring_is_the_last_one_with_the_highest_version_seen() {
+    let mut world = World::converged(2);
+    let first = world.ring.clone().unwrap();
+    world.spec.replicas = 3;
+    world.settle(Reports::All);
+    let last = world.ring.clone().unwrap();
+    let remembered = RememberedRing::remember(None, &last);
+    assert_eq!(remembered.highest, last.ring.version());
+    // An older document read later (restored by someone else) is the last one, but the
+    // highest version stays.
+    let again = RememberedRing::remember(Some(&remembered), &first);
+    assert_eq!(again.last, first);
+    assert_eq!(again.highest, last.ring.version());
+}
+
+#[test]
+fn a_predecessor_that_never_drains_is_deleted_past_the_drain_timeout() {
+    let mut world = World::converged(2);
+    world.spec.template.spec.as_mut().unwrap().containers[0].image = Some("app:2".into());
+    world.step(); // surge pod
+    world.ready_all();
+    world.step(); // Warm with a successor
+    world.report(Reports::All);
+    world.step(); // Switch
+    let predecessor = world
+        .ring()
+        .slots()
+        .iter()
+        .find_map(|s| s.predecessor.clone())
+        .unwrap()
+        .name;
+    world.report(Reports::ObservedOnly);
+    world.advance(30);
+    let fence = world.step();
+    assert_eq!(
+        fence
+            .delete
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>(),
+        [predecessor.as_str()]
+    );
+    assert!(fence.publish.is_none());
+    world.linger(&predecessor);
+    assert!(
+        world.step().publish.is_none(),
+        "settles only once it is gone"
+    );
+    world.vanish(&predecessor);
+    assert_eq!(
+        world.step().publish.as_ref().unwrap().ring.phase(),
+        RingPhase::Stable
+    );
 }
 
 #[test]
@@ -922,21 +1387,30 @@ fn reroute_moves_a_failed_slots_shards_then_the_replacement_rejoins() {
     assert_eq!(reroute.create.len(), 1, "a replacement starts");
     assert_eq!(reroute.create[0].slot, 1);
     assert!(reroute.events.iter().any(|e| e.reason == reasons::REROUTED));
+    assert_eq!(
+        reroute
+            .delete
+            .iter()
+            .map(|d| (d.name.as_str(), d.reason))
+            .collect::<Vec<_>>(),
+        [(failed.as_str(), fencing::REROUTED)],
+        "the failed pod is deleted so that it is fenced once gone"
+    );
 
-    // The failed pod cannot report drained; the others observe: settle.
+    // The failed pod cannot report drained; the others observe. While it terminates, the
+    // Switch waits (its new owners answer 503 for keys it did not hand over).
+    world.linger(&failed);
     world.report(Reports::All);
+    let terminating = world.step();
+    assert!(terminating.is_idle(), "{terminating:?}");
+    world.advance(60);
+    assert!(world.step().publish.is_none(), "no timeout settles it");
+    world.vanish(&failed);
     let settle = world.step();
     let ring = &settle.publish.as_ref().unwrap().ring;
     assert_eq!(ring.phase(), RingPhase::Stable);
     assert_eq!(ring.slot(1).unwrap().state, SlotState::Unavailable);
-    assert_eq!(
-        settle
-            .delete
-            .iter()
-            .map(|d| d.name.as_str())
-            .collect::<Vec<_>>(),
-        [failed.as_str()]
-    );
+    assert!(settle.delete.is_empty());
 
     world.settle(Reports::All);
     assert_converged(&world, 3);
@@ -968,18 +1442,27 @@ fn wait_marks_the_slot_unavailable_and_the_replacement_takes_over() {
     assert_eq!(available.status, "False");
 
     world.set_ready(&replacement, true);
+    // The failed pod may still serve (cut off): deleted first; the replacement takes the
+    // slot over once it is gone.
+    let fence = world.step();
+    assert!(fence.publish.is_none());
+    assert_eq!(
+        fence
+            .delete
+            .iter()
+            .map(|d| (d.name.as_str(), d.reason))
+            .collect::<Vec<_>>(),
+        [(failed.as_str(), fencing::REPLACED)]
+    );
+    world.linger(&failed);
+    let terminating = world.step();
+    assert!(terminating.is_idle(), "{terminating:?}");
+    world.vanish(&failed);
     let takeover = world.step();
     let ring = &takeover.publish.as_ref().unwrap().ring;
     assert_eq!(ring.slot(2).unwrap().pod.name, replacement);
     assert_eq!(ring.slot(2).unwrap().state, SlotState::Active);
-    assert_eq!(
-        takeover
-            .delete
-            .iter()
-            .map(|d| d.name.as_str())
-            .collect::<Vec<_>>(),
-        [failed.as_str()]
-    );
+    assert!(takeover.delete.is_empty());
     assert_eq!(ring.current(), &table);
     world.settle(Reports::All);
     assert_converged(&world, 3);
@@ -1118,6 +1601,30 @@ fn a_pod_that_vanished_is_replaced_and_the_replacement_takes_over_within_grace()
         replacement
     );
     assert!(world.reasons().contains(&reasons::TAKEOVER));
+}
+
+#[test]
+fn a_replacement_takes_over_from_an_unready_terminating_pod_once_it_is_gone() {
+    let mut world = World::converged(3);
+    let table = world.ring().current().clone();
+    let old = world.slot_pod(1);
+    world.pod_mut(&old).deleting = true;
+    world.set_ready(&old, false);
+    let start = world.step();
+    assert_eq!(start.create.len(), 1);
+    let replacement = start.create[0].name.clone();
+    world.set_ready(&replacement, true);
+    world.advance(15);
+    // Past the grace period with a Ready replacement: neither a takeover (the old pod may
+    // still serve) nor a reroute (the slot has its replacement).
+    let waiting = world.step();
+    assert!(waiting.is_idle(), "{waiting:?}");
+    assert_eq!(world.ring().phase(), RingPhase::Stable);
+    world.vanish(&old);
+    let takeover = world.step();
+    let ring = &takeover.publish.as_ref().unwrap().ring;
+    assert_eq!(ring.slot(1).unwrap().pod.name, replacement);
+    assert_eq!(ring.current(), &table, "no shard moved");
 }
 
 #[test]
@@ -1330,13 +1837,15 @@ fn template_change_during_a_scale_up_finishes_both() {
 }
 
 #[test]
-fn nothing_ever_reported_still_converges_on_timeouts() {
-    let mut world = World::converged(2);
-    world.spec.replicas = 4;
+fn nothing_ever_reported_converges_where_the_losing_pods_leave() {
+    // Scale down and roll out: every losing pod leaves anyway, so the drain timeout deletes
+    // them and the transitions end.
+    let mut world = World::converged(4);
+    world.spec.replicas = 2;
     world.spec.template.spec.as_mut().unwrap().containers[0].image = Some("app:2".into());
     // One second per round; every step waits for its timeout.
     world.settle(Reports::Nothing);
-    assert_converged(&world, 4);
+    assert_converged(&world, 2);
 }
 
 // ----- first reaction, table-driven ---------------------------------------------------------
@@ -1445,7 +1954,7 @@ fn first_reaction_to_each_kind_of_change() {
             change: |w| fail(w, true),
             creates: 1,
             updates: 0,
-            deletes: 0,
+            deletes: 1,
             publish: Some(RingPhase::Switch),
             reasons: &[reasons::REROUTED],
         },

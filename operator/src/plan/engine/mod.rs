@@ -116,6 +116,11 @@ pub(super) struct Planner<'a> {
     waiting_for_pods: BTreeSet<u16>,
     /// In a `Switch` ring: whether every member observed it.
     switch_observed: Option<bool>,
+    /// In a `Switch` ring past `timeouts.drain`: what it waits for (the `DrainStalled`
+    /// condition's message).
+    drain_stall: Option<String>,
+    /// Pods deleted to fence them although a ring still names them.
+    fence: Vec<PodDeletion>,
     names: BTreeSet<String>,
     create: Vec<PodPlan>,
     update: Vec<PodPlan>,
@@ -155,6 +160,8 @@ impl<'a> Planner<'a> {
             outdated: Vec::new(),
             waiting_for_pods: BTreeSet::new(),
             switch_observed: None,
+            drain_stall: None,
+            fence: Vec::new(),
             names,
             create: Vec::new(),
             update: Vec::new(),
@@ -166,7 +173,13 @@ impl<'a> Planner<'a> {
 
     pub(super) fn run(mut self) -> Result<Actions, RingError> {
         let decision = match self.obs.ring {
-            None => self.fresh()?,
+            None => match self.remembered() {
+                Some(remembered) => {
+                    self.slot_candidates(&remembered.last.ring);
+                    self.restore(remembered)?
+                }
+                None => self.fresh()?,
+            },
             Some(published) => {
                 self.slot_candidates(&published.ring);
                 match published.ring.phase() {
@@ -177,7 +190,12 @@ impl<'a> Planner<'a> {
             }
         };
         let final_ring = decision.publish.as_ref().or(self.obs.ring).map(|p| &p.ring);
-        let delete = self.deletions(final_ring);
+        let mut delete = self.deletions(final_ring);
+        for fenced in std::mem::take(&mut self.fence) {
+            if !delete.iter().any(|d| d.uid == fenced.uid) {
+                delete.push(fenced);
+            }
+        }
         let final_meta = decision
             .publish
             .as_ref()
@@ -197,6 +215,7 @@ impl<'a> Planner<'a> {
             meta: final_meta,
             leaving: &leaving,
             switch_observed,
+            drain_stall: self.drain_stall.as_deref(),
             converged,
             revision: &self.revision,
         });
@@ -235,6 +254,20 @@ impl<'a> Planner<'a> {
 
     fn healthy(&self, pod: &ring::Pod) -> bool {
         self.find(pod).is_some_and(ObservedPod::healthy)
+    }
+
+    /// Deletes `pod` to fence it (unless it is already being deleted); `true` if a deletion
+    /// was planned in this pass.
+    fn fence(&mut self, pod: &ObservedPod, reason: &'static str) -> bool {
+        if pod.deleting || self.fence.iter().any(|d| d.uid == pod.uid) {
+            return false;
+        }
+        self.fence.push(PodDeletion {
+            name: pod.name.clone(),
+            uid: pod.uid.clone(),
+            reason,
+        });
+        true
     }
 
     fn in_place_eligible(&self, pod: &ObservedPod) -> bool {

@@ -1,9 +1,12 @@
 //! The `Warm` and `Switch` steps of a transition.
 
+use std::collections::BTreeSet;
+
 use locus::ring::{self, Assignment, Phase, Ring, RingError, SlotState, Transition};
 
 use super::{Decision, Planner, gainers, losers, members, plus};
-use crate::plan::{PublishedRing, StepKind, reasons};
+use crate::crd::PROGRESSING;
+use crate::plan::{ObservedPod, PublishedRing, StepKind, fencing, reasons};
 
 impl<'a> Planner<'a> {
     // ----- warm ring --------------------------------------------------------------------
@@ -146,8 +149,39 @@ impl<'a> Planner<'a> {
 
     // ----- switch ring ------------------------------------------------------------------
 
-    /// `Switch`: settle when every member observed it and every losing pod drained (or
-    /// `timeouts.settle` / `timeouts.drain` passed).
+    /// The losing pods of the `Switch` ring `ring` that are not fenced yet: the predecessors
+    /// of replaced slots and the pods of slots that lost shards, that still exist (a pod with
+    /// that name and UID is observed, Ready or not, terminating or not) and have not reported
+    /// drained for the ring's version. Each comes with whether it leaves anyway (see
+    /// [`Self::retiring`]).
+    fn unfenced_losers(&self, ring: &Ring, previous: &Assignment) -> Vec<(&'a ObservedPod, bool)> {
+        let version = ring.version();
+        let held = members(ring.current());
+        let losing_slots = losers(previous, ring.current());
+        ring.slots()
+            .iter()
+            .filter_map(|s| match &s.predecessor {
+                Some(p) => Some((p, true)),
+                None => losing_slots
+                    .contains(&s.index)
+                    .then(|| (&s.pod, Self::retiring(s, &held))),
+            })
+            .filter_map(|(p, retiring)| self.find(p).map(|o| (o, retiring)))
+            .filter(|(o, _)| o.progress.drained.is_none_or(|d| d < version))
+            .collect()
+    }
+
+    /// Whether the pod of `slot`, which lost shards, leaves anyway: its slot holds no shard
+    /// any more (scale down, `Reroute`), or the slot is marked `Unavailable` (its pod failed;
+    /// a replacement takes over once it is gone).
+    fn retiring(slot: &ring::Slot, held: &BTreeSet<u16>) -> bool {
+        !held.contains(&slot.index) || slot.state == SlotState::Unavailable
+    }
+
+    /// `Switch`: settle when every member observed it (or `timeouts.settle` passed) and every
+    /// losing pod is fenced — reported drained for this version, or gone. A timeout never
+    /// settles by itself: past `timeouts.drain`, losing pods that leave anyway are deleted (and
+    /// the ring settles once they are gone), the others are waited for (`DrainStalled`).
     pub(super) fn switch(&mut self, published: &'a PublishedRing) -> Result<Decision, RingError> {
         let ring = &published.ring;
         let version = ring.version();
@@ -161,16 +195,6 @@ impl<'a> Planner<'a> {
             .flat_map(|s| std::iter::once(&s.pod).chain(s.predecessor.as_ref()))
             .filter(|p| reporting(p).is_some())
             .collect();
-        let losing_slots = losers(previous, ring.current());
-        let drainers: Vec<&ring::Pod> = ring
-            .slots()
-            .iter()
-            .filter_map(|s| match &s.predecessor {
-                Some(p) => Some(p),
-                None => losing_slots.contains(&s.index).then_some(&s.pod),
-            })
-            .filter(|p| reporting(p).is_some())
-            .collect();
         let not_observed: Vec<&str> = observers
             .iter()
             .filter(|p| {
@@ -180,29 +204,25 @@ impl<'a> Planner<'a> {
             })
             .map(|p| p.name.as_str())
             .collect();
-        let not_drained: Vec<&str> = drainers
-            .iter()
-            .filter(|p| {
-                reporting(p)
-                    .and_then(|o| o.progress.drained)
-                    .is_none_or(|v| v < version)
-            })
-            .map(|p| p.name.as_str())
-            .collect();
+        let unfenced = self.unfenced_losers(ring, previous);
         self.switch_observed = Some(not_observed.is_empty());
         let start = Self::published_at(published);
         let settle_deadline = plus(start, self.settle);
         let drain_deadline = plus(start, self.drain);
         let now = self.obs.now;
         let settle_ok = not_observed.is_empty() || now >= settle_deadline;
-        let drain_ok = not_drained.is_empty() || now >= drain_deadline;
-        if !(settle_ok && drain_ok) {
-            if !not_observed.is_empty() {
-                self.deadlines.push(settle_deadline);
-            }
-            if !not_drained.is_empty() {
+        if !settle_ok {
+            self.deadlines.push(settle_deadline);
+        }
+        if !unfenced.is_empty() {
+            if now < drain_deadline {
                 self.deadlines.push(drain_deadline);
+            } else {
+                self.drain_stalled(version, &unfenced);
             }
+            return Ok(Decision::none());
+        }
+        if !settle_ok {
             return Ok(Decision::none());
         }
         let mut timed_out = Vec::new();
@@ -214,17 +234,6 @@ impl<'a> Planner<'a> {
                 format!(
                     "settle step timed out after {:?}: {not_observed:?} did not report ring version {version}",
                     self.settle
-                ),
-            );
-        }
-        if !not_drained.is_empty() {
-            timed_out.push("drain");
-            self.event(
-                true,
-                reasons::TIMEOUT,
-                format!(
-                    "drain timed out after {:?}: {not_drained:?} did not report drained for ring version {version}",
-                    self.drain
                 ),
             );
         }
@@ -244,5 +253,35 @@ impl<'a> Planner<'a> {
         self.step(kind, StepKind::Settle, 0, Some((published, Phase::Switch)));
         let meta = self.meta_step(published.meta.as_ref(), next.version(), &timed_out, true);
         Ok(Decision::publish(next, meta))
+    }
+
+    /// Past `timeouts.drain` with losing pods not fenced: deletes those that leave anyway (or
+    /// have finished), waits for the others, and says so — a `DrainStalled` warning (once per
+    /// situation: not when the status already carries the same message) and condition.
+    fn drain_stalled(&mut self, version: u64, unfenced: &[(&'a ObservedPod, bool)]) {
+        let mut notes = Vec::new();
+        for &(pod, retiring) in unfenced {
+            let note = if retiring || pod.terminal || pod.deleting {
+                self.fence(pod, fencing::DRAIN_STALLED);
+                "deleted: fenced once it is gone"
+            } else {
+                "stays in the ring: waiting for its drained report (deleting the pod fences it)"
+            };
+            notes.push(format!("{} ({note})", pod.name));
+        }
+        let message = format!(
+            "ring version {version} waits past timeouts.drain ({:?}) for pods that lost shards to report drained or be gone: {}",
+            self.drain,
+            notes.join(", ")
+        );
+        let reported = self.obs.status.is_some_and(|s| {
+            s.conditions.iter().any(|c| {
+                c.type_ == PROGRESSING && c.reason == reasons::DRAIN_STALLED && c.message == message
+            })
+        });
+        if !reported {
+            self.event(true, reasons::DRAIN_STALLED, message.clone());
+        }
+        self.drain_stall = Some(message);
     }
 }

@@ -6,7 +6,10 @@ use locus::ring::{self, Ring, RingError, RingParts, Slot, SlotState, Transition}
 
 use super::{Decision, Planner, StableStep, members, plus, ring_pod};
 use crate::crd::{PodFailurePolicy, TransitionKind};
-use crate::plan::{MAX_SURGE, ObservedPod, PodPlan, PublishedRing, RingMeta, StepKind, reasons};
+use crate::plan::{
+    MAX_SURGE, ObservedPod, PodPlan, PublishedRing, RememberedRing, RingMeta, StepKind, fencing,
+    reasons,
+};
 
 impl<'a> Planner<'a> {
     // ----- no ring yet ------------------------------------------------------------------
@@ -70,13 +73,10 @@ impl<'a> Planner<'a> {
                 })
             })
             .collect();
-        // A ring ConfigMap deleted by hand is recreated with a version above the last one the
-        // status recorded: readers ignore versions that are not newer than theirs.
-        let version = self
-            .obs
-            .status
-            .and_then(|s| s.ring_version)
-            .map_or(1, |v| v + 1);
+        // A ring ConfigMap deleted by hand (and not remembered) is recreated with a version
+        // above every one known: readers ignore versions that are not newer than theirs.
+        let known = self.highest_known_version();
+        let version = known.saturating_add(1);
         let ring = Ring::new(RingParts {
             namespace: self.obs.namespace.to_owned(),
             service: self.obs.name.to_owned(),
@@ -87,6 +87,9 @@ impl<'a> Planner<'a> {
             current: table.assignment,
             transition: Transition::Stable,
         })?;
+        if known > 0 {
+            self.recreated_fresh(version);
+        }
         if timed_out.is_empty() {
             self.event(
                 false,
@@ -112,6 +115,77 @@ impl<'a> Planner<'a> {
         }
         self.step(None, StepKind::Create, self.shards.get(), None);
         Ok(Decision::publish(ring, self.meta(None, timed_out)))
+    }
+
+    /// The highest ring version the status recorded or a pod reported (0 if none).
+    fn highest_recorded_version(&self) -> u64 {
+        let status = self.obs.status.and_then(|s| s.ring_version).unwrap_or(0);
+        let reported = self
+            .obs
+            .pods
+            .iter()
+            .flat_map(|p| [p.progress.observed, p.progress.warmed, p.progress.drained])
+            .flatten()
+            .max()
+            .unwrap_or(0);
+        status.max(reported)
+    }
+
+    /// The highest ring version anyone may hold: the status' ring version, the versions the
+    /// pods reported, and the highest this operator saw (0 if none).
+    pub(super) fn highest_known_version(&self) -> u64 {
+        let remembered = self.obs.remembered.map_or(0, |r| r.highest);
+        self.highest_recorded_version().max(remembered)
+    }
+
+    /// The warning of a ring recreated from the plan because the ring `ConfigMap` vanished and
+    /// no copy of it was remembered.
+    fn recreated_fresh(&mut self, version: u64) {
+        self.event(
+            true,
+            reasons::RING_RECREATED,
+            format!(
+                "the ring ConfigMap was missing and this operator holds no copy of it (it restarted since): ring version {version} assigns the shards afresh to the running pods; sessions whose shards moved may be unavailable until their previous owners hand them over"
+            ),
+        );
+    }
+
+    /// The remembered ring, if the ring `ConfigMap` may be recreated from it: it belongs to
+    /// this service and is at least as new as every version the status recorded or a pod
+    /// reported (an older copy would give back shards that moved since).
+    pub(super) fn remembered(&self) -> Option<&'a RememberedRing> {
+        let recorded = self.highest_recorded_version();
+        self.obs.remembered.filter(|r| {
+            r.last.ring.version() >= recorded
+                && r.last.ring.namespace() == self.obs.namespace
+                && r.last.ring.service() == self.obs.name
+        })
+    }
+
+    /// The ring `ConfigMap` is missing but this operator remembers the last ring: publish it
+    /// again, unchanged but for a version above every one known, so that no shard moves
+    /// without its handoff. The step it was in starts again (its deadlines run from now).
+    pub(super) fn restore(
+        &mut self,
+        remembered: &'a RememberedRing,
+    ) -> Result<Decision, RingError> {
+        let last = &remembered.last;
+        let mut parts = last.ring.parts().clone();
+        parts.version = self.highest_known_version().saturating_add(1);
+        let next = Ring::new(parts)?;
+        self.event(
+            true,
+            reasons::RING_RECREATED,
+            format!(
+                "the ring ConfigMap was missing: republished the last ring this operator saw (version {}, phase {}) as version {}",
+                last.ring.version(),
+                last.ring.phase(),
+                next.version()
+            ),
+        );
+        self.step(None, StepKind::Direct, 0, None);
+        let meta = self.meta_keep(last.meta.as_ref());
+        Ok(Decision::publish(next, meta))
     }
 
     // ----- stable ring ------------------------------------------------------------------
@@ -211,8 +285,9 @@ impl<'a> Planner<'a> {
         Ok(Some(Decision::publish(next, meta)))
     }
 
-    /// Slots that hold shards but whose pod is not serving get a Ready replacement at once;
-    /// `Unavailable` slots whose pod is Ready again become `Active`.
+    /// Slots that hold shards but whose pod is not serving get their Ready replacement once
+    /// the old pod is gone (deleted first if it still exists: it may still serve, cut off or
+    /// paused); `Unavailable` slots whose pod is Ready again become `Active`.
     pub(super) fn takeover(
         &mut self,
         published: &'a PublishedRing,
@@ -221,6 +296,8 @@ impl<'a> Planner<'a> {
         let held = members(ring.current());
         let mut parts = self.next_parts(ring);
         let mut notes = Vec::new();
+        let mut fenced = Vec::new();
+        let mut waiting = false;
         for slot in &mut parts.slots {
             if !held.contains(&slot.index) {
                 continue;
@@ -243,6 +320,18 @@ impl<'a> Planner<'a> {
             if let Some(candidate) = self.ready_candidates.get(&slot.index).copied()
                 && let Some(new_pod) = ring_pod(candidate)
             {
+                // The old pod may still serve (cut off, paused, slow): the replacement takes
+                // the slot over only once it is gone.
+                if let Some(old) = pod {
+                    waiting = true;
+                    if self.fence(old, fencing::REPLACED) {
+                        fenced.push(format!(
+                            "slot {}: pod {} is Ready to take over from {}, which is not Ready: {} is deleted first, {} takes over once it is gone",
+                            slot.index, new_pod.name, old.name, old.name, new_pod.name
+                        ));
+                    }
+                    continue;
+                }
                 notes.push((
                     reasons::TAKEOVER,
                     format!(
@@ -254,8 +343,13 @@ impl<'a> Planner<'a> {
                 slot.state = SlotState::Active;
             }
         }
+        for note in fenced {
+            self.event(false, reasons::TAKEOVER, note);
+        }
         if notes.is_empty() {
-            return Ok(None);
+            // A replacement waiting for the old pod to be gone: nothing else starts meanwhile
+            // (in particular no failure policy for that slot, which has its replacement).
+            return Ok(waiting.then(Decision::none));
         }
         let next = Ring::new(parts)?;
         for (reason, note) in notes {
@@ -326,11 +420,22 @@ impl<'a> Planner<'a> {
                 }
             }
             let next = Ring::new(parts)?;
+            // The failed pods may still serve (cut off, paused): deleted, so that they are
+            // fenced once gone; the Switch settles only then (or when they drained).
+            let mut deleted = Vec::new();
+            for slot in ring.slots() {
+                if failed.contains(&slot.index)
+                    && let Some(pod) = self.find(&slot.pod)
+                {
+                    self.fence(pod, fencing::REROUTED);
+                    deleted.push(pod.name.as_str());
+                }
+            }
             self.event(
                 true,
                 reasons::REROUTED,
                 format!(
-                    "slots {failed:?} not Ready for {:?}: {} shards moved to the other slots, which load them cold (ring version {})",
+                    "slots {failed:?} not Ready for {:?}: {} shards moved to the other slots (ring version {}); pods {deleted:?} deleted: the new owners take the sessions over from their hand-off or, once they are gone, from the persistence",
                     self.grace,
                     table.moved,
                     next.version()
