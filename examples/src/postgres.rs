@@ -390,4 +390,10 @@ impl Persistence<Ledger> for LedgerPersistence {
             Self::Postgres(pg) => pg.store(key, version, value).await,
         }
     }
+
+    /// Without PostgreSQL nothing is kept: a drain must not count a record
+    /// written here as safe.
+    fn durable(&self) -> bool {
+        matches!(self, Self::Postgres(_))
+    }
 }
