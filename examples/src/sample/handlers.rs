@@ -243,6 +243,7 @@ async fn append_inner(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(Cache, AppendAnswer), Refusal> {
     check_key(state, id, request_headers)?;
+    stall(state, request_headers).await;
     let body = body.map_err(|rejection| {
         let label = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             "body_too_large"
@@ -308,6 +309,24 @@ async fn append_inner(
             ))
         }
     }
+}
+
+/// The test stall ([`SampleConfig::test_stall`](super::SampleConfig::test_stall)):
+/// waits as long as the request's [`STALL_HEADER`](super::STALL_HEADER) says.
+async fn stall(state: &AppState, request_headers: &HeaderMap) {
+    if !state.test_stall {
+        return;
+    }
+    let Some(ms) = request_headers
+        .get(super::STALL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let wait = Duration::from_millis(ms).min(super::MAX_STALL);
+    tracing::info!(?wait, "test stall: the request waits after admission");
+    tokio::time::sleep(wait).await;
 }
 
 fn pg_timeout(after: Duration) -> Refusal {

@@ -115,7 +115,18 @@ pub struct SampleConfig {
     /// endpoints, transition driver, progress, drain and snapshot. `None`:
     /// a pod that loses shards keeps nothing warm for their new owner.
     pub handoff: Option<HandoffOptions>,
+    /// Fault injection for tests: an append carrying
+    /// [`STALL_HEADER`] (milliseconds, at most [`MAX_STALL`]) waits that
+    /// long after admission, before it touches its session — a handler
+    /// that stalls while the ring changes. Off unless asked for.
+    pub test_stall: bool,
 }
+
+/// Request header of the test stall (see [`SampleConfig::test_stall`]).
+pub const STALL_HEADER: &str = "x-sample-stall-ms";
+
+/// Longest test stall.
+pub const MAX_STALL: Duration = Duration::from_secs(300);
 
 impl SampleConfig {
     /// A memory-only sample for `pod` reading its ring from `ring`, with
@@ -130,6 +141,7 @@ impl SampleConfig {
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             ownership: Mode::Forward,
             handoff: None,
+            test_stall: false,
         }
     }
 }
@@ -157,6 +169,8 @@ pub(crate) struct AppState {
     pub(crate) persistent: bool,
     /// The Locus member, when the sample takes part in transitions.
     pub(crate) member: Option<Member>,
+    /// Honour [`STALL_HEADER`].
+    pub(crate) test_stall: bool,
 }
 
 /// The running sample: its HTTP app and the parts a handoff driver needs.
@@ -239,6 +253,7 @@ impl SampleService {
             max_event_bytes,
             ownership,
             handoff,
+            test_stall,
         } = config;
         let pod_header = HeaderValue::from_str(&pod)
             .map_err(|_| Error::config("pod name", format!("{pod:?} is not a header value")))?;
@@ -318,6 +333,7 @@ impl SampleService {
             draining: AtomicBool::new(false),
             persistent,
             member,
+            test_stall,
         });
         let router = app(Arc::clone(&state), ownership, max_event_bytes);
         Ok(Self {

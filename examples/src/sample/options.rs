@@ -36,6 +36,7 @@ usage: locus-sample [flags]          (each flag also reads the environment varia
   --postgres URL            write sessions back to PostgreSQL   DATABASE_URL
   --pg-pool N               PostgreSQL connections      LOCUS_SAMPLE_PG_POOL (default 8)
   --stateless               keep nothing in memory: every request goes to PostgreSQL   LOCUS_SAMPLE_STATELESS=true
+  --test-stall              fault injection: appends wait x-sample-stall-ms after admission   LOCUS_SAMPLE_TEST_STALL=true
   --pg-timeout DURATION     stateless: longest PostgreSQL time per request   LOCUS_SAMPLE_PG_TIMEOUT (default 5s)
   --ownership MODE          forward | redirect (421) for keys owned elsewhere   LOCUS_SAMPLE_OWNERSHIP (default forward)
   --max-sessions N          resident sessions           LOCUS_SAMPLE_MAX_SESSIONS (default 100000)
@@ -295,10 +296,12 @@ pub fn parse_command(
 ) -> Result<SampleCommand, Error> {
     let mut given: BTreeMap<&'static str, String> = BTreeMap::new();
     let mut stateless_flag = false;
+    let mut stall_flag = false;
     while let Some(flag) = args.next_flag()? {
         match flag.as_str() {
             "--help" | "-h" => return Ok(SampleCommand::Help),
             "--stateless" => stateless_flag = true,
+            "--test-stall" => stall_flag = true,
             other => {
                 let Some((name, _)) = FLAGS.iter().find(|(name, _)| *name == other) else {
                     return Err(Error::config(other, "unknown flag (see --help)"));
@@ -308,6 +311,7 @@ pub fn parse_command(
         }
     }
     let stateless = stateless_flag || env("LOCUS_SAMPLE_STATELESS").is_some_and(|v| v == "true");
+    let test_stall = stall_flag || env("LOCUS_SAMPLE_TEST_STALL").is_some_and(|v| v == "true");
     let values = Values { given, env };
     let listen = values.listen()?;
     let mode = values.mode(stateless)?;
@@ -352,6 +356,7 @@ pub fn parse_command(
             max_event_bytes,
             ownership: values.ownership()?,
             handoff,
+            test_stall,
         }),
         listen,
         shutdown_timeout,
@@ -499,6 +504,18 @@ mod tests {
             } => assert_eq!(shutdown_timeout, Duration::from_secs(7)),
             SampleCommand::Help => panic!("unexpected help"),
         }
+    }
+
+    #[test]
+    fn the_test_stall_is_off_unless_asked_for() {
+        let ring = ["--ring-file", "/tmp/ring.json", "--pod=a"];
+        assert!(!serve(&ring, &[]).unwrap().0.test_stall);
+        let with_flag = [&ring[..], &["--test-stall"]].concat();
+        assert!(serve(&with_flag, &[]).unwrap().0.test_stall);
+        let by_env = serve(&ring, &[("LOCUS_SAMPLE_TEST_STALL", "true")]).unwrap();
+        assert!(by_env.0.test_stall);
+        let other = serve(&ring, &[("LOCUS_SAMPLE_TEST_STALL", "yes")]).unwrap();
+        assert!(!other.0.test_stall, "only \"true\" turns it on");
     }
 
     #[test]
