@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all test demo bench cluster-tools build crds chart-check fmt-check clippy kind-e2e clean-cluster
+.PHONY: all test demo bench cluster-tools build crds chart-check fmt-check clippy kind-e2e clean-cluster chaos
 
 all: build
 
@@ -38,6 +38,11 @@ test: cluster-tools fmt-check clippy chart-check
 demo: cluster-tools
 	$(CARGO) build --workspace --bins
 	@bash e2e/demo.sh
+
+## chaos: the fault-injection scenarios on the local cluster (partition, pause, API server cut)
+chaos: cluster-tools
+	$(CARGO) build -p locus-operator -p locus-examples -p locus-e2e --bins
+	$(CARGO) test -p locus-e2e --test chaos -- --include-ignored --nocapture --test-threads=1
 
 ## bench: benchmarks whose figures go to docs/benchmarks.md
 bench: cluster-tools
