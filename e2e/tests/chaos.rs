@@ -19,6 +19,8 @@
 //! | `partition_from_pods_across_a_scale_up` | `partition` | cut off from every other pod (not from the host: API server, probes, load generator), injected just before the scale |
 //! | `pause_of_a_losing_pod_across_a_scale_up` | `pause` | SIGSTOP of all its processes right after the scale is applied, then SIGCONT |
 //! | `cut_from_the_api_server_across_a_scale_up` | `apiserver-cut` | cut off from the API server only, injected just before the scale |
+//! | `stalled_append_across_a_scale_up` | `stall` | none: one append to a session moving off it, sent straight to it with a 90 s stall (`x-sample-stall-ms`) as soon as the Warm ring is published |
+//! | `ring_deleted_mid_switch` | `ring-deleted` | none: the ring `ConfigMap` deleted as soon as a ring in its Switch is published |
 //!
 //! Each fault holds through Warm and Switch: until the operator published the Switch, then
 //! 40 s more — past the SDK's `handoff_deadline` (30 s from the moment a gaining pod sees
@@ -40,6 +42,18 @@
 //! runs 32 workers (still paced at the demo's rate) with a 5 s request timeout: requests to
 //! the stopped pod time out (reported) while the other pods keep getting load.
 //!
+//! The last two inject no fault into a pod. `stall` first turns the sample's test stall on
+//! in the template (`LOCUS_SAMPLE_TEST_STALL=true`, a rollout), gives 16 sessions of a
+//! prefix the load generator does not use, owned by slot 0's pod, one append each, applies
+//! the scale, and as soon as the Warm ring names the new owners sends one more append
+//! (seq 2) to one of them that moves, straight to slot 0's pod, stalled 90 s after
+//! admission: past the tombstone TTL (60 s), so only the store's load guard (ADR 0001 rule
+//! 5) stands between it and a second writer. It also requires that the stalled append is
+//! not answered 2xx (421 or 503 expected; what came is reported) and that the session read
+//! from its owner under the final ring holds the first append and not the stalled one.
+//! `ring-deleted` requires that the operator publishes a ring again, at a higher version
+//! than the one deleted.
+//!
 //! On an external cluster (kind) the scenarios say they are skipped and pass. Build first:
 //! `cargo build -p locus-operator -p locus-examples -p locus-e2e --bins`.
 
@@ -59,6 +73,7 @@ use demo_support::*;
 use locus_e2e::chaos::{self, ChaosPod, NetFault, Paused};
 use locus_e2e::demo::Demo;
 use locus_e2e::logs;
+use locus_examples::sample::STALL_HEADER;
 
 /// Load before the fault: at least this long, until the last few windows had no failed
 /// request (after the pause scenario's rollout the new pods may still be taking sessions
@@ -96,6 +111,11 @@ enum Fault {
     Pause,
     /// Cut off from the API server only, just before the scale.
     ApiServerCut,
+    /// One append to a moving session, stalled in the handler of its original owner for
+    /// [`STALL`] from the Warm on (no fault on a pod).
+    Stall,
+    /// The ring's `ConfigMap` deleted as soon as the Switch is published (no fault on a pod).
+    RingDeleted,
 }
 
 impl Fault {
@@ -104,6 +124,8 @@ impl Fault {
             Self::Partition => "partition from the other pods (iptables in the pod's netns)",
             Self::Pause => "SIGSTOP of every process of the pod",
             Self::ApiServerCut => "cut from the API server only (iptables in the pod's netns)",
+            Self::Stall => "one append to a moving session stalled 90 s after admission",
+            Self::RingDeleted => "the ring ConfigMap deleted as soon as the Switch is published",
         }
     }
 }
@@ -136,6 +158,8 @@ struct Plan {
     /// Remove the demo's liveness probe first (a rollout), so that a paused pod is not
     /// killed by the node agent while paused.
     without_liveness: bool,
+    /// Turn the sample's test stall on first (`LOCUS_SAMPLE_TEST_STALL=true`, a rollout).
+    test_stall: bool,
     /// Load generator workers and per-request timeout, if not the demo harness's (8 and
     /// 20 s). The load generator is closed-loop: a worker whose request went to a paused
     /// pod waits for its timeout, so a pause needs more workers and a shorter timeout to
@@ -178,6 +202,23 @@ fn probe_paths(fault: Fault, victim: &ChaosPod, peer: &ChaosPod) -> [Option<Stri
 /// Injects the plan's fault around the scale, holds it, ends it, waits for convergence
 /// and the tail. Returns what happened when.
 async fn drive(
+    plan: &Plan,
+    service: &Service,
+    victim: &ChaosPod,
+    peer: &ChaosPod,
+    clock: Instant,
+) -> Timeline {
+    match plan.fault {
+        Fault::Stall => Box::pin(drive_stall(service, victim, clock)).await,
+        Fault::RingDeleted => Box::pin(drive_ring_deleted(service, clock)).await,
+        Fault::Partition | Fault::ApiServerCut | Fault::Pause => {
+            Box::pin(drive_pod_fault(plan, service, victim, peer, clock)).await
+        }
+    }
+}
+
+/// [`drive`] for a fault on the victim pod.
+async fn drive_pod_fault(
     plan: &Plan,
     service: &Service,
     victim: &ChaosPod,
@@ -229,7 +270,7 @@ async fn drive(
             timeline.scale_applied_s = secs(clock.elapsed());
             (Held::Net(held), service.scale(TO).await.unwrap())
         }
-        Fault::Pause => {
+        Fault::Pause | Fault::Stall | Fault::RingDeleted => {
             say(&format!(
                 "scaling {FROM} → {TO}; then {} on {victim}",
                 plan.fault.describe()
@@ -287,6 +328,355 @@ async fn hold(
             plan.max_hold
         ));
     }
+}
+
+/// How long the stalled append waits in the handler: longer than the tombstone TTL (60 s by
+/// default), so that the tombstone of the moved key is gone when it goes on (ADR 0001
+/// rule 5).
+const STALL: Duration = Duration::from_secs(90);
+/// Prefix of the stall scenario's sessions: not the load generator's.
+const STALL_PREFIX: &str = "chaos-stall";
+/// Sessions of the victim given one append before the scale; the stalled one is picked
+/// among them once the Warm ring names their new owners.
+const STALL_CANDIDATES: usize = 16;
+/// `seq` of the first append and of the stalled one.
+const FIRST_SEQ: u64 = 1;
+const STALLED_SEQ: u64 = 2;
+
+/// One append of `session` with `seq`, straight to `base` (a pod), stalled `stall` in the
+/// handler if given: the status and the body, or why there was no answer.
+async fn append(
+    http: &reqwest::Client,
+    base: &str,
+    session: &str,
+    seq: u64,
+    stall: Option<Duration>,
+) -> Result<(u16, String), String> {
+    let body = serde_json::json!({"seq": seq, "kind": "chaos", "amount": 1}).to_string();
+    let mut request = http
+        .post(format!("{base}/sessions/{session}/events"))
+        .header(locus::headers::SESSION, session)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body);
+    if let Some(stall) = stall {
+        request = request.header(STALL_HEADER, stall.as_millis().to_string());
+    }
+    let response = request.send().await.map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    Ok((status, text))
+}
+
+/// `session` read from `base` (a pod): the status and the body.
+async fn read_session(
+    http: &reqwest::Client,
+    base: &str,
+    session: &str,
+) -> Result<(u16, serde_json::Value), String> {
+    let response = http
+        .get(format!("{base}/sessions/{session}"))
+        .header(locus::headers::SESSION, session)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    Ok((
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    ))
+}
+
+/// The `seq`s of a session view's recent events.
+fn seqs_of(view: &serde_json::Value) -> Vec<u64> {
+    view.get("recent")
+        .and_then(serde_json::Value::as_array)
+        .map(|events| {
+            events
+                .iter()
+                .filter_map(|e| e.get("seq").and_then(serde_json::Value::as_u64))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The stall scenario's session read from its owner under the ring now: its `seq`s (`None`:
+/// not readable); the first append must be there, the stalled one not.
+async fn read_back(
+    http: &reqwest::Client,
+    service: &Service,
+    session: &str,
+    timeline: &mut Timeline,
+) -> Option<Vec<u64>> {
+    let ring = service.ring().await.unwrap().unwrap();
+    let owner = ring.owner(session.as_bytes()).clone();
+    let read = read_session(http, &format!("http://{}", owner.pod.address), session).await;
+    let seqs = match &read {
+        Ok((200, view)) => Some(seqs_of(view)),
+        _ => None,
+    };
+    let note = format!(
+        "{session} read back from slot {} ({}) under ring v{}: {read:?}",
+        owner.index,
+        owner.pod.name,
+        ring.version()
+    );
+    timeline.notes.push(note);
+    match &seqs {
+        None => timeline
+            .failures
+            .push(format!("{session} not readable from its new owner")),
+        Some(seqs) => {
+            if !seqs.contains(&FIRST_SEQ) {
+                timeline.failures.push(format!(
+                    "{session} lost its first (acknowledged) append: seqs {seqs:?}"
+                ));
+            }
+            if seqs.contains(&STALLED_SEQ) {
+                timeline
+                    .failures
+                    .push(format!("{session} holds the stalled append: seqs {seqs:?}"));
+            }
+        }
+    }
+    seqs
+}
+
+/// Sessions of the stall scenario's prefix owned by `victim` under `ring`, each given one
+/// append (seq [`FIRST_SEQ`]) straight on the victim, so that its state is resident there.
+async fn resident_sessions(
+    http: &reqwest::Client,
+    victim_base: &str,
+    ring: &locus::ring::Ring,
+    victim: &ChaosPod,
+) -> Vec<String> {
+    let candidates: Vec<String> = (0u32..)
+        .map(|i| format!("{STALL_PREFIX}-{i}"))
+        .filter(|id| ring.owner(id.as_bytes()).pod.name == victim.name)
+        .take(STALL_CANDIDATES)
+        .collect();
+    for id in &candidates {
+        let answer = append(http, victim_base, id, FIRST_SEQ, None).await;
+        assert!(
+            matches!(answer, Ok((200..=299, _))),
+            "first append of {id} on {victim}: {answer:?}"
+        );
+    }
+    candidates
+}
+
+/// Notes the stalled append's answer; a 2xx is a failure (421 or 503 expected). Returns
+/// its status, if it was answered.
+fn judge_stalled(
+    answer: &Result<(u16, String), String>,
+    waited: f64,
+    timeline: &mut Timeline,
+) -> Option<u16> {
+    let (status, shown) = match answer {
+        Ok((status, body)) => (Some(*status), format!("{status} {body}")),
+        Err(why) => (None, format!("no answer ({why})")),
+    };
+    let note = format!("stalled append answered after {waited:.1} s: {shown}");
+    say(&note);
+    timeline.notes.push(note);
+    match status {
+        Some(s) if (200..300).contains(&s) => timeline.failures.push(format!(
+            "the stalled append was answered {s}: admitted under the old ring, applied after its key moved"
+        )),
+        Some(421 | 503) => {}
+        _ => timeline
+            .notes
+            .push("the stalled append got neither 421 nor 503".to_owned()),
+    }
+    status
+}
+
+/// The stall scenario: sessions of the victim (a prefix the load generator does not use)
+/// get one append each; the scale is applied; as soon as the Warm ring names the new
+/// owners, one append to a session that moves off the victim goes straight to the victim
+/// with a 90 s stall. The scale completes meanwhile. The stalled append must not be
+/// answered 2xx, and the session read from its new owner must hold the first append and
+/// not the stalled one.
+async fn drive_stall(service: &Service, victim: &ChaosPod, clock: Instant) -> Timeline {
+    let mut timeline = Timeline::default();
+    let before = service.ring().await.unwrap().unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(STALL + Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let victim_base = format!("http://{}:{PORT}", victim.ip);
+    let candidates = resident_sessions(&http, &victim_base, &before, victim).await;
+    say(&format!(
+        "{} sessions {STALL_PREFIX}-* resident on {victim}; scaling {FROM} → {TO}",
+        candidates.len()
+    ));
+    timeline.scale_applied_s = secs(clock.elapsed());
+    let generation = service.scale(TO).await.unwrap();
+    // The first ring past the old one: the Warm (its target names the new owners), or, if
+    // it was missed, a later one.
+    let deadline = Instant::now() + MAX_HOLD;
+    let next = loop {
+        if let Ok(Some(ring)) = service.ring().await
+            && ring.version() > before.version()
+        {
+            break Some(ring);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let Some(next) = next else {
+        timeline
+            .failures
+            .push(format!("no new ring within {MAX_HOLD:?} of the scale"));
+        return timeline;
+    };
+    let new_owner = |id: &String| {
+        next.target_owner(id.as_bytes())
+            .unwrap_or_else(|| next.owner(id.as_bytes()))
+            .clone()
+    };
+    let Some(session) = candidates
+        .iter()
+        .find(|id| new_owner(id).pod.name != victim.name)
+        .cloned()
+    else {
+        timeline.failures.push(format!(
+            "none of {} sessions of the victim moves in ring v{}",
+            candidates.len(),
+            next.version()
+        ));
+        return timeline;
+    };
+    let gaining = new_owner(&session);
+    let phase_at_send = next.phase().as_str().to_owned();
+    let sent_at = clock.elapsed();
+    let stalled = {
+        let (http, base, session) = (http.clone(), victim_base.clone(), session.clone());
+        tokio::spawn(async move {
+            let answer = append(&http, &base, &session, STALLED_SEQ, Some(STALL)).await;
+            (answer, clock.elapsed())
+        })
+    };
+    timeline.fault_from_s = secs(sent_at);
+    let note = format!(
+        "stalled append (seq {STALLED_SEQ}, {STALL:?}) of {session} sent to {victim} at t={:.1}s under ring v{} ({phase_at_send}); its new owner: slot {} ({})",
+        secs(sent_at),
+        next.version(),
+        gaining.index,
+        gaining.pod.name
+    );
+    say(&note);
+    timeline.notes.push(note);
+    if service.wait_converged(TO, generation, CONVERGE_BOUND).await {
+        timeline.converged_s = Some(secs(clock.elapsed()));
+    } else {
+        say("the service did not converge within the bound");
+    }
+    say("waiting for the stalled append's answer");
+    let (answer, answered_at) = stalled.await.unwrap();
+    timeline.fault_to_s = secs(answered_at);
+    let waited = secs(answered_at.saturating_sub(sent_at));
+    let status = judge_stalled(&answer, waited, &mut timeline);
+    tokio::time::sleep(TAIL).await;
+    let seqs = read_back(&http, service, &session, &mut timeline).await;
+    timeline
+        .figures
+        .insert("stalled_status".to_owned(), serde_json::json!(status));
+    timeline
+        .figures
+        .insert("stalled_answer_s".to_owned(), serde_json::json!(waited));
+    timeline.figures.insert(
+        "stall_sent_phase".to_owned(),
+        serde_json::json!(phase_at_send),
+    );
+    timeline
+        .figures
+        .insert("read_back_seqs".to_owned(), serde_json::json!(seqs));
+    timeline
+}
+
+/// The ring-deleted scenario: the scale is applied; as soon as a ring in its Switch (or
+/// later) is published, its `ConfigMap` is deleted. The operator must publish a ring again,
+/// at a higher version, and the service converge.
+async fn drive_ring_deleted(service: &Service, clock: Instant) -> Timeline {
+    let mut timeline = Timeline::default();
+    let before = service.ring().await.unwrap().unwrap().version();
+    say(&format!("scaling {FROM} → {TO}"));
+    timeline.scale_applied_s = secs(clock.elapsed());
+    let generation = service.scale(TO).await.unwrap();
+    let Some(deleted) = service.delete_switch_ring(before, MAX_HOLD).await else {
+        timeline.failures.push(format!(
+            "no ring in its Switch deleted within {MAX_HOLD:?} of the scale"
+        ));
+        return timeline;
+    };
+    timeline.fault_from_s = secs(clock.elapsed());
+    let note = format!(
+        "deleted the ring ConfigMap holding v{deleted} (switch) at t={:.1}s",
+        timeline.fault_from_s
+    );
+    say(&note);
+    timeline.notes.push(note);
+    let deadline = Instant::now() + MAX_HOLD;
+    let recreated = loop {
+        if let Ok(Some(ring)) = service.ring().await {
+            break Some(ring);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    timeline.fault_to_s = secs(clock.elapsed());
+    match &recreated {
+        None => timeline.failures.push(format!(
+            "the ring ConfigMap was not recreated within {MAX_HOLD:?}"
+        )),
+        Some(ring) => {
+            let note = format!(
+                "ring recreated after {:.1} s: v{} {} ({} slots)",
+                timeline.fault_to_s - timeline.fault_from_s,
+                ring.version(),
+                ring.phase().as_str(),
+                ring.slots().len()
+            );
+            say(&note);
+            timeline.notes.push(note);
+            if ring.version() <= deleted {
+                timeline.failures.push(format!(
+                    "the recreated ring v{} is not newer than the deleted v{deleted}",
+                    ring.version()
+                ));
+            }
+        }
+    }
+    timeline
+        .figures
+        .insert("deleted_version".to_owned(), serde_json::json!(deleted));
+    timeline.figures.insert(
+        "recreated_version".to_owned(),
+        serde_json::json!(recreated.as_ref().map(locus::ring::Ring::version)),
+    );
+    timeline.figures.insert(
+        "recreated_after_s".to_owned(),
+        serde_json::json!(round_s(timeline.fault_to_s - timeline.fault_from_s)),
+    );
+    say(&format!(
+        "waiting for the service to converge on {TO} slots"
+    ));
+    if service.wait_converged(TO, generation, CONVERGE_BOUND).await {
+        timeline.converged_s = Some(secs(clock.elapsed()));
+        tokio::time::sleep(TAIL).await;
+    } else {
+        say("the service did not converge within the bound");
+    }
+    timeline
+}
+
+fn round_s(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
 }
 
 /// The victim's log lines about hand-offs and drains (the last `most`), for the report.
@@ -349,6 +739,13 @@ async fn run(plan: Plan) {
             env.cluster.info().clone(),
             &options,
         );
+        if plan.test_stall {
+            say("turning the sample's test stall on in the template (a rollout of every pod)");
+            assert!(
+                service.enable_test_stall(FROM, CONVERGE_BOUND).await,
+                "the service did not converge after the template change"
+            );
+        }
         if plan.without_liveness {
             say("removing the liveness probe from the template (a rollout of every pod)");
             assert!(
@@ -428,6 +825,7 @@ async fn partition_from_pods_across_a_scale_up() {
         after_switch: PAST_HANDOFF_DEADLINE,
         max_hold: MAX_HOLD,
         without_liveness: false,
+        test_stall: false,
         load: None,
     })
     .await;
@@ -442,7 +840,38 @@ async fn pause_of_a_losing_pod_across_a_scale_up() {
         after_switch: PAST_HANDOFF_DEADLINE,
         max_hold: MAX_HOLD,
         without_liveness: true,
+        test_stall: false,
         load: Some((32, Duration::from_secs(5))),
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "chaos suite: `make chaos` runs it"]
+async fn stalled_append_across_a_scale_up() {
+    run(Plan {
+        name: "stall",
+        fault: Fault::Stall,
+        after_switch: PAST_HANDOFF_DEADLINE,
+        max_hold: MAX_HOLD,
+        without_liveness: false,
+        test_stall: true,
+        load: None,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "chaos suite: `make chaos` runs it"]
+async fn ring_deleted_mid_switch() {
+    run(Plan {
+        name: "ring-deleted",
+        fault: Fault::RingDeleted,
+        after_switch: PAST_HANDOFF_DEADLINE,
+        max_hold: MAX_HOLD,
+        without_liveness: false,
+        test_stall: false,
+        load: None,
     })
     .await;
 }
@@ -457,6 +886,7 @@ async fn cut_from_the_api_server_across_a_scale_up() {
         after_switch: PAST_HANDOFF_DEADLINE,
         max_hold: MAX_HOLD,
         without_liveness: false,
+        test_stall: false,
         load: None,
     })
     .await;

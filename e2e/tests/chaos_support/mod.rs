@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Client;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
-use locus::ring::Ring;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
+use locus::ring::{Ring, RingDocument};
 use locus_e2e::chaos::ChaosPod;
 use locus_e2e::cluster::ClusterInfo;
 use locus_e2e::demo::{self, DemoOptions};
@@ -31,6 +31,8 @@ pub const WINDOW: Duration = Duration::from_secs(1);
 const MANAGER: &str = "locus-chaos";
 /// The template revision [`Demo::deploy`](locus_e2e::demo::Demo::deploy) applies first.
 const FIRST_REVISION: u32 = 1;
+/// The sample's switch for its test stall hook.
+const TEST_STALL_ENV: &str = "LOCUS_SAMPLE_TEST_STALL";
 /// Environment variable naming the scenarios to run (comma list); unset: all.
 pub const SCENARIOS_VAR: &str = "LOCUS_CHAOS_SCENARIOS";
 
@@ -56,6 +58,8 @@ pub struct Service {
     options: DemoOptions,
     /// Keep the demo's liveness probe in the template (see [`Service::drop_liveness_probe`]).
     liveness: bool,
+    /// Turn the sample's test stall on in the template (see [`Service::enable_test_stall`]).
+    test_stall: bool,
     services: Api<DynamicObject>,
     maps: Api<ConfigMap>,
     pods: Api<Pod>,
@@ -71,24 +75,72 @@ impl Service {
             info,
             options: options.clone(),
             liveness: true,
+            test_stall: false,
         }
     }
 
     /// The demo's manifest with `replicas`, as this harness applies it.
     fn manifest(&self, replicas: u16) -> Value {
         let mut manifest = demo::manifest(&self.options, replicas, FIRST_REVISION);
-        if !self.liveness
-            && let Some(containers) = manifest
-                .pointer_mut("/spec/template/spec/containers")
-                .and_then(Value::as_array_mut)
+        if let Some(containers) = manifest
+            .pointer_mut("/spec/template/spec/containers")
+            .and_then(Value::as_array_mut)
         {
             for container in containers {
-                if let Some(container) = container.as_object_mut() {
+                let Some(container) = container.as_object_mut() else {
+                    continue;
+                };
+                if !self.liveness {
                     container.remove("livenessProbe");
+                }
+                if self.test_stall
+                    && let Some(env) = container.get_mut("env").and_then(Value::as_array_mut)
+                {
+                    env.push(serde_json::json!({"name": TEST_STALL_ENV, "value": "true"}));
                 }
             }
         }
         manifest
+    }
+
+    /// Turns the sample's test stall on in the pods' template (`LOCUS_SAMPLE_TEST_STALL`; a
+    /// surge rollout of every pod) and waits until the service converged on `replicas`
+    /// slots again; later scales keep it on.
+    pub async fn enable_test_stall(&mut self, replicas: u16, timeout: Duration) -> bool {
+        self.test_stall = true;
+        self.patch_containers(replicas, timeout).await
+    }
+
+    /// Waits (bounded, polling every 50 ms) for a ring newer than `after` in its Switch
+    /// phase and deletes its `ConfigMap`, on the condition that it still holds that ring
+    /// (a newer one is left alone and the wait goes on); returns the version deleted.
+    pub async fn delete_switch_ring(&self, after: u64, timeout: Duration) -> Option<u64> {
+        let name = RingDocument::config_map_name(&self.options.service);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(map)) = self.maps.get_opt(&name).await
+                && let Some(ring) = map
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(RingDocument::CONFIG_MAP_KEY))
+                    .and_then(|text| RingDocument::from_json(text.as_bytes()).ok())
+                && ring.version() > after
+                && ring.phase().as_str() == "switch"
+            {
+                let only_this = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        resource_version: map.metadata.resource_version.clone(),
+                        uid: map.metadata.uid.clone(),
+                    }),
+                    ..DeleteParams::default()
+                };
+                if self.maps.delete(&name, &only_this).await.is_ok() {
+                    return Some(ring.version());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
     }
 
     /// Removes the demo's liveness probe from the pods' template (a surge rollout of every
@@ -97,8 +149,13 @@ impl Service {
     /// agent after the probe's failures (SIGTERM, then SIGKILL after the grace period).
     pub async fn drop_liveness_probe(&mut self, replicas: u16, timeout: Duration) -> bool {
         self.liveness = false;
+        self.patch_containers(replicas, timeout).await
+    }
+
+    /// Replaces the template's containers with this harness's and waits for convergence.
+    async fn patch_containers(&self, replicas: u16, timeout: Duration) -> bool {
         let containers = self.manifest(replicas)["spec"]["template"]["spec"]["containers"].clone();
-        // A JSON merge patch replaces the list: the probe goes whoever applied it.
+        // A JSON merge patch replaces the list, whoever applied it.
         let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": containers}}}});
         let patched = self
             .services
@@ -579,6 +636,10 @@ pub struct ScenarioReport {
     /// scenario broke an invariant).
     pub victim_log: Vec<String>,
     pub notes: Vec<String>,
+    /// The scenario's own checks that failed.
+    pub scenario_failures: Vec<String>,
+    /// The scenario's own figures.
+    pub scenario_figures: BTreeMap<String, Value>,
 }
 
 /// What the scenario's driver reports to [`ScenarioReport::new`].
@@ -589,6 +650,10 @@ pub struct Timeline {
     pub fault_to_s: f64,
     pub converged_s: Option<f64>,
     pub notes: Vec<String>,
+    /// The scenario's own checks that failed, in words.
+    pub failures: Vec<String>,
+    /// The scenario's own figures, added to the `CHAOS-RESULT` line.
+    pub figures: BTreeMap<String, Value>,
 }
 
 impl ScenarioReport {
@@ -639,6 +704,8 @@ impl ScenarioReport {
             last_transition: None,
             victim_log: Vec::new(),
             notes: timeline.notes,
+            scenario_failures: timeline.failures,
+            scenario_figures: timeline.figures,
         }
     }
 
@@ -716,6 +783,9 @@ impl ScenarioReport {
         for note in &self.notes {
             let _ = writeln!(out, "note: {note}");
         }
+        for failure in &self.scenario_failures {
+            let _ = writeln!(out, "FAILED: {failure}");
+        }
         if let Some(last) = &self.last_transition {
             let _ = writeln!(out, "status.lastTransition: {last}");
         }
@@ -779,7 +849,7 @@ impl ScenarioReport {
 
     /// The figures of the scenario table.
     pub fn figures(&self) -> Value {
-        serde_json::json!({
+        let mut figures = serde_json::json!({
             "scenario": self.scenario,
             "requests": self.totals.requests,
             "acknowledged": self.totals.appends_acked,
@@ -800,7 +870,13 @@ impl ScenarioReport {
             "moved_cold": self.totals.moved_cold,
             "first_touches": self.totals.first_touches,
             "victim_restarts": self.victim_restarts,
-        })
+        });
+        if let Some(map) = figures.as_object_mut() {
+            for (k, v) in &self.scenario_figures {
+                map.insert(k.clone(), v.clone());
+            }
+        }
+        figures
     }
 
     /// The invariants: nothing acknowledged lost, no stale session or read, no two writers,
@@ -824,7 +900,7 @@ impl ScenarioReport {
     /// The invariants broken, in words.
     fn failures(&self) -> Vec<String> {
         let v = &self.verification;
-        let mut failures = Vec::new();
+        let mut failures = self.scenario_failures.clone();
         if v.lost_writes > 0 {
             failures.push(format!(
                 "{} of {} acknowledged appends lost (e.g. {:?})",
