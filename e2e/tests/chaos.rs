@@ -292,11 +292,8 @@ async fn drive_pod_fault(
     say(&format!(
         "fault ended on {victim}; waiting for the service to converge on {TO} slots"
     ));
-    if service.wait_converged(TO, generation, CONVERGE_BOUND).await {
-        timeline.converged_s = Some(secs(clock.elapsed()));
+    if converged(service, generation, clock, &mut timeline).await {
         tokio::time::sleep(TAIL).await;
-    } else {
-        say("the service did not converge within the bound");
     }
     timeline
 }
@@ -569,11 +566,7 @@ async fn drive_stall(service: &Service, victim: &ChaosPod, clock: Instant) -> Ti
     );
     say(&note);
     timeline.notes.push(note);
-    if service.wait_converged(TO, generation, CONVERGE_BOUND).await {
-        timeline.converged_s = Some(secs(clock.elapsed()));
-    } else {
-        say("the service did not converge within the bound");
-    }
+    converged(service, generation, clock, &mut timeline).await;
     say("waiting for the stalled append's answer");
     let (answer, answered_at) = stalled.await.unwrap();
     timeline.fault_to_s = secs(answered_at);
@@ -666,13 +659,27 @@ async fn drive_ring_deleted(service: &Service, clock: Instant) -> Timeline {
     say(&format!(
         "waiting for the service to converge on {TO} slots"
     ));
-    if service.wait_converged(TO, generation, CONVERGE_BOUND).await {
-        timeline.converged_s = Some(secs(clock.elapsed()));
+    if converged(service, generation, clock, &mut timeline).await {
         tokio::time::sleep(TAIL).await;
+    }
+    timeline
+}
+
+/// Waits for the service to converge on [`TO`] slots (at `generation`), within the bound;
+/// records when in `timeline`, or says it did not.
+async fn converged(
+    service: &Service,
+    generation: i64,
+    clock: Instant,
+    timeline: &mut Timeline,
+) -> bool {
+    let done = service.wait_converged(TO, generation, CONVERGE_BOUND).await;
+    if done {
+        timeline.converged_s = Some(secs(clock.elapsed()));
     } else {
         say("the service did not converge within the bound");
     }
-    timeline
+    done
 }
 
 fn round_s(x: f64) -> f64 {
