@@ -8,13 +8,18 @@
 //! watches only trigger reconciles; pods report progress by annotating themselves, so a
 //! report is a pod event and needs no polling.
 //!
-//! The one thing kept in memory between reconciles is the last ring seen or published per
-//! service ([`Context::remember_ring`]): if the ring `ConfigMap` is deleted, it is recreated
-//! from that copy rather than from a fresh table (which would move shards without handoff).
+//! Two things are kept in memory between reconciles, per service: the last ring seen or
+//! published ([`Context::remember_ring`]): if the ring `ConfigMap` is deleted, it is recreated
+//! from that copy rather than from a fresh table (which would move shards without handoff);
+//! and when this process first saw the ring's version and phase and each pod's readiness
+//! ([`Sightings`]), so that no step deadline runs out before its full duration has passed on
+//! this process's own clock, whatever the clocks that recorded the times it counts from. A
+//! fresh process (or one that takes over) restarts the deadlines of the states it had not
+//! seen from its first reconcile: a step may wait up to one more timeout, never less.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -32,7 +37,10 @@ use crate::crd::StatefulService;
 use crate::error::{Error, Result};
 use crate::executor::Executor;
 use crate::metrics::{ErrorLabels, Metrics, ResultLabels, ServiceLabels};
-use crate::plan::{self, LABEL_SERVICE, Observed, ObservedPod, PublishedRing, RememberedRing};
+use crate::plan::{
+    self, FirstSeen, LABEL_SERVICE, Observed, ObservedPod, PublishedRing, RememberedRing,
+};
+use crate::sightings::Sightings;
 
 /// Reconcile again after this long even if nothing changed (a safety net; a converged service
 /// costs reads only, no writes).
@@ -52,6 +60,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The last ring seen or published per service (by UID).
     rings: Mutex<HashMap<String, RememberedRing>>,
+    /// When this process first saw the states step deadlines count from, per service (by UID).
+    sightings: Mutex<HashMap<String, Sightings>>,
 }
 
 impl Context {
@@ -66,7 +76,43 @@ impl Context {
             client,
             metrics,
             rings: Mutex::new(HashMap::new()),
+            sightings: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The sightings, also after a panic while they were held (every update leaves them
+    /// usable; ignoring them would let deadlines count from recorded times alone).
+    fn sightings(&self) -> MutexGuard<'_, HashMap<String, Sightings>> {
+        self.sightings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records what a reconcile of the service with UID `uid` observed at `at` (the ring, the
+    /// pods; see [`Sightings::observe`]) and returns when this process first saw each of
+    /// those states, on its wall clock, `now` being `at`.
+    pub fn observe_states(
+        &self,
+        uid: &str,
+        ring: Option<&PublishedRing>,
+        pods: &[ObservedPod],
+        now: Timestamp,
+        at: Instant,
+    ) -> FirstSeen {
+        let mut sightings = self.sightings();
+        let service = sightings.entry(uid.to_owned()).or_default();
+        service.observe(ring, pods, at);
+        service.first_seen(now, at)
+    }
+
+    /// Records that this process published `ring` for the service with UID `uid` just now (its
+    /// step deadlines count from no earlier than this).
+    pub fn published_ring(&self, uid: &str, ring: &PublishedRing) {
+        let at = Instant::now();
+        self.sightings()
+            .entry(uid.to_owned())
+            .or_default()
+            .see_ring(ring, at);
     }
 
     /// Remembers `ring` as the last ring of the service with UID `uid` (read or written).
@@ -82,11 +128,12 @@ impl Context {
         self.rings.lock().ok()?.get(uid).cloned()
     }
 
-    /// Forgets the service with UID `uid` (deleted).
-    pub fn forget_ring(&self, uid: &str) {
+    /// Forgets the service with UID `uid` (deleted): its ring and its sightings.
+    pub fn forget_service(&self, uid: &str) {
         if let Ok(mut rings) = self.rings.lock() {
             rings.remove(uid);
         }
+        self.sightings().remove(uid);
     }
 }
 
@@ -100,7 +147,7 @@ async fn reconcile_service(svc: &StatefulService, ctx: &Context) -> Result<Actio
     let name = svc.name_any();
     if svc.metadata.deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove everything.
-        ctx.forget_ring(&uid);
+        ctx.forget_service(&uid);
         return Ok(Action::await_change());
     }
     let read = |kind: &'static str, object: String| {
@@ -147,6 +194,9 @@ async fn reconcile_service(svc: &StatefulService, ctx: &Context) -> Result<Actio
         }
         None => ctx.remembered_ring(&uid),
     };
+    // The states just read were seen no earlier than now, on both clocks.
+    let (now, at) = (Timestamp::now(), Instant::now());
+    let first_seen = ctx.observe_states(&uid, published.as_ref(), &observed, now, at);
     let actions = plan::plan(&Observed {
         namespace: &namespace,
         name: &name,
@@ -157,7 +207,8 @@ async fn reconcile_service(svc: &StatefulService, ctx: &Context) -> Result<Actio
         pods: &observed,
         ring: published.as_ref(),
         remembered: remembered.as_ref(),
-        now: Timestamp::now(),
+        first_seen: &first_seen,
+        now,
     })
     .map_err(|source| Error::Plan {
         namespace: namespace.clone(),

@@ -259,6 +259,7 @@ impl<'a> Executor<'a> {
             self.write_ring(&write, ring_resource_version).await?;
             if let Some(uid) = self.svc.metadata.uid.as_deref() {
                 self.ctx.remember_ring(uid, published);
+                self.ctx.published_ring(uid, published);
             }
             info!(
                 namespace = %self.namespace,

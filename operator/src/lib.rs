@@ -3,7 +3,9 @@
 //! - [`crd`]: the resource's types and generated `CustomResourceDefinition`.
 //! - [`plan`]: the pure planner, observed state → next actions (the state machine).
 //! - [`resources`]: the objects the operator owns, built from the service.
-//! - [`executor`] and [`controller`]: the thin layer that reads, plans and writes.
+//! - [`executor`] and [`controller`]: the thin layer that reads, plans and writes;
+//!   [`sightings`]: the controller's memory of when it first saw the states step deadlines
+//!   count from.
 //! - [`leader`]: leader election over a Lease; [`metrics`] and [`server`]: `/metrics`,
 //!   `/healthz`, `/readyz`.
 //!
@@ -19,6 +21,7 @@ pub mod metrics;
 pub mod plan;
 pub mod resources;
 pub mod server;
+pub mod sightings;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -9,7 +9,8 @@
 //!
 //! - every transition step is unit-tested without a cluster (see the tests of this module);
 //! - an operator restarted mid-transition, or running on a stale cache, plans the same next
-//!   step from the ring document and the pods alone;
+//!   step from the ring document and the pods alone (only later: its step deadlines count from
+//!   no earlier than when it first saw the state they count from, see [`FirstSeen`]);
 //! - pod names are derived, not random, so planning twice before a new pod shows up in the
 //!   cache creates it once.
 //!
@@ -57,6 +58,7 @@
 //! a slot over from a pod that is not Ready only once that pod is gone.
 
 mod engine;
+mod first_seen;
 mod naming;
 mod observe;
 mod status;
@@ -73,6 +75,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crd::{StatefulServiceSpec, StatefulServiceStatus, TransitionKind, TransitionRecord};
 
+pub use first_seen::{FirstSeen, PodSeen, Readiness, RingSeen};
 pub use naming::{
     ANNOTATION_RING_META, ANNOTATION_SHAPE, LABEL_MANAGED_BY, LABEL_NAME, LABEL_REVISION,
     LABEL_SERVICE, LABEL_SLOT, MANAGED_BY, handoff_secret, pod_account, pod_name, revision,
@@ -169,7 +172,8 @@ pub struct PublishedRing {
     /// The ring document's content.
     pub ring: Ring,
     /// The operator's bookkeeping; `None` if the annotation is missing or unreadable (then
-    /// every step deadline counts as passed, so nothing waits forever).
+    /// every step deadline counts from when this operator process first saw the ring, so
+    /// nothing waits forever).
     pub meta: Option<RingMeta>,
 }
 
@@ -217,6 +221,15 @@ pub struct Observed<'a> {
     /// The last ring this operator instance saw for the service (kept in memory), used only
     /// when the ring `ConfigMap` is missing.
     pub remembered: Option<&'a RememberedRing>,
+    /// When this operator process first saw the ring's version and phase and each pod's
+    /// readiness (on its own clock). Every step deadline starts at the later of the recorded
+    /// time (`published_at`, the `Ready` condition's change, the pod's creation) and this, so
+    /// that no deadline runs out before its full duration has passed on this process's clock
+    /// since it first saw the state — whatever the clocks of the processes that recorded the
+    /// times. A fresh process (first reconcile after a start or a takeover) therefore restarts
+    /// every deadline that is running from the moment it first sees the state: after a
+    /// failover a step may wait up to one more timeout, never less.
+    pub first_seen: &'a FirstSeen,
     /// The time of this decision.
     pub now: Timestamp,
 }

@@ -44,6 +44,9 @@ struct World {
     ring: Option<PublishedRing>,
     /// The operator's memory of the last ring (as the controller keeps it).
     remembered: Option<RememberedRing>,
+    /// When the operator process first saw each state (empty: deadlines count from the
+    /// recorded times, as for a process that saw everything as it happened).
+    first_seen: FirstSeen,
     status: Option<crate::crd::StatefulServiceStatus>,
     now: Timestamp,
     next_uid: u32,
@@ -61,6 +64,7 @@ impl World {
             pods: Vec::new(),
             ring: None,
             remembered: None,
+            first_seen: FirstSeen::default(),
             status: None,
             now: "2030-01-01T00:00:00Z".parse().unwrap(),
             next_uid: 0,
@@ -89,6 +93,7 @@ impl World {
             pods: &self.pods,
             ring: self.ring.as_ref(),
             remembered: self.remembered.as_ref(),
+            first_seen: &self.first_seen,
             now: self.now,
         }
     }
@@ -99,6 +104,42 @@ impl World {
 
     fn advance(&mut self, seconds: i64) {
         self.now += SignedDuration::from_secs(seconds);
+    }
+
+    /// The operator process first saw the current ring (version and phase) `seconds` ago on
+    /// its own clock.
+    fn ring_first_seen(&mut self, seconds: i64) {
+        let at = self.now - SignedDuration::from_secs(seconds);
+        let ring = self.ring();
+        self.first_seen.ring = Some(RingSeen {
+            version: ring.version(),
+            phase: ring.phase(),
+            at,
+        });
+    }
+
+    /// The operator process first saw pod `name` in its current readiness `seconds` ago on
+    /// its own clock (and the pod itself no later).
+    fn pod_first_seen(&mut self, name: &str, seconds: i64) {
+        let at = self.now - SignedDuration::from_secs(seconds);
+        let pod = self.pod_mut(name).clone();
+        self.first_seen.pods.insert(
+            pod.uid.clone(),
+            PodSeen {
+                pod: at,
+                readiness: Readiness::of(&pod),
+                readiness_at: at,
+            },
+        );
+    }
+
+    /// What a process that saw every state as it happened would plan now (the recorded times
+    /// alone), without applying it.
+    fn plan_from_recorded_times(&mut self) -> Actions {
+        let first_seen = std::mem::take(&mut self.first_seen);
+        let actions = self.plan();
+        self.first_seen = first_seen;
+        actions
     }
 
     fn ring(&self) -> &Ring {
@@ -1216,7 +1257,7 @@ fn a_predecessor_that_never_drains_is_deleted_past_the_drain_timeout() {
 }
 
 #[test]
-fn a_ring_without_bookkeeping_counts_every_deadline_as_passed() {
+fn a_ring_without_bookkeeping_nor_sighting_counts_every_deadline_as_passed() {
     let mut world = World::converged(2);
     world.spec.replicas = 3;
     world.step();
@@ -1228,6 +1269,197 @@ fn a_ring_without_bookkeeping_counts_every_deadline_as_passed() {
         switch.publish.as_ref().unwrap().ring.phase(),
         RingPhase::Switch
     );
+}
+
+// ----- deadlines on the operator's own clock ---------------------------------------------
+//
+// A standby whose clock runs ahead of the recorded times takes over: every deadline starts at
+// the later of the recorded time and the moment this process first saw the state.
+
+/// A scale-down 3 → 2 in its `Switch`, published at `world.now`, in which nobody reports:
+/// returns the leaving pod.
+fn silent_scale_down_switch(world: &mut World) -> String {
+    world.spec.replicas = 2;
+    world.step();
+    world.report(Reports::All);
+    world.step();
+    assert_eq!(world.ring().phase(), RingPhase::Switch);
+    world.slot_pod(2)
+}
+
+#[test]
+fn a_switch_published_long_ago_by_its_record_waits_drain_and_settle_from_its_first_sighting() {
+    let mut world = World::converged(3);
+    let leaving = silent_scale_down_switch(&mut world);
+    // Published 100 s ago by its record (a clock ahead of the publisher's), first seen by
+    // this process 5 s ago (it just took over).
+    world.advance(100);
+    world.ring_first_seen(5);
+    assert_eq!(
+        world.plan_from_recorded_times().delete.len(),
+        1,
+        "by the recorded time alone, timeouts.drain has passed"
+    );
+
+    let waiting = world.step();
+    assert!(waiting.is_idle(), "{waiting:?}");
+    assert!(!world.reasons().contains(&reasons::DRAIN_STALLED));
+    assert_eq!(world.status.as_ref().unwrap().phase, Phase::Switch);
+    let requeue = waiting.requeue_after.unwrap();
+    assert!(
+        requeue > Duration::from_secs(24) && requeue <= Duration::from_secs(26),
+        "{requeue:?}: at the drain deadline, 30 s after the first sighting"
+    );
+    world.advance(24);
+    assert!(world.step().is_idle(), "29 s after the first sighting");
+
+    world.advance(1);
+    let fence = world.step();
+    assert!(fence.publish.is_none());
+    assert_eq!(
+        fence
+            .delete
+            .iter()
+            .map(|d| (d.name.as_str(), d.reason))
+            .collect::<Vec<_>>(),
+        [(leaving.as_str(), fencing::DRAIN_STALLED)],
+        "timeouts.drain has passed on this process's clock"
+    );
+
+    // Fenced once gone, but nobody observed the Switch: timeouts.settle (60 s) also counts
+    // from the first sighting.
+    world.vanish(&leaving);
+    let waiting = world.step();
+    assert!(waiting.publish.is_none(), "{waiting:?}");
+    world.advance(29);
+    assert!(
+        world.step().publish.is_none(),
+        "59 s after the first sighting"
+    );
+    world.advance(1);
+    let settled = world.step();
+    assert_eq!(
+        settled.publish.as_ref().unwrap().ring.phase(),
+        RingPhase::Stable
+    );
+    assert!(
+        settled
+            .events
+            .iter()
+            .any(|e| e.reason == reasons::TIMEOUT && e.note.contains("settle"))
+    );
+}
+
+#[test]
+fn a_warm_ring_published_long_ago_by_its_record_waits_timeouts_warm_from_its_first_sighting() {
+    let mut world = World::converged(2);
+    world.spec.replicas = 3;
+    world.step();
+    world.ready_all();
+    world.step();
+    assert_eq!(world.ring().phase(), RingPhase::Warm);
+    world.report(Reports::ObservedOnly);
+    world.advance(100);
+    world.ring_first_seen(5);
+    assert!(world.plan_from_recorded_times().publish.is_some());
+    assert!(world.step().publish.is_none());
+    world.advance(24);
+    assert!(world.step().publish.is_none());
+    world.advance(1);
+    assert_eq!(
+        world.step().publish.as_ref().unwrap().ring.phase(),
+        RingPhase::Switch
+    );
+}
+
+#[test]
+fn a_pod_unready_long_ago_by_its_record_gets_its_full_grace_from_its_first_sighting() {
+    let mut world = World::converged(3);
+    let failed = world.slot_pod(1);
+    world.set_ready(&failed, false);
+    // Not Ready for 100 s by its condition's time, first seen so by this process 2 s ago.
+    world.advance(100);
+    world.pod_first_seen(&failed, 2);
+    let hasty = world.plan_from_recorded_times();
+    assert!(
+        hasty.publish.is_some() && !hasty.create.is_empty(),
+        "by the recorded time alone, unreadyGrace has passed"
+    );
+
+    let within = world.step();
+    assert!(within.is_idle(), "Reroute does not fire: {within:?}");
+    assert!(!world.reasons().contains(&reasons::REROUTED));
+    let requeue = within.requeue_after.unwrap();
+    assert!(
+        requeue > Duration::from_secs(7) && requeue <= Duration::from_secs(9),
+        "{requeue:?}: at the end of the grace, 10 s after the first sighting"
+    );
+    world.advance(7);
+    assert!(world.step().is_idle(), "9 s after the first sighting");
+
+    world.advance(1);
+    let reroute = world.step();
+    assert_eq!(
+        reroute.publish.as_ref().unwrap().ring.phase(),
+        RingPhase::Switch
+    );
+    assert!(reroute.events.iter().any(|e| e.reason == reasons::REROUTED));
+    assert_eq!(reroute.create.len(), 1, "a replacement starts");
+}
+
+#[test]
+fn a_sighting_of_another_state_does_not_delay_a_deadline() {
+    // The pod was seen Ready 2 s ago, but it is not Ready now (a state not seen before, as
+    // the controller would have recorded anew): its grace counts from its condition.
+    let mut world = World::converged(3);
+    let failed = world.slot_pod(1);
+    world.pod_first_seen(&failed, 0);
+    world.set_ready(&failed, false);
+    world.advance(10);
+    assert!(world.step().publish.is_some(), "rerouted at the grace");
+
+    // A (late) sighting of the Warm ring does not delay the Switch that followed it.
+    let mut world = World::converged(3);
+    silent_scale_down_switch(&mut world);
+    world.first_seen.ring = Some(RingSeen {
+        version: world.ring().version() - 1,
+        phase: RingPhase::Warm,
+        at: world.now + SignedDuration::from_secs(20),
+    });
+    world.advance(30);
+    assert_eq!(world.step().delete.len(), 1, "timeouts.drain passed");
+}
+
+#[test]
+fn a_recorded_time_later_than_the_first_sighting_is_kept() {
+    // This process's clock is behind the publisher's: it saw the Switch "100 s before" its
+    // recorded publish. The later of the two, the recorded time, rules.
+    let mut world = World::converged(3);
+    let leaving = silent_scale_down_switch(&mut world);
+    world.ring_first_seen(100);
+    world.advance(29);
+    assert!(world.step().is_idle());
+    world.advance(1);
+    assert_eq!(
+        world
+            .step()
+            .delete
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>(),
+        [leaving.as_str()]
+    );
+
+    // Same for a pod's readiness.
+    let mut world = World::converged(3);
+    let failed = world.slot_pod(1);
+    world.set_ready(&failed, false);
+    world.pod_first_seen(&failed, 100);
+    world.advance(9);
+    assert!(world.step().is_idle(), "within the grace by the record");
+    world.advance(1);
+    let reroute = world.step();
+    assert!(reroute.events.iter().any(|e| e.reason == reasons::REROUTED));
 }
 
 // ----- rollouts -----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ use locus::ring::{
     self, Assignment, Phase, Ring, RingError, RingParts, ShardCount, SlotState, Transition,
 };
 
+use super::first_seen::deadline_start;
 use super::status::{self, StatusFacts};
 use super::{
     Actions, MAX_SURGE, Observed, ObservedPod, PlannedEvent, PodDeletion, PodPlan, PublishedRing,
@@ -356,8 +357,7 @@ impl<'a> Planner<'a> {
                 // Not Ready: a replacement after the grace period (at once for a slot already
                 // marked unavailable). The pod itself is kept while the grace runs.
                 Some(pod) if pod.live() && !(member && entry.state == SlotState::Unavailable) => {
-                    let since = pod.ready_changed_at.unwrap_or(pod.created_at);
-                    let deadline = plus(since, self.grace);
+                    let deadline = plus(self.unready_since(pod), self.grace);
                     if now < deadline {
                         self.deadlines.push(deadline);
                         self.keep.insert(pod.name.clone());
@@ -387,17 +387,51 @@ impl<'a> Planner<'a> {
 
     /// When a slot's pod stopped serving: the `Ready` condition's change for a live pod, the
     /// first replacement's creation for a pod that is gone, finished or being deleted (the
-    /// replacement is created as soon as that is seen), else now.
+    /// replacement is created as soon as that is seen), else now. Each no earlier than when
+    /// this process first saw it (see [`Self::unready_since`], [`Self::created_since`]).
     fn down_since(&self, slot: u16, pod: Option<&ObservedPod>) -> Timestamp {
         match pod {
-            Some(p) if p.live() => p.ready_changed_at.unwrap_or(p.created_at),
+            Some(p) if p.live() => self.unready_since(p),
             _ => self
                 .pods_of(slot)
                 .filter(|p| p.revision == self.revision && p.live())
-                .map(|p| p.created_at)
+                .map(|p| self.created_since(p))
                 .min()
                 .unwrap_or(self.obs.now),
         }
+    }
+
+    // ----- deadline starts --------------------------------------------------------------
+    //
+    // Every step deadline starts at the later of the time recorded by another process (on
+    // its clock) and the time this process first saw the state (on its own clock), so that
+    // none runs out before its full duration has passed on this process's clock: see
+    // `Observed::first_seen`.
+
+    /// Start of the deadlines of the step `published` is in (`timeouts.warm`, `settle`,
+    /// `drain`): its `published_at`, or when this process first saw that version and phase
+    /// if later.
+    fn step_start(&self, published: &PublishedRing) -> Timestamp {
+        deadline_start(
+            Self::published_at(published),
+            self.obs.first_seen.ring_at(&published.ring),
+        )
+    }
+
+    /// Start of the unready grace of `pod`, which is not Ready: its `Ready` condition's change
+    /// (its creation if it has none), or when this process first saw it in that readiness if
+    /// later.
+    fn unready_since(&self, pod: &ObservedPod) -> Timestamp {
+        deadline_start(
+            pod.ready_changed_at.unwrap_or(pod.created_at),
+            self.obs.first_seen.readiness_at(pod),
+        )
+    }
+
+    /// Start of a deadline that counts from the creation of `pod`: its creation, or when this
+    /// process first saw it if later.
+    fn created_since(&self, pod: &ObservedPod) -> Timestamp {
+        deadline_start(pod.created_at, self.obs.first_seen.pod_at(pod))
     }
 
     // ----- building rings ---------------------------------------------------------------

@@ -35,9 +35,7 @@ impl<'a> Planner<'a> {
             .iter()
             .filter(|p| {
                 self.find(p).is_none_or(|o| {
-                    !o.live()
-                        || (!o.ready
-                            && now >= plus(o.ready_changed_at.unwrap_or(o.created_at), self.grace))
+                    !o.live() || (!o.ready && now >= plus(self.unready_since(o), self.grace))
                 })
             })
             .map(|p| p.name.as_str())
@@ -72,7 +70,7 @@ impl<'a> Planner<'a> {
             })
             .map(|p| p.name.as_str())
             .collect();
-        let deadline = plus(Self::published_at(published), self.warm);
+        let deadline = plus(self.step_start(published), self.warm);
         let timed_out = !waiting.is_empty();
         if timed_out && self.obs.now < deadline {
             self.deadlines.push(deadline);
@@ -206,7 +204,7 @@ impl<'a> Planner<'a> {
             .collect();
         let unfenced = self.unfenced_losers(ring, previous);
         self.switch_observed = Some(not_observed.is_empty());
-        let start = Self::published_at(published);
+        let start = self.step_start(published);
         let settle_deadline = plus(start, self.settle);
         let drain_deadline = plus(start, self.drain);
         let now = self.obs.now;

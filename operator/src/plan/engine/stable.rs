@@ -32,7 +32,7 @@ impl<'a> Planner<'a> {
         let prefix: Vec<&ObservedPod> = if all_ready {
             chosen.iter().flatten().copied().collect()
         } else {
-            let Some(oldest) = chosen.iter().flatten().map(|p| p.created_at).min() else {
+            let Some(oldest) = chosen.iter().flatten().map(|p| self.created_since(p)).min() else {
                 return Ok(Decision::none());
             };
             let deadline = plus(oldest, self.warm);
