@@ -59,7 +59,7 @@
 //! names the file system it found.
 
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -76,6 +76,7 @@ use locus::RingWatch;
 use locus_e2e::cluster::{Cluster, ClusterError, TestNamespace, random_suffix, workspace_bin_dir};
 use locus_e2e::demo;
 use locus_e2e::logs::{container_log, strip_ansi};
+use locus_e2e::postgres::{PostgresError, PrivatePostgres, pg_script};
 use locus_examples::loadgen::{
     LoadConfig, LoadGenerator, Stop, Summary, Target, Verification, random_prefix,
 };
@@ -154,6 +155,12 @@ enum ReportError {
     Setup(String),
 }
 
+impl From<PostgresError> for ReportError {
+    fn from(error: PostgresError) -> Self {
+        Self::Postgres(error.to_string())
+    }
+}
+
 fn api(action: impl Into<String>) -> impl FnOnce(kube::Error) -> ReportError {
     let action = action.into();
     move |source| ReportError::Api { action, source }
@@ -185,10 +192,7 @@ impl Default for Settings {
             load_concurrency: 64,
             read_concurrency: 64,
             pg_pool: 8,
-            pg_script: PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../examples/tests/pg.sh"
-            )),
+            pg_script: pg_script(),
         }
     }
 }
@@ -490,208 +494,6 @@ fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// The private PostgreSQL: started by `pg.sh`, restarted to listen on the bridge address.
-struct Postgres {
-    script: PathBuf,
-    dir: PathBuf,
-    bin: PathBuf,
-    listen: Ipv4Addr,
-    port: u16,
-    version: String,
-}
-
-/// The directory of PostgreSQL's server binaries (as `pg.sh` finds it: the newest
-/// `/usr/lib/postgresql/<version>/bin`, else `initdb` on `PATH`).
-fn pg_bin_dir() -> Option<PathBuf> {
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let version = entry.file_name().to_string_lossy().parse().ok()?;
-            let bin = entry.path().join("bin");
-            bin.join("initdb").is_file().then_some((version, bin))
-        })
-        .collect();
-    found.sort();
-    if let Some((_, bin)) = found.pop() {
-        return Some(bin);
-    }
-    std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).find(|dir| dir.join("initdb").is_file()))
-}
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// A command run as the `postgres` user when we are root (the server refuses root).
-fn as_postgres(program: &Path) -> Command {
-    if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(program);
-        c
-    } else {
-        Command::new(program)
-    }
-}
-
-fn output_text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-    .trim()
-    .to_owned()
-}
-
-impl Postgres {
-    /// Starts it with `script` in `dir`, then restarts it listening on `listen` (a free port)
-    /// and its unix socket only, with TCP clients allowed from `pod_cidr` only.
-    fn start(
-        script: &Path,
-        dir: PathBuf,
-        listen: Ipv4Addr,
-        pod_cidr: &str,
-    ) -> Result<Self, ReportError> {
-        let out = Command::new("bash")
-            .arg(script)
-            .arg("start")
-            .arg(&dir)
-            .output()
-            .map_err(io(format!("run {}", script.display())))?;
-        if !out.status.success() {
-            return Err(ReportError::Postgres(format!(
-                "{} start failed: {}",
-                script.display(),
-                output_text(&out)
-            )));
-        }
-        let bin = pg_bin_dir()
-            .ok_or_else(|| ReportError::Postgres("no PostgreSQL binaries (initdb) found".into()))?;
-        let port = TcpListener::bind((listen, 0))
-            .and_then(|l| l.local_addr())
-            .map_err(io(format!("find a free port on {listen}")))?
-            .port();
-        // From here on, dropping `pg` stops the server.
-        let mut pg = Self {
-            script: script.to_owned(),
-            dir,
-            bin,
-            listen,
-            port,
-            version: String::new(),
-        };
-        let hba = pg.dir.join("data/pg_hba.conf");
-        let mut rules =
-            std::fs::read_to_string(&hba).map_err(io(format!("read {}", hba.display())))?;
-        let _ = writeln!(
-            rules,
-            "# locus-restart-report: the benchmark's pods\nhost all all {pod_cidr} trust"
-        );
-        std::fs::write(&hba, rules).map_err(io(format!("write {}", hba.display())))?;
-        let options = format!(
-            "-c listen_addresses='{listen}' -c port={port} -c unix_socket_directories='{}' \
-             -c fsync=off -c max_connections=200",
-            pg.dir.display()
-        );
-        let out = as_postgres(&pg.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(pg.dir.join("data"))
-            .arg("-l")
-            .arg(pg.dir.join("server.log"))
-            .args(["-w", "-t", "30", "-o", &options, "restart"])
-            .output()
-            .map_err(io("run pg_ctl restart"))?;
-        if !out.status.success() {
-            return Err(ReportError::Postgres(format!(
-                "pg_ctl restart failed: {}\n{}",
-                output_text(&out),
-                tail(&pg.dir.join("server.log"), 10)
-            )));
-        }
-        pg.version = pg.query("SHOW server_version")?;
-        let listening = pg.query("SHOW listen_addresses")?;
-        if listening != listen.to_string() {
-            return Err(ReportError::Postgres(format!(
-                "listens on {listening:?}, expected {listen} only"
-            )));
-        }
-        Ok(pg)
-    }
-
-    /// The connection string the pods use.
-    fn url_for_pods(&self) -> String {
-        format!(
-            "host={} port={} user=postgres dbname=postgres",
-            self.listen, self.port
-        )
-    }
-
-    /// Runs one query over the unix socket; returns its unaligned, tuples-only output.
-    fn query(&self, sql: &str) -> Result<String, ReportError> {
-        let psql = if self.bin.join("psql").is_file() {
-            self.bin.join("psql")
-        } else {
-            PathBuf::from("psql")
-        };
-        let out = Command::new(&psql)
-            .arg("-h")
-            .arg(&self.dir)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-            ])
-            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .output()
-            .map_err(io(format!("run {}", psql.display())))?;
-        if !out.status.success() {
-            return Err(ReportError::Postgres(format!(
-                "{sql}: {}",
-                output_text(&out)
-            )));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    }
-
-    /// Rows of sessions `<prefix>-*` and the bytes of their states.
-    fn sessions(&self, prefix: &str) -> Result<(u64, u64), ReportError> {
-        // The prefix is letters, digits and '-' (the load generator checks it).
-        let key = format!("{prefix}-");
-        let sql = format!(
-            "SELECT count(*), coalesce(sum(octet_length(state)), 0) FROM locus_sessions \
-             WHERE substring(key from 1 for {}) = convert_to('{key}', 'UTF8')",
-            key.len()
-        );
-        let text = self.query(&sql)?;
-        let parse = |s: Option<&str>| s.and_then(|v| v.trim().parse::<u64>().ok());
-        let mut fields = text.split('|');
-        match (parse(fields.next()), parse(fields.next())) {
-            (Some(rows), Some(bytes)) => Ok((rows, bytes)),
-            _ => Err(ReportError::Postgres(format!(
-                "unexpected answer {text:?} to {sql}"
-            ))),
-        }
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(&self.script)
-            .arg("stop")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1384,7 +1186,7 @@ fn check_process(pid: i32, namespace: &str, name: &str) -> Result<(), ReportErro
 struct Setup {
     operator: Operator,
     _namespace: TestNamespace,
-    pg: Postgres,
+    pg: PrivatePostgres,
     /// Removed last: it holds the operator's log and PostgreSQL's data.
     _work: WorkDir,
     service: Service,
@@ -1423,11 +1225,8 @@ async fn setup(settings: &Settings) -> Result<Setup, ReportError> {
         "PostgreSQL: {} start, then listening on {gateway} (the bridge) for {pod_cidr} only",
         settings.pg_script.display()
     ));
-    let pg = Postgres::start(&settings.pg_script, work.0.join("pg"), gateway, &pod_cidr)?;
-    progress(&format!(
-        "PostgreSQL {} on {gateway}:{}",
-        pg.version, pg.port
-    ));
+    let pg = PrivatePostgres::start(&settings.pg_script, work.0.join("pg"), gateway, &pod_cidr)?;
+    progress(&format!("PostgreSQL {} on {}", pg.version(), pg.addr()));
     let service = Service {
         namespace: ns.clone(),
         services: Api::namespaced_with(client.clone(), &ns, &demo::resource()),
@@ -1585,7 +1384,9 @@ fn settings_fields(
         "idle_timeout=1h shards=4096 readiness_period_s=1".to_owned(),
         format!(
             "postgres={} fsync=off listen={}:{}",
-            setup.pg.version, setup.gateway, setup.pg.port
+            setup.pg.version(),
+            setup.gateway,
+            setup.pg.addr().port()
         ),
         format!(
             "snapshot_volume_fs={}",
