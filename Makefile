@@ -39,8 +39,10 @@ demo: cluster-tools
 	$(CARGO) build --workspace --bins
 	@bash e2e/demo.sh
 
-## chaos: the fault-injection scenarios on the local cluster (partition, pause, API server cut)
+## chaos: the fault-injection scenarios on the local cluster (docs/safety.md lists them)
 chaos: cluster-tools
+	@ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || { echo "[chaos] installing libfaketime (the standby-skew scenario)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfaketime; }
 	$(CARGO) build -p locus-operator -p locus-examples -p locus-e2e --bins
 	$(CARGO) test -p locus-e2e --test chaos -- --include-ignored --nocapture --test-threads=1
 

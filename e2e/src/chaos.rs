@@ -588,6 +588,30 @@ impl Paused {
         tracing::info!(pod = %self.pod, paused = ?self.since.elapsed(), "pod resumed");
         Ok(())
     }
+
+    /// Kills (SIGKILL) the stopped processes without continuing them first: the pod dies
+    /// as on a node failure, with no chance to run its shutdown (release a Lease, hand
+    /// anything over). Returns how many were killed (a process gone meanwhile is not).
+    pub fn kill(mut self) -> Result<usize, ChaosError> {
+        self.active = false;
+        let mut killed = 0;
+        for &pid in &self.pids {
+            match kill(Pid::from_raw(pid), Signal::SIGKILL) {
+                Ok(()) => killed += 1,
+                Err(nix::Error::ESRCH) => {}
+                Err(source) => {
+                    return Err(ChaosError::Signal {
+                        pod: self.pod.to_string(),
+                        pid,
+                        signal: "SIGKILL".into(),
+                        source,
+                    });
+                }
+            }
+        }
+        tracing::info!(pod = %self.pod, killed, "paused pod killed (SIGKILL)");
+        Ok(killed)
+    }
 }
 
 impl Drop for Paused {

@@ -21,6 +21,8 @@
 //! | `cut_from_the_api_server_across_a_scale_up` | `apiserver-cut` | cut off from the API server only, injected just before the scale |
 //! | `stalled_append_across_a_scale_up` | `stall` | none: one append to a session moving off it, sent straight to it with a 90 s stall (`x-sample-stall-ms`) as soon as the Warm ring is published |
 //! | `ring_deleted_mid_switch` | `ring-deleted` | none: the ring `ConfigMap` deleted as soon as a ring in its Switch is published |
+//! | `leader_operator_paused_during_warm` | `leader-pause` | none on the sample: the leading operator of two stopped (SIGSTOP) as soon as the Warm is published, continued once the other took the Lease over and published a ring of its own (at most 25 s) |
+//! | `leader_killed_mid_switch_with_the_standby_clock_ahead` | `standby-skew` | none on the sample: the chart's one operator killed (SIGKILL, its `Deployment` at 0) as soon as the Switch is published; the standby, a host process under libfaketime, runs 60 s ahead |
 //!
 //! Each fault holds through Warm and Switch: until the operator published the Switch, then
 //! 40 s more — past the SDK's `handoff_deadline` (30 s from the moment a gaining pod sees
@@ -54,6 +56,13 @@
 //! `ring-deleted` requires that the operator publishes a ring again, at a higher version
 //! than the one deleted.
 //!
+//! Every scenario also audits the ring `ConfigMap` through a watch: each write is checked
+//! (ring versions never go back; no version is published twice with different documents, as
+//! a deposed leader writing from a stale read would). The two operator scenarios check that
+//! the Lease changed hands, that the resumed leader said it stood down (`lost leadership` in
+//! its log), and for the skew that the standby's clock really ran ahead (the timestamp of
+//! its first log line against the host's clock).
+//!
 //! On an external cluster (kind) the scenarios say they are skipped and pass. Build first:
 //! `cargo build -p locus-operator -p locus-examples -p locus-e2e --bins`.
 
@@ -68,6 +77,7 @@ mod demo_support;
 use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
 
+use chaos_support::operator::{self, HostOperator, RingAudit};
 use chaos_support::*;
 use demo_support::*;
 use locus_e2e::chaos::{self, ChaosPod, NetFault, Paused};
@@ -116,6 +126,13 @@ enum Fault {
     Stall,
     /// The ring's `ConfigMap` deleted as soon as the Switch is published (no fault on a pod).
     RingDeleted,
+    /// The leading operator (of the chart's two) stopped with SIGSTOP as soon as the Warm
+    /// is published, continued once the other one took the Lease over and carried the
+    /// transition on.
+    LeaderPause,
+    /// The leading operator (the chart's one) killed as soon as the Switch is published;
+    /// the standby that takes over runs on the host with its clock 60 s ahead.
+    StandbySkew,
 }
 
 impl Fault {
@@ -126,6 +143,12 @@ impl Fault {
             Self::ApiServerCut => "cut from the API server only (iptables in the pod's netns)",
             Self::Stall => "one append to a moving session stalled 90 s after admission",
             Self::RingDeleted => "the ring ConfigMap deleted as soon as the Switch is published",
+            Self::LeaderPause => {
+                "SIGSTOP of the leading operator as soon as the Warm is published, SIGCONT once the standby took over"
+            }
+            Self::StandbySkew => {
+                "the leading operator killed (SIGKILL) as soon as the Switch is published; the standby's clock is 60 s ahead"
+            }
         }
     }
 }
@@ -165,6 +188,10 @@ struct Plan {
     /// pod waits for its timeout, so a pause needs more workers and a shorter timeout to
     /// keep load on the other pods.
     load: Option<(usize, Duration)>,
+    /// Operator replicas of the chart (the demo harness installs one).
+    operators: u8,
+    /// Run a standby operator on the host with its clock this far ahead (libfaketime).
+    skewed_standby: Option<Duration>,
 }
 
 /// Probes the paths a network fault cuts or keeps: peer → victim, victim → API server,
@@ -206,11 +233,14 @@ async fn drive(
     service: &Service,
     victim: &ChaosPod,
     peer: &ChaosPod,
+    operators: &Operators,
     clock: Instant,
 ) -> Timeline {
     match plan.fault {
         Fault::Stall => Box::pin(drive_stall(service, victim, clock)).await,
         Fault::RingDeleted => Box::pin(drive_ring_deleted(service, clock)).await,
+        Fault::LeaderPause => Box::pin(drive_leader_pause(service, operators, clock)).await,
+        Fault::StandbySkew => Box::pin(drive_standby_skew(service, operators, clock)).await,
         Fault::Partition | Fault::ApiServerCut | Fault::Pause => {
             Box::pin(drive_pod_fault(plan, service, victim, peer, clock)).await
         }
@@ -270,7 +300,11 @@ async fn drive_pod_fault(
             timeline.scale_applied_s = secs(clock.elapsed());
             (Held::Net(held), service.scale(TO).await.unwrap())
         }
-        Fault::Pause | Fault::Stall | Fault::RingDeleted => {
+        Fault::Pause
+        | Fault::Stall
+        | Fault::RingDeleted
+        | Fault::LeaderPause
+        | Fault::StandbySkew => {
             say(&format!(
                 "scaling {FROM} → {TO}; then {} on {victim}",
                 plan.fault.describe()
@@ -665,6 +699,291 @@ async fn drive_ring_deleted(service: &Service, clock: Instant) -> Timeline {
     timeline
 }
 
+/// The operators of a scenario: the chart's pods (their logs are read from the node
+/// agent's run directory) and, for [`Fault::StandbySkew`], the standby on the host.
+struct Operators {
+    node_run_dir: Option<std::path::PathBuf>,
+    standby: Option<HostOperator>,
+}
+
+/// Longest wait for another operator to take the Lease over (15 s without renewal, plus
+/// the standby's retry period and a loaded machine).
+const TAKEOVER_BOUND: Duration = Duration::from_secs(60);
+/// Longest pause of the leading operator: the chart's liveness probe (every 10 s, three
+/// failures) would have the node agent restart the stopped container at about 30 s, and
+/// the scenario is about a leader that comes back, not one that restarts.
+const LEADER_PAUSE_BOUND: Duration = Duration::from_secs(25);
+/// How long the resumed leader is watched before its log is read.
+const AFTER_RESUME: Duration = Duration::from_secs(5);
+/// Log lines of an operator that stopped leading (`operator/src/lib.rs`, `leader.rs`).
+const STOOD_DOWN: &str = "lost leadership";
+
+/// The operator pod holding the Lease now, resolved for fault injection.
+async fn leading_operator(service: &Service, timeline: &mut Timeline) -> Option<ChaosPod> {
+    let Some(leader) = operator::lease_holder(&service.client, service.namespace()).await else {
+        timeline
+            .failures
+            .push(format!("no operator holds the Lease {}", operator::LEASE));
+        return None;
+    };
+    Some(service.chaos_pod(&leader).await)
+}
+
+/// Waits (bounded) for a ring newer than `after`.
+async fn next_ring(service: &Service, after: u64, timeout: Duration) -> Option<locus::ring::Ring> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(ring)) = service.ring().await
+            && ring.version() > after
+        {
+            return Some(ring);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The leader-pause scenario: two operators (the chart's replicas); the scale is applied,
+/// and as soon as the leader publishes the Warm it is stopped (SIGSTOP). The other takes
+/// the Lease over and carries the transition on; once it published a ring of its own (or
+/// [`LEADER_PAUSE_BOUND`] passed) the old leader is continued. It must stand down without
+/// writing (the ring audit sees every write: no version reused with another document, none
+/// going back), and the service converge.
+async fn drive_leader_pause(service: &Service, operators: &Operators, clock: Instant) -> Timeline {
+    let mut timeline = Timeline::default();
+    let Some(leader) = leading_operator(service, &mut timeline).await else {
+        return timeline;
+    };
+    timeline.victim = Some(format!("{leader} (the leading operator of 2)"));
+    let before = service.ring().await.unwrap().unwrap().version();
+    say(&format!(
+        "scaling {FROM} → {TO}; the leading operator is {leader}"
+    ));
+    timeline.scale_applied_s = secs(clock.elapsed());
+    let generation = service.scale(TO).await.unwrap();
+    let Some(warm) = next_ring(service, before, MAX_HOLD).await else {
+        timeline
+            .failures
+            .push(format!("no new ring within {MAX_HOLD:?} of the scale"));
+        return timeline;
+    };
+    let pod = leader.clone();
+    let paused = blocking(move || chaos::pause(&pod)).await.unwrap();
+    let paused_at = Instant::now();
+    timeline.fault_from_s = secs(clock.elapsed());
+    let note = format!(
+        "paused {leader} (processes {:?}) at t={:.1}s, ring v{} ({}) published",
+        paused.pids(),
+        timeline.fault_from_s,
+        warm.version(),
+        warm.phase().as_str()
+    );
+    say(&note);
+    timeline.notes.push(note);
+    let took = operator::wait_holder(&service.client, service.namespace(), TAKEOVER_BOUND, |h| {
+        h != leader.name
+    })
+    .await;
+    match &took {
+        Some(holder) => {
+            let after = paused_at.elapsed().as_secs_f64();
+            let note = format!("{holder} took the Lease over {after:.1} s after the pause");
+            say(&note);
+            timeline.notes.push(note);
+            timeline
+                .figures
+                .insert("takeover_s".to_owned(), serde_json::json!(round_s(after)));
+        }
+        None => timeline.failures.push(format!(
+            "no other operator took the Lease within {TAKEOVER_BOUND:?} of the pause"
+        )),
+    }
+    let left = LEADER_PAUSE_BOUND.saturating_sub(paused_at.elapsed());
+    let carried_on = next_ring(service, warm.version(), left).await;
+    let note = match &carried_on {
+        Some(ring) => format!(
+            "the new leader published v{} ({}) {:.1} s after the pause",
+            ring.version(),
+            ring.phase().as_str(),
+            paused_at.elapsed().as_secs_f64()
+        ),
+        None => format!(
+            "no ring past v{} while the leader was paused",
+            warm.version()
+        ),
+    };
+    say(&note);
+    timeline.notes.push(note);
+    blocking(move || paused.resume()).await.unwrap();
+    timeline.fault_to_s = secs(clock.elapsed());
+    say(&format!("continued {leader}"));
+    tokio::time::sleep(AFTER_RESUME).await;
+    check_stood_down(service, operators, &leader, took.is_some(), &mut timeline).await;
+    if converged(service, generation, clock, &mut timeline).await {
+        tokio::time::sleep(TAIL).await;
+    }
+    timeline
+}
+
+/// After the resume: the old leader must not hold the Lease while another took it over, and
+/// its own log must say it stood down.
+async fn check_stood_down(
+    service: &Service,
+    operators: &Operators,
+    leader: &ChaosPod,
+    took_over: bool,
+    timeline: &mut Timeline,
+) {
+    let holder = operator::lease_holder(&service.client, service.namespace()).await;
+    let log = operators.node_run_dir.as_deref().map(|dir| {
+        let path = logs::container_log(
+            dir,
+            &leader.namespace,
+            &leader.name,
+            &leader.uid,
+            operator::OPERATOR_CONTAINER,
+        );
+        logs::strip_ansi(&std::fs::read_to_string(path).unwrap_or_default())
+    });
+    let stood_down = log.as_deref().map(|l| l.contains(STOOD_DOWN));
+    let note = format!(
+        "{AFTER_RESUME:?} after the resume: the Lease is held by {holder:?}; the old leader's log says {STOOD_DOWN:?}: {stood_down:?}"
+    );
+    say(&note);
+    timeline.notes.push(note);
+    if took_over && holder.as_deref() != Some(leader.name.as_str()) && stood_down == Some(false) {
+        timeline.failures.push(format!(
+            "the resumed leader {leader} did not stand down while {holder:?} holds the Lease"
+        ));
+    }
+    timeline.figures.insert(
+        "old_leader_stood_down".to_owned(),
+        serde_json::json!(stood_down),
+    );
+}
+
+/// How far ahead the standby's clock runs in the skew scenario.
+const SKEW: Duration = Duration::from_secs(60);
+
+/// The standby-skew scenario: the chart's one operator leads; a standby runs on the host
+/// with its clock [`SKEW`] ahead (libfaketime). The scale is applied; as soon as the Switch
+/// is published the leader is killed the way a node dies (stopped, its `Deployment` taken
+/// to 0 replicas so that no replacement under the same identity renews the Lease, then
+/// SIGKILL). The standby takes over and must finish the transition without losing anything:
+/// its deadlines count from its own first sight of each step, not from timestamps written by
+/// the dead leader's clock.
+async fn drive_standby_skew(service: &Service, operators: &Operators, clock: Instant) -> Timeline {
+    let mut timeline = Timeline::default();
+    let Some(standby) = &operators.standby else {
+        timeline
+            .failures
+            .push("no standby operator on the host".to_owned());
+        return timeline;
+    };
+    let ahead = standby.clock_ahead_s();
+    timeline.figures.insert(
+        "standby_clock_ahead_s".to_owned(),
+        serde_json::json!(ahead.map(round_s)),
+    );
+    if ahead.is_none_or(|a| a < SKEW.as_secs_f64() - 10.0) {
+        timeline.failures.push(format!(
+            "the standby's clock is not {SKEW:?} ahead (measured {ahead:?} s from its log): libfaketime not in effect"
+        ));
+        return timeline;
+    }
+    let Some(leader) = leading_operator(service, &mut timeline).await else {
+        return timeline;
+    };
+    if leader.name == standby.identity {
+        timeline
+            .failures
+            .push("the skewed standby leads from the start".to_owned());
+        return timeline;
+    }
+    timeline.victim = Some(format!(
+        "{leader} (the leading operator; standby {} on the host, clock {:.0} s ahead)",
+        standby.identity,
+        ahead.unwrap_or_default()
+    ));
+    let before = service.ring().await.unwrap().unwrap().version();
+    say(&format!(
+        "scaling {FROM} → {TO}; the leading operator is {leader}"
+    ));
+    timeline.scale_applied_s = secs(clock.elapsed());
+    let generation = service.scale(TO).await.unwrap();
+    if !service.wait_switch(before, MAX_HOLD).await {
+        timeline
+            .failures
+            .push(format!("no Switch within {MAX_HOLD:?} of the scale"));
+        return timeline;
+    }
+    let at_switch = service.ring().await.unwrap().unwrap();
+    let pod = leader.clone();
+    let paused = blocking(move || chaos::pause(&pod)).await.unwrap();
+    let scaled = operator::scale_operator_deployment(&service.client, service.namespace(), 0)
+        .await
+        .unwrap();
+    let killed = blocking(move || paused.kill()).await.unwrap();
+    let killed_at = Instant::now();
+    timeline.fault_from_s = secs(clock.elapsed());
+    let note = format!(
+        "killed {leader} ({killed} processes; Deployment {scaled:?} at 0 replicas) at t={:.1}s, ring v{} ({})",
+        timeline.fault_from_s,
+        at_switch.version(),
+        at_switch.phase().as_str()
+    );
+    say(&note);
+    timeline.notes.push(note);
+    standby_takes_over(service, standby, killed_at, clock, &mut timeline).await;
+    if converged(service, generation, clock, &mut timeline).await {
+        timeline.figures.insert(
+            "converged_after_takeover_s".to_owned(),
+            serde_json::json!(round_s(killed_at.elapsed().as_secs_f64())),
+        );
+        tokio::time::sleep(TAIL).await;
+    }
+    let leading = standby
+        .log_text()
+        .contains("leading: starting the controller");
+    if !leading {
+        timeline
+            .failures
+            .push("the standby's log never says it leads".to_owned());
+    }
+    timeline
+}
+
+/// Waits for the standby to hold the Lease; records how long that took after the kill.
+async fn standby_takes_over(
+    service: &Service,
+    standby: &operator::HostOperator,
+    killed_at: Instant,
+    clock: Instant,
+    timeline: &mut Timeline,
+) {
+    let identity = standby.identity.clone();
+    let took = operator::wait_holder(&service.client, service.namespace(), TAKEOVER_BOUND, |h| {
+        h == identity
+    })
+    .await;
+    timeline.fault_to_s = secs(clock.elapsed());
+    if took.is_some() {
+        let after = killed_at.elapsed().as_secs_f64();
+        let note = format!("the standby took the Lease over {after:.1} s after the kill");
+        say(&note);
+        timeline.notes.push(note);
+        timeline
+            .figures
+            .insert("takeover_s".to_owned(), serde_json::json!(round_s(after)));
+    } else {
+        timeline.failures.push(format!(
+            "the standby did not take the Lease within {TAKEOVER_BOUND:?} of the kill"
+        ));
+    }
+}
+
 /// Waits for the service to converge on [`TO`] slots (at `generation`), within the bound;
 /// records when in `timeline`, or says it did not.
 async fn converged(
@@ -724,6 +1043,72 @@ fn open(failure: Option<&String>) -> String {
     failure.map_or_else(|| "open".to_owned(), |why| format!("cut ({why})"))
 }
 
+/// Starts an operator on the host with its clock `ahead`, and waits until it stands by.
+async fn start_standby(env: &Env, namespace: &str, ahead: Duration) -> HostOperator {
+    let identity = format!("standby-skewed-{}", std::process::id());
+    let work = std::env::temp_dir().join(format!("locus-chaos-{namespace}"));
+    let bin_dir = locus_e2e::cluster::workspace_bin_dir().unwrap();
+    let standby = HostOperator::start(
+        &bin_dir,
+        &env.target.kubeconfig,
+        namespace,
+        &identity,
+        &work,
+        Some(ahead),
+    )
+    .unwrap();
+    assert!(
+        standby
+            .wait_log("waiting for leadership", Duration::from_secs(30))
+            .await,
+        "the standby operator did not start: {}",
+        standby.log_text()
+    );
+    say(&format!(
+        "standby operator {identity} on the host, clock {:?} s ahead (log {})",
+        standby.clock_ahead_s(),
+        standby.log.display()
+    ));
+    standby
+}
+
+/// Changes the template as the plan asks before the fault (each change is a rollout).
+async fn prepare_template(plan: &Plan, service: &mut Service) {
+    if plan.test_stall {
+        say("turning the sample's test stall on in the template (a rollout of every pod)");
+        assert!(
+            service.enable_test_stall(FROM, CONVERGE_BOUND).await,
+            "the service did not converge after the template change"
+        );
+    }
+    if plan.without_liveness {
+        say("removing the liveness probe from the template (a rollout of every pod)");
+        assert!(
+            service.drop_liveness_probe(FROM, CONVERGE_BOUND).await,
+            "the service did not converge after the template change"
+        );
+    }
+}
+
+/// Load until it runs clean (the service settled before the fault).
+async fn steady_load(demo: &mut Demo, clock: Instant) -> Totals {
+    let steady = load_until_clean(
+        demo.load(),
+        "steady",
+        clock,
+        STEADY,
+        STEADY_CLEAN_WINDOWS,
+        STEADY_BOUND,
+    )
+    .await;
+    let steady = Totals::of(&steady);
+    say(&format!(
+        "steady: {} requests, {} errors {:?}",
+        steady.requests, steady.errors, steady.errors_by_kind
+    ));
+    steady
+}
+
 async fn run(plan: Plan) {
     if !selected(plan.name) {
         println!("SKIPPED: scenario {} not in {SCENARIOS_VAR}", plan.name);
@@ -740,54 +1125,45 @@ async fn run(plan: Plan) {
             options.concurrency = concurrency;
             options.request_timeout = timeout;
         }
+        if let Some(install) = options.operator.as_mut() {
+            install.replicas = plan.operators;
+        }
         let mut demo = Demo::deploy(&env.target, &options, &say).await.unwrap();
+        let mut operators = Operators {
+            node_run_dir: env.cluster.node_run_dir().map(std::path::Path::to_path_buf),
+            standby: None,
+        };
+        if let Some(ahead) = plan.skewed_standby {
+            operators.standby = Some(start_standby(&env, &options.namespace, ahead).await);
+        }
         let mut service = Service::new(
             env.cluster.client().await.unwrap(),
             env.cluster.info().clone(),
             &options,
         );
-        if plan.test_stall {
-            say("turning the sample's test stall on in the template (a rollout of every pod)");
-            assert!(
-                service.enable_test_stall(FROM, CONVERGE_BOUND).await,
-                "the service did not converge after the template change"
-            );
-        }
-        if plan.without_liveness {
-            say("removing the liveness probe from the template (a rollout of every pod)");
-            assert!(
-                service.drop_liveness_probe(FROM, CONVERGE_BOUND).await,
-                "the service did not converge after the template change"
-            );
-        }
+        prepare_template(&plan, &mut service).await;
         let victim_name = service.pod_of_slot(0).await.unwrap();
         let peer_name = service.pod_of_slot(1).await.unwrap();
         let victim = service.chaos_pod(&victim_name).await;
         let peer = service.chaos_pod(&peer_name).await;
         let clock = Instant::now();
         let watching = Observer::start(&service, &victim_name, clock);
-        let steady = load_until_clean(
-            demo.load(),
-            "steady",
+        let audit = RingAudit::start(
+            &service.client,
+            service.namespace(),
+            &options.service,
             clock,
-            STEADY,
-            STEADY_CLEAN_WINDOWS,
-            STEADY_BOUND,
-        )
-        .await;
-        let steady = Totals::of(&steady);
-        say(&format!(
-            "steady: {} requests, {} errors {:?}",
-            steady.requests, steady.errors, steady.errors_by_kind
-        ));
+        );
+        let steady = steady_load(&mut demo, clock).await;
         let (timeline, windows) = load_during(
             demo.load(),
             plan.name,
             clock,
-            drive(&plan, &service, &victim, &peer, clock),
+            drive(&plan, &service, &victim, &peer, &operators, clock),
         )
         .await;
         let observed = watching.finish().await;
+        let ring_audit = audit.finish();
         say("reading every session back");
         let verification = demo.load().verify().await;
         let mut report = ScenarioReport::new(
@@ -800,6 +1176,7 @@ async fn run(plan: Plan) {
             observed,
             TO,
         );
+        report.ring_audit = ring_audit;
         report.victim_restarts = service.restarts(&victim_name).await;
         if let Some(dir) = env.cluster.node_run_dir() {
             report.victim_log = handoff_log_lines(dir, &victim, VICTIM_LOG_LINES);
@@ -834,6 +1211,8 @@ async fn partition_from_pods_across_a_scale_up() {
         without_liveness: false,
         test_stall: false,
         load: None,
+        operators: 1,
+        skewed_standby: None,
     })
     .await;
 }
@@ -849,6 +1228,8 @@ async fn pause_of_a_losing_pod_across_a_scale_up() {
         without_liveness: true,
         test_stall: false,
         load: Some((32, Duration::from_secs(5))),
+        operators: 1,
+        skewed_standby: None,
     })
     .await;
 }
@@ -864,6 +1245,8 @@ async fn stalled_append_across_a_scale_up() {
         without_liveness: false,
         test_stall: true,
         load: None,
+        operators: 1,
+        skewed_standby: None,
     })
     .await;
 }
@@ -879,6 +1262,42 @@ async fn ring_deleted_mid_switch() {
         without_liveness: false,
         test_stall: false,
         load: None,
+        operators: 1,
+        skewed_standby: None,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "chaos suite: `make chaos` runs it"]
+async fn leader_operator_paused_during_warm() {
+    run(Plan {
+        name: "leader-pause",
+        fault: Fault::LeaderPause,
+        after_switch: PAST_HANDOFF_DEADLINE,
+        max_hold: MAX_HOLD,
+        without_liveness: false,
+        test_stall: false,
+        load: None,
+        operators: 2,
+        skewed_standby: None,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "chaos suite: `make chaos` runs it"]
+async fn leader_killed_mid_switch_with_the_standby_clock_ahead() {
+    run(Plan {
+        name: "standby-skew",
+        fault: Fault::StandbySkew,
+        after_switch: PAST_HANDOFF_DEADLINE,
+        max_hold: MAX_HOLD,
+        without_liveness: false,
+        test_stall: false,
+        load: None,
+        operators: 1,
+        skewed_standby: Some(SKEW),
     })
     .await;
 }
@@ -895,6 +1314,8 @@ async fn cut_from_the_api_server_across_a_scale_up() {
         without_liveness: false,
         test_stall: false,
         load: None,
+        operators: 1,
+        skewed_standby: None,
     })
     .await;
 }

@@ -25,6 +25,10 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch;
 
+pub mod operator;
+
+use operator::RingAuditReport;
+
 /// Length of one load window: the resolution of the 503 seconds.
 pub const WINDOW: Duration = Duration::from_secs(1);
 /// Field manager of the scenario's applies (the demo applies as `locus-demo`).
@@ -268,6 +272,11 @@ impl Service {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         false
+    }
+
+    /// The service's namespace (the operator's release is installed there too).
+    pub fn namespace(&self) -> &str {
+        &self.options.namespace
     }
 
     /// The service's `status` now.
@@ -640,11 +649,15 @@ pub struct ScenarioReport {
     pub scenario_failures: Vec<String>,
     /// The scenario's own figures.
     pub scenario_figures: BTreeMap<String, Value>,
+    /// Every write of the ring `ConfigMap`, checked.
+    pub ring_audit: RingAuditReport,
 }
 
 /// What the scenario's driver reports to [`ScenarioReport::new`].
 #[derive(Debug, Clone, Default)]
 pub struct Timeline {
+    /// What the fault hit, when not slot 0's pod (the operator scenarios).
+    pub victim: Option<String>,
     pub scale_applied_s: f64,
     pub fault_from_s: f64,
     pub fault_to_s: f64,
@@ -684,7 +697,7 @@ impl ScenarioReport {
         Self {
             scenario: scenario.to_owned(),
             fault: fault.to_owned(),
-            victim: victim.to_owned(),
+            victim: timeline.victim.unwrap_or_else(|| victim.to_owned()),
             scale_applied_s: timeline.scale_applied_s,
             fault_from_s: timeline.fault_from_s,
             fault_to_s: timeline.fault_to_s,
@@ -706,6 +719,7 @@ impl ScenarioReport {
             notes: timeline.notes,
             scenario_failures: timeline.failures,
             scenario_figures: timeline.figures,
+            ring_audit: RingAuditReport::default(),
         }
     }
 
@@ -713,7 +727,6 @@ impl ScenarioReport {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let t = &self.totals;
-        let v = &self.verification;
         let _ = writeln!(out, "==== chaos scenario {} ====", self.scenario);
         let _ = writeln!(
             out,
@@ -748,6 +761,47 @@ impl ScenarioReport {
                 span.from_s, span.to_s, span.errors
             );
         }
+        self.render_checks(&mut out);
+        for note in &self.notes {
+            let _ = writeln!(out, "note: {note}");
+        }
+        let _ = writeln!(
+            out,
+            "ring ConfigMap: {} writes, {} versions; problems {:?}",
+            self.ring_audit.writes, self.ring_audit.versions, self.ring_audit.problems
+        );
+        for failure in self
+            .scenario_failures
+            .iter()
+            .chain(&self.ring_audit.problems)
+        {
+            let _ = writeln!(out, "FAILED: {failure}");
+        }
+        if let Some(last) = &self.last_transition {
+            let _ = writeln!(out, "status.lastTransition: {last}");
+        }
+        if !self.safe() && !self.victim_log.is_empty() {
+            let _ = writeln!(
+                out,
+                "victim log (hand-offs, drains, warnings; last {}):",
+                self.victim_log.len()
+            );
+            for line in &self.victim_log {
+                let _ = writeln!(out, "  | {line}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "CHAOS-RESULT {}",
+            serde_json::to_string(&self.figures()).unwrap_or_default()
+        );
+        out
+    }
+
+    /// Moved sessions, the read-back and the checks made during the load.
+    fn render_checks(&self, out: &mut String) {
+        let t = &self.totals;
+        let v = &self.verification;
         let _ = writeln!(
             out,
             "moved sessions warm {} cold {}; first touches {:?}; not owner {}, forwarded {}",
@@ -780,31 +834,6 @@ impl ScenarioReport {
                 let _ = writeln!(out, "victim pod: gone by the end (replaced or deleted)");
             }
         }
-        for note in &self.notes {
-            let _ = writeln!(out, "note: {note}");
-        }
-        for failure in &self.scenario_failures {
-            let _ = writeln!(out, "FAILED: {failure}");
-        }
-        if let Some(last) = &self.last_transition {
-            let _ = writeln!(out, "status.lastTransition: {last}");
-        }
-        if !self.safe() && !self.victim_log.is_empty() {
-            let _ = writeln!(
-                out,
-                "victim log (hand-offs, drains, warnings; last {}):",
-                self.victim_log.len()
-            );
-            for line in &self.victim_log {
-                let _ = writeln!(out, "  | {line}");
-            }
-        }
-        let _ = writeln!(
-            out,
-            "CHAOS-RESULT {}",
-            serde_json::to_string(&self.figures()).unwrap_or_default()
-        );
-        out
     }
 
     /// The ring's versions and when the service converged.
@@ -861,6 +890,7 @@ impl ScenarioReport {
             "unreadable_sessions": self.verification.sessions_unreadable,
             "version_conflicts": self.totals.version_conflicts,
             "stale_reads": self.totals.stale_reads,
+            "duplicates": self.totals.duplicates,
             "unavailable_503_s": self.unavailable_503_s,
             "any_error_s": self.any_error_s,
             "fault_s": round1(self.fault_to_s - self.fault_from_s),
@@ -870,6 +900,8 @@ impl ScenarioReport {
             "moved_cold": self.totals.moved_cold,
             "first_touches": self.totals.first_touches,
             "victim_restarts": self.victim_restarts,
+            "ring_writes": self.ring_audit.writes,
+            "ring_versions": self.ring_audit.versions,
         });
         if let Some(map) = figures.as_object_mut() {
             for (k, v) in &self.scenario_figures {
@@ -901,6 +933,7 @@ impl ScenarioReport {
     fn failures(&self) -> Vec<String> {
         let v = &self.verification;
         let mut failures = self.scenario_failures.clone();
+        failures.extend(self.ring_audit.problems.iter().cloned());
         if v.lost_writes > 0 {
             failures.push(format!(
                 "{} of {} acknowledged appends lost (e.g. {:?})",
