@@ -64,7 +64,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// What a [`SlowLink`] has done so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SlowLinkStats {
     /// Connections accepted.
     pub connections: u64,

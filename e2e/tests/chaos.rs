@@ -23,6 +23,7 @@
 //! | `ring_deleted_mid_switch` | `ring-deleted` | none: the ring `ConfigMap` deleted as soon as a ring in its Switch is published |
 //! | `leader_operator_paused_during_warm` | `leader-pause` | none on the sample: the leading operator of two stopped (SIGSTOP) as soon as the Warm is published, continued once the other took the Lease over and published a ring of its own (at most 25 s) |
 //! | `leader_killed_mid_switch_with_the_standby_clock_ahead` | `standby-skew` | none on the sample: the chart's one operator killed (SIGKILL, its `Deployment` at 0) as soon as the Switch is published; the standby, a host process under libfaketime, runs 60 s ahead |
+//! | `slow_persistence_on_a_losing_pod_across_a_scale_up` | `slow-persistence` | with the sample writing sessions back to PostgreSQL (idle after 2 s) through a slow link: every query of slot 0's pod delayed 2 s from the Warm to 30 s past the Switch |
 //!
 //! Each fault holds through Warm and Switch: until the operator published the Switch, then
 //! 40 s more — past the SDK's `handoff_deadline` (30 s from the moment a gaining pod sees
@@ -34,8 +35,11 @@
 //! `make test` runs the cheapest scenario, the API server cut (its Warm is not held up, so
 //! its Switch comes early); the others are `#[ignore]`d and run by `make chaos`
 //! (`--include-ignored`). `LOCUS_CHAOS_SCENARIOS=partition,pause` narrows either to the
-//! named scenarios. The sample runs as the demo runs it: sessions in memory only (the demo
-//! harness has no PostgreSQL). For the pause, the demo's liveness probe is first removed
+//! named scenarios. The sample runs as the demo runs it, sessions in memory only, but for
+//! `slow-persistence`: a private PostgreSQL on the bridge address behind a
+//! [`SlowLink`](locus_e2e::slowlink::SlowLink) (the kernel has no netem), `DATABASE_URL` and a
+//! 2 s idle timeout set in the template first (a rollout); its table is polled throughout and
+//! a persisted version that goes back fails the run. For the pause, the demo's liveness probe is first removed
 //! from the template (a rollout): with it, the node agent would SIGTERM the stopped process
 //! after three failed probes and SIGKILL it 30 s later, turning the pause into a crash. (An
 //! operator that deletes the paused, not-Ready pod does the same: the node agent kills it
@@ -78,9 +82,10 @@ use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
 
 use chaos_support::operator::{self, HostOperator, RingAudit};
+use chaos_support::persistence::{PgAudit, PgAuditReport, SlowPostgres};
 use chaos_support::*;
 use demo_support::*;
-use locus_e2e::chaos::{self, ChaosPod, NetFault, Paused};
+use locus_e2e::chaos::{self, ChaosPod, ClusterNet, NetFault, Paused};
 use locus_e2e::demo::Demo;
 use locus_e2e::logs;
 use locus_examples::sample::STALL_HEADER;
@@ -133,6 +138,10 @@ enum Fault {
     /// The leading operator (the chart's one) killed as soon as the Switch is published;
     /// the standby that takes over runs on the host with its clock 60 s ahead.
     StandbySkew,
+    /// The sample writes sessions back to PostgreSQL (idle after 2 s); from the Warm on,
+    /// every query slot 0's pod sends is delayed [`SLOW_PG_DELAY`], until
+    /// [`SLOW_PG_AFTER_SWITCH`] after the Switch.
+    SlowPersistence,
 }
 
 impl Fault {
@@ -148,6 +157,9 @@ impl Fault {
             }
             Self::StandbySkew => {
                 "the leading operator killed (SIGKILL) as soon as the Switch is published; the standby's clock is 60 s ahead"
+            }
+            Self::SlowPersistence => {
+                "PostgreSQL write-backs and loads of the pod delayed 2 s each from the Warm to 30 s past the Switch"
             }
         }
     }
@@ -192,6 +204,11 @@ struct Plan {
     operators: u8,
     /// Run a standby operator on the host with its clock this far ahead (libfaketime).
     skewed_standby: Option<Duration>,
+    /// The sample writes sessions back to a private PostgreSQL behind a [`SlowLink`]
+    /// (`DATABASE_URL` and a short idle timeout set in the template first, a rollout).
+    ///
+    /// [`SlowLink`]: locus_e2e::slowlink::SlowLink
+    postgres: bool,
 }
 
 /// Probes the paths a network fault cuts or keeps: peer → victim, victim → API server,
@@ -233,14 +250,17 @@ async fn drive(
     service: &Service,
     victim: &ChaosPod,
     peer: &ChaosPod,
-    operators: &Operators,
+    extras: &Extras,
     clock: Instant,
 ) -> Timeline {
     match plan.fault {
         Fault::Stall => Box::pin(drive_stall(service, victim, clock)).await,
         Fault::RingDeleted => Box::pin(drive_ring_deleted(service, clock)).await,
-        Fault::LeaderPause => Box::pin(drive_leader_pause(service, operators, clock)).await,
-        Fault::StandbySkew => Box::pin(drive_standby_skew(service, operators, clock)).await,
+        Fault::LeaderPause => Box::pin(drive_leader_pause(service, extras, clock)).await,
+        Fault::StandbySkew => Box::pin(drive_standby_skew(service, extras, clock)).await,
+        Fault::SlowPersistence => {
+            Box::pin(drive_slow_persistence(service, victim, extras, clock)).await
+        }
         Fault::Partition | Fault::ApiServerCut | Fault::Pause => {
             Box::pin(drive_pod_fault(plan, service, victim, peer, clock)).await
         }
@@ -304,7 +324,8 @@ async fn drive_pod_fault(
         | Fault::Stall
         | Fault::RingDeleted
         | Fault::LeaderPause
-        | Fault::StandbySkew => {
+        | Fault::StandbySkew
+        | Fault::SlowPersistence => {
             say(&format!(
                 "scaling {FROM} → {TO}; then {} on {victim}",
                 plan.fault.describe()
@@ -699,11 +720,13 @@ async fn drive_ring_deleted(service: &Service, clock: Instant) -> Timeline {
     timeline
 }
 
-/// The operators of a scenario: the chart's pods (their logs are read from the node
-/// agent's run directory) and, for [`Fault::StandbySkew`], the standby on the host.
-struct Operators {
+/// What a scenario runs besides the demo's set-up: the operators (the chart's pods, their
+/// logs read from the node agent's run directory; for [`Fault::StandbySkew`] the standby on
+/// the host) and, for [`Fault::SlowPersistence`], PostgreSQL behind its slow link.
+struct Extras {
     node_run_dir: Option<std::path::PathBuf>,
     standby: Option<HostOperator>,
+    postgres: Option<SlowPostgres>,
 }
 
 /// Longest wait for another operator to take the Lease over (15 s without renewal, plus
@@ -751,7 +774,7 @@ async fn next_ring(service: &Service, after: u64, timeout: Duration) -> Option<l
 /// [`LEADER_PAUSE_BOUND`] passed) the old leader is continued. It must stand down without
 /// writing (the ring audit sees every write: no version reused with another document, none
 /// going back), and the service converge.
-async fn drive_leader_pause(service: &Service, operators: &Operators, clock: Instant) -> Timeline {
+async fn drive_leader_pause(service: &Service, extras: &Extras, clock: Instant) -> Timeline {
     let mut timeline = Timeline::default();
     let Some(leader) = leading_operator(service, &mut timeline).await else {
         return timeline;
@@ -820,7 +843,7 @@ async fn drive_leader_pause(service: &Service, operators: &Operators, clock: Ins
     timeline.fault_to_s = secs(clock.elapsed());
     say(&format!("continued {leader}"));
     tokio::time::sleep(AFTER_RESUME).await;
-    check_stood_down(service, operators, &leader, took.is_some(), &mut timeline).await;
+    check_stood_down(service, extras, &leader, took.is_some(), &mut timeline).await;
     if converged(service, generation, clock, &mut timeline).await {
         tokio::time::sleep(TAIL).await;
     }
@@ -831,13 +854,13 @@ async fn drive_leader_pause(service: &Service, operators: &Operators, clock: Ins
 /// its own log must say it stood down.
 async fn check_stood_down(
     service: &Service,
-    operators: &Operators,
+    extras: &Extras,
     leader: &ChaosPod,
     took_over: bool,
     timeline: &mut Timeline,
 ) {
     let holder = operator::lease_holder(&service.client, service.namespace()).await;
-    let log = operators.node_run_dir.as_deref().map(|dir| {
+    let log = extras.node_run_dir.as_deref().map(|dir| {
         let path = logs::container_log(
             dir,
             &leader.namespace,
@@ -874,9 +897,9 @@ const SKEW: Duration = Duration::from_secs(60);
 /// SIGKILL). The standby takes over and must finish the transition without losing anything:
 /// its deadlines count from its own first sight of each step, not from timestamps written by
 /// the dead leader's clock.
-async fn drive_standby_skew(service: &Service, operators: &Operators, clock: Instant) -> Timeline {
+async fn drive_standby_skew(service: &Service, extras: &Extras, clock: Instant) -> Timeline {
     let mut timeline = Timeline::default();
-    let Some(standby) = &operators.standby else {
+    let Some(standby) = &extras.standby else {
         timeline
             .failures
             .push("no standby operator on the host".to_owned());
@@ -984,6 +1007,82 @@ async fn standby_takes_over(
     }
 }
 
+/// Delay of every chunk the slow pod sends to PostgreSQL in the slow-persistence scenario.
+const SLOW_PG_DELAY: Duration = Duration::from_secs(2);
+/// How long the delay holds after the Switch: past the SDK's handoff deadline (30 s).
+const SLOW_PG_AFTER_SWITCH: Duration = Duration::from_secs(30);
+/// The sample's idle timeout in that scenario: sessions are written back and dropped from
+/// memory often, so write-backs are in flight when sessions move.
+const SLOW_PG_IDLE: &str = "2s";
+
+/// The slow-persistence scenario: the sample persists to PostgreSQL through a [`SlowLink`];
+/// the scale is applied, and from the Warm on every query slot 0's pod (a losing pod) sends
+/// is delayed [`SLOW_PG_DELAY`] until [`SLOW_PG_AFTER_SWITCH`] after the Switch, so its
+/// write-backs of idle sessions are still in flight as sessions move to their new owners.
+/// The audit of the table (see `chaos_support::persistence`) must never see a persisted
+/// version go back, and every session read back must hold every acknowledged append.
+///
+/// [`SlowLink`]: locus_e2e::slowlink::SlowLink
+async fn drive_slow_persistence(
+    service: &Service,
+    victim: &ChaosPod,
+    extras: &Extras,
+    clock: Instant,
+) -> Timeline {
+    let mut timeline = Timeline::default();
+    let Some(postgres) = &extras.postgres else {
+        timeline
+            .failures
+            .push("no PostgreSQL for the scenario".to_owned());
+        return timeline;
+    };
+    let before = service.ring().await.unwrap().unwrap().version();
+    say(&format!("scaling {FROM} → {TO}"));
+    timeline.scale_applied_s = secs(clock.elapsed());
+    let generation = service.scale(TO).await.unwrap();
+    let Some(warm) = next_ring(service, before, MAX_HOLD).await else {
+        timeline
+            .failures
+            .push(format!("no new ring within {MAX_HOLD:?} of the scale"));
+        return timeline;
+    };
+    let victim_ip = std::net::IpAddr::V4(victim.ip);
+    postgres.link.set_delay(victim_ip, SLOW_PG_DELAY);
+    timeline.fault_from_s = secs(clock.elapsed());
+    let note = format!(
+        "PostgreSQL traffic of {victim} ({victim_ip}) delayed {SLOW_PG_DELAY:?} per chunk from t={:.1}s, ring v{} ({})",
+        timeline.fault_from_s,
+        warm.version(),
+        warm.phase().as_str()
+    );
+    say(&note);
+    timeline.notes.push(note);
+    if service.wait_switch(before, MAX_HOLD).await {
+        tokio::time::sleep(SLOW_PG_AFTER_SWITCH).await;
+    } else {
+        timeline
+            .failures
+            .push(format!("no Switch within {MAX_HOLD:?} of the scale"));
+    }
+    postgres.link.clear_delay(victim_ip);
+    timeline.fault_to_s = secs(clock.elapsed());
+    let stats = postgres.link.stats();
+    let note = format!(
+        "the delay ended at t={:.1}s; the link: {stats:?}",
+        timeline.fault_to_s
+    );
+    say(&note);
+    timeline.notes.push(note);
+    timeline.figures.insert(
+        "slow_link".to_owned(),
+        serde_json::to_value(stats).unwrap_or_default(),
+    );
+    if converged(service, generation, clock, &mut timeline).await {
+        tokio::time::sleep(TAIL).await;
+    }
+    timeline
+}
+
 /// Waits for the service to converge on [`TO`] slots (at `generation`), within the bound;
 /// records when in `timeline`, or says it did not.
 async fn converged(
@@ -1072,8 +1171,44 @@ async fn start_standby(env: &Env, namespace: &str, ahead: Duration) -> HostOpera
     standby
 }
 
+/// Starts what the plan needs besides the demo's set-up.
+async fn start_extras(plan: &Plan, env: &Env, namespace: &str) -> Extras {
+    let mut extras = Extras {
+        node_run_dir: env.cluster.node_run_dir().map(std::path::Path::to_path_buf),
+        standby: None,
+        postgres: None,
+    };
+    if let Some(ahead) = plan.skewed_standby {
+        extras.standby = Some(start_standby(env, namespace, ahead).await);
+    }
+    if plan.postgres {
+        let net = ClusterNet::of(env.cluster.info()).unwrap();
+        let dir = std::env::temp_dir().join(format!("locus-chaos-{namespace}-pg"));
+        let postgres = SlowPostgres::start(&net, dir).await;
+        say(&format!(
+            "PostgreSQL {} on {}, reached by the pods through a slow link at {}",
+            postgres.pg.version(),
+            postgres.pg.addr(),
+            postgres.link.local_addr()
+        ));
+        extras.postgres = Some(postgres);
+    }
+    extras
+}
+
 /// Changes the template as the plan asks before the fault (each change is a rollout).
-async fn prepare_template(plan: &Plan, service: &mut Service) {
+async fn prepare_template(plan: &Plan, extras: &Extras, service: &mut Service) {
+    if let Some(postgres) = &extras.postgres {
+        say("writing sessions back to PostgreSQL (DATABASE_URL in the template, a rollout)");
+        let env = [
+            ("DATABASE_URL", postgres.url.as_str()),
+            ("LOCUS_SAMPLE_IDLE_TIMEOUT", SLOW_PG_IDLE),
+        ];
+        assert!(
+            service.set_env(&env, FROM, CONVERGE_BOUND).await,
+            "the service did not converge after the template change"
+        );
+    }
     if plan.test_stall {
         say("turning the sample's test stall on in the template (a rollout of every pod)");
         assert!(
@@ -1109,6 +1244,32 @@ async fn steady_load(demo: &mut Demo, clock: Instant) -> Totals {
     steady
 }
 
+/// The table audit's findings in the report: figures, a note, and a failure per version
+/// that went back.
+fn add_pg_audit(report: &mut ScenarioReport, pg: &PgAuditReport) {
+    report.notes.push(format!(
+        "PostgreSQL: {} reads of the table ({} failed), {} rows, {} write-backs seen, {} versions that went back {:?}",
+        pg.polls, pg.failed_polls, pg.rows, pg.advances, pg.decreases, pg.examples
+    ));
+    for (name, value) in [
+        ("pg_rows", serde_json::json!(pg.rows)),
+        ("pg_writebacks_seen", serde_json::json!(pg.advances)),
+        ("pg_version_decreases", serde_json::json!(pg.decreases)),
+    ] {
+        report.scenario_figures.insert(name.to_owned(), value);
+    }
+    if pg.polls == 0 {
+        report
+            .scenario_failures
+            .push("the table was never read".to_owned());
+    }
+    report.scenario_failures.extend(
+        pg.examples
+            .iter()
+            .map(|e| format!("a persisted version went back: {e}")),
+    );
+}
+
 async fn run(plan: Plan) {
     if !selected(plan.name) {
         println!("SKIPPED: scenario {} not in {SCENARIOS_VAR}", plan.name);
@@ -1129,19 +1290,13 @@ async fn run(plan: Plan) {
             install.replicas = plan.operators;
         }
         let mut demo = Demo::deploy(&env.target, &options, &say).await.unwrap();
-        let mut operators = Operators {
-            node_run_dir: env.cluster.node_run_dir().map(std::path::Path::to_path_buf),
-            standby: None,
-        };
-        if let Some(ahead) = plan.skewed_standby {
-            operators.standby = Some(start_standby(&env, &options.namespace, ahead).await);
-        }
+        let extras = start_extras(&plan, &env, &options.namespace).await;
         let mut service = Service::new(
             env.cluster.client().await.unwrap(),
             env.cluster.info().clone(),
             &options,
         );
-        prepare_template(&plan, &mut service).await;
+        prepare_template(&plan, &extras, &mut service).await;
         let victim_name = service.pod_of_slot(0).await.unwrap();
         let peer_name = service.pod_of_slot(1).await.unwrap();
         let victim = service.chaos_pod(&victim_name).await;
@@ -1154,16 +1309,24 @@ async fn run(plan: Plan) {
             &options.service,
             clock,
         );
+        let pg_audit = extras
+            .postgres
+            .as_ref()
+            .map(|p| PgAudit::start(p.pg.clone(), clock));
         let steady = steady_load(&mut demo, clock).await;
         let (timeline, windows) = load_during(
             demo.load(),
             plan.name,
             clock,
-            drive(&plan, &service, &victim, &peer, &operators, clock),
+            drive(&plan, &service, &victim, &peer, &extras, clock),
         )
         .await;
         let observed = watching.finish().await;
         let ring_audit = audit.finish();
+        let pg_audit = match pg_audit {
+            Some(audit) => Some(audit.finish().await),
+            None => None,
+        };
         say("reading every session back");
         let verification = demo.load().verify().await;
         let mut report = ScenarioReport::new(
@@ -1177,6 +1340,9 @@ async fn run(plan: Plan) {
             TO,
         );
         report.ring_audit = ring_audit;
+        if let Some(pg) = pg_audit {
+            add_pg_audit(&mut report, &pg);
+        }
         report.victim_restarts = service.restarts(&victim_name).await;
         if let Some(dir) = env.cluster.node_run_dir() {
             report.victim_log = handoff_log_lines(dir, &victim, VICTIM_LOG_LINES);
@@ -1213,6 +1379,7 @@ async fn partition_from_pods_across_a_scale_up() {
         load: None,
         operators: 1,
         skewed_standby: None,
+        postgres: false,
     })
     .await;
 }
@@ -1230,6 +1397,7 @@ async fn pause_of_a_losing_pod_across_a_scale_up() {
         load: Some((32, Duration::from_secs(5))),
         operators: 1,
         skewed_standby: None,
+        postgres: false,
     })
     .await;
 }
@@ -1247,6 +1415,7 @@ async fn stalled_append_across_a_scale_up() {
         load: None,
         operators: 1,
         skewed_standby: None,
+        postgres: false,
     })
     .await;
 }
@@ -1264,6 +1433,7 @@ async fn ring_deleted_mid_switch() {
         load: None,
         operators: 1,
         skewed_standby: None,
+        postgres: false,
     })
     .await;
 }
@@ -1281,6 +1451,7 @@ async fn leader_operator_paused_during_warm() {
         load: None,
         operators: 2,
         skewed_standby: None,
+        postgres: false,
     })
     .await;
 }
@@ -1298,6 +1469,25 @@ async fn leader_killed_mid_switch_with_the_standby_clock_ahead() {
         load: None,
         operators: 1,
         skewed_standby: Some(SKEW),
+        postgres: false,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "chaos suite: `make chaos` runs it"]
+async fn slow_persistence_on_a_losing_pod_across_a_scale_up() {
+    run(Plan {
+        name: "slow-persistence",
+        fault: Fault::SlowPersistence,
+        after_switch: SLOW_PG_AFTER_SWITCH,
+        max_hold: MAX_HOLD,
+        without_liveness: false,
+        test_stall: false,
+        load: None,
+        operators: 1,
+        skewed_standby: None,
+        postgres: true,
     })
     .await;
 }
@@ -1316,6 +1506,7 @@ async fn cut_from_the_api_server_across_a_scale_up() {
         load: None,
         operators: 1,
         skewed_standby: None,
+        postgres: false,
     })
     .await;
 }

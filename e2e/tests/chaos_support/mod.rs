@@ -26,6 +26,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 pub mod operator;
+pub mod persistence;
 
 use operator::RingAuditReport;
 
@@ -64,6 +65,8 @@ pub struct Service {
     liveness: bool,
     /// Turn the sample's test stall on in the template (see [`Service::enable_test_stall`]).
     test_stall: bool,
+    /// More environment for the sample's container (see [`Service::set_env`]).
+    extra_env: Vec<(String, String)>,
     services: Api<DynamicObject>,
     maps: Api<ConfigMap>,
     pods: Api<Pod>,
@@ -80,6 +83,7 @@ impl Service {
             options: options.clone(),
             liveness: true,
             test_stall: false,
+            extra_env: Vec::new(),
         }
     }
 
@@ -97,10 +101,13 @@ impl Service {
                 if !self.liveness {
                     container.remove("livenessProbe");
                 }
-                if self.test_stall
-                    && let Some(env) = container.get_mut("env").and_then(Value::as_array_mut)
-                {
-                    env.push(serde_json::json!({"name": TEST_STALL_ENV, "value": "true"}));
+                if let Some(env) = container.get_mut("env").and_then(Value::as_array_mut) {
+                    if self.test_stall {
+                        env.push(serde_json::json!({"name": TEST_STALL_ENV, "value": "true"}));
+                    }
+                    for (name, value) in &self.extra_env {
+                        env.push(serde_json::json!({"name": name, "value": value}));
+                    }
                 }
             }
         }
@@ -112,6 +119,20 @@ impl Service {
     /// slots again; later scales keep it on.
     pub async fn enable_test_stall(&mut self, replicas: u16, timeout: Duration) -> bool {
         self.test_stall = true;
+        self.patch_containers(replicas, timeout).await
+    }
+
+    /// Adds `env` to the sample's container in the pods' template (a surge rollout of every
+    /// pod) and waits until the service converged on `replicas` slots again; later scales
+    /// keep it.
+    pub async fn set_env(
+        &mut self,
+        env: &[(&str, &str)],
+        replicas: u16,
+        timeout: Duration,
+    ) -> bool {
+        self.extra_env
+            .extend(env.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())));
         self.patch_containers(replicas, timeout).await
     }
 
