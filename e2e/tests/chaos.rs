@@ -1270,6 +1270,24 @@ fn add_pg_audit(report: &mut ScenarioReport, pg: &PgAuditReport) {
     );
 }
 
+/// What the load before the fault saw, in the report.
+fn note_steady(report: &mut ScenarioReport, steady: &Totals) {
+    // A session counts once per run, in the window that first saw it: one caught before
+    // the fault is not in the windows of the report.
+    if steady.double_writers > 0 || steady.version_conflicts > 0 {
+        report.scenario_failures.push(format!(
+            "before the fault: {} double writers {:?}, {} version conflicts",
+            steady.double_writers, steady.double_writer_examples, steady.version_conflicts
+        ));
+    }
+    if steady.errors > 0 {
+        report.notes.push(format!(
+            "errors before the fault: {:?}",
+            steady.errors_by_kind
+        ));
+    }
+}
+
 async fn run(plan: Plan) {
     if !selected(plan.name) {
         println!("SKIPPED: scenario {} not in {SCENARIOS_VAR}", plan.name);
@@ -1351,12 +1369,7 @@ async fn run(plan: Plan) {
             .status()
             .await
             .and_then(|s| s.get("lastTransition").cloned());
-        if steady.errors > 0 {
-            report.notes.push(format!(
-                "errors before the fault: {:?}",
-                steady.errors_by_kind
-            ));
-        }
+        note_steady(&mut report, &steady);
         report
     };
     let Ok(report) = tokio::time::timeout(SCENARIO_BOUND, scenario).await else {

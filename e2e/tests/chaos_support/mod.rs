@@ -577,6 +577,10 @@ pub struct Totals {
     pub errors_by_kind: BTreeMap<String, u64>,
     pub stale_reads: u64,
     pub version_conflicts: u64,
+    /// Sessions two pods acknowledged over overlapping version ranges (each counted in the
+    /// window that first saw it), and up to 5 of them.
+    pub double_writers: u64,
+    pub double_writer_examples: Vec<String>,
     pub not_owner: u64,
     pub forwarded: u64,
     pub moved_warm: u64,
@@ -601,6 +605,10 @@ impl Totals {
             }
             t.stale_reads += s.stale_reads;
             t.version_conflicts += s.version_conflicts;
+            t.double_writers += s.double_writers;
+            let room = 5usize.saturating_sub(t.double_writer_examples.len());
+            t.double_writer_examples
+                .extend(s.double_writer_examples.iter().take(room).cloned());
             t.not_owner += s.not_owner;
             t.forwarded += s.forwarded;
             t.moved_warm += s.moved.warm;
@@ -841,9 +849,12 @@ impl ScenarioReport {
         );
         let _ = writeln!(
             out,
-            "checks during load: stale reads {}, version conflicts (two writers) {}, duplicates {}",
-            t.stale_reads, t.version_conflicts, t.duplicates
+            "checks during load: stale reads {}, version conflicts (two writers) {}, double writers (overlapping pods) {}, duplicates {}",
+            t.stale_reads, t.version_conflicts, t.double_writers, t.duplicates
         );
+        if !t.double_writer_examples.is_empty() {
+            let _ = writeln!(out, "double writers, e.g.: {:?}", t.double_writer_examples);
+        }
         if !v.lost_examples.is_empty() {
             let _ = writeln!(out, "lost, e.g.: {:?}", v.lost_examples);
         }
@@ -910,6 +921,7 @@ impl ScenarioReport {
             "stale_sessions": self.verification.stale_sessions,
             "unreadable_sessions": self.verification.sessions_unreadable,
             "version_conflicts": self.totals.version_conflicts,
+            "double_writers": self.totals.double_writers,
             "stale_reads": self.totals.stale_reads,
             "duplicates": self.totals.duplicates,
             "unavailable_503_s": self.unavailable_503_s,
@@ -974,6 +986,12 @@ impl ScenarioReport {
             failures.push(format!(
                 "{} version conflicts (two writers of one session)",
                 self.totals.version_conflicts
+            ));
+        }
+        if self.totals.double_writers > 0 {
+            failures.push(format!(
+                "{} sessions with two pods acknowledging overlapping versions (e.g. {:?})",
+                self.totals.double_writers, self.totals.double_writer_examples
             ));
         }
         if self.totals.stale_reads > 0 {

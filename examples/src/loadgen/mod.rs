@@ -14,6 +14,11 @@
 //!
 //! * **version conflicts**: two applied appends of one session answered with
 //!   the same version (two writers at once, or state lost and rebuilt);
+//! * **double writers**: sessions on which two pods acknowledged applied
+//!   appends over overlapping version ranges (ownership must move from one
+//!   pod to the next, never interleave; this assumes pod names unique per
+//!   pod incarnation and a key's ownership never returning to a pod it left
+//!   within the run), each session counted once;
 //! * **stale reads**: a read answering a version below one already
 //!   acknowledged before the read was sent;
 //! * **not owner**: an answer from a pod that is not the key's owner under
@@ -45,6 +50,7 @@
 pub mod options;
 mod stats;
 mod transport;
+mod writers;
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -61,6 +67,7 @@ use tokio::sync::watch;
 
 use self::stats::{Op, Tally};
 use self::transport::{Answer, Transport};
+use self::writers::{Recorded, Writers};
 use crate::Error;
 use crate::ledger::{AppendAnswer, SessionView};
 use crate::ranges::SeqSet;
@@ -234,6 +241,8 @@ struct SessionTrack {
     max_version: u64,
     /// The pod that answered last (to see sessions move).
     last_pod: Option<Box<str>>,
+    /// The pods that acknowledged applied appends, with their versions.
+    writers: Writers,
 }
 
 struct Shared {
@@ -609,6 +618,23 @@ fn observe(shared: &Shared, session: u32, id: &str, answer: &Answer, tally: &mut
     }
 }
 
+/// The pod that acknowledged `answer` as the session's owner: its
+/// `x-locus-pod` (a forwarded answer keeps the owner's), unless the answer is
+/// stateless, where no pod owns the session.
+fn owning_pod(answer: &Answer) -> Option<&str> {
+    let stateless = answer
+        .headers
+        .get(CACHE_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"stateless");
+    if stateless {
+        return None;
+    }
+    answer
+        .headers
+        .get(headers::POD)
+        .and_then(|v| v.to_str().ok())
+}
+
 async fn one_append(shared: &Shared, session: u32, i: u64, tally: &mut Tally) {
     let id = shared.session_id(session);
     let seq = {
@@ -642,6 +668,16 @@ async fn one_append(shared: &Shared, session: u32, i: u64, tally: &mut Tally) {
             tracing::error!(session = %id, seq, version = appended.version, "two appends answered with one version");
         }
         track.max_version = track.max_version.max(appended.version);
+        if let Some(pod) = owning_pod(&answer) {
+            match track.writers.record(pod, appended.version) {
+                Recorded::Tracked => {}
+                Recorded::Untracked => tally.writers_untracked += 1,
+                Recorded::DoubleWriter(overlap) => {
+                    tracing::error!(session = %id, %overlap, "two pods acknowledged appends over overlapping versions");
+                    tally.double_writer(format!("{id}: {overlap}"));
+                }
+            }
+        }
     } else {
         tally.duplicates += 1;
     }

@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 const MAX_MICROS: u64 = 60_000_000;
 /// Distinct pod names counted before the rest go under `other`.
 const MAX_PODS: usize = 1024;
+/// Double writers listed as examples.
+const MAX_DOUBLE_WRITER_EXAMPLES: usize = 5;
 
 fn histogram() -> Histogram<u64> {
     // Bounds are constants that hdrhistogram accepts (1 µs … 60 s, 3 digits).
@@ -37,6 +39,9 @@ pub(crate) struct Tally {
     pub(crate) not_owner: u64,
     pub(crate) stale_reads: u64,
     pub(crate) version_conflicts: u64,
+    pub(crate) double_writers: u64,
+    pub(crate) double_writer_examples: Vec<String>,
+    pub(crate) writers_untracked: u64,
     all: Histogram<u64>,
     appends: Histogram<u64>,
     reads: Histogram<u64>,
@@ -58,6 +63,9 @@ impl Default for Tally {
             not_owner: 0,
             stale_reads: 0,
             version_conflicts: 0,
+            double_writers: 0,
+            double_writer_examples: Vec::new(),
+            writers_untracked: 0,
             all: histogram(),
             appends: histogram(),
             reads: histogram(),
@@ -105,6 +113,15 @@ impl Tally {
         }
     }
 
+    /// Counts a session that has just become a double writer, described by
+    /// `example` (kept among the first few).
+    pub(crate) fn double_writer(&mut self, example: String) {
+        self.double_writers += 1;
+        if self.double_writer_examples.len() < MAX_DOUBLE_WRITER_EXAMPLES {
+            self.double_writer_examples.push(example);
+        }
+    }
+
     pub(crate) fn merge(&mut self, other: &Tally) {
         self.requests += other.requests;
         self.appends_acked += other.appends_acked;
@@ -129,6 +146,11 @@ impl Tally {
         self.not_owner += other.not_owner;
         self.stale_reads += other.stale_reads;
         self.version_conflicts += other.version_conflicts;
+        self.double_writers += other.double_writers;
+        let room = MAX_DOUBLE_WRITER_EXAMPLES.saturating_sub(self.double_writer_examples.len());
+        self.double_writer_examples
+            .extend(other.double_writer_examples.iter().take(room).cloned());
+        self.writers_untracked += other.writers_untracked;
         // Same bounds on both sides, so adding cannot fail.
         let _ = self.all.add(&other.all);
         let _ = self.appends.add(&other.appends);
@@ -173,6 +195,9 @@ impl Tally {
             not_owner: self.not_owner,
             stale_reads: self.stale_reads,
             version_conflicts: self.version_conflicts,
+            double_writers: self.double_writers,
+            double_writer_examples: self.double_writer_examples.clone(),
+            writers_untracked: self.writers_untracked,
             verification,
         }
     }
@@ -339,6 +364,21 @@ pub struct Summary {
     /// Applied appends of one session answered with the same version (two
     /// writers, or state lost and rebuilt).
     pub version_conflicts: u64,
+    /// Sessions counted once each, in the phase that first saw it, on which
+    /// two pods acknowledged applied appends over overlapping version ranges
+    /// (`[lowest, highest]` per pod; a shared boundary version overlaps):
+    /// two owners at once. Assumes pod names are unique per incarnation and
+    /// that a key's ownership never returns to a pod it left within the run.
+    #[serde(default)]
+    pub double_writers: u64,
+    /// Up to 5 of them: `session: pod [min,max] and pod [min,max]`, the
+    /// ranges as they stood when the overlap was first seen.
+    #[serde(default)]
+    pub double_writer_examples: Vec<String>,
+    /// Applied appends acknowledged by a pod beyond the first 16 of their
+    /// session, left out of the double-writer check.
+    #[serde(default)]
+    pub writers_untracked: u64,
     /// The read-back, when it ran.
     pub verification: Option<Verification>,
 }
@@ -350,11 +390,12 @@ impl Summary {
     }
 
     /// True when nothing an invariant forbids was seen: no lost write, no
-    /// stale session or read, no version conflict (errors such as 503s are
-    /// allowed).
+    /// stale session or read, no version conflict, no double writer (errors
+    /// such as 503s are allowed).
     pub fn is_consistent(&self) -> bool {
         self.stale_reads == 0
             && self.version_conflicts == 0
+            && self.double_writers == 0
             && self
                 .verification
                 .as_ref()
@@ -415,11 +456,22 @@ impl Summary {
             self.forwarded,
             self.not_owner
         );
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "  checks: stale reads {}  version conflicts {}",
-            self.stale_reads, self.version_conflicts
+            "  checks: stale reads {}  version conflicts {}  double writers {}",
+            self.stale_reads, self.version_conflicts, self.double_writers
         );
+        if self.writers_untracked > 0 {
+            let _ = write!(
+                out,
+                " ({} acknowledgements from untracked pods)",
+                self.writers_untracked
+            );
+        }
+        out.push('\n');
+        for example in &self.double_writer_examples {
+            let _ = writeln!(out, "    double writer: {example}");
+        }
         if let Some(v) = &self.verification {
             let _ = writeln!(
                 out,
@@ -513,5 +565,46 @@ mod tests {
         });
         assert!(!s.is_consistent());
         assert!(s.table().contains("LOST WRITES 1"));
+    }
+
+    #[test]
+    fn double_writers_merge_and_make_a_summary_inconsistent() {
+        let mut a = Tally::default();
+        let mut b = Tally::default();
+        for i in 0..4 {
+            a.double_writer(format!("s-{i}: a [1,5] and b [4,8]"));
+            b.double_writer(format!("s-{}: a [1,5] and b [5,5]", i + 4));
+        }
+        a.merge(&b);
+        let s = a.summary("x", "ring", Duration::from_secs(1), None);
+        assert_eq!(s.double_writers, 8);
+        assert_eq!(s.double_writer_examples.len(), MAX_DOUBLE_WRITER_EXAMPLES);
+        assert_eq!(s.double_writer_examples[4], "s-4: a [1,5] and b [5,5]");
+        assert!(!s.is_consistent());
+        let table = s.table();
+        assert!(table.contains("double writers 8"), "{table}");
+        assert!(
+            table.contains("double writer: s-0: a [1,5] and b [4,8]"),
+            "{table}"
+        );
+        let back: Summary = serde_json::from_str(&s.to_json_line()).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn summaries_without_double_writers_still_parse() {
+        let s = Tally::default().summary("x", "ring", Duration::ZERO, None);
+        let mut value = serde_json::to_value(&s).unwrap();
+        let object = value.as_object_mut().unwrap();
+        for field in [
+            "double_writers",
+            "double_writer_examples",
+            "writers_untracked",
+        ] {
+            object.remove(field);
+        }
+        let back: Summary = serde_json::from_value(value).unwrap();
+        assert_eq!(back, s);
+        assert!(back.is_consistent());
     }
 }
