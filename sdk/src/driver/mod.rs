@@ -116,7 +116,9 @@ impl Driver {
                 match ring.phase() {
                     Phase::Switch => {
                         self.state.takeover_ring(&ring, &[]);
-                        let dropped = self.state.outbox.drop_older_than(last);
+                        // Records handed off in this Switch under an earlier
+                        // version of it (published again) are still owed.
+                        let dropped = self.state.outbox.drop_older_than(self.state.epoch(last));
                         self.state.metrics.dropped(dropped as u64);
                         self.promote(&ring).await;
                     }

@@ -69,7 +69,7 @@ pub(crate) async fn ensure(
     let Some(previous) = plan::gained_from(ring, &state.pod, key) else {
         return Ok(None);
     };
-    let epoch = ring.version();
+    let epoch = state.epoch(ring.version());
     if state.settled.contains(epoch, key) || state.store.version_of(key).await.is_some() {
         return Ok(None);
     }
@@ -89,7 +89,7 @@ pub(crate) async fn ensure(
         return Ok(Some("promoted"));
     }
     let precopy = cached.filter(|c| !c.last);
-    transfer(state, ring, key, previous, precopy, patience).await
+    transfer(state, ring, epoch, key, previous, precopy, patience).await
 }
 
 /// Outside a Switch: a record parked here by the pod that owned `key` under
@@ -169,18 +169,26 @@ pub(crate) async fn promote_from(state: &HandoffState, prior: &Ring, ring: &Ring
     promoted
 }
 
-/// True once this pod holds a ring newer than the Switch `ring`: the
-/// operator settled it, so the previous owners are fenced (drained or gone).
-fn fenced(state: &HandoffState, ring: &Ring) -> bool {
-    state
-        .ring
-        .latest()
-        .is_some_and(|latest| latest.version() > ring.version())
+/// True once this pod holds a ring newer than the Switch `ring` in which
+/// `key` is no longer being taken over from `previous`: the operator settled
+/// the Switch, so `previous` is fenced (drained or gone). The same Switch
+/// published again at a higher version (its `ConfigMap` was recreated)
+/// settles nothing.
+fn fenced(state: &HandoffState, ring: &Ring, key: &[u8], previous: &Pod) -> bool {
+    state.ring.latest().is_some_and(|latest| {
+        latest.version() > ring.version()
+            && plan::gained_from(&latest, &state.pod, key).is_none_or(|p| p.name != previous.name)
+    })
 }
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the first touch's state, passed down once"
+)]
 async fn transfer(
     state: &HandoffState,
     ring: &Ring,
+    epoch: u64,
     key: &[u8],
     previous: &Pod,
     precopy: Option<Cached>,
@@ -192,13 +200,20 @@ async fn transfer(
     let mut attempts = 0u32;
     loop {
         let now = Instant::now();
-        if attempts > 0 && fenced(state, ring) {
-            tracing::warn!(
-                pod = %state.pod, previous = %previous.name,
-                "no transfer from the previous owner, which is fenced (the switch settled): loading cold"
-            );
-            state.metrics.rolled_forward("transfer");
-            return cold(state, ring.version(), key, "cold").await;
+        // Checked before the first attempt too: a request admitted under
+        // the Switch can get here after the ring that settles it, and by
+        // then this pod may have served the key under that ring and written
+        // it back; the previous owner's copy (kept for retries) is older.
+        if fenced(state, ring, key, previous) {
+            if attempts > 0 {
+                tracing::warn!(
+                    pod = %state.pod, previous = %previous.name,
+                    "no transfer from the previous owner, which is fenced (the switch settled): loading cold"
+                );
+                state.metrics.rolled_forward("transfer");
+                return cold(state, epoch, key, "cold").await;
+            }
+            return cold(state, epoch, key, "loaded").await;
         }
         attempts += 1;
         if now >= patience {
@@ -224,7 +239,7 @@ async fn transfer(
                 match answer {
                     TransferAnswer::State(record) => {
                         state.metrics.records("transfer", "received", 1);
-                        install(state, ring.version(), key, &record, previous).await?;
+                        install(state, epoch, key, &record, previous).await?;
                         state.metrics.first_touch("transferred");
                         return Ok(Some("transferred"));
                     }
@@ -232,7 +247,7 @@ async fn transfer(
                         state.metrics.records("transfer", "received", 1);
                         match &precopy {
                             Some(c) if c.record.version == version => {
-                                install(state, ring.version(), key, &c.record, previous).await?;
+                                install(state, epoch, key, &c.record, previous).await?;
                                 state.metrics.first_touch("unchanged");
                                 return Ok(Some("unchanged"));
                             }
@@ -245,12 +260,12 @@ async fn transfer(
                                     "transfer answered unchanged for a version this pod does not hold"
                                 );
                                 state.metrics.rolled_forward("transfer");
-                                return cold(state, ring.version(), key, "cold").await;
+                                return cold(state, epoch, key, "cold").await;
                             }
                         }
                     }
                     TransferAnswer::NotResident => {
-                        return cold(state, ring.version(), key, "loaded").await;
+                        return cold(state, epoch, key, "loaded").await;
                     }
                     TransferAnswer::Refused(reason, message) => {
                         tracing::debug!(

@@ -413,45 +413,57 @@ impl WarmCache {
 }
 
 /// Keys made resident here by a handoff (transfer, push, promotion, or a
-/// load the previous owner pointed to) during one Switch: such a key is never
-/// taken over again in that Switch. If this pod evicts it (writing it back),
-/// the persistence holds its latest state; asking the previous owner again
-/// could bring back an older copy.
+/// load the previous owner pointed to), each with the ring version (the
+/// *epoch*) it was taken over at: such a key is never taken over again, and
+/// no pushed copy of it installed, in a Switch of that epoch or an older one.
+/// If this pod evicted it (writing it back), the persistence holds its
+/// latest state; a copy from the previous owner could be older.
+///
+/// An epoch marks every older Switch too: a pod that skipped a Switch takes
+/// its keys over under the ring that settles it (a higher version), and a
+/// push or a request of the skipped Switch can still arrive afterwards.
+/// Bounded: past `max` keys the oldest epoch is forgotten (logged).
 pub(crate) struct Settled {
-    inner: Mutex<(u64, std::collections::HashSet<Bytes>)>,
+    inner: Mutex<HashMap<Bytes, u64>>,
     max: usize,
 }
 
 impl Settled {
     pub(crate) fn new(max: usize) -> Self {
         Self {
-            inner: Mutex::new((0, std::collections::HashSet::new())),
-            max,
+            inner: Mutex::new(HashMap::new()),
+            max: max.max(1),
         }
     }
 
-    /// Records `key` as settled in the Switch of ring `version`.
+    /// Records `key` as taken over at epoch `version`.
     pub(crate) fn mark(&self, version: u64, key: &[u8]) {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if version > inner.0 {
-            *inner = (version, std::collections::HashSet::new());
+        if let Some(epoch) = inner.get_mut(key) {
+            *epoch = (*epoch).max(version);
+            return;
         }
-        if version == inner.0 {
-            if inner.1.len() >= self.max {
-                tracing::error!(
-                    max = self.max,
-                    "too many sessions taken over in one switch; forgetting which (a session evicted and touched again may be taken over twice)"
-                );
-                inner.1.clear();
+        if inner.len() >= self.max {
+            let oldest = inner.values().copied().min().unwrap_or(version);
+            let newest = inner.values().copied().max().unwrap_or(version);
+            if oldest < newest {
+                inner.retain(|_, epoch| *epoch > oldest);
+            } else {
+                inner.clear();
             }
-            inner.1.insert(Bytes::copy_from_slice(key));
+            tracing::error!(
+                max = self.max,
+                forgotten_epoch = oldest,
+                "too many sessions taken over; forgetting the oldest (a session evicted and touched again may be taken over twice)"
+            );
         }
+        inner.insert(Bytes::copy_from_slice(key), version);
     }
 
-    /// True if `key` was settled in the Switch of ring `version`.
+    /// True if `key` was taken over at epoch `version` or later.
     pub(crate) fn contains(&self, version: u64, key: &[u8]) -> bool {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner.0 == version && inner.1.contains(key)
+        inner.get(key).is_some_and(|epoch| *epoch >= version)
     }
 }
 
@@ -592,16 +604,32 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn settled_keys_belong_to_one_switch_and_tombstones_expire() {
+    async fn settled_epochs_cover_older_switches_and_tombstones_expire() {
         let settled = Settled::new(2);
         settled.mark(7, b"a");
         assert!(settled.contains(7, b"a"));
-        assert!(!settled.contains(8, b"a"));
+        assert!(
+            settled.contains(6, b"a"),
+            "an epoch marks the older switches too (a skipped switch settled later)"
+        );
+        assert!(
+            !settled.contains(8, b"a"),
+            "a later switch takes it over again"
+        );
         settled.mark(6, b"b");
-        assert!(!settled.contains(6, b"b"), "an older switch is ignored");
+        assert!(settled.contains(6, b"b"));
+        assert!(!settled.contains(7, b"b"));
         settled.mark(8, b"b");
-        assert!(!settled.contains(7, b"a"), "a new switch starts afresh");
-        assert!(settled.contains(8, b"b"));
+        assert!(
+            settled.contains(8, b"b"),
+            "the newest epoch of a key counts"
+        );
+        settled.mark(9, b"c");
+        assert!(
+            !settled.contains(7, b"a"),
+            "over the bound the oldest epoch goes"
+        );
+        assert!(settled.contains(8, b"b") && settled.contains(9, b"c"));
 
         let tombstones = Tombstones::new(10);
         tombstones.handed(b"k", Duration::from_secs(5));

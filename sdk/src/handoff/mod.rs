@@ -189,8 +189,10 @@ pub(crate) struct HandoffState {
     /// When this pod first saw each recent ring version (phase deadlines).
     seen: Mutex<BTreeMap<u64, tokio::time::Instant>>,
     /// The newest Switch ring this pod saw: its takeovers go on after the
-    /// ring that settles it arrives, until the handoff deadline.
-    switch: Mutex<Option<Arc<Ring>>>,
+    /// ring that settles it arrives, until the handoff deadline. With it,
+    /// the version of the first ring of its step this pod saw (the step's
+    /// *epoch*: a Switch published again at a new version is the same step).
+    switch: Mutex<Option<(Arc<Ring>, u64)>>,
     /// Transfer answers whose write-through failed since the drain last
     /// wrote the outbox through: the pod does not report drained until it
     /// could.
@@ -247,12 +249,21 @@ impl HandoffState {
     pub(crate) fn takeover_ring(&self, ring: &Arc<Ring>, key: &[u8]) -> Option<Arc<Ring>> {
         let mut held = self.switch.lock().unwrap_or_else(PoisonError::into_inner);
         if ring.phase() == Phase::Switch {
-            if held.as_ref().is_none_or(|h| ring.version() > h.version()) {
-                *held = Some(Arc::clone(ring));
+            match held.as_ref() {
+                Some((h, start)) if ring.version() > h.version() => {
+                    let start = if ring.same_step(h) {
+                        *start
+                    } else {
+                        ring.version()
+                    };
+                    *held = Some((Arc::clone(ring), start));
+                }
+                Some(_) => {}
+                None => *held = Some((Arc::clone(ring), ring.version())),
             }
             return Some(Arc::clone(ring));
         }
-        let switch = held.as_ref()?;
+        let (switch, _) = held.as_ref()?;
         if switch.version() > ring.version()
             || switch.owner(key).pod.name != ring.owner(key).pod.name
         {
@@ -262,6 +273,20 @@ impl HandoffState {
         drop(held);
         let deadline = self.first_seen(switch.version()) + self.config.handoff_deadline;
         (tokio::time::Instant::now() < deadline).then_some(switch)
+    }
+
+    /// The epoch of the Switch of ring `version`: the version of the first
+    /// ring of its step this pod saw, when it is the step of the newest
+    /// Switch seen and was published again since (its `ConfigMap` was
+    /// deleted and recreated); else `version`. Keys taken over are marked
+    /// with it, so a key taken over under one version of a step is not taken
+    /// over again under the next.
+    pub(crate) fn epoch(&self, version: u64) -> u64 {
+        let held = self.switch.lock().unwrap_or_else(PoisonError::into_inner);
+        match held.as_ref() {
+            Some((ring, start)) if (*start..=ring.version()).contains(&version) => *start,
+            _ => version,
+        }
     }
 
     /// Records `ring` as the newest ring the driver saw; returns the one it

@@ -486,13 +486,15 @@ async fn push(
     let ring = ring_at_least(state, version)
         .await
         .or_else(|| state.ring.latest());
+    // The Switch the push belongs to, however many times it was published.
+    let epoch = state.epoch(version);
     let mut acks = Vec::with_capacity(records.len());
     for record in records {
         let _lock = state.keys.lock(&record.key).await;
         let owned = ring
             .as_ref()
             .is_some_and(|ring| ring.owner(&record.key).pod.name == state.pod);
-        let outcome = if owned && state.settled.contains(version, &record.key) {
+        let outcome = if owned && state.settled.contains(epoch, &record.key) {
             // Taken over already in this switch (maybe evicted since, with
             // its newer state written back): this copy is not newer.
             AckOutcome::Stale
@@ -502,12 +504,12 @@ async fn push(
                     state.cache.remove(&record.key);
                     state.outbox.remove(&record.key);
                     state.tombstones.take(&record.key);
-                    state.settled.mark(version, &record.key);
+                    state.settled.mark(epoch, &record.key);
                     state.moved.count(true);
                     AckOutcome::Installed
                 }
                 Ok(Installed::Stale { .. }) => {
-                    state.settled.mark(version, &record.key);
+                    state.settled.mark(epoch, &record.key);
                     AckOutcome::Stale
                 }
                 Err(error) => {

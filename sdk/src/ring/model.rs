@@ -370,6 +370,29 @@ impl Ring {
         held.is_none_or(|held| self.is_newer_than(held))
     }
 
+    /// True if `self` and `other` are the same step of the same transition,
+    /// whatever their versions: the same phase, assignment tables and pod
+    /// names per slot. The operator publishes such a ring again at a new
+    /// version when the ring's `ConfigMap` was deleted; it settles nothing.
+    pub(crate) fn same_step(&self, other: &Ring) -> bool {
+        let (a, b) = (&self.parts, &other.parts);
+        let names = |slot: &Slot| {
+            (
+                slot.index,
+                slot.pod.name.clone(),
+                slot.state,
+                slot.successor.as_ref().map(|p| p.name.clone()),
+                slot.predecessor.as_ref().map(|p| p.name.clone()),
+            )
+        };
+        a.shards == b.shards
+            && a.vnodes == b.vnodes
+            && a.current == b.current
+            && a.transition == b.transition
+            && a.slots.len() == b.slots.len()
+            && a.slots.iter().map(names).eq(b.slots.iter().map(names))
+    }
+
     /// The shard count `S`.
     #[inline]
     pub fn shards(&self) -> ShardCount {
@@ -531,6 +554,38 @@ mod tests {
         let ring = Ring::new(parts(Transition::Switch { previous })).unwrap();
         assert_eq!(ring.previous_owner(b"k1").unwrap().index, 1);
         assert!(ring.target_owner(b"k1").is_none());
+    }
+
+    #[test]
+    fn a_ring_published_again_is_the_same_step() {
+        let switch = || Transition::Switch {
+            previous: Assignment::new(vec![1, 1, 1, 1]).unwrap(),
+        };
+        let first = Ring::new(parts(switch())).unwrap();
+        let mut again = parts(switch());
+        again.version = 6;
+        again.slots[1].pod.address = SocketAddr::from(([10, 0, 0, 9], 8001));
+        let again = Ring::new(again).unwrap();
+        assert!(
+            again.same_step(&first),
+            "a new version and address change nothing"
+        );
+
+        let mut moved = parts(switch());
+        moved.version = 6;
+        moved.current = Assignment::new(vec![0, 1, 2, 2]).unwrap();
+        assert!(
+            !Ring::new(moved).unwrap().same_step(&first),
+            "another table"
+        );
+        let mut replaced = parts(switch());
+        replaced.slots[2].pod.name = "svc-2-y".into();
+        assert!(
+            !Ring::new(replaced).unwrap().same_step(&first),
+            "another pod"
+        );
+        let settled = Ring::new(parts(Transition::Stable)).unwrap();
+        assert!(!settled.same_step(&first), "the ring that settles it");
     }
 
     #[test]

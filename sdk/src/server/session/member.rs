@@ -46,6 +46,9 @@ pub enum MemberError {
     InvalidPodName(String),
 }
 
+/// How often a retiring pod looks whether its drain was reported.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
 /// Options of a [`Member`]; see [`Member::builder`].
 pub struct MemberBuilder {
     pod: String,
@@ -735,17 +738,24 @@ impl Member {
                 && plan::owns_nothing(&ring, pod)
                 && state.store.resident_keys().is_empty()
             {
-                // Make sure the drain of this ring has been reported.
-                if let Some(driver) = &driver
-                    && plan::is_losing(&ring, pod)
-                {
-                    driver.progress.drained(ring.version());
+                // Nothing resident is not drained: the records handed off may
+                // still be on their way. Only the driver's drain reports a
+                // losing pod drained (every record acknowledged or durable).
+                let reported = || {
+                    driver
+                        .as_ref()
+                        .is_none_or(|d| d.progress.wanted().drained >= Some(ring.version()))
+                };
+                if !plan::is_losing(&ring, pod) || reported() {
+                    return true;
                 }
-                return true;
             }
-            if tokio::time::timeout_at(deadline, watch.changed())
+            // The drain's report does not change the ring: look again soon.
+            let tick = (Instant::now() + DRAIN_POLL).min(deadline);
+            if tokio::time::timeout_at(tick, watch.changed())
                 .await
                 .is_err()
+                && Instant::now() >= deadline
             {
                 return true;
             }
