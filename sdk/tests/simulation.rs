@@ -1,30 +1,64 @@
 //! Deterministic simulation: the real pod stack (ownership layer, session
 //! layer, handoff endpoints, transition driver, session store) and the real
 //! client router, connected by an in-memory network on tokio's paused clock,
-//! driven through one transition per seed while a counter workload runs.
+//! driven through two or three transitions per seed while a counter workload
+//! runs across all of them.
 //!
-//! Each seed draws: the transition (scale 3→4, scale 3→2, replacement of a
-//! slot's pod), whether idle sessions are passivated (written back and
-//! evicted, so takeovers also meet sessions that are only in the
-//! persistence), message delays (messages overtake each other), ring delays
-//! per pod, handler latency (requests admitted under an old ring reach the
-//! store after the ring changed), a pod paused for up to 8 s, longer than
-//! every deadline (nothing reaches or leaves it), two pods partitioned from
-//! each other for up to 8 s (their calls refused, as by an iptables REJECT:
-//! a refused connection must not pass for a dead pod) and a pod killed at a random moment of the
-//! transition (mid-transfer, mid-drain, mid-pre-copy). A killed pod's slot is
-//! then rerouted to the others.
+//! Each seed starts three pods and draws whether idle sessions are
+//! passivated (written back and evicted, so takeovers also meet sessions
+//! that are only in the persistence), then 2 or 3 transitions in a row, each
+//! applicable to the membership it starts from (2 to 4 slots):
 //!
-//! The checker then requires: no double writer (no version acknowledged
-//! twice, versions in real-time order, value = version), no lost
-//! acknowledged write except — after a crash — writes not persisted at the
-//! time of the crash of sessions the crashed pod held, owned or was moving.
+//! * a scale-up (a new slot, up to 4) or a scale-down (the last slot leaves,
+//!   down to 2; its pod is then shut down gracefully and removed);
+//! * a replacement (rollout) of a slot's pod by a new pod, the old one then
+//!   shut down gracefully and removed;
+//! * a *restart*: SIGTERM (`Member::shutdown`) to a slot's pod, either with
+//!   an eviction (the operator replaces it by a new pod meanwhile; the pod's
+//!   shutdown waits for that and takes the coordinated path) or, with at
+//!   least three slots, without one (the pod hands its sessions to the
+//!   other slots' owners and exits, then the operator reroutes its slot);
+//!   the stopped pod is removed without a crash record: whatever it loses
+//!   counts as lost;
+//! * a *rejoin*, forced whenever a slot's pod is gone (killed or stopped,
+//!   and its slot rerouted): a new pod takes the `Unavailable` slot back
+//!   like a scale-up.
+//!
+//! Every new pod gets a new name and address (`sim-<slot>-<letter>`, the
+//! letter counting the pods of the seed). Each transition draws its own
+//! faults among the pods it involves, relative to its start: a pod paused
+//! for up to 8 s, longer than every deadline (nothing reaches or leaves it),
+//! two pods partitioned from each other for up to 8 s (their calls refused,
+//! as by an iptables REJECT: a refused connection must not pass for a dead
+//! pod) and a pod killed at a random moment of the transition (mid-transfer,
+//! mid-drain, mid-pre-copy), and, for one transition in four, the Switch
+//! ring published again at the next version with the same tables (as the
+//! operator recreates a deleted ring `ConfigMap`; it settles nothing). After the transition, a slot whose pod died is
+//! rerouted to the others, the faults run out, the pods the ring no longer
+//! names are shut down and removed, and the workload runs on before the next
+//! transition. Throughout: message delays (messages overtake each other),
+//! ring delays per pod (a pod may skip a ring), handler latency (requests
+//! admitted under an old ring reach the store after the ring changed).
+//!
+//! The checker then requires, over the whole history: no double writer (no
+//! version acknowledged twice, versions in real-time order, value =
+//! version), no lost acknowledged write except — after a crash — writes not
+//! persisted at the time of the crash of sessions the crashed pod held,
+//! owned or was moving, and that no store the persistence applied lowered a
+//! session's persisted version.
 //!
 //! `LOCUS_SIM_SEEDS` (default 1000) sets the number of seeds,
-//! `LOCUS_SIM_SEED` runs one seed and `LOCUS_SIM_DEBUG` prints the history of
-//! the sessions a failing seed got wrong. Interleavings follow from the
-//! seed; hash map iteration order inside the code under test is not seeded,
-//! so a failing seed is reproduced with high, not certain, probability.
+//! `LOCUS_SIM_SEED` runs one seed and `LOCUS_SIM_DEBUG` prints the
+//! transitions with their faults and the history of the sessions a failing
+//! seed got wrong; with `LOCUS_SIM_SEED`, `LOCUS_SIM_LOG` (a tracing
+//! filter, e.g. `debug`) prints the pods' logs. Interleavings follow from the seed; hash map iteration
+//! order inside the code under test is not seeded, so a failing seed is
+//! reproduced with high, not certain, probability.
+//!
+//! `LOCUS_SIM_DB_UNCONDITIONAL=1` is a mutation switch, to show the checker
+//! can fail: the test persistence then applies every store whatever the
+//! version it holds (a naive user persistence) instead of never letting an
+//! older version overwrite a newer one.
 
 #![allow(
     clippy::unwrap_used,
@@ -44,6 +78,7 @@ use locus::handoff::HandoffConfig;
 use locus::ring::{Pod, SlotState};
 use locus::store::Limits;
 use support::checker::{self, Op, Verdict};
+use support::db::Db;
 use support::load::{Load, Rng};
 use support::operator::{Fleet, Operator, Timeouts};
 use support::sim::{Net, NetConfig, SimCluster};
@@ -56,17 +91,26 @@ const SHARDS: u32 = 64;
 #[derive(Debug, Default, Clone)]
 struct SeedReport {
     seed: u64,
-    kind: &'static str,
-    paused: bool,
-    partitioned: bool,
-    killed: Option<String>,
+    /// The transitions drawn, in order (reroutes of killed pods are not
+    /// listed; they count in `transitions`).
+    kinds: Vec<String>,
+    paused: usize,
+    partitioned: usize,
+    /// Switch rings published again at a new version.
+    republished: usize,
+    killed: Vec<String>,
+    restarts: usize,
     passivate: bool,
+    /// Transitions the operator ran, reroutes included.
     transitions: usize,
     summary: String,
     requests: usize,
     acked: usize,
     unknown: usize,
+    lost: u64,
     lost_allowed: u64,
+    decreases: usize,
+    violations: usize,
     first_touches: usize,
     warm: usize,
     problems: Vec<String>,
@@ -94,13 +138,64 @@ fn config() -> HandoffConfig {
     }
 }
 
-/// The faults a seed injects, relative to the start of its transition.
+/// The faults of one transition, relative to its start.
 #[derive(Debug, Default)]
 struct Faults {
     pause: Option<(String, Duration, Duration)>,
     /// Two pods cut from each other: at, for how long.
     partition: Option<(String, String, Duration, Duration)>,
     kill: Option<(String, Duration)>,
+    /// The Switch published again at the next version this long after it
+    /// (the ring `ConfigMap` deleted and recreated mid-Switch).
+    republish: Option<Duration>,
+}
+
+impl Faults {
+    /// Draws the faults of a transition among `candidates` (the pods it
+    /// involves).
+    fn draw(rng: &mut Rng, candidates: &[String]) -> Self {
+        let pick = |rng: &mut Rng| candidates[rng.below(candidates.len() as u64) as usize].clone();
+        let pause = (rng.below(2) == 0).then(|| {
+            let who = pick(rng);
+            let at = Duration::from_millis(rng.below(2000));
+            // Up to 8 s: past the handoff deadline (2.5 s), the pods' drain
+            // timeout (2 s) and the operator's step timeouts (3 s). No
+            // timeout may hand a paused pod's keys over.
+            (who, at, Duration::from_millis(100 + rng.below(7900)))
+        });
+        let partition = (rng.below(2) == 0 && candidates.len() > 1).then(|| {
+            let a = pick(rng);
+            let mut b = pick(rng);
+            while b == a {
+                b = pick(rng);
+            }
+            let at = Duration::from_millis(rng.below(2000));
+            (a, b, at, Duration::from_millis(100 + rng.below(7900)))
+        });
+        let kill = (rng.below(3) == 0).then(|| {
+            let who = pick(rng);
+            (who, Duration::from_millis(rng.below(2500)))
+        });
+        let republish = (rng.below(4) == 0).then(|| Duration::from_millis(rng.below(1500)));
+        Self {
+            pause,
+            partition,
+            kill,
+            republish,
+        }
+    }
+
+    /// When the last fault is over, relative to the start.
+    fn end(&self) -> Duration {
+        let pause = self.pause.as_ref().map(|(_, at, length)| *at + *length);
+        let partition = self.partition.as_ref().map(|(_, _, at, l)| *at + *l);
+        let kill = self.kill.as_ref().map(|(_, at)| *at);
+        [pause, partition, kill]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or_default()
+    }
 }
 
 /// Three pods on a published ring, callers included, and the workload.
@@ -118,10 +213,22 @@ async fn setup(
     } else {
         Limits::default()
     };
-    let cluster = Arc::new(SimCluster::new(net.clone(), config(), limits, passivate));
+    // The mutation switch: a persistence that applies every store.
+    let db = if std::env::var_os("LOCUS_SIM_DB_UNCONDITIONAL").is_some() {
+        Db::unconditional()
+    } else {
+        Db::default()
+    };
+    let cluster = Arc::new(SimCluster::with_db(
+        net.clone(),
+        config(),
+        limits,
+        passivate,
+        db,
+    ));
     let mut pods: Vec<Pod> = Vec::new();
     for i in 0..3u8 {
-        pods.push(cluster.start_pod(&format!("sim-{i}-a"), address(i)).await);
+        pods.push(cluster.start_pod(&pod_name(i.into(), i), address(i)).await);
     }
     let timeouts = Timeouts {
         warm: Duration::from_secs(3),
@@ -155,6 +262,12 @@ async fn setup(
         })
     };
     (cluster, pods, operator, keys, load)
+}
+
+/// The name of the `incarnation`-th pod of the seed, started for `slot`:
+/// never reused.
+fn pod_name(slot: u16, incarnation: u8) -> String {
+    format!("sim-{slot}-{}", char::from(b'a' + incarnation))
 }
 
 /// Runs the faults of `faults` from now on.
@@ -223,6 +336,206 @@ fn debug(ops: &[Op], operator: &Operator, verdict: &Verdict) {
     }
 }
 
+/// A transition the scenario can draw.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    ScaleUp,
+    ScaleDown,
+    /// A rollout: the slot's pod gets a successor, then is shut down.
+    Replace(u16),
+    /// SIGTERM to the slot's pod: with an eviction the operator replaces
+    /// it meanwhile; without, it drains on its own and its slot is
+    /// rerouted (its replacement rejoins in the next transition).
+    Restart {
+        slot: u16,
+        evicted: bool,
+    },
+    /// A replacement pod for a slot whose pod died.
+    Rejoin(u16),
+}
+
+/// The cluster across the transitions of one seed.
+struct World {
+    cluster: Arc<SimCluster>,
+    net: Net,
+    keys: Arc<Vec<Vec<u8>>>,
+    operator: Operator,
+    /// Pods started so far: names and addresses are never reused.
+    started: u8,
+    origin: tokio::time::Instant,
+}
+
+impl World {
+    async fn new_pod(&mut self, slot: u16) -> Pod {
+        let n = self.started;
+        self.started += 1;
+        self.cluster.start_pod(&pod_name(slot, n), address(n)).await
+    }
+
+    /// The pods the ring names, alive or not.
+    fn members(&self) -> Vec<String> {
+        self.operator
+            .slots
+            .iter()
+            .map(|s| s.pod.name.clone())
+            .collect()
+    }
+
+    /// The next transition for the current membership: a slot whose pod
+    /// died first gets its replacement.
+    fn draw(&self, rng: &mut Rng) -> Kind {
+        let slots = &self.operator.slots;
+        if let Some(dead) = slots.iter().find(|s| !self.cluster.alive(&s.pod.name)) {
+            return Kind::Rejoin(dead.index);
+        }
+        let n = slots.len() as u64;
+        let mut kinds = Vec::new();
+        if n < 4 {
+            kinds.push(0);
+        }
+        if n > 2 {
+            kinds.push(1);
+        }
+        kinds.extend([2, 3]);
+        match kinds[rng.below(kinds.len() as u64) as usize] {
+            0 => Kind::ScaleUp,
+            1 => Kind::ScaleDown,
+            2 => Kind::Replace(rng.below(n) as u16),
+            _ => Kind::Restart {
+                slot: rng.below(n) as u16,
+                // Without an eviction the slot loses its pod: only with
+                // two others left to take its shards.
+                evicted: n < 3 || rng.below(2) == 0,
+            },
+        }
+    }
+
+    /// Reroutes the slots that hold shards but whose pod is gone.
+    async fn reroute_dead(&mut self) {
+        let dead: Vec<u16> = self
+            .operator
+            .slots
+            .iter()
+            .filter(|s| {
+                !self.cluster.alive(&s.pod.name)
+                    && self.operator.table.as_slice().contains(&s.index)
+                    && s.state != SlotState::Unavailable
+            })
+            .map(|s| s.index)
+            .collect();
+        for slot in dead {
+            self.operator.reroute(self.cluster.as_ref(), slot).await;
+        }
+    }
+
+    /// Shuts down, then removes, the running pods of `pods` that the ring
+    /// no longer names (retired by a scale-down or a replacement).
+    async fn retire(&self, pods: &[String]) {
+        let members = self.members();
+        for pod in pods.iter().filter(|p| !members.contains(p)) {
+            if self.cluster.shutdown(pod, SHUTDOWN).await.is_some() {
+                self.cluster.stop(pod);
+            }
+        }
+    }
+}
+
+const SHUTDOWN: Duration = Duration::from_secs(10);
+
+/// Runs one transition of kind `kind` with freshly drawn faults, then
+/// reroutes what a kill left without a pod, waits for the faults to end and
+/// retires the pods the ring no longer names.
+async fn transition(world: &mut World, rng: &mut Rng, kind: Kind, report: &mut SeedReport) {
+    let before = world.members();
+    let n = before.len();
+    let newcomer = match kind {
+        Kind::ScaleUp => Some(world.new_pod(n as u16).await),
+        Kind::Replace(slot)
+        | Kind::Rejoin(slot)
+        | Kind::Restart {
+            slot,
+            evicted: true,
+        } => Some(world.new_pod(slot).await),
+        Kind::ScaleDown | Kind::Restart { evicted: false, .. } => None,
+    };
+    let mut candidates: Vec<String> = before
+        .iter()
+        .filter(|p| world.cluster.alive(p))
+        .cloned()
+        .collect();
+    candidates.extend(newcomer.as_ref().map(|p| p.name.clone()));
+    let faults = Faults::draw(rng, &candidates);
+    report.paused += usize::from(faults.pause.is_some());
+    report.partitioned += usize::from(faults.partition.is_some());
+    report
+        .killed
+        .extend(faults.kill.as_ref().map(|(who, _)| who.clone()));
+    if std::env::var_os("LOCUS_SIM_DEBUG").is_some() {
+        eprintln!(
+            "{kind:?} starts at {:?}: {faults:?}",
+            world.origin.elapsed()
+        );
+    }
+    report.republished += usize::from(faults.republish.is_some());
+    world.operator.republish = faults.republish;
+    let fault_end = tokio::time::Instant::now() + faults.end();
+    let faulting = inject(&world.cluster, &world.net, &world.keys, faults);
+    let cluster = Arc::clone(&world.cluster);
+    let label = match kind {
+        Kind::ScaleUp | Kind::ScaleDown => {
+            let mut pods: Vec<Pod> = world.operator.slots.iter().map(|s| s.pod.clone()).collect();
+            match newcomer {
+                Some(pod) => pods.push(pod),
+                None => drop(pods.pop()),
+            }
+            world.operator.scale(cluster.as_ref(), &pods).await;
+            format!("scale {n}→{}", pods.len())
+        }
+        Kind::Replace(slot) => {
+            let pod = newcomer.unwrap();
+            world.operator.replace(cluster.as_ref(), slot, pod).await;
+            format!("replace slot {slot}")
+        }
+        Kind::Rejoin(slot) => {
+            let pod = newcomer.unwrap();
+            world.operator.rejoin(cluster.as_ref(), slot, pod).await;
+            format!("rejoin slot {slot}")
+        }
+        Kind::Restart { slot, evicted } => {
+            report.restarts += 1;
+            let old = before[usize::from(slot)].clone();
+            let shutdown = {
+                let cluster = Arc::clone(&cluster);
+                let old = old.clone();
+                tokio::spawn(async move { cluster.shutdown(&old, SHUTDOWN).await })
+            };
+            if let Some(pod) = newcomer {
+                world.operator.replace(cluster.as_ref(), slot, pod).await;
+            }
+            let path = shutdown.await.unwrap().map(|r| r.path);
+            cluster.stop(&old);
+            let how = if evicted { "eviction" } else { "SIGTERM" };
+            format!("restart slot {slot} ({how}): {path:?}")
+        }
+    };
+    if std::env::var_os("LOCUS_SIM_DEBUG").is_some() {
+        eprintln!(
+            "{label} settled at {:?}: {:?}",
+            world.origin.elapsed(),
+            world
+                .operator
+                .log
+                .last()
+                .map(|t| (t.warmed_in_time, t.settled_in_time))
+        );
+    }
+    faulting.await.unwrap();
+    world.reroute_dead().await;
+    tokio::time::sleep_until(fault_end).await;
+    world.retire(&before).await;
+    report.kinds.push(label);
+}
+
 async fn scenario(seed: u64) -> SeedReport {
     let mut rng = Rng::new(seed);
     let mut report = SeedReport {
@@ -237,87 +550,33 @@ async fn scenario(seed: u64) -> SeedReport {
             max_ring_delay: Duration::from_millis(150),
         },
     );
-    let (cluster, mut pods, mut operator, keys, load) = setup(seed, &net, report.passivate).await;
-    load.progress(60).await;
-
-    let kind = rng.below(3);
-    let newcomer = match kind {
-        0 => Some(("sim-3-a", 3u8)),
-        2 => Some(("sim-r-b", 9u8)),
-        _ => None,
+    let (cluster, pods, operator, keys, load) = setup(seed, &net, report.passivate).await;
+    let mut world = World {
+        cluster,
+        net,
+        keys,
+        operator,
+        started: pods.len() as u8,
+        origin: tokio::time::Instant::now(),
     };
-    let mut candidates: Vec<String> = pods.iter().map(|p| p.name.clone()).collect();
-    candidates.extend(newcomer.map(|(name, _)| name.to_owned()));
-    let pick = |rng: &mut Rng| candidates[rng.below(candidates.len() as u64) as usize].clone();
-    let faults = Faults {
-        pause: (rng.below(2) == 0).then(|| {
-            let who = pick(&mut rng);
-            let at = Duration::from_millis(rng.below(2000));
-            // Up to 8 s: past the handoff deadline (2.5 s), the pods' drain
-            // timeout (2 s) and the operator's step timeouts (3 s). No
-            // timeout may hand a paused pod's keys over.
-            (who, at, Duration::from_millis(100 + rng.below(7900)))
-        }),
-        partition: (rng.below(2) == 0).then(|| {
-            let a = pick(&mut rng);
-            let mut b = pick(&mut rng);
-            while b == a {
-                b = pick(&mut rng);
-            }
-            let at = Duration::from_millis(rng.below(2000));
-            (a, b, at, Duration::from_millis(100 + rng.below(7900)))
-        }),
-        kill: (rng.below(3) == 0).then(|| {
-            let who = pick(&mut rng);
-            (who, Duration::from_millis(rng.below(2500)))
-        }),
-    };
-    report.paused = faults.pause.is_some();
-    report.partitioned = faults.partition.is_some();
-    report.killed = faults.kill.as_ref().map(|(who, _)| who.clone());
-    if let Some((name, host)) = newcomer {
-        let pod = cluster.start_pod(name, address(host)).await;
-        if kind == 0 {
-            pods.push(pod);
-        }
-    }
-    let faulting = inject(&cluster, &net, &keys, faults);
-    match kind {
-        0 => {
-            report.kind = "scale 3→4";
-            operator.scale(cluster.as_ref(), &pods).await;
-        }
-        1 => {
-            report.kind = "scale 3→2";
-            operator.scale(cluster.as_ref(), &pods[..2]).await;
-        }
-        _ => {
-            report.kind = "replace";
-            let slot = rng.below(3) as u16;
-            let successor = cluster.pods.lock().unwrap()["sim-r-b"].info.clone();
-            operator.replace(cluster.as_ref(), slot, successor).await;
-        }
-    }
-    faulting.await.unwrap();
-    // A killed pod that still serves a slot with shards: reroute that slot.
-    let dead: Vec<u16> = operator
-        .slots
-        .iter()
-        .filter(|s| {
-            !cluster.alive(&s.pod.name)
-                && operator.table.as_slice().contains(&s.index)
-                && s.state != SlotState::Unavailable
-        })
-        .map(|s| s.index)
-        .collect();
-    for slot in dead {
-        operator.reroute(cluster.as_ref(), slot).await;
-    }
-    report.transitions = operator.log.len();
     load.progress(60).await;
+    let count = 2 + rng.below(2);
+    for _ in 0..count {
+        let kind = world.draw(&mut rng);
+        transition(&mut world, &mut rng, kind, &mut report).await;
+        load.progress(60).await;
+    }
+    report.transitions = world.operator.log.len();
     let history = load.stop().await;
 
-    check(&cluster, &keys, &history.ops(), &operator, &mut report).await;
+    check(
+        &world.cluster,
+        &world.keys,
+        &history.ops(),
+        &world.operator,
+        &mut report,
+    )
+    .await;
     report
 }
 
@@ -341,10 +600,19 @@ async fn check(
     }
     let mut verdict = checker::check(ops, &finals, &cluster.crashes());
     checker::first_touches(ops, &operator.log, keys, &mut verdict);
+    let calls: Vec<_> = keys.iter().map(|key| cluster.db.calls(key)).collect();
+    checker::persisted_versions(&calls, &mut verdict);
     report.requests = verdict.requests;
     report.acked = verdict.acked;
     report.unknown = verdict.unknown;
+    report.lost = verdict.lost;
     report.lost_allowed = verdict.lost_allowed;
+    report.decreases = verdict.version_decreases;
+    report.violations = verdict
+        .violations
+        .iter()
+        .filter(|v| !v.contains("persisted version decreased"))
+        .count();
     report.first_touches = verdict.first_touches;
     report.warm = verdict.warm_first_touches;
     if verdict.lost > 0 {
@@ -373,6 +641,12 @@ fn run(seed: u64) -> SeedReport {
 #[test]
 fn a_thousand_seeds_keep_one_writer_and_every_acknowledged_write() {
     let seeds: Vec<u64> = if let Ok(seed) = std::env::var("LOCUS_SIM_SEED") {
+        if std::env::var_os("LOCUS_SIM_LOG").is_some() {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_env("LOCUS_SIM_LOG"))
+                .with_test_writer()
+                .init();
+        }
         vec![seed.parse().unwrap()]
     } else {
         let count: u64 = std::env::var("LOCUS_SIM_SEEDS")
@@ -401,17 +675,20 @@ fn a_thousand_seeds_keep_one_writer_and_every_acknowledged_write() {
     let first = sum(|r| r.first_touches as u64);
     let warm = sum(|r| r.warm as u64);
     eprintln!(
-        "simulation: {} seeds in {took:?}: transitions {} requests {} acked {} unknown {} \
-         crash losses (allowed) {} pauses {} partitions {} kills {} first touches {first} warm {:.1} % — {} failed",
+        "simulation: {} seeds in {took:?}: transitions {} (reroutes included) restarts {} \
+         requests {} acked {} unknown {} crash losses (allowed) {} pauses {} partitions {} \
+         kills {} switches republished {} first touches {first} warm {:.1} % — {} failed",
         reports.len(),
         sum(|r| r.transitions as u64),
+        sum(|r| r.restarts as u64),
         sum(|r| r.requests as u64),
         sum(|r| r.acked as u64),
         sum(|r| r.unknown as u64),
         sum(|r| r.lost_allowed),
-        sum(|r| u64::from(r.paused)),
-        sum(|r| u64::from(r.partitioned)),
-        sum(|r| u64::from(r.killed.is_some())),
+        sum(|r| r.paused as u64),
+        sum(|r| r.partitioned as u64),
+        sum(|r| r.killed.len() as u64),
+        sum(|r| r.republished as u64),
         if first == 0 {
             100.0
         } else {
@@ -419,6 +696,29 @@ fn a_thousand_seeds_keep_one_writer_and_every_acknowledged_write() {
         },
         failed.len()
     );
+    if !failed.is_empty() {
+        let count = |f: fn(&SeedReport) -> bool| failed.iter().filter(|r| f(r)).count();
+        eprintln!(
+            "failed seeds: {} with lost writes, {} with a persisted version decreased, \
+             {} with another violation, {} with an unreadable session",
+            count(|r| r.lost > 0),
+            count(|r| r.decreases > 0),
+            count(|r| r.violations > 0),
+            count(|r| r.problems.iter().any(|p| p.contains("unreadable"))),
+        );
+    }
+    let listed: Vec<String> = failed
+        .iter()
+        .map(|r| {
+            format!(
+                "{} (lost {}, version decreases {}, other violations {})",
+                r.seed, r.lost, r.decreases, r.violations
+            )
+        })
+        .collect();
+    if !listed.is_empty() {
+        eprintln!("failed seeds: {}", listed.join(", "));
+    }
     for report in failed.iter().take(5) {
         eprintln!("FAILED seed {}: {report:#?}", report.seed);
     }

@@ -15,6 +15,9 @@
 //!   of acknowledged increments, and at most that plus the increments whose
 //!   outcome is unknown (a connection cut mid-request), minus the writes a
 //!   crashed pod is allowed to lose (acknowledged by it, never persisted);
+//! * **persisted versions never decrease**: per session, no store the
+//!   persistence applied replaced a version with a lower one (a stale
+//!   write-back overwriting a newer one);
 //! * **warm first touches**: after each transition, the first request a new
 //!   owner served for each moved session found it warm (pre-copied,
 //!   transferred, pushed), not loaded from the persistence.
@@ -24,6 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::time::Instant;
 
+use super::db::StoreCall;
 use super::operator::TransitionRecord;
 
 /// What one increment request ended with.
@@ -93,6 +97,10 @@ pub struct Verdict {
     pub warm_first_touches: usize,
     /// The first few cold first touches, for the report.
     pub cold_examples: Vec<String>,
+    /// Store calls the persistence received, and applied stores that
+    /// lowered the persisted version.
+    pub stores: usize,
+    pub version_decreases: usize,
 }
 
 impl Verdict {
@@ -315,6 +323,30 @@ pub fn first_touches(
             } else {
                 verdict.warm_first_touches += 1;
             }
+        }
+    }
+}
+
+/// Checks that the persisted version of each session never decreased:
+/// `calls[session]` lists the store calls the persistence received for it,
+/// in order. Adds a violation per session where an applied store lowered
+/// the version held.
+pub fn persisted_versions(calls: &[Vec<StoreCall>], verdict: &mut Verdict) {
+    for (session, calls) in calls.iter().enumerate() {
+        let lowered: Vec<&StoreCall> = calls
+            .iter()
+            .filter(|c| c.applied && c.version < c.held)
+            .collect();
+        verdict.stores += calls.len();
+        if let Some(first) = lowered.first() {
+            verdict.violations.push(format!(
+                "session {session}: persisted version decreased {} times (first: version {} stored over {})",
+                lowered.len(),
+                first.version,
+                first.held
+            ));
+            verdict.version_decreases += lowered.len();
+            verdict.bad_sessions.insert(session);
         }
     }
 }

@@ -63,6 +63,10 @@ pub struct Operator {
     pub table: Assignment,
     pub timeouts: Timeouts,
     pub log: Vec<TransitionRecord>,
+    /// The next Switch is published again this long after it, at the next
+    /// version with the same tables, as the operator does when the ring's
+    /// `ConfigMap` is deleted mid-Switch; it settles on the new version.
+    pub republish: Option<Duration>,
 }
 
 fn slot(index: u16, pod: Pod, state: SlotState) -> Slot {
@@ -100,6 +104,7 @@ impl Operator {
             table: first.assignment,
             timeouts,
             log: Vec::new(),
+            republish: None,
         }
     }
 
@@ -166,6 +171,24 @@ impl Operator {
     /// Scales to `pods` (slot `i` = `pods[i]`; slots kept keep their pods):
     /// Warm → Switch → Stable.
     pub async fn scale(&mut self, fleet: &impl Fleet, pods: &[Pod]) -> TransitionRecord {
+        self.scale_as("scale", fleet, pods).await
+    }
+
+    /// The replacement `pod` of an `Unavailable` slot `index` (its pod
+    /// failed and its shards were rerouted) rejoins like a scale-up: the
+    /// slot is `Joining` and gains shards through Warm → Switch → Stable.
+    pub async fn rejoin(&mut self, fleet: &impl Fleet, index: u16, pod: Pod) -> TransitionRecord {
+        let mut pods: Vec<Pod> = self.slots.iter().map(|s| s.pod.clone()).collect();
+        pods[usize::from(index)] = pod;
+        self.scale_as("rejoin", fleet, &pods).await
+    }
+
+    async fn scale_as(
+        &mut self,
+        kind: &'static str,
+        fleet: &impl Fleet,
+        pods: &[Pod],
+    ) -> TransitionRecord {
         let before = self.stable();
         let old_n = self.slots.len();
         let new_n = pods.len();
@@ -179,7 +202,7 @@ impl Operator {
                     .unwrap_or_else(|| self.slots[i].pod.clone());
                 let state = if i >= new_n {
                     SlotState::Leaving
-                } else if i >= old_n {
+                } else if i >= old_n || self.slots[i].state == SlotState::Unavailable {
                     SlotState::Joining
                 } else {
                     SlotState::Active
@@ -218,13 +241,13 @@ impl Operator {
             Transition::Switch { previous },
         );
         let switched_at = Instant::now();
-        fleet.publish(&switch).await;
-        let settled_in_time = self.await_switch(fleet, &switch, &losing).await;
+        let published = self.publish_switch(fleet, &switch).await;
+        let settled_in_time = self.await_switch(fleet, &published, &losing).await;
         slots.truncate(new_n);
         self.slots = slots;
         self.publish_stable(fleet).await;
         self.record(
-            "scale",
+            kind,
             before,
             switch,
             switched_at,
@@ -268,9 +291,9 @@ impl Operator {
             },
         );
         let switched_at = Instant::now();
-        fleet.publish(&switch).await;
+        let published = self.publish_switch(fleet, &switch).await;
         let settled_in_time = self
-            .await_switch(fleet, &switch, &BTreeSet::from([old.name]))
+            .await_switch(fleet, &published, &BTreeSet::from([old.name]))
             .await;
         slots[usize::from(index)].predecessor = None;
         self.slots = slots;
@@ -307,8 +330,8 @@ impl Operator {
             Transition::Switch { previous },
         );
         let switched_at = Instant::now();
-        fleet.publish(&switch).await;
-        let settled_in_time = self.await_switch(fleet, &switch, &BTreeSet::new()).await;
+        let published = self.publish_switch(fleet, &switch).await;
+        let settled_in_time = self.await_switch(fleet, &published, &BTreeSet::new()).await;
         slots[usize::from(index)].state = SlotState::Unavailable;
         self.slots = slots;
         self.publish_stable(fleet).await;
@@ -320,6 +343,22 @@ impl Operator {
             true,
             settled_in_time,
         )
+    }
+
+    /// Publishes `switch`, and again at the next version if
+    /// [`republish`](Self::republish) says so; returns the last one published.
+    async fn publish_switch(&mut self, fleet: &impl Fleet, switch: &Ring) -> Ring {
+        fleet.publish(switch).await;
+        let Some(after) = self.republish.take() else {
+            return switch.clone();
+        };
+        tokio::time::sleep(after).await;
+        self.version += 1;
+        let mut parts = switch.parts().clone();
+        parts.version = self.version;
+        let again = Ring::new(parts).unwrap();
+        fleet.publish(&again).await;
+        again
     }
 
     /// Every member observed the switch and every losing pod drained (or

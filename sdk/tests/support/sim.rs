@@ -9,7 +9,9 @@
 //! other (their calls to each other are refused, as an iptables REJECT
 //! does, while callers and the ring still reach both) and can *kill* one
 //! (its tasks stop, new connections are refused, calls in progress and
-//! bodies being streamed are cut).
+//! bodies being streamed are cut). A pod can also *stop* after its graceful
+//! shutdown (`Member::shutdown`): it is removed the same way, but not
+//! recorded as a crash, so anything it lost counts as a lost write.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
@@ -28,7 +30,7 @@ use locus::client::RouterBody;
 use locus::handoff::{HandoffBody, HandoffConfig, HandoffSecret, Transport, TransportError};
 use locus::progress::MemoryProgressReporter;
 use locus::ring::{Pod, Ring};
-use locus::server::session::Member;
+use locus::server::session::{Member, ShutdownReport};
 use locus::store::{JsonCodec, Limits, SessionStore};
 use locus::{BoxError, Mode, OwnershipLayer, Router, RouterLayer, StaticRingSource, headers};
 use tokio::sync::watch;
@@ -354,13 +356,24 @@ fn secret() -> HandoffSecret {
 
 impl SimCluster {
     pub fn new(net: Net, config: HandoffConfig, limits: Limits, passivate: bool) -> Self {
+        Self::with_db(net, config, limits, passivate, Db::default())
+    }
+
+    /// [`new`](Self::new) over the persistence `db`.
+    pub fn with_db(
+        net: Net,
+        config: HandoffConfig,
+        limits: Limits,
+        passivate: bool,
+        db: Db,
+    ) -> Self {
         let client_source = StaticRingSource::new();
         let router = RouterLayer::new(&client_source)
             .timeout(Duration::from_secs(10))
             .layer(SimClient { net: net.clone() });
         Self {
             net,
-            db: Db::default(),
+            db,
             pods: Mutex::new(BTreeMap::new()),
             client_source,
             config,
@@ -395,7 +408,9 @@ impl SimCluster {
                 net: self.net.clone(),
                 pod: name.to_owned(),
             })
-            .coordination_wait(Duration::ZERO)
+            // A SIGTERM waits this long for the operator to start retiring
+            // the pod (an eviction) before it drains on its own.
+            .coordination_wait(Duration::from_secs(1))
             .build()
             .unwrap();
         member.start().await;
@@ -512,6 +527,41 @@ impl SimCluster {
             persisted,
             affected,
         });
+    }
+
+    /// The member of running pod `name`.
+    pub fn member(&self, name: &str) -> Option<Member> {
+        self.pods
+            .lock()
+            .unwrap()
+            .get(name)
+            .map(|p| p.member.clone())
+    }
+
+    /// Runs the graceful shutdown of pod `name` (a SIGTERM) within
+    /// `within`; `None` if the pod is not running or is killed meanwhile (a
+    /// dead process writes nothing back).
+    pub async fn shutdown(&self, name: &str, within: Duration) -> Option<ShutdownReport> {
+        let (member, mut killed) = {
+            let pods = self.pods.lock().unwrap();
+            let pod = pods.get(name)?;
+            (pod.member.clone(), pod.kill.subscribe())
+        };
+        tokio::select! {
+            report = member.shutdown(within) => Some(report),
+            _ = killed.wait_for(|k| *k) => None,
+        }
+    }
+
+    /// Removes pod `name` after its graceful shutdown: its process exits
+    /// (new connections are refused), and nothing is recorded as a crash —
+    /// whatever it had not handed over or written back counts as lost.
+    pub fn stop(&self, name: &str) {
+        let Some(pod) = self.pods.lock().unwrap().remove(name) else {
+            return;
+        };
+        pod.member.abort();
+        pod.kill.send_replace(true);
     }
 
     pub fn crashes(&self) -> Vec<Crash> {
