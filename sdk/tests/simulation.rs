@@ -176,12 +176,11 @@ impl Faults {
             let who = pick(rng);
             (who, Duration::from_millis(rng.below(2500)))
         });
-        let republish = (rng.below(4) == 0).then(|| Duration::from_millis(rng.below(1500)));
         Self {
             pause,
             partition,
             kill,
-            republish,
+            republish: None,
         }
     }
 
@@ -363,6 +362,8 @@ struct World {
     /// Pods started so far: names and addresses are never reused.
     started: u8,
     origin: tokio::time::Instant,
+    /// The random stream of the republished Switches.
+    side: Rng,
 }
 
 impl World {
@@ -464,7 +465,9 @@ async fn transition(world: &mut World, rng: &mut Rng, kind: Kind, report: &mut S
         .cloned()
         .collect();
     candidates.extend(newcomer.as_ref().map(|p| p.name.clone()));
-    let faults = Faults::draw(rng, &candidates);
+    let mut faults = Faults::draw(rng, &candidates);
+    let side = &mut world.side;
+    faults.republish = (side.below(4) == 0).then(|| Duration::from_millis(side.below(1500)));
     report.paused += usize::from(faults.pause.is_some());
     report.partitioned += usize::from(faults.partition.is_some());
     report
@@ -558,6 +561,9 @@ async fn scenario(seed: u64) -> SeedReport {
         operator,
         started: pods.len() as u8,
         origin: tokio::time::Instant::now(),
+        // Faults added later draw from a stream of their own, so the
+        // seeds keep the histories they had before them.
+        side: Rng::new(seed ^ 0x5A5A_0000_0000_0001),
     };
     load.progress(60).await;
     let count = 2 + rng.below(2);
