@@ -45,6 +45,11 @@ impl Db {
         self.map.lock().unwrap().get(key).map_or(0, |v| v.version)
     }
 
+    /// The stored value of `key` (0 if never stored).
+    pub fn value(&self, key: &[u8]) -> u64 {
+        self.map.lock().unwrap().get(key).map_or(0, |v| v.value)
+    }
+
     /// Write-backs received.
     pub fn stores(&self) -> u64 {
         self.stores.load(Ordering::Acquire)

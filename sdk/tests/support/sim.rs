@@ -584,6 +584,21 @@ impl SimCluster {
     }
 
     /// Reads `key` until a pod answers: (version, value).
+    /// Writes every changed session of every running pod back (as a
+    /// shutdown's flush does), without evicting any.
+    pub async fn flush_all(&self) {
+        let stores: Vec<SessionStore<u64, Db>> = self
+            .pods
+            .lock()
+            .unwrap()
+            .values()
+            .map(|p| p.store.clone())
+            .collect();
+        for store in stores {
+            store.flush().await;
+        }
+    }
+
     pub async fn read(&self, key: &[u8]) -> Option<(u64, u64)> {
         for _ in 0..200 {
             if let Outcome::Acked { version, value, .. } = self.call(http::Method::GET, key).await {
