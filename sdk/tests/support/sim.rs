@@ -583,7 +583,6 @@ impl SimCluster {
         outcome(self.router.clone().oneshot(request).await).await
     }
 
-    /// Reads `key` until a pod answers: (version, value).
     /// Writes every changed session of every running pod back (as a
     /// shutdown's flush does), without evicting any.
     pub async fn flush_all(&self) {
@@ -599,6 +598,7 @@ impl SimCluster {
         }
     }
 
+    /// Reads `key` until a pod answers: (version, value).
     pub async fn read(&self, key: &[u8]) -> Option<(u64, u64)> {
         for _ in 0..200 {
             if let Outcome::Acked { version, value, .. } = self.call(http::Method::GET, key).await {
