@@ -39,7 +39,7 @@
 //! `slow-persistence`: a private PostgreSQL on the bridge address behind a
 //! [`SlowLink`](locus_e2e::slowlink::SlowLink) (the kernel has no netem), `DATABASE_URL` and a
 //! 2 s idle timeout set in the template first (a rollout); its table is polled throughout and
-//! a persisted version that goes back fails the run. For the pause, the demo's liveness probe is first removed
+//! a persisted (epoch, version) that goes back fails the run. For the pause, the demo's liveness probe is first removed
 //! from the template (a rollout): with it, the node agent would SIGTERM the stopped process
 //! after three failed probes and SIGKILL it 30 s later, turning the pause into a crash. (An
 //! operator that deletes the paused, not-Ready pod does the same: the node agent kills it
@@ -1244,11 +1244,11 @@ async fn steady_load(demo: &mut Demo, clock: Instant) -> Totals {
     steady
 }
 
-/// The table audit's findings in the report: figures, a note, and a failure per version
-/// that went back.
+/// The table audit's findings in the report: figures, a note, and a failure per
+/// (epoch, version) that went back.
 fn add_pg_audit(report: &mut ScenarioReport, pg: &PgAuditReport) {
     report.notes.push(format!(
-        "PostgreSQL: {} reads of the table ({} failed), {} rows, {} write-backs seen, {} versions that went back {:?}",
+        "PostgreSQL: {} reads of the table ({} failed), {} rows, {} write-backs seen, {} (epoch, version) stamps that went back {:?}",
         pg.polls, pg.failed_polls, pg.rows, pg.advances, pg.decreases, pg.examples
     ));
     for (name, value) in [
@@ -1266,7 +1266,7 @@ fn add_pg_audit(report: &mut ScenarioReport, pg: &PgAuditReport) {
     report.scenario_failures.extend(
         pg.examples
             .iter()
-            .map(|e| format!("a persisted version went back: {e}")),
+            .map(|e| format!("a persisted (epoch, version) went back: {e}")),
     );
 }
 

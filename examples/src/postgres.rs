@@ -6,15 +6,21 @@
 //! ```sql
 //! CREATE TABLE IF NOT EXISTS locus_sessions (
 //!     key     bytea  PRIMARY KEY,
+//!     epoch   bigint NOT NULL DEFAULT 0,  -- the writer's ownership epoch
 //!     version bigint NOT NULL,
-//!     state   bytea  NOT NULL   -- the Ledger as JSON
+//!     state   bytea  NOT NULL             -- the Ledger as JSON
 //! );
 //! ```
 //!
+//! (A table made before epochs gets the column with `ALTER TABLE ... ADD
+//! COLUMN IF NOT EXISTS`; its rows read as epoch 0.)
+//!
 //! * [`Postgres::store`] upserts a session, never lowering the stored
-//!   version (`... ON CONFLICT (key) DO UPDATE ... WHERE version <= new`), so
-//!   a write-back repeated after a timeout is harmless;
-//! * [`Postgres::load`] reads it back with its version;
+//!   (epoch, version) (`... ON CONFLICT (key) DO UPDATE ... WHERE (epoch,
+//!   version) <= (new epoch, new version)`), so a write-back repeated after
+//!   a timeout is harmless and a late one from a pod that lost the session
+//!   (or crashed with it in flight) never replaces its new owner's;
+//! * [`Postgres::load`] reads it back with its stamp;
 //! * [`Postgres::append`] (stateless mode) runs one transaction: make sure
 //!   the row exists, lock it (`SELECT ... FOR UPDATE`), apply the event,
 //!   write the next version, commit. Concurrent appends to one session queue
@@ -27,7 +33,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use locus::store::{Persistence, Versioned};
+use locus::store::{Persistence, Stamp, Stored, Versioned};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_postgres::{Client, NoTls, Statement};
 
@@ -77,8 +83,8 @@ pub enum PgError {
     /// A stored state is not a valid ledger, or a ledger could not be encoded.
     #[error("session state codec: {0}")]
     Codec(#[from] serde_json::Error),
-    /// A stored version is negative, or a version does not fit a `bigint`.
-    #[error("session version {0} is out of range")]
+    /// A stored version or epoch is negative, or does not fit a `bigint`.
+    #[error("session version or epoch {0} is out of range")]
     Version(i128),
 }
 
@@ -112,12 +118,16 @@ fn query(action: &'static str) -> impl FnOnce(tokio_postgres::Error) -> PgError 
 const CREATE_TABLE: &str = "BEGIN;
     SELECT pg_advisory_xact_lock(465725257075);
     CREATE TABLE IF NOT EXISTS locus_sessions (
-        key bytea PRIMARY KEY, version bigint NOT NULL, state bytea NOT NULL);
+        key bytea PRIMARY KEY, epoch bigint NOT NULL DEFAULT 0, version bigint NOT NULL,
+        state bytea NOT NULL);
+    ALTER TABLE locus_sessions ADD COLUMN IF NOT EXISTS epoch bigint NOT NULL DEFAULT 0;
     COMMIT;";
-const LOAD: &str = "SELECT version, state FROM locus_sessions WHERE key = $1";
-const UPSERT: &str = "INSERT INTO locus_sessions (key, version, state) VALUES ($1, $2, $3)
-    ON CONFLICT (key) DO UPDATE SET version = EXCLUDED.version, state = EXCLUDED.state
-    WHERE locus_sessions.version <= EXCLUDED.version";
+const LOAD: &str = "SELECT epoch, version, state FROM locus_sessions WHERE key = $1";
+const UPSERT: &str =
+    "INSERT INTO locus_sessions (key, epoch, version, state) VALUES ($1, $2, $3, $4)
+    ON CONFLICT (key) DO UPDATE
+    SET epoch = EXCLUDED.epoch, version = EXCLUDED.version, state = EXCLUDED.state
+    WHERE (locus_sessions.epoch, locus_sessions.version) <= (EXCLUDED.epoch, EXCLUDED.version)";
 const ENSURE: &str = "INSERT INTO locus_sessions (key, version, state) VALUES ($1, 0, $2)
     ON CONFLICT (key) DO NOTHING";
 const LOCK: &str = "SELECT version, state FROM locus_sessions WHERE key = $1 FOR UPDATE";
@@ -229,8 +239,8 @@ impl Postgres {
         })
     }
 
-    /// Loads session `key` with its stored version.
-    pub async fn load(&self, key: &[u8]) -> Result<Option<Versioned<Ledger>>, PgError> {
+    /// Loads session `key` with its stored stamp.
+    pub async fn load(&self, key: &[u8]) -> Result<Option<Stored<Ledger>>, PgError> {
         let mut checkout = self.inner.checkout().await?;
         let conn = checkout.conn();
         let row = conn
@@ -238,18 +248,25 @@ impl Postgres {
             .query_opt(&conn.load, &[&key])
             .await
             .map_err(query("load"))?;
-        row.map(|row| decode(row.get(0), row.get(1))).transpose()
+        row.map(|row| {
+            let epoch: i64 = row.get(0);
+            let epoch = u64::try_from(epoch).map_err(|_| PgError::Version(epoch.into()))?;
+            let Versioned { version, value } = decode(row.get(1), row.get(2))?;
+            Ok(Stored::new(Stamp::new(epoch, version), value))
+        })
+        .transpose()
     }
 
-    /// Stores `ledger` as `version` of `key`, unless a newer version is
-    /// already stored.
-    pub async fn store(&self, key: &[u8], version: u64, ledger: &Ledger) -> Result<(), PgError> {
+    /// Stores `ledger` with `stamp` as session `key`, unless a higher stamp
+    /// is already stored.
+    pub async fn store(&self, key: &[u8], stamp: Stamp, ledger: &Ledger) -> Result<(), PgError> {
         let state = encode(ledger)?;
-        let version = to_bigint(version)?;
+        let epoch = to_bigint(stamp.epoch)?;
+        let version = to_bigint(stamp.version)?;
         let mut checkout = self.inner.checkout().await?;
         let conn = checkout.conn();
         conn.client
-            .execute(&conn.upsert, &[&key, &version, &state])
+            .execute(&conn.upsert, &[&key, &epoch, &version, &state])
             .await
             .map_err(query("store"))?;
         Ok(())
@@ -377,17 +394,17 @@ pub enum LedgerPersistence {
 impl Persistence<Ledger> for LedgerPersistence {
     type Error = PgError;
 
-    async fn load(&self, key: &[u8]) -> Result<Option<Versioned<Ledger>>, PgError> {
+    async fn load(&self, key: &[u8]) -> Result<Option<Stored<Ledger>>, PgError> {
         match self {
             Self::None => Ok(None),
             Self::Postgres(pg) => pg.load(key).await,
         }
     }
 
-    async fn store(&self, key: &[u8], version: u64, value: &Ledger) -> Result<(), PgError> {
+    async fn store(&self, key: &[u8], stamp: Stamp, value: &Ledger) -> Result<(), PgError> {
         match self {
             Self::None => Ok(()),
-            Self::Postgres(pg) => pg.store(key, version, value).await,
+            Self::Postgres(pg) => pg.store(key, stamp, value).await,
         }
     }
 

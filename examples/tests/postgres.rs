@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::{TempDir, client, postgres_or_skip, start_ring_pods};
 use http::StatusCode;
-use locus::store::Limits;
+use locus::store::{Limits, Stamp};
 use locus::{Metrics, RingSource as _, headers};
 use locus_examples::ledger::{Event, Ledger, LedgerRules, SessionView};
 use locus_examples::loadgen::{self, LoadConfig, Stop, Target};
@@ -71,9 +71,15 @@ async fn sessions_survive_a_restart_through_postgres() {
         .unwrap();
     let stored = db.load(b"carol").await.unwrap().unwrap();
     assert_eq!(
-        (stored.version, stored.value.events, stored.value.total),
+        (
+            stored.stamp.version,
+            stored.value.events,
+            stored.value.total
+        ),
         (3, 3, 60)
     );
+    // Without the handoff member there is no ring ownership: epoch 0.
+    assert_eq!(stored.stamp.epoch, 0);
 
     // A new process on the same address loads it on first touch (cold).
     let listener = tokio::net::TcpListener::bind(address).await.unwrap();
@@ -105,10 +111,32 @@ async fn sessions_survive_a_restart_through_postgres() {
     assert_eq!(answer["version"], 3);
     pod.stop().await;
 
-    // The upsert never lowers a stored version (a repeated, late write-back).
+    // The upsert never lowers a stored (epoch, version): not for a repeated,
+    // late write-back, nor for a higher version from an older epoch (a pod
+    // that lost the session, or crashed with the write in flight).
+    let epoch = 5;
+    let kept = db.load(b"carol").await.unwrap().unwrap().value;
+    db.store(b"carol", Stamp::new(epoch, 3), &kept)
+        .await
+        .unwrap();
     let older = Ledger::default();
-    db.store(b"carol", 2, &older).await.unwrap();
-    assert_eq!(db.load(b"carol").await.unwrap().unwrap().version, 3);
+    db.store(b"carol", Stamp::new(epoch, 2), &older)
+        .await
+        .unwrap();
+    db.store(b"carol", Stamp::new(epoch - 1, 9), &older)
+        .await
+        .unwrap();
+    let held = db.load(b"carol").await.unwrap().unwrap();
+    assert_eq!((held.stamp, held.value.total), (Stamp::new(epoch, 3), 60));
+    // A newer epoch wins, whatever its version.
+    db.store(b"carol", Stamp::new(epoch + 1, 1), &older)
+        .await
+        .unwrap();
+    let held = db.load(b"carol").await.unwrap().unwrap();
+    assert_eq!(
+        (held.stamp, held.value.total),
+        (Stamp::new(epoch + 1, 1), 0)
+    );
     let persistence = LedgerPersistence::Postgres(db);
     assert!(
         locus::store::Persistence::<Ledger>::load(&persistence, b"nobody")
@@ -280,8 +308,63 @@ async fn stateless_mode_keeps_every_session_in_postgres() {
         .await
         .unwrap();
     assert!(refused.is_err());
-    assert_eq!(db.load(b"st-1").await.unwrap().unwrap().version, a.version);
+    assert_eq!(
+        db.load(b"st-1").await.unwrap().unwrap().stamp.version,
+        a.version
+    );
     for pod in pods {
         pod.stop().await;
     }
+}
+
+/// A table made before ownership epochs (no `epoch` column) gets the column
+/// on connect; its rows read as epoch 0 and any owner's write replaces them.
+#[tokio::test]
+async fn a_table_from_before_epochs_is_migrated_in_place() {
+    let Some(pg) = postgres_or_skip("a_table_from_before_epochs_is_migrated_in_place") else {
+        return;
+    };
+    let (client, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "CREATE TABLE locus_sessions (key bytea PRIMARY KEY, version bigint NOT NULL, \
+             state bytea NOT NULL)",
+        )
+        .await
+        .unwrap();
+    let state = serde_json::to_vec(&Ledger {
+        events: 2,
+        total: 30,
+        ..Ledger::default()
+    })
+    .unwrap();
+    client
+        .execute(
+            "INSERT INTO locus_sessions VALUES ($1, 7, $2)",
+            &[&&b"old"[..], &state],
+        )
+        .await
+        .unwrap();
+    let db = Postgres::connect(PgConfig::new(pg.url.clone()))
+        .await
+        .unwrap();
+    let held = db.load(b"old").await.unwrap().unwrap();
+    assert_eq!((held.stamp, held.value.total), (Stamp::new(0, 7), 30));
+    // A new owner writes under its epoch; an older version from it wins.
+    let mut ledger = held.value.clone();
+    ledger.total = 31;
+    db.store(b"old", Stamp::new(4, 1), &ledger).await.unwrap();
+    let held = db.load(b"old").await.unwrap().unwrap();
+    assert_eq!((held.stamp, held.value.total), (Stamp::new(4, 1), 31));
+    // Connecting again (another pod starting) changes nothing.
+    let again = Postgres::connect(PgConfig::new(pg.url.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.load(b"old").await.unwrap().unwrap().stamp,
+        Stamp::new(4, 1)
+    );
 }

@@ -219,6 +219,7 @@ fn push(c: &mut Criterion, setup: &Setup) {
         .map(|i| SessionRecord {
             key: Bytes::from(format!("pushed-{i}")),
             version: 1,
+            epoch: 1,
             dirty: true,
             value: SessionCodec::<String>::encode(&JsonCodec, &value(i)).unwrap(),
         })

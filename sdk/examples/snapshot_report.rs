@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt as _, TryStreamExt as _, stream};
 use locus::ring::{Assignment, Pod, Ring, RingParts, ShardCount, Slot, SlotState, Transition};
 use locus::snapshot::{self, SnapshotHeader};
-use locus::store::{JsonCodec, Limits, Persistence, SessionStore, Versioned};
+use locus::store::{JsonCodec, Limits, Persistence, SessionStore, Stamp, Stored, Versioned};
 use tokio_postgres::{Client, NoTls, Statement};
 
 const POD: &str = "report-0-x";
@@ -161,14 +161,14 @@ impl Pg {
         raw[0]
             .batch_execute(
                 "DROP TABLE IF EXISTS locus_report; \
-                 CREATE TABLE locus_report (key bytea PRIMARY KEY, version bigint NOT NULL, state bytea NOT NULL)",
+                 CREATE TABLE locus_report (key bytea PRIMARY KEY, epoch bigint NOT NULL, version bigint NOT NULL, state bytea NOT NULL)",
             )
             .await
             .unwrap();
         let mut clients = Vec::new();
         for client in raw {
             let load = client
-                .prepare("SELECT version, state FROM locus_report WHERE key = $1")
+                .prepare("SELECT epoch, version, state FROM locus_report WHERE key = $1")
                 .await
                 .unwrap();
             clients.push((client, load));
@@ -192,27 +192,33 @@ struct PgSessions(Arc<Pg>);
 impl Persistence<String> for PgSessions {
     type Error = tokio_postgres::Error;
 
-    async fn load(&self, key: &[u8]) -> Result<Option<Versioned<String>>, Self::Error> {
+    async fn load(&self, key: &[u8]) -> Result<Option<Stored<String>>, Self::Error> {
         let (client, load) = self.0.client();
         let row = client.query_opt(load, &[&key]).await?;
         Ok(row.map(|row| {
-            let version: i64 = row.get(0);
-            let state: Vec<u8> = row.get(1);
-            Versioned::new(
-                u64::try_from(version).unwrap_or(0),
+            let epoch: i64 = row.get(0);
+            let version: i64 = row.get(1);
+            let state: Vec<u8> = row.get(2);
+            Stored::new(
+                Stamp::new(
+                    u64::try_from(epoch).unwrap_or(0),
+                    u64::try_from(version).unwrap_or(0),
+                ),
                 String::from_utf8(state).unwrap_or_default(),
             )
         }))
     }
 
-    async fn store(&self, key: &[u8], version: u64, value: &String) -> Result<(), Self::Error> {
+    async fn store(&self, key: &[u8], stamp: Stamp, value: &String) -> Result<(), Self::Error> {
         let (client, _) = self.0.client();
-        let version = i64::try_from(version).unwrap_or(i64::MAX);
+        let epoch = i64::try_from(stamp.epoch).unwrap_or(i64::MAX);
+        let version = i64::try_from(stamp.version).unwrap_or(i64::MAX);
         client
             .execute(
-                "INSERT INTO locus_report VALUES ($1, $2, $3) ON CONFLICT (key) DO UPDATE \
-                 SET version = EXCLUDED.version, state = EXCLUDED.state",
-                &[&key, &version, &value.as_bytes()],
+                "INSERT INTO locus_report AS t VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO UPDATE \
+                 SET epoch = EXCLUDED.epoch, version = EXCLUDED.version, state = EXCLUDED.state \
+                 WHERE (t.epoch, t.version) <= (EXCLUDED.epoch, EXCLUDED.version)",
+                &[&key, &epoch, &version, &value.as_bytes()],
             )
             .await?;
         Ok(())

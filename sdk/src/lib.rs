@@ -79,7 +79,7 @@
 //! use axum::http::HeaderMap;
 //! use axum::response::{IntoResponse, Response};
 //! use locus::ring::{Assignment, Pod, Ring, RingParts, ShardCount, Slot, SlotState, Transition};
-//! use locus::store::{JsonCodec, Persistence, SessionStore, Versioned};
+//! use locus::store::{JsonCodec, Persistence, SessionStore, Stamp, Stored};
 //! use locus::{HandoffSecret, Member, OwnershipLayer, ReqwestClient, RouterLayer, StaticRingSource};
 //! use tower::{Layer, ServiceExt};
 //!
@@ -87,18 +87,21 @@
 //!
 //! /// Where carts live when they are not in memory (a database in a real service).
 //! #[derive(Default)]
-//! struct CartTable(Mutex<HashMap<Vec<u8>, Versioned<Cart>>>);
+//! struct CartTable(Mutex<HashMap<Vec<u8>, Stored<Cart>>>);
 //!
 //! impl Persistence<Cart> for CartTable {
 //!     type Error = std::convert::Infallible;
 //!
-//!     async fn load(&self, key: &[u8]) -> Result<Option<Versioned<Cart>>, Self::Error> {
+//!     async fn load(&self, key: &[u8]) -> Result<Option<Stored<Cart>>, Self::Error> {
 //!         Ok(self.0.lock().unwrap().get(key).cloned())
 //!     }
 //!
-//!     async fn store(&self, key: &[u8], version: u64, cart: &Cart) -> Result<(), Self::Error> {
-//!         let stored = Versioned::new(version, cart.clone());
-//!         self.0.lock().unwrap().insert(key.to_vec(), stored);
+//!     async fn store(&self, key: &[u8], stamp: Stamp, cart: &Cart) -> Result<(), Self::Error> {
+//!         let mut rows = self.0.lock().unwrap();
+//!         // Never an older (epoch, version) over a newer one.
+//!         if rows.get(key).is_none_or(|held| held.stamp <= stamp) {
+//!             rows.insert(key.to_vec(), Stored::new(stamp, cart.clone()));
+//!         }
 //!         Ok(())
 //!     }
 //! }

@@ -26,7 +26,7 @@ use futures::{StreamExt, poll, stream};
 use http::StatusCode;
 use locus::store::{
     HandOff, Installed, JsonCodec, Limits, ManualClock, Passivation, Persistence, SessionStore,
-    StoreError, Versioned,
+    Stamp, StoreError, Stored, Versioned,
 };
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
@@ -46,7 +46,7 @@ enum Call {
 }
 
 struct RecordingInner<V> {
-    data: Mutex<HashMap<Vec<u8>, Versioned<V>>>,
+    data: Mutex<HashMap<Vec<u8>, Stored<V>>>,
     calls: Mutex<Vec<Call>>,
     fail_stores: AtomicBool,
     fail_loads: AtomicUsize,
@@ -93,15 +93,25 @@ impl<V: Clone> Recording<V> {
     }
 
     fn stored(&self, key: &[u8]) -> Option<Versioned<V>> {
+        self.held(key)
+            .map(|held| Versioned::new(held.stamp.version, held.value))
+    }
+
+    /// The row with its stamp.
+    fn held(&self, key: &[u8]) -> Option<Stored<V>> {
         self.inner.data.lock().unwrap().get(key).cloned()
     }
 
     fn put(&self, key: &[u8], version: u64, value: V) {
+        self.put_stamped(key, Stamp::new(0, version), value);
+    }
+
+    fn put_stamped(&self, key: &[u8], stamp: Stamp, value: V) {
         self.inner
             .data
             .lock()
             .unwrap()
-            .insert(key.to_vec(), Versioned::new(version, value));
+            .insert(key.to_vec(), Stored::new(stamp, value));
     }
 
     fn hold_loads(&self, hold: bool) {
@@ -144,7 +154,7 @@ impl<V: Clone> Recording<V> {
 impl<V: Clone + Send + Sync + 'static> Persistence<V> for Recording<V> {
     type Error = Injected;
 
-    async fn load(&self, key: &[u8]) -> Result<Option<Versioned<V>>, Injected> {
+    async fn load(&self, key: &[u8]) -> Result<Option<Stored<V>>, Injected> {
         self.inner
             .calls
             .lock()
@@ -162,15 +172,15 @@ impl<V: Clone + Send + Sync + 'static> Persistence<V> for Recording<V> {
         if fail {
             return Err(Injected);
         }
-        Ok(self.stored(key))
+        Ok(self.held(key))
     }
 
-    async fn store(&self, key: &[u8], version: u64, value: &V) -> Result<(), Injected> {
+    async fn store(&self, key: &[u8], stamp: Stamp, value: &V) -> Result<(), Injected> {
         self.inner
             .calls
             .lock()
             .unwrap()
-            .push(Call::Store(key.to_vec(), version));
+            .push(Call::Store(key.to_vec(), stamp.version));
         self.inner.stores_started.send_modify(|n| *n += 1);
         let mut gate = self.inner.store_gate.subscribe();
         gate.wait_for(|open| *open).await.unwrap();
@@ -178,9 +188,9 @@ impl<V: Clone + Send + Sync + 'static> Persistence<V> for Recording<V> {
         if self.inner.fail_stores.load(Ordering::SeqCst) {
             return Err(Injected);
         }
-        // Conditional, as the contract requires: a higher stored version wins.
-        if self.stored(key).is_none_or(|held| held.version <= version) {
-            self.put(key, version, value.clone());
+        // Conditional, as the contract requires: a higher stored stamp wins.
+        if self.held(key).is_none_or(|held| held.stamp <= stamp) {
+            self.put_stamped(key, stamp, value.clone());
         }
         Ok(())
     }
@@ -1475,10 +1485,14 @@ async fn a_load_guard_refuses_loads_of_keys_owned_elsewhere_but_not_resident_ses
     store.update(b"mine", |s| s.push('x')).await.unwrap();
     let owner_of_theirs: Arc<str> = "pod-b".into();
     assert!(store.guard_loads(Arc::new(move |key: &[u8]| {
-        (key == b"theirs").then(|| Arc::clone(&owner_of_theirs))
+        if key == b"theirs" {
+            Err(Arc::clone(&owner_of_theirs))
+        } else {
+            Ok(0)
+        }
     })));
     assert!(
-        !store.guard_loads(Arc::new(|_: &[u8]| None)),
+        !store.guard_loads(Arc::new(|_: &[u8]| Ok(0))),
         "a second guard is refused"
     );
     match store.get(b"theirs").await {
@@ -1530,4 +1544,107 @@ async fn a_record_written_through_never_replaces_a_newer_stored_version() {
         panic!("expected the state");
     };
     assert!(!counters.write_record(&record).await.unwrap());
+}
+
+// ---------------------------------------------------------------------------
+// Ownership epochs (docs/adr/0001-fencing.md, "Ownership epochs").
+
+/// A guard that says this pod owns every key under ring version `epoch`,
+/// except `theirs`.
+fn owner_at(epoch: u64) -> locus::store::LoadGuard {
+    Arc::new(move |key: &[u8]| {
+        if key == b"theirs" {
+            Err("pod-b".into())
+        } else {
+            Ok(epoch)
+        }
+    })
+}
+
+#[tokio::test]
+async fn write_backs_carry_the_epoch_of_the_ring_the_session_was_loaded_under() {
+    let (store, persistence) = text_store(Limits::default());
+    persistence.put_stamped(b"k", Stamp::new(3, 4), "old".into());
+    assert!(store.guard_loads(owner_at(7)));
+    store.update(b"k", |s| s.push('!')).await.unwrap();
+    store.flush().await;
+    assert_eq!(
+        persistence.held(b"k").unwrap(),
+        Stored::new(Stamp::new(7, 5), "old!".into())
+    );
+    // A session new to the persistence is written under the same epoch.
+    store.update(b"fresh", |s| s.push('x')).await.unwrap();
+    store.flush().await;
+    assert_eq!(persistence.held(b"fresh").unwrap().stamp, Stamp::new(7, 1));
+}
+
+#[tokio::test]
+async fn a_session_stored_under_a_newer_epoch_is_refused_not_served() {
+    let (store, persistence) = text_store(Limits::default());
+    persistence.put_stamped(b"k", Stamp::new(9, 2), "the new owner's".into());
+    assert!(store.guard_loads(owner_at(7)));
+    let error = store.get(b"k").await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            StoreError::Fenced {
+                stored: 9,
+                own: 7,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(error.retry_after().is_some());
+    assert_eq!(store.stats().sessions, 0, "nothing was made resident");
+    // Nothing was written either: the row is the new owner's.
+    assert_eq!(
+        persistence.held(b"k").unwrap(),
+        Stored::new(Stamp::new(9, 2), "the new owner's".into())
+    );
+}
+
+#[tokio::test]
+async fn installs_take_the_higher_of_the_records_epoch_and_the_rings() {
+    let (sender, persistence) = text_store(Limits::default());
+    assert!(sender.guard_loads(owner_at(4)));
+    for key in [&b"mine"[..], b"theirs"] {
+        sender
+            .install(key, Versioned::new(2, "sent".into()))
+            .await
+            .unwrap();
+    }
+    // "mine" is held under the sender's epoch 4; "theirs", which the sender
+    // does not own, under the epoch it was installed with (0).
+    let mut records = Vec::new();
+    for key in [&b"mine"[..], b"theirs"] {
+        let HandOff::State(record) = sender
+            .hand_off(key, None, "pod-b", Duration::from_secs(1))
+            .await
+            .unwrap()
+        else {
+            panic!("expected the state");
+        };
+        records.push(record);
+    }
+    assert_eq!((records[0].epoch, records[1].epoch), (4, 0));
+
+    // The receiver shares the persistence, as the pods of a service do.
+    let receiver = SessionStore::builder(JsonCodec, String::len)
+        .persistence(persistence.clone())
+        .build()
+        .unwrap();
+    assert!(receiver.guard_loads(owner_at(9)));
+    for record in &records {
+        receiver.install_record(record).await.unwrap();
+    }
+    receiver.flush().await;
+    // Owned under ring 9: written under 9. Not owned: the record's epoch.
+    assert_eq!(persistence.held(b"mine").unwrap().stamp, Stamp::new(9, 2));
+    assert_eq!(persistence.held(b"theirs").unwrap().stamp, Stamp::new(0, 2));
+    // A drain's write-through carries the sender's epoch: it never replaces
+    // what the receiver wrote under its higher one.
+    assert!(sender.write_record(&records[0]).await.unwrap());
+    assert_eq!(persistence.held(b"mine").unwrap().stamp, Stamp::new(9, 2));
 }

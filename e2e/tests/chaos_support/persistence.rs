@@ -7,10 +7,10 @@
 //! (write-backs, loads) while the others go at full speed.
 //!
 //! [`PgAudit`] polls the sample's table (`locus_sessions`) and checks that a session's
-//! persisted version never goes back: the store writes back conditionally (never over a
-//! higher version), so a late write-back from a pod that handed the session off must be
-//! refused. A version that decreases between two polls is a stale state put back over a
-//! newer one.
+//! persisted (epoch, version) never goes back: the store writes back conditionally (never
+//! over a higher ownership epoch, nor a higher version of the same epoch), so a late
+//! write-back from a pod that handed the session off must be refused. A stamp that
+//! decreases between two polls is a stale state put back over a newer one.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -71,9 +71,11 @@ pub struct PgAuditReport {
     pub failed_polls: u64,
     /// Sessions with a row at the last read.
     pub rows: usize,
-    /// Times a row's version was seen higher than at the previous read (write-backs seen).
+    /// Times a row's (epoch, version) was seen higher than at the previous read
+    /// (write-backs seen).
     pub advances: u64,
-    /// Times a row's version was seen lower than before: an older state written over a newer.
+    /// Times a row's (epoch, version) was seen lower than before: an older state written
+    /// over a newer.
     pub decreases: u64,
     /// Up to ten of them, in words.
     pub examples: Vec<String>,
@@ -82,7 +84,7 @@ pub struct PgAuditReport {
 #[derive(Default)]
 struct AuditState {
     report: PgAuditReport,
-    highest: HashMap<String, i64>,
+    highest: HashMap<String, (i64, i64)>,
 }
 
 /// Polls the sample's table every [`POLL`] until [`PgAudit::finish`].
@@ -99,7 +101,7 @@ impl PgAudit {
             loop {
                 let db = pg.clone();
                 let read = tokio::task::spawn_blocking(move || {
-                    db.query("SELECT encode(key, 'escape'), version FROM locus_sessions")
+                    db.query("SELECT encode(key, 'escape'), epoch, version FROM locus_sessions")
                 })
                 .await;
                 let at = secs(clock.elapsed());
@@ -128,34 +130,41 @@ impl PgAudit {
 }
 
 impl AuditState {
-    /// One read of the table: `key|version` lines.
+    /// One read of the table: `key|epoch|version` lines.
     fn record(&mut self, text: &str, at: f64) {
         self.report.polls += 1;
         let mut rows = 0;
         for line in text.lines() {
-            let Some((key, version)) = line.rsplit_once('|') else {
+            let mut fields = line.rsplitn(3, '|');
+            let (Some(version), Some(epoch), Some(key)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
                 continue;
             };
-            let Ok(version) = version.trim().parse::<i64>() else {
+            let (Ok(epoch), Ok(version)) =
+                (epoch.trim().parse::<i64>(), version.trim().parse::<i64>())
+            else {
                 continue;
             };
+            let stamp = (epoch, version);
             rows += 1;
             match self.highest.get_mut(key) {
-                Some(highest) if version > *highest => {
-                    *highest = version;
+                Some(highest) if stamp > *highest => {
+                    *highest = stamp;
                     self.report.advances += 1;
                 }
-                Some(highest) if version < *highest => {
+                Some(highest) if stamp < *highest => {
                     self.report.decreases += 1;
                     if self.report.examples.len() < 10 {
                         self.report.examples.push(format!(
-                            "t={at:.1}s: session {key} persisted at version {version} after {highest}"
+                            "t={at:.1}s: session {key} persisted at epoch {epoch} version {version} after epoch {} version {}",
+                            highest.0, highest.1
                         ));
                     }
                 }
                 Some(_) => {}
                 None => {
-                    self.highest.insert(key.to_owned(), version);
+                    self.highest.insert(key.to_owned(), stamp);
                 }
             }
         }
@@ -168,10 +177,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_version_that_goes_back_is_found() {
+    fn a_stamp_that_goes_back_is_found() {
         let mut state = AuditState::default();
-        state.record("lg-a-1|3\nlg-a-2|1", 1.0);
-        state.record("lg-a-1|5\nlg-a-2|1\nlg-a-3|2", 2.0);
+        state.record("lg-a-1|2|3\nlg-a-2|2|1", 1.0);
+        state.record("lg-a-1|2|5\nlg-a-2|2|1\nlg-a-3|2|2", 2.0);
         assert_eq!(
             (
                 state.report.advances,
@@ -180,8 +189,14 @@ mod tests {
             ),
             (1, 0, 3)
         );
-        state.record("lg-a-1|4\nlg-a-2|2\nlg-a-3|2", 3.0);
-        assert_eq!((state.report.advances, state.report.decreases), (2, 1));
-        assert!(state.report.examples[0].contains("lg-a-1 persisted at version 4 after 5"));
+        // A newer epoch at a lower version is an advance; an older epoch at a
+        // higher version, or a lower version of the same epoch, goes back.
+        state.record("lg-a-1|2|4\nlg-a-2|3|0\nlg-a-3|1|9", 3.0);
+        assert_eq!((state.report.advances, state.report.decreases), (2, 2));
+        assert!(
+            state.report.examples[0]
+                .contains("lg-a-1 persisted at epoch 2 version 4 after epoch 2 version 5")
+        );
+        assert!(state.report.examples[1].contains("lg-a-3 persisted at epoch 1 version 9"));
     }
 }

@@ -378,7 +378,7 @@ async fn read_inner(
             let loaded = loaded.unwrap_or_default();
             Ok((
                 Cache::Stateless,
-                SessionView::new(id, loaded.version, &loaded.value),
+                SessionView::new(id, loaded.stamp.version, &loaded.value),
             ))
         }
     }

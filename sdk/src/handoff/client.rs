@@ -501,6 +501,7 @@ mod tests {
         SessionRecord {
             key: Bytes::from_static(key),
             version: 4,
+            epoch: 2,
             dirty: true,
             value: Bytes::from_static(b"state"),
         }

@@ -514,6 +514,7 @@ mod tests {
         SessionRecord {
             key: Bytes::from_static(key.as_bytes()),
             version,
+            epoch: 1,
             dirty: true,
             value: Bytes::from(vec![0; size]),
         }

@@ -13,7 +13,7 @@
 //!
 //! | kind | name | payload after the key |
 //! |---|---|---|
-//! | `0x01` | record | `version: u64`, `flags: u8` (bit 0 dirty, bit 1 final), the encoded state (the rest) |
+//! | `0x01` | record | `version: u64`, `flags: u8` (bit 0 dirty, bit 1 final, bit 2 epoch), `epoch: u64` (if bit 2), the encoded state (the rest) |
 //! | `0x02` | unchanged | `version: u64` |
 //! | `0x03` | not resident | — |
 //! | `0x04` | refused | `reason: u8` ([`Refusal`]), a UTF-8 message (the rest) |
@@ -23,7 +23,9 @@
 //!
 //! A body is complete only if it ends with an `end` frame whose count matches:
 //! a truncated stream (a pod that died mid-answer) is an error, never a
-//! shorter answer. A reader refuses frames larger than its bound (the largest
+//! shorter answer. Records always carry their ownership epoch (flag bit 2): a
+//! reader that predates it refuses the unknown flag rather than misread the
+//! state, and a record without it is read as epoch 0. A reader refuses frames larger than its bound (the largest
 //! session it accepts plus the key and header) before buffering them.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -49,6 +51,7 @@ const END: u8 = 0x7f;
 
 const FLAG_DIRTY: u8 = 1;
 const FLAG_FINAL: u8 = 2;
+const FLAG_EPOCH: u8 = 4;
 
 /// Why a pod refused to hand over (or take) one session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -247,7 +250,7 @@ impl Frame {
         FRAME_HEADER_BYTES
             + key
             + match self {
-                Self::Record(r) => 9 + r.record.value.len(),
+                Self::Record(r) => 17 + r.record.value.len(),
                 Self::Unchanged { .. } | Self::End { .. } => 8,
                 Self::NotResident { .. } => 0,
                 Self::Refused { message, .. } => 1 + message.len(),
@@ -271,7 +274,7 @@ impl Frame {
                 out.put_u32(payload);
                 put_key(out, &record.key)?;
                 out.put_u64(record.version);
-                let mut flags = 0;
+                let mut flags = FLAG_EPOCH;
                 if record.dirty {
                     flags |= FLAG_DIRTY;
                 }
@@ -279,6 +282,7 @@ impl Frame {
                     flags |= FLAG_FINAL;
                 }
                 out.put_u8(flags);
+                out.put_u64(record.epoch);
                 out.put_slice(&record.value);
             }
             Self::Unchanged { key, version } => {
@@ -325,6 +329,39 @@ impl Frame {
         Ok(())
     }
 
+    /// Decodes a record's payload after its key.
+    fn decode_record(key: Bytes, mut p: Bytes) -> Result<Self, WireError> {
+        let short = |reason| WireError::Malformed {
+            kind: "record",
+            reason,
+        };
+        if p.len() < 9 {
+            return Err(short("no version and flags"));
+        }
+        let version = p.get_u64();
+        let flags = p.get_u8();
+        if flags & !(FLAG_DIRTY | FLAG_FINAL | FLAG_EPOCH) != 0 {
+            return Err(short("unknown flags"));
+        }
+        let epoch = if flags & FLAG_EPOCH == 0 {
+            0
+        } else if p.len() < 8 {
+            return Err(short("no epoch"));
+        } else {
+            p.get_u64()
+        };
+        Ok(Self::Record(WireRecord {
+            record: SessionRecord {
+                key,
+                version,
+                epoch,
+                dirty: flags & FLAG_DIRTY != 0,
+                value: p,
+            },
+            last: flags & FLAG_FINAL != 0,
+        }))
+    }
+
     /// Decodes one payload of `kind`.
     fn decode(kind: u8, mut p: Bytes) -> Result<Self, WireError> {
         let name = match kind {
@@ -355,25 +392,7 @@ impl Frame {
         }
         let key = p.split_to(key_len);
         let frame = match kind {
-            RECORD => {
-                if p.len() < 9 {
-                    return Err(short("no version and flags"));
-                }
-                let version = p.get_u64();
-                let flags = p.get_u8();
-                if flags & !(FLAG_DIRTY | FLAG_FINAL) != 0 {
-                    return Err(short("unknown flags"));
-                }
-                Self::Record(WireRecord {
-                    record: SessionRecord {
-                        key,
-                        version,
-                        dirty: flags & FLAG_DIRTY != 0,
-                        value: p,
-                    },
-                    last: flags & FLAG_FINAL != 0,
-                })
-            }
+            RECORD => Self::decode_record(key, p)?,
             UNCHANGED => {
                 if p.len() != 8 {
                     return Err(short("version is not 8 bytes"));
@@ -557,6 +576,7 @@ mod tests {
             record: SessionRecord {
                 key: Bytes::from_static(key),
                 version,
+                epoch: version * 3 + 1,
                 dirty,
                 value: Bytes::from_static(b"{\"n\":1}"),
             },
@@ -672,6 +692,56 @@ mod tests {
         assert!(matches!(
             decode_body(&ack, 64),
             Err(WireError::Malformed { kind: "ack", .. })
+        ));
+    }
+
+    /// The one frame of `bytes`.
+    fn one(bytes: &[u8]) -> Result<Frame, WireError> {
+        let mut decoder = FrameDecoder::new(1024);
+        decoder.push(bytes)?;
+        Ok(decoder.next_frame()?.expect("a whole frame"))
+    }
+
+    /// A record frame for key `k` at version 7 with `flags`, then `rest`.
+    fn raw_record(flags: u8, rest: &[u8]) -> BytesMut {
+        let mut out = BytesMut::new();
+        out.put_u8(RECORD);
+        out.put_u32(u32::try_from(3 + 9 + rest.len()).unwrap());
+        out.put_u16(1);
+        out.put_slice(b"k");
+        out.put_u64(7);
+        out.put_u8(flags);
+        out.put_slice(rest);
+        out
+    }
+
+    #[test]
+    fn records_carry_their_epoch_and_older_records_read_as_epoch_zero() {
+        let mut body = BytesMut::new();
+        record(b"k", 7, true, true).encode(&mut body).unwrap();
+        // kind, length, key (2 + 1), version (8), then the flags byte.
+        let flags_at = FRAME_HEADER_BYTES + 3 + 8;
+        assert_eq!(body[flags_at], FLAG_EPOCH | FLAG_DIRTY | FLAG_FINAL);
+        assert_eq!(&body[flags_at + 1..flags_at + 9], &22u64.to_be_bytes());
+        // The same record as a writer without epochs sends it.
+        let old = raw_record(FLAG_DIRTY, b"{}");
+        let Frame::Record(read) = one(&old).unwrap() else {
+            panic!("not a record");
+        };
+        assert_eq!((read.record.version, read.record.epoch), (7, 0));
+        assert_eq!(&read.record.value[..], b"{}");
+        // A flag this reader does not know is refused, not guessed.
+        let mut unknown = BytesMut::from(&body[..]);
+        unknown[flags_at] |= 8;
+        assert!(matches!(
+            one(&unknown),
+            Err(WireError::Malformed { kind: "record", .. })
+        ));
+        // The flag without the epoch's 8 bytes.
+        let cut = raw_record(FLAG_EPOCH, &[0, 0, 0, 0]);
+        assert!(matches!(
+            one(&cut),
+            Err(WireError::Malformed { kind: "record", .. })
         ));
     }
 

@@ -420,6 +420,10 @@ fn read_record(reader: &mut Reader, body_end: u64) -> io::Result<SessionRecord> 
     Ok(SessionRecord {
         key: Bytes::from(key),
         version,
+        // The restoring pod installs it under the epoch of its own ring (it
+        // restores only keys that ring gives it), which is never below the
+        // writer's: format 1 does not keep epochs.
+        epoch: 0,
         dirty: flags[0] & FLAG_DIRTY != 0,
         value: Bytes::from(value),
     })

@@ -24,6 +24,9 @@ use tokio::sync::RwLock;
 pub(crate) struct State<V> {
     pub value: V,
     pub version: u64,
+    /// The ownership epoch its write-backs carry (see
+    /// [`Stamp`](super::Stamp)).
+    pub epoch: u64,
     /// Changed since the persistence last stored it.
     pub dirty: bool,
     /// No longer in the index; look the key up again.
@@ -39,11 +42,12 @@ pub(crate) struct Entry<V> {
 }
 
 impl<V> Entry<V> {
-    pub fn new(value: V, version: u64, dirty: bool) -> Self {
+    pub fn new(value: V, version: u64, epoch: u64, dirty: bool) -> Self {
         Self {
             state: RwLock::new(State {
                 value,
                 version,
+                epoch,
                 dirty,
                 retired: false,
             }),
@@ -118,7 +122,7 @@ mod tests {
 
     #[test]
     fn the_queue_is_bounded_and_places_are_released_on_drop() {
-        let entry = Entry::new((), 0, false);
+        let entry = Entry::new((), 0, 0, false);
         let first = entry.enter(2).unwrap();
         let second = entry.enter(2).unwrap();
         assert!(entry.enter(2).is_none());
@@ -133,7 +137,7 @@ mod tests {
 
     #[test]
     fn pins_and_queued_updates_mark_an_entry_in_use() {
-        let entry = Arc::new(Entry::new((), 0, false));
+        let entry = Arc::new(Entry::new((), 0, 0, false));
         assert!(!entry.in_use());
         let pins = (entry.pin(), entry.pin());
         assert!(entry.in_use());

@@ -30,6 +30,7 @@ const KEY_DISPLAY_CHARS: usize = 64;
 /// | [`Persistence`](Self::Persistence) | 503 Service Unavailable | yes |
 /// | [`PersistenceTimeout`](Self::PersistenceTimeout) | 503 Service Unavailable | yes |
 /// | [`Interrupted`](Self::Interrupted) | 503 Service Unavailable | yes |
+/// | [`Fenced`](Self::Fenced) | 503 Service Unavailable | yes |
 /// | [`TooLarge`](Self::TooLarge) | 413 Payload Too Large | no |
 /// | [`KeyTooLong`](Self::KeyTooLong) | 413 Payload Too Large | no |
 /// | [`Moved`](Self::Moved) | 421 Misdirected Request | no (owner hint instead) |
@@ -127,6 +128,22 @@ pub enum StoreError {
         /// How long the caller should wait before retrying.
         retry_after: Duration,
     },
+    /// The persistence holds the session under a newer ownership epoch than
+    /// this pod's ring: another pod took it over under a ring this pod has
+    /// not seen yet. The session is not served here until the ring catches up.
+    #[error(
+        "session `{key}` was stored under ownership epoch {stored}, newer than this pod's ring version {own}: another pod owns it now"
+    )]
+    Fenced {
+        /// The session key, for display.
+        key: String,
+        /// The epoch the persistence holds.
+        stored: u64,
+        /// This pod's ring version.
+        own: u64,
+        /// How long the caller should wait before retrying.
+        retry_after: Duration,
+    },
     /// The user's codec failed to encode or decode a session.
     #[error("codec failed to {action} session `{key}`: {source}")]
     Codec {
@@ -156,7 +173,8 @@ impl StoreError {
             | Self::LoadsSaturated { .. }
             | Self::Persistence { .. }
             | Self::PersistenceTimeout { .. }
-            | Self::Interrupted { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::Interrupted { .. }
+            | Self::Fenced { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooLarge { .. } | Self::KeyTooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Moved { .. } => StatusCode::MISDIRECTED_REQUEST,
             Self::Codec { .. } | Self::InvalidLimits { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -171,7 +189,8 @@ impl StoreError {
             | Self::LoadsSaturated { retry_after, .. }
             | Self::Persistence { retry_after, .. }
             | Self::PersistenceTimeout { retry_after, .. }
-            | Self::Interrupted { retry_after, .. } => Some(*retry_after),
+            | Self::Interrupted { retry_after, .. }
+            | Self::Fenced { retry_after, .. } => Some(*retry_after),
             Self::TooLarge { .. }
             | Self::KeyTooLong { .. }
             | Self::Moved { .. }
@@ -192,6 +211,7 @@ impl StoreError {
             Self::Persistence { .. } => "persistence",
             Self::PersistenceTimeout { .. } => "persistence_timeout",
             Self::Interrupted { .. } => "interrupted",
+            Self::Fenced { .. } => "fenced",
             Self::Codec { .. } => "codec",
             Self::InvalidLimits { .. } => "invalid_limits",
         }

@@ -43,7 +43,7 @@ use super::entry::{Entry, State};
 use super::error::display_key;
 use super::index::{Room, Shortfall};
 use super::metrics::Eviction;
-use super::{Persistence, SessionStore, StoreError};
+use super::{Persistence, SessionStore, Stamp, StoreError};
 
 /// Most sessions one round of pressure eviction tries to evict.
 const MAX_VICTIMS: usize = 64;
@@ -230,7 +230,8 @@ where
     /// Stores the locked `state` through the persistence; marks it clean on
     /// success.
     async fn write_back(&self, key: &[u8], state: &mut State<V>) -> Result<(), StoreError> {
-        let stored = self.store_through(key, state.version, &state.value).await;
+        let stamp = Stamp::new(state.epoch, state.version);
+        let stored = self.store_through(key, stamp, &state.value).await;
         match &stored {
             Ok(()) => state.dirty = false,
             Err(error) => tracing::warn!(
@@ -249,13 +250,13 @@ where
     pub(super) async fn store_through(
         &self,
         key: &[u8],
-        version: u64,
+        stamp: Stamp,
         value: &V,
     ) -> Result<(), StoreError> {
         let limits = &self.inner.limits;
         let stored = tokio::time::timeout(
             limits.persistence_timeout,
-            self.inner.persistence.store(key, version, value),
+            self.inner.persistence.store(key, stamp, value),
         )
         .await;
         match stored {

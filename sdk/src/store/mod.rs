@@ -77,7 +77,7 @@ pub use codec::{CodecError, JsonCodec, SessionCodec};
 pub use error::{SharedError, StoreError};
 pub use evict::{Flush, Passivation};
 pub use limits::Limits;
-pub use persistence::{NoPersistence, Persistence, Versioned};
+pub use persistence::{NoPersistence, Persistence, Stamp, Stored, Versioned};
 pub use transfer::{HandOff, Installed, Restore, SessionRecord};
 
 use entry::{Entry, Pinned, State};
@@ -102,11 +102,12 @@ type Flight<V> = watch::Receiver<Outcome<V>>;
 
 type Weigher<V> = Box<dyn Fn(&V) -> usize + Send + Sync>;
 
-/// Decides whether this pod may load a session that is not resident: `None`
-/// to load it, or the name of the pod that owns it (the load is refused with
-/// [`StoreError::Moved`] naming that pod). See
-/// [`SessionStore::guard_loads`].
-pub type LoadGuard = Arc<dyn Fn(&[u8]) -> Option<Arc<str>> + Send + Sync>;
+/// Decides whether this pod may load a session that is not resident:
+/// `Ok(epoch)` to load it and write it back under that ownership epoch (the
+/// version of the ring that makes this pod its owner), or `Err` with the name
+/// of the pod that owns it (the load is refused with [`StoreError::Moved`]
+/// naming that pod). See [`SessionStore::guard_loads`].
+pub type LoadGuard = Arc<dyn Fn(&[u8]) -> Result<u64, Arc<str>> + Send + Sync>;
 type Factory<V> = Box<dyn Fn(&[u8]) -> V + Send + Sync>;
 
 /// Bounded, versioned, in-memory session state with write-back persistence.
@@ -575,15 +576,41 @@ where
                 });
             }
         };
-        let (version, value) = if let Some(found) = loaded {
+        // The ring may have moved on while the load ran: ask again.
+        let own = match self.claim(key) {
+            Ok(own) => own,
+            Err(owner) => {
+                return Err(StoreError::Moved {
+                    key: display_key(key),
+                    owner: owner.to_string(),
+                });
+            }
+        };
+        let (stamp, value) = if let Some(found) = loaded {
             self.inner.metrics.load(LoadResult::Found);
-            (found.version, found.value)
+            (found.stamp, found.value)
         } else {
             self.inner.metrics.load(LoadResult::New);
-            (0, (self.inner.factory)(key))
+            (Stamp::default(), (self.inner.factory)(key))
         };
+        // A stored epoch above this pod's ring: a pod took the session over
+        // under a ring this one has not seen. Serving it here would start a
+        // second history beside that owner's.
+        if let Some(own) = own
+            && stamp.epoch > own
+        {
+            tracing::warn!(key = %display_key(key), stored = stamp.epoch, own, "session stored under a newer ownership epoch; not loaded");
+            return Err(StoreError::Fenced {
+                key: display_key(key),
+                stored: stamp.epoch,
+                own,
+                retry_after: limits.retry_after,
+            });
+        }
+        let epoch = own.unwrap_or(0).max(stamp.epoch);
+        let version = stamp.version;
         let weight = self.weigh(key, &value)?;
-        let entry = Arc::new(Entry::new(value, version, false));
+        let entry = Arc::new(Entry::new(value, version, epoch, false));
         let pinned = Arc::new(entry.pin());
         let mut reserved = self.reservation();
         for _ in 0..MAX_EVICTION_ROUNDS {
@@ -651,7 +678,17 @@ where
 
     /// The pod that owns `key` if the load guard says it is not this pod.
     fn foreign_owner(&self, key: &[u8]) -> Option<Arc<str>> {
-        self.inner.guard.get().and_then(|guard| guard(key))
+        self.claim(key).err()
+    }
+
+    /// What the load guard says of `key`: `Ok(Some(epoch))` if this pod owns
+    /// it under the ring of that version, `Ok(None)` without a guard, `Err`
+    /// naming the owner otherwise.
+    pub(crate) fn claim(&self, key: &[u8]) -> Result<Option<u64>, Arc<str>> {
+        match self.inner.guard.get() {
+            Some(guard) => guard(key).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Refuses, from now on, every load of a key `guard` says another pod

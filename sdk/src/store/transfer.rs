@@ -25,7 +25,9 @@ use super::entry::{Entry, State};
 use super::error::display_key;
 use super::index::{InsertRefused, Lookup};
 use super::metrics::Eviction;
-use super::{MAX_EVICTION_ROUNDS, MAX_RELOOKUPS, Persistence, SessionStore, StoreError, Versioned};
+use super::{
+    MAX_EVICTION_ROUNDS, MAX_RELOOKUPS, Persistence, SessionStore, Stamp, StoreError, Versioned,
+};
 
 /// One session as bytes: what export, hand-off and snapshot produce and what
 /// install and restore consume.
@@ -35,6 +37,10 @@ pub struct SessionRecord {
     pub key: Bytes,
     /// The session's version.
     pub version: u64,
+    /// The ownership epoch the sender held it under (see [`Stamp`]): what a
+    /// drain's write-through carries, and the least epoch its receiver
+    /// installs it under.
+    pub epoch: u64,
     /// Whether the state had changed since the persistence last stored it. A
     /// receiver sharing the same persistence keeps the flag, so a clean
     /// session is not written again.
@@ -219,9 +225,13 @@ where
             return Ok(false);
         }
         let value = self.decode(record)?;
-        self.store_through(&record.key, record.version, &value)
-            .await
-            .map(|()| true)
+        self.store_through(
+            &record.key,
+            Stamp::new(record.epoch, record.version),
+            &value,
+        )
+        .await
+        .map(|()| true)
     }
 
     /// The state of `record`, decoded with the store's codec.
@@ -240,33 +250,49 @@ where
     /// (or handed off). Marks it changed, so it is written back before it is
     /// ever evicted. Counts against `max_pending_updates` like an update, and
     /// against the session and byte bounds like a load (evicting idle
-    /// sessions if needed).
+    /// sessions if needed). Its write-backs carry the ownership epoch the
+    /// load guard gives (0 without one).
     pub async fn install(
         &self,
         key: &[u8],
         session: Versioned<V>,
     ) -> Result<Installed, StoreError> {
-        self.install_with(key, session.version, session.value, true)
+        self.install_with(key, session.version, 0, session.value, true)
             .await
     }
 
     /// Decodes `record` with the store's codec and installs it like
-    /// [`install`](Self::install), keeping the record's `dirty` flag.
+    /// [`install`](Self::install), keeping the record's `dirty` flag. Its
+    /// write-backs carry the higher of the record's epoch and the one the
+    /// load guard gives.
     pub async fn install_record(&self, record: &SessionRecord) -> Result<Installed, StoreError> {
         self.check_key(&record.key)?;
         let value = self.decode(record)?;
-        self.install_with(&record.key, record.version, value, record.dirty)
-            .await
+        self.install_with(
+            &record.key,
+            record.version,
+            record.epoch,
+            value,
+            record.dirty,
+        )
+        .await
     }
 
+    /// `floor` is the least epoch its write-backs carry; the load guard's
+    /// epoch raises it if this pod owns the key under its latest ring.
     async fn install_with(
         &self,
         key: &[u8],
         version: u64,
+        floor: u64,
         value: V,
         dirty: bool,
     ) -> Result<Installed, StoreError> {
         self.check_key(key)?;
+        let epoch = match self.claim(key) {
+            Ok(Some(own)) => own.max(floor),
+            Ok(None) | Err(_) => floor,
+        };
         let weight = self.weigh(key, &value)?;
         let mut value = value;
         let mut eviction_rounds = 0;
@@ -279,7 +305,7 @@ where
             let attempt = self.with_index(|index| {
                 let refused = match index.admit(key, weight, version, now, *room) {
                     Ok(()) => {
-                        let entry = Entry::new(value, version, dirty).into();
+                        let entry = Entry::new(value, version, epoch, dirty).into();
                         index.insert(key, entry, weight, now, room);
                         return Attempt::Inserted;
                     }
@@ -339,6 +365,7 @@ where
                             self.resize(key, &entry, weight).await?;
                             state.value = value;
                             state.version = version;
+                            state.epoch = state.epoch.max(epoch);
                             state.dirty = dirty;
                             return Ok(Installed::Replaced { previous });
                         }
@@ -406,6 +433,7 @@ where
         Ok(SessionRecord {
             key,
             version: state.version,
+            epoch: state.epoch,
             dirty: state.dirty,
             value,
         })

@@ -335,14 +335,14 @@ pub fn persisted_versions(calls: &[Vec<StoreCall>], verdict: &mut Verdict) {
     for (session, calls) in calls.iter().enumerate() {
         let lowered: Vec<&StoreCall> = calls
             .iter()
-            .filter(|c| c.applied && c.version < c.held)
+            .filter(|c| c.applied && c.stamp < c.held)
             .collect();
         verdict.stores += calls.len();
         if let Some(first) = lowered.first() {
             verdict.violations.push(format!(
-                "session {session}: persisted version decreased {} times (first: version {} stored over {})",
+                "session {session}: persisted (epoch, version) decreased {} times (first: {} stored over {})",
                 lowered.len(),
-                first.version,
+                first.stamp,
                 first.held
             ));
             verdict.version_decreases += lowered.len();

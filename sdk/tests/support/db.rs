@@ -1,9 +1,11 @@
 //! A shared in-memory "database": the persistence every test pod uses.
 //!
-//! It is a conditional store (an older version never overwrites a newer
-//! one), unless built [`unconditional`](Db::unconditional): then every store
-//! overwrites, as a naive user persistence would — a mutation that shows the
-//! checks catch what the conditional store prevents. Every store call is
+//! It is conditional on the [`Stamp`] (ownership epoch, then version: an
+//! older stamp never overwrites a newer one), as the `Persistence` contract
+//! asks. Two mutation modes show the checks catch what that prevents:
+//! [`unconditional`](Db::unconditional) applies every store (a naive user
+//! persistence), [`versions_only`](Db::versions_only) compares versions and
+//! ignores epochs (the contract before ownership epochs). Every store call is
 //! recorded per key, with whether it was applied, for the checker.
 
 use std::collections::HashMap;
@@ -11,38 +13,73 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use locus::store::{Persistence, Versioned};
+use locus::store::{Persistence, Stamp, Stored};
 
-/// One store call: the version offered, the version held before, and
-/// whether it was applied.
+/// One store call: the stamp offered, the stamp held before, and whether it
+/// was applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreCall {
-    pub version: u64,
-    pub held: u64,
+    pub stamp: Stamp,
+    pub held: Stamp,
     pub applied: bool,
 }
 
-/// Session key → last stored version and counter. Clones share it.
+/// Which stores the database applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Condition {
+    /// Only a stamp at least as high as the one held (the contract).
+    #[default]
+    Stamp,
+    /// Only a version at least as high as the one held, whatever the epochs.
+    Version,
+    /// Every store.
+    None,
+}
+
+/// Session key → last stored stamp and counter. Clones share it.
 #[derive(Debug, Clone, Default)]
 pub struct Db {
-    map: Arc<Mutex<HashMap<Vec<u8>, Versioned<u64>>>>,
+    map: Arc<Mutex<HashMap<Vec<u8>, Stored<u64>>>>,
     calls: Arc<Mutex<HashMap<Vec<u8>, Vec<StoreCall>>>>,
     stores: Arc<AtomicU64>,
-    unconditional: bool,
+    condition: Condition,
 }
 
 impl Db {
-    /// A database that applies every store, whatever the version held.
+    /// A database that applies every store, whatever it holds.
     pub fn unconditional() -> Self {
         Self {
-            unconditional: true,
+            condition: Condition::None,
+            ..Self::default()
+        }
+    }
+
+    /// A database that compares versions only: a lower epoch with a higher
+    /// version wins.
+    pub fn versions_only() -> Self {
+        Self {
+            condition: Condition::Version,
             ..Self::default()
         }
     }
 
     /// The stored version of `key` (0 if never stored).
     pub fn version(&self, key: &[u8]) -> u64 {
-        self.map.lock().unwrap().get(key).map_or(0, |v| v.version)
+        self.map
+            .lock()
+            .unwrap()
+            .get(key)
+            .map_or(0, |v| v.stamp.version)
+    }
+
+    /// The row of `key` (stamp 0/0 and value 0 if never stored).
+    pub fn stored(&self, key: &[u8]) -> Stored<u64> {
+        self.map
+            .lock()
+            .unwrap()
+            .get(key)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// The stored value of `key` (0 if never stored).
@@ -69,20 +106,23 @@ impl Db {
 impl Persistence<u64> for Db {
     type Error = Infallible;
 
-    async fn load(&self, key: &[u8]) -> Result<Option<Versioned<u64>>, Infallible> {
+    async fn load(&self, key: &[u8]) -> Result<Option<Stored<u64>>, Infallible> {
         Ok(self.map.lock().unwrap().get(key).copied())
     }
 
-    async fn store(&self, key: &[u8], version: u64, value: &u64) -> Result<(), Infallible> {
+    async fn store(&self, key: &[u8], stamp: Stamp, value: &u64) -> Result<(), Infallible> {
         self.stores.fetch_add(1, Ordering::AcqRel);
         let mut map = self.map.lock().unwrap();
         let held = map.entry(key.to_vec()).or_default();
-        let before = held.version;
-        // Idempotent per (key, version); an older version never overwrites
-        // (unless unconditional).
-        let applied = self.unconditional || version >= held.version;
+        let before = held.stamp;
+        // Idempotent per (key, stamp); an older stamp never overwrites.
+        let applied = match self.condition {
+            Condition::Stamp => stamp >= held.stamp,
+            Condition::Version => stamp.version >= held.stamp.version,
+            Condition::None => true,
+        };
         if applied {
-            *held = Versioned::new(version, *value);
+            *held = Stored::new(stamp, *value);
         }
         self.calls
             .lock()
@@ -90,7 +130,7 @@ impl Persistence<u64> for Db {
             .entry(key.to_vec())
             .or_default()
             .push(StoreCall {
-                version,
+                stamp,
                 held: before,
                 applied,
             });

@@ -583,19 +583,39 @@ impl SimCluster {
         outcome(self.router.clone().oneshot(request).await).await
     }
 
-    /// Writes every changed session of every running pod back (as a
-    /// shutdown's flush does), without evicting any.
-    pub async fn flush_all(&self) {
-        let stores: Vec<SessionStore<u64, Db>> = self
-            .pods
+    /// The stores of the running pods.
+    fn stores(&self) -> Vec<SessionStore<u64, Db>> {
+        self.pods
             .lock()
             .unwrap()
             .values()
             .map(|p| p.store.clone())
-            .collect();
+            .collect()
+    }
+
+    /// Writes every changed session of every running pod back (as a
+    /// shutdown's flush does), without evicting any.
+    pub async fn flush_all(&self) {
+        let stores = self.stores();
         for store in stores {
             store.flush().await;
         }
+    }
+
+    /// The ownership epoch of the running pod that holds `key` at the
+    /// highest version (its owner, after the final reads), or `None` if no
+    /// pod holds it.
+    pub async fn epoch_of(&self, key: &[u8]) -> Option<u64> {
+        let stores = self.stores();
+        let mut best: Option<(u64, u64)> = None;
+        for store in stores {
+            if let Ok(Some(record)) = store.export(key).await
+                && best.is_none_or(|(version, _)| record.version > version)
+            {
+                best = Some((record.version, record.epoch));
+            }
+        }
+        best.map(|(_, epoch)| epoch)
     }
 
     /// Reads `key` until a pod answers: (version, value).

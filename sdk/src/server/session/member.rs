@@ -181,14 +181,22 @@ impl MemberBuilder {
         });
         // Loads only of keys this pod owns under its latest ring: a request
         // admitted under an older ring must not load a key that was handed
-        // off (whatever became of its tombstone).
+        // off (whatever became of its tombstone). What it loads or installs
+        // is written back under that ring's version, its ownership epoch
+        // (before any ring: epoch 0, which any stored epoch fences).
         let watch = self.ring.clone();
         let me: Arc<str> = self.pod.as_str().into();
         let guard_pod = Arc::clone(&me);
         let guarded = self.store.guard_loads(Arc::new(move |key: &[u8]| {
-            let ring = watch.latest()?;
+            let Some(ring) = watch.latest() else {
+                return Ok(0);
+            };
             let owner = &ring.owner(key).pod.name;
-            (owner.as_str() != &*guard_pod).then(|| Arc::from(owner.as_str()))
+            if owner.as_str() == &*guard_pod {
+                Ok(ring.version())
+            } else {
+                Err(Arc::from(owner.as_str()))
+            }
         }));
         if !guarded {
             tracing::warn!(pod = %me, "the store already has a load guard (a second member on it?)");
