@@ -264,6 +264,12 @@ pub struct AppendAnswer {
     pub session: String,
     /// The session's version after the append (unchanged for a duplicate).
     pub version: u64,
+    /// The ownership epoch under which the answering pod holds the session
+    /// (0 without the handoff member, and in stateless mode). It grows from
+    /// one owner to the next: what the load generator's double-writer check
+    /// orders writers by.
+    #[serde(default)]
+    pub epoch: u64,
     /// Whether this request applied the event (`false`: its `seq` had
     /// been applied before).
     pub applied: bool,

@@ -251,7 +251,7 @@ impl Postgres {
         row.map(|row| {
             let epoch: i64 = row.get(0);
             let epoch = u64::try_from(epoch).map_err(|_| PgError::Version(epoch.into()))?;
-            let Versioned { version, value } = decode(row.get(1), row.get(2))?;
+            let Versioned { version, value, .. } = decode(row.get(1), row.get(2))?;
             Ok(Stored::new(Stamp::new(epoch, version), value))
         })
         .transpose()
@@ -295,6 +295,7 @@ impl Postgres {
         let Versioned {
             version,
             value: mut ledger,
+            ..
         } = decode(row.get(0), row.get(1))?;
         let appended = match ledger.append(event, rules) {
             Ok(appended) => appended,

@@ -669,7 +669,7 @@ async fn one_append(shared: &Shared, session: u32, i: u64, tally: &mut Tally) {
         }
         track.max_version = track.max_version.max(appended.version);
         if let Some(pod) = owning_pod(&answer) {
-            match track.writers.record(pod, appended.version) {
+            match track.writers.record(pod, appended.epoch, appended.version) {
                 Recorded::Tracked => {}
                 Recorded::Untracked => tally.writers_untracked += 1,
                 Recorded::DoubleWriter(overlap) => {

@@ -1,21 +1,23 @@
-//! The double-writer check: which pods acknowledged a session's applied
+//! The double-writer check: which writers acknowledged a session's applied
 //! appends, and over which versions.
 //!
-//! Ownership of a key moves from one pod to the next; it never interleaves.
-//! On the session's version axis, then, the versions each pod acknowledged
-//! form ranges that do not overlap: pod A's `[1, 40]`, then pod B's
-//! `[41, 90]`. Two pods whose `[lowest, highest]` ranges share a version
-//! (touching boundaries included: one version cannot have two writers) both
-//! wrote the session while the other did: a **double writer**.
+//! A writer is a pod under one ownership epoch (the version of the ring
+//! under which it took the session over, in every append answer). Ownership
+//! of a key moves from one writer to the next and never interleaves, and
+//! each new owner's epoch is higher than the last. On the session's version
+//! axis, then, the versions each writer acknowledged form ranges that do not
+//! overlap, in epoch order: A under epoch 4 `[1, 40]`, then B under epoch 6
+//! `[41, 90]`. Two writers whose `[lowest, highest]` ranges share a version
+//! (touching boundaries included: one version cannot have two writers), or
+//! a writer of a lower epoch acknowledging a version at or above the first
+//! one of a higher epoch, wrote the session while the other did: a **double
+//! writer**.
 //!
-//! The check rests on two assumptions, both true of the scenarios the load
-//! generator runs in:
-//!
-//! * pod names are unique per pod incarnation (a pod that comes back with
-//!   empty memory comes back under a new name); and
-//! * within one load run a key's ownership never returns to a pod it left.
-//!   If it did (A, then B, then A again), A's one range would span B's and
-//!   the session would be reported although nobody wrote at once.
+//! The epoch lets ownership return to a pod it left (A, then B, then A under
+//! a newer epoch). Without epochs (a sample without the handoff member
+//! answers epoch 0) the check assumes, as before epochs, that within one
+//! load run a key's ownership never returns to a pod it left; pod names are
+//! unique per pod incarnation either way.
 //!
 //! Memory is bounded: at most [`MAX_WRITERS`] pods per session are tracked;
 //! acknowledgements from further pods are counted, not checked.
@@ -26,24 +28,34 @@ use std::sync::Arc;
 /// Most pods tracked per session.
 pub(crate) const MAX_WRITERS: usize = 16;
 
-/// The versions one pod acknowledged for one session: lowest and highest.
+/// The versions one writer (a pod under one epoch) acknowledged for one
+/// session: lowest and highest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct WriterRange {
     pub(crate) pod: Arc<str>,
+    pub(crate) epoch: u64,
     pub(crate) min: u64,
     pub(crate) max: u64,
 }
 
 impl WriterRange {
-    /// True when the two ranges share at least one version.
-    fn overlaps(&self, other: &Self) -> bool {
-        self.min <= other.max && other.min <= self.max
+    /// True when the two writers cannot both have been the only one: their
+    /// ranges share a version, or the lower epoch's reaches the higher's.
+    fn conflicts(&self, other: &Self) -> bool {
+        let shared = self.min <= other.max && other.min <= self.max;
+        let reversed = (self.epoch < other.epoch && self.max >= other.min)
+            || (other.epoch < self.epoch && other.max >= self.min);
+        shared || reversed
     }
 }
 
 impl fmt::Display for WriterRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} [{},{}]", self.pod, self.min, self.max)
+        write!(f, "{}", self.pod)?;
+        if self.epoch > 0 {
+            write!(f, "@{}", self.epoch)?;
+        }
+        write!(f, " [{},{}]", self.min, self.max)
     }
 }
 
@@ -82,10 +94,14 @@ pub(crate) struct Writers {
 }
 
 impl Writers {
-    /// Records that `pod` acknowledged an applied append answered with
-    /// `version`.
-    pub(crate) fn record(&mut self, pod: &str, version: u64) -> Recorded {
-        let index = match self.ranges.iter().position(|r| &*r.pod == pod) {
+    /// Records that `pod`, under ownership epoch `epoch`, acknowledged an
+    /// applied append answered with `version`.
+    pub(crate) fn record(&mut self, pod: &str, epoch: u64, version: u64) -> Recorded {
+        let index = match self
+            .ranges
+            .iter()
+            .position(|r| &*r.pod == pod && r.epoch == epoch)
+        {
             Some(index) => {
                 let range = &mut self.ranges[index];
                 range.min = range.min.min(version);
@@ -95,6 +111,7 @@ impl Writers {
             None if self.ranges.len() < MAX_WRITERS => {
                 self.ranges.push(WriterRange {
                     pod: pod.into(),
+                    epoch,
                     min: version,
                     max: version,
                 });
@@ -112,7 +129,7 @@ impl Writers {
             .ranges
             .iter()
             .enumerate()
-            .find(|&(i, r)| i != index && r.overlaps(changed));
+            .find(|&(i, r)| i != index && r.conflicts(changed));
         match other {
             Some((_, other)) => {
                 let overlap = Overlap {
@@ -132,7 +149,7 @@ impl Writers {
         self.ranges.iter().enumerate().find_map(|(i, a)| {
             self.ranges[i + 1..]
                 .iter()
-                .find(|b| a.overlaps(b))
+                .find(|b| a.conflicts(b))
                 .map(|b| Overlap {
                     first: a.clone(),
                     second: b.clone(),
@@ -145,12 +162,18 @@ impl Writers {
 mod tests {
     use super::*;
 
-    /// Records `(pod, version)` in order; every outcome.
+    /// Records `(pod, version)` in order, all under epoch 0; every outcome.
     fn record_all(acks: &[(&str, u64)]) -> (Writers, Vec<Recorded>) {
+        let stamped: Vec<(&str, u64, u64)> = acks.iter().map(|&(p, v)| (p, 0, v)).collect();
+        record_stamped(&stamped)
+    }
+
+    /// Records `(pod, epoch, version)` in order; every outcome.
+    fn record_stamped(acks: &[(&str, u64, u64)]) -> (Writers, Vec<Recorded>) {
         let mut writers = Writers::default();
         let outcomes = acks
             .iter()
-            .map(|&(pod, version)| writers.record(pod, version))
+            .map(|&(pod, epoch, version)| writers.record(pod, epoch, version))
             .collect();
         (writers, outcomes)
     }
@@ -168,9 +191,47 @@ mod tests {
     fn range(pod: &str, min: u64, max: u64) -> WriterRange {
         WriterRange {
             pod: pod.into(),
+            epoch: 0,
             min,
             max,
         }
+    }
+
+    #[test]
+    fn ownership_may_return_to_a_pod_under_a_newer_epoch() {
+        // A under 4, B under 6, A again under 9.
+        let (writers, outcomes) = record_stamped(&[
+            ("a", 4, 1),
+            ("a", 4, 5),
+            ("b", 6, 6),
+            ("b", 6, 9),
+            ("a", 9, 10),
+            ("a", 9, 12),
+        ]);
+        assert!(double_writers(&outcomes).is_empty(), "{outcomes:?}");
+        assert_eq!(writers.overlap(), None);
+        // Without epochs the same history looks like A spanning B.
+        let (_, outcomes) = record_all(&[("a", 1), ("a", 5), ("b", 6), ("b", 9), ("a", 10)]);
+        assert_eq!(double_writers(&outcomes).len(), 1);
+    }
+
+    #[test]
+    fn an_older_epoch_writing_after_a_newer_one_began_is_a_double_writer() {
+        // B took over under 6 at version 6; A, still under 4, then answers
+        // version 9: no version shared, but A wrote after B began.
+        let (_, outcomes) = record_stamped(&[
+            ("a", 4, 1),
+            ("a", 4, 5),
+            ("b", 6, 6),
+            ("b", 6, 8),
+            ("a", 4, 9),
+        ]);
+        let found = double_writers(&outcomes);
+        assert_eq!(found.len(), 1, "{outcomes:?}");
+        assert_eq!(found[0].to_string(), "b@6 [6,8] and a@4 [1,9]");
+        // The same pod under two epochs, out of order, is one too.
+        let (_, outcomes) = record_stamped(&[("a", 7, 3), ("a", 5, 4)]);
+        assert_eq!(double_writers(&outcomes).len(), 1, "{outcomes:?}");
     }
 
     #[test]
@@ -249,14 +310,14 @@ mod tests {
         let names: Vec<String> = (0..=MAX_WRITERS).map(|i| format!("p-{i}")).collect();
         let mut writers = Writers::default();
         for (version, name) in (1..).zip(&names[..MAX_WRITERS]) {
-            assert_eq!(writers.record(name, version), Recorded::Tracked);
+            assert_eq!(writers.record(name, 0, version), Recorded::Tracked);
         }
         let last = &names[MAX_WRITERS];
-        assert_eq!(writers.record(last, 1), Recorded::Untracked);
+        assert_eq!(writers.record(last, 0, 1), Recorded::Untracked);
         assert_eq!(writers.ranges.len(), MAX_WRITERS);
         // A tracked pod still counts.
         assert!(matches!(
-            writers.record(&names[0], 3),
+            writers.record(&names[0], 0, 3),
             Recorded::DoubleWriter(_)
         ));
     }

@@ -272,6 +272,7 @@ async fn append_inner(
                 Ok(done) => AppendAnswer {
                     session: id.to_owned(),
                     version: done.version,
+                    epoch: done.epoch,
                     applied: true,
                     seq,
                     events: done.value.0,
@@ -283,6 +284,7 @@ async fn append_inner(
                     AppendAnswer {
                         session: id.to_owned(),
                         version: current.version,
+                        epoch: current.epoch,
                         applied: false,
                         seq,
                         events: current.value.0,
@@ -301,6 +303,7 @@ async fn append_inner(
                 AppendAnswer {
                     session: id.to_owned(),
                     version: done.version,
+                    epoch: 0,
                     applied: done.appended == Appended::Applied,
                     seq,
                     events: done.ledger.events,
