@@ -1566,7 +1566,10 @@ async fn write_backs_carry_the_epoch_of_the_ring_the_session_was_loaded_under() 
     let (store, persistence) = text_store(Limits::default());
     persistence.put_stamped(b"k", Stamp::new(3, 4), "old".into());
     assert!(store.guard_loads(owner_at(7)));
-    store.update(b"k", |s| s.push('!')).await.unwrap();
+    let done = store.update(b"k", |s| s.push('!')).await.unwrap();
+    // The answer says under which epoch the write was made (a fencing token).
+    assert_eq!((done.version, done.epoch), (5, 7));
+    assert_eq!(store.get(b"k").await.unwrap().epoch, 7);
     store.flush().await;
     assert_eq!(
         persistence.held(b"k").unwrap(),

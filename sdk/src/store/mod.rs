@@ -329,7 +329,9 @@ where
                 Err(refused) => return Ok(Err(refused)),
             };
             self.commit(key, entry, &mut state, work).await?;
-            return Ok(Ok(Versioned::new(state.version, output)));
+            return Ok(Ok(
+                Versioned::new(state.version, output).with_epoch(state.epoch)
+            ));
         }
         Err(self.busy(key))
     }
@@ -381,7 +383,9 @@ where
                     Err(refused) => return Ok(Err(refused)),
                 };
                 self.commit(key, entry, &mut state, work).await?;
-                return Ok(Ok(Versioned::new(state.version, output)));
+                return Ok(Ok(
+                    Versioned::new(state.version, output).with_epoch(state.epoch)
+                ));
             }
             Err(self.busy(key))
         }
@@ -421,7 +425,7 @@ where
                 if state.retired {
                     continue;
                 }
-                return Ok(Versioned::new(state.version, f(&state.value)));
+                return Ok(Versioned::new(state.version, f(&state.value)).with_epoch(state.epoch));
             }
             Err(self.busy(key))
         }

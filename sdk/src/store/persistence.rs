@@ -40,20 +40,40 @@ use std::convert::Infallible;
 use std::error::Error;
 use std::future::Future;
 
-/// A value with the session version it belongs to.
+/// A value with the session version it belongs to, and the ownership epoch
+/// under which this pod holds the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Versioned<T> {
     /// The session's version: 0 for a session fresh from the factory, +1 on
     /// every committed write.
     pub version: u64,
+    /// The ownership epoch under which this pod holds the session (see
+    /// [`Stamp`]; 0 without a handoff member). It only grows from one owner
+    /// to the next, so a side effect outside the session can carry it as a
+    /// fencing token: a system that has seen a higher epoch for the session
+    /// can refuse an older owner's late call. Given to
+    /// [`install`](super::SessionStore::install), it is the least epoch the
+    /// session's write-backs carry.
+    pub epoch: u64,
     /// The value (a session state, or what a closure returned).
     pub value: T,
 }
 
 impl<T> Versioned<T> {
-    /// Pairs a value with a version.
+    /// Pairs a value with a version (epoch 0).
     pub fn new(version: u64, value: T) -> Self {
-        Self { version, value }
+        Self {
+            version,
+            epoch: 0,
+            value,
+        }
+    }
+
+    /// The same, under ownership epoch `epoch`.
+    #[must_use]
+    pub fn with_epoch(mut self, epoch: u64) -> Self {
+        self.epoch = epoch;
+        self
     }
 }
 

@@ -250,14 +250,14 @@ where
     /// (or handed off). Marks it changed, so it is written back before it is
     /// ever evicted. Counts against `max_pending_updates` like an update, and
     /// against the session and byte bounds like a load (evicting idle
-    /// sessions if needed). Its write-backs carry the ownership epoch the
-    /// load guard gives (0 without one).
+    /// sessions if needed). Its write-backs carry the higher of
+    /// `session.epoch` and the ownership epoch the load guard gives.
     pub async fn install(
         &self,
         key: &[u8],
         session: Versioned<V>,
     ) -> Result<Installed, StoreError> {
-        self.install_with(key, session.version, 0, session.value, true)
+        self.install_with(key, session.version, session.epoch, session.value, true)
             .await
     }
 
