@@ -1,8 +1,16 @@
 //! Deterministic simulation: the real pod stack (ownership layer, session
 //! layer, handoff endpoints, transition driver, session store) and the real
 //! client router, connected by an in-memory network on tokio's paused clock,
-//! driven through two or three transitions per seed while a counter workload
-//! runs across all of them.
+//! driven through two or three transitions per seed while a list-append
+//! workload runs across all of them.
+//!
+//! The workload: 6 workers send appends to 24 sessions (each session a list
+//! of `u64`). Every request carries an element unique across the run (a
+//! retry is a new request with a new element); the pod appends it under the
+//! session's lock and answers the new version, the list length, its name
+//! and the ownership epoch under which it holds the session (`x-locus-pod`,
+//! `x-session-version`, `x-session-epoch`; see `support/http.rs`). At the
+//! end every session's whole list is read through the router.
 //!
 //! Each seed starts three pods and draws whether idle sessions are
 //! passivated (written back and evicted, so takeovers also meet sessions
@@ -40,14 +48,20 @@
 //! ring delays per pod (a pod may skip a ring), handler latency (requests
 //! admitted under an old ring reach the store after the ring changed).
 //!
-//! The checker then requires, over the whole history: no double writer (no
-//! version acknowledged twice, versions in real-time order, value =
-//! version), no lost acknowledged write except — after a crash — writes not
-//! persisted at the time of the crash of sessions the crashed pod held,
-//! owned or was moving, that no store the persistence applied lowered a
-//! session's persisted version, and that after a final flush of every pod
-//! the persistence holds what each session's owner serves (sessions a crash
-//! touched are counted instead: see `check`).
+//! The checker (`support/checker.rs`) then requires, per session over the
+//! whole history: every acknowledged element in the final list exactly
+//! once, at the position of its acknowledged version (so no version
+//! acknowledged twice), except — after a crash — writes not persisted at
+//! the time of the crash of sessions the crashed pod held, owned or was
+//! moving (those may be missing, never duplicated); no element twice, none
+//! of a refused request, none that was never sent; versions in real-time
+//! order; one writer at a time: along the versions, the acknowledgements'
+//! (pod, epoch) pairs in contiguous blocks with the epoch never decreasing;
+//! that no store the persistence applied lowered a session's persisted
+//! (epoch, version); and that after a final flush of every pod the
+//! persistence holds the list each session's owner serves (a crashed pod's
+//! late write over an owner that has not written since it took the session
+//! over is counted instead: see `after_the_flush`).
 //!
 //! `LOCUS_SIM_SEEDS` (default 1000) sets the number of seeds,
 //! `LOCUS_SIM_SEED` runs one seed and `LOCUS_SIM_DEBUG` prints the
@@ -80,8 +94,8 @@ use std::time::{Duration, Instant as StdInstant};
 use locus::handoff::HandoffConfig;
 use locus::ring::{Pod, SlotState};
 use locus::store::Limits;
-use support::checker::{self, Op, Verdict};
-use support::db::Db;
+use support::checker::{self, Crash, Op, Verdict};
+use support::db::{Db, StoreCall};
 use support::load::{Load, Rng};
 use support::operator::{Fleet, Operator, Timeouts};
 use support::sim::{Net, NetConfig, SimCluster};
@@ -264,10 +278,10 @@ async fn setup(
     let load = {
         let cluster = Arc::clone(&cluster);
         let keys = Arc::clone(&keys);
-        Load::start(WORKERS, SESSIONS, seed, move |session| {
+        Load::start(WORKERS, SESSIONS, seed, move |session, element| {
             let cluster = Arc::clone(&cluster);
             let keys = Arc::clone(&keys);
-            async move { cluster.call(http::Method::POST, &keys[session]).await }
+            async move { cluster.append(&keys[session], element).await }
         })
     };
     (cluster, pods, operator, keys, load)
@@ -323,7 +337,17 @@ fn inject(
     })
 }
 
-fn debug(ops: &[Op], operator: &Operator, verdict: &Verdict) {
+/// Prints the transitions and, for each session the checks flagged, its
+/// history, the crashes that touched it, its final list and the store calls
+/// the persistence received for it.
+fn debug(
+    ops: &[Op],
+    operator: &Operator,
+    verdict: &Verdict,
+    finals: &HashMap<usize, (u64, Vec<u64>)>,
+    crashes: &[Crash],
+    calls: &[Vec<StoreCall>],
+) {
     let origin = ops.iter().map(|o| o.started).min().unwrap();
     for t in &operator.log {
         eprintln!(
@@ -341,6 +365,18 @@ fn debug(ops: &[Op], operator: &Operator, verdict: &Verdict) {
                 op.ended - origin,
                 op.outcome
             );
+        }
+        for crash in crashes.iter().filter(|c| c.affected.contains(session)) {
+            eprintln!(
+                "session {session}: {} crashed at {:?}, persisted then: {:?}",
+                crash.pod,
+                crash.at - origin,
+                crash.persisted.get(session)
+            );
+        }
+        eprintln!("session {session}: final {:?}", finals.get(session));
+        for call in calls.get(*session).into_iter().flatten() {
+            eprintln!("session {session}: {call:?}");
         }
     }
 }
@@ -609,21 +645,23 @@ enum Flushed {
 }
 
 /// Compares the persisted row of `key` with the owner's copy (`version`,
-/// `value`) after a flush. The owner's write-backs carry its epoch, higher
+/// `list`) after a flush. The owner's write-backs carry its epoch, higher
 /// than every earlier owner's, so none of them may have been refused, and
 /// the row can only differ from its copy if the owner has not written since
 /// it took the session over and a crashed pod wrote after that.
 fn after_the_flush(
     cluster: &SimCluster,
     key: &[u8],
-    (version, value): (u64, u64),
+    (version, list): (u64, &[u64]),
     epoch: Option<u64>,
     crashed: bool,
 ) -> Flushed {
     let stored = cluster.db.stored(key);
-    if (stored.stamp.version, stored.value) == (version, value) {
+    if stored.stamp.version == version && stored.value == list {
         return Flushed::Same;
     }
+    let held = describe(&stored.value);
+    let served = describe(list);
     let calls = cluster.db.calls(key);
     let Some(epoch) = epoch else {
         // Evicted right after the final read: its epoch is unknown.
@@ -640,8 +678,8 @@ fn after_the_flush(
             return Flushed::ZombieWrite;
         }
         return Flushed::Wrong(format!(
-            "after a flush the persistence holds {} (value {}), and no pod held the version {version} it served",
-            stored.stamp, stored.value
+            "after a flush the persistence holds {} ({held}), and no pod held the version {version} it served ({served})",
+            stored.stamp
         ));
     };
     if let Some(refused) = calls.iter().find(|c| c.stamp.epoch == epoch && !c.applied) {
@@ -654,12 +692,18 @@ fn after_the_flush(
         return Flushed::ZombieWrite;
     }
     Flushed::Wrong(format!(
-        "after a flush the persistence holds {} (value {}), its owner serves version {version} (value {value}) under epoch {epoch}",
-        stored.stamp, stored.value
+        "after a flush the persistence holds {} ({held}), its owner serves version {version} ({served}) under epoch {epoch}",
+        stored.stamp
     ))
 }
 
-/// Reads the final counters and runs the checker.
+/// A list in a message: its length and last elements.
+fn describe(list: &[u64]) -> String {
+    let tail = &list[list.len().saturating_sub(3)..];
+    format!("{} elements, ending {tail:?}", list.len())
+}
+
+/// Reads the final lists and runs the checker.
 async fn check(
     cluster: &SimCluster,
     keys: &[Vec<u8>],
@@ -680,7 +724,7 @@ async fn check(
     let crashes = cluster.crashes();
     let mut verdict = checker::check(ops, &finals, &crashes);
     // After a flush the persisted row holds what the owner serves: every
-    // acknowledged increment it kept. See `after_the_flush`. The owners'
+    // acknowledged append it kept. See `after_the_flush`. The owners'
     // epochs are taken first: passivation may evict a session after the
     // flush wrote it.
     let mut epochs = HashMap::new();
@@ -689,12 +733,12 @@ async fn check(
     }
     cluster.flush_all().await;
     for (session, key) in keys.iter().enumerate() {
-        let Some(&(version, value)) = finals.get(&session) else {
+        let Some((version, list)) = finals.get(&session) else {
             continue;
         };
         let touched_by_a_crash = crashes.iter().any(|c| c.affected.contains(&session));
         let epoch = epochs.get(&session).copied().flatten();
-        match after_the_flush(cluster, key, (version, value), epoch, touched_by_a_crash) {
+        match after_the_flush(cluster, key, (*version, list), epoch, touched_by_a_crash) {
             Flushed::Same => {}
             Flushed::ZombieWrite => report.crash_zombie_writes += 1,
             Flushed::Wrong(why) => {
@@ -722,13 +766,16 @@ async fn check(
     if verdict.lost > 0 {
         report
             .problems
-            .push(format!("{} acknowledged increments lost", verdict.lost));
+            .push(format!("{} acknowledged appends lost", verdict.lost));
+        report
+            .problems
+            .extend(verdict.lost_examples.iter().take(3).cloned());
     }
     report
         .problems
         .extend(verdict.violations.iter().take(5).cloned());
     if std::env::var_os("LOCUS_SIM_DEBUG").is_some() && !report.problems.is_empty() {
-        debug(ops, operator, &verdict);
+        debug(ops, operator, &verdict, &finals, &crashes, &calls);
     }
     report.summary = verdict.summary();
 }

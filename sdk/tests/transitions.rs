@@ -1,12 +1,14 @@
 //! Transitions under load over real HTTP: pods on distinct 127.0.0.x
 //! addresses (axum, ownership layer, session layer with the handoff
-//! endpoints and the transition driver, counter sessions in a
-//! `SessionStore` backed by a shared persistence), callers routing with the
-//! client `Router`, and a test operator publishing Warm → Switch → Stable
-//! rings and waiting for the pods' progress reports. After each scenario
-//! the checker verifies: no acknowledged increment lost, no version served
-//! twice (single writer, linearizable counters), ≥ 99 % of first touches of
-//! moved sessions warm.
+//! endpoints and the transition driver, list sessions in a `SessionStore`
+//! backed by a shared persistence), callers routing with the client
+//! `Router`, and a test operator publishing Warm → Switch → Stable rings and
+//! waiting for the pods' progress reports. Each request appends a unique
+//! element. After each scenario the checker verifies: every acknowledged
+//! element in its session's final list once, at the position of its version
+//! (no lost write, no version served twice), nothing there that was refused
+//! or never sent, one writer (pod, epoch) at a time along the versions,
+//! ≥ 99 % of first touches of moved sessions warm.
 
 #![allow(
     clippy::unwrap_used,
@@ -67,16 +69,16 @@ fn keys() -> Vec<Vec<u8>> {
 fn start_load(cluster: &Arc<HttpCluster>, seed: u64) -> Load {
     let keys = Arc::new(keys());
     let cluster = Arc::clone(cluster);
-    Load::start(WORKERS, SESSIONS, seed, move |session| {
+    Load::start(WORKERS, SESSIONS, seed, move |session, element| {
         let cluster = Arc::clone(&cluster);
         let keys = Arc::clone(&keys);
-        async move { cluster.incr(&keys[session]).await }
+        async move { cluster.append(&keys[session], element).await }
     })
 }
 
 /// Three pods `counters-<i>-a` on 127.0.0.`first_host + i`, the operator's
 /// Stable ring published to them and the callers, and the workload running
-/// (1500 increments acknowledged).
+/// (1500 appends acknowledged).
 async fn start(
     options: PodOptions,
     first_host: u8,
@@ -98,7 +100,7 @@ async fn start(
     (cluster, pods, operator, load)
 }
 
-/// Stops the load, reads every counter and runs the checks.
+/// Stops the load, reads every list and runs the checks.
 async fn verdict(cluster: &HttpCluster, load: Load, operator: &Operator) -> Verdict {
     let history = load.stop().await;
     let keys = keys();
@@ -123,7 +125,11 @@ fn assert_clean(name: &str, verdict: &Verdict, operator: &Operator) {
         "{name}: {:#?}",
         &verdict.violations[..verdict.violations.len().min(10)]
     );
-    assert_eq!(verdict.lost, 0, "{name}: acknowledged increments lost");
+    assert_eq!(
+        verdict.lost, 0,
+        "{name}: acknowledged appends lost: {:#?}",
+        verdict.lost_examples
+    );
     assert!(
         verdict.acked > 1000,
         "{name}: too little load to mean anything"
@@ -361,17 +367,24 @@ async fn ten_times_the_bounds_get_clear_refusals_and_the_pod_stays_bounded() {
     let keys: Vec<Vec<u8>> = (0..MAX_SESSIONS * 10)
         .map(|i| format!("bounded-{i}").into_bytes())
         .collect();
+    // Elements of this test's own appends (no workload runs here).
+    let mut elements = 1u64..;
     for key in &keys {
-        assert!(matches!(cluster.incr(key).await, Outcome::Acked { .. }));
+        let element = elements.next().unwrap();
+        assert!(matches!(
+            cluster.append(key, element).await,
+            Outcome::Acked { .. }
+        ));
         let stats = store.stats();
         assert!(stats.sessions + stats.loading <= MAX_SESSIONS, "{stats:?}");
         assert!(stats.bytes <= MAX_SESSIONS * 8);
     }
-    // Passivation wrote every evicted session back first: each reads 1.
-    for key in &keys {
+    // Passivation wrote every evicted session back first: each reads its
+    // one element.
+    for (i, key) in keys.iter().enumerate() {
         assert_eq!(
             cluster.read(key).await,
-            (1, 1),
+            (1, vec![i as u64 + 1]),
             "{}",
             String::from_utf8_lossy(key)
         );
@@ -384,7 +397,10 @@ async fn ten_times_the_bounds_get_clear_refusals_and_the_pod_stays_bounded() {
     let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
     for key in keys.iter().take(attempts) {
         let (cluster, key, tx) = (Arc::clone(&cluster), key.clone(), tx.clone());
-        tokio::spawn(async move { tx.send(cluster.call("/hold", &key).await).unwrap() });
+        let element = elements.next().unwrap();
+        tokio::spawn(async move {
+            tx.send(cluster.call("/hold", &key, element).await).unwrap();
+        });
     }
     // The admitted requests are held, so the first answers are the refusals.
     for _ in 0..attempts - MAX_IN_FLIGHT {
@@ -402,7 +418,10 @@ async fn ten_times_the_bounds_get_clear_refusals_and_the_pod_stays_bounded() {
     let key = b"one-busy-session".to_vec();
     for _ in 0..MAX_PENDING * 10 {
         let (cluster, key, tx) = (Arc::clone(&cluster), key.clone(), tx.clone());
-        tokio::spawn(async move { tx.send(cluster.call("/hold", &key).await).unwrap() });
+        let element = elements.next().unwrap();
+        tokio::spawn(async move {
+            tx.send(cluster.call("/hold", &key, element).await).unwrap();
+        });
     }
     for _ in 0..MAX_PENDING * 9 {
         let answer = answers.recv().await.unwrap();
@@ -418,7 +437,7 @@ async fn ten_times_the_bounds_get_clear_refusals_and_the_pod_stays_bounded() {
     let long = vec![b'k'; locus::DEFAULT_MAX_KEY_BYTES * 10];
     let direct = reqwest::Client::new()
         .post(format!(
-            "http://{}/incr",
+            "http://{}/append",
             cluster.pods.lock().unwrap()["counters-0-a"].info.address
         ))
         .header(locus::headers::SESSION.as_str(), long)

@@ -1,28 +1,46 @@
-//! The history of a counter workload and the checks it must pass.
+//! The history of a list-append workload and the checks it must pass.
 //!
-//! Every session is a counter starting at 0; an increment is a
-//! read-modify-write under the session's lock, so each committed increment
-//! raises both the counter and the session's version by 1, and every
-//! acknowledged response carries the pod that served it, the new version and
-//! the new value. The checker verifies:
+//! Every session is a list of elements, empty at first. Each request appends
+//! one element, unique across the whole run (retries get new ones), under
+//! the session's lock: a committed append adds exactly one element and
+//! raises the session's version by 1, so the element appended at version `v`
+//! sits at position `v` (1-based) of the list for good. An acknowledgement
+//! carries the new version, the new list length, the pod that served it and
+//! the ownership epoch under which that pod held the session. The final
+//! reads give each session's whole list. The checker verifies, per session:
 //!
-//! * **single writer / linearizable history**: per session, every
-//!   acknowledged value equals its version, no version was acknowledged
-//!   twice (two pods serving the same session from the same state would both
-//!   produce it), and versions follow real time: an increment acknowledged
-//!   before another started has the lower version;
-//! * **no lost acknowledged write**: the final counter is at least the number
-//!   of acknowledged increments, and at most that plus the increments whose
-//!   outcome is unknown (a connection cut mid-request), minus the writes a
-//!   crashed pod is allowed to lose (acknowledged by it, never persisted);
-//! * **persisted versions never decrease**: per session, no store the
-//!   persistence applied replaced a version with a lower one (a stale
-//!   write-back overwriting a newer one);
+//! * **no lost acknowledged write**: every acknowledged element is in the
+//!   final list exactly once — except, after a crash, writes that had not
+//!   been persisted (acknowledged before the crash, of a session the pod
+//!   held, owned or was moving, and not in the list persisted then: a
+//!   version above the persisted one, or any version if the persisted row
+//!   is another history, a dead pod's late write): those may be missing,
+//!   never duplicated;
+//! * **nothing invented or applied twice**: no element appears twice in the
+//!   final list, no element of a refused request (4xx, 503) appears, and
+//!   every element in it was sent for that session (acknowledged, unknown or
+//!   lost with a crash);
+//! * **one history**: each acknowledged element is at position `version` of
+//!   the final list and its acknowledged list length equals its version
+//!   (two pods serving the session from the same state would both
+//!   acknowledge the same version; at most one of them can be there), and
+//!   versions follow real time: an append acknowledged before another
+//!   started has the lower version;
+//! * **one writer at a time**: sorted by version, the acknowledgements'
+//!   `(pod, epoch)` pairs form contiguous blocks (a writer never comes back
+//!   after another one took over) and the epoch never decreases;
+//! * **persisted stamps never decrease**: no store the persistence applied
+//!   replaced an (epoch, version) with a lower one (a stale write-back
+//!   overwriting a newer one);
 //! * **warm first touches**: after each transition, the first request a new
 //!   owner served for each moved session found it warm (pre-copied,
 //!   transferred, pushed), not loaded from the persistence.
+//!
+//! The crash-allowed acknowledgements take no part in the order and writer
+//! checks: the next owner continued from the persisted version, and may have
+//! acknowledged the same versions again.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use tokio::time::Instant;
@@ -30,30 +48,36 @@ use tokio::time::Instant;
 use super::db::StoreCall;
 use super::operator::TransitionRecord;
 
-/// What one increment request ended with.
+/// What one append request ended with.
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// 200: applied, with what the pod answered.
     Acked {
+        /// The element appended (the request's).
+        element: u64,
         /// New version.
         version: u64,
-        /// New value.
-        value: u64,
+        /// New list length.
+        len: u64,
+        /// The ownership epoch under which the pod held the session.
+        epoch: u64,
         /// The pod that served it.
         pod: String,
         /// `x-locus-handoff`, if the request was a first touch.
         handoff: Option<String>,
     },
-    /// An answer that says the increment was not applied (4xx, 503).
+    /// An answer that says the append was not applied (4xx, 503).
     Refused(u16),
     /// No answer, or a gateway error: applied or not, nobody knows.
     Unknown(String),
 }
 
-/// One increment.
+/// One append.
 #[derive(Debug, Clone)]
 pub struct Op {
     pub session: usize,
+    /// The element the request carried, whatever its outcome.
+    pub element: u64,
     pub started: Instant,
     pub ended: Instant,
     pub outcome: Outcome,
@@ -82,12 +106,16 @@ pub struct Verdict {
     pub acked: usize,
     pub refused: usize,
     pub unknown: usize,
-    /// Acknowledged increments missing from the final counters (beyond the
+    /// Acknowledged elements missing from the final lists (beyond the
     /// allowed crash losses).
     pub lost: u64,
-    /// Acknowledged increments a crashed pod was allowed to lose, and lost.
+    /// Acknowledged elements a crashed pod was allowed to lose, and lost.
     pub lost_allowed: u64,
-    /// Versions acknowledged twice (double owner), or out of real-time order.
+    /// The first few lost elements, for the report.
+    pub lost_examples: Vec<String>,
+    /// Everything else that went wrong: duplicates, elements out of place or
+    /// never sent, two writers, versions out of real-time order, persisted
+    /// stamps that decreased.
     pub violations: Vec<String>,
     /// Sessions with a violation or a lost write.
     pub bad_sessions: BTreeSet<usize>,
@@ -98,7 +126,7 @@ pub struct Verdict {
     /// The first few cold first touches, for the report.
     pub cold_examples: Vec<String>,
     /// Store calls the persistence received, and applied stores that
-    /// lowered the persisted version.
+    /// lowered the persisted (epoch, version).
     pub stores: usize,
     pub version_decreases: usize,
 }
@@ -135,127 +163,239 @@ impl Verdict {
 pub struct Crash {
     pub pod: String,
     pub at: Instant,
-    /// Session → highest version persisted when the pod died.
-    pub persisted: HashMap<usize, u64>,
+    /// Session → the list persisted when the pod died.
+    pub persisted: HashMap<usize, Vec<u64>>,
     /// Sessions whose state the pod held, owned, or was handing over or
     /// taking over when it died.
-    pub affected: std::collections::HashSet<usize>,
+    pub affected: HashSet<usize>,
 }
 
-/// Checks `ops` against the final counters `finals` (session → (version,
-/// value)); `crashes` lists pods that died (their unpersisted acknowledged
+/// An acknowledgement, as the per-session checks see it.
+#[derive(Debug, Clone, Copy)]
+struct Ack<'a> {
+    element: u64,
+    version: u64,
+    epoch: u64,
+    pod: &'a str,
+    started: Instant,
+    ended: Instant,
+}
+
+/// Checks `ops` against the final lists `finals` (session → (version,
+/// list)); `crashes` lists pods that died (their unpersisted acknowledged
 /// writes may be lost).
-pub fn check(ops: &[Op], finals: &HashMap<usize, (u64, u64)>, crashes: &[Crash]) -> Verdict {
+pub fn check(ops: &[Op], finals: &HashMap<usize, (u64, Vec<u64>)>, crashes: &[Crash]) -> Verdict {
     let mut verdict = Verdict {
         requests: ops.len(),
         ..Verdict::default()
     };
     let mut by_session: BTreeMap<usize, Vec<&Op>> = BTreeMap::new();
-    let mut unknown: HashMap<usize, u64> = HashMap::new();
     for op in ops {
         match &op.outcome {
-            Outcome::Acked { .. } => {
-                verdict.acked += 1;
-                by_session.entry(op.session).or_default().push(op);
-            }
+            Outcome::Acked { .. } => verdict.acked += 1,
             Outcome::Refused(_) => verdict.refused += 1,
-            Outcome::Unknown(_) => {
-                verdict.unknown += 1;
-                *unknown.entry(op.session).or_default() += 1;
-            }
+            Outcome::Unknown(_) => verdict.unknown += 1,
         }
+        by_session.entry(op.session).or_default().push(op);
     }
-    for (session, acked) in &by_session {
+    let sessions: BTreeSet<usize> = by_session.keys().chain(finals.keys()).copied().collect();
+    let empty = (0, Vec::new());
+    for session in sessions {
+        let ops = by_session.get(&session).map_or(&[][..], Vec::as_slice);
+        let (version, list) = finals.get(&session).unwrap_or(&empty);
         let violations_before = verdict.violations.len();
-        // After a crash only what had not been persisted may be lost: writes
-        // acknowledged before the crash, above the persisted version, of a
-        // session the crashed pod held or was moving. They are left out of
-        // the order checks (the next owner continued from the persisted
-        // version).
-        let allowed = |version: u64, ended: Instant| {
-            crashes.iter().any(|c| {
-                c.affected.contains(session)
-                    && ended <= c.at
-                    && version > c.persisted.get(session).copied().unwrap_or(0)
-            })
-        };
-        let mut kept: Vec<(u64, Instant, Instant)> = Vec::new();
-        let mut allowed_here = 0;
-        for op in acked {
-            let Outcome::Acked {
-                version,
-                value,
-                pod,
-                ..
-            } = &op.outcome
-            else {
-                continue;
-            };
-            if version != value {
-                verdict.violations.push(format!(
-                    "session {session}: pod {pod} answered value {value} at version {version}"
-                ));
-            }
-            if allowed(*version, op.ended) {
-                allowed_here += 1;
-                continue;
-            }
-            kept.push((*version, op.started, op.ended));
-        }
-        kept.sort_by_key(|(v, _, _)| *v);
-        for pair in kept.windows(2) {
-            if pair[0].0 == pair[1].0 {
-                verdict.violations.push(format!(
-                    "session {session}: version {} acknowledged twice (two writers)",
-                    pair[0].0
-                ));
-            }
-        }
-        // Real-time order: no op with a higher version ended before an op
-        // with a lower version started.
-        let mut min_end_after = None::<Instant>;
-        for &(version, started, ended) in kept.iter().rev() {
-            if let Some(end) = min_end_after
-                && end < started
-            {
-                verdict.violations.push(format!(
-                    "session {session}: version {version} started after a higher version was acknowledged"
-                ));
-            }
-            min_end_after = Some(min_end_after.map_or(ended, |m| m.min(ended)));
-        }
-        let (final_version, final_value) = finals.get(session).copied().unwrap_or((0, 0));
-        if final_version != final_value {
-            verdict.violations.push(format!(
-                "session {session}: final value {final_value} at version {final_version}"
-            ));
-        }
-        let acked_here = kept.len() as u64;
-        let unknown_here = unknown.get(session).copied().unwrap_or(0);
-        // Every kept acknowledged increment is in the final counter; allowed
-        // losses may or may not be.
-        if final_value < acked_here {
-            verdict.lost += acked_here - final_value;
-            verdict.bad_sessions.insert(*session);
-        }
-        let max = acked_here + allowed_here + unknown_here;
-        if final_value > max {
-            verdict.violations.push(format!(
-                "session {session}: final value {final_value} exceeds the {max} increments that may have been applied"
-            ));
-        }
-        if allowed_here > 0 {
-            verdict.lost_allowed += (acked_here + allowed_here).saturating_sub(final_value);
-        }
-        if verdict.violations.len() > violations_before {
-            verdict.bad_sessions.insert(*session);
+        let lost_before = verdict.lost;
+        check_session(session, ops, (*version, list), crashes, &mut verdict);
+        if verdict.violations.len() > violations_before || verdict.lost > lost_before {
+            verdict.bad_sessions.insert(session);
         }
     }
     verdict
 }
 
+/// The checks of one session: its ops, its final (version, list).
+fn check_session(
+    session: usize,
+    ops: &[&Op],
+    (final_version, list): (u64, &[u64]),
+    crashes: &[Crash],
+    verdict: &mut Verdict,
+) {
+    let positions = final_list(session, ops, (final_version, list), verdict);
+    // After a crash only what had not been persisted may be lost: writes
+    // acknowledged before the crash, of a session the crashed pod held or
+    // was moving, and missing from the list persisted then. Along one
+    // history that is a version above the persisted one; the persisted row
+    // can also be another history, a dead pod's late write that landed after
+    // the next owner loaded (ADR 0001), which holds none of that owner's
+    // writes whatever its version.
+    let allowed = |element: u64, ended: Instant| {
+        crashes.iter().any(|c| {
+            c.affected.contains(&session)
+                && ended <= c.at
+                && c.persisted
+                    .get(&session)
+                    .is_none_or(|list| !list.contains(&element))
+        })
+    };
+    let mut kept: Vec<Ack<'_>> = Vec::new();
+    for op in ops {
+        let Outcome::Acked {
+            element,
+            version,
+            len,
+            epoch,
+            pod,
+            ..
+        } = &op.outcome
+        else {
+            continue;
+        };
+        if len != version {
+            verdict.violations.push(format!(
+                "session {session}: pod {pod} (epoch {epoch}) answered list length {len} at version {version} (element {element})"
+            ));
+        }
+        if allowed(*element, op.ended) {
+            if !positions.contains_key(element) {
+                verdict.lost_allowed += 1;
+            }
+            continue;
+        }
+        let ack = Ack {
+            element: *element,
+            version: *version,
+            epoch: *epoch,
+            pod,
+            started: op.started,
+            ended: op.ended,
+        };
+        match positions.get(element) {
+            None => {
+                verdict.lost += 1;
+                if verdict.lost_examples.len() < 5 {
+                    verdict.lost_examples.push(format!(
+                        "session {session}: element {element} acknowledged at version {version} by {pod} (epoch {epoch}) is missing from the final list"
+                    ));
+                }
+            }
+            Some(at) if at[0] as u64 != *version => {
+                verdict.violations.push(format!(
+                    "session {session}: element {element} acknowledged at version {version} by {pod} (epoch {epoch}) is at position {} of the final list",
+                    at[0]
+                ));
+            }
+            Some(_) => {}
+        }
+        kept.push(ack);
+    }
+    kept.sort_by_key(|a| (a.version, a.ended));
+    for pair in kept.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        if a.version == b.version {
+            verdict.violations.push(format!(
+                "session {session}: version {} acknowledged twice (two writers): element {} by {} (epoch {}), element {} by {} (epoch {})",
+                a.version, a.element, a.pod, a.epoch, b.element, b.pod, b.epoch
+            ));
+        }
+    }
+    real_time_order(session, &kept, verdict);
+    one_writer(session, &kept, verdict);
+}
+
+/// The final list: as long as the version says, each element once, and each
+/// sent for this session by a request that was not refused. Returns the
+/// positions (1-based) of each element.
+fn final_list(
+    session: usize,
+    ops: &[&Op],
+    (final_version, list): (u64, &[u64]),
+    verdict: &mut Verdict,
+) -> HashMap<u64, Vec<usize>> {
+    if list.len() as u64 != final_version {
+        verdict.violations.push(format!(
+            "session {session}: the final list has {} elements at version {final_version}",
+            list.len()
+        ));
+    }
+    let mut positions: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (index, element) in list.iter().enumerate() {
+        positions.entry(*element).or_default().push(index + 1);
+    }
+    let sent: HashMap<u64, &Op> = ops.iter().map(|op| (op.element, *op)).collect();
+    for (index, element) in list.iter().enumerate() {
+        let at = &positions[element];
+        if at.len() > 1 && at[0] == index + 1 {
+            verdict.violations.push(format!(
+                "session {session}: element {element} appears {} times in the final list (positions {at:?})",
+                at.len()
+            ));
+        }
+        match sent.get(element).map(|op| &op.outcome) {
+            None => verdict.violations.push(format!(
+                "session {session}: element {element} at position {} was never sent for this session",
+                index + 1
+            )),
+            Some(Outcome::Refused(status)) => verdict.violations.push(format!(
+                "session {session}: element {element} of a refused request ({status}) is at position {}",
+                index + 1
+            )),
+            Some(_) => {}
+        }
+    }
+    positions
+}
+
+/// Versions follow real time: no ack with a higher version ended before an
+/// ack with a lower version started. `kept` is sorted by version.
+fn real_time_order(session: usize, kept: &[Ack<'_>], verdict: &mut Verdict) {
+    let mut min_end_after = None::<Instant>;
+    for ack in kept.iter().rev() {
+        if let Some(end) = min_end_after
+            && end < ack.started
+        {
+            verdict.violations.push(format!(
+                "session {session}: version {} started after a higher version was acknowledged",
+                ack.version
+            ));
+        }
+        min_end_after = Some(min_end_after.map_or(ack.ended, |m| m.min(ack.ended)));
+    }
+}
+
+/// One writer at a time: along the versions (`kept` is sorted by them), the
+/// `(pod, epoch)` pairs form contiguous blocks and the epoch never
+/// decreases.
+fn one_writer(session: usize, kept: &[Ack<'_>], verdict: &mut Verdict) {
+    // The writers whose block ended, with the last version of their block.
+    let mut done: HashMap<(&str, u64), u64> = HashMap::new();
+    let Some(first) = kept.first() else {
+        return;
+    };
+    let mut current = *first;
+    for ack in &kept[1..] {
+        if (ack.pod, ack.epoch) == (current.pod, current.epoch) {
+            current = *ack;
+            continue;
+        }
+        if let Some(last) = done.get(&(ack.pod, ack.epoch)) {
+            verdict.violations.push(format!(
+                "session {session}: two writers: {} (epoch {}) acknowledged version {} after {} (epoch {}) had taken over (version {}), its own earlier block ending at version {last}",
+                ack.pod, ack.epoch, ack.version, current.pod, current.epoch, current.version
+            ));
+        } else if ack.epoch < current.epoch {
+            verdict.violations.push(format!(
+                "session {session}: the epoch went back: {} (epoch {}) acknowledged version {} after {} (epoch {}) acknowledged version {}",
+                ack.pod, ack.epoch, ack.version, current.pod, current.epoch, current.version
+            ));
+        }
+        done.insert((current.pod, current.epoch), current.version);
+        current = *ack;
+    }
+}
+
 /// Counts first touches of moved sessions: for each transition, each
-/// session whose owner changed, the first acknowledged increment served by
+/// session whose owner changed, the first acknowledged append served by
 /// the new owner after the switch; warm unless it says `cold` or `loaded`.
 pub fn first_touches(
     ops: &[Op],
@@ -314,7 +454,7 @@ pub fn first_touches(
                         })
                         .count();
                     verdict.cold_examples.push(format!(
-                        "{} at version {}: session {} on {pod}: {handoff:?} ({before} increments before the switch)",
+                        "{} at version {}: session {} on {pod}: {handoff:?} ({before} appends before the switch)",
                         t.kind,
                         t.switch.version(),
                         op.session
@@ -327,10 +467,10 @@ pub fn first_touches(
     }
 }
 
-/// Checks that the persisted version of each session never decreased:
-/// `calls[session]` lists the store calls the persistence received for it,
-/// in order. Adds a violation per session where an applied store lowered
-/// the version held.
+/// Checks that the persisted (epoch, version) of each session never
+/// decreased: `calls[session]` lists the store calls the persistence
+/// received for it, in order. Adds a violation per session where an applied
+/// store lowered the stamp held.
 pub fn persisted_versions(calls: &[Vec<StoreCall>], verdict: &mut Verdict) {
     for (session, calls) in calls.iter().enumerate() {
         let lowered: Vec<&StoreCall> = calls

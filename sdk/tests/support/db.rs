@@ -1,4 +1,5 @@
-//! A shared in-memory "database": the persistence every test pod uses.
+//! A shared in-memory "database": the persistence every test pod uses. A
+//! session is a list of elements (`Vec<u64>`, see the checker).
 //!
 //! It is conditional on the [`Stamp`] (ownership epoch, then version: an
 //! older stamp never overwrites a newer one), as the `Persistence` contract
@@ -36,10 +37,13 @@ enum Condition {
     None,
 }
 
-/// Session key → last stored stamp and counter. Clones share it.
+/// Session key → last stored stamp and list.
+type Rows = HashMap<Vec<u8>, Stored<Vec<u64>>>;
+
+/// The rows, and the store calls per key. Clones share them.
 #[derive(Debug, Clone, Default)]
 pub struct Db {
-    map: Arc<Mutex<HashMap<Vec<u8>, Stored<u64>>>>,
+    map: Arc<Mutex<Rows>>,
     calls: Arc<Mutex<HashMap<Vec<u8>, Vec<StoreCall>>>>,
     stores: Arc<AtomicU64>,
     condition: Condition,
@@ -72,19 +76,19 @@ impl Db {
             .map_or(0, |v| v.stamp.version)
     }
 
-    /// The row of `key` (stamp 0/0 and value 0 if never stored).
-    pub fn stored(&self, key: &[u8]) -> Stored<u64> {
+    /// The row of `key` (stamp 0/0 and an empty list if never stored).
+    pub fn stored(&self, key: &[u8]) -> Stored<Vec<u64>> {
         self.map
             .lock()
             .unwrap()
             .get(key)
-            .copied()
+            .cloned()
             .unwrap_or_default()
     }
 
-    /// The stored value of `key` (0 if never stored).
-    pub fn value(&self, key: &[u8]) -> u64 {
-        self.map.lock().unwrap().get(key).map_or(0, |v| v.value)
+    /// The stored list of `key` (empty if never stored).
+    pub fn list(&self, key: &[u8]) -> Vec<u64> {
+        self.stored(key).value
     }
 
     /// Write-backs received.
@@ -103,14 +107,14 @@ impl Db {
     }
 }
 
-impl Persistence<u64> for Db {
+impl Persistence<Vec<u64>> for Db {
     type Error = Infallible;
 
-    async fn load(&self, key: &[u8]) -> Result<Option<Stored<u64>>, Infallible> {
-        Ok(self.map.lock().unwrap().get(key).copied())
+    async fn load(&self, key: &[u8]) -> Result<Option<Stored<Vec<u64>>>, Infallible> {
+        Ok(self.map.lock().unwrap().get(key).cloned())
     }
 
-    async fn store(&self, key: &[u8], stamp: Stamp, value: &u64) -> Result<(), Infallible> {
+    async fn store(&self, key: &[u8], stamp: Stamp, value: &Vec<u64>) -> Result<(), Infallible> {
         self.stores.fetch_add(1, Ordering::AcqRel);
         let mut map = self.map.lock().unwrap();
         let held = map.entry(key.to_vec()).or_default();
@@ -122,7 +126,7 @@ impl Persistence<u64> for Db {
             Condition::None => true,
         };
         if applied {
-            *held = Stored::new(stamp, *value);
+            *held = Stored::new(stamp, value.clone());
         }
         self.calls
             .lock()

@@ -1,10 +1,18 @@
 //! Pods over real HTTP: each an axum server on its own 127.0.0.x address
 //! with the ownership layer, the session layer (handoff endpoints, driver)
-//! and a counter application over a `SessionStore<u64, Db>`, each with its
+//! and a list application over a `SessionStore<Vec<u64>, Db>`, each with its
 //! own `StaticRingSource` and `MemoryProgressReporter`. Callers use the
 //! client `Router` over reqwest.
+//!
+//! The list application, here and in the simulation: a POST appends the
+//! element in [`ELEMENT_HEADER`] to the session's list (400 without one)
+//! and answers the new list length, with the session's new version in
+//! [`VERSION_HEADER`] and the ownership epoch the pod holds the session
+//! under in [`EPOCH_HEADER`]; a GET answers the whole list (JSON), with the
+//! same headers.
 
 use std::collections::BTreeMap;
+use std::fmt::Display;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -13,6 +21,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
+use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt as _;
 use locus::driver::HANDOFF_HEADER;
@@ -33,11 +42,30 @@ use super::checker::Outcome;
 use super::db::Db;
 use super::operator::Fleet;
 
-/// Response header of the counter application: the session's version.
+/// Response header of the list application: the session's version.
 pub const VERSION_HEADER: &str = "x-session-version";
 
-/// The counter store of a pod.
-pub type CounterStore = SessionStore<u64, Db>;
+/// Response header of the list application: the ownership epoch under which
+/// the pod holds the session (`Versioned::epoch`).
+pub const EPOCH_HEADER: &str = "x-session-epoch";
+
+/// Request header of an append: the element, a decimal `u64`.
+pub const ELEMENT_HEADER: &str = "x-list-element";
+
+/// The list store of a pod.
+pub type ListStore = SessionStore<Vec<u64>, Db>;
+
+/// What a session weighs for the store's byte bounds: 8 bytes whatever its
+/// length, so that the byte bounds count sessions (as when sessions were
+/// counters).
+pub fn weight(_: &Vec<u64>) -> usize {
+    8
+}
+
+/// The element of an append request, if it carries a valid one.
+pub fn element_of(headers: &http::HeaderMap) -> Option<u64> {
+    headers.get(ELEMENT_HEADER)?.to_str().ok()?.parse().ok()
+}
 
 /// The shared secret of the test service.
 pub fn secret() -> HandoffSecret {
@@ -46,7 +74,7 @@ pub fn secret() -> HandoffSecret {
 
 #[derive(Clone)]
 struct App {
-    store: CounterStore,
+    store: ListStore,
     member: Member,
     hold: Arc<Semaphore>,
 }
@@ -59,11 +87,18 @@ fn session_key(headers: &HeaderMap) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-/// The counter's answer: its value, with its version in [`VERSION_HEADER`].
-fn answer(app: &App, result: Result<Versioned<u64>, StoreError>) -> axum::response::Response {
+/// The list application's answer: `body`, with the version in
+/// [`VERSION_HEADER`] and the epoch in [`EPOCH_HEADER`].
+fn answer(
+    app: &App,
+    result: Result<Versioned<impl Display>, StoreError>,
+) -> axum::response::Response {
     match result {
         Ok(done) => (
-            [(VERSION_HEADER, done.version.to_string())],
+            [
+                (VERSION_HEADER, done.version.to_string()),
+                (EPOCH_HEADER, done.epoch.to_string()),
+            ],
             done.value.to_string(),
         )
             .into_response(),
@@ -71,35 +106,53 @@ fn answer(app: &App, result: Result<Versioned<u64>, StoreError>) -> axum::respon
     }
 }
 
-/// Like `incr`, but holds the session's lock until the test releases a
+/// 400 for an append without a valid element.
+fn no_element() -> axum::response::Response {
+    (StatusCode::BAD_REQUEST, "no element").into_response()
+}
+
+/// Like `append`, but holds the session's lock until the test releases a
 /// permit of the pod's `hold` semaphore.
 async fn hold(State(app): State<App>, headers: HeaderMap) -> axum::response::Response {
+    let Some(element) = element_of(&headers) else {
+        return no_element();
+    };
     let gate = Arc::clone(&app.hold);
     let done = app
         .store
-        .update_async(&session_key(&headers), |n| async move {
+        .update_async(&session_key(&headers), |mut list| async move {
             // One permit per request: the test releases them one by one.
             gate.acquire().await.unwrap().forget();
-            Ok::<_, std::convert::Infallible>((n + 1, n + 1))
+            list.push(element);
+            let len = list.len();
+            Ok::<_, std::convert::Infallible>((list, len))
         })
         .await
         .map(|done| done.unwrap_or_else(|never| match never {}));
     answer(&app, done)
 }
 
-async fn incr(State(app): State<App>, headers: HeaderMap) -> axum::response::Response {
+async fn append(State(app): State<App>, headers: HeaderMap) -> axum::response::Response {
+    let Some(element) = element_of(&headers) else {
+        return no_element();
+    };
     let done = app
         .store
-        .update(&session_key(&headers), |n| {
-            *n += 1;
-            *n
+        .update(&session_key(&headers), |list| {
+            list.push(element);
+            list.len()
         })
         .await;
     answer(&app, done)
 }
 
 async fn read(State(app): State<App>, headers: HeaderMap) -> axum::response::Response {
-    let done = app.store.read(&session_key(&headers), |n| *n).await;
+    let done = app
+        .store
+        .read(&session_key(&headers), |list| {
+            serde_json::to_string(list).unwrap()
+        })
+        .await;
     answer(&app, done)
 }
 
@@ -108,7 +161,7 @@ pub struct TestPod {
     pub info: Pod,
     pub source: StaticRingSource,
     pub member: Member,
-    pub store: CounterStore,
+    pub store: ListStore,
     pub progress: MemoryProgressReporter,
     /// Permits for the `/hold` route.
     pub hold: Arc<Semaphore>,
@@ -163,7 +216,7 @@ impl HttpCluster {
         if let Some(ring) = locus::RingSource::watch(&self.client_source).latest() {
             source.publish((*ring).clone()).unwrap();
         }
-        let store = SessionStore::builder(JsonCodec, |_: &u64| 8)
+        let store = SessionStore::builder(JsonCodec, weight)
             .limits(self.options.limits.clone())
             .persistence(self.db.clone())
             .build()
@@ -183,7 +236,7 @@ impl HttpCluster {
         let hold_gate = Arc::new(Semaphore::new(0));
         let ownership = OwnershipLayer::builder(name, &source).build().unwrap();
         let app = axum::Router::new()
-            .route("/incr", axum::routing::post(incr))
+            .route("/append", axum::routing::post(append))
             .route("/get", axum::routing::get(read))
             .route("/hold", axum::routing::post(hold))
             .with_state(App {
@@ -244,31 +297,31 @@ impl HttpCluster {
         self.pods.lock().unwrap()[name].member.clone()
     }
 
-    /// Increments `key` through the callers' router.
-    pub async fn incr(&self, key: &[u8]) -> Outcome {
-        self.call("/incr", key).await
+    /// Appends `element` to `key` through the callers' router.
+    pub async fn append(&self, key: &[u8], element: u64) -> Outcome {
+        self.call("/append", key, element).await
     }
 
-    /// Sends a POST to `path` for session `key` through the callers' router.
-    pub async fn call(&self, path: &str, key: &[u8]) -> Outcome {
+    /// Sends a POST to `path` for session `key` with `element` through the
+    /// callers' router.
+    pub async fn call(&self, path: &str, key: &[u8], element: u64) -> Outcome {
         let request = Request::post(path)
             .header(headers::SESSION, key)
+            .header(ELEMENT_HEADER, element)
             .body(String::new())
             .unwrap();
-        outcome(self.router.clone().oneshot(request).await).await
+        outcome(self.router.clone().oneshot(request).await, element).await
     }
 
-    /// Reads `key` through the callers' router: (version, value).
-    pub async fn read(&self, key: &[u8]) -> (u64, u64) {
+    /// Reads `key` through the callers' router: (version, list).
+    pub async fn read(&self, key: &[u8]) -> (u64, Vec<u64>) {
         for _ in 0..100 {
             let request = Request::get("/get")
                 .header(headers::SESSION, key)
                 .body(String::new())
                 .unwrap();
-            if let Outcome::Acked { version, value, .. } =
-                outcome(self.router.clone().oneshot(request).await).await
-            {
-                return (version, value);
+            if let Ok(read) = listing(self.router.clone().oneshot(request).await).await {
+                return (read.version, read.list);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -276,21 +329,33 @@ impl HttpCluster {
     }
 }
 
-/// Classifies a routed request's result (over any client's body).
-pub async fn outcome<B: http_body::Body>(result: Result<http::Response<B>, RouteError>) -> Outcome {
+/// A 200 answer of the list application.
+struct Answered {
+    version: u64,
+    epoch: u64,
+    pod: String,
+    handoff: Option<String>,
+    body: Bytes,
+}
+
+/// Reads a routed request's result (over any client's body): the answer if
+/// it is a well-formed 200, else the outcome it makes.
+async fn answered<B: http_body::Body>(
+    result: Result<http::Response<B>, RouteError>,
+) -> Result<Answered, Outcome> {
     let response = match result {
         Ok(response) => response,
         Err(RouteError::Timeout { .. } | RouteError::Upstream { .. }) => {
-            return Outcome::Unknown("no answer".into());
+            return Err(Outcome::Unknown("no answer".into()));
         }
-        Err(_) => return Outcome::Refused(0),
+        Err(_) => return Err(Outcome::Refused(0)),
     };
     let status = response.status();
     if status == StatusCode::BAD_GATEWAY || status == StatusCode::GATEWAY_TIMEOUT {
-        return Outcome::Unknown(format!("gateway {status}"));
+        return Err(Outcome::Unknown(format!("gateway {status}")));
     }
     if status != StatusCode::OK {
-        return Outcome::Refused(status.as_u16());
+        return Err(Outcome::Refused(status.as_u16()));
     }
     // Headers read before the body is awaited: no borrow of the (maybe not
     // `Sync`) body lives across the await.
@@ -303,22 +368,73 @@ pub async fn outcome<B: http_body::Body>(result: Result<http::Response<B>, Route
             .map(str::to_owned)
     };
     let version = text(VERSION_HEADER).and_then(|v| v.parse().ok());
+    let epoch = text(EPOCH_HEADER).and_then(|v| v.parse().ok());
     let pod = text(headers::POD.as_str()).unwrap_or_default();
     let handoff = text(HANDOFF_HEADER.as_str());
     drop(parts);
     let Ok(body) = body.collect().await else {
-        return Outcome::Unknown("body cut".into());
+        return Err(Outcome::Unknown("body cut".into()));
     };
-    let value = String::from_utf8_lossy(&body.to_bytes()).parse().ok();
-    match (version, value) {
-        (Some(version), Some(value)) => Outcome::Acked {
+    match (version, epoch) {
+        (Some(version), Some(epoch)) => Ok(Answered {
             version,
-            value,
+            epoch,
             pod,
             handoff,
-        },
-        _ => Outcome::Unknown("malformed answer".into()),
+            body: body.to_bytes(),
+        }),
+        _ => Err(Outcome::Unknown("malformed answer".into())),
     }
+}
+
+/// Classifies the result of an append of `element` (over any client's
+/// body): acknowledged with the list length the body gives, refused, or
+/// unknown (no answer, a gateway error, a cut or malformed answer).
+pub async fn outcome<B: http_body::Body>(
+    result: Result<http::Response<B>, RouteError>,
+    element: u64,
+) -> Outcome {
+    let answer = match answered(result).await {
+        Ok(answer) => answer,
+        Err(outcome) => return outcome,
+    };
+    let Ok(len) = String::from_utf8_lossy(&answer.body).parse() else {
+        return Outcome::Unknown("malformed answer".into());
+    };
+    Outcome::Acked {
+        element,
+        version: answer.version,
+        len,
+        epoch: answer.epoch,
+        pod: answer.pod,
+        handoff: answer.handoff,
+    }
+}
+
+/// What a read answered.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    pub version: u64,
+    pub epoch: u64,
+    pub pod: String,
+    pub list: Vec<u64>,
+}
+
+/// Reads the answer of a read (over any client's body): the list, or the
+/// outcome it makes when it is not a well-formed 200.
+pub async fn listing<B: http_body::Body>(
+    result: Result<http::Response<B>, RouteError>,
+) -> Result<Listing, Outcome> {
+    let answer = answered(result).await?;
+    let Ok(list) = serde_json::from_slice(&answer.body) else {
+        return Err(Outcome::Unknown("malformed answer".into()));
+    };
+    Ok(Listing {
+        version: answer.version,
+        epoch: answer.epoch,
+        pod: answer.pod,
+        list,
+    })
 }
 
 impl Fleet for HttpCluster {

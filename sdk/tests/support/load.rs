@@ -1,8 +1,9 @@
-//! The workload: workers sending increments to random sessions, each op
-//! recorded in a [`History`].
+//! The workload: workers appending unique elements to random sessions, each
+//! op recorded in a [`History`].
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -43,25 +44,29 @@ impl Rng {
 }
 
 impl Load {
-    /// Starts `workers` workers over `sessions` sessions; `send(session)`
-    /// (`increment`) performs one increment.
-    pub fn start<F, Fut>(workers: usize, sessions: usize, seed: u64, increment: F) -> Self
+    /// Starts `workers` workers over `sessions` sessions; `append(session,
+    /// element)` appends `element` to the session's list. Every request gets
+    /// a fresh element (from 1 on, unique across sessions and workers),
+    /// retries after a refusal or an unknown outcome included.
+    pub fn start<F, Fut>(workers: usize, sessions: usize, seed: u64, append: F) -> Self
     where
-        F: Fn(usize) -> Fut + Send + Sync + 'static,
+        F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Outcome> + Send,
     {
         let history = History::default();
         let (stop, stopped) = watch::channel(false);
         let (acked_tx, acked) = watch::channel(0u64);
         let acked_tx = Arc::new(acked_tx);
-        let increment = Arc::new(increment);
+        let append = Arc::new(append);
+        let elements = Arc::new(AtomicU64::new(1));
         let count = workers;
         let workers = (0..count)
             .map(|w| {
                 let workers = count;
                 let history = history.clone();
                 let stopped = stopped.clone();
-                let increment = Arc::clone(&increment);
+                let append = Arc::clone(&append);
+                let elements = Arc::clone(&elements);
                 let acked_tx = Arc::clone(&acked_tx);
                 let mut rng = Rng::new(seed ^ ((w as u64 + 1) * 7919));
                 tokio::spawn(async move {
@@ -72,12 +77,14 @@ impl Load {
                         let session = first
                             .next()
                             .unwrap_or_else(|| rng.below(sessions as u64) as usize);
+                        let element = elements.fetch_add(1, Ordering::Relaxed);
                         let started = Instant::now();
-                        let outcome = increment(session).await;
+                        let outcome = append(session, element).await;
                         let ended = Instant::now();
                         let ok = matches!(outcome, Outcome::Acked { .. });
                         history.record(Op {
                             session,
+                            element,
                             started,
                             ended,
                             outcome,
@@ -86,7 +93,8 @@ impl Load {
                             acked_tx.send_modify(|n| *n += 1);
                         } else {
                             // Refused or unknown: back off a little before
-                            // the next increment (a real client's retry).
+                            // the next append (a real client's retry, with a
+                            // new element).
                             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                         }
                     }
@@ -101,7 +109,7 @@ impl Load {
         }
     }
 
-    /// Waits until `more` further increments were acknowledged.
+    /// Waits until `more` further appends were acknowledged.
     pub async fn progress(&self, more: u64) {
         let mut acked = self.acked.clone();
         let target = *acked.borrow() + more;

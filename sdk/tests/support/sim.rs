@@ -1,7 +1,8 @@
 //! The simulated cluster: the real pod stack (ownership layer, session layer
-//! with the handoff endpoints and the transition driver, counter store over
-//! the shared persistence) and the real client router, connected by an
-//! in-memory network instead of sockets, on tokio's paused clock.
+//! with the handoff endpoints and the transition driver, the list
+//! application of `http.rs` over a store backed by the shared persistence)
+//! and the real client router, connected by an in-memory network instead of
+//! sockets, on tokio's paused clock.
 //!
 //! The network delays every message by a seeded random time (so messages
 //! overtake each other), can *pause* a pod (nothing reaches it or leaves it
@@ -40,7 +41,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use super::checker::{Crash, Outcome};
 use super::db::Db;
-use super::http::outcome;
+use super::http::{self as app, Listing, listing, outcome};
 use super::load::Rng;
 use super::operator::Fleet;
 
@@ -327,12 +328,52 @@ impl Service<Request<RouterBody<String>>> for SimClient {
     }
 }
 
+/// The list application: a POST appends its element and answers the new
+/// length, a GET answers the whole list; both with the version and the
+/// epoch in headers (see `http.rs`).
+async fn serve(
+    store: &app::ListStore,
+    member: &Member,
+    request: &http::request::Parts,
+) -> Response<HandoffBody> {
+    let key = request
+        .headers
+        .get(headers::SESSION)
+        .map(|v| v.as_bytes().to_vec())
+        .unwrap_or_default();
+    let result = if request.method == http::Method::POST {
+        let Some(element) = app::element_of(&request.headers) else {
+            return text(StatusCode::BAD_REQUEST, "no element".into());
+        };
+        store
+            .update(&key, |list| {
+                list.push(element);
+                list.len().to_string()
+            })
+            .await
+    } else {
+        store
+            .read(&key, |list| serde_json::to_string(list).unwrap())
+            .await
+    };
+    match result {
+        Ok(done) => {
+            let mut response = text(StatusCode::OK, done.value);
+            let headers = response.headers_mut();
+            headers.insert(app::VERSION_HEADER, http::HeaderValue::from(done.version));
+            headers.insert(app::EPOCH_HEADER, http::HeaderValue::from(done.epoch));
+            response
+        }
+        Err(error) => member.error_response(&error),
+    }
+}
+
 /// One simulated pod.
 pub struct SimPod {
     pub info: Pod,
     pub source: StaticRingSource,
     pub member: Member,
-    pub store: SessionStore<u64, Db>,
+    pub store: app::ListStore,
     pub progress: MemoryProgressReporter,
     kill: watch::Sender<bool>,
 }
@@ -390,7 +431,7 @@ impl SimCluster {
         if let Some(ring) = locus::RingSource::watch(&self.client_source).latest() {
             source.publish((*ring).clone()).unwrap();
         }
-        let store = SessionStore::builder(JsonCodec, |_: &u64| 8)
+        let store = SessionStore::builder(JsonCodec, app::weight)
             .limits(self.limits.clone())
             .persistence(self.db.clone())
             .build()
@@ -424,32 +465,8 @@ impl SimCluster {
                 let work = net.handler_delay();
                 async move {
                     tokio::time::sleep(work).await;
-                    let key = request
-                        .headers()
-                        .get(headers::SESSION)
-                        .map(|v| v.as_bytes().to_vec())
-                        .unwrap_or_default();
-                    let result = if request.method() == http::Method::POST {
-                        store
-                            .update(&key, |n| {
-                                *n += 1;
-                                *n
-                            })
-                            .await
-                    } else {
-                        store.read(&key, |n| *n).await
-                    };
-                    Ok::<_, Infallible>(match result {
-                        Ok(done) => {
-                            let mut response = text(StatusCode::OK, done.value.to_string());
-                            response.headers_mut().insert(
-                                super::http::VERSION_HEADER,
-                                http::HeaderValue::from(done.version),
-                            );
-                            response
-                        }
-                        Err(error) => member.error_response(&error),
-                    })
+                    let (request, _) = request.into_parts();
+                    Ok::<_, Infallible>(serve(&store, &member, &request).await)
                 }
             })
         };
@@ -488,7 +505,7 @@ impl SimCluster {
     }
 
     /// Kills pod `name`: what it had not persisted is lost. Records, for the
-    /// checker, the persisted versions and the sessions it held, owned or was
+    /// checker, the persisted lists and the sessions it held, owned or was
     /// moving under `ring` when it died.
     pub fn kill(&self, name: &str, keys: &[Vec<u8>], ring: Option<&Ring>) {
         let Some(pod) = self.pods.lock().unwrap().remove(name) else {
@@ -516,7 +533,7 @@ impl SimCluster {
         let mut persisted = HashMap::new();
         let mut affected = HashSet::new();
         for (session, key) in keys.iter().enumerate() {
-            persisted.insert(session, self.db.version(key));
+            persisted.insert(session, self.db.list(key));
             if involved(key) {
                 affected.insert(session);
             }
@@ -572,19 +589,27 @@ impl SimCluster {
         self.pods.lock().unwrap().contains_key(name)
     }
 
-    /// Sends one request for `key` through the callers' router.
-    pub async fn call(&self, method: http::Method, key: &[u8]) -> Outcome {
-        let request = Request::builder()
-            .method(method)
-            .uri("/counter")
+    /// Appends `element` to `key` through the callers' router.
+    pub async fn append(&self, key: &[u8], element: u64) -> Outcome {
+        let request = Request::post("/list")
+            .header(headers::SESSION, key)
+            .header(app::ELEMENT_HEADER, element)
+            .body(String::new())
+            .unwrap();
+        outcome(self.router.clone().oneshot(request).await, element).await
+    }
+
+    /// Reads `key` once through the callers' router.
+    async fn read_once(&self, key: &[u8]) -> Result<Listing, Outcome> {
+        let request = Request::get("/list")
             .header(headers::SESSION, key)
             .body(String::new())
             .unwrap();
-        outcome(self.router.clone().oneshot(request).await).await
+        listing(self.router.clone().oneshot(request).await).await
     }
 
     /// The stores of the running pods.
-    fn stores(&self) -> Vec<SessionStore<u64, Db>> {
+    fn stores(&self) -> Vec<app::ListStore> {
         self.pods
             .lock()
             .unwrap()
@@ -618,11 +643,11 @@ impl SimCluster {
         best.map(|(_, epoch)| epoch)
     }
 
-    /// Reads `key` until a pod answers: (version, value).
-    pub async fn read(&self, key: &[u8]) -> Option<(u64, u64)> {
+    /// Reads `key` until a pod answers: (version, list).
+    pub async fn read(&self, key: &[u8]) -> Option<(u64, Vec<u64>)> {
         for _ in 0..200 {
-            if let Outcome::Acked { version, value, .. } = self.call(http::Method::GET, key).await {
-                return Some((version, value));
+            if let Ok(read) = self.read_once(key).await {
+                return Some((read.version, read.list));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
