@@ -392,9 +392,7 @@ impl Driver {
         }
         if ok {
             // Failures counted after the outbox was read stay counted.
-            state
-                .unpersisted
-                .fetch_sub(failures, std::sync::atomic::Ordering::AcqRel);
+            state.settle_unpersisted(failures);
         }
         ok
     }

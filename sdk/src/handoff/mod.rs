@@ -193,9 +193,9 @@ pub(crate) struct HandoffState {
     /// the version of the first ring of its step this pod saw (the step's
     /// *epoch*: a Switch published again at a new version is the same step).
     switch: Mutex<Option<(Arc<Ring>, u64)>>,
-    /// Transfer answers whose write-through failed since the drain last
-    /// wrote the outbox through: the pod does not report drained until it
-    /// could.
+    /// Transfer answers whose write-through failed, or has not succeeded
+    /// yet, since the drain last wrote the outbox through: the pod does not
+    /// report drained until it could.
     pub unpersisted: std::sync::atomic::AtomicU64,
     /// The last two rings the driver saw, oldest first: who owned a key
     /// before a ring that moved it, when this pod did not see the Switch.
@@ -238,6 +238,16 @@ impl HandoffState {
             rings: Mutex::new([None, None]),
             unpersisted: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Takes back `n` owed write-throughs (never below zero: the drain may
+    /// have written a record through while its own write was running).
+    pub(crate) fn settle_unpersisted(&self, n: u64) {
+        let _ = self.unpersisted.fetch_update(
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+            |owed| Some(owed.saturating_sub(n)),
+        );
     }
 
     /// The ring under which a request admitted under `ring` takes `key`

@@ -411,7 +411,11 @@ async fn transfer_one(
     match state.store.hand_off(&key, None, from, ttl).await {
         Ok(HandOff::State(record)) => {
             state.metrics.records("transfer", "sent", 1);
-            write_through(state, &record).await;
+            // Into the outbox before anything is awaited: the session has
+            // left the store, and this handler is dropped if the asker gives
+            // up (its call timed out, its connection closed) while the
+            // record is written through. Kept here, a retry still gets the
+            // record and the drain still owes it.
             let kept =
                 state
                     .outbox
@@ -419,6 +423,7 @@ async fn transfer_one(
             if !kept {
                 tracing::warn!(pod = %state.pod, "outbox full: a transfer answer is not kept for retries");
             }
+            write_through(state, &record).await;
             answer(key, known, record)
         }
         Ok(HandOff::Unchanged { version: v }) => {
@@ -448,17 +453,22 @@ fn answer(key: Bytes, known: Option<u64>, record: SessionRecord) -> Frame {
 /// asker's call timed out) and this pod is fenced before the asker asks
 /// again, the asker loads the key from the persistence. So a changed session
 /// is written through before its hand-off is answered (conditionally: the
-/// new owner's later writes win). A failed write is remembered, and the
-/// drain writes the outbox through again before it reports drained.
+/// new owner's later writes win). The write is counted as owed before it
+/// starts and the count taken back once it succeeded, so a failed write, or
+/// one whose handler was dropped half-way, is remembered, and the drain
+/// writes the outbox through again before it reports drained.
 async fn write_through(state: &HandoffState, record: &SessionRecord) {
     if !record.dirty {
         return;
     }
-    if let Err(error) = state.store.write_record(record).await {
-        tracing::warn!(pod = %state.pod, %error, "cannot write a session handed off through; the drain retries");
-        state
-            .unpersisted
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    state
+        .unpersisted
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    match state.store.write_record(record).await {
+        Ok(_) => state.settle_unpersisted(1),
+        Err(error) => {
+            tracing::warn!(pod = %state.pod, %error, "cannot write a session handed off through; the drain retries");
+        }
     }
 }
 
