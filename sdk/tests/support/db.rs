@@ -8,12 +8,17 @@
 //! persistence), [`versions_only`](Db::versions_only) compares versions and
 //! ignores epochs (the contract before ownership epochs). Every store call is
 //! recorded per key, with whether it was applied, for the checker.
+//!
+//! Each pod gets a [`gated`](Db::gated) handle: a call waits at the gate
+//! before it reaches the rows, so a paused pod's loads and write-backs wait
+//! for its resume, as a stopped process's would.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use futures::future::BoxFuture;
 use locus::store::{Persistence, Stamp, Stored};
 
 /// One store call: the stamp offered, the stamp held before, and whether it
@@ -40,6 +45,22 @@ enum Condition {
 /// Session key → last stored stamp and list.
 type Rows = HashMap<Vec<u8>, Stored<Vec<u64>>>;
 
+/// What a call waits for before it reaches the rows.
+#[derive(Clone)]
+pub struct Gate(Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>);
+
+impl Gate {
+    pub fn new(wait: impl Fn() -> BoxFuture<'static, ()> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(wait))
+    }
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gate")
+    }
+}
+
 /// The rows, and the store calls per key. Clones share them.
 #[derive(Debug, Clone, Default)]
 pub struct Db {
@@ -47,6 +68,7 @@ pub struct Db {
     calls: Arc<Mutex<HashMap<Vec<u8>, Vec<StoreCall>>>>,
     stores: Arc<AtomicU64>,
     condition: Condition,
+    gate: Option<Gate>,
 }
 
 impl Db {
@@ -64,6 +86,20 @@ impl Db {
         Self {
             condition: Condition::Version,
             ..Self::default()
+        }
+    }
+
+    /// A handle on the same rows whose calls first wait at `gate`.
+    pub fn gated(&self, gate: Gate) -> Self {
+        Self {
+            gate: Some(gate),
+            ..self.clone()
+        }
+    }
+
+    async fn pass(&self) {
+        if let Some(gate) = &self.gate {
+            (gate.0)().await;
         }
     }
 
@@ -111,10 +147,12 @@ impl Persistence<Vec<u64>> for Db {
     type Error = Infallible;
 
     async fn load(&self, key: &[u8]) -> Result<Option<Stored<Vec<u64>>>, Infallible> {
+        self.pass().await;
         Ok(self.map.lock().unwrap().get(key).cloned())
     }
 
     async fn store(&self, key: &[u8], stamp: Stamp, value: &Vec<u64>) -> Result<(), Infallible> {
+        self.pass().await;
         self.stores.fetch_add(1, Ordering::AcqRel);
         let mut map = self.map.lock().unwrap();
         let held = map.entry(key.to_vec()).or_default();

@@ -6,7 +6,9 @@
 //!
 //! The network delays every message by a seeded random time (so messages
 //! overtake each other), can *pause* a pod (nothing reaches it or leaves it
-//! until it resumes; rings included), can *partition* two pods from each
+//! until it resumes: messages, rings, its persistence calls and its progress
+//! reports; its own timers keep running, and what they do reaches the world
+//! only on resume, as a stopped process's expired timers act on SIGCONT), can *partition* two pods from each
 //! other (their calls to each other are refused, as an iptables REJECT
 //! does, while callers and the ring still reach both) and can *kill* one
 //! (its tasks stop, new connections are refused, calls in progress and
@@ -29,7 +31,7 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt as _;
 use locus::client::RouterBody;
 use locus::handoff::{HandoffBody, HandoffConfig, HandoffSecret, Transport, TransportError};
-use locus::progress::MemoryProgressReporter;
+use locus::progress::{MemoryProgressReporter, Progress, ProgressError, ProgressReporter};
 use locus::ring::{Pod, Ring};
 use locus::server::session::{Member, ShutdownReport};
 use locus::store::{JsonCodec, Limits, SessionStore};
@@ -40,7 +42,7 @@ use tower::util::BoxCloneService;
 use tower::{Layer, Service, ServiceExt};
 
 use super::checker::{Crash, Outcome};
-use super::db::Db;
+use super::db::{Db, Gate};
 use super::http::{self as app, Listing, listing, outcome};
 use super::load::Rng;
 use super::operator::Fleet;
@@ -96,6 +98,22 @@ struct NetInner {
 pub struct Net {
     inner: Arc<Mutex<NetInner>>,
     config: NetConfig,
+}
+
+/// A pod's progress reporter: reports wait while the pod is paused.
+struct GatedReporter {
+    inner: MemoryProgressReporter,
+    net: Net,
+    pod: String,
+}
+
+impl ProgressReporter for GatedReporter {
+    fn report<'a>(&'a self, progress: &'a Progress) -> BoxFuture<'a, Result<(), ProgressError>> {
+        Box::pin(async move {
+            self.net.unpaused(&self.pod).await;
+            self.inner.report(progress).await
+        })
+    }
 }
 
 /// A body that fails once its pod is killed.
@@ -431,9 +449,20 @@ impl SimCluster {
         if let Some(ring) = locus::RingSource::watch(&self.client_source).latest() {
             source.publish((*ring).clone()).unwrap();
         }
+        // A paused pod's persistence calls and progress reports wait for its
+        // resume, like its messages: a stopped process has no effect outside.
+        let gate = {
+            let net = self.net.clone();
+            let pod = name.to_owned();
+            Gate::new(move || {
+                let net = net.clone();
+                let pod = pod.clone();
+                Box::pin(async move { net.unpaused(&pod).await })
+            })
+        };
         let store = SessionStore::builder(JsonCodec, app::weight)
             .limits(self.limits.clone())
-            .persistence(self.db.clone())
+            .persistence(self.db.gated(gate))
             .build()
             .unwrap();
         if self.passivate {
@@ -443,7 +472,11 @@ impl SimCluster {
         let progress = MemoryProgressReporter::new();
         let member = Member::builder(name, &source, store.clone())
             .secret(secret())
-            .progress(progress.clone())
+            .progress(GatedReporter {
+                inner: progress.clone(),
+                net: self.net.clone(),
+                pod: name.to_owned(),
+            })
             .config(self.config.clone())
             .transport(SimTransport {
                 net: self.net.clone(),
