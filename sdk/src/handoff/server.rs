@@ -546,3 +546,134 @@ async fn push(
         Err(error) => plain(state, StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::Mutex;
+    use std::sync::atomic::Ordering;
+
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::handoff::{HandoffConfig, HandoffMetrics, HandoffSecret, HttpTransport};
+    use crate::ring::{Assignment, Pod, RingParts, Slot, SlotState, Transition};
+    use crate::source::{RingSource as _, StaticRingSource};
+    use crate::store::{JsonCodec, Persistence, SessionStore, Stamp, Stored, Versioned};
+
+    /// A persistence whose stores wait until `open` is set, and count
+    /// what they applied.
+    #[derive(Clone)]
+    struct Held {
+        open: watch::Sender<bool>,
+        started: watch::Sender<usize>,
+        rows: Arc<Mutex<Vec<Stamp>>>,
+    }
+
+    impl Persistence<String> for Held {
+        type Error = Infallible;
+
+        async fn load(&self, _key: &[u8]) -> Result<Option<Stored<String>>, Infallible> {
+            Ok(None)
+        }
+
+        async fn store(
+            &self,
+            _key: &[u8],
+            stamp: Stamp,
+            _value: &String,
+        ) -> Result<(), Infallible> {
+            self.started.send_modify(|n| *n += 1);
+            let mut open = self.open.subscribe();
+            let _ = open.wait_for(|open| *open).await;
+            self.rows.lock().unwrap().push(stamp);
+            Ok(())
+        }
+    }
+
+    fn pod(name: &str, last: u8) -> Pod {
+        Pod {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            address: std::net::SocketAddr::from(([127, 0, 0, last], 9)),
+        }
+    }
+
+    /// Two slots; slot 1 (`pod-b`) owns every shard.
+    fn ring() -> Ring {
+        let slot = |index: u16, pod| Slot {
+            index,
+            pod,
+            state: SlotState::Active,
+            successor: None,
+            predecessor: None,
+        };
+        Ring::new(RingParts {
+            namespace: "ns".into(),
+            service: "svc".into(),
+            version: 5,
+            shards: ShardCount::new(4).unwrap(),
+            vnodes: 8,
+            slots: vec![slot(0, pod("pod-a", 1)), slot(1, pod("pod-b", 2))],
+            current: Assignment::new(vec![1; 4]).unwrap(),
+            transition: Transition::Stable,
+        })
+        .unwrap()
+    }
+
+    /// A transfer handler dropped while it writes its answer through (the
+    /// asker gave up) must leave the record in the outbox, owed: the next
+    /// try gets the state, not "not resident".
+    #[tokio::test]
+    async fn a_transfer_dropped_while_written_through_keeps_its_record() {
+        let held = Held {
+            open: watch::Sender::new(false),
+            started: watch::Sender::new(0),
+            rows: Arc::default(),
+        };
+        let store = SessionStore::builder(JsonCodec, String::len)
+            .persistence(held.clone())
+            .build()
+            .unwrap();
+        store
+            .install(b"k", Versioned::new(3, "state".into()))
+            .await
+            .unwrap();
+        let source = StaticRingSource::with_ring(ring());
+        let state = HandoffState::new(
+            "pod-a".into(),
+            HeaderValue::from_static("pod-a"),
+            source.watch(),
+            Arc::new(store.clone()),
+            HandoffSecret::new("a-test-secret-of-some-length").unwrap(),
+            Arc::new(HttpTransport::default()),
+            HandoffConfig::default(),
+            HandoffMetrics::default(),
+        );
+        let ring = ring();
+        let key = Bytes::from_static(b"k");
+        let first = transfer_one(&state, Some(&ring), "pod-b", 5, key.clone(), None);
+        let mut first = Box::pin(first);
+        // Run it until its write-through waits on the persistence, then drop it.
+        let mut started = held.started.subscribe();
+        tokio::select! {
+            _ = &mut first => panic!("the write-through was not held"),
+            _ = started.wait_for(|n| *n == 1) => {}
+        }
+        drop(first);
+        assert_eq!(
+            store.version_of(b"k").await,
+            None,
+            "the session left the store"
+        );
+        let kept = state.outbox.get(b"k", "pod-b").expect("the record is owed");
+        assert_eq!(kept.version, 3);
+        assert_eq!(state.unpersisted.load(Ordering::Acquire), 1);
+        // The asker tries again: it gets the state.
+        held.open.send_replace(true);
+        match transfer_one(&state, Some(&ring), "pod-b", 5, key, None).await {
+            Frame::Record(WireRecord { record, .. }) => assert_eq!(record.version, 3),
+            other => panic!("expected the record, got {other:?}"),
+        }
+    }
+}
