@@ -19,8 +19,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use locus::ring::{
-    Assignment, Plan, PlanRequest, Pod, Ring, RingDocument, RingParts, ShardCount, Slot, SlotState,
-    Transition, hash_key, plan,
+    Assignment, Plan, PlanRequest, Pod, Ring, RingDocument, RingParts, ShardCount, Slot, SlotRing,
+    SlotState, Transition, hash_key, plan,
 };
 use serde_json::{Value, json};
 
@@ -265,7 +265,582 @@ fn rings() -> Vec<(&'static str, Ring)> {
         p.version = 3;
         rings.push(("s4096-n7-stable", Ring::new(p).unwrap()));
     }
+    // Two shards over two slots with IPv6 pod addresses; slot 1's pod is not Ready (`Wait`).
+    {
+        let mut slots: Vec<Slot> = (0..2).map(|i| slot("kv", i, SlotState::Active)).collect();
+        slots[0].pod.address = "[fd00::a]:8080".parse().unwrap();
+        slots[1].pod.address = "[2001:db8:0:1::1b]:9090".parse().unwrap();
+        slots[1].state = SlotState::Unavailable;
+        let mut p = parts(
+            "kv",
+            2,
+            8,
+            slots,
+            fresh("default", "kv", 2, 8, &[0, 1]),
+            Transition::Stable,
+        );
+        p.version = 5;
+        rings.push(("s2-n2-ipv6-unavailable", Ring::new(p).unwrap()));
+    }
+    // 32 shards, shrinking from 4 to 3 slots: warm phase, slot 3 leaving.
+    {
+        let current = fresh("default", "cart", 32, 16, &[0, 1, 2, 3]);
+        let target = plan(&PlanRequest {
+            namespace: "default",
+            service: "cart",
+            shards: ShardCount::new(32).unwrap(),
+            vnodes: 16,
+            previous: Some(&current),
+            slots: &[0, 1, 2],
+            max_moves: None,
+        })
+        .unwrap()
+        .assignment;
+        let mut slots: Vec<Slot> = (0..3).map(|i| slot("cart", i, SlotState::Active)).collect();
+        slots.push(slot("cart", 3, SlotState::Leaving));
+        let mut p = parts("cart", 32, 16, slots, current, Transition::Warm { target });
+        p.version = 9;
+        rings.push(("s32-n4-to-3-warm-leaving", Ring::new(p).unwrap()));
+    }
+    // The largest shard count, 65 536, over 3 slots.
+    {
+        let mut p = parts(
+            "big",
+            65_536,
+            16,
+            (0..3).map(|i| slot("big", i, SlotState::Active)).collect(),
+            fresh("default", "big", 65_536, 16, &[0, 1, 2]),
+            Transition::Stable,
+        );
+        p.version = 2;
+        rings.push(("s65536-n3-stable", Ring::new(p).unwrap()));
+    }
+    // `version` = 2^53: accepted (the reader takes any integer 1..=2^64 - 1).
+    {
+        let mut p = parts(
+            "chat",
+            4,
+            16,
+            (0..2).map(|i| slot("chat", i, SlotState::Active)).collect(),
+            fresh("default", "chat", 4, 16, &[0, 1]),
+            Transition::Stable,
+        );
+        p.version = 1 << 53;
+        rings.push(("s4-n2-version-2p53", Ring::new(p).unwrap()));
+    }
     rings
+}
+
+/// A ring vector whose document is not the canonical encoding: optional
+/// fields written as JSON `null`, which reads exactly as an absent field.
+fn null_fields_vector() -> (&'static str, Ring, Value) {
+    let (_, ring) = rings()
+        .into_iter()
+        .find(|(name, _)| *name == "s8-n3-stable")
+        .unwrap();
+    let mut document: Value =
+        serde_json::from_slice(&RingDocument::to_json(&ring).unwrap()).unwrap();
+    document["target"] = Value::Null;
+    document["previous"] = Value::Null;
+    document["slots"][0]["successor"] = Value::Null;
+    document["slots"][0]["predecessor"] = Value::Null;
+    ("s8-n3-stable-null-optional-fields", ring, document)
+}
+
+/// The valid document the invalid vectors break: §8 of the format, with
+/// 8 shards over 3 slots, phase `warm`.
+fn invalid_base() -> Value {
+    let pod = |i: u16| {
+        json!({"name": format!("chat-{i}-abcde"), "uid": format!("uid-{i}"),
+               "address": format!("10.0.0.{}:8080", i + 1)})
+    };
+    json!({
+        "schema": 1,
+        "namespace": "default",
+        "service": "chat",
+        "version": 42,
+        "hash": {"algorithm": "xxh3-64", "seed": 0},
+        "shards": 8,
+        "vnodes": 16,
+        "phase": "warm",
+        "slots": (0..3).map(|i| json!({"index": i, "state": "active", "pod": pod(i)})).collect::<Vec<_>>(),
+        "current": "AAABAAIAAAABAAIAAAABAA==",
+        "target": "AAABAAIAAAABAAIAAAACAA==",
+    })
+}
+
+/// Breaks one rule of [`invalid_base`].
+type Mutation = fn(&mut Value);
+
+/// One invalid document per validation rule: (rule id, the rule it breaks,
+/// `RingError::metric_label` of the refusal, a part of the Rust message, how
+/// the valid document is broken).
+#[allow(clippy::too_many_lines, reason = "one entry per validation rule")]
+fn invalid_vectors() -> Vec<(
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    Mutation,
+)> {
+    fn to_switch(d: &mut Value) {
+        d["phase"] = json!("switch");
+        d["previous"] = d["target"].take();
+        d.as_object_mut().unwrap().remove("target");
+    }
+    fn to_stable(d: &mut Value) {
+        d["phase"] = json!("stable");
+        d.as_object_mut().unwrap().remove("target");
+    }
+    vec![
+        (
+            "not-an-object",
+            "the document is a JSON object",
+            "malformed",
+            "ring document is malformed",
+            |d| *d = json!([1, 2, 3]),
+        ),
+        (
+            "schema-missing",
+            "`schema` is required",
+            "malformed",
+            "missing field `schema`",
+            |d| {
+                d.as_object_mut().unwrap().remove("schema");
+            },
+        ),
+        (
+            "schema-unsupported",
+            "`schema` must be 1, checked before any other field (the unknown field here is not reported)",
+            "schema",
+            "schema 2 is not supported",
+            |d| {
+                d["schema"] = json!(2);
+                d["added_in_schema_2"] = json!(true);
+            },
+        ),
+        (
+            "unknown-field",
+            "no unknown field at the top level",
+            "malformed",
+            "unknown field `extra`",
+            |d| d["extra"] = json!(1),
+        ),
+        (
+            "unknown-field-nested",
+            "no unknown field anywhere (here in a pod)",
+            "malformed",
+            "unknown field `port`",
+            |d| d["slots"][0]["pod"]["port"] = json!(8080),
+        ),
+        (
+            "missing-field",
+            "every required field is present",
+            "malformed",
+            "missing field `current`",
+            |d| {
+                d.as_object_mut().unwrap().remove("current");
+            },
+        ),
+        (
+            "required-field-null",
+            "a required field may not be `null` (only optional ones may)",
+            "malformed",
+            "invalid type: null",
+            |d| d["current"] = Value::Null,
+        ),
+        (
+            "version-zero",
+            "`version` is at least 1",
+            "version",
+            "ring version 0 is invalid",
+            |d| d["version"] = json!(0),
+        ),
+        (
+            "version-negative",
+            "`version` is a non-negative integer",
+            "malformed",
+            "invalid value: integer `-1`",
+            |d| d["version"] = json!(-1),
+        ),
+        (
+            "version-fraction",
+            "`version` is an integer, not a fraction",
+            "malformed",
+            "invalid type: floating point",
+            |d| d["version"] = json!(1.5),
+        ),
+        (
+            "version-integral-float",
+            "`version` is written as an integer, not as a number with a fraction part",
+            "malformed",
+            "invalid type: floating point `42.0`",
+            |d| d["version"] = json!(42.0),
+        ),
+        (
+            "version-string",
+            "`version` is a JSON number, not a string",
+            "malformed",
+            "invalid type: string",
+            |d| d["version"] = json!("42"),
+        ),
+        (
+            "hash-algorithm",
+            "`hash.algorithm` is `xxh3-64`",
+            "hash",
+            "ring hash `murmur3` with seed 0 is not supported",
+            |d| d["hash"]["algorithm"] = json!("murmur3"),
+        ),
+        (
+            "hash-seed",
+            "`hash.seed` is 0",
+            "hash",
+            "ring hash `xxh3-64` with seed 7 is not supported",
+            |d| d["hash"]["seed"] = json!(7),
+        ),
+        (
+            "shards-not-power-of-two",
+            "`shards` is a power of two",
+            "shards",
+            "shard count 12 is invalid",
+            |d| d["shards"] = json!(12),
+        ),
+        (
+            "shards-zero",
+            "`shards` is at least 1",
+            "shards",
+            "shard count 0 is invalid",
+            |d| d["shards"] = json!(0),
+        ),
+        (
+            "shards-too-large",
+            "`shards` is at most 65536",
+            "shards",
+            "shard count 131072 is invalid",
+            |d| d["shards"] = json!(131_072),
+        ),
+        (
+            "vnodes-zero",
+            "`vnodes` is at least 1",
+            "vnodes",
+            "vnodes 0 is invalid",
+            |d| d["vnodes"] = json!(0),
+        ),
+        (
+            "vnodes-too-large",
+            "`vnodes` is at most 1024",
+            "vnodes",
+            "vnodes 1025 is invalid",
+            |d| d["vnodes"] = json!(1025),
+        ),
+        (
+            "namespace-empty",
+            "`namespace` is 1..=253 bytes",
+            "name",
+            "namespace is empty",
+            |d| d["namespace"] = json!(""),
+        ),
+        (
+            "service-too-long",
+            "`service` is 1..=253 bytes",
+            "name",
+            "service is 254 bytes long",
+            |d| d["service"] = json!("x".repeat(254)),
+        ),
+        (
+            "pod-name-empty",
+            "a pod `name` is 1..=253 bytes",
+            "name",
+            "slot 2 pod name is empty",
+            |d| d["slots"][2]["pod"]["name"] = json!(""),
+        ),
+        (
+            "pod-uid-too-long",
+            "a pod `uid` is 1..=128 bytes",
+            "name",
+            "slot 0 pod uid is 129 bytes long",
+            |d| d["slots"][0]["pod"]["uid"] = json!("u".repeat(129)),
+        ),
+        (
+            "successor-name-empty",
+            "the bounds of pod names hold for `successor` pods too",
+            "name",
+            "slot 1 successor name is empty",
+            |d| {
+                d["slots"][1]["successor"] =
+                    json!({"name": "", "uid": "u", "address": "10.0.0.9:8080"});
+            },
+        ),
+        (
+            "no-slots",
+            "there is at least one slot",
+            "slots",
+            "ring has no slots",
+            |d| d["slots"] = json!([]),
+        ),
+        (
+            "slot-index-mismatch",
+            "each slot's `index` equals its position in `slots`",
+            "slots",
+            "slot at position 1 declares index 2",
+            |d| d["slots"][1]["index"] = json!(2),
+        ),
+        (
+            "slot-index-duplicated",
+            "slot indices are not repeated (each equals its position)",
+            "slots",
+            "slot at position 1 declares index 0",
+            |d| d["slots"][1]["index"] = json!(0),
+        ),
+        (
+            "slot-index-out-of-range",
+            "a slot `index` is an unsigned 16-bit integer",
+            "malformed",
+            "invalid value: integer `65536`",
+            |d| d["slots"][1]["index"] = json!(65_536),
+        ),
+        (
+            "slot-state-unknown",
+            "a slot `state` is one of the five states",
+            "malformed",
+            "unknown variant `gone`",
+            |d| d["slots"][0]["state"] = json!("gone"),
+        ),
+        (
+            "address-no-port",
+            "a pod `address` is `ip:port`",
+            "address",
+            "slot 1 pod address `10.0.0.2` is not a valid socket address",
+            |d| d["slots"][1]["pod"]["address"] = json!("10.0.0.2"),
+        ),
+        (
+            "address-host-name",
+            "a pod `address` is an IP address, never a host name",
+            "address",
+            "`chat-1.chat:8080` is not a valid socket address",
+            |d| d["slots"][1]["pod"]["address"] = json!("chat-1.chat:8080"),
+        ),
+        (
+            "address-ipv6-unbracketed",
+            "an IPv6 address is written in brackets",
+            "address",
+            "`fd00::2:8080` is not a valid socket address",
+            |d| d["slots"][1]["pod"]["address"] = json!("fd00::2:8080"),
+        ),
+        (
+            "address-port-zero",
+            "the port is not 0",
+            "address",
+            "`10.0.0.2:0` is not a valid socket address (ip:port, port 1-65535): port 0",
+            |d| d["slots"][1]["pod"]["address"] = json!("10.0.0.2:0"),
+        ),
+        (
+            "address-port-too-large",
+            "the port is at most 65535",
+            "address",
+            "`10.0.0.2:65536` is not a valid socket address",
+            |d| d["slots"][1]["pod"]["address"] = json!("10.0.0.2:65536"),
+        ),
+        (
+            "successor-address",
+            "`successor` addresses follow the same rule",
+            "address",
+            "slot 1 successor address `1.2.3.4` is not a valid socket address",
+            |d| d["slots"][1]["successor"] = json!({"name": "n", "uid": "u", "address": "1.2.3.4"}),
+        ),
+        (
+            "table-alphabet",
+            "a table is standard base64 (`+` `/`, no other character)",
+            "table",
+            "character outside the base64 alphabet",
+            |d| d["current"] = json!("AAABAAIAAAABAAIAAAAB-A=="),
+        ),
+        (
+            "table-length-not-multiple-of-4",
+            "the base64 text is padded to a multiple of 4 characters",
+            "table",
+            "length is not a multiple of 4",
+            |d| d["current"] = json!("AAABAAIAAAABAAIAAAABAA"),
+        ),
+        (
+            "table-padding-bits",
+            "the unused bits of the last symbol are zero (canonical base64)",
+            "table",
+            "non-zero bits in the padding",
+            |d| d["current"] = json!("AAABAAIAAAABAAIAAAABAB=="),
+        ),
+        (
+            "table-odd-bytes",
+            "a table decodes to an even number of bytes",
+            "table",
+            "odd number of bytes",
+            |d| d["current"] = json!("AAABAAIAAAABAAIAAAABAAA="),
+        ),
+        (
+            "table-length-mismatch",
+            "each table has exactly `shards` entries",
+            "table",
+            "table `current` has 8 entries, expected 16",
+            |d| d["shards"] = json!(16),
+        ),
+        (
+            "target-length-mismatch",
+            "the `target` table has exactly `shards` entries",
+            "table",
+            "table `target` has 2 entries, expected 8",
+            |d| d["target"] = json!("AAABAA=="),
+        ),
+        (
+            "current-missing-slot",
+            "every `current` entry names an existing slot",
+            "table",
+            "table `current` assigns shard 2 to slot 2, but the ring has only 2 slots",
+            |d| {
+                d["slots"].as_array_mut().unwrap().pop();
+            },
+        ),
+        (
+            "target-missing-slot",
+            "every `target` entry names an existing slot",
+            "table",
+            "table `target` assigns shard 7 to slot 9",
+            |d| d["target"] = json!("AAABAAIAAAABAAIAAAAJAA=="),
+        ),
+        (
+            "previous-missing-slot",
+            "every `previous` entry names an existing slot",
+            "table",
+            "table `previous` assigns shard 7 to slot 3",
+            |d| {
+                to_switch(d);
+                d["previous"] = json!("AAABAAIAAAABAAIAAAADAA==");
+            },
+        ),
+        (
+            "phase-unknown",
+            "`phase` is `stable`, `warm` or `switch`",
+            "malformed",
+            "unknown variant `settle`",
+            |d| d["phase"] = json!("settle"),
+        ),
+        (
+            "stable-with-target",
+            "phase `stable` carries no `target`",
+            "phase",
+            "phase `stable` must carry neither a `target` nor a `previous` table",
+            |d| d["phase"] = json!("stable"),
+        ),
+        (
+            "stable-with-previous",
+            "phase `stable` carries no `previous`",
+            "phase",
+            "phase `stable` must carry neither a `target` nor a `previous` table",
+            |d| {
+                to_stable(d);
+                d["previous"] = d["current"].clone();
+            },
+        ),
+        (
+            "warm-without-target",
+            "phase `warm` carries a `target`",
+            "phase",
+            "phase `warm` requires a `target` table",
+            |d| {
+                d.as_object_mut().unwrap().remove("target");
+            },
+        ),
+        (
+            "warm-with-previous",
+            "phase `warm` carries no `previous`",
+            "phase",
+            "phase `warm` must not carry a `previous` table",
+            |d| d["previous"] = d["current"].clone(),
+        ),
+        (
+            "switch-without-previous",
+            "phase `switch` carries a `previous`",
+            "phase",
+            "phase `switch` requires a `previous` table",
+            |d| d["phase"] = json!("switch"),
+        ),
+        (
+            "switch-with-target",
+            "phase `switch` carries no `target`",
+            "phase",
+            "phase `switch` must not carry a `target` table",
+            |d| {
+                to_switch(d);
+                d["target"] = d["current"].clone();
+            },
+        ),
+        (
+            "successor-out-of-phase",
+            "`successor` only in phase `warm`",
+            "phase",
+            "slot 0 has a `successor` pod, which is only allowed in phase `warm`",
+            |d| {
+                to_switch(d);
+                d["slots"][0]["successor"] =
+                    json!({"name": "n", "uid": "u", "address": "10.0.0.9:8080"});
+            },
+        ),
+        (
+            "predecessor-out-of-phase",
+            "`predecessor` only in phase `switch`",
+            "phase",
+            "slot 1 has a `predecessor` pod, which is only allowed in phase `switch`",
+            |d| {
+                d["slots"][1]["predecessor"] =
+                    json!({"name": "n", "uid": "u", "address": "10.0.0.9:8080"});
+            },
+        ),
+    ]
+}
+
+/// Shard counts whose boundaries the `shard_bounds` vectors check.
+const BOUND_SHARDS: [u32; 5] = [1, 2, 8, 4096, 65_536];
+
+/// Hash values at and around shard start points, as `(shards, hash)`: a hash
+/// equal to a shard's start belongs to that shard, one below it to the
+/// previous shard. (No key is known whose hash is exactly a start: that needs
+/// `64 - log2 S` zero bits.)
+fn bound_hashes() -> Vec<(u32, u64)> {
+    let mut out = Vec::new();
+    for shards in BOUND_SHARDS {
+        let s = ShardCount::new(shards).unwrap();
+        let mut hashes = vec![0, 1, u64::MAX, u64::MAX - 1];
+        for shard in [1, shards / 2, shards - 1]
+            .into_iter()
+            .filter(|&i| i < shards)
+        {
+            let start = s.start(shard);
+            hashes.extend([start, start.wrapping_sub(1), start.wrapping_add(1)]);
+        }
+        hashes.sort_unstable();
+        hashes.dedup();
+        out.extend(hashes.into_iter().map(|h| (shards, h)));
+    }
+    out
+}
+
+/// Preference walks: (namespace, service, slots, vnodes, points).
+/// A planner ring (namespace, service, slots, vnodes) and the points walked from.
+type PreferenceInput = (&'static str, &'static str, Vec<u16>, u32, Vec<u64>);
+
+fn preference_inputs() -> Vec<PreferenceInput> {
+    let (ns, svc, slots, vnodes) = ("default", "chat", vec![0u16, 1, 2, 3], 4);
+    let token = locus::ring::token_point(ns, svc, 2, 0);
+    let s8 = ShardCount::new(8).unwrap();
+    let mut points = vec![0, u64::MAX, token, token - 1, token + 1];
+    points.extend((1..8).map(|i| s8.start(i)));
+    let sparse = (
+        "shop",
+        "orders",
+        vec![1u16, 4, 9],
+        2,
+        vec![0, 1 << 63, u64::MAX],
+    );
+    vec![(ns, svc, slots, vnodes, points), sparse]
 }
 
 /// Planner vectors: inputs and the expected table.
@@ -336,6 +911,7 @@ fn plan_vectors() -> Vec<PlanVector> {
     ]
 }
 
+#[allow(clippy::too_many_lines, reason = "one block per vector section")]
 fn generate() -> Value {
     let known: Vec<Value> = known_inputs()
         .iter()
@@ -361,11 +937,18 @@ fn generate() -> Value {
                    "point": hash_text(locus::ring::token_point(ns, svc, slot, index))})
     })
     .collect();
-    let rings: Vec<Value> = rings()
-        .iter()
+    let mut documents: Vec<(&str, Ring, Value, bool)> = rings()
+        .into_iter()
         .map(|(name, ring)| {
-            let document: Value =
-                serde_json::from_slice(&RingDocument::to_json(ring).unwrap()).unwrap();
+            let document = serde_json::from_slice(&RingDocument::to_json(&ring).unwrap()).unwrap();
+            (name, ring, document, true)
+        })
+        .collect();
+    let (name, ring, document) = null_fields_vector();
+    documents.push((name, ring, document, false));
+    let rings: Vec<Value> = documents
+        .iter()
+        .map(|(name, ring, document, canonical)| {
             let keys: Vec<Value> = keys()
                 .iter()
                 .map(|key| {
@@ -392,7 +975,65 @@ fn generate() -> Value {
                     entry
                 })
                 .collect();
-            json!({"name": name, "document": document, "keys": keys})
+            let mut entry = json!({"name": name, "document": document, "keys": keys});
+            if !canonical {
+                entry["canonical"] = json!(false);
+            }
+            entry
+        })
+        .collect();
+    let invalid: Vec<Value> = invalid_vectors()
+        .into_iter()
+        .map(|(rule, reason, label, message, mutate)| {
+            let mut document = invalid_base();
+            mutate(&mut document);
+            json!({"rule": rule, "reason": reason, "expected": "rejected",
+                   "error_label": label, "error_contains": message, "document": document})
+        })
+        .collect();
+    let shard_bounds: Vec<Value> = bound_hashes()
+        .into_iter()
+        .map(|(shards, hash)| {
+            json!({"shards": shards, "hash": hash_text(hash),
+                   "shard": ShardCount::new(shards).unwrap().shard_of_hash(hash)})
+        })
+        .collect();
+    let shard_starts: Vec<Value> = BOUND_SHARDS
+        .iter()
+        .flat_map(|&shards| {
+            let s = ShardCount::new(shards).unwrap();
+            let mut list: Vec<u32> = [0, 1, shards / 2, shards - 1]
+                .into_iter()
+                .filter(|&shard| shard < shards)
+                .collect();
+            list.sort_unstable();
+            list.dedup();
+            list.into_iter()
+                .map(move |shard| json!({"shards": shards, "shard": shard, "start": hash_text(s.start(shard))}))
+        })
+        .collect();
+    let preferences: Vec<Value> = preference_inputs()
+        .into_iter()
+        .flat_map(|(ns, svc, slots, vnodes, points)| {
+            let ring = SlotRing::new(ns, svc, &slots, vnodes);
+            let mut tokens: Vec<(u64, u16, u32)> = slots
+                .iter()
+                .flat_map(|&s| (0..vnodes).map(move |i| (locus::ring::token_point(ns, svc, s, i), s, i)))
+                .collect();
+            tokens.sort_unstable();
+            let tokens: Vec<Value> = tokens
+                .into_iter()
+                .map(|(point, slot, index)| json!({"point": hash_text(point), "slot": slot, "index": index}))
+                .collect();
+            let walks: Vec<Value> = points
+                .into_iter()
+                .map(|point| {
+                    json!({"point": hash_text(point),
+                           "preferences": ring.preferences(point).collect::<Vec<u16>>()})
+                })
+                .collect();
+            [json!({"namespace": ns, "service": svc, "slots": slots, "vnodes": vnodes,
+                    "tokens": tokens, "walks": walks})]
         })
         .collect();
     let plans: Vec<Value> = plan_vectors()
@@ -423,7 +1064,11 @@ fn generate() -> Value {
                   Format and planner rules: docs/ring-format.md.",
         "known_hashes": known,
         "tokens": tokens,
+        "shard_bounds": shard_bounds,
+        "shard_starts": shard_starts,
         "rings": rings,
+        "invalid": invalid,
+        "preferences": preferences,
         "plans": plans,
     })
 }
@@ -491,6 +1136,10 @@ fn rings_route_every_key_as_recorded() {
     let rings = vectors["rings"].as_array().unwrap();
     assert!(rings.len() >= 4);
     let mut phases = std::collections::HashSet::new();
+    let mut states = std::collections::HashSet::new();
+    let mut shard_counts = std::collections::HashSet::new();
+    let mut ipv6 = false;
+    let mut max_version = 0;
     for entry in rings {
         let name = entry["name"].as_str().unwrap();
         let bytes = serde_json::to_vec(&entry["document"]).unwrap();
@@ -533,11 +1182,129 @@ fn rings_route_every_key_as_recorded() {
                 "{what}"
             );
         }
-        // The document is the canonical encoding of the ring.
+        // The document is the canonical encoding of the ring, unless marked otherwise.
         let again: Value = serde_json::from_slice(&RingDocument::to_json(&ring).unwrap()).unwrap();
-        assert_eq!(again, entry["document"], "{name}");
+        if entry["canonical"] == false {
+            assert_ne!(again, entry["document"], "{name}");
+        } else {
+            assert_eq!(again, entry["document"], "{name}");
+        }
+        shard_counts.insert(ring.shards().get());
+        for slot in ring.slots() {
+            states.insert(slot.state);
+            ipv6 |= slot.pod.address.is_ipv6();
+        }
+        max_version = max_version.max(ring.version());
     }
     assert_eq!(phases.len(), 3, "vectors cover stable, warm and switch");
+    assert_eq!(
+        states.len(),
+        5,
+        "vectors cover every slot state: {states:?}"
+    );
+    for shards in [1, 2, 8, 4096, 65_536] {
+        assert!(shard_counts.contains(&shards), "vectors cover S = {shards}");
+    }
+    assert!(ipv6, "vectors cover IPv6 pod addresses");
+    assert_eq!(max_version, 1 << 53, "vectors cover version 2^53");
+}
+
+#[test]
+fn invalid_documents_are_rejected() {
+    let vectors = load();
+    let base = serde_json::to_vec(&invalid_base()).unwrap();
+    RingDocument::from_json(&base).expect("the document the invalid vectors break is valid");
+    let invalid = vectors["invalid"].as_array().unwrap();
+    assert!(invalid.len() >= 40);
+    let mut rules = std::collections::HashSet::new();
+    for entry in invalid {
+        let rule = entry["rule"].as_str().unwrap();
+        assert!(rules.insert(rule), "rule id {rule} is repeated");
+        assert!(!entry["reason"].as_str().unwrap().is_empty(), "{rule}");
+        assert_eq!(entry["expected"], "rejected", "{rule}");
+        let bytes = serde_json::to_vec(&entry["document"]).unwrap();
+        let error = RingDocument::from_json(&bytes)
+            .err()
+            .unwrap_or_else(|| panic!("{rule}: the invalid document was accepted"));
+        assert_eq!(
+            error.metric_label(),
+            entry["error_label"].as_str().unwrap(),
+            "{rule}: {error}"
+        );
+        let message = error.to_string();
+        let expected = entry["error_contains"].as_str().unwrap();
+        assert!(
+            message.contains(expected),
+            "{rule}: expected `{expected}` in `{message}`"
+        );
+    }
+}
+
+#[test]
+fn shard_bounds_match() {
+    let vectors = load();
+    for entry in vectors["shard_bounds"].as_array().unwrap() {
+        let shards = ShardCount::from_u64(entry["shards"].as_u64().unwrap()).unwrap();
+        let hash = parse_hash(&entry["hash"]);
+        assert_eq!(
+            u64::from(shards.shard_of_hash(hash)),
+            entry["shard"].as_u64().unwrap(),
+            "S = {} hash {hash:#x}",
+            shards.get()
+        );
+    }
+    for entry in vectors["shard_starts"].as_array().unwrap() {
+        let shards = ShardCount::from_u64(entry["shards"].as_u64().unwrap()).unwrap();
+        let shard = u32::try_from(entry["shard"].as_u64().unwrap()).unwrap();
+        let start = parse_hash(&entry["start"]);
+        assert_eq!(
+            shards.start(shard),
+            start,
+            "S = {} shard {shard}",
+            shards.get()
+        );
+        assert_eq!(shards.shard_of_hash(start), shard);
+    }
+}
+
+#[test]
+fn preference_walks_match() {
+    let vectors = load();
+    let entries = vectors["preferences"].as_array().unwrap();
+    assert!(!entries.is_empty());
+    for entry in entries {
+        let (ns, svc) = (
+            entry["namespace"].as_str().unwrap(),
+            entry["service"].as_str().unwrap(),
+        );
+        let slots: Vec<u16> = entry["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| u16::try_from(s.as_u64().unwrap()).unwrap())
+            .collect();
+        let vnodes = u32::try_from(entry["vnodes"].as_u64().unwrap()).unwrap();
+        for token in entry["tokens"].as_array().unwrap() {
+            let slot = u16::try_from(token["slot"].as_u64().unwrap()).unwrap();
+            let index = u32::try_from(token["index"].as_u64().unwrap()).unwrap();
+            assert_eq!(
+                locus::ring::token_point(ns, svc, slot, index),
+                parse_hash(&token["point"])
+            );
+        }
+        let ring = SlotRing::new(ns, svc, &slots, vnodes);
+        for walk in entry["walks"].as_array().unwrap() {
+            let point = parse_hash(&walk["point"]);
+            let expected: Vec<u64> = walk["preferences"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_u64().unwrap())
+                .collect();
+            let got: Vec<u64> = ring.preferences(point).map(u64::from).collect();
+            assert_eq!(got, expected, "{ns}/{svc} point {point:#x}");
+        }
+    }
 }
 
 #[test]
@@ -617,4 +1384,22 @@ fn format_doc_example_is_valid() {
         ring.slot(1).unwrap().successor.as_ref().unwrap().name,
         "chat-1-z5r9t"
     );
+}
+
+/// Rules that `invalid` vectors cannot show, since a JSON value has each field
+/// once and keeps no number spelling: a field given twice, and an exponent.
+#[test]
+fn duplicate_fields_and_exponents_are_refused() {
+    let text = serde_json::to_string(&invalid_base()).unwrap();
+    for (from, to) in [
+        ("\"version\":42", "\"version\":42,\"version\":43"),
+        ("\"schema\":1", "\"schema\":1,\"schema\":1"),
+        ("\"version\":42", "\"version\":4.2e1"),
+        ("\"version\":42", "\"version\":42e0"),
+    ] {
+        assert!(text.contains(from), "{text}");
+        let bad = text.replacen(from, to, 1);
+        let error = RingDocument::from_json(bad.as_bytes()).unwrap_err();
+        assert_eq!(error.metric_label(), "malformed", "{to}: {error}");
+    }
 }
