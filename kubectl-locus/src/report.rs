@@ -646,6 +646,22 @@ pub(crate) mod tests {
     use locus_operator::crd::StatefulService;
     use serde_json::{Value, json};
 
+    /// Version 4, phase warm: slot 2 (`ledger-2-ccccc`) joins and gains
+    /// shards 1, 5 and 6 from slots 0 and 1.
+    pub fn warm_to_three() -> Value {
+        ring_json(
+            4,
+            "warm",
+            &[
+                ("ledger-0-aaaaa", "active"),
+                ("ledger-1-bbbbb", "active"),
+                ("ledger-2-ccccc", "joining"),
+            ],
+            &[0, 0, 1, 0, 1, 0, 1, 0],
+            Some(&[0, 2, 1, 0, 1, 2, 2, 0]),
+        )
+    }
+
     /// A ring document: `slots` as (pod, state), `current` and optional second table.
     pub fn ring_json(
         version: u64,
@@ -856,17 +872,7 @@ pub(crate) mod tests {
     #[test]
     fn a_warm_ring_counts_what_each_slot_gains_and_loses() {
         let mut objects = stable();
-        objects.ring = Some(config_map(&ring_json(
-            4,
-            "warm",
-            &[
-                ("ledger-0-aaaaa", "active"),
-                ("ledger-1-bbbbb", "active"),
-                ("ledger-2-ccccc", "joining"),
-            ],
-            &[0, 0, 1, 0, 1, 0, 1, 0],
-            Some(&[0, 2, 1, 0, 1, 2, 2, 0]),
-        )));
+        objects.ring = Some(config_map(&warm_to_three()));
         let report = build(&objects, now());
         let slot = |i: usize| &report.slots[i];
         assert_eq!(

@@ -279,7 +279,7 @@ fn progress_warnings(report: &StatusReport, out: &mut Vec<Warning>) {
 mod tests {
     use super::*;
     use crate::report::build;
-    use crate::report::tests::{config_map, now, pod, ring_json, stable};
+    use crate::report::tests::{config_map, now, pod, ring_json, stable, warm_to_three};
 
     fn kinds(report: &StatusReport) -> Vec<(WarningKind, Option<&str>)> {
         report
@@ -358,17 +358,7 @@ mod tests {
     #[test]
     fn during_warm_gaining_pods_owe_warmed_and_every_pod_observed() {
         let mut objects = stable();
-        objects.ring = Some(config_map(&ring_json(
-            4,
-            "warm",
-            &[
-                ("ledger-0-aaaaa", "active"),
-                ("ledger-1-bbbbb", "active"),
-                ("ledger-2-ccccc", "joining"),
-            ],
-            &[0, 0, 1, 0, 1, 0, 1, 0],
-            Some(&[0, 2, 1, 0, 1, 2, 2, 0]),
-        )));
+        objects.ring = Some(config_map(&warm_to_three()));
         // Slot 0 is up to date, slot 1 still on version 3, slot 2 observed but not warmed.
         objects.pods[1] = pod(
             "ledger-0-aaaaa",

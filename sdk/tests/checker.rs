@@ -41,6 +41,21 @@ impl Builder {
         (started, started + Duration::from_millis(5))
     }
 
+    /// `pod` crashed as the last operation ended, with session 0 persisted
+    /// as `persisted`.
+    fn crash(&self, pod: &str, persisted: &[u64]) -> Crash {
+        Crash {
+            pod: pod.into(),
+            at: self
+                .ops
+                .last()
+                .expect("an operation before the crash")
+                .ended,
+            persisted: HashMap::from([(0, persisted.to_vec())]),
+            affected: HashSet::from([0]),
+        }
+    }
+
     /// An acknowledged append of `element` at `version` by `pod` under
     /// `epoch` (list length = version).
     fn acked(&mut self, element: u64, version: u64, pod: &str, epoch: u64) -> &mut Self {
@@ -229,12 +244,7 @@ fn a_crash_may_lose_unpersisted_writes_but_only_those() {
     h.acked(1, 1, "a", 1)
         .acked(2, 2, "a", 1)
         .acked(3, 3, "a", 1);
-    let crash = Crash {
-        pod: "a".into(),
-        at: h.ops[2].ended,
-        persisted: HashMap::from([(0, vec![1])]),
-        affected: HashSet::from([0]),
-    };
+    let crash = h.crash("a", &[1]);
     h.acked(4, 2, "b", 4).acked(5, 3, "b", 4);
     let verdict = h.check(&[1, 4, 5], std::slice::from_ref(&crash));
     assert!(clean(&verdict));
@@ -260,19 +270,9 @@ fn a_crash_over_a_dead_pods_late_write_may_lose_what_the_new_owner_acknowledged(
     h.acked(1, 1, "a", 1)
         .acked(2, 2, "a", 1)
         .acked(3, 3, "a", 1);
-    let a_died = Crash {
-        pod: "a".into(),
-        at: h.ops[2].ended,
-        persisted: HashMap::from([(0, vec![1])]),
-        affected: HashSet::from([0]),
-    };
+    let a_died = h.crash("a", &[1]);
     h.acked(4, 2, "b", 4).acked(5, 3, "b", 4);
-    let b_died = Crash {
-        pod: "b".into(),
-        at: h.ops[4].ended,
-        persisted: HashMap::from([(0, vec![1, 2, 3])]),
-        affected: HashSet::from([0]),
-    };
+    let b_died = h.crash("b", &[1, 2, 3]);
     h.acked(6, 4, "c", 7);
     let verdict = h.check(&[1, 2, 3, 6], &[a_died.clone(), b_died]);
     assert!(clean(&verdict));

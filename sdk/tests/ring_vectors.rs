@@ -110,6 +110,18 @@ fn fresh(
     vnodes: u32,
     slots: &[u16],
 ) -> Assignment {
+    replan(namespace, service, shards, vnodes, None, slots)
+}
+
+/// The planner's table for `slots`, moving from `previous` if given.
+fn replan(
+    namespace: &'static str,
+    service: &'static str,
+    shards: u32,
+    vnodes: u32,
+    previous: Option<&Assignment>,
+    slots: &[u16],
+) -> Assignment {
     run_plan(
         &PlanVector {
             name: "",
@@ -121,7 +133,7 @@ fn fresh(
             slots: slots.to_vec(),
             max_moves: None,
         },
-        None,
+        previous,
     )
     .assignment
 }
@@ -203,17 +215,7 @@ fn rings() -> Vec<(&'static str, Ring)> {
     // 16 shards, growing from 4 to 5 slots: warm phase, slot 4 joining, slot 2 being replaced.
     {
         let current = fresh("default", "cart", 16, 32, &[0, 1, 2, 3]);
-        let target = plan(&PlanRequest {
-            namespace: "default",
-            service: "cart",
-            shards: ShardCount::new(16).unwrap(),
-            vnodes: 32,
-            previous: Some(&current),
-            slots: &[0, 1, 2, 3, 4],
-            max_moves: None,
-        })
-        .unwrap()
-        .assignment;
+        let target = replan("default", "cart", 16, 32, Some(&current), &[0, 1, 2, 3, 4]);
         let mut slots: Vec<Slot> = (0..4).map(|i| slot("cart", i, SlotState::Active)).collect();
         slots[2].successor = Some(pod("cart", 2, "surge"));
         slots.push(slot("cart", 4, SlotState::Joining));
@@ -224,17 +226,7 @@ fn rings() -> Vec<(&'static str, Ring)> {
     // 256 shards, shrinking from 4 to 3 slots: switch phase, slot 3 draining.
     {
         let previous = fresh("shop", "orders", 256, 64, &[0, 1, 2, 3]);
-        let current = plan(&PlanRequest {
-            namespace: "shop",
-            service: "orders",
-            shards: ShardCount::new(256).unwrap(),
-            vnodes: 64,
-            previous: Some(&previous),
-            slots: &[0, 1, 2],
-            max_moves: None,
-        })
-        .unwrap()
-        .assignment;
+        let current = replan("shop", "orders", 256, 64, Some(&previous), &[0, 1, 2]);
         let mut slots: Vec<Slot> = (0..3)
             .map(|i| slot("orders", i, SlotState::Active))
             .collect();
@@ -285,17 +277,7 @@ fn rings() -> Vec<(&'static str, Ring)> {
     // 32 shards, shrinking from 4 to 3 slots: warm phase, slot 3 leaving.
     {
         let current = fresh("default", "cart", 32, 16, &[0, 1, 2, 3]);
-        let target = plan(&PlanRequest {
-            namespace: "default",
-            service: "cart",
-            shards: ShardCount::new(32).unwrap(),
-            vnodes: 16,
-            previous: Some(&current),
-            slots: &[0, 1, 2],
-            max_moves: None,
-        })
-        .unwrap()
-        .assignment;
+        let target = replan("default", "cart", 32, 16, Some(&current), &[0, 1, 2]);
         let mut slots: Vec<Slot> = (0..3).map(|i| slot("cart", i, SlotState::Active)).collect();
         slots.push(slot("cart", 3, SlotState::Leaving));
         let mut p = parts("cart", 32, 16, slots, current, Transition::Warm { target });
