@@ -61,6 +61,23 @@ use crate::ring::{Phase, Pod, Ring};
 /// `loaded`, `cold`).
 pub const HANDOFF_HEADER: HeaderName = HeaderName::from_static("x-locus-handoff");
 
+/// Response header set by the session layer on the first answer for a key
+/// this pod took over in a transition, however it arrived (also by push or
+/// promotion before any request): `<epoch>:<path>`, the `Switch` version and
+/// the [`TakeoverPath`](crate::progress::TakeoverPath) name, e.g.
+/// `14:pushed`. Each takeover is announced once; the pod counts it as served
+/// ([`ServedTakeovers`](crate::progress::ServedTakeovers)), so a client can
+/// check the pods' reports against what it saw.
+pub const TAKEOVER_HEADER: HeaderName = HeaderName::from_static("x-locus-takeover");
+
+/// Sleeps until `at`, or forever if `None`.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The per-pod driver; see the [module docs](self).
 pub(crate) struct Driver {
     pub state: Arc<HandoffState>,
@@ -109,13 +126,30 @@ impl Driver {
                     warm = Some((last, AbortOnDrop(task)));
                 }
                 _settle = None;
+                let deadline = self.state.first_seen(last) + self.state.config.handoff_deadline;
                 match ring.phase() {
-                    Phase::Warm | Phase::Switch => self.state.moved.transition(),
-                    Phase::Stable => self.progress.moved(self.state.moved.settled(last)),
+                    Phase::Warm => self.state.moved.warm(),
+                    Phase::Switch => {}
+                    Phase::Stable => {
+                        // Keys that moved here under a Switch this pod never
+                        // saw were loaded uncounted: the counts are partial.
+                        let skipped = prior.as_deref().is_some_and(|p| {
+                            p.phase() != Phase::Switch
+                                && plan::gained_between(p, &ring, &self.state.pod)
+                        });
+                        let not_before = Instant::now() + self.state.config.first_touch_wait;
+                        let report = self
+                            .state
+                            .moved
+                            .settled(last, skipped, deadline, not_before);
+                        self.progress.moved(report);
+                    }
                 }
                 match ring.phase() {
                     Phase::Switch => {
                         self.state.takeover_ring(&ring, &[]);
+                        let epoch = self.state.epoch(last);
+                        self.state.moved.switch(epoch, deadline);
                         // Records handed off in this Switch under an earlier
                         // version of it (published again) are still owed.
                         let dropped = self.state.outbox.drop_older_than(self.state.epoch(last));
@@ -131,6 +165,7 @@ impl Driver {
                 }
                 self.drain_wake.notify_one();
             }
+            let finish_at = self.state.moved.next_deadline();
             tokio::select! {
                 changed = watch.changed() => {
                     if !changed {
@@ -138,9 +173,12 @@ impl Driver {
                     }
                 }
                 () = self.state.moved.changed() => {
-                    if let Some(moved) = self.state.moved.report() {
-                        self.progress.moved(moved);
-                    }
+                    self.progress.moved(self.state.moved.report());
+                }
+                () = sleep_until_some(finish_at) => {
+                    let finished = self.state.moved.finish(Instant::now());
+                    self.state.unserved.forget(&finished);
+                    self.progress.moved(self.state.moved.report());
                 }
             }
         }
@@ -253,7 +291,9 @@ impl Driver {
             let Some(previous) = plan::gained_from(ring, pod, &key) else {
                 continue;
             };
-            if touch::install(state, ring.version(), &key, &cached.record, previous)
+            let epoch = state.epoch(ring.version());
+            let path = crate::progress::TakeoverPath::Promoted;
+            if touch::install(state, epoch, &key, &cached.record, previous, path)
                 .await
                 .is_ok()
             {

@@ -63,6 +63,25 @@ pub fn gained_shards(ring: &Ring, pod: &str) -> BTreeMap<String, (Pod, Vec<u32>)
     gained
 }
 
+/// True if `pod` serves shards under `ring` that another pod served under
+/// `prior`, an older ring (it gained keys between the two: when `prior` is
+/// not the Switch that moved them, this pod did not see that Switch). The
+/// shard count may have doubled in between (shard `i` becomes `2i`, `2i+1`).
+pub fn gained_between(prior: &Ring, ring: &Ring, pod: &str) -> bool {
+    let (before, now) = (prior.shards().get(), ring.shards().get());
+    if now < before || now % before != 0 {
+        return false;
+    }
+    let factor = now / before;
+    (0..now).any(|shard| {
+        ring.owner_of_shard(shard)
+            .is_some_and(|slot| slot.pod.name == pod)
+            && prior
+                .owner_of_shard(shard / factor)
+                .is_some_and(|slot| slot.pod.name != pod)
+    })
+}
+
 /// The pod that served `key` before the switch of a Switch ring.
 pub fn previous_pod<'a>(ring: &'a Ring, key: &[u8]) -> Option<&'a Pod> {
     let slot = ring.previous_owner(key)?;

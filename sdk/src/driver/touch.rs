@@ -40,6 +40,7 @@ use tokio::time::Instant;
 use super::plan;
 use crate::handoff::keeping::Cached;
 use crate::handoff::{HandoffError, HandoffState, TransferAnswer};
+use crate::progress::TakeoverPath;
 use crate::ring::{Pod, Ring};
 use crate::store::SessionRecord;
 
@@ -84,7 +85,15 @@ pub(crate) async fn ensure(
     }
     let cached = state.cache.get(key).filter(|c| *c.from == previous.name);
     if let Some(parked) = cached.as_ref().filter(|c| c.last) {
-        install(state, epoch, key, &parked.record, previous).await?;
+        install(
+            state,
+            epoch,
+            key,
+            &parked.record,
+            previous,
+            TakeoverPath::Promoted,
+        )
+        .await?;
         state.metrics.first_touch("promoted");
         return Ok(Some("promoted"));
     }
@@ -130,7 +139,15 @@ async fn adopt_parked(
     else {
         return Ok(None);
     };
-    install(state, ring.version(), key, &parked.record, previous).await?;
+    install(
+        state,
+        ring.version(),
+        key,
+        &parked.record,
+        previous,
+        TakeoverPath::Promoted,
+    )
+    .await?;
     state.metrics.first_touch("promoted");
     Ok(Some("promoted"))
 }
@@ -159,9 +176,16 @@ pub(crate) async fn promote_from(state: &HandoffState, prior: &Ring, ring: &Ring
             continue;
         }
         let previous = prior.owner(&key).pod.clone();
-        if install(state, ring.version(), &key, &parked.record, &previous)
-            .await
-            .is_ok()
+        if install(
+            state,
+            ring.version(),
+            &key,
+            &parked.record,
+            &previous,
+            TakeoverPath::Promoted,
+        )
+        .await
+        .is_ok()
         {
             promoted += 1;
         }
@@ -211,9 +235,9 @@ async fn transfer(
                     "no transfer from the previous owner, which is fenced (the switch settled): loading cold"
                 );
                 state.metrics.rolled_forward("transfer");
-                return cold(state, epoch, key, "cold").await;
+                return cold(state, epoch, key, "cold", TakeoverPath::RolledForward).await;
             }
-            return cold(state, epoch, key, "loaded").await;
+            return cold(state, epoch, key, "loaded", TakeoverPath::FencedLoad).await;
         }
         attempts += 1;
         if now >= patience {
@@ -239,7 +263,15 @@ async fn transfer(
                 match answer {
                     TransferAnswer::State(record) => {
                         state.metrics.records("transfer", "received", 1);
-                        install(state, epoch, key, &record, previous).await?;
+                        install(
+                            state,
+                            epoch,
+                            key,
+                            &record,
+                            previous,
+                            TakeoverPath::Transferred,
+                        )
+                        .await?;
                         state.metrics.first_touch("transferred");
                         return Ok(Some("transferred"));
                     }
@@ -247,7 +279,8 @@ async fn transfer(
                         state.metrics.records("transfer", "received", 1);
                         match &precopy {
                             Some(c) if c.record.version == version => {
-                                install(state, epoch, key, &c.record, previous).await?;
+                                let path = TakeoverPath::Precopied;
+                                install(state, epoch, key, &c.record, previous, path).await?;
                                 state.metrics.first_touch("unchanged");
                                 return Ok(Some("unchanged"));
                             }
@@ -260,12 +293,13 @@ async fn transfer(
                                     "transfer answered unchanged for a version this pod does not hold"
                                 );
                                 state.metrics.rolled_forward("transfer");
-                                return cold(state, epoch, key, "cold").await;
+                                let path = TakeoverPath::RolledForward;
+                                return cold(state, epoch, key, "cold", path).await;
                             }
                         }
                     }
                     TransferAnswer::NotResident => {
-                        return cold(state, epoch, key, "loaded").await;
+                        return cold(state, epoch, key, "loaded", TakeoverPath::Absent).await;
                     }
                     TransferAnswer::Refused(reason, message) => {
                         tracing::debug!(
@@ -290,20 +324,20 @@ async fn transfer(
     }
 }
 
-/// Installs a record this pod now owns. If the store refuses it (full), the
-/// record is parked again so the next attempt can install it: it was handed
-/// off, so nobody else has it.
+/// Installs a record this pod now owns, taken over by `path`. If the store
+/// refuses it (full), the record is parked again so the next attempt can
+/// install it: it was handed off, so nobody else has it.
 pub(crate) async fn install(
     state: &HandoffState,
     epoch: u64,
     key: &[u8],
     record: &SessionRecord,
     previous: &Pod,
+    path: TakeoverPath,
 ) -> Result<(), TouchError> {
     match state.store.install_record(record).await {
         Ok(_) => {
-            taken_over(state, epoch, key);
-            state.moved.count(true);
+            take_over(state, epoch, key, path);
             Ok(())
         }
         Err(error) => {
@@ -326,22 +360,30 @@ async fn cold(
     state: &HandoffState,
     epoch: u64,
     key: &[u8],
-    path: TouchPath,
+    touch: TouchPath,
+    path: TakeoverPath,
 ) -> Result<Option<TouchPath>, TouchError> {
     clear_tombstone(state, key).await;
-    taken_over(state, epoch, key);
-    state.metrics.first_touch(path);
-    state.moved.count(false);
-    Ok(Some(path))
+    take_over(state, epoch, key, path);
+    state.metrics.first_touch(touch);
+    Ok(Some(touch))
 }
 
-/// The key is this pod's now: forget the side copies and the hand-offs of
-/// it, and never take it over again in this switch.
-fn taken_over(state: &HandoffState, epoch: u64, key: &[u8]) {
+/// The key is this pod's now (the caller holds its lock): forget the side
+/// copies and the hand-offs of it, and never take it over again in this
+/// switch. The one place a takeover is counted, once per key and epoch, by
+/// `path` ([`crate::progress::MovedReport`]); returns whether it was counted.
+pub(crate) fn take_over(state: &HandoffState, epoch: u64, key: &[u8], path: TakeoverPath) -> bool {
     state.cache.remove(key);
     state.outbox.remove(key);
     state.tombstones.take(key);
-    state.settled.mark(epoch, key);
+    let new = state.settled.mark(epoch, key);
+    if new {
+        state.moved.count(epoch, path, Instant::now());
+        state.unserved.insert(key, epoch, path);
+        state.metrics.takeover(path);
+    }
+    new
 }
 
 /// Removes the tombstone this pod left on `key` when it handed the key off

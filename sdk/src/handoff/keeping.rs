@@ -436,12 +436,15 @@ impl Settled {
         }
     }
 
-    /// Records `key` as taken over at epoch `version`.
-    pub(crate) fn mark(&self, version: u64, key: &[u8]) {
+    /// Records `key` as taken over at epoch `version`; true if it was not
+    /// taken over at that epoch or a later one before (the one place that
+    /// decides whether a takeover is counted).
+    pub(crate) fn mark(&self, version: u64, key: &[u8]) -> bool {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(epoch) = inner.get_mut(key) {
+            let new = *epoch < version;
             *epoch = (*epoch).max(version);
-            return;
+            return new;
         }
         if inner.len() >= self.max {
             let oldest = inner.values().copied().min().unwrap_or(version);
@@ -458,6 +461,7 @@ impl Settled {
             );
         }
         inner.insert(Bytes::copy_from_slice(key), version);
+        true
     }
 
     /// True if `key` was taken over at epoch `version` or later.
@@ -607,7 +611,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn settled_epochs_cover_older_switches_and_tombstones_expire() {
         let settled = Settled::new(2);
-        settled.mark(7, b"a");
+        assert!(settled.mark(7, b"a"), "a first takeover is new");
+        assert!(!settled.mark(7, b"a"), "the same epoch again is not");
+        assert!(!settled.mark(6, b"a"), "nor an older one");
         assert!(settled.contains(7, b"a"));
         assert!(
             settled.contains(6, b"a"),
@@ -617,15 +623,15 @@ mod tests {
             !settled.contains(8, b"a"),
             "a later switch takes it over again"
         );
-        settled.mark(6, b"b");
+        assert!(settled.mark(6, b"b"));
         assert!(settled.contains(6, b"b"));
         assert!(!settled.contains(7, b"b"));
-        settled.mark(8, b"b");
+        assert!(settled.mark(8, b"b"), "a later switch's takeover is new");
         assert!(
             settled.contains(8, b"b"),
             "the newest epoch of a key counts"
         );
-        settled.mark(9, b"c");
+        assert!(settled.mark(9, b"c"));
         assert!(
             !settled.contains(7, b"a"),
             "over the bound the oldest epoch goes"

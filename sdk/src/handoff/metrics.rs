@@ -7,6 +7,8 @@
 //! |---|---|---|
 //! | `locus_handoff_records_total` | counter | `op` (`precopy`, `transfer`, `push`, `shutdown`, `promote`), `direction` (`sent`, `received`) |
 //! | `locus_handoff_first_touch_total` | counter | `path` (`unchanged`, `transferred`, `promoted`, `loaded`, `cold`) |
+//! | `locus_handoff_takeovers_total` | counter | `path` ([`TakeoverPath`](crate::progress::TakeoverPath): `precopied`, `transferred`, `pushed`, `promoted`, `absent`, `rolledForward`, `fencedLoad`), `cache` (`warm`, `cold`) |
+//! | `locus_handoff_takeovers_served_total` | counter | `cache` (`warm`, `cold`): the first request served for a key taken over |
 //! | `locus_handoff_rolled_forward_total` | counter | `phase` (`warm`, `transfer`, `drain`, `shutdown`) |
 //! | `locus_handoff_refused_total` | counter | `reason` (`unauthorized`, `not_owner`, `ring_behind`, `busy`, `failed`, `too_large`, `bad_request`) |
 //! | `locus_handoff_call_errors_total` | counter | `op`, `error` ([`HandoffError::metric_label`](super::HandoffError::metric_label)) |
@@ -30,6 +32,10 @@ use prometheus_client::registry::{Registry, Unit};
 
 type Label = (&'static str, &'static str);
 
+fn cache(path: crate::progress::TakeoverPath) -> &'static str {
+    if path.is_warm() { "warm" } else { "cold" }
+}
+
 fn phase_histogram() -> Histogram {
     // 1 ms … ~65 s in 17 doublings.
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -40,6 +46,8 @@ fn phase_histogram() -> Histogram {
 pub(crate) struct HandoffMetrics {
     records: Family<[Label; 2], Counter>,
     first_touch: Family<[Label; 1], Counter>,
+    takeovers: Family<[Label; 2], Counter>,
+    served: Family<[Label; 1], Counter>,
     rolled_forward: Family<[Label; 1], Counter>,
     refused: Family<[Label; 1], Counter>,
     call_errors: Family<[Label; 2], Counter>,
@@ -52,6 +60,8 @@ impl Default for HandoffMetrics {
         Self {
             records: Family::default(),
             first_touch: Family::default(),
+            takeovers: Family::default(),
+            served: Family::default(),
             rolled_forward: Family::default(),
             refused: Family::default(),
             call_errors: Family::default(),
@@ -110,6 +120,16 @@ impl HandoffMetrics {
             self.first_touch.clone(),
         );
         registry.register(
+            "handoff_takeovers",
+            "Keys taken over in a transition, counted once each, by the path that brought them",
+            self.takeovers.clone(),
+        );
+        registry.register(
+            "handoff_takeovers_served",
+            "First requests served for keys taken over, by whether they arrived warm",
+            self.served.clone(),
+        );
+        registry.register(
             "handoff_rolled_forward",
             "Transition phases that rolled forward on a timeout or a gone peer",
             self.rolled_forward.clone(),
@@ -145,6 +165,16 @@ impl HandoffMetrics {
 
     pub(crate) fn first_touch(&self, path: &'static str) {
         self.first_touch.get_or_create(&[("path", path)]).inc();
+    }
+
+    pub(crate) fn takeover(&self, path: crate::progress::TakeoverPath) {
+        self.takeovers
+            .get_or_create(&[("path", path.as_str()), ("cache", cache(path))])
+            .inc();
+    }
+
+    pub(crate) fn served(&self, path: crate::progress::TakeoverPath) {
+        self.served.get_or_create(&[("cache", cache(path))]).inc();
     }
 
     pub(crate) fn rolled_forward(&self, phase: &'static str) {

@@ -184,8 +184,10 @@ pub(crate) struct HandoffState {
     pub settled: Settled,
     pub tombstones: Tombstones,
     pub metrics: HandoffMetrics,
-    /// How the sessions taken over in the current transition arrived.
+    /// How the sessions taken over in recent transitions arrived.
     pub moved: tally::MovedTally,
+    /// The keys taken over whose first request was not served yet.
+    pub unserved: tally::Unserved,
     /// When this pod first saw each recent ring version (phase deadlines).
     seen: Mutex<BTreeMap<u64, tokio::time::Instant>>,
     /// The newest Switch ring this pod saw: its takeovers go on after the
@@ -217,6 +219,7 @@ impl HandoffState {
         let client = HandoffClient::new(transport, &secret, &pod_header, config.max_frame_bytes);
         let limits = store.limits();
         let settled = Settled::new(limits.max_sessions.saturating_mul(4).max(1 << 16));
+        let unserved = tally::Unserved::new(limits.max_sessions.max(1 << 16));
         let tombstones = Tombstones::new(limits.max_tombstones);
         Self {
             settled,
@@ -233,6 +236,7 @@ impl HandoffState {
             config,
             metrics,
             moved: tally::MovedTally::default(),
+            unserved,
             seen: Mutex::new(BTreeMap::new()),
             switch: Mutex::new(None),
             rings: Mutex::new([None, None]),

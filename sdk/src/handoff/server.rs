@@ -511,11 +511,8 @@ async fn push(
         } else if owned {
             match state.store.install_record(&record).await {
                 Ok(Installed::Inserted | Installed::Replaced { .. }) => {
-                    state.cache.remove(&record.key);
-                    state.outbox.remove(&record.key);
-                    state.tombstones.take(&record.key);
-                    state.settled.mark(epoch, &record.key);
-                    state.moved.count(true);
+                    let path = crate::progress::TakeoverPath::Pushed;
+                    crate::driver::touch::take_over(state, epoch, &record.key, path);
                     AckOutcome::Installed
                 }
                 Ok(Installed::Stale { .. }) => {

@@ -1,127 +1,470 @@
-//! How the sessions this pod takes over in a transition arrive: warm (with the
-//! state the previous owner held) or cold (first served without it). The
-//! counts of one transition are reported with the `Stable` ring that completes
-//! it ([`MovedSessions`]), and again when a late takeover of that transition
-//! (one still under its handoff deadline) changes them.
+//! The counts behind a pod's [`MovedReport`]: every key this pod takes over
+//! is counted once, under the transition (the `Switch` epoch) that moved it,
+//! by its [`TakeoverPath`]; see [`crate::progress`]'s `moved` docs for the
+//! meaning.
+//!
+//! A transition is *open* from its `Switch` ring until a `Stable` ring
+//! settles it; its counts are then reported under that ring's version, and
+//! stay [`Counting`](ReportState::Counting) until the handoff deadline has
+//! passed since the pod first saw the `Switch` (after that nothing is taken
+//! over under it), when they become [`Final`](ReportState::Final). A process
+//! whose first ring is a `Switch` or a `Stable` ring reports that transition
+//! as [`Partial`](ReportState::Partial): an earlier process of the pod may
+//! have taken keys over in it.
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+use bytes::Bytes;
+
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
-use crate::progress::MovedSessions;
+use crate::progress::{MovedReport, MovedSessions, ReportState, TakeoverPath};
 
-/// The counts of the current transition; see the [module docs](self).
+/// How many transitions are remembered (reported: [`MovedReport::CAPACITY`]).
+const KEPT: usize = 8;
+
+/// The counts of this pod's recent transitions; see the [module docs](self).
 #[derive(Debug, Default)]
 pub(crate) struct MovedTally {
-    counts: Mutex<Counts>,
+    inner: Mutex<Inner>,
     changed: Notify,
 }
 
 #[derive(Debug, Default)]
-struct Counts {
-    /// The `Stable` ring that completed the transition being counted; `None`
-    /// while it is under way.
+struct Inner {
+    /// Oldest first.
+    transitions: VecDeque<Transition>,
+    /// True once this process saw its first ring.
+    started: bool,
+}
+
+#[derive(Debug)]
+struct Transition {
+    /// The `Switch` epochs whose takeovers count here (more than one when
+    /// this pod saw several Switches before the `Stable` ring settling them).
+    epochs: Vec<u64>,
+    /// The `Stable` ring that settled it.
     settled_by: Option<u64>,
-    warm: u64,
-    cold: u64,
+    /// When takeovers under it stop.
+    deadline: Instant,
+    counts: MovedSessions,
+}
+
+impl Transition {
+    fn covers(&self, epoch: u64) -> bool {
+        self.epochs.contains(&epoch) || self.settled_by == Some(epoch)
+    }
+}
+
+impl Inner {
+    fn find(&mut self, epoch: u64) -> Option<&mut Transition> {
+        self.transitions.iter_mut().rev().find(|t| t.covers(epoch))
+    }
+
+    fn push(&mut self, transition: Transition) {
+        self.transitions.push_back(transition);
+        while self.transitions.len() > KEPT {
+            self.transitions.pop_front();
+        }
+    }
+
+    /// The first ring of this process: if it is not a `Warm` ring, the
+    /// transition it belongs to may have started in an earlier process.
+    fn first_ring(&mut self) -> ReportState {
+        if std::mem::replace(&mut self.started, true) {
+            ReportState::Counting
+        } else {
+            ReportState::Partial
+        }
+    }
+
+    fn report(&self) -> MovedReport {
+        MovedReport::new(self.transitions.iter().filter_map(|t| {
+            t.settled_by.map(|version| MovedSessions {
+                version,
+                ..t.counts
+            })
+        }))
+    }
 }
 
 impl MovedTally {
-    /// One session taken over with its state (`true`) or without (`false`).
-    pub(crate) fn count(&self, warm: bool) {
-        let settled = {
-            let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-            if warm {
-                counts.warm += 1;
-            } else {
-                counts.cold += 1;
+    /// A `Warm` ring arrived: the next takeovers belong to a transition this
+    /// process sees from its start.
+    pub(crate) fn warm(&self) {
+        self.lock().started = true;
+    }
+
+    /// The `Switch` ring of step `epoch` arrived; its takeovers run until
+    /// `deadline` after the `Stable` ring settling it.
+    pub(crate) fn switch(&self, epoch: u64, deadline: Instant) {
+        let mut inner = self.lock();
+        let state = inner.first_ring();
+        if let Some(open) = inner.find(epoch) {
+            open.deadline = open.deadline.max(deadline);
+            return;
+        }
+        inner.push(Transition {
+            epochs: vec![epoch],
+            settled_by: None,
+            deadline,
+            counts: MovedSessions {
+                state,
+                ..MovedSessions::default()
+            },
+        });
+    }
+
+    /// The `Stable` ring `version` arrived: it settles every open transition
+    /// (merged into one), or, with none open, opens an empty one of its own
+    /// (nothing moved here: a ring that only tidied slots, or a transition in
+    /// which this pod gained nothing). `skipped` says this pod gained keys
+    /// under a `Switch` it never saw: its counts are partial. `deadline`: when
+    /// an empty transition of its own ends; `not_before`: no transition it
+    /// settles is final before then (requests admitted under the `Switch` may
+    /// still be taking keys over). Returns the report.
+    pub(crate) fn settled(
+        &self,
+        version: u64,
+        skipped: bool,
+        deadline: Instant,
+        not_before: Instant,
+    ) -> MovedReport {
+        let mut inner = self.lock();
+        let mut state = inner.first_ring();
+        if skipped {
+            state = ReportState::Partial;
+        }
+        let open: Vec<usize> = (0..inner.transitions.len())
+            .filter(|&i| inner.transitions[i].settled_by.is_none())
+            .collect();
+        if let Some((&first, rest)) = open.split_first() {
+            for &i in rest.iter().rev() {
+                if let Some(other) = inner.transitions.remove(i) {
+                    let merged = &mut inner.transitions[first];
+                    merged.epochs.extend(other.epochs);
+                    merged.deadline = merged.deadline.max(other.deadline);
+                    merged.counts = merged.counts.plus(other.counts);
+                }
             }
-            counts.settled_by.is_some()
+            let merged = &mut inner.transitions[first];
+            merged.settled_by = Some(version);
+            merged.deadline = merged.deadline.max(not_before);
+            if state == ReportState::Partial {
+                merged.counts.state = ReportState::Partial;
+            }
+        } else if inner.find(version).is_none() {
+            inner.push(Transition {
+                epochs: Vec::new(),
+                settled_by: Some(version),
+                deadline,
+                counts: MovedSessions {
+                    state,
+                    ..MovedSessions::default()
+                },
+            });
+        }
+        inner.report()
+    }
+
+    /// One key taken over under the `Switch` epoch (or the ring version, for
+    /// a promotion outside a Switch) `epoch`, by `path`. The caller counts
+    /// each key once per epoch ([`Settled::mark`](super::keeping::Settled::mark)).
+    pub(crate) fn count(&self, epoch: u64, path: TakeoverPath, now: Instant) {
+        let notify = {
+            let mut inner = self.lock();
+            let transition = match inner.find(epoch) {
+                Some(t) => t,
+                None => {
+                    inner.push(Transition {
+                        epochs: vec![epoch],
+                        settled_by: None,
+                        deadline: now,
+                        counts: MovedSessions::default(),
+                    });
+                    let Some(t) = inner.transitions.back_mut() else {
+                        return;
+                    };
+                    t
+                }
+            };
+            if transition.counts.state == ReportState::Final {
+                // Past its deadline nothing is taken over under a Switch;
+                // a promotion this late is logged, not counted into a report
+                // the operator may already have summed.
+                tracing::debug!(epoch, %path, "takeover after the transition's report was final");
+                return;
+            }
+            transition.counts.count(path);
+            transition.settled_by.is_some()
         };
-        // During the transition the counts go out with its Stable ring; after
-        // it, a late takeover updates the report.
-        if settled {
+        if notify {
             self.changed.notify_one();
         }
     }
 
-    /// A ring of a transition (Warm or Switch) arrived: if the last one was
-    /// settled, this is a new transition and counting starts afresh.
-    pub(crate) fn transition(&self) {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        if counts.settled_by.is_some() {
-            *counts = Counts::default();
+    /// The first request served for a key taken over under `epoch` by `path`.
+    pub(crate) fn served(&self, epoch: u64, path: TakeoverPath) {
+        let notify = {
+            let mut inner = self.lock();
+            let Some(t) = inner.find(epoch) else {
+                return;
+            };
+            if t.counts.state == ReportState::Final {
+                return;
+            }
+            let served = &mut t.counts.served;
+            if path.is_warm() {
+                served.warm = served.warm.saturating_add(1);
+            } else {
+                served.cold = served.cold.saturating_add(1);
+            }
+            t.settled_by.is_some()
+        };
+        if notify {
+            self.changed.notify_one();
         }
     }
 
-    /// The `Stable` ring `version` arrived: the counts so far belong to the
-    /// transition it completes. Returns them for the report.
-    pub(crate) fn settled(&self, version: u64) -> MovedSessions {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        counts.settled_by = Some(counts.settled_by.map_or(version, |v| v.max(version)));
-        Self::snapshot(&counts).unwrap_or_default()
+    /// Makes the settled transitions whose deadline passed by `now` final;
+    /// returns their epochs (none if nothing changed).
+    pub(crate) fn finish(&self, now: Instant) -> Vec<u64> {
+        let mut inner = self.lock();
+        let mut finished = Vec::new();
+        for t in &mut inner.transitions {
+            if t.settled_by.is_some()
+                && t.deadline <= now
+                && t.counts.state == ReportState::Counting
+            {
+                t.counts.state = ReportState::Final;
+                finished.extend(&t.epochs);
+                finished.extend(t.settled_by);
+            }
+        }
+        finished
     }
 
-    /// The counts to report, once a `Stable` ring settled them.
-    pub(crate) fn report(&self) -> Option<MovedSessions> {
-        Self::snapshot(&self.counts.lock().unwrap_or_else(PoisonError::into_inner))
+    /// The earliest deadline of a settled transition still counting.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.lock()
+            .transitions
+            .iter()
+            .filter(|t| t.settled_by.is_some() && t.counts.state == ReportState::Counting)
+            .map(|t| t.deadline)
+            .min()
     }
 
-    /// Resolves when a late takeover changed settled counts.
+    /// What to report.
+    pub(crate) fn report(&self) -> MovedReport {
+        self.lock().report()
+    }
+
+    /// Resolves when the counts of a settled transition changed.
     pub(crate) async fn changed(&self) {
         self.changed.notified().await;
     }
 
-    fn snapshot(counts: &Counts) -> Option<MovedSessions> {
-        counts.settled_by.map(|version| MovedSessions {
-            version,
-            warm: counts.warm,
-            cold: counts.cold,
-        })
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The keys taken over whose first request was not served yet, with their
+/// epoch and path: the next request for one is counted as served and its
+/// answer says how the key arrived. Bounded: past `max` keys, further
+/// takeovers are not followed (logged once per transition).
+#[derive(Debug)]
+pub(crate) struct Unserved {
+    keys: Mutex<HashMap<Bytes, (u64, TakeoverPath)>>,
+    /// `keys.len()`, read without the lock on every request.
+    len: AtomicUsize,
+    max: usize,
+}
+
+impl Unserved {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            keys: Mutex::new(HashMap::new()),
+            len: AtomicUsize::new(0),
+            max: max.max(1),
+        }
+    }
+
+    /// `key` was taken over under `epoch` by `path`.
+    pub(crate) fn insert(&self, key: &[u8], epoch: u64, path: TakeoverPath) {
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        if keys.len() >= self.max && !keys.contains_key(key) {
+            tracing::debug!(max = self.max, "too many unserved takeovers to follow");
+            return;
+        }
+        keys.insert(Bytes::copy_from_slice(key), (epoch, path));
+        self.len.store(keys.len(), Ordering::Release);
+    }
+
+    /// The epoch and path of `key`'s takeover, the first time it is served.
+    pub(crate) fn take(&self, key: &[u8]) -> Option<(u64, TakeoverPath)> {
+        if self.len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let taken = keys.remove(key);
+        self.len.store(keys.len(), Ordering::Release);
+        taken
+    }
+
+    /// Forgets the takeovers of `epochs` (their transitions' reports are final).
+    pub(crate) fn forget(&self, epochs: &[u64]) {
+        if epochs.is_empty() || self.len.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        keys.retain(|_, (epoch, _)| !epochs.contains(epoch));
+        self.len.store(keys.len(), Ordering::Release);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    fn totals(report: &MovedReport, version: u64) -> (u64, u64, ReportState) {
+        let m = report.get(version).copied().unwrap_or_default();
+        (m.warm.total(), m.cold.total(), m.state)
+    }
+
     #[test]
-    fn counts_belong_to_the_transition_the_stable_ring_completes() {
+    fn counts_belong_to_the_transition_the_stable_ring_settles() {
         let tally = MovedTally::default();
-        tally.transition();
-        tally.count(true);
-        tally.count(true);
-        tally.count(false);
-        assert_eq!(tally.report(), None, "nothing to report while under way");
-        let first = tally.settled(12);
-        assert_eq!((first.version, first.warm, first.cold), (12, 2, 1));
-        // A late takeover of the same transition updates its counts.
-        tally.count(true);
-        assert_eq!(tally.report().map(|m| m.warm), Some(3));
-        // The next transition starts from zero; the next Stable ring reports it.
-        tally.transition();
-        tally.count(false);
-        let second = tally.settled(15);
-        assert_eq!((second.version, second.warm, second.cold), (15, 0, 1));
-        // A pod that only ever saw Stable rings reports zeros.
-        let idle = MovedTally::default();
-        assert_eq!(
-            idle.settled(3),
-            MovedSessions {
-                version: 3,
-                warm: 0,
-                cold: 0
-            }
+        let t0 = Instant::now();
+        tally.warm();
+        tally.switch(11, t0 + DEADLINE);
+        tally.count(11, TakeoverPath::Transferred, t0);
+        tally.count(11, TakeoverPath::Pushed, t0);
+        tally.count(11, TakeoverPath::Absent, t0);
+        assert!(tally.report().is_empty(), "nothing reported while open");
+        let report = tally.settled(12, false, t0 + DEADLINE, t0);
+        assert_eq!(totals(&report, 12), (2, 1, ReportState::Counting));
+        // A late takeover of the same transition, after the Stable ring.
+        tally.count(11, TakeoverPath::FencedLoad, t0);
+        tally.served(11, TakeoverPath::FencedLoad);
+        let report = tally.report();
+        assert_eq!(totals(&report, 12), (2, 2, ReportState::Counting));
+        assert_eq!(report.get(12).map(|m| m.served.cold), Some(1));
+        assert_eq!(tally.next_deadline(), Some(t0 + DEADLINE));
+        assert!(
+            tally
+                .finish(t0 + DEADLINE - Duration::from_millis(1))
+                .is_empty()
         );
+        assert_eq!(tally.finish(t0 + DEADLINE), vec![11, 12]);
+        assert_eq!(totals(&tally.report(), 12), (2, 2, ReportState::Final));
+        assert_eq!(tally.next_deadline(), None);
+        // Final counts no longer change.
+        tally.count(11, TakeoverPath::Absent, t0);
+        assert_eq!(totals(&tally.report(), 12), (2, 2, ReportState::Final));
+    }
+
+    #[test]
+    fn a_stable_ring_with_no_switch_does_not_report_the_previous_counts_again() {
+        let tally = MovedTally::default();
+        let t0 = Instant::now();
+        tally.warm();
+        tally.switch(5, t0);
+        tally.count(5, TakeoverPath::Pushed, t0);
+        tally.settled(6, false, t0, t0);
+        // A later Stable ring (slots tidied, or a Switch this pod gained
+        // nothing in and skipped) reports its own, empty counts.
+        let report = tally.settled(9, false, t0, t0);
+        assert_eq!(totals(&report, 6), (1, 0, ReportState::Counting));
+        assert_eq!(totals(&report, 9), (0, 0, ReportState::Counting));
+    }
+
+    #[test]
+    fn a_late_takeover_of_one_transition_stays_in_it_when_the_next_begins() {
+        let tally = MovedTally::default();
+        let t0 = Instant::now();
+        tally.warm();
+        tally.switch(5, t0 + DEADLINE);
+        tally.settled(6, false, t0 + DEADLINE, t0);
+        tally.warm();
+        tally.switch(8, t0 + DEADLINE * 2);
+        tally.count(5, TakeoverPath::RolledForward, t0);
+        tally.count(8, TakeoverPath::Precopied, t0);
+        let report = tally.settled(9, false, t0 + DEADLINE * 2, t0);
+        assert_eq!(totals(&report, 6), (0, 1, ReportState::Counting));
+        assert_eq!(totals(&report, 9), (1, 0, ReportState::Counting));
+    }
+
+    #[test]
+    fn a_process_that_starts_mid_transition_reports_it_partial() {
+        let t0 = Instant::now();
+        let after_switch = MovedTally::default();
+        after_switch.switch(5, t0);
+        after_switch.count(5, TakeoverPath::Transferred, t0);
+        let report = after_switch.settled(6, false, t0, t0);
+        assert_eq!(totals(&report, 6), (1, 0, ReportState::Partial));
+        assert!(after_switch.finish(t0).is_empty(), "partial stays partial");
+
+        let after_stable = MovedTally::default();
+        let report = after_stable.settled(6, false, t0, t0);
+        assert_eq!(totals(&report, 6), (0, 0, ReportState::Partial));
+        // The next transition it sees from its start is complete.
+        after_stable.warm();
+        after_stable.switch(8, t0);
+        let report = after_stable.settled(9, false, t0, t0);
+        assert_eq!(totals(&report, 9), (0, 0, ReportState::Counting));
+
+        let skipped = MovedTally::default();
+        skipped.warm();
+        let report = skipped.settled(4, true, t0, t0);
+        assert_eq!(totals(&report, 4), (0, 0, ReportState::Partial));
+    }
+
+    #[test]
+    fn switches_seen_before_one_stable_ring_are_one_transition() {
+        let tally = MovedTally::default();
+        let t0 = Instant::now();
+        tally.warm();
+        tally.switch(5, t0);
+        tally.count(5, TakeoverPath::Pushed, t0);
+        tally.switch(7, t0 + DEADLINE);
+        tally.count(7, TakeoverPath::Promoted, t0);
+        let report = tally.settled(8, false, t0, t0);
+        assert_eq!(totals(&report, 8), (2, 0, ReportState::Counting));
+        assert_eq!(tally.next_deadline(), Some(t0 + DEADLINE));
+    }
+
+    #[test]
+    fn a_takeover_is_served_once_until_its_report_is_final() {
+        let unserved = Unserved::new(2);
+        assert_eq!(unserved.take(b"a"), None);
+        unserved.insert(b"a", 5, TakeoverPath::Pushed);
+        unserved.insert(b"b", 5, TakeoverPath::Absent);
+        unserved.insert(b"c", 6, TakeoverPath::Absent);
+        assert_eq!(unserved.take(b"c"), None, "over the bound: not followed");
+        assert_eq!(unserved.take(b"a"), Some((5, TakeoverPath::Pushed)));
+        assert_eq!(unserved.take(b"a"), None, "once");
+        unserved.forget(&[5]);
+        assert_eq!(unserved.take(b"b"), None, "forgotten with its transition");
     }
 
     #[tokio::test]
     async fn a_late_takeover_wakes_the_reporter() {
         let tally = MovedTally::default();
-        tally.settled(4);
-        tally.count(false);
+        let t0 = Instant::now();
+        tally.warm();
+        tally.switch(3, t0);
+        tally.settled(4, false, t0 + DEADLINE, t0);
+        tally.count(3, TakeoverPath::Absent, t0);
         // The permit stored by notify_one completes the wait at once.
-        tokio::time::timeout(std::time::Duration::from_secs(1), tally.changed())
+        tokio::time::timeout(Duration::from_secs(1), tally.changed())
             .await
             .unwrap();
     }

@@ -73,7 +73,7 @@ fn annotations_body(namespace: &str, pod: &str, progress: &Progress) -> serde_js
     if let Some(moved) = progress.moved {
         values.insert(
             annotations::MOVED_SESSIONS.to_owned(),
-            json!(moved.to_string()),
+            json!(moved.to_json()),
         );
     }
     json!({
@@ -110,7 +110,7 @@ impl ProgressReporter for KubeProgressReporter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::progress::MovedSessions;
+    use crate::progress::{ColdTakeovers, MovedReport, MovedSessions, ReportState, WarmTakeovers};
 
     #[test]
     fn the_apply_body_names_only_the_versions_set() {
@@ -121,11 +121,19 @@ mod tests {
                 observed: Some(7),
                 warmed: None,
                 drained: Some(6),
-                moved: Some(MovedSessions {
+                moved: Some(MovedReport::new([MovedSessions {
                     version: 7,
-                    warm: 120,
-                    cold: 2,
-                }),
+                    warm: WarmTakeovers {
+                        transferred: 120,
+                        ..WarmTakeovers::default()
+                    },
+                    cold: ColdTakeovers {
+                        absent: 2,
+                        ..ColdTakeovers::default()
+                    },
+                    state: ReportState::Final,
+                    ..MovedSessions::default()
+                }])),
             },
         );
         assert_eq!(
@@ -139,7 +147,7 @@ mod tests {
                     "annotations": {
                         "locus.dev/observed-ring-version": "7",
                         "locus.dev/drained-ring-version": "6",
-                        "locus.dev/moved-sessions": "7:120:2",
+                        "locus.dev/moved-sessions": r#"{"7":{"warm":{"precopied":0,"transferred":120,"pushed":0,"promoted":0},"cold":{"absent":2,"rolledForward":0,"fencedLoad":0},"served":{"warm":0,"cold":0},"state":"final"}}"#,
                     },
                 },
             })

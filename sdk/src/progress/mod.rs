@@ -20,6 +20,7 @@
 
 mod kube_reporter;
 mod memory;
+mod moved;
 mod own_pod;
 
 use std::sync::Arc;
@@ -31,6 +32,10 @@ use tokio::task::JoinHandle;
 
 pub use self::kube_reporter::{KubeProgressReporter, NAMESPACE_ENV};
 pub use self::memory::MemoryProgressReporter;
+pub use self::moved::{
+    ColdTakeovers, MovedReport, MovedSessions, MovedSessionsError, ReportState, ServedTakeovers,
+    TakeoverPath, WarmTakeovers,
+};
 pub(crate) use self::own_pod::OwnPod;
 use crate::server::session::ShutdownIntentSource;
 
@@ -43,14 +48,14 @@ pub struct Progress {
     pub warmed: Option<u64>,
     /// Switch ring version whose lost keys were handed over.
     pub drained: Option<u64>,
-    /// The sessions taken over in the transition the newest `Stable` ring
-    /// completed.
-    pub moved: Option<MovedSessions>,
+    /// How the sessions taken over in the last few transitions arrived.
+    pub moved: Option<MovedReport>,
 }
 
 impl Progress {
-    /// The element-wise maximum of `self` and `other` (for `moved`: the one
-    /// of the newer ring version, or with more sessions for the same one).
+    /// The element-wise maximum of `self` and `other` (for `moved`: the
+    /// report whose newest transition is newer, `other` when they are of the
+    /// same one: the pod's tally is the source and only moves forward).
     #[must_use]
     pub fn max(self, other: Progress) -> Progress {
         Progress {
@@ -58,77 +63,14 @@ impl Progress {
             warmed: self.warmed.max(other.warmed),
             drained: self.drained.max(other.drained),
             moved: match (self.moved, other.moved) {
-                // Counts of one transition only grow (late takeovers).
-                (Some(a), Some(b))
-                    if (b.version, b.warm + b.cold) > (a.version, a.warm + a.cold) =>
-                {
-                    Some(b)
+                (Some(a), Some(b)) => {
+                    let newest = |r: &MovedReport| r.latest().map(|m| m.version);
+                    Some(if newest(&b) >= newest(&a) { b } else { a })
                 }
-                (Some(a), _) => Some(a),
+                (a, None) => a,
                 (None, b) => b,
             },
         }
-    }
-}
-
-/// How the sessions a pod took over in one transition arrived, reported with
-/// the `Stable` ring that completed it (annotation
-/// [`MOVED_SESSIONS`](crate::ring::annotations::MOVED_SESSIONS), `V:warm:cold`).
-/// The operator sums them over the pods into the transition's warm-hit
-/// percentage.
-///
-/// *Warm*: installed with the state the previous owner held (pre-copy
-/// confirmed unchanged, first-touch transfer, push, or promotion of a record
-/// pushed before the switch). *Cold*: first served without it (the previous
-/// owner did not hold it, was gone, or missed the handoff deadline), so loaded
-/// through the persistence or started empty.
-///
-/// ```
-/// use locus::progress::MovedSessions;
-/// let moved: MovedSessions = "42:950:3".parse().unwrap();
-/// assert_eq!((moved.version, moved.warm, moved.cold), (42, 950, 3));
-/// assert_eq!(moved.to_string(), "42:950:3");
-/// assert!("42:950".parse::<MovedSessions>().is_err());
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MovedSessions {
-    /// The `Stable` ring version that completed the transition.
-    pub version: u64,
-    /// Sessions that arrived with their state.
-    pub warm: u64,
-    /// Sessions first served without it.
-    pub cold: u64,
-}
-
-/// A [`MovedSessions`] annotation that is not `V:warm:cold` in decimal.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("moved sessions {0:?}: want <ring version>:<warm>:<cold>, three decimal numbers")]
-pub struct MovedSessionsError(String);
-
-impl std::str::FromStr for MovedSessions {
-    type Err = MovedSessionsError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let invalid = || MovedSessionsError(text.chars().take(64).collect());
-        let mut parts = text
-            .split(':')
-            .map(|p| p.parse::<u64>().map_err(|_| invalid()));
-        let (Some(version), Some(warm), Some(cold), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(invalid());
-        };
-        Ok(Self {
-            version: version?,
-            warm: warm?,
-            cold: cold?,
-        })
-    }
-}
-
-impl std::fmt::Display for MovedSessions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}:{}", self.version, self.warm, self.cold)
     }
 }
 
@@ -272,9 +214,8 @@ impl ProgressTracker {
         });
     }
 
-    /// Reports how the sessions taken over in the transition that the
-    /// `Stable` ring `moved.version` completed arrived.
-    pub fn moved(&self, moved: MovedSessions) {
+    /// Reports how the sessions taken over in the last transitions arrived.
+    pub fn moved(&self, moved: MovedReport) {
         self.raise(Progress {
             moved: Some(moved),
             ..Progress::default()
@@ -340,17 +281,19 @@ mod tests {
         tracker.observed(5);
         tracker.warmed(5);
         tracker.observed(4);
-        let moved = MovedSessions {
+        let moved = MovedReport::new([MovedSessions {
             version: 5,
-            warm: 10,
-            cold: 1,
-        };
+            warm: WarmTakeovers {
+                pushed: 10,
+                ..WarmTakeovers::default()
+            },
+            ..MovedSessions::default()
+        }]);
         tracker.moved(moved);
-        tracker.moved(MovedSessions {
+        tracker.moved(MovedReport::new([MovedSessions {
             version: 3,
-            warm: 99,
-            cold: 0,
-        });
+            ..MovedSessions::default()
+        }]));
         let want = Progress {
             observed: Some(5),
             warmed: Some(5),
@@ -371,33 +314,6 @@ mod tests {
             memory.latest().moved,
             Some(moved),
             "an older transition's counts are ignored"
-        );
-    }
-
-    #[test]
-    fn moved_sessions_parse_only_three_decimal_numbers() {
-        for bad in [
-            "",
-            "1",
-            "1:2",
-            "1:2:3:4",
-            "a:2:3",
-            "1:-2:3",
-            "1: 2:3",
-            "1:2:18446744073709551616",
-        ] {
-            assert!(bad.parse::<MovedSessions>().is_err(), "{bad:?}");
-        }
-        let moved: MovedSessions = "0:0:0".parse().unwrap();
-        assert_eq!(moved, MovedSessions::default());
-        let error = "x"
-            .repeat(1000)
-            .parse::<MovedSessions>()
-            .unwrap_err()
-            .to_string();
-        assert!(
-            error.len() < 200,
-            "the message quotes a bounded prefix: {error}"
         );
     }
 }

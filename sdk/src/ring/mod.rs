@@ -89,9 +89,9 @@ pub mod annotations {
     /// The `Switch` ring version for which the pod finished handing over every
     /// key it lost.
     pub const DRAINED_RING_VERSION: &str = "locus.dev/drained-ring-version";
-    /// `V:warm:cold` — the sessions this pod took over in the transition that
-    /// the `Stable` ring `V` completed: `warm` arrived with their state (pre-copy,
-    /// transfer or push), `cold` were loaded on first touch
-    /// ([`MovedSessions`](crate::progress::MovedSessions)).
+    /// JSON: how the sessions this pod took over in each of its last
+    /// transitions arrived, by path, keyed by the `Stable` ring version that
+    /// completed the transition, with whether the counts are final
+    /// ([`MovedReport`](crate::progress::MovedReport)).
     pub const MOVED_SESSIONS: &str = "locus.dev/moved-sessions";
 }

@@ -17,7 +17,10 @@
 //! 5. in a Switch ring, a key this pod gained is taken over first (see the
 //!    driver's first-touch rules); the response then carries
 //!    [`x-locus-handoff`](crate::driver::HANDOFF_HEADER);
-//! 6. the inner service (the application) runs.
+//! 6. the inner service (the application) runs; the first answer for a key
+//!    taken over in a transition (by any path) carries
+//!    [`x-locus-takeover`](crate::driver::TAKEOVER_HEADER) and is counted as
+//!    served in the pod's report.
 
 use std::fmt;
 use std::sync::Arc;
@@ -32,9 +35,9 @@ use tower::{Layer, Service};
 
 use super::member::MemberInner;
 use super::response;
-use crate::driver::HANDOFF_HEADER;
 use crate::driver::gate::Refused;
 use crate::driver::touch::{self, TouchError};
+use crate::driver::{HANDOFF_HEADER, TAKEOVER_HEADER};
 use crate::handoff::{HANDOFF_PATH_PREFIX, HandoffBody, HandoffService};
 use crate::{BoxError, headers};
 
@@ -214,11 +217,21 @@ where
                     .map(Either::Right));
                 }
             };
+            let takeover = member.state.unserved.take(&key);
+            if let Some((epoch, taken)) = takeover {
+                member.state.moved.served(epoch, taken);
+                member.state.metrics.served(taken);
+            }
             let mut response = inner.call(request).await?;
             if let Some(path) = path {
                 response
                     .headers_mut()
                     .insert(HANDOFF_HEADER, HeaderValue::from_static(path));
+            }
+            if let Some((epoch, taken)) = takeover
+                && let Ok(value) = HeaderValue::from_str(&format!("{epoch}:{taken}"))
+            {
+                response.headers_mut().insert(TAKEOVER_HEADER, value);
             }
             Ok(response.map(Either::Left))
         })
