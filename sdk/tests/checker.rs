@@ -72,6 +72,7 @@ impl Builder {
                 epoch,
                 pod: pod.to_owned(),
                 handoff: None,
+                takeover: None,
             },
         });
         self

@@ -748,6 +748,7 @@ async fn check(
         }
     }
     checker::first_touches(ops, &operator.log, keys, &mut verdict);
+    checker::takeovers_announced(ops, &operator.log, keys, &mut verdict);
     let calls: Vec<_> = keys.iter().map(|key| cluster.db.calls(key)).collect();
     checker::persisted_versions(&calls, &mut verdict);
     report.requests = verdict.requests;

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use locus::handoff::HandoffConfig;
-use locus::progress::MovedSessions;
+use locus::progress::{MovedSessions, ReportState};
 use locus::ring::Pod;
 use locus::server::session::ShutdownPath;
 use locus::store::Limits;
@@ -111,6 +111,8 @@ async fn verdict(cluster: &HttpCluster, load: Load, operator: &Operator) -> Verd
     let ops = history.ops();
     let mut verdict = checker::check(&ops, &finals, &[]);
     checker::first_touches(&ops, &operator.log, &keys, &mut verdict);
+    verdict.announced = checker::takeovers_announced(&ops, &operator.log, &keys, &mut verdict);
+    verdict.takeover_headers = checker::takeover_headers(&ops);
     verdict
 }
 
@@ -158,31 +160,63 @@ fn assert_warm(verdict: &Verdict, at_least: usize) {
     );
 }
 
-/// The sum of the moved-session counts `pods` reported with the Stable ring
-/// `version` (each pod must report them within 10 s).
-async fn moved_sessions(cluster: &HttpCluster, pods: &[Pod], version: u64) -> MovedSessions {
+/// The sum of the moved-session counts `pods` reported for the transition
+/// the Stable ring `version` settled, once each report is final (the handoff
+/// deadline passed; each pod must get there within 20 s).
+async fn final_reports(cluster: &HttpCluster, pods: &[Pod], version: u64) -> MovedSessions {
     let mut sum = MovedSessions {
         version,
+        state: ReportState::Final,
         ..MovedSessions::default()
     };
     for pod in pods {
         let progress = cluster.progress(&pod.name).expect("a running pod");
-        let reported = progress
-            .wait_for(
-                |p| p.moved.is_some_and(|m| m.version == version),
-                Duration::from_secs(10),
-            )
-            .await;
+        let final_for = |p: &locus::progress::Progress| {
+            p.moved
+                .and_then(|r| r.get(version).copied())
+                .is_some_and(|m| m.state == ReportState::Final)
+        };
+        let reported = progress.wait_for(final_for, Duration::from_secs(20)).await;
+        let latest = progress.latest().moved;
         assert!(
             reported,
-            "{} never reported moved sessions for {version}",
+            "{} never reported final counts for {version}: {latest:?}",
             pod.name
         );
-        let moved = progress.latest().moved.expect("reported");
-        sum.warm += moved.warm;
-        sum.cold += moved.cold;
+        let moved = latest
+            .and_then(|r| r.get(version).copied())
+            .expect("reported");
+        sum = sum.plus(moved);
     }
     sum
+}
+
+/// The pods' served takeovers of the transition whose Switch was `switch`
+/// (reported as `report`) against the `x-locus-takeover` headers the client
+/// saw: equal, but for answers the client never got.
+fn assert_served_matches_headers(verdict: &Verdict, switch: u64, report: &MovedSessions) {
+    let seen = verdict
+        .takeover_headers
+        .get(&switch)
+        .copied()
+        .unwrap_or_default();
+    let served = (report.served.warm, report.served.cold);
+    eprintln!(
+        "switch {switch}: pods served {served:?} takeovers (warm, cold), client saw {seen:?}"
+    );
+    let unanswered = verdict.unknown as u64;
+    assert!(
+        served.0 >= seen.0 && served.1 >= seen.1,
+        "the client saw takeovers the pods did not count: served {served:?}, seen {seen:?}"
+    );
+    assert!(
+        served.0 + served.1 - seen.0 - seen.1 <= unanswered,
+        "pods counted takeovers served that no answer carried: served {served:?}, seen {seen:?}, {unanswered} unanswered"
+    );
+    assert!(
+        report.served.warm + report.served.cold <= report.total(),
+        "served more keys than were taken over: {report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,17 +228,31 @@ async fn scale_3_to_4_to_2_under_load() {
     load.progress(1500).await;
     // Every pod reports how the sessions it took over arrived, with the Stable
     // ring; the operator sums them into the transition's warm-hit percentage.
-    let moved = moved_sessions(cluster.as_ref(), &pods, operator.version).await;
-    eprintln!("scale 3→4: pods report {moved}");
-    assert!(moved.warm >= 10, "the new pod took sessions over: {moved}");
+    let up = final_reports(cluster.as_ref(), &pods, operator.version).await;
+    let up_switch = operator.log.last().unwrap().switch.version();
+    eprintln!("scale 3→4: pods report {up}");
     assert!(
-        moved.warm * 100 >= (moved.warm + moved.cold) * 99,
-        "{moved}"
+        up.warm.total() >= 10,
+        "the new pod took sessions over: {up}"
     );
+    assert!(up.warm_percent().unwrap() >= 99.0, "{up}");
 
     operator.scale(cluster.as_ref(), &pods[..2]).await;
     load.progress(1500).await;
+    let down = final_reports(cluster.as_ref(), &pods[..2], operator.version).await;
+    let down_switch = operator.log.last().unwrap().switch.version();
+    eprintln!("scale 4→2: pods report {down}");
+    assert!(
+        down.warm.pushed > 0,
+        "the retiring pods pushed sessions: {down}"
+    );
     let verdict = verdict(&cluster, load, &operator).await;
+    assert_served_matches_headers(&verdict, up_switch, &up);
+    assert_served_matches_headers(&verdict, down_switch, &down);
+    assert!(
+        verdict.announced > 0,
+        "no moved session's first answer was checked"
+    );
     // The retired pods hold nothing any more.
     for name in ["counters-2-a", "counters-3-a"] {
         let pod = cluster.stop_pod(name).await;

@@ -60,7 +60,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt as _;
 use http::{Method, StatusCode};
-use locus::driver::HANDOFF_HEADER;
+use locus::driver::{HANDOFF_HEADER, TAKEOVER_HEADER};
 use locus::{RingWatch, headers};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -441,9 +441,13 @@ impl LoadGenerator {
             })
             .buffer_unordered(self.shared.config.concurrency);
         let mut report = Verification::default();
+        let mut takeovers = Tally::default();
         while let Some((id, acked, max_version, view)) = checks.next().await {
             match view {
-                Ok(view) => {
+                Ok((view, takeover)) => {
+                    if let Some(header) = takeover {
+                        takeovers.takeover(&header);
+                    }
                     report.sessions_checked += 1;
                     report.acked_appends += acked.len();
                     let keep = 10usize.saturating_sub(report.lost_examples.len());
@@ -466,6 +470,7 @@ impl LoadGenerator {
                 }
             }
         }
+        report.takeovers = takeovers.takeovers;
         report.elapsed_s = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
         if report.lost_writes > 0 {
             tracing::error!(
@@ -488,7 +493,8 @@ pub async fn run(config: LoadConfig) -> Result<Summary, Error> {
 }
 
 /// Reads session `id`, retrying a few times.
-async fn read_back(shared: &Shared, id: &str) -> Result<SessionView, String> {
+/// With the answer's `x-locus-takeover`, if any.
+async fn read_back(shared: &Shared, id: &str) -> Result<(SessionView, Option<String>), String> {
     let path = format!("/sessions/{id}");
     let mut last = String::new();
     for attempt in 0..READ_BACK_ATTEMPTS {
@@ -496,7 +502,14 @@ async fn read_back(shared: &Shared, id: &str) -> Result<SessionView, String> {
             tokio::time::sleep(Duration::from_millis(100 << attempt.min(3))).await;
         }
         match exchange::<SessionView>(shared, Method::GET, &path, id, String::new()).await {
-            Ok((_, _, view)) if view.session == id => return Ok(view),
+            Ok((answer, _, view)) if view.session == id => {
+                let takeover = answer
+                    .headers
+                    .get(TAKEOVER_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                return Ok((view, takeover));
+            }
             Ok(_) => last = "wrong_answer".into(),
             Err(kind) => last = kind.into_owned(),
         }
@@ -588,6 +601,11 @@ fn observe(shared: &Shared, session: u32, id: &str, answer: &Answer, tally: &mut
     {
         tally.handoff(path);
     }
+    let announced = answer
+        .headers
+        .get(TAKEOVER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|header| tally.takeover(header));
     let pod = answer
         .headers
         .get(headers::POD)
@@ -595,12 +613,16 @@ fn observe(shared: &Shared, session: u32, id: &str, answer: &Answer, tally: &mut
     if let Some(pod) = pod {
         tally.pod(pod);
         // The first answer from a new pod for a session answered elsewhere
-        // before: the session moved. Was it in memory there already?
+        // before: the session moved. Was it in memory there already, and
+        // did the pod say it took it over?
         let mut track = shared.track(session);
         if track.last_pod.as_deref().is_some_and(|last| last != pod) {
             match cache {
                 Some(b"warm") => tally.moved.warm += 1,
                 _ => tally.moved.cold += 1,
+            }
+            if !announced {
+                tally.moved.unannounced += 1;
             }
         }
         if track.last_pod.as_deref() != Some(pod) {

@@ -33,6 +33,7 @@ pub(crate) struct Tally {
     pub(crate) errors: BTreeMap<String, u64>,
     pub(crate) cache: CacheCounts,
     pub(crate) moved: MovedCounts,
+    pub(crate) takeovers: BTreeMap<u64, TakeoverCounts>,
     pub(crate) handoff: BTreeMap<String, u64>,
     pub(crate) by_pod: BTreeMap<String, u64>,
     pub(crate) forwarded: u64,
@@ -57,6 +58,7 @@ impl Default for Tally {
             errors: BTreeMap::new(),
             cache: CacheCounts::default(),
             moved: MovedCounts::default(),
+            takeovers: BTreeMap::new(),
             handoff: BTreeMap::new(),
             by_pod: BTreeMap::new(),
             forwarded: 0,
@@ -105,6 +107,30 @@ impl Tally {
         *self.handoff.entry(path.to_owned()).or_default() += 1;
     }
 
+    /// An `x-locus-takeover` header (`<epoch>:<path>`); false if it is not
+    /// one the SDK writes.
+    pub(crate) fn takeover(&mut self, header: &str) -> bool {
+        let Some((epoch, path)) = header.split_once(':') else {
+            return false;
+        };
+        let (Ok(epoch), Some(path)) = (
+            epoch.parse::<u64>(),
+            locus::progress::TakeoverPath::from_name(path),
+        ) else {
+            return false;
+        };
+        if self.takeovers.len() >= MAX_EPOCHS && !self.takeovers.contains_key(&epoch) {
+            return true;
+        }
+        let counts = self.takeovers.entry(epoch).or_default();
+        if path.is_warm() {
+            counts.warm += 1;
+        } else {
+            counts.cold += 1;
+        }
+        true
+    }
+
     pub(crate) fn pod(&mut self, pod: &str) {
         if self.by_pod.len() < MAX_PODS || self.by_pod.contains_key(pod) {
             *self.by_pod.entry(pod.to_owned()).or_default() += 1;
@@ -136,6 +162,14 @@ impl Tally {
         self.cache.unknown += other.cache.unknown;
         self.moved.warm += other.moved.warm;
         self.moved.cold += other.moved.cold;
+        self.moved.unannounced += other.moved.unannounced;
+        for (epoch, n) in &other.takeovers {
+            if self.takeovers.len() < MAX_EPOCHS || self.takeovers.contains_key(epoch) {
+                let counts = self.takeovers.entry(*epoch).or_default();
+                counts.warm += n.warm;
+                counts.cold += n.cold;
+            }
+        }
         for (path, n) in &other.handoff {
             *self.handoff.entry(path.clone()).or_default() += n;
         }
@@ -189,6 +223,7 @@ impl Tally {
             errors_by_kind: self.errors.clone(),
             cache: self.cache,
             moved: self.moved,
+            takeovers: self.takeovers.clone(),
             handoff: self.handoff.clone(),
             by_pod: self.by_pod.clone(),
             forwarded: self.forwarded,
@@ -228,6 +263,11 @@ pub struct MovedCounts {
     pub warm: u64,
     /// Not in memory: loaded or created for the request.
     pub cold: u64,
+    /// Of these, the ones whose first answer from the new pod did not carry
+    /// `x-locus-takeover`: the pod took the session over by a path it does
+    /// not count, or without a transition (a replacement pod, a restart).
+    #[serde(default)]
+    pub unannounced: u64,
 }
 
 impl MovedCounts {
@@ -238,6 +278,19 @@ impl MovedCounts {
         (all > 0).then(|| round3(100.0 * self.warm as f64 / all as f64))
     }
 }
+
+/// First answers for sessions a pod took over (`x-locus-takeover`), of one
+/// transition: arrived with their state or without.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TakeoverCounts {
+    /// Warm paths (pre-copied, transferred, pushed, promoted).
+    pub warm: u64,
+    /// Cold paths (absent, rolled forward, fenced load).
+    pub cold: u64,
+}
+
+/// Most transitions (epochs) a tally keeps takeover counts for.
+const MAX_EPOCHS: usize = 64;
 
 /// Latency percentiles of the answered requests, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -306,6 +359,10 @@ pub struct Verification {
     pub read_errors: BTreeMap<String, u64>,
     /// Time the read-back took.
     pub elapsed_s: f64,
+    /// `x-locus-takeover` headers the read-back saw (its reads can be the
+    /// first answers for sessions taken over), by `Switch` version.
+    #[serde(default)]
+    pub takeovers: BTreeMap<u64, TakeoverCounts>,
 }
 
 /// What a phase (or the whole run) measured. `--json` prints it as one line.
@@ -346,6 +403,11 @@ pub struct Summary {
     /// Sessions answered by a new pod, warm or cold there.
     #[serde(default)]
     pub moved: MovedCounts,
+    /// First answers for sessions a pod took over (`x-locus-takeover`), by the
+    /// transition's `Switch` version: what to hold the pods' `served` counts
+    /// against.
+    #[serde(default)]
+    pub takeovers: BTreeMap<u64, TakeoverCounts>,
     /// First touches of sessions a pod gained in a transition, by how the
     /// session got there (`x-locus-handoff`: `unchanged`, `transferred`,
     /// `promoted`, `loaded`, `cold`).
@@ -513,6 +575,35 @@ fn listed_or_dash(counts: &BTreeMap<String, u64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn takeover_headers_count_by_epoch_and_merge() {
+        let mut a = Tally::default();
+        assert!(a.takeover("14:pushed"));
+        assert!(a.takeover("14:absent"));
+        assert!(a.takeover("17:precopied"));
+        for bad in ["", "14", "x:pushed", "14:warm", "14:pushed:1"] {
+            assert!(!a.takeover(bad), "{bad:?}");
+        }
+        let mut b = Tally::default();
+        assert!(b.takeover("14:fencedLoad"));
+        a.merge(&b);
+        assert_eq!(
+            a.takeovers.get(&14),
+            Some(&TakeoverCounts { warm: 1, cold: 2 })
+        );
+        assert_eq!(
+            a.takeovers.get(&17),
+            Some(&TakeoverCounts { warm: 1, cold: 0 })
+        );
+        let json = a
+            .summary("p", "ring", Duration::from_secs(1), None)
+            .to_json_line();
+        assert!(
+            json.contains(r#""takeovers":{"14":{"warm":1,"cold":2}"#),
+            "{json}"
+        );
+    }
 
     #[test]
     fn percentiles_merge_and_render() {

@@ -65,6 +65,9 @@ pub enum Outcome {
         pod: String,
         /// `x-locus-handoff`, if the request was a first touch.
         handoff: Option<String>,
+        /// `x-locus-takeover` (`<epoch>:<path>`), if this was the first
+        /// answer for a key the pod took over.
+        takeover: Option<String>,
     },
     /// An answer that says the append was not applied (4xx, 503).
     Refused(u16),
@@ -129,6 +132,10 @@ pub struct Verdict {
     /// lowered the persisted (epoch, version).
     pub stores: usize,
     pub version_decreases: usize,
+    /// First answers of moved sessions checked for `x-locus-takeover`.
+    pub announced: usize,
+    /// The `x-locus-takeover` headers seen, by epoch: (warm, cold).
+    pub takeover_headers: BTreeMap<u64, (u64, u64)>,
 }
 
 impl Verdict {
@@ -404,31 +411,10 @@ pub fn first_touches(
     verdict: &mut Verdict,
 ) {
     for t in transitions {
-        let Some(previous) = t.switch.previous() else {
-            continue;
-        };
-        let mut moved: HashMap<usize, String> = HashMap::new();
-        for (session, key) in keys.iter().enumerate() {
-            let shard = t.switch.shard_of(key) as usize;
-            let before_slot = t.switch.slot(previous.as_slice()[shard]).unwrap();
-            let before = before_slot
-                .predecessor
-                .as_ref()
-                .unwrap_or(&before_slot.pod)
-                .name
-                .clone();
-            let after = t.switch.owner(key).pod.name.clone();
-            // A session nobody had written before the switch did not move:
-            // there was nothing to warm.
-            let existed = ops.iter().any(|o| {
-                o.session == session
-                    && o.ended < t.switched_at
-                    && matches!(o.outcome, Outcome::Acked { .. })
-            });
-            if before != after && existed {
-                moved.insert(session, after);
-            }
-        }
+        let moved: HashMap<usize, String> = moved_sessions(ops, t, keys)
+            .into_iter()
+            .map(|(session, after, _)| (session, after))
+            .collect();
         let mut seen: BTreeSet<usize> = BTreeSet::new();
         let mut sorted: Vec<&Op> = ops.iter().filter(|o| o.ended >= t.switched_at).collect();
         sorted.sort_by_key(|o| o.ended);
@@ -465,6 +451,122 @@ pub fn first_touches(
             }
         }
     }
+}
+
+/// The `x-locus-takeover` headers the client saw, by the epoch (`Switch`
+/// version) they name: (warm, cold).
+pub fn takeover_headers(ops: &[Op]) -> BTreeMap<u64, (u64, u64)> {
+    let mut seen: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for op in ops {
+        let Outcome::Acked {
+            takeover: Some(header),
+            ..
+        } = &op.outcome
+        else {
+            continue;
+        };
+        let (epoch, path) = header.split_once(':').expect("<epoch>:<path>");
+        let epoch: u64 = epoch.parse().expect("a decimal epoch");
+        let path = locus::progress::TakeoverPath::from_name(path).expect("a known path");
+        let counts = seen.entry(epoch).or_default();
+        if path.is_warm() {
+            counts.0 += 1;
+        } else {
+            counts.1 += 1;
+        }
+    }
+    seen
+}
+
+/// For each transition, each session whose owner changed in it and that was
+/// written before: the first append the new owner acknowledged after the
+/// switch (lowest version) must say it is the first answer after a takeover
+/// (`x-locus-takeover`), unless an earlier request of the session to it got
+/// no answer (it may have carried the header). A pod that makes a moved
+/// session resident by a path it does not count fails this. Returns how
+/// many such first answers were checked.
+pub fn takeovers_announced(
+    ops: &[Op],
+    transitions: &[TransitionRecord],
+    keys: &[Vec<u8>],
+    verdict: &mut Verdict,
+) -> usize {
+    let mut checked = 0;
+    for t in transitions {
+        for (session, owner, previous) in moved_sessions(ops, t, keys) {
+            let acks = |by: String| {
+                ops.iter().filter_map(move |o| match &o.outcome {
+                    Outcome::Acked {
+                        pod,
+                        version,
+                        takeover,
+                        ..
+                    } if o.session == session && *pod == by => Some((*version, takeover, o)),
+                    _ => None,
+                })
+            };
+            // The previous owner's last answer, then the new owner's first
+            // one after it (requests that started before the switch
+            // included: routing may have moved them).
+            let Some((last_version, _, last)) = acks(previous).max_by_key(|(v, _, _)| *v) else {
+                continue;
+            };
+            let Some((version, takeover, first)) = acks(owner.clone())
+                .filter(|(v, _, _)| *v > last_version)
+                .min_by_key(|(v, _, _)| *v)
+            else {
+                continue;
+            };
+            let unanswered_before = ops.iter().any(|o| {
+                o.session == session
+                    && matches!(o.outcome, Outcome::Unknown(_))
+                    && o.started < first.started
+                    && o.ended > last.started
+            });
+            checked += 1;
+            if takeover.is_none() && !unanswered_before {
+                verdict.violations.push(format!(
+                    "{} at version {}: session {session} moved to {owner}, whose first answer (version {version}) did not announce a takeover",
+                    t.kind,
+                    t.switch.version()
+                ));
+            }
+        }
+    }
+    checked
+}
+
+/// The sessions whose owner changed in transition `t` and that were
+/// acknowledged before its switch: (session, new owner, previous owner).
+fn moved_sessions(
+    ops: &[Op],
+    t: &TransitionRecord,
+    keys: &[Vec<u8>],
+) -> Vec<(usize, String, String)> {
+    let Some(previous) = t.switch.previous() else {
+        return Vec::new();
+    };
+    let mut moved = Vec::new();
+    for (session, key) in keys.iter().enumerate() {
+        let shard = t.switch.shard_of(key) as usize;
+        let before_slot = t.switch.slot(previous.as_slice()[shard]).unwrap();
+        let before = before_slot
+            .predecessor
+            .as_ref()
+            .unwrap_or(&before_slot.pod)
+            .name
+            .clone();
+        let after = t.switch.owner(key).pod.name.clone();
+        let existed = ops.iter().any(|o| {
+            o.session == session
+                && o.ended < t.switched_at
+                && matches!(o.outcome, Outcome::Acked { .. })
+        });
+        if before != after && existed {
+            moved.push((session, after, before));
+        }
+    }
+    moved
 }
 
 /// Checks that the persisted (epoch, version) of each session never

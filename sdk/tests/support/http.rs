@@ -24,7 +24,7 @@ use axum::response::IntoResponse;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt as _;
-use locus::driver::HANDOFF_HEADER;
+use locus::driver::{HANDOFF_HEADER, TAKEOVER_HEADER};
 use locus::handoff::{HandoffConfig, HandoffSecret};
 use locus::progress::MemoryProgressReporter;
 use locus::ring::{Pod, Ring};
@@ -335,6 +335,7 @@ struct Answered {
     epoch: u64,
     pod: String,
     handoff: Option<String>,
+    takeover: Option<String>,
     body: Bytes,
 }
 
@@ -371,6 +372,7 @@ async fn answered<B: http_body::Body>(
     let epoch = text(EPOCH_HEADER).and_then(|v| v.parse().ok());
     let pod = text(headers::POD.as_str()).unwrap_or_default();
     let handoff = text(HANDOFF_HEADER.as_str());
+    let takeover = text(TAKEOVER_HEADER.as_str());
     drop(parts);
     let Ok(body) = body.collect().await else {
         return Err(Outcome::Unknown("body cut".into()));
@@ -381,6 +383,7 @@ async fn answered<B: http_body::Body>(
             epoch,
             pod,
             handoff,
+            takeover,
             body: body.to_bytes(),
         }),
         _ => Err(Outcome::Unknown("malformed answer".into())),
@@ -408,6 +411,7 @@ pub async fn outcome<B: http_body::Body>(
         epoch: answer.epoch,
         pod: answer.pod,
         handoff: answer.handoff,
+        takeover: answer.takeover,
     }
 }
 
