@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Checks the Helm chart: lint, render with the default and the optional values, the chart's
-# CRD equals crds/, and the committed rendering (charts/rendered/, for review) is current.
+# Checks the Helm chart: lint, render with the default and the optional values (the dashboard's
+# ConfigMap among them), the chart's CRD equals crds/, and the committed rendering
+# (charts/rendered/, for review) is current.
 #   charts/check.sh           check
 #   charts/check.sh --update  rewrite charts/rendered/ and the chart's CRD copy
 set -euo pipefail
@@ -21,6 +22,18 @@ fi
 render --set metrics.serviceMonitor.enabled=true >/dev/null
 if render --set replicaCount=0 >/dev/null 2>&1; then
     echo "chart: values.schema.json accepted replicaCount=0" >&2; exit 1
+fi
+# The dashboard's ConfigMap, only when enabled, with the sidecar's label (its JSON is checked
+# against the exported metrics by e2e/tests/dashboard.rs).
+if ! render --set dashboard.enabled=true --show-only templates/dashboard-configmap.yaml \
+    | grep -qx '    grafana_dashboard: "1"'; then
+    echo "chart: dashboard.enabled=true rendered no ConfigMap labelled grafana_dashboard: \"1\"" >&2; exit 1
+fi
+if render | grep -q 'grafana_dashboard'; then
+    echo "chart: the default rendering has the dashboard, which is off by default" >&2; exit 1
+fi
+if render --set dashboard.enabled=yes >/dev/null 2>&1; then
+    echo "chart: values.schema.json accepted dashboard.enabled=yes" >&2; exit 1
 fi
 if ! cmp -s crds/statefulservices.locus.dev.yaml "$chart/crds/statefulservices.locus.dev.yaml"; then
     echo "chart: $chart/crds is stale: run charts/check.sh --update" >&2; exit 1
