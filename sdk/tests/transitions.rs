@@ -111,7 +111,9 @@ async fn verdict(cluster: &HttpCluster, load: Load, operator: &Operator) -> Verd
     let ops = history.ops();
     let mut verdict = checker::check(&ops, &finals, &[]);
     checker::first_touches(&ops, &operator.log, &keys, &mut verdict);
-    verdict.announced = checker::takeovers_announced(&ops, &operator.log, &keys, &mut verdict);
+    let window = options().config.handoff_deadline;
+    verdict.announced =
+        checker::takeovers_announced(&ops, &operator.log, &keys, window, &mut verdict);
     verdict.takeover_headers = checker::takeover_headers(&ops);
     verdict
 }

@@ -63,14 +63,23 @@ pub(crate) async fn ensure(
     ring: &Arc<Ring>,
     key: &[u8],
 ) -> Result<Option<TouchPath>, TouchError> {
-    let Some(ring) = state.takeover_ring(ring, key) else {
+    let newest = state
+        .takeover_ring(ring, key)
+        .filter(|switch| plan::gained_from(switch, &state.pod, key).is_some())
+        .map(|switch| {
+            let epoch = state.epoch(switch.version());
+            (switch, epoch)
+        });
+    // Gained in an earlier Switch, still under its deadline, and not touched
+    // before a newer Switch arrived: taken over under that one (its previous
+    // owner is fenced: a newer step began only after it settled).
+    let Some((switch, epoch)) = newest.or_else(|| state.earlier_switch(ring, key)) else {
         return adopt_parked(state, ring, key).await;
     };
-    let ring = ring.as_ref();
+    let ring = switch.as_ref();
     let Some(previous) = plan::gained_from(ring, &state.pod, key) else {
         return Ok(None);
     };
-    let epoch = state.epoch(ring.version());
     if state.settled.contains(epoch, key) || state.store.version_of(key).await.is_some() {
         return Ok(None);
     }
@@ -379,9 +388,12 @@ pub(crate) fn take_over(state: &HandoffState, epoch: u64, key: &[u8], path: Take
     state.tombstones.take(key);
     let new = state.settled.mark(epoch, key);
     if new {
-        state.moved.count(epoch, path, Instant::now());
-        state.unserved.insert(key, epoch, path);
         state.metrics.takeover(path);
+        // Announced to the first request only while the transition's report
+        // can still count it as served.
+        if state.moved.count(epoch, path, Instant::now()) {
+            state.unserved.insert(key, epoch, path);
+        }
     }
     new
 }

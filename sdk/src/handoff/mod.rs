@@ -168,6 +168,9 @@ impl Default for HandoffConfig {
     }
 }
 
+/// How many earlier Switch rings a pod keeps for late takeovers.
+const EARLIER_SWITCHES: usize = 3;
+
 /// What the handoff endpoints, the driver and the session layer of one pod
 /// share.
 pub(crate) struct HandoffState {
@@ -195,6 +198,10 @@ pub(crate) struct HandoffState {
     /// the version of the first ring of its step this pod saw (the step's
     /// *epoch*: a Switch published again at a new version is the same step).
     switch: Mutex<Option<(Arc<Ring>, u64)>>,
+    /// The Switch rings of the steps before it (newest last, a few), with
+    /// their epochs: a key gained in one and not touched before the next
+    /// step began is still taken over under it until its deadline.
+    earlier: Mutex<Vec<(Arc<Ring>, u64)>>,
     /// Transfer answers whose write-through failed, or has not succeeded
     /// yet, since the drain last wrote the outbox through: the pod does not
     /// report drained until it could.
@@ -239,6 +246,7 @@ impl HandoffState {
             unserved,
             seen: Mutex::new(BTreeMap::new()),
             switch: Mutex::new(None),
+            earlier: Mutex::new(Vec::new()),
             rings: Mutex::new([None, None]),
             unpersisted: std::sync::atomic::AtomicU64::new(0),
         }
@@ -268,6 +276,12 @@ impl HandoffState {
                     let start = if ring.same_step(h) {
                         *start
                     } else {
+                        let mut earlier =
+                            self.earlier.lock().unwrap_or_else(PoisonError::into_inner);
+                        earlier.push((Arc::clone(h), *start));
+                        if earlier.len() > EARLIER_SWITCHES {
+                            earlier.remove(0);
+                        }
                         ring.version()
                     };
                     *held = Some((Arc::clone(ring), start));
@@ -287,6 +301,33 @@ impl HandoffState {
         drop(held);
         let deadline = self.first_seen(switch.version()) + self.config.handoff_deadline;
         (tokio::time::Instant::now() < deadline).then_some(switch)
+    }
+
+    /// An earlier Switch (see [`takeover_ring`](Self::takeover_ring)) in
+    /// which this pod gained `key` and still owns it under `ring`, while its
+    /// handoff deadline runs, with its epoch; the newest such.
+    pub(crate) fn earlier_switch(&self, ring: &Ring, key: &[u8]) -> Option<(Arc<Ring>, u64)> {
+        if ring.owner(key).pod.name != self.pod {
+            return None;
+        }
+        let candidates: Vec<(Arc<Ring>, u64)> = self
+            .earlier
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .rev()
+            .filter(|(switch, _)| {
+                switch.version() < ring.version()
+                    && crate::driver::plan::gained_from(switch, &self.pod, key).is_some()
+            })
+            .cloned()
+            .collect();
+        let now = tokio::time::Instant::now();
+        let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        candidates.into_iter().find(|(switch, _)| {
+            seen.get(&switch.version())
+                .is_some_and(|at| now < *at + self.config.handoff_deadline)
+        })
     }
 
     /// The epoch of the Switch of ring `version`: the version of the first

@@ -173,7 +173,8 @@ impl MovedTally {
     /// One key taken over under the `Switch` epoch (or the ring version, for
     /// a promotion outside a Switch) `epoch`, by `path`. The caller counts
     /// each key once per epoch ([`Settled::mark`](super::keeping::Settled::mark)).
-    pub(crate) fn count(&self, epoch: u64, path: TakeoverPath, now: Instant) {
+    /// False if the transition's report is final already (not counted).
+    pub(crate) fn count(&self, epoch: u64, path: TakeoverPath, now: Instant) -> bool {
         let notify = {
             let mut inner = self.lock();
             let transition = match inner.find(epoch) {
@@ -186,7 +187,7 @@ impl MovedTally {
                         counts: MovedSessions::default(),
                     });
                     let Some(t) = inner.transitions.back_mut() else {
-                        return;
+                        return false;
                     };
                     t
                 }
@@ -196,7 +197,7 @@ impl MovedTally {
                 // a promotion this late is logged, not counted into a report
                 // the operator may already have summed.
                 tracing::debug!(epoch, %path, "takeover after the transition's report was final");
-                return;
+                return false;
             }
             transition.counts.count(path);
             transition.settled_by.is_some()
@@ -204,6 +205,7 @@ impl MovedTally {
         if notify {
             self.changed.notify_one();
         }
+        true
     }
 
     /// The first request served for a key taken over under `epoch` by `path`.
@@ -367,7 +369,7 @@ mod tests {
         assert_eq!(totals(&tally.report(), 12), (2, 2, ReportState::Final));
         assert_eq!(tally.next_deadline(), None);
         // Final counts no longer change.
-        tally.count(11, TakeoverPath::Absent, t0);
+        assert!(!tally.count(11, TakeoverPath::Absent, t0));
         assert_eq!(totals(&tally.report(), 12), (2, 2, ReportState::Final));
     }
 

@@ -42,6 +42,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -480,15 +481,20 @@ pub fn takeover_headers(ops: &[Op]) -> BTreeMap<u64, (u64, u64)> {
 
 /// For each transition, each session whose owner changed in it and that was
 /// written before: the first append the new owner acknowledged after the
-/// switch (lowest version) must say it is the first answer after a takeover
-/// (`x-locus-takeover`), unless an earlier request of the session to it got
-/// no answer (it may have carried the header). A pod that makes a moved
-/// session resident by a path it does not count fails this. Returns how
-/// many such first answers were checked.
+/// switch (lowest version), or a request that ran alongside it, must say it
+/// is the first answer after a takeover (`x-locus-takeover`), unless a
+/// request of the session then got no answer (it may have carried the
+/// header). Only first answers received
+/// within `window` of the switch are checked: a pod counts takeovers until
+/// the handoff deadline after it saw the Switch, then its report is final
+/// and it announces no more. A pod that makes a moved session resident by a
+/// path it does not count fails this. Returns how many such first answers
+/// were checked.
 pub fn takeovers_announced(
     ops: &[Op],
     transitions: &[TransitionRecord],
     keys: &[Vec<u8>],
+    window: Duration,
     verdict: &mut Verdict,
 ) -> usize {
     let mut checked = 0;
@@ -508,7 +514,8 @@ pub fn takeovers_announced(
             // The previous owner's last answer, then the new owner's first
             // one after it (requests that started before the switch
             // included: routing may have moved them).
-            let Some((last_version, _, last)) = acks(previous).max_by_key(|(v, _, _)| *v) else {
+            let Some((last_version, _, last)) = acks(previous.clone()).max_by_key(|(v, _, _)| *v)
+            else {
                 continue;
             };
             let Some((version, takeover, first)) = acks(owner.clone())
@@ -517,16 +524,44 @@ pub fn takeovers_announced(
             else {
                 continue;
             };
-            let unanswered_before = ops.iter().any(|o| {
+            if first.ended >= t.switched_at + window {
+                continue;
+            }
+            // The header goes to the first request that gets past the
+            // takeover, which need not be the first to write: requests
+            // that ran alongside the first answer count too, and one that
+            // got no answer may have carried it.
+            let announced = takeover.is_some()
+                || acks(owner.clone())
+                    .any(|(_, takeover, o)| takeover.is_some() && o.started <= first.ended);
+            let unanswered = ops.iter().any(|o| {
                 o.session == session
                     && matches!(o.outcome, Outcome::Unknown(_))
-                    && o.started < first.started
+                    && o.started <= first.ended
                     && o.ended > last.started
             });
             checked += 1;
-            if takeover.is_none() && !unanswered_before {
+            if !announced && !unanswered {
+                let history: Vec<String> = ops
+                    .iter()
+                    .filter(|o| o.session == session && o.ended > last.started)
+                    .map(|o| match &o.outcome {
+                        Outcome::Acked {
+                            pod,
+                            version,
+                            takeover,
+                            handoff,
+                            ..
+                        } => format!(
+                            "{pod} v{version} {takeover:?} {handoff:?} @{:?}",
+                            o.started.duration_since(t.switched_at)
+                        ),
+                        other => format!("{other:?}"),
+                    })
+                    .take(6)
+                    .collect();
                 verdict.violations.push(format!(
-                    "{} at version {}: session {session} moved to {owner}, whose first answer (version {version}) did not announce a takeover",
+                    "{} at version {}: session {session} moved to {owner}, whose first answer (version {version}) did not announce a takeover; after {previous}'s last: {history:?}",
                     t.kind,
                     t.switch.version()
                 ));
