@@ -39,16 +39,18 @@
 //! | `ring` | `{configMap, version, phase, shards, vnodes, publishedAt, ageSeconds, timedOut}`; `phase` is `stable`, `warm` or `switch`; `timedOut` lists steps that rolled forward on their timeout. `null` when there is no valid ring |
 //! | `ringProblem` | `{reason, message}` when `ring` is `null`: `reason` is `NotFound`, `MissingKey` or `Invalid` |
 //! | `slots[]` | `{index, state, pod, ready, shards, sharePercent, targetShards, previousShards, gaining, losing, successor, predecessor}`: `shards` under the current table, `sharePercent` of all shards (one decimal; the slots' shares add up to exactly 100), `targetShards` in `warm`, `previousShards` in `switch`, `gaining`/`losing` the shards this step moves, `successor`/`predecessor` pod names |
-//! | `pods[]` | `{name, slot, ringRole, phase, ready, terminating, restarts, node, ip, ageSeconds, progress: {observed, warmed, drained}, movedSessions: {version, warm, cold}, unreadableAnnotations}`; `ringRole` is `slot`, `successor`, `predecessor` or `none` |
+//! | `pods[]` | `{name, slot, ringRole, phase, ready, terminating, restarts, node, ip, ageSeconds, progress: {observed, warmed, drained}, movedSessions, movedReport, unreadableAnnotations}`; `ringRole` is `slot`, `successor`, `predecessor` or `none`; `movedSessions` is `{version, warm: {precopied, transferred, pushed, promoted, total}, cold: {absent, rolledForward, fencedLoad, total}, served: {warm, cold}}`, the pod's counts for the last finished transition (else its newest), `null` without; `movedReport` the state of that report: `counting`, `final`, `partial`, `missing` or `unreadable` |
 //! | `conditions[]` | `{type, status, reason, message, lastTransitionTime, sinceSeconds}` |
-//! | `lastTransition` | `{kind, fromVersion, toVersion, shardsMoved, startedAt, finishedAt, durationSeconds, finishedSecondsAgo, inProgress, warmHitPercent, movedSessions: {warm, cold, podsReported}}`: `status.lastTransition`, with the moved sessions summed from the pods' reports for `toVersion` |
+//! | `lastTransition` | `{kind, fromVersion, toVersion, shardsMoved, startedAt, finishedAt, durationSeconds, finishedSecondsAgo, inProgress, warmHitPercent, movedSessions, reports}`: `status.lastTransition`; `movedSessions` is the operator's sums over the pods expected to report (`{warm, cold, served, coldWhilePreviousAlive, coldPreviousGone, podsExpected, podsReported, pending, missing, final}`, `null` while the transition runs); `warmHitPercent` is set only once `final`; `reports` is the reason of the `MovedSessionsReported` condition (`Complete`, `Pending`, `ReportsMissing`, `TransitionInProgress`) |
 //! | `warnings[]` | `{kind, subject, message}`; kinds in [`warnings`] |
 //!
 //! # Text
 //!
 //! Sections: a header (service, ring version and phase, transition phase, replicas,
 //! revision), `Slots` (with each pod's `OBS`/`WARM`/`DRAIN` reported versions while a
-//! transition runs), `Pods`, `Conditions`, the last transition and `Warnings`. The width is
+//! transition runs), `Pods`, `Conditions`, the last transition (warm % only once every pod's
+//! report is final, else `pending (N of M pods final)` or `reports missing: pod…`, and each
+//! pod's report: state, warm, cold and the cold paths) and `Warnings`. The width is
 //! `$COLUMNS` when set (at least 60), else 80.
 
 pub mod args;

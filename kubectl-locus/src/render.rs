@@ -452,6 +452,36 @@ fn pod_status(pod: &PodRow) -> String {
     }
 }
 
+/// Each pod's report of the sessions it took over in the last finished transition: its state
+/// and warm/cold counts.
+fn pod_reports(report: &StatusReport, out: &mut String, width: usize) {
+    let mut table = Table::new(vec![
+        Column::shrinking("POD", Cut::Middle, 12),
+        Column::left("REPORT"),
+        Column::right("WARM"),
+        Column::right("COLD"),
+        Column::right("ABSENT"),
+        Column::right("ROLLED-FWD"),
+        Column::right("FENCED-LOAD"),
+    ]);
+    let count = |n: Option<u64>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
+    for pod in &report.pods {
+        let m = pod.moved_sessions.as_ref();
+        table.row(vec![
+            pod.name.clone(),
+            pod.moved_report.as_str().to_owned(),
+            count(m.map(|m| m.warm.total)),
+            count(m.map(|m| m.cold.total)),
+            count(m.map(|m| m.cold.absent)),
+            count(m.map(|m| m.cold.rolled_forward)),
+            count(m.map(|m| m.cold.fenced_load)),
+        ]);
+    }
+    for line in table.render(width) {
+        let _ = writeln!(out, "{line}");
+    }
+}
+
 fn pods(report: &StatusReport, out: &mut String, width: usize) {
     let _ = writeln!(out, "\nPods");
     if report.pods.is_empty() {
@@ -523,6 +553,34 @@ fn took(t: &TransitionSummary) -> String {
     }
 }
 
+/// The warm-hit figure: the operator's, only once every pod reported final counts; else
+/// what holds it back.
+fn warm_hit(t: &TransitionSummary) -> String {
+    let Some(m) = t.moved_sessions.as_ref() else {
+        return "pending (no report summed yet)".to_owned();
+    };
+    if m.r#final {
+        return match t.warm_hit_percent {
+            Some(percent) => format!(
+                "{percent:.1}% of {} moved sessions (final reports of {} pods)",
+                m.warm.total.saturating_add(m.cold.total),
+                m.pods_expected
+            ),
+            None => format!(
+                "no session moved (final reports of {} pods)",
+                m.pods_expected
+            ),
+        };
+    }
+    if t.reports.as_deref() == Some("ReportsMissing") && !m.missing.is_empty() {
+        return format!("reports missing: {}", m.missing.join(", "));
+    }
+    format!(
+        "pending ({} of {} pods final)",
+        m.pods_reported, m.pods_expected
+    )
+}
+
 fn last_transition(report: &StatusReport, out: &mut String, width: usize) {
     let Some(t) = &report.last_transition else {
         return;
@@ -543,26 +601,31 @@ fn last_transition(report: &StatusReport, out: &mut String, width: usize) {
         None => took(t),
     };
     field(out, "Duration", &when, width);
-    // The operator's figure is taken once every pod of the final ring has reported; the
-    // pods' counts keep growing with late takeovers.
-    if let Some(percent) = t.warm_hit_percent {
-        field(
-            out,
-            "Warm hit",
-            &format!("{percent:.1}% of moved sessions (status, when all pods had reported)"),
-            width,
-        );
+    if !t.in_progress {
+        field(out, "Warm hit", &warm_hit(t), width);
     }
-    if let Some(m) = &t.moved_sessions {
+    if let Some(m) = t.moved_sessions.as_ref().filter(|_| !t.in_progress) {
+        let (w, c) = (&m.warm, &m.cold);
         field(
             out,
             "Moved sessions",
             &format!(
-                "{} warm, {} cold (now, as {} pods report them)",
-                m.warm, m.cold, m.pods_reported
+                "warm {} (precopied {}, transferred {}, pushed {}, promoted {}), cold {} (absent {}, rolled forward {}, fenced load {})",
+                w.total,
+                w.precopied,
+                w.transferred,
+                w.pushed,
+                w.promoted,
+                c.total,
+                c.absent,
+                c.rolled_forward,
+                c.fenced_load
             ),
             width,
         );
+    }
+    if !t.in_progress && !report.pods.is_empty() {
+        pod_reports(report, out, width);
     }
     if let Some(ring) = report.ring.as_ref().filter(|r| !r.timed_out.is_empty()) {
         field(
@@ -644,17 +707,24 @@ ledger-0-aaaaa  0     Running  yes           2  1m40s  node-a  10.0.0.1
 ledger-1-bbbbb  1     Running  yes           2  1m40s  node-a  10.0.0.2
 
 Conditions
-TYPE         STATUS  REASON           SINCE  MESSAGE
-Available    True    AllShardsServed  1m00s  every shard is owned by a slot
-                                             whose pod is Ready
-Progressing  False   Converged        50s    2 slots of revision abc serve a
-                                             stable ring
-Degraded     False   AsExpected       1m30s  nothing needs attention
+TYPE                   STATUS  REASON           SINCE  MESSAGE
+Available              True    AllShardsServed  1m00s  every shard is owned by a
+                                                       slot whose pod is Ready
+Progressing            False   Converged        50s    2 slots of revision abc
+                                                       serve a stable ring
+Degraded               False   AsExpected       1m30s  nothing needs attention
+MovedSessionsReported  True    Complete         20s    ring version 3: all 2
+                                                       pods reported final
+                                                       counts
 
 Last transition  ScaleUp, ring version 1 -> 3, 3 shards moved
 Duration         20s, finished 50s ago
-Warm hit         90.0% of moved sessions (status, when all pods had reported)
-Moved sessions   9 warm, 1 cold (now, as 2 pods report them)
+Warm hit         90.0% of 10 moved sessions (final reports of 2 pods)
+Moved sessions   warm 9 (precopied 0, transferred 0, pushed 9, promoted 0), cold
+                 1 (absent 1, rolled forward 0, fenced load 0)
+POD             REPORT  WARM  COLD  ABSENT  ROLLED-FWD  FENCED-LOAD
+ledger-0-aaaaa  final      0     0       0           0            0
+ledger-1-bbbbb  final      9     1       1           0            0
 
 Warnings
 (none)
@@ -848,6 +918,98 @@ Warnings
         assert!(super::text(&report, 80).contains("Duration         under 1s, finished 50s ago"));
     }
 
+    /// `stable()` with the last transition's reports not final: `reason` of the condition,
+    /// pod b's report in `state`, pod a's annotation `a_annotation` (`None`: removed).
+    fn not_final(reason: &str, b_state: &str, a_annotation: Option<&str>) -> StatusReport {
+        let mut objects = stable();
+        let status = objects.service.status.as_mut().unwrap();
+        let last = status.last_transition.as_mut().unwrap();
+        last.warm_hit_percent = None;
+        let moved = last.moved_sessions.as_mut().unwrap();
+        moved.r#final = false;
+        moved.pods_reported = 0;
+        moved.cold.rolled_forward = 2;
+        moved.cold.total = 3;
+        moved.pending = vec!["ledger-1-bbbbb".to_owned()];
+        moved.missing = vec!["ledger-0-aaaaa".to_owned()];
+        let condition = status
+            .conditions
+            .iter_mut()
+            .find(|c| c.type_ == "MovedSessionsReported")
+            .unwrap();
+        condition.status = "False".to_owned();
+        condition.reason = reason.to_owned();
+        let annotations = |p: &mut k8s_openapi::api::core::v1::Pod| {
+            p.metadata.annotations.get_or_insert_default().clone()
+        };
+        for pod in &mut objects.pods {
+            let mut a = annotations(pod);
+            if pod.metadata.name.as_deref() == Some("ledger-1-bbbbb") {
+                a.insert(
+                    "locus.dev/moved-sessions".to_owned(),
+                    format!(r#"{{"3":{{"warm":{{"pushed":9}},"cold":{{"absent":1,"rolledForward":2}},"state":"{b_state}"}}}}"#),
+                );
+            } else {
+                match a_annotation {
+                    Some(text) => a.insert("locus.dev/moved-sessions".to_owned(), text.to_owned()),
+                    None => a.remove("locus.dev/moved-sessions"),
+                };
+            }
+            pod.metadata.annotations = Some(a);
+        }
+        build(&objects, now())
+    }
+
+    #[test]
+    fn reports_not_final_show_pending_or_missing_and_never_a_figure() {
+        let report = not_final("Pending", "counting", None);
+        let shown = super::text(&report, 80);
+        assert_fits(&shown, 80);
+        assert!(
+            shown.contains("Warm hit         pending (0 of 2 pods final)\n"),
+            "{shown}"
+        );
+        assert!(shown.contains("ledger-0-aaaaa  missing      -"), "{shown}");
+        assert!(shown.contains("ledger-1-bbbbb  counting     9"), "{shown}");
+        // Missing is said only once the operator gave up waiting; cold takeovers at once.
+        let kinds: Vec<_> = report.warnings.iter().map(|w| w.kind).collect();
+        assert_eq!(
+            kinds,
+            [crate::warnings::WarningKind::ColdTakeovers],
+            "{kinds:?}"
+        );
+        assert!(report.warnings[0].message.contains("rolled forward 2"));
+
+        let report = not_final("ReportsMissing", "partial", Some("{"));
+        let shown = super::text(&report, 80);
+        assert_fits(&shown, 80);
+        assert!(
+            shown.contains("Warm hit         reports missing: ledger-0-aaaaa\n"),
+            "{shown}"
+        );
+        assert!(shown.contains("ledger-0-aaaaa  unreadable"), "{shown}");
+        assert!(shown.contains("ledger-1-bbbbb  partial"), "{shown}");
+        let named: Vec<_> = report
+            .warnings
+            .iter()
+            .filter(|w| w.kind == crate::warnings::WarningKind::MovedSessionsMissing)
+            .map(|w| w.subject.as_deref().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            named,
+            ["ledger-0-aaaaa", "ledger-1-bbbbb"],
+            "{:?}",
+            report.warnings
+        );
+        let value: serde_json::Value = serde_json::from_str(&json(&report).unwrap()).unwrap();
+        assert_eq!(value["pods"][1]["movedReport"], "partial");
+        assert_eq!(value["lastTransition"]["reports"], "ReportsMissing");
+        assert_eq!(
+            value["lastTransition"]["warmHitPercent"],
+            serde_json::Value::Null
+        );
+    }
+
     #[test]
     fn durations_read_like_kubectl_ages() {
         assert_eq!(human_duration(4.24), "4.2s");
@@ -913,7 +1075,12 @@ Warnings
                 "ready": true, "terminating": false, "restarts": 2, "node": "node-a",
                 "ip": "10.0.0.2", "ageSeconds": 100,
                 "progress": {"observed": 3, "warmed": null, "drained": null},
-                "movedSessions": {"version": 3, "warm": 9, "cold": 1},
+                "movedSessions": {"version": 3,
+                    "warm": {"precopied": 0, "transferred": 0, "pushed": 9, "promoted": 0,
+                             "total": 9},
+                    "cold": {"absent": 1, "rolledForward": 0, "fencedLoad": 0, "total": 1},
+                    "served": {"warm": 0, "cold": 0}},
+                "movedReport": "final",
                 "unreadableAnnotations": [],
             })
         );
@@ -926,7 +1093,15 @@ Warnings
                 "startedAt": "2030-01-01T00:00:30Z", "finishedAt": "2030-01-01T00:00:50Z",
                 "durationSeconds": 20.0, "finishedSecondsAgo": 50, "inProgress": false,
                 "warmHitPercent": 90.0,
-                "movedSessions": {"warm": 9, "cold": 1, "podsReported": 2},
+                "movedSessions": {
+                    "warm": {"precopied": 0, "transferred": 0, "pushed": 9, "promoted": 0,
+                             "total": 9},
+                    "cold": {"absent": 1, "rolledForward": 0, "fencedLoad": 0, "total": 1},
+                    "served": {"warm": 8, "cold": 1},
+                    "coldWhilePreviousAlive": 1, "coldPreviousGone": 0,
+                    "podsExpected": 2, "podsReported": 2, "pending": [], "missing": [],
+                    "final": true},
+                "reports": "Complete",
             })
         );
         assert_eq!(value["warnings"], serde_json::json!([]));

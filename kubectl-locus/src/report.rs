@@ -8,9 +8,12 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::jiff::Timestamp;
-use locus::progress::{MovedSessions, Progress};
+use locus::progress::{MovedReport, MovedSessions, Progress, ReportState};
 use locus::ring::{Phase as RingPhase, Ring, RingDocument, SlotState, Transition, annotations};
-use locus_operator::crd::{Phase, TransitionKind, TransitionRecord};
+use locus_operator::crd::{
+    ColdSessions, MOVED_SESSIONS_REPORTED, MovedSessionsSummary, Phase, ServedSessions,
+    TransitionKind, TransitionRecord, WarmSessions,
+};
 use locus_operator::plan::{LABEL_SLOT, ObserveError, PublishedRing, published_ring};
 use serde::Serialize;
 
@@ -191,8 +194,11 @@ pub struct PodRow {
     pub age_seconds: Option<i64>,
     /// The ring versions it reported (annotations `locus.dev/*-ring-version`).
     pub progress: ProgressRow,
-    /// Its `locus.dev/moved-sessions` report.
+    /// Its `locus.dev/moved-sessions` counts for the last finished transition (`toVersion`),
+    /// else for the newest transition it reported; `None` without such counts.
     pub moved_sessions: Option<MovedSessionsRow>,
+    /// The state of its report for that transition.
+    pub moved_report: MovedReportState,
     /// Progress annotations present but not readable (their names).
     pub unreadable_annotations: Vec<String>,
 }
@@ -211,6 +217,12 @@ pub struct ProgressRow {
 
 impl From<Progress> for ProgressRow {
     fn from(progress: Progress) -> Self {
+        Self::from(&progress)
+    }
+}
+
+impl From<&Progress> for ProgressRow {
+    fn from(progress: &Progress) -> Self {
         Self {
             observed: progress.observed,
             warmed: progress.warmed,
@@ -219,25 +231,143 @@ impl From<Progress> for ProgressRow {
     }
 }
 
-/// A pod's report of the sessions it took over in one transition.
+/// The operator's sums of the sessions the pods took over in the last transition
+/// (`status.lastTransition.movedSessions`, with every field present).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MovedSessionsTotal {
+    /// Sessions that arrived with their state, by path.
+    pub warm: WarmSessions,
+    /// Sessions first served without it, by path.
+    pub cold: ColdSessions,
+    /// Of those, the sessions a request was served for.
+    pub served: ServedSessions,
+    /// Cold takeovers while the previous owner was alive.
+    pub cold_while_previous_alive: u64,
+    /// Cold takeovers without an answer from a previous owner that was gone.
+    pub cold_previous_gone: u64,
+    /// Pods expected to report.
+    pub pods_expected: u32,
+    /// Of those, pods that reported final counts.
+    pub pods_reported: u32,
+    /// Pods whose counts may still change.
+    pub pending: Vec<String>,
+    /// Pods whose report is missing, partial or unreadable.
+    pub missing: Vec<String>,
+    /// Every expected pod reported final counts.
+    pub r#final: bool,
+}
+
+impl From<MovedSessionsSummary> for MovedSessionsTotal {
+    fn from(m: MovedSessionsSummary) -> Self {
+        Self {
+            warm: m.warm,
+            cold: m.cold,
+            served: m.served,
+            cold_while_previous_alive: m.cold_while_previous_alive,
+            cold_previous_gone: m.cold_previous_gone,
+            pods_expected: m.pods_expected,
+            pods_reported: m.pods_reported,
+            pending: m.pending,
+            missing: m.missing,
+            r#final: m.r#final,
+        }
+    }
+}
+
+/// The state of a pod's report of the sessions it took over in a transition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum MovedReportState {
+    /// Its counts may still change (its handoff deadline runs).
+    Counting,
+    /// Its counts are complete.
+    Final,
+    /// It restarted during the transition: its counts miss what it took over before.
+    Partial,
+    /// It reported nothing for the transition.
+    Missing,
+    /// Its annotation cannot be read.
+    Unreadable,
+}
+
+impl MovedReportState {
+    /// Lower-case name, for the text output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Counting => "counting",
+            Self::Final => "final",
+            Self::Partial => "partial",
+            Self::Missing => "missing",
+            Self::Unreadable => "unreadable",
+        }
+    }
+}
+
+/// A pod's report of the sessions it took over in one transition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MovedSessionsRow {
     /// The Stable ring version that completed the transition.
     pub version: u64,
-    /// Sessions that arrived with their state.
-    pub warm: u64,
-    /// Sessions first served without it.
-    pub cold: u64,
+    /// Sessions that arrived with their state, by path.
+    pub warm: WarmSessions,
+    /// Sessions first served without it, by path.
+    pub cold: ColdSessions,
+    /// Of those, the sessions a request was served for.
+    pub served: ServedSessions,
 }
 
-impl From<MovedSessions> for MovedSessionsRow {
-    fn from(moved: MovedSessions) -> Self {
+impl From<&MovedSessions> for MovedSessionsRow {
+    fn from(moved: &MovedSessions) -> Self {
+        let (w, c) = (&moved.warm, &moved.cold);
         Self {
             version: moved.version,
-            warm: moved.warm,
-            cold: moved.cold,
+            warm: WarmSessions {
+                precopied: w.precopied,
+                transferred: w.transferred,
+                pushed: w.pushed,
+                promoted: w.promoted,
+                total: w.total(),
+            },
+            cold: ColdSessions {
+                absent: c.absent,
+                rolled_forward: c.rolled_forward,
+                fenced_load: c.fenced_load,
+                total: c.total(),
+            },
+            served: ServedSessions {
+                warm: moved.served.warm,
+                cold: moved.served.cold,
+            },
         }
+    }
+}
+
+/// A pod's counts for the transition completed by `version` (else its newest), and the state
+/// of that report.
+fn moved_row(
+    report: Option<&MovedReport>,
+    unreadable: bool,
+    version: Option<u64>,
+) -> (Option<MovedSessionsRow>, MovedReportState) {
+    if unreadable {
+        return (None, MovedReportState::Unreadable);
+    }
+    let counts = report.and_then(|r| match version {
+        Some(v) => r.get(v),
+        None => r.latest(),
+    });
+    match counts {
+        None => (None, MovedReportState::Missing),
+        Some(m) => (
+            Some(m.into()),
+            match m.state {
+                ReportState::Final => MovedReportState::Final,
+                ReportState::Partial => MovedReportState::Partial,
+                ReportState::Counting => MovedReportState::Counting,
+            },
+        ),
     }
 }
 
@@ -283,23 +413,14 @@ pub struct TransitionSummary {
     /// It has not finished.
     pub in_progress: bool,
     /// Percentage of the moved sessions that arrived with their state (the operator's
-    /// figure, `status.lastTransition.warmHitPercent`).
+    /// figure, `status.lastTransition.warmHitPercent`, set only from final reports).
     pub warm_hit_percent: Option<f64>,
-    /// Moved sessions summed from the pods' `locus.dev/moved-sessions` reports for
-    /// `toVersion`; `None` if no pod reported any.
+    /// The operator's sums of the pods' reports for `toVersion`
+    /// (`status.lastTransition.movedSessions`); `None` while the transition runs.
     pub moved_sessions: Option<MovedSessionsTotal>,
-}
-
-/// Moved sessions summed over the pods that reported them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MovedSessionsTotal {
-    /// Sessions that arrived with their state.
-    pub warm: u64,
-    /// Sessions first served without it.
-    pub cold: u64,
-    /// Pods whose report counted.
-    pub pods_reported: usize,
+    /// The operator's `MovedSessionsReported` condition reason (`Complete`, `Pending`,
+    /// `ReportsMissing`, `TransitionInProgress`), if it wrote one.
+    pub reports: Option<String>,
 }
 
 /// Splits 100 % among slots in proportion to `counts` (shards per slot), in tenths of a
@@ -356,11 +477,10 @@ pub fn progress_of(pod: &Pod) -> (Progress, Vec<String>) {
     let observed = version(annotations::OBSERVED_RING_VERSION);
     let warmed = version(annotations::WARMED_RING_VERSION);
     let drained = version(annotations::DRAINED_RING_VERSION);
-    let moved =
-        annotation::<MovedSessions>(pod, annotations::MOVED_SESSIONS).unwrap_or_else(|()| {
-            unreadable.push(annotations::MOVED_SESSIONS.to_owned());
-            None
-        });
+    let moved = annotation::<MovedReport>(pod, annotations::MOVED_SESSIONS).unwrap_or_else(|()| {
+        unreadable.push(annotations::MOVED_SESSIONS.to_owned());
+        None
+    });
     (
         Progress {
             observed,
@@ -398,7 +518,9 @@ fn role_in(ring: Option<&Ring>, name: &str) -> (RingRole, Option<u16>) {
     (RingRole::None, None)
 }
 
-fn pod_row(pod: &Pod, ring: Option<&Ring>, now: Timestamp) -> PodRow {
+/// The row of `pod`; `moved_version`: the transition whose moved sessions to show (the last
+/// finished one), else the pod's newest.
+fn pod_row(pod: &Pod, ring: Option<&Ring>, now: Timestamp, moved_version: Option<u64>) -> PodRow {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let (ring_role, ring_slot) = role_in(ring, &name);
     let label_slot = pod
@@ -409,6 +531,11 @@ fn pod_row(pod: &Pod, ring: Option<&Ring>, now: Timestamp) -> PodRow {
         .and_then(|s| s.parse().ok());
     let status = pod.status.as_ref();
     let (progress, unreadable_annotations) = progress_of(pod);
+    let unreadable_moved = unreadable_annotations
+        .iter()
+        .any(|a| a == annotations::MOVED_SESSIONS);
+    let (moved_sessions, moved_report) =
+        moved_row(progress.moved.as_ref(), unreadable_moved, moved_version);
     PodRow {
         slot: ring_slot.or(label_slot),
         ring_role,
@@ -425,8 +552,9 @@ fn pod_row(pod: &Pod, ring: Option<&Ring>, now: Timestamp) -> PodRow {
             .creation_timestamp
             .as_ref()
             .map(|t| seconds_since(now, t.0)),
-        progress: progress.into(),
-        moved_sessions: progress.moved.map(Into::into),
+        progress: (&progress).into(),
+        moved_sessions,
+        moved_report,
         unreadable_annotations,
         name,
     }
@@ -524,14 +652,13 @@ fn read_ring(
     })
 }
 
-/// The last transition as the status records it, with the moved sessions the pods reported
-/// for its final ring version.
-fn transition_summary(t: &TransitionRecord, pods: &[PodRow], now: Timestamp) -> TransitionSummary {
-    let reports: Vec<MovedSessionsRow> = pods
-        .iter()
-        .filter_map(|p| p.moved_sessions)
-        .filter(|m| m.version == t.to_version)
-        .collect();
+/// The last transition as the status records it, with the operator's sums of the moved
+/// sessions and the reason of its `MovedSessionsReported` condition.
+fn transition_summary(
+    t: &TransitionRecord,
+    reports: Option<String>,
+    now: Timestamp,
+) -> TransitionSummary {
     let running = t.finished_at.is_none();
     #[allow(
         clippy::cast_precision_loss,
@@ -549,11 +676,8 @@ fn transition_summary(t: &TransitionRecord, pods: &[PodRow], now: Timestamp) -> 
         finished_seconds_ago: t.finished_at.as_ref().map(|f| seconds_since(now, f.0)),
         in_progress: running,
         warm_hit_percent: t.warm_hit_percent,
-        moved_sessions: (!reports.is_empty()).then(|| MovedSessionsTotal {
-            warm: reports.iter().map(|m| m.warm).sum(),
-            cold: reports.iter().map(|m| m.cold).sum(),
-            pods_reported: reports.len(),
-        }),
+        moved_sessions: t.moved_sessions.clone().map(Into::into),
+        reports,
     }
 }
 
@@ -568,10 +692,14 @@ pub fn build(objects: &Objects, now: Timestamp) -> StatusReport {
         Err(problem) => (None, Some(problem)),
     };
     let ring = published.as_ref().map(|p| &p.ring);
+    let record = status.and_then(|s| s.last_transition.as_ref());
+    let moved_version = record
+        .filter(|t| t.finished_at.is_some())
+        .map(|t| t.to_version);
     let mut pods: Vec<PodRow> = objects
         .pods
         .iter()
-        .map(|pod| pod_row(pod, ring, now))
+        .map(|pod| pod_row(pod, ring, now, moved_version))
         .collect();
     pods.sort_by(|a, b| (a.slot, &a.name).cmp(&(b.slot, &b.name)));
     let slots = ring.map(|r| slot_rows(r, &pods)).unwrap_or_default();
@@ -604,9 +732,14 @@ pub fn build(objects: &Objects, now: Timestamp) -> StatusReport {
                 .collect()
         })
         .unwrap_or_default();
-    let last_transition = status
-        .and_then(|s| s.last_transition.as_ref())
-        .map(|t| transition_summary(t, &pods, now));
+    let reports = status
+        .and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == MOVED_SESSIONS_REPORTED)
+        })
+        .map(|c| c.reason.clone());
+    let last_transition = record.map(|t| transition_summary(t, reports, now));
     let mut report = StatusReport {
         service: name,
         namespace,
@@ -749,12 +882,19 @@ pub(crate) mod tests {
                  "lastTransitionTime": "2030-01-01T00:00:50Z"},
                 {"type": "Degraded", "status": "False", "reason": "AsExpected",
                  "message": "nothing needs attention", "lastTransitionTime": "2030-01-01T00:00:10Z"},
+                {"type": "MovedSessionsReported", "status": "True", "reason": "Complete",
+                 "message": "ring version 3: all 2 pods reported final counts",
+                 "lastTransitionTime": "2030-01-01T00:01:20Z"},
             ],
             "currentRevision": "abc", "updateRevision": "abc",
             "lastTransition": {"kind": "ScaleUp", "fromVersion": 1, "toVersion": 3,
                 "shardsMoved": 3, "startedAt": "2030-01-01T00:00:30Z",
                 "finishedAt": "2030-01-01T00:00:50Z", "durationSeconds": 20.0,
-                "warmHitPercent": 90.0},
+                "warmHitPercent": 90.0,
+                "movedSessions": {"warm": {"pushed": 9, "total": 9},
+                    "cold": {"absent": 1, "total": 1}, "served": {"warm": 8, "cold": 1},
+                    "coldWhilePreviousAlive": 1, "podsExpected": 2, "podsReported": 2,
+                    "final": true}},
         })
     }
 
@@ -780,7 +920,10 @@ pub(crate) mod tests {
                     true,
                     &[
                         ("locus.dev/observed-ring-version", "3"),
-                        ("locus.dev/moved-sessions", "3:9:1"),
+                        (
+                            "locus.dev/moved-sessions",
+                            r#"{"3":{"warm":{"pushed":9},"cold":{"absent":1},"state":"final"}}"#,
+                        ),
                     ],
                 ),
                 pod(
@@ -789,7 +932,7 @@ pub(crate) mod tests {
                     true,
                     &[
                         ("locus.dev/observed-ring-version", "3"),
-                        ("locus.dev/moved-sessions", "3:0:0"),
+                        ("locus.dev/moved-sessions", r#"{"3":{"state":"final"}}"#),
                     ],
                 ),
             ],
@@ -854,16 +997,21 @@ pub(crate) mod tests {
         assert_eq!((pod.restarts, pod.age_seconds), (2, Some(100)));
         assert_eq!(pod.ip.as_deref(), Some("10.0.0.2"));
         assert_eq!(pod.progress.observed, Some(3));
-        // The moved sessions of the last transition, summed over the pods' reports.
-        let last = report.last_transition.as_ref().unwrap();
+        // Each pod's report for the last transition, and the operator's sums.
+        assert_eq!(pod.moved_report, MovedReportState::Final);
+        let moved = pod.moved_sessions.as_ref().unwrap();
         assert_eq!(
-            last.moved_sessions,
-            Some(MovedSessionsTotal {
-                warm: 9,
-                cold: 1,
-                pods_reported: 2
-            })
+            (moved.version, moved.warm.pushed, moved.cold.absent),
+            (3, 9, 1)
         );
+        let last = report.last_transition.as_ref().unwrap();
+        let sums = last.moved_sessions.as_ref().unwrap();
+        assert_eq!(
+            (sums.warm.total, sums.cold.total, sums.pods_reported),
+            (9, 1, 2)
+        );
+        assert!(sums.r#final);
+        assert_eq!(last.reports.as_deref(), Some("Complete"));
         assert_eq!(last.duration_seconds, Some(20.0));
         assert!(!last.in_progress);
         assert!(report.warnings.is_empty(), "{:?}", report.warnings);

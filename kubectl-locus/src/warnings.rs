@@ -10,7 +10,9 @@
 //! | `PodMissing` | the ring names a pod that does not exist |
 //! | `PodNotReady` | a pod of the service is not Ready (and not terminating) |
 //! | `ProgressMissing` / `ProgressBehind` | during a transition (ring `warm` or `switch`, version V): a pod the ring names has not reported `observed` ≥ V; in `warm`, a gaining pod or successor has not reported `warmed` ≥ V; in `switch`, a losing pod or predecessor has not reported `drained` ≥ V. Missing: no annotation; behind: a lower version |
-//! | `UnreadableAnnotation` | a progress annotation is not a number (or `V:warm:cold`) |
+//! | `UnreadableAnnotation` | a progress annotation is not a number (or not a moved-sessions report) |
+//! | `MovedSessionsMissing` | the last transition finished and a pod's report of the sessions it took over in it is partial (the pod restarted during it), or, once the operator says `ReportsMissing`, missing or unreadable: its warm-hit percentage stays unset |
+//! | `ColdTakeovers` | in the last finished transition, sessions were loaded without an answer from their previous owner (`rolledForward`, `fencedLoad` > 0) |
 //!
 //! Terminating pods get no readiness or progress warning: they are on their way out, and the
 //! operator treats a pod that is gone as fenced.
@@ -19,7 +21,7 @@ use serde::Serialize;
 
 use locus::ring::{Phase as RingPhase, SlotState, annotations};
 
-use crate::report::{PodRow, RingProblemReason, StatusReport};
+use crate::report::{MovedReportState, PodRow, RingProblemReason, StatusReport};
 
 /// Kinds of [`Warning`]; see the [module docs](self).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -39,6 +41,8 @@ pub enum WarningKind {
     ProgressMissing,
     ProgressBehind,
     UnreadableAnnotation,
+    MovedSessionsMissing,
+    ColdTakeovers,
 }
 
 /// One thing that needs attention.
@@ -104,6 +108,8 @@ pub fn warnings(report: &StatusReport) -> Vec<Warning> {
     service_warnings(report, &mut out);
     for condition in &report.conditions {
         let bad = match condition.type_.as_str() {
+            // Said by the moved-sessions warnings below (Unknown while a transition runs).
+            "MovedSessionsReported" => false,
             _ if condition.status == "Unknown" => true,
             "Available" => condition.status != "True",
             "Degraded" => condition.status == "True",
@@ -174,7 +180,68 @@ pub fn warnings(report: &StatusReport) -> Vec<Warning> {
         }
     }
     progress_warnings(report, &mut out);
+    moved_warnings(report, &mut out);
     out
+}
+
+/// Reports of the last finished transition that are missing, and cold takeovers in it.
+fn moved_warnings(report: &StatusReport, out: &mut Vec<Warning>) {
+    let Some(t) = report.last_transition.as_ref().filter(|t| !t.in_progress) else {
+        return;
+    };
+    let version = t.to_version;
+    let missing_said = t.reports.as_deref() == Some("ReportsMissing");
+    let expected: Vec<&str> = t
+        .moved_sessions
+        .iter()
+        .flat_map(|m| m.missing.iter().chain(&m.pending))
+        .map(String::as_str)
+        .collect();
+    for pod in &report.pods {
+        let why = match pod.moved_report {
+            MovedReportState::Partial => "partial (the pod restarted during the transition)",
+            MovedReportState::Missing if missing_said && expected.contains(&pod.name.as_str()) => {
+                "missing"
+            }
+            MovedReportState::Unreadable if missing_said => "unreadable",
+            _ => continue,
+        };
+        out.push(Warning::new(
+            WarningKind::MovedSessionsMissing,
+            Some(pod.name.clone()),
+            format!(
+                "pod {}: its report of the sessions it took over in the transition to ring version {version} is {why}: no warm-hit percentage",
+                pod.name
+            ),
+        ));
+    }
+    if missing_said {
+        // Expected pods that no longer exist are named by the operator only.
+        for name in &expected {
+            if !report.pods.iter().any(|p| p.name == *name) {
+                out.push(Warning::new(
+                    WarningKind::MovedSessionsMissing,
+                    Some((*name).to_owned()),
+                    format!(
+                        "pod {name} did not report the sessions it took over in the transition to ring version {version}: no warm-hit percentage"
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(m) = &t.moved_sessions {
+        let unanswered = m.cold.rolled_forward.saturating_add(m.cold.fenced_load);
+        if unanswered > 0 {
+            out.push(Warning::new(
+                WarningKind::ColdTakeovers,
+                None,
+                format!(
+                    "the transition to ring version {version} loaded {unanswered} sessions without their previous owner's answer (rolled forward {}, fenced load {}): they may miss changes their previous owner had not persisted",
+                    m.cold.rolled_forward, m.cold.fenced_load
+                ),
+            ));
+        }
+    }
 }
 
 fn service_warnings(report: &StatusReport, out: &mut Vec<Warning>) {

@@ -202,6 +202,7 @@ mod tests {
                 published_at: "2030-01-01T00:00:00Z".parse().unwrap(),
                 transition: None,
                 timed_out: Vec::new(),
+                reporters: Vec::new(),
             }),
         }
     }

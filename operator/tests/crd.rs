@@ -10,9 +10,9 @@
 use std::path::PathBuf;
 
 use locus_operator::crd::{
-    self, AVAILABLE, DEGRADED, PROGRESSING, Phase, PodFailurePolicy, StatefulService,
-    StatefulServiceSpec, StatefulServiceStatus, TransitionKind, TransitionRecord,
-    UpdateStrategyType, rules,
+    self, AVAILABLE, ColdSessions, DEGRADED, MovedSessionsSummary, PROGRESSING, Phase,
+    PodFailurePolicy, StatefulService, StatefulServiceSpec, StatefulServiceStatus, TransitionKind,
+    TransitionRecord, UpdateStrategyType, WarmSessions, rules,
 };
 use serde_json::{Value, json};
 
@@ -413,6 +413,22 @@ fn status_schema_enums() {
             "Reshard"
         ])
     );
+    let moved = &status["lastTransition"]["properties"]["movedSessions"]["properties"];
+    for field in [
+        "warm",
+        "cold",
+        "served",
+        "coldWhilePreviousAlive",
+        "coldPreviousGone",
+        "podsExpected",
+        "podsReported",
+        "pending",
+        "missing",
+        "final",
+    ] {
+        assert!(moved.get(field).is_some(), "movedSessions.{field}");
+    }
+    assert!(moved["cold"]["properties"].get("fencedLoad").is_some());
 }
 
 /// Collects the JSON pointers of every node that breaks a rule of structural schemas as the API
@@ -680,9 +696,40 @@ fn whole_resource_with_status_round_trips() {
             finished_at: None,
             duration_seconds: None,
             warm_hit_percent: Some(99.5),
+            moved_sessions: Some(MovedSessionsSummary {
+                warm: WarmSessions {
+                    precopied: 150,
+                    pushed: 49,
+                    total: 199,
+                    ..WarmSessions::default()
+                },
+                cold: ColdSessions {
+                    rolled_forward: 1,
+                    total: 1,
+                    ..ColdSessions::default()
+                },
+                cold_previous_gone: 1,
+                pods_expected: 2,
+                pods_reported: 2,
+                r#final: true,
+                ..MovedSessionsSummary::default()
+            }),
+            losers_gone: vec!["cart-1-x".to_owned()],
         }),
     });
     let json = serde_json::to_value(&service).expect("serializes");
+    let moved = &json["status"]["lastTransition"]["movedSessions"];
+    assert_eq!(moved["warm"]["total"], 199);
+    assert_eq!(moved["cold"]["rolledForward"], 1);
+    assert_eq!(moved["coldPreviousGone"], 1);
+    assert_eq!(moved["coldWhilePreviousAlive"], 0);
+    assert_eq!(moved["podsExpected"], 2);
+    assert_eq!(moved["final"], true);
+    assert!(moved.get("missing").is_none(), "empty lists are left out");
+    assert_eq!(
+        json["status"]["lastTransition"]["losersGone"][0],
+        "cart-1-x"
+    );
     assert_eq!(json["apiVersion"], "locus.dev/v1alpha1");
     assert_eq!(json["kind"], "StatefulService");
     assert_eq!(json["status"]["phase"], "Settle");

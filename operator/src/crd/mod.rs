@@ -46,8 +46,8 @@ pub use spec::{
     UpdateStrategyType,
 };
 pub use status::{
-    AVAILABLE, DEGRADED, PROGRESSING, Phase, StatefulServiceStatus, TransitionKind,
-    TransitionRecord,
+    AVAILABLE, ColdSessions, DEGRADED, MOVED_SESSIONS_REPORTED, MovedSessionsSummary, PROGRESSING,
+    Phase, ServedSessions, StatefulServiceStatus, TransitionKind, TransitionRecord, WarmSessions,
 };
 
 /// API group of the resource.

@@ -17,6 +17,9 @@ pub const AVAILABLE: &str = "Available";
 pub const PROGRESSING: &str = "Progressing";
 /// Condition type: something needs attention (a slot without a Ready pod, a step that timed out).
 pub const DEGRADED: &str = "Degraded";
+/// Condition type: every pod that may have taken sessions over in the last transition reported
+/// its final counts (`status.lastTransition.movedSessions`).
+pub const MOVED_SESSIONS_REPORTED: &str = "MovedSessionsReported";
 
 /// Observed state of a `StatefulService`, written by the operator.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -134,11 +137,132 @@ pub struct TransitionRecord {
     pub duration_seconds: Option<f64>,
 
     /// Percentage (0 to 100, one decimal) of the sessions the pods took over in this
-    /// transition that arrived with their state (pre-copy, transfer or push); the rest were
-    /// first served without it (loaded cold). Summed from what every pod of the final ring
-    /// reported with it (annotation locus.dev/moved-sessions); unset until they all have, or
-    /// when no session moved.
+    /// transition that arrived with their state (movedSessions.warm.total out of warm.total +
+    /// cold.total). Set only once every pod of movedSessions.podsExpected reported final
+    /// counts for this transition (movedSessions.final, condition MovedSessionsReported True),
+    /// and kept from then on; unset while reports are counting, missing, partial or unreadable,
+    /// and when no session moved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 100.0))]
     pub warm_hit_percent: Option<f64>,
+
+    /// How the sessions the pods took over in this transition arrived, summed over the pods of
+    /// the final ring (annotation locus.dev/moved-sessions); set once the transition finished.
+    /// Recomputed on each reconcile until final, then kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_sessions: Option<MovedSessionsSummary>,
+
+    /// Pods that lost shards in this transition and were gone (deleted by the operator to
+    /// fence them, failed or evicted) rather than reported drained when it settled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub losers_gone: Vec<String>,
+}
+
+/// Sessions taken over with the previous owner's state, by path.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct WarmSessions {
+    /// The pre-copy of the Warm step, confirmed unchanged at the first touch.
+    #[serde(default)]
+    pub precopied: u64,
+    /// Handed over by the previous owner at the first touch.
+    #[serde(default)]
+    pub transferred: u64,
+    /// Pushed by the previous owner while it drained.
+    #[serde(default)]
+    pub pushed: u64,
+    /// Pushed before the pod owned the key (parked), installed at the switch or first touch.
+    #[serde(default)]
+    pub promoted: u64,
+    /// All warm takeovers.
+    #[serde(default)]
+    pub total: u64,
+}
+
+/// Sessions first served without the previous owner's state, by path.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ColdSessions {
+    /// The previous owner answered that it held nothing for the key (never created,
+    /// passivated or evicted): loaded from the persistence.
+    #[serde(default)]
+    pub absent: u64,
+    /// The previous owner did not answer and was fenced while the pod waited: loaded from the
+    /// persistence.
+    #[serde(default)]
+    pub rolled_forward: u64,
+    /// The previous owner was fenced before the first request asked it (drained through the
+    /// persistence, or gone): loaded from the persistence.
+    #[serde(default)]
+    pub fenced_load: u64,
+    /// All cold takeovers.
+    #[serde(default)]
+    pub total: u64,
+}
+
+/// Taken-over sessions whose first request was served, by how they arrived.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServedSessions {
+    /// Served with the previous owner's state.
+    #[serde(default)]
+    pub warm: u64,
+    /// Served without it.
+    #[serde(default)]
+    pub cold: u64,
+}
+
+/// The sums of what the pods of a transition's final ring reported about the sessions they
+/// took over in it.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MovedSessionsSummary {
+    /// Sessions that arrived with their state.
+    #[serde(default)]
+    pub warm: WarmSessions,
+
+    /// Sessions first served without it.
+    #[serde(default)]
+    pub cold: ColdSessions,
+
+    /// Of all taken over, those a request was served for.
+    #[serde(default)]
+    pub served: ServedSessions,
+
+    /// Cold takeovers while the previous owner was alive: cold.absent always (the previous
+    /// owner answered), plus cold.rolledForward + cold.fencedLoad when no pod that lost shards
+    /// in this transition was gone when it settled (losersGone empty: every previous owner
+    /// drained, so it was alive and fenced). Pods report these two counts without naming the
+    /// previous owner, so when any loser was gone they count in coldPreviousGone instead.
+    #[serde(default)]
+    pub cold_while_previous_alive: u64,
+
+    /// Cold takeovers without an answer (cold.rolledForward + cold.fencedLoad) in a transition
+    /// where a pod that lost shards was gone when it settled (losersGone not empty); 0
+    /// otherwise.
+    #[serde(default)]
+    pub cold_previous_gone: u64,
+
+    /// Pods expected to report: the pods of the slots that hold shards in the ring that
+    /// completed the transition.
+    #[serde(default)]
+    pub pods_expected: u32,
+
+    /// Expected pods that reported final counts.
+    #[serde(default)]
+    pub pods_reported: u32,
+
+    /// Expected pods whose counts may still change (their handoff deadline runs); at most 10
+    /// names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<String>,
+
+    /// Expected pods whose report is missing, partial (the pod restarted during the
+    /// transition) or unreadable; at most 10 names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
+
+    /// Every expected pod reported final counts: the sums no longer change.
+    #[serde(default)]
+    pub r#final: bool,
 }

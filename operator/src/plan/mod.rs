@@ -57,6 +57,7 @@
 //! failed pod along with publishing the `Switch` that moves its shards, and a replacement takes
 //! a slot over from a pod that is not Ready only once that pod is gone.
 
+mod accounting;
 mod engine;
 mod first_seen;
 mod naming;
@@ -89,7 +90,7 @@ pub const MAX_SURGE: usize = 1;
 
 /// Progress a pod reported by annotating itself (`locus.dev/*-ring-version`,
 /// `locus.dev/moved-sessions`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
     /// Newest ring version the pod loaded.
     pub observed: Option<u64>,
@@ -97,9 +98,19 @@ pub struct Progress {
     pub warmed: Option<u64>,
     /// Newest `Switch` ring version for which the pod handed over what it lost.
     pub drained: Option<u64>,
-    /// How the sessions it took over in the transition the newest `Stable` ring completed
-    /// arrived (`locus.dev/moved-sessions`).
-    pub moved: Option<locus::progress::MovedSessions>,
+    /// How the sessions it took over in its last few transitions arrived
+    /// (`locus.dev/moved-sessions`): `None` when the annotation is missing, `Err` (why, bounded)
+    /// when it cannot be read.
+    pub moved: Option<Result<locus::progress::MovedReport, String>>,
+}
+
+/// A pod expected to report its moved sessions for a transition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportingPod {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.uid`.
+    pub uid: String,
 }
 
 /// What the planner needs to know about one pod of the service.
@@ -164,6 +175,11 @@ pub struct RingMeta {
     /// `settle`, `create`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub timed_out: Vec<String>,
+    /// Once that transition finished: the pods expected to report the sessions they took over
+    /// in it (the pods of the slots holding shards in its final ring), kept while later rings
+    /// that start no transition are published.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reporters: Vec<ReportingPod>,
 }
 
 /// A ring as published, with its bookkeeping.
@@ -302,6 +318,15 @@ pub mod reasons {
     pub const DRAIN_STALLED: &str = "DrainStalled";
     /// The ring `ConfigMap` was missing and was published again.
     pub const RING_RECREATED: &str = "RingRecreated";
+    /// A `Warm` or `Switch` step waits for a set of pods other than the last one it named
+    /// (also in the `Progressing` condition's message).
+    pub const STEP_WAITING: &str = "StepWaiting";
+    /// The pods of a finished transition did not all report final counts of the sessions
+    /// they took over in time (condition `MovedSessionsReported` `False/ReportsMissing`).
+    pub const MOVED_SESSIONS_MISSING: &str = "MovedSessionsMissing";
+    /// Every pod of a finished transition reported final counts (condition
+    /// `MovedSessionsReported` `True/Complete`): the warm-hit percentage and its breakdown.
+    pub const HANDOFF_REPORTED: &str = "HandoffReported";
 }
 
 /// Reasons of the deletions that fence a pod (make it gone, so that its keys may be loaded

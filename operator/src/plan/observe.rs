@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::jiff::Timestamp;
+use locus::progress::{MovedReport, MovedSessionsError};
 use locus::ring::{RingDocument, RingError, annotations};
 
 use super::{
@@ -40,6 +41,21 @@ fn parse_annotation<T: std::str::FromStr>(pod: &Pod, key: &str) -> Option<T> {
         .trim()
         .parse()
         .ok()
+}
+
+/// The pod's moved-sessions report: `None` when the annotation is missing, `Err` with the
+/// (bounded) reason when it cannot be read.
+fn moved_report(pod: &Pod) -> Option<Result<MovedReport, String>> {
+    let text = pod
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(annotations::MOVED_SESSIONS)?;
+    Some(
+        text.trim()
+            .parse()
+            .map_err(|e: MovedSessionsError| e.to_string()),
+    )
 }
 
 /// The planner's view of `pod`, or `None` if the pod is not one of the service's: not
@@ -120,8 +136,8 @@ pub fn observe_pod(pod: &Pod, service_uid: &str, port: &str) -> Option<ObservedP
             observed: parse_annotation(pod, annotations::OBSERVED_RING_VERSION),
             warmed: parse_annotation(pod, annotations::WARMED_RING_VERSION),
             drained: parse_annotation(pod, annotations::DRAINED_RING_VERSION),
-            // Unreadable counts are ignored: the transition's warm-hit percentage stays unset.
-            moved: parse_annotation(pod, annotations::MOVED_SESSIONS),
+            // Unreadable counts are kept as such: the status names the pod.
+            moved: moved_report(pod),
         },
     })
 }
@@ -205,16 +221,25 @@ mod tests {
             .unwrap()
             .progress
             .moved;
-        assert_eq!(
-            moved.map(|m| (m.version, m.warm, m.cold)),
-            Some((7, 120, 2))
-        );
+        let report = moved.unwrap().unwrap();
+        let m = report.get(7).unwrap();
+        assert_eq!((m.warm.total(), m.cold.total()), (120, 2));
+        let mut json = base();
+        json["metadata"]["annotations"]["locus.dev/moved-sessions"] =
+            r#"{"9":{"warm":{"pushed":3},"cold":{"fencedLoad":1},"state":"final"}}"#.into();
+        let moved = observe_pod(&pod(json), "svc", "http")
+            .unwrap()
+            .progress
+            .moved;
+        let report = moved.unwrap().unwrap();
+        assert_eq!(report.get(9).map(|m| m.cold.fenced_load), Some(1));
         let mut json = base();
         json["metadata"]["annotations"]["locus.dev/moved-sessions"] = "7:lots:2".into();
         let observed = observe_pod(&pod(json), "svc", "http").unwrap();
-        assert_eq!(
-            observed.progress.moved, None,
-            "unreadable counts are no report"
+        let error = observed.progress.moved.unwrap().unwrap_err();
+        assert!(
+            error.contains("7:lots:2"),
+            "unreadable counts say why: {error}"
         );
     }
 

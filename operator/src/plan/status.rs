@@ -7,9 +7,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use locus::ring::{Phase as RingPhase, Ring, SlotState};
 
-use super::{Observed, ObservedPod, RingMeta, naming, reasons};
+use super::accounting::{self, Accounting};
+use super::{Observed, ObservedPod, ReportingPod, RingMeta, naming, reasons};
 use crate::crd::{
-    AVAILABLE, DEGRADED, PROGRESSING, Phase, StatefulServiceStatus, TransitionRecord,
+    AVAILABLE, DEGRADED, MOVED_SESSIONS_REPORTED, PROGRESSING, Phase, StatefulServiceStatus,
 };
 
 /// Facts the status is computed from.
@@ -25,6 +26,9 @@ pub(super) struct StatusFacts<'a> {
     pub switch_observed: bool,
     /// In a `Switch` ring past `timeouts.drain`: what it waits for.
     pub drain_stall: Option<&'a str>,
+    /// A `Warm` or `Switch` step that waits for pods: what for and which (the `Progressing`
+    /// condition's message).
+    pub waiting: Option<&'a str>,
     /// Nothing remains to do.
     pub converged: bool,
     /// Revision of `spec.template`.
@@ -72,31 +76,27 @@ fn find<'a>(pods: &'a [ObservedPod], pod: &locus::ring::Pod) -> Option<&'a Obser
     pods.iter().find(|p| p.uid == pod.uid && p.name == pod.name)
 }
 
-/// The warm-hit percentage of the finished transition `record`: the sessions the pods of the
-/// `Stable` ring that completed it took over with their state, out of all they took over, as
-/// each pod reported with that ring (`locus.dev/moved-sessions`). `None` while the transition
-/// runs, until every pod of the ring reported, or when no session moved.
-fn warm_hit_percent(
-    pods: &[ObservedPod],
-    ring: Option<&Ring>,
-    record: &TransitionRecord,
-) -> Option<f64> {
-    let ring = ring.filter(|r| record.finished_at.is_some() && r.version() == record.to_version)?;
-    let (mut warm, mut cold) = (0u64, 0u64);
-    for slot in ring.slots() {
-        let moved = find(pods, &slot.pod)?
-            .progress
-            .moved
-            .filter(|m| m.version == record.to_version)?;
-        warm = warm.saturating_add(moved.warm);
-        cold = cold.saturating_add(moved.cold);
+/// The pods expected to report the sessions they took over in the transition `meta` records:
+/// those its bookkeeping names, else (bookkeeping of an older operator) the pods of the slots
+/// that hold shards in `ring`.
+pub(super) fn reporters(meta: &RingMeta, ring: Option<&Ring>) -> Vec<ReportingPod> {
+    if !meta.reporters.is_empty() {
+        return meta.reporters.clone();
     }
-    let total = warm.saturating_add(cold);
-    #[allow(
-        clippy::cast_precision_loss,
-        reason = "a percentage rounded to a tenth; session counts far below 2^52"
-    )]
-    (total > 0).then(|| (warm as f64 * 1000.0 / total as f64).round() / 10.0)
+    ring.map(expected_reporters).unwrap_or_default()
+}
+
+/// The pods of the slots that hold shards in `ring` (a slot holding none took nothing over).
+pub(super) fn expected_reporters(ring: &Ring) -> Vec<ReportingPod> {
+    let held: BTreeSet<u16> = ring.current().counts().into_keys().collect();
+    ring.slots()
+        .iter()
+        .filter(|s| held.contains(&s.index))
+        .map(|s| ReportingPod {
+            name: s.pod.name.clone(),
+            uid: s.pod.uid.clone(),
+        })
+        .collect()
 }
 
 /// The revision most of the serving pods run: the update revision once all run it, else the
@@ -183,6 +183,7 @@ fn conditions(
     phase: Phase,
     transition: Option<&crate::crd::TransitionRecord>,
     timed_out: &[String],
+    accounting: Option<&Accounting>,
 ) -> Vec<Condition> {
     let generation = facts.obs.generation;
     let available = match facts.ring {
@@ -239,7 +240,10 @@ fn conditions(
                 PROGRESSING,
                 true,
                 &format!("{:?}", record.kind),
-                format!("ring version {} is in phase {:?}", ring.version(), phase),
+                facts.waiting.map_or_else(
+                    || format!("ring version {} is in phase {:?}", ring.version(), phase),
+                    str::to_owned,
+                ),
                 generation,
             ),
             (None, _, _) => condition(
@@ -259,10 +263,23 @@ fn conditions(
         }
     };
     let degraded = degraded(facts, unserved, timed_out);
-    vec![available, progressing, degraded]
+    let mut all = vec![available, progressing, degraded];
+    if let Some(accounting) = accounting {
+        let (status, reason, message) = &accounting.condition;
+        all.push(Condition {
+            type_: MOVED_SESSIONS_REPORTED.to_owned(),
+            status: (*status).to_owned(),
+            reason: (*reason).to_owned(),
+            message: message.clone(),
+            observed_generation: generation,
+            last_transition_time: Time(Timestamp::UNIX_EPOCH),
+        });
+    }
+    all
 }
 
-pub(super) fn build(facts: &StatusFacts<'_>) -> StatefulServiceStatus {
+/// The status, and when it changes by itself if nothing else happens (a report wait ending).
+pub(super) fn build(facts: &StatusFacts<'_>) -> (StatefulServiceStatus, Option<Timestamp>) {
     let obs = facts.obs;
     let generation = obs.generation;
     let staying = || {
@@ -296,26 +313,35 @@ pub(super) fn build(facts: &StatusFacts<'_>) -> StatefulServiceStatus {
         Some(RingPhase::Switch) if facts.switch_observed => Phase::Settle,
         Some(RingPhase::Switch) => Phase::Switch,
     };
-    let transition = facts.meta.and_then(|m| m.transition.clone()).map(|mut t| {
-        // Computed once, when every pod has reported; kept from then on (a pod restarted
-        // later reports counts from zero).
-        let known = obs
-            .status
-            .and_then(|s| s.last_transition.as_ref())
-            .filter(|last| last.from_version == t.from_version && last.to_version == t.to_version)
-            .and_then(|last| last.warm_hit_percent);
-        t.warm_hit_percent = known.or_else(|| warm_hit_percent(obs.pods, facts.ring, &t));
-        t
+    // The sums of the pods' reports: recomputed until every expected pod reported final
+    // counts, kept from then on (a pod restarted later reports its counts afresh).
+    let mut accounting = None;
+    let transition = facts.meta.and_then(|meta| {
+        let mut record = meta.transition.clone()?;
+        let previous = obs.status.and_then(|s| s.last_transition.as_ref());
+        let expected = reporters(meta, facts.ring);
+        let counted = accounting::account(obs.pods, &record, &expected, previous, obs.now);
+        record.moved_sessions.clone_from(&counted.summary);
+        record.warm_hit_percent = counted.percent;
+        accounting = Some(counted);
+        Some(record)
     });
     let timed_out = facts.meta.map(|m| m.timed_out.clone()).unwrap_or_default();
 
-    let desired = conditions(facts, &unserved, phase, transition.as_ref(), &timed_out);
+    let desired = conditions(
+        facts,
+        &unserved,
+        phase,
+        transition.as_ref(),
+        &timed_out,
+        accounting.as_ref(),
+    );
     let now = Time(Timestamp::from_second(obs.now.as_second()).unwrap_or(obs.now));
     let previous = obs
         .status
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    StatefulServiceStatus {
+    let status = StatefulServiceStatus {
         observed_generation: generation,
         replicas: count(live.len()),
         ready_replicas: count(ready.len()),
@@ -327,5 +353,6 @@ pub(super) fn build(facts: &StatusFacts<'_>) -> StatefulServiceStatus {
         current_revision: facts.ring.and_then(|r| current_revision(facts, r)),
         update_revision: Some(facts.revision.to_owned()),
         last_transition: transition,
-    }
+    };
+    (status, accounting.and_then(|a| a.recheck_at))
 }

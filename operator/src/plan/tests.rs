@@ -10,8 +10,10 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use locus::ring::{Phase as RingPhase, Ring, SlotState};
 use serde_json::json;
 
+use locus::progress::{ColdTakeovers, MovedReport, MovedSessions, ReportState, WarmTakeovers};
+
 use super::*;
-use crate::crd::{PROGRESSING, Phase, StatefulServiceSpec};
+use crate::crd::{MOVED_SESSIONS_REPORTED, PROGRESSING, Phase, StatefulServiceSpec};
 
 fn spec(replicas: i32) -> StatefulServiceSpec {
     serde_json::from_value(json!({
@@ -722,7 +724,13 @@ fn scale_up_warms_then_switches_then_settles() {
     assert!(record.finished_at.is_some());
     assert_eq!(
         world.reasons()[1..],
-        [reasons::WARM, reasons::SWITCH, reasons::SETTLE]
+        [
+            reasons::WARM,
+            reasons::STEP_WAITING,
+            reasons::SWITCH,
+            reasons::SETTLE
+        ],
+        "the Warm step waited once for the joining pods"
     );
 }
 
@@ -742,56 +750,444 @@ fn scaled(from: i32, to: i32) -> (World, u64, Vec<String>) {
     (world, stable, names)
 }
 
+/// One pod's counts for the transition settled by `version`: `warm` pushed, `cold` absent.
+fn moved(version: u64, warm: u64, cold: u64, state: ReportState) -> MovedSessions {
+    MovedSessions {
+        version,
+        warm: WarmTakeovers {
+            pushed: warm,
+            ..WarmTakeovers::default()
+        },
+        cold: ColdTakeovers {
+            absent: cold,
+            ..ColdTakeovers::default()
+        },
+        state,
+        ..MovedSessions::default()
+    }
+}
+
 impl World {
-    fn report_moved(&mut self, pod: &str, version: u64, warm: u64, cold: u64) {
-        self.pod_mut(pod).progress.moved = Some(locus::progress::MovedSessions {
-            version,
-            warm,
-            cold,
-        });
+    /// Pod `pod` reports `counts` (alone) in its moved-sessions annotation.
+    fn report_counts(&mut self, pod: &str, counts: MovedSessions) {
+        self.pod_mut(pod).progress.moved = Some(Ok(MovedReport::new([counts])));
+    }
+
+    fn report_moved(&mut self, pod: &str, version: u64, warm: u64, cold: u64, state: ReportState) {
+        self.report_counts(pod, moved(version, warm, cold, state));
+    }
+
+    fn last_transition(&self) -> crate::crd::TransitionRecord {
+        self.status
+            .as_ref()
+            .and_then(|s| s.last_transition.clone())
+            .expect("a transition record")
     }
 
     fn warm_hit_percent(&self) -> Option<f64> {
-        let last = self.status.as_ref()?.last_transition.as_ref()?;
+        let last = self.last_transition();
         assert!(last.finished_at.is_some());
         last.warm_hit_percent
+    }
+
+    fn moved_sessions(&self) -> crate::crd::MovedSessionsSummary {
+        self.last_transition()
+            .moved_sessions
+            .expect("moved sessions")
+    }
+
+    /// The `MovedSessionsReported` condition: status, reason, message.
+    fn reported(&self) -> (String, String, String) {
+        self.condition(MOVED_SESSIONS_REPORTED)
+    }
+
+    fn events_of(&self, reason: &str) -> Vec<&PlannedEvent> {
+        self.events.iter().filter(|e| e.reason == reason).collect()
     }
 }
 
 #[test]
-fn the_warm_hit_percentage_sums_what_every_pod_reported_with_the_stable_ring() {
+fn the_warm_hit_percentage_sums_what_every_pod_reported_once_all_are_final() {
     let (mut world, stable, names) = scaled(3, 4);
     assert_eq!(world.warm_hit_percent(), None, "no pod reported yet");
-    // Every pod reports, but one for an older ring: still unknown.
-    world.report_moved(&names[0], stable, 0, 0);
-    world.report_moved(&names[1], stable, 0, 0);
-    world.report_moved(&names[2], stable - 3, 50, 50);
-    world.report_moved(&names[3], stable, 197, 3);
+    let (status, reason, message) = world.reported();
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Pending"));
+    assert!(message.contains(&names[0]), "{message}");
+    // Every pod reports final counts, but one for an older ring: still unknown.
+    world.report_moved(&names[0], stable, 0, 0, ReportState::Final);
+    world.report_moved(&names[1], stable, 0, 0, ReportState::Final);
+    world.report_moved(&names[2], stable - 3, 50, 50, ReportState::Final);
+    world.report_moved(&names[3], stable, 197, 3, ReportState::Final);
     world.step();
     assert_eq!(
         world.warm_hit_percent(),
         None,
         "a pod has not reported this ring"
     );
+    let summary = world.moved_sessions();
+    assert_eq!((summary.pods_expected, summary.pods_reported), (4, 3));
+    assert_eq!(summary.missing, [names[2].clone()]);
+    assert!(!summary.r#final);
 
-    world.report_moved(&names[2], stable, 0, 0);
+    world.report_moved(&names[2], stable, 0, 0, ReportState::Final);
     world.step();
     assert_eq!(world.warm_hit_percent(), Some(98.5));
-
-    // Kept once known: a pod restarted later reports from zero.
-    world.report_moved(&names[3], stable, 0, 0);
-    world.step();
-    assert_eq!(world.warm_hit_percent(), Some(98.5));
+    let summary = world.moved_sessions();
+    assert!(summary.r#final);
+    assert_eq!((summary.warm.pushed, summary.warm.total), (197, 197));
+    assert_eq!((summary.cold.absent, summary.cold.total), (3, 3));
+    assert_eq!(
+        summary.cold_while_previous_alive, 3,
+        "absent: the owner answered"
+    );
+    assert_eq!(summary.pods_reported, 4);
+    let (status, reason, message) = world.reported();
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Complete"));
+    assert!(message.contains("warm 98.5 %"), "{message}");
 }
 
 #[test]
-fn no_moved_session_leaves_the_warm_hit_percentage_unset() {
+fn no_figure_while_a_report_is_counting() {
     let (mut world, stable, names) = scaled(2, 3);
     for name in &names {
-        world.report_moved(name, stable, 0, 0);
+        world.report_moved(name, stable, 10, 0, ReportState::Final);
+    }
+    world.report_moved(&names[2], stable, 10, 0, ReportState::Counting);
+    let actions = world.step();
+    assert_eq!(world.warm_hit_percent(), None);
+    let summary = world.moved_sessions();
+    assert_eq!(summary.pending, [names[2].clone()]);
+    assert_eq!(summary.warm.total, 30, "the counts so far are shown");
+    assert_eq!(world.reported().1, "Pending");
+    // The condition changes by itself at the end of the wait: a requeue brings it.
+    let requeue = actions.requeue_after.expect("a requeue");
+    assert!(requeue <= Duration::from_secs(61), "{requeue:?}");
+}
+
+#[test]
+fn late_cold_takeovers_are_included_until_the_reports_are_final() {
+    let (mut world, stable, names) = scaled(2, 3);
+    for name in &names {
+        world.report_moved(name, stable, 0, 0, ReportState::Final);
+    }
+    world.report_moved(&names[2], stable, 20, 0, ReportState::Counting);
+    world.step();
+    assert_eq!(world.warm_hit_percent(), None, "no early freeze at 100 %");
+    // Roll-forwards come after the Stable ring, before the pod's deadline.
+    world.advance(20);
+    let mut late = moved(stable, 20, 2, ReportState::Final);
+    late.cold.rolled_forward = 3;
+    late.cold.fenced_load = 5;
+    world.report_counts(&names[2], late);
+    let actions = world.step();
+    assert_eq!(world.warm_hit_percent(), Some(66.7), "20 warm of 30");
+    let summary = world.moved_sessions();
+    assert_eq!(
+        (
+            summary.cold.total,
+            summary.cold.rolled_forward,
+            summary.cold.fenced_load
+        ),
+        (10, 3, 5)
+    );
+    assert_eq!(
+        (
+            summary.cold_while_previous_alive,
+            summary.cold_previous_gone
+        ),
+        (10, 0),
+        "every losing pod drained: alive when its keys loaded cold"
+    );
+    let handoff: Vec<&PlannedEvent> = actions
+        .events
+        .iter()
+        .filter(|e| e.reason == reasons::HANDOFF_REPORTED)
+        .collect();
+    assert_eq!(handoff.len(), 1);
+    assert!(!handoff[0].warning);
+    assert_eq!(
+        handoff[0].note,
+        format!(
+            "ring version {stable}: warm 66.7 % (precopied 0, transferred 0, pushed 20, promoted 0; cold 10: absent 2, rolled forward 3, fenced load 5)"
+        )
+    );
+    // Once final nothing changes, and nothing is written or emitted again.
+    let status = world.status.clone();
+    world.advance(600);
+    let again = world.step();
+    assert!(again.events.is_empty(), "{:?}", again.events);
+    assert_eq!(Some(again.status), status);
+    assert_eq!(again.requeue_after, None);
+}
+
+#[test]
+fn a_partial_missing_or_unreadable_report_gives_no_figure_and_names_the_pod() {
+    for fault in ["partial", "missing", "unreadable"] {
+        let (mut world, stable, names) = scaled(2, 3);
+        for name in &names {
+            world.report_moved(name, stable, 5, 1, ReportState::Final);
+        }
+        let culprit = names[1].clone();
+        match fault {
+            "partial" => world.report_moved(&culprit, stable, 1, 0, ReportState::Partial),
+            "missing" => world.pod_mut(&culprit).progress.moved = None,
+            _ => {
+                world.pod_mut(&culprit).progress.moved =
+                    Some(Err("moved sessions \"x\": not a report".to_owned()));
+            }
+        }
+        world.step();
+        assert_eq!(world.warm_hit_percent(), None, "{fault}");
+        assert_eq!(world.reported().1, "Pending", "{fault}: within the wait");
+        assert_eq!(
+            world.moved_sessions().missing,
+            std::slice::from_ref(&culprit),
+            "{fault}"
+        );
+        assert!(world.events_of(reasons::MOVED_SESSIONS_MISSING).is_empty());
+
+        world.advance(61);
+        world.step();
+        assert_eq!(world.warm_hit_percent(), None, "{fault}");
+        let (status, reason, message) = world.reported();
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "ReportsMissing"),
+            "{fault}"
+        );
+        assert!(message.contains(&culprit), "{fault}: {message}");
+        let events = world.events_of(reasons::MOVED_SESSIONS_MISSING);
+        assert_eq!(events.len(), 1, "{fault}");
+        assert!(events[0].warning && events[0].note.contains(&culprit));
+        // Emitted once, and the status does not flap.
+        let status = world.status.clone();
+        world.advance(30);
+        let again = world.step();
+        assert!(again.events.is_empty(), "{fault}: {:?}", again.events);
+        assert_eq!(Some(again.status), status, "{fault}");
+    }
+}
+
+#[test]
+fn once_final_the_figure_is_kept_when_a_pod_restarts_later() {
+    let (mut world, stable, names) = scaled(3, 4);
+    for name in &names {
+        world.report_moved(name, stable, 0, 0, ReportState::Final);
+    }
+    world.report_moved(&names[3], stable, 197, 3, ReportState::Final);
+    world.step();
+    assert_eq!(world.warm_hit_percent(), Some(98.5));
+    let kept = world.moved_sessions();
+
+    // The pod restarts and reports that transition as partial, then counts move.
+    world.advance(120);
+    world.report_moved(&names[3], stable, 1, 0, ReportState::Partial);
+    world.report_moved(&names[0], stable, 0, 50, ReportState::Final);
+    let actions = world.step();
+    assert_eq!(world.warm_hit_percent(), Some(98.5));
+    assert_eq!(world.moved_sessions(), kept);
+    assert_eq!(world.reported().1, "Complete");
+    assert!(actions.events.is_empty(), "{:?}", actions.events);
+}
+
+#[test]
+fn no_moved_session_is_complete_without_a_figure() {
+    let (mut world, stable, names) = scaled(2, 3);
+    for name in &names {
+        world.report_moved(name, stable, 0, 0, ReportState::Final);
     }
     world.step();
     assert_eq!(world.warm_hit_percent(), None);
+    assert_eq!(world.reported().1, "Complete");
+    let handoff = world.events_of(reasons::HANDOFF_REPORTED);
+    assert_eq!(handoff.len(), 1);
+    assert!(
+        handoff[0].note.ends_with("no session moved"),
+        "{}",
+        handoff[0].note
+    );
+}
+
+#[test]
+fn the_reporting_condition_appears_with_the_first_transition() {
+    let mut world = World::converged(2);
+    assert!(
+        world.status.as_ref().unwrap().last_transition.is_none(),
+        "creating the first ring is no transition"
+    );
+    let types: Vec<String> = world
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .map(|c| c.type_.clone())
+        .collect();
+    assert!(
+        !types.iter().any(|t| t == MOVED_SESSIONS_REPORTED),
+        "{types:?}"
+    );
+    world.spec.replicas = 3;
+    world.step();
+    world.ready_all();
+    world.step(); // Warm
+    assert_eq!(world.ring().phase(), RingPhase::Warm);
+    let (status, reason, _) = world.reported();
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("Unknown", "TransitionInProgress")
+    );
+}
+
+#[test]
+fn cold_takeovers_after_a_losing_pod_was_fenced_by_deletion_count_as_previous_gone() {
+    let mut world = World::converged(3);
+    world.spec.replicas = 2;
+    world.step();
+    world.report(Reports::All);
+    world.step(); // Switch
+    let leaving = world.slot_pod(2);
+    world.report(Reports::ObservedOnly);
+    world.advance(30);
+    world.step(); // the leaving pod is deleted to fence it
+    world.vanish(&leaving);
+    world.step(); // Stable
+    assert_eq!(world.ring().phase(), RingPhase::Stable);
+    let stable = world.ring().version();
+    assert_eq!(
+        world.last_transition().losers_gone,
+        std::slice::from_ref(&leaving)
+    );
+    let names: Vec<String> = (0..2).map(|s| world.slot_pod(s)).collect();
+    let mut counts = moved(stable, 4, 1, ReportState::Final);
+    counts.cold.rolled_forward = 2;
+    counts.cold.fenced_load = 3;
+    world.report_counts(&names[0], counts);
+    world.report_moved(&names[1], stable, 4, 0, ReportState::Final);
+    world.step();
+    let summary = world.moved_sessions();
+    assert_eq!(
+        summary.pods_expected, 2,
+        "the leaving slot's pod reports nothing"
+    );
+    assert_eq!(
+        (
+            summary.cold_while_previous_alive,
+            summary.cold_previous_gone
+        ),
+        (1, 5)
+    );
+    assert_eq!(world.warm_hit_percent(), Some(57.1), "8 warm of 14");
+}
+
+#[test]
+fn the_expected_reporters_survive_a_later_ring_that_starts_no_transition() {
+    let (mut world, stable, names) = scaled(2, 3);
+    let meta = world.ring.as_ref().unwrap().meta.clone().unwrap();
+    let expected: Vec<&str> = meta.reporters.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        expected,
+        names.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    // A ring that only tidies keeps the record and its reporters.
+    let planner_meta = RingMeta {
+        published_at: world.now,
+        ..meta.clone()
+    };
+    let mut next = world.ring.clone().unwrap();
+    next.meta = Some(planner_meta);
+    world.ring = Some(next);
+    for name in &names {
+        world.report_moved(name, stable, 3, 1, ReportState::Final);
+    }
+    world.step();
+    assert_eq!(world.warm_hit_percent(), Some(75.0));
+}
+
+// ----- what each step waits for ---------------------------------------------------------
+
+#[test]
+fn a_waiting_step_names_the_pods_that_hold_it_back_once_per_set() {
+    let mut world = World::converged(3);
+    world.spec.replicas = 5;
+    world.step();
+    world.ready_all();
+    world.step(); // Warm
+    let version = world.ring().version();
+    let joining = [
+        world.ring().slot(3).unwrap().pod.name.clone(),
+        world.ring().slot(4).unwrap().pod.name.clone(),
+    ];
+    let first = world.step();
+    let (_, reason, message) = world.condition(PROGRESSING);
+    assert_eq!(reason, "ScaleUp");
+    assert!(
+        message.starts_with(&format!(
+            "Warm ring version {version} waits for pods {}, {} to report warmed (timeouts.warm 30s, until ",
+            joining[0], joining[1]
+        )),
+        "{message}"
+    );
+    let waiting: Vec<&PlannedEvent> = first
+        .events
+        .iter()
+        .filter(|e| e.reason == reasons::STEP_WAITING)
+        .collect();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].note, message);
+    assert!(!waiting[0].warning);
+
+    // Nothing new: no second event, no status write.
+    world.advance(5);
+    let status = world.status.clone();
+    let again = world.step();
+    assert!(again.events.is_empty(), "{:?}", again.events);
+    assert_eq!(Some(again.status), status);
+
+    // One pod reports: the set changes, and says so once.
+    world.pod_mut(&joining[0]).progress.warmed = Some(version);
+    let fewer = world.step();
+    let notes: Vec<&str> = fewer
+        .events
+        .iter()
+        .filter(|e| e.reason == reasons::STEP_WAITING)
+        .map(|e| e.note.as_str())
+        .collect();
+    assert_eq!(notes.len(), 1);
+    assert!(
+        notes[0].contains(&format!("waits for pod {} to report warmed", joining[1])),
+        "{}",
+        notes[0]
+    );
+}
+
+#[test]
+fn a_switch_names_the_losing_pods_it_waits_for_and_the_drain_deadline() {
+    let mut world = World::converged(3);
+    world.spec.replicas = 2;
+    world.step();
+    world.report(Reports::All);
+    world.step(); // Switch
+    let version = world.ring().version();
+    let leaving = world.slot_pod(2);
+    world.report(Reports::ObservedOnly);
+    world.advance(12);
+    let waiting = world.step();
+    let (_, _, message) = world.condition(PROGRESSING);
+    assert!(
+        message.starts_with(&format!(
+            "Switch ring version {version} waits for pod {leaving} to report drained (timeouts.drain 30s, until "
+        )),
+        "{message}"
+    );
+    assert_eq!(
+        waiting
+            .events
+            .iter()
+            .filter(|e| e.reason == reasons::STEP_WAITING)
+            .count(),
+        1
+    );
 }
 
 #[test]

@@ -16,6 +16,7 @@ use locus::ring::{
     self, Assignment, Phase, Ring, RingError, RingParts, ShardCount, SlotState, Transition,
 };
 
+use super::accounting;
 use super::first_seen::deadline_start;
 use super::status::{self, StatusFacts};
 use super::{
@@ -120,6 +121,9 @@ pub(super) struct Planner<'a> {
     /// In a `Switch` ring past `timeouts.drain`: what it waits for (the `DrainStalled`
     /// condition's message).
     drain_stall: Option<String>,
+    /// A `Warm` or `Switch` step that waits for pods: what for and which (the `Progressing`
+    /// condition's message, and the `StepWaiting` event's note when it changed).
+    waiting: Option<String>,
     /// Pods deleted to fence them although a ring still names them.
     fence: Vec<PodDeletion>,
     names: BTreeSet<String>,
@@ -162,6 +166,7 @@ impl<'a> Planner<'a> {
             waiting_for_pods: BTreeSet::new(),
             switch_observed: None,
             drain_stall: None,
+            waiting: None,
             fence: Vec::new(),
             names,
             create: Vec::new(),
@@ -173,7 +178,7 @@ impl<'a> Planner<'a> {
     }
 
     pub(super) fn run(mut self) -> Result<Actions, RingError> {
-        let decision = match self.obs.ring {
+        let mut decision = match self.obs.ring {
             None => match self.remembered() {
                 Some(remembered) => {
                     self.slot_candidates(&remembered.last.ring);
@@ -190,6 +195,9 @@ impl<'a> Planner<'a> {
                 }
             }
         };
+        if let Some(published) = decision.publish.as_mut() {
+            Self::name_reporters(published);
+        }
         let final_ring = decision.publish.as_ref().or(self.obs.ring).map(|p| &p.ring);
         let mut delete = self.deletions(final_ring);
         for fenced in std::mem::take(&mut self.fence) {
@@ -209,7 +217,7 @@ impl<'a> Planner<'a> {
             _ => self.switch_observed.unwrap_or(true),
         };
         let leaving: BTreeSet<&str> = delete.iter().map(|d| d.uid.as_str()).collect();
-        let status = status::build(&StatusFacts {
+        let (status, recheck_at) = status::build(&StatusFacts {
             obs: self.obs,
             n: self.n,
             ring: final_ring,
@@ -217,9 +225,12 @@ impl<'a> Planner<'a> {
             leaving: &leaving,
             switch_observed,
             drain_stall: self.drain_stall.as_deref(),
+            waiting: self.waiting.as_deref(),
             converged,
             revision: &self.revision,
         });
+        self.deadlines.extend(recheck_at);
+        self.status_events(&status);
         let now = self.obs.now;
         let requeue_after = self
             .deadlines
@@ -486,6 +497,77 @@ impl<'a> Planner<'a> {
             published_at: self.obs.now,
             transition,
             timed_out,
+            reporters: Vec::new(),
+        }
+    }
+
+    /// A ring that finishes a transition names the pods expected to report the sessions they
+    /// took over in it: the pods of its slots that hold shards.
+    fn name_reporters(published: &mut PublishedRing) {
+        let ring = &published.ring;
+        if let Some(meta) = published.meta.as_mut()
+            && meta.reporters.is_empty()
+            && ring.phase() == Phase::Stable
+            && meta
+                .transition
+                .as_ref()
+                .is_some_and(|t| t.finished_at.is_some() && t.to_version == ring.version())
+        {
+            meta.reporters = status::expected_reporters(ring);
+        }
+    }
+
+    /// Events that follow from the status this pass writes, each emitted when the condition
+    /// it reports changes (so once, not on every pass): `StepWaiting` when a step names other
+    /// pods it waits for, `MovedSessionsMissing` and `HandoffReported` when a transition's
+    /// reports become missing or complete.
+    fn status_events(&mut self, status: &crate::crd::StatefulServiceStatus) {
+        let previous = self.obs.status;
+        let condition = |s: &crate::crd::StatefulServiceStatus, type_: &str| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == type_)
+                .map(|c| (c.reason.clone(), c.message.clone()))
+        };
+        let before = |type_: &str| previous.and_then(|s| condition(s, type_));
+        if let Some(waiting) = self.waiting.clone() {
+            let now_says = condition(status, crate::crd::PROGRESSING);
+            let said = before(crate::crd::PROGRESSING);
+            if now_says.as_ref().is_some_and(|(_, m)| *m == waiting)
+                && said.is_none_or(|(_, m)| m != waiting)
+            {
+                self.event(false, super::reasons::STEP_WAITING, waiting);
+            }
+        }
+        let Some((reason, message)) = condition(status, crate::crd::MOVED_SESSIONS_REPORTED) else {
+            return;
+        };
+        let version = |s: &crate::crd::StatefulServiceStatus| {
+            s.last_transition
+                .as_ref()
+                .map(|t| (t.from_version, t.to_version))
+        };
+        let same_transition = previous.and_then(version) == version(status);
+        let changed = !same_transition
+            || before(crate::crd::MOVED_SESSIONS_REPORTED).is_none_or(|(r, _)| r != reason);
+        if !changed {
+            return;
+        }
+        if reason == accounting::verdicts::REPORTS_MISSING {
+            self.event(true, super::reasons::MOVED_SESSIONS_MISSING, message);
+        } else if reason == accounting::verdicts::COMPLETE
+            && let Some(record) = status.last_transition.as_ref()
+            && let Some(summary) = record.moved_sessions.as_ref()
+        {
+            self.event(
+                false,
+                super::reasons::HANDOFF_REPORTED,
+                format!(
+                    "ring version {}: {}",
+                    record.to_version,
+                    accounting::breakdown(summary)
+                ),
+            );
         }
     }
 
@@ -501,6 +583,8 @@ impl<'a> Planner<'a> {
                 finished_at: None,
                 duration_seconds: None,
                 warm_hit_percent: None,
+                moved_sessions: None,
+                losers_gone: Vec::new(),
             }),
             Vec::new(),
         )
@@ -530,10 +614,13 @@ impl<'a> Planner<'a> {
 
     /// Bookkeeping for a single-step change outside any transition: the last record stays.
     fn meta_keep(&self, old: Option<&RingMeta>) -> RingMeta {
-        self.meta(
-            old.and_then(|m| m.transition.clone()),
-            old.map(|m| m.timed_out.clone()).unwrap_or_default(),
-        )
+        RingMeta {
+            reporters: old.map(|m| m.reporters.clone()).unwrap_or_default(),
+            ..self.meta(
+                old.and_then(|m| m.transition.clone()),
+                old.map(|m| m.timed_out.clone()).unwrap_or_default(),
+            )
+        }
     }
 
     fn published_at(published: &PublishedRing) -> Timestamp {

@@ -4,9 +4,9 @@ use std::collections::BTreeSet;
 
 use locus::ring::{self, Assignment, Phase, Ring, RingError, SlotState, Transition};
 
-use super::{Decision, Planner, gainers, losers, members, plus};
+use super::{Decision, Planner, accounting, gainers, losers, members, plus};
 use crate::crd::PROGRESSING;
-use crate::plan::{ObservedPod, PublishedRing, StepKind, fencing, reasons};
+use crate::plan::{ObservedPod, PublishedRing, RingMeta, StepKind, fencing, reasons};
 
 impl<'a> Planner<'a> {
     // ----- warm ring --------------------------------------------------------------------
@@ -74,6 +74,12 @@ impl<'a> Planner<'a> {
         let timed_out = !waiting.is_empty();
         if timed_out && self.obs.now < deadline {
             self.deadlines.push(deadline);
+            self.waiting = Some(format!(
+                "Warm ring version {version} waits for {} to report warmed (timeouts.warm {:?}, until {})",
+                pods_named(&waiting),
+                self.warm,
+                accounting::whole(deadline)
+            ));
             return Ok(Decision::none());
         }
         let (next, moved) = self.switch_ring(ring, target)?;
@@ -82,7 +88,7 @@ impl<'a> Planner<'a> {
                 true,
                 reasons::TIMEOUT,
                 format!(
-                    "warm step timed out after {:?} waiting for {waiting:?}: switching anyway (they load cold)",
+                    "warm step of ring version {version} timed out after {:?} waiting for {waiting:?}: switching anyway (what they did not pre-copy they take over at the first touch, or load cold)",
                     self.warm
                 ),
             );
@@ -212,15 +218,32 @@ impl<'a> Planner<'a> {
         if !settle_ok {
             self.deadlines.push(settle_deadline);
         }
+        let observing = (!settle_ok).then(|| {
+            format!(
+                "{} to report observing it (timeouts.settle {:?}, until {})",
+                pods_named(&not_observed),
+                self.settle,
+                accounting::whole(settle_deadline)
+            )
+        });
         if !unfenced.is_empty() {
             if now < drain_deadline {
                 self.deadlines.push(drain_deadline);
+                self.waiting = Some(self.drain_waiting(
+                    version,
+                    &unfenced,
+                    drain_deadline,
+                    observing.as_deref(),
+                ));
             } else {
                 self.drain_stalled(version, &unfenced);
             }
             return Ok(Decision::none());
         }
-        if !settle_ok {
+        if let Some(observing) = observing {
+            self.waiting = Some(format!(
+                "Switch ring version {version} waits for {observing}"
+            ));
             return Ok(Decision::none());
         }
         let mut timed_out = Vec::new();
@@ -250,7 +273,56 @@ impl<'a> Planner<'a> {
         );
         self.step(kind, StepKind::Settle, 0, Some((published, Phase::Switch)));
         let meta = self.meta_step(published.meta.as_ref(), next.version(), &timed_out, true);
-        Ok(Decision::publish(next, meta))
+        Ok(Decision::publish(
+            next,
+            self.with_gone_losers(meta, ring, previous),
+        ))
+    }
+
+    /// `meta` of the ring settling the `Switch` ring `ring`, with its losing pods
+    /// (predecessors and the pods of slots that lost shards) that are gone rather than drained
+    /// added to the record: their keys' new owners load what they did not take over without
+    /// an answer from them (`coldPreviousGone`).
+    fn with_gone_losers(&self, mut meta: RingMeta, ring: &Ring, previous: &Assignment) -> RingMeta {
+        let losing_slots = losers(previous, ring.current());
+        let gone = ring
+            .slots()
+            .iter()
+            .filter_map(|s| match &s.predecessor {
+                Some(p) => Some(p),
+                None => losing_slots.contains(&s.index).then_some(&s.pod),
+            })
+            .filter(|p| self.find(p).is_none());
+        if let Some(record) = meta.transition.as_mut() {
+            for pod in gone {
+                if !record.losers_gone.contains(&pod.name) {
+                    record.losers_gone.push(pod.name.clone());
+                }
+            }
+        }
+        meta
+    }
+
+    /// What a `Switch` waiting for its losing pods to drain says it waits for.
+    fn drain_waiting(
+        &self,
+        version: u64,
+        unfenced: &[(&'a ObservedPod, bool)],
+        deadline: k8s_openapi::jiff::Timestamp,
+        observing: Option<&str>,
+    ) -> String {
+        let names: Vec<&str> = unfenced.iter().map(|(p, _)| p.name.as_str()).collect();
+        let mut message = format!(
+            "Switch ring version {version} waits for {} to report drained (timeouts.drain {:?}, until {})",
+            pods_named(&names),
+            self.drain,
+            accounting::whole(deadline)
+        );
+        if let Some(observing) = observing {
+            message.push_str(", and for ");
+            message.push_str(observing);
+        }
+        message
     }
 
     /// Past `timeouts.drain` with losing pods not fenced: deletes those that leave anyway (or
@@ -281,5 +353,16 @@ impl<'a> Planner<'a> {
             self.event(true, reasons::DRAIN_STALLED, message.clone());
         }
         self.drain_stall = Some(message);
+    }
+}
+
+/// "pod a" or "pods a, b" (at most ten names).
+fn pods_named(names: &[&str]) -> String {
+    let owned: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let list = accounting::join_bounded(&owned);
+    if names.len() == 1 {
+        format!("pod {list}")
+    } else {
+        format!("pods {list}")
     }
 }
