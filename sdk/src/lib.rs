@@ -221,7 +221,7 @@ pub use fanout::{FanOut, FanOutError, FanOutResult};
 pub use handoff::{HandoffConfig, HandoffSecret};
 pub use metrics::Metrics;
 pub use server::ownership::{MissingKey, Mode, Ownership, OwnershipLayer};
-pub use server::session::{Member, SessionLayer};
+pub use server::session::{Member, MemberPod, SessionLayer};
 pub use source::{
     FileRingSource, KubeRingSource, RingSource, RingWatch, SourceStatus, StaticRingSource,
 };

@@ -26,6 +26,7 @@ mod inner;
 pub mod intent;
 mod lifecycle;
 mod member;
+pub mod pod;
 mod response;
 mod service;
 mod shutdown;
@@ -36,5 +37,6 @@ pub use self::builder::{
 pub use self::intent::{IntentError, KubePodIntent, ShutdownIntent, ShutdownIntentSource};
 pub use self::lifecycle::StartReport;
 pub use self::member::Member;
+pub use self::pod::{MemberLayer, MemberPod, MemberPodBuilder, PodError, Readiness};
 pub use self::service::{SessionBody, SessionLayer, SessionService};
 pub use self::shutdown::{ShutdownPath, ShutdownReport};
