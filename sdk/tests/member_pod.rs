@@ -147,7 +147,14 @@ async fn one_layer_serves_the_application_the_handoff_endpoints_and_the_probes()
         let answer = client.get(url(probe)).send().await.unwrap();
         assert_eq!(answer.status(), StatusCode::OK, "{probe}");
     }
-    let page = client.get(url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let page = client
+        .get(url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for family in ["locus_requests", "locus_store_", "locus_handoff_"] {
         assert!(page.contains(family), "{family} in {page}");
     }
@@ -193,7 +200,10 @@ async fn two_starts_at_once_restore_the_snapshot_once() {
     let before: Carts = SessionStore::builder(JsonCodec, Vec::len).build().unwrap();
     for i in 0..8 {
         before
-            .install(format!("k{i}").as_bytes(), Versioned::new(1, vec![i.to_string()]))
+            .install(
+                format!("k{i}").as_bytes(),
+                Versioned::new(1, vec![i.to_string()]),
+            )
             .await
             .unwrap();
     }
@@ -206,7 +216,10 @@ async fn two_starts_at_once_restore_the_snapshot_once() {
     let after: Carts = SessionStore::builder(JsonCodec, Vec::len).build().unwrap();
     let member = member_over(&after);
     let (a, b) = tokio::join!(member.start(), member.start());
-    let restored: Vec<_> = [&a, &b].iter().filter_map(|r| r.snapshot.as_ref()).collect();
+    let restored: Vec<_> = [&a, &b]
+        .iter()
+        .filter_map(|r| r.snapshot.as_ref())
+        .collect();
     assert_eq!(restored.len(), 1, "{a:?} {b:?}");
     assert!(a.snapshot_ignored.is_none() && b.snapshot_ignored.is_none());
     assert_eq!(after.stats().sessions, 8);

@@ -171,8 +171,15 @@ impl MemberPod {
     ///    serves, and the operator treats a Ready pod being deleted as an
     ///    eviction to coordinate (a successor warms from it).
     pub async fn shutdown(self) -> ShutdownReport {
+        let within = self.shutdown_timeout;
+        self.shutdown_within(within).await
+    }
+
+    /// [`shutdown`](Self::shutdown) within `within` instead of the
+    /// configured timeout (a caller that learns the grace period late).
+    pub async fn shutdown_within(self, within: Duration) -> ShutdownReport {
         self.passivation.abort();
-        let report = self.member.shutdown(self.shutdown_timeout).await;
+        let report = self.member.shutdown(within).await;
         self.readiness.shut();
         report
     }
