@@ -21,8 +21,10 @@ use std::time::Duration;
 
 use locus::handoff::{HandoffConfig, HandoffSecret};
 use locus::progress::{KubeProgressReporter, MemoryProgressReporter};
-use locus::server::session::{MemberPodBuilder, ShutdownIntent};
+use locus::server::session::{MemberPod, MemberPodBuilder, ShutdownIntent};
+use locus::{Metrics, Mode};
 
+use super::LedgerStore;
 use crate::Error;
 use crate::ring_source::{RingSourceConfig, kube_client};
 
@@ -108,11 +110,49 @@ impl HandoffOptions {
         }
     }
 
+    /// The SDK's entry point for pod `name` over `store`, reading the ring
+    /// of `ring`, with these options: a snapshot of an in-place restart is
+    /// back in the store, and the driver runs, when this returns (call it
+    /// before serving). Every metric goes to `metrics`.
+    pub(crate) async fn member_pod(
+        self,
+        name: &str,
+        store: &LedgerStore,
+        ring: &RingSourceConfig,
+        mode: Mode,
+        max_key_bytes: usize,
+        metrics: &Metrics,
+    ) -> Result<MemberPod, Error> {
+        let builder = MemberPod::from_lookup(store.clone(), |_| None)
+            .pod_name(name)
+            .metrics(metrics.clone())
+            .mode(mode)
+            .max_key_bytes(max_key_bytes);
+        let builder = match ring {
+            RingSourceConfig::Kube {
+                namespace,
+                service,
+                kubeconfig,
+            } => builder
+                .kube_ring(namespace, service)
+                .kube_client(kube_client(kubeconfig.as_deref()).await?),
+            other => builder.ring_source(other.clone().open(metrics).await?),
+        };
+        let pod = self
+            .apply(builder, name, ring)
+            .await?
+            .build()
+            .await
+            .map_err(|e| Error::config("handoff", e.to_string()))?;
+        tracing::info!(pod = %name, ?ring, "handoff driver running");
+        Ok(pod)
+    }
+
     /// These options on the SDK's entry point: the secret, progress,
     /// snapshot directory, coordination wait and shutdown intent of a
     /// [`MemberPod`]. The sample reads its own flags and environment, so
     /// nothing else comes from the environment here.
-    pub(crate) async fn apply(
+    async fn apply(
         self,
         mut pod: MemberPodBuilder,
         name: &str,

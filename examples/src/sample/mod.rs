@@ -62,7 +62,7 @@ use tokio::task::JoinHandle;
 use crate::Error;
 use crate::ledger::{Ledger, LedgerRules};
 use crate::postgres::{LedgerPersistence, PgConfig, Postgres};
-use crate::ring_source::{OpenRing, RingSourceConfig, kube_client};
+use crate::ring_source::{OpenRing, RingSourceConfig};
 
 pub use self::handoff::{HandoffOptions, ProgressTarget, SecretSource};
 pub use self::metrics::SampleMetrics;
@@ -311,51 +311,21 @@ impl SampleService {
                         None => LedgerPersistence::None,
                     })
                     .build()?;
-                match handoff {
+                if let Some(options) = handoff {
                     // A Locus member: the SDK's entry point does the rest.
-                    Some(options) => {
-                        let builder = MemberPod::from_lookup(store.clone(), |_| None)
-                            .pod_name(&pod)
-                            .metrics(metrics.clone())
-                            .mode(ownership)
-                            .max_key_bytes(max_key_bytes);
-                        let builder = match &ring {
-                            RingSourceConfig::Kube {
-                                namespace,
-                                service,
-                                kubeconfig,
-                            } => builder
-                                .kube_ring(namespace, service)
-                                .kube_client(kube_client(kubeconfig.as_deref()).await?),
-                            other => builder.ring_source(other.clone().open(&metrics).await?),
-                        };
-                        let member = options
-                            .apply(builder, &pod, &ring)
-                            .await?
-                            .build()
-                            .await
-                            .map_err(|e| Error::config("handoff", e.to_string()))?;
-                        tracing::info!(%pod, ring = ?ring, "handoff driver running");
-                        (
-                            Backend::Memory(store),
-                            None,
-                            Locus::Member(Box::new(member)),
-                        )
-                    }
-                    None => {
-                        metrics.register_with(|registry| {
-                            store.register_metrics(registry.sub_registry_with_prefix("locus"));
-                        });
-                        let passivation = store.spawn_passivation();
-                        let ring = Arc::new(ring.open(&metrics).await?);
-                        let layer = OwnershipLayer::builder(pod.clone(), ring.watch())
-                            .mode(ownership)
-                            .max_key_bytes(max_key_bytes)
-                            .metrics(metrics.clone())
-                            .build()?;
-                        let locus = Locus::Ownership { layer, passivation };
-                        (Backend::Memory(store), Some(ring), locus)
-                    }
+                    let member = options
+                        .member_pod(&pod, &store, &ring, ownership, max_key_bytes, &metrics)
+                        .await?;
+                    (
+                        Backend::Memory(store),
+                        None,
+                        Locus::Member(Box::new(member)),
+                    )
+                } else {
+                    let (ring, locus) =
+                        ownership_only(&pod, &store, ring, ownership, max_key_bytes, &metrics)
+                            .await?;
+                    (Backend::Memory(store), Some(ring), locus)
                 }
             }
         };
@@ -375,7 +345,7 @@ impl SampleService {
             sample,
             ring: ring
                 .as_ref()
-                .map(|r| r.watch())
+                .map(|r| RingSource::watch(r.as_ref()))
                 .or_else(|| member_pod.map(MemberPod::ring)),
             open_ring: ring,
             readiness: member_pod.map(MemberPod::readiness),
@@ -534,6 +504,29 @@ impl SampleService {
             ..ShutdownReport::default()
         }
     }
+}
+
+/// In memory without the handoff driver: the store's metrics and
+/// passivation, the ring source and the ownership check, wired here.
+async fn ownership_only(
+    pod: &str,
+    store: &LedgerStore,
+    ring: RingSourceConfig,
+    mode: Mode,
+    max_key_bytes: usize,
+    metrics: &Metrics,
+) -> Result<(Arc<OpenRing>, Locus), Error> {
+    metrics.register_with(|registry| {
+        store.register_metrics(registry.sub_registry_with_prefix("locus"));
+    });
+    let passivation = store.spawn_passivation();
+    let ring = Arc::new(ring.open(metrics).await?);
+    let layer = OwnershipLayer::builder(pod, ring.watch())
+        .mode(mode)
+        .max_key_bytes(max_key_bytes)
+        .metrics(metrics.clone())
+        .build()?;
+    Ok((ring, Locus::Ownership { layer, passivation }))
 }
 
 /// Longest [`SampleService::drain`] when nobody says otherwise: under the

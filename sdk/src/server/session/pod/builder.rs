@@ -36,10 +36,13 @@ pub const DEFAULT_PROBE_PATHS: [&str; 4] = ["/healthz", "/livez", "/readyz", "/m
 /// A change to the member's options made at build time.
 type Tweak = Box<dyn FnOnce(MemberBuilder) -> MemberBuilder + Send>;
 
+/// Builds a member over the store, for a pod and its ring.
+type MemberOver = Box<dyn FnOnce(String, &dyn RingSource) -> MemberBuilder + Send>;
+
 /// The parts of the session store the pod needs, its type erased.
 struct StoreParts {
     /// Builds the member over the store.
-    member: Box<dyn FnOnce(String, &dyn RingSource) -> MemberBuilder + Send>,
+    member: MemberOver,
     /// Registers the store's metrics.
     register: Box<dyn FnOnce(&mut Registry) + Send>,
     /// Starts passivation.
