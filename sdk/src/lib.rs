@@ -35,7 +35,8 @@
 //! * [`snapshot`]: fast restarts through a memory-backed directory.
 //! * [`server::session`]: [`Member`], one pod of the service, tying the
 //!   store, the handoff endpoints, the driver, progress and shutdown into a
-//!   layer for the pod's HTTP stack.
+//!   layer for the pod's HTTP stack; [`MemberPod`], the one entry point that
+//!   builds it from the pod's environment.
 //!
 //! A caller routing to a service whose ring lives in a file:
 //!
@@ -58,145 +59,127 @@
 //!
 //! # A complete service
 //!
-//! A pod of a service keeping shopping carts: an axum application over a
-//! [`SessionStore`] with a [`Persistence`](store::Persistence), the
-//! [`Member`]'s layer (handoff endpoints, take-over of gained keys, in-flight
-//! bound) inside the [`OwnershipLayer`], a caller routing to it, and the
-//! SIGTERM shutdown. In Kubernetes the pod name comes from `POD_NAME`, the
-//! ring from [`KubeRingSource`], the secret from
-//! [`HandoffSecret::from_env`], progress goes to
-//! [`KubeProgressReporter::from_env`](progress::KubeProgressReporter::from_env)
-//! and fast restarts are enabled by
-//! [`MemberBuilder::snapshot_dir_from_env`](server::session::MemberBuilder::snapshot_dir_from_env);
-//! here everything is in memory and the pod serves on 127.0.0.1.
+//! A member pod of a service keeping shopping carts: an axum application
+//! over a [`SessionStore`] with a [`Persistence`](store::Persistence), and
+//! [`MemberPod`], the one entry point — it reads the pod's environment
+//! (`POD_NAME`, `POD_NAMESPACE`, `LOCUS_RING_CONFIGMAP`,
+//! `LOCUS_HANDOFF_SECRET_FILE`, `LOCUS_SNAPSHOT_DIR`: what the operator
+//! sets), opens the ring, reports progress, restores a snapshot, and gives
+//! the one layer, the readiness probe, the metrics and the SIGTERM
+//! sequence. In a pod, `MemberPod::from_env(carts.clone()).build().await?`
+//! and `pod.shutdown_on_signal()` are all it takes; here the environment is
+//! a lookup, the ring is in memory and the pod serves on 127.0.0.1.
 //!
 //! ```
-//! use std::collections::HashMap;
-//! use std::sync::Mutex;
-//! use std::time::Duration;
-//!
+//! # use std::collections::HashMap;
+//! # use std::sync::Mutex;
 //! use axum::extract::State;
-//! use axum::http::HeaderMap;
+//! use axum::http::{HeaderMap, StatusCode};
 //! use axum::response::{IntoResponse, Response};
-//! use locus::ring::{Assignment, Pod, Ring, RingParts, ShardCount, Slot, SlotState, Transition};
+//! use axum::routing::{get_service, post};
 //! use locus::store::{JsonCodec, Persistence, SessionStore, Stamp, Stored};
-//! use locus::{HandoffSecret, Member, OwnershipLayer, ReqwestClient, RouterLayer, StaticRingSource};
+//! use locus::{HandoffSecret, MemberPod, ReqwestClient, RouterLayer, StaticRingSource};
 //! use tower::{Layer, ServiceExt};
 //!
 //! type Cart = Vec<String>;
-//!
-//! /// Where carts live when they are not in memory (a database in a real service).
-//! #[derive(Default)]
-//! struct CartTable(Mutex<HashMap<Vec<u8>, Stored<Cart>>>);
-//!
-//! impl Persistence<Cart> for CartTable {
-//!     type Error = std::convert::Infallible;
-//!
-//!     async fn load(&self, key: &[u8]) -> Result<Option<Stored<Cart>>, Self::Error> {
-//!         Ok(self.0.lock().unwrap().get(key).cloned())
-//!     }
-//!
-//!     async fn store(&self, key: &[u8], stamp: Stamp, cart: &Cart) -> Result<(), Self::Error> {
-//!         let mut rows = self.0.lock().unwrap();
-//!         // Never an older (epoch, version) over a newer one.
-//!         if rows.get(key).is_none_or(|held| held.stamp <= stamp) {
-//!             rows.insert(key.to_vec(), Stored::new(stamp, cart.clone()));
-//!         }
-//!         Ok(())
-//!     }
-//! }
-//!
+//! # /// Where carts live when they are not in memory (a database in a real service).
+//! # #[derive(Default)]
+//! # struct CartTable(Mutex<HashMap<Vec<u8>, Stored<Cart>>>);
+//! # impl Persistence<Cart> for CartTable {
+//! #     type Error = std::convert::Infallible;
+//! #     async fn load(&self, key: &[u8]) -> Result<Option<Stored<Cart>>, Self::Error> {
+//! #         Ok(self.0.lock().unwrap().get(key).cloned())
+//! #     }
+//! #     async fn store(&self, key: &[u8], stamp: Stamp, cart: &Cart) -> Result<(), Self::Error> {
+//! #         let mut rows = self.0.lock().unwrap();
+//! #         if rows.get(key).is_none_or(|held| held.stamp <= stamp) {
+//! #             rows.insert(key.to_vec(), Stored::new(stamp, cart.clone()));
+//! #         }
+//! #         Ok(())
+//! #     }
+//! # }
+//! # fn ring(pod: &str, address: std::net::SocketAddr) -> locus::ring::Ring {
+//! #     use locus::ring::*;
+//! #     let pod = Pod { name: pod.into(), uid: "uid-0".into(), address };
+//! #     let slot = Slot { index: 0, pod, state: SlotState::Active, successor: None, predecessor: None };
+//! #     let (shards, current) = (ShardCount::new(16).unwrap(), Assignment::new(vec![0; 16]).unwrap());
+//! #     let (namespace, service) = ("shop".into(), "carts".into());
+//! #     let transition = Transition::Stable;
+//! #     let parts = RingParts { namespace, service, version: 1, shards, vnodes: 16, slots: vec![slot], current, transition };
+//! #     Ring::new(parts).unwrap()
+//! # }
 //! #[derive(Clone)]
 //! struct App {
 //!     carts: SessionStore<Cart, CartTable>,
-//!     member: Member,
+//!     member: locus::Member,
 //! }
 //!
 //! /// `POST /cart` with the item as body, the cart in `x-locus-session`.
 //! async fn add(State(app): State<App>, headers: HeaderMap, item: String) -> Response {
-//!     let key = headers[locus::headers::SESSION].as_bytes();
-//!     let added = app.carts.update(key, |cart| {
-//!         cart.push(item);
-//!         cart.len()
-//!     });
-//!     match added.await {
+//!     // A fan-out request may come without a session key.
+//!     let Some(key) = headers.get(locus::headers::SESSION) else {
+//!         return (StatusCode::BAD_REQUEST, "which cart?").into_response();
+//!     };
+//!     match app.carts.update(key.as_bytes(), |cart| { cart.push(item); cart.len() }).await {
 //!         Ok(done) => format!("{} items (version {})", done.value, done.version).into_response(),
 //!         // 429 / 503 with Retry-After, 413, or 421 naming the new owner.
 //!         Err(error) => app.member.error_response(&error).into_response(),
 //!     }
 //! }
 //!
-//! /// A one-slot ring (the operator publishes the real one).
-//! fn ring(pod: &str, address: std::net::SocketAddr) -> Ring {
-//!     let slot = Slot {
-//!         index: 0,
-//!         pod: Pod { name: pod.into(), uid: "uid-0".into(), address },
-//!         state: SlotState::Active,
-//!         successor: None,
-//!         predecessor: None,
-//!     };
-//!     let shards = ShardCount::new(16).unwrap();
-//!     Ring::new(RingParts {
-//!         namespace: "shop".into(),
-//!         service: "carts".into(),
-//!         version: 1,
-//!         shards,
-//!         vnodes: 16,
-//!         slots: vec![slot],
-//!         current: Assignment::new(vec![0; 16]).unwrap(),
-//!         transition: Transition::Stable,
-//!     })
-//!     .unwrap()
-//! }
-//!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), locus::BoxError> {
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! let pod = "carts-0-x7k2p";
-//! let source = StaticRingSource::with_ring(ring(pod, listener.local_addr()?));
-//!
+//! # let source = StaticRingSource::with_ring(ring("carts-0-x7k2p", listener.local_addr()?));
 //! let carts = SessionStore::builder(JsonCodec, |cart: &Cart| cart.iter().map(String::len).sum())
 //!     .persistence(CartTable::default())
 //!     .build()?;
-//! let member = Member::builder(pod, &source, carts.clone())
+//! // In a pod: MemberPod::from_env(carts.clone()).build().await?
+//! let env = |name: &str| (name == "POD_NAME").then(|| "carts-0-x7k2p".to_owned());
+//! let pod = MemberPod::from_lookup(carts.clone(), env)
+//!     .ring_source(source.clone())
 //!     .secret(HandoffSecret::new("7f3a9c0e5b2d4f6a8c1e3b5d7f9a2c4e")?)
-//!     // How long a SIGTERM waits for the operator to retire this pod before
-//!     // handing the sessions over on its own (default 5 s).
-//!     .coordination_wait(Duration::ZERO)
-//!     .build()?;
-//! // Restores a snapshot if one is configured, starts the transition driver.
-//! member.start().await;
-//!
+//!     .build()
+//!     .await?;
 //! let app = axum::Router::new()
-//!     .route("/cart", axum::routing::post(add))
-//!     .with_state(App { carts: carts.clone(), member: member.clone() })
-//!     // Inner: handoff endpoints, in-flight bound, take-over of gained keys.
-//!     .layer(member.layer())
-//!     // Outer: forward (or answer 421 for) keys this pod does not own.
-//!     .layer(OwnershipLayer::new(pod, &source)?);
+//!     .route("/cart", post(add))
+//!     .with_state(App { carts, member: pod.member().clone() })
+//!     .route("/readyz", get_service(pod.readiness()))
+//!     // Last, around everything: ownership, handoff endpoints, take-overs.
+//!     .layer(pod.layer());
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
 //! let server = tokio::spawn(async move {
+//!     // In a pod: .with_graceful_shutdown(async { pod.shutdown_on_signal().await.ok(); })
 //!     let stopped = async { stopped.await.unwrap_or(()) };
 //!     axum::serve(listener, app).with_graceful_shutdown(stopped).await
 //! });
+//! # // The caller below; then the shutdown a signal would run.
+//! # let router = RouterLayer::new(&source).layer(ReqwestClient::new());
+//! # let request = http::Request::post("/cart").header(locus::headers::SESSION, "cart-7").body("apple".to_owned())?;
+//! # let response = router.oneshot(request).await?;
+//! # assert_eq!(response.status(), 200);
+//! # let body = http_body_util::BodyExt::collect(response.into_body()).await?;
+//! # assert_eq!(&body.to_bytes()[..], b"1 items (version 1)");
+//! # let report = pod.shutdown_within(std::time::Duration::from_secs(1)).await;
+//! # assert_eq!(report.flushed.map(|f| f.written), Some(1));
+//! # stop.send(()).ok();
+//! # server.await??;
+//! # Ok(())
+//! # }
+//! ```
 //!
-//! // A caller routes by the same ring to the session's owner.
+//! A caller routes by the same ring to the session's owner:
+//!
+//! ```no_run
+//! # use locus::{ReqwestClient, RouterLayer, StaticRingSource};
+//! # use tower::{Layer, ServiceExt};
+//! # async fn example(source: StaticRingSource) -> Result<(), locus::BoxError> {
 //! let router = RouterLayer::new(&source).layer(ReqwestClient::new());
 //! let request = http::Request::post("/cart")
 //!     .header(locus::headers::SESSION, "cart-7")
 //!     .body("apple".to_owned())?;
 //! let response = router.oneshot(request).await?;
 //! assert_eq!(response.status(), 200);
-//! let body = http_body_util::BodyExt::collect(response.into_body()).await?;
-//! assert_eq!(&body.to_bytes()[..], b"1 items (version 1)");
-//!
-//! // On SIGTERM (tokio::signal::unix::signal(SignalKind::terminate())):
-//! // snapshot, or wait for the operator's transition, or hand the sessions
-//! // to their next owners — here, with no other pod, write them back.
-//! let report = member.shutdown(Duration::from_secs(25)).await;
-//! assert_eq!(report.flushed.map(|f| f.written), Some(1));
-//! stop.send(()).ok();
-//! server.await??;
 //! # Ok(())
 //! # }
 //! ```
@@ -221,7 +204,7 @@ pub use fanout::{FanOut, FanOutError, FanOutResult};
 pub use handoff::{HandoffConfig, HandoffSecret};
 pub use metrics::Metrics;
 pub use server::ownership::{MissingKey, Mode, Ownership, OwnershipLayer};
-pub use server::session::{Member, SessionLayer};
+pub use server::session::{Member, MemberPod, SessionLayer};
 pub use source::{
     FileRingSource, KubeRingSource, RingSource, RingWatch, SourceStatus, StaticRingSource,
 };

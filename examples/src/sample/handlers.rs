@@ -72,7 +72,7 @@ impl Refusal {
         let (Some(owner), Some(ring)) = (&self.owner, &state.ring) else {
             return self;
         };
-        let Some(ring) = locus::RingSource::watch(ring.as_ref()).latest() else {
+        let Some(ring) = ring.latest() else {
             return self;
         };
         self.owner_hint = ring
@@ -397,7 +397,11 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, S
     if state.draining.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
     }
-    let (Backend::Memory(_), Some(ring)) = (&state.backend, &state.ring) else {
+    if let Some(readiness) = &state.readiness {
+        // A Locus member: the SDK's probe (ring held, or none published).
+        return readiness.check().await;
+    }
+    let (Backend::Memory(_), Some(ring)) = (&state.backend, &state.open_ring) else {
         // Stateless: PostgreSQL answered at start; nothing else to wait for.
         return (StatusCode::OK, "ready (stateless)\n".into());
     };
@@ -437,12 +441,6 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, S
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let page = state.metrics.encode();
     ([(header::CONTENT_TYPE, locus::Metrics::CONTENT_TYPE)], page).into_response()
-}
-
-/// Placeholder behind the handoff endpoints' route: the member's session
-/// layer answers those requests before they get here.
-pub(crate) async fn not_found() -> StatusCode {
-    StatusCode::NOT_FOUND
 }
 
 /// Stateless mode: stamps `x-locus-pod` on every session answer, as the

@@ -1,6 +1,7 @@
-//! How the sample takes part in ring transitions: the SDK's [`Member`]
-//! (handoff endpoints, transition driver, progress reports, drain on
-//! SIGTERM, snapshot restore) set up from [`HandoffOptions`].
+//! How the sample takes part in ring transitions: the SDK's entry point,
+//! [`MemberPod`](locus::MemberPod) (handoff endpoints, transition driver,
+//! progress reports, drain on SIGTERM, snapshot restore), set up from
+//! [`HandoffOptions`].
 //!
 //! In a pod the operator gives everything this needs:
 //! `LOCUS_HANDOFF_SECRET_FILE` (the per-service secret the handoff endpoints
@@ -20,12 +21,12 @@ use std::time::Duration;
 
 use locus::handoff::{HandoffConfig, HandoffSecret};
 use locus::progress::{KubeProgressReporter, MemoryProgressReporter};
-use locus::server::session::{Member, ShutdownIntent};
-use locus::source::RingSource;
+use locus::server::session::{MemberPod, MemberPodBuilder, ShutdownIntent};
+use locus::{Metrics, Mode};
 
 use super::LedgerStore;
 use crate::Error;
-use crate::ring_source::kube_client;
+use crate::ring_source::{RingSourceConfig, kube_client};
 
 /// Where the handoff secret comes from.
 #[derive(Clone)]
@@ -87,7 +88,12 @@ pub struct HandoffOptions {
 }
 
 /// Default of [`HandoffOptions::coordination_wait`]: long enough for an
-/// evicted pod's replacement to start and turn Ready.
+/// evicted pod's replacement to start and turn Ready. The SDK's default
+/// (5 s) suits a pod whose successor starts fast; on the local cluster a
+/// surge pod of the sample needs longer to be scheduled, start and pass its
+/// readiness probe before the operator publishes the Warm ring naming it,
+/// and a pod that stops waiting too early hands its sessions to the other
+/// slots instead of its successor (a cold reroute, not a warm replacement).
 pub const DEFAULT_COORDINATION_WAIT: Duration = Duration::from_secs(15);
 
 impl HandoffOptions {
@@ -104,70 +110,82 @@ impl HandoffOptions {
         }
     }
 
-    /// Builds and starts the member of pod `pod` over `store`, reading the
-    /// ring of `ring`: a snapshot of an in-place restart is back in the
-    /// store, and the driver runs, when this returns (call it before
-    /// serving).
-    pub(crate) async fn start(
+    /// The SDK's entry point for pod `name` over `store`, reading the ring
+    /// of `ring`, with these options: a snapshot of an in-place restart is
+    /// back in the store, and the driver runs, when this returns (call it
+    /// before serving). Every metric goes to `metrics`.
+    pub(crate) async fn member_pod(
         self,
-        pod: &str,
-        ring: &impl RingSource,
+        name: &str,
         store: &LedgerStore,
-    ) -> Result<Member, Error> {
-        let member = self.member(pod, ring, store).await?;
-        let started = member.start().await;
-        if let Some(restored) = &started.snapshot {
-            tracing::info!(?restored, "snapshot restored");
-        }
-        if let Some(ignored) = &started.snapshot_ignored {
-            tracing::warn!(%ignored, "snapshot found but not restored");
-        }
-        tracing::info!(%pod, "handoff driver running");
-        Ok(member)
+        ring: &RingSourceConfig,
+        mode: Mode,
+        max_key_bytes: usize,
+        metrics: &Metrics,
+    ) -> Result<MemberPod, Error> {
+        let builder = MemberPod::from_lookup(store.clone(), |_| None)
+            .pod_name(name)
+            .metrics(metrics.clone())
+            .mode(mode)
+            .max_key_bytes(max_key_bytes);
+        let builder = match ring {
+            RingSourceConfig::Kube {
+                namespace,
+                service,
+                kubeconfig,
+            } => builder
+                .kube_ring(namespace, service)
+                .kube_client(kube_client(kubeconfig.as_deref()).await?),
+            other => builder.ring_source(other.clone().open(metrics).await?),
+        };
+        let pod = self
+            .apply(builder, name, ring)
+            .await?
+            .build()
+            .await
+            .map_err(|e| Error::config("handoff", e.to_string()))?;
+        tracing::info!(pod = %name, ?ring, "handoff driver running");
+        Ok(pod)
     }
 
-    /// Builds the member of pod `pod` over `store`, reading the ring of
-    /// `ring`. Nothing runs until [`Member::start`].
-    async fn member(
+    /// These options on the SDK's entry point: the secret, progress,
+    /// snapshot directory, coordination wait and shutdown intent of a
+    /// [`MemberPod`]. The sample reads its own flags and environment, so
+    /// nothing else comes from the environment here.
+    async fn apply(
         self,
-        pod: &str,
-        ring: &impl RingSource,
-        store: &LedgerStore,
-    ) -> Result<Member, Error> {
-        let secret = match self.secret {
-            SecretSource::File(path) => HandoffSecret::from_file(&path).map_err(|e| {
-                Error::config(
-                    "handoff secret",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?,
-            SecretSource::Value(secret) => secret,
+        mut pod: MemberPodBuilder,
+        name: &str,
+        ring: &RingSourceConfig,
+    ) -> Result<MemberPodBuilder, Error> {
+        pod = match self.secret {
+            SecretSource::File(path) => pod.secret_file(path),
+            SecretSource::Value(secret) => pod.secret(secret),
         };
-        let mut builder = Member::builder(pod, ring.watch(), store.clone())
-            .secret(secret)
-            .config(self.config)
-            .coordination_wait(self.coordination_wait);
-        if let Some(dir) = self.snapshot_dir {
-            builder = builder.snapshot_dir(dir);
-        }
-        // Set after the progress reporter it would otherwise come from.
-        let intent = self.shutdown_intent;
-        builder = match self.progress {
-            ProgressTarget::None => builder,
-            ProgressTarget::Kube {
-                namespace,
-                kubeconfig,
-            } => {
+        pod = match (self.progress, ring) {
+            // The default: the pod's annotations, through the ring's client.
+            (ProgressTarget::Kube { .. }, RingSourceConfig::Kube { .. }) => pod,
+            (
+                ProgressTarget::Kube {
+                    namespace,
+                    kubeconfig,
+                },
+                _,
+            ) => {
                 let client = kube_client(kubeconfig.as_deref()).await?;
-                builder.progress(KubeProgressReporter::new(client, namespace, pod))
+                pod.progress(KubeProgressReporter::new(client, namespace, name))
             }
-            ProgressTarget::Memory(reporter) => builder.progress(reporter),
+            (ProgressTarget::Memory(reporter), _) => pod.progress(reporter),
+            (ProgressTarget::None, _) => pod.no_progress(),
         };
-        if let Some(intent) = intent {
-            builder = builder.shutdown_intent(intent);
+        if let Some(dir) = self.snapshot_dir {
+            pod = pod.snapshot_dir(dir);
         }
-        builder
-            .build()
-            .map_err(|e| Error::config("handoff", e.to_string()))
+        if let Some(intent) = self.shutdown_intent {
+            pod = pod.shutdown_intent(intent);
+        }
+        Ok(pod
+            .handoff_config(self.config)
+            .coordination_wait(self.coordination_wait))
     }
 }

@@ -53,7 +53,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use http::HeaderValue;
 use locus::driver::DrainReport;
-use locus::server::session::{Member, ShutdownIntent, ShutdownPath};
+use locus::server::session::{Member, MemberPod, ShutdownIntent, ShutdownPath};
 use locus::store::{Flush, JsonCodec, Limits};
 use locus::{Metrics, Mode, OwnershipLayer, RingSource, RingWatch, SessionStore};
 use tokio::sync::Mutex as AsyncMutex;
@@ -163,11 +163,18 @@ pub(crate) struct AppState {
     pub(crate) pod: HeaderValue,
     pub(crate) metrics: Metrics,
     pub(crate) sample: SampleMetrics,
-    pub(crate) ring: Option<Arc<OpenRing>>,
+    /// The ring this pod serves by.
+    pub(crate) ring: Option<RingWatch>,
+    /// The ring source the sample opened itself (without the handoff
+    /// driver); readiness asks it whether a ring exists.
+    pub(crate) open_ring: Option<Arc<OpenRing>>,
+    /// The SDK's readiness probe, when the sample is a Locus member.
+    pub(crate) readiness: Option<locus::server::session::Readiness>,
     pub(crate) draining: AtomicBool,
     /// Sessions are written back to PostgreSQL.
     pub(crate) persistent: bool,
-    /// The Locus member, when the sample takes part in transitions.
+    /// The Locus member, when the sample takes part in transitions (its
+    /// answers to store errors).
     pub(crate) member: Option<Member>,
     /// Honour [`STALL_HEADER`].
     pub(crate) test_stall: bool,
@@ -177,7 +184,8 @@ pub(crate) struct AppState {
 pub struct SampleService {
     router: Router,
     state: Arc<AppState>,
-    passivation: Option<JoinHandle<()>>,
+    /// The Locus side of the pod; the member pod is taken by the drain.
+    locus: AsyncMutex<Locus>,
     /// What [`SampleService::drain`] did, once it ran.
     drained: AsyncMutex<Option<ShutdownReport>>,
 }
@@ -189,6 +197,21 @@ impl std::fmt::Debug for SampleService {
             .field("ring_version", &self.ring().and_then(|r| r.version()))
             .finish_non_exhaustive()
     }
+}
+
+/// The Locus side of the sample's stack.
+enum Locus {
+    /// Stateless: no owner, nothing to hand over.
+    None,
+    /// In memory without the handoff driver: the ownership check alone.
+    Ownership {
+        layer: OwnershipLayer,
+        passivation: JoinHandle<()>,
+    },
+    /// A Locus member: the SDK's entry point (until the drain takes it).
+    Member(Box<MemberPod>),
+    /// The member after its drain.
+    Drained,
 }
 
 /// Turns the sample's readiness off; clones share the switch.
@@ -265,61 +288,52 @@ impl SampleService {
             mode,
             SampleMode::InMemory { postgres: Some(_) } | SampleMode::Stateless { .. }
         );
-        let (backend, passivation) = match mode {
-            SampleMode::InMemory { postgres } => {
-                let persistence = match postgres {
-                    Some(pg) => LedgerPersistence::Postgres(Postgres::connect(pg).await?),
-                    None => LedgerPersistence::None,
+        let (backend, ring, locus) = match (mode, ring, handoff) {
+            (SampleMode::Stateless { postgres, timeout }, ring, _) => {
+                let pg = Postgres::connect(postgres).await?;
+                let ring = match ring {
+                    Some(config) => Some(Arc::new(config.open(&metrics).await?)),
+                    None => None,
                 };
-                let store = SessionStore::builder(JsonCodec, Ledger::weight)
-                    .limits(limits)
-                    .persistence(persistence)
-                    .build()?;
-                metrics.register_with(|registry| {
-                    store.register_metrics(registry.sub_registry_with_prefix("locus"));
-                });
-                let passivation = store.spawn_passivation();
-                (Backend::Memory(store), Some(passivation))
+                (Backend::Stateless { pg, timeout }, ring, Locus::None)
             }
-            SampleMode::Stateless { postgres, timeout } => (
-                Backend::Stateless {
-                    pg: Postgres::connect(postgres).await?,
-                    timeout,
-                },
-                None,
-            ),
-        };
-        let ring = match ring {
-            Some(config) => Some(Arc::new(config.open(&metrics).await?)),
-            None => None,
-        };
-        let ownership = match (&backend, &ring) {
-            (Backend::Memory(_), Some(ring)) => Some(
-                OwnershipLayer::builder(pod.clone(), ring.watch())
-                    .mode(ownership)
-                    .max_key_bytes(max_key_bytes)
-                    .metrics(metrics.clone())
-                    .build()?,
-            ),
-            (Backend::Memory(_), None) => {
+            (SampleMode::InMemory { .. }, None, _) => {
                 return Err(Error::config(
                     "ring source",
                     "the in-memory sample needs a ring (--ring-file, or LOCUS_RING_CONFIGMAP and POD_NAMESPACE)",
                 ));
             }
-            (Backend::Stateless { .. }, _) => None,
+            (SampleMode::InMemory { postgres }, Some(ring), handoff) => {
+                let store = SessionStore::builder(JsonCodec, Ledger::weight)
+                    .limits(limits)
+                    .persistence(match postgres {
+                        Some(pg) => LedgerPersistence::Postgres(Postgres::connect(pg).await?),
+                        None => LedgerPersistence::None,
+                    })
+                    .build()?;
+                if let Some(options) = handoff {
+                    // A Locus member: the SDK's entry point does the rest.
+                    let member = options
+                        .member_pod(&pod, &store, &ring, ownership, max_key_bytes, &metrics)
+                        .await?;
+                    (
+                        Backend::Memory(store),
+                        None,
+                        Locus::Member(Box::new(member)),
+                    )
+                } else {
+                    let (ring, locus) =
+                        ownership_only(&pod, &store, ring, ownership, max_key_bytes, &metrics)
+                            .await?;
+                    (Backend::Memory(store), Some(ring), locus)
+                }
+            }
         };
         if let Some(ring) = &ring {
             tracing::info!(%pod, source = %ring.describe(), "ring source open");
         }
-        let member = match (&backend, &ring, handoff) {
-            (Backend::Memory(store), Some(ring), Some(options)) => {
-                let member = options.start(&pod, ring.as_ref(), store).await?;
-                metrics.register_with(|registry| {
-                    member.register_metrics(registry.sub_registry_with_prefix("locus"));
-                });
-                Some(member)
-            }
+        let member_pod = match &locus {
+            Locus::Member(member) => Some(member.as_ref()),
             _ => None,
         };
         let state = Arc::new(AppState {
@@ -329,17 +343,22 @@ impl SampleService {
             pod: pod_header,
             metrics,
             sample,
-            ring,
+            ring: ring
+                .as_ref()
+                .map(|r| RingSource::watch(r.as_ref()))
+                .or_else(|| member_pod.map(MemberPod::ring)),
+            open_ring: ring,
+            readiness: member_pod.map(MemberPod::readiness),
             draining: AtomicBool::new(false),
             persistent,
-            member,
+            member: member_pod.map(|m| m.member().clone()),
             test_stall,
         });
-        let router = app(Arc::clone(&state), ownership, max_event_bytes);
+        let router = app(Arc::clone(&state), &locus, max_event_bytes);
         Ok(Self {
             router,
             state,
-            passivation,
+            locus: AsyncMutex::new(locus),
             drained: AsyncMutex::new(None),
         })
     }
@@ -365,7 +384,7 @@ impl SampleService {
 
     /// The ring this pod serves by (none in stateless mode without a ring).
     pub fn ring(&self) -> Option<RingWatch> {
-        self.state.ring.as_ref().map(RingSource::watch)
+        self.state.ring.clone()
     }
 
     /// The process's metrics (the `/metrics` registry).
@@ -401,17 +420,16 @@ impl SampleService {
         if let Some(report) = *drained {
             return report;
         }
-        let Some(member) = &self.state.member else {
+        let mut locus = self.locus.lock().await;
+        let Locus::Member(member) = std::mem::replace(&mut *locus, Locus::Drained) else {
             self.begin_shutdown();
             return ShutdownReport::default();
         };
-        if let Some(task) = &self.passivation {
-            task.abort();
-        }
-        let done = member.shutdown(within).await;
-        // Readiness goes off only now: while it hands over, this pod still
-        // serves, and the operator treats a Ready pod being deleted as an
-        // eviction to coordinate (a successor warms from it).
+        // The SDK's SIGTERM sequence: passivation stops, the member hands
+        // its sessions over (or snapshots them) while this pod still
+        // serves, and only then readiness goes off (the operator treats a
+        // Ready pod being deleted as an eviction to coordinate).
+        let done = member.shutdown_within(within).await;
         self.begin_shutdown();
         let report = ShutdownReport {
             flush: done.flushed.unwrap_or_default(),
@@ -453,8 +471,8 @@ impl SampleService {
             return self.drain(DEFAULT_SHUTDOWN_TIMEOUT).await;
         }
         self.begin_shutdown();
-        if let Some(task) = &self.passivation {
-            task.abort();
+        if let Locus::Ownership { passivation, .. } = &*self.locus.lock().await {
+            passivation.abort();
         }
         let store = match &self.state.backend {
             Backend::Memory(store) => store,
@@ -488,6 +506,29 @@ impl SampleService {
     }
 }
 
+/// In memory without the handoff driver: the store's metrics and
+/// passivation, the ring source and the ownership check, wired here.
+async fn ownership_only(
+    pod: &str,
+    store: &LedgerStore,
+    ring: RingSourceConfig,
+    mode: Mode,
+    max_key_bytes: usize,
+    metrics: &Metrics,
+) -> Result<(Arc<OpenRing>, Locus), Error> {
+    metrics.register_with(|registry| {
+        store.register_metrics(registry.sub_registry_with_prefix("locus"));
+    });
+    let passivation = store.spawn_passivation();
+    let ring = Arc::new(ring.open(metrics).await?);
+    let layer = OwnershipLayer::builder(pod, ring.watch())
+        .mode(mode)
+        .max_key_bytes(max_key_bytes)
+        .metrics(metrics.clone())
+        .build()?;
+    Ok((ring, Locus::Ownership { layer, passivation }))
+}
+
 /// Longest [`SampleService::drain`] when nobody says otherwise: under the
 /// default 30 s termination grace period of a pod.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
@@ -497,47 +538,39 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
 /// Session routes, innermost first:
 /// 1. the handlers (append, read);
 /// 2. a body limit, so an oversized event is refused (413) before it is
-///    buffered;
-/// 3. with the handoff driver, the member's session layer (handoff
-///    endpoints, in-flight gate, first-touch takeover of gained keys);
-/// 4. the ownership check (in-memory mode), outermost so that a request for
-///    a key this pod does not own is forwarded or redirected before any body
-///    is read or any session touched. In stateless mode there is no owner: a
-///    small layer only stamps `x-locus-pod` on answers.
+///    buffered.
 ///
 /// The operational routes (`/healthz`, `/readyz`, `/metrics`) carry no
-/// session key and sit beside the session routes, outside the ownership
-/// check.
-fn app(state: Arc<AppState>, ownership: Option<OwnershipLayer>, max_event_bytes: usize) -> Router {
+/// session key and sit beside them. Then, around everything:
+/// * a Locus member: the SDK's one layer ([`MemberPod::layer`]) — the
+///   ownership check (forward or 421 before any body is read; the
+///   operational routes pass), the handoff endpoints under `/_locus/`, the
+///   in-flight gate and the take-over of gained keys;
+/// * in memory without the handoff driver: the ownership check alone, on
+///   the session routes;
+/// * stateless: there is no owner; a small layer only stamps `x-locus-pod`
+///   on session answers.
+fn app(state: Arc<AppState>, locus: &Locus, max_event_bytes: usize) -> Router {
     let sessions = Router::new()
         .route("/sessions/{id}", get(handlers::read))
         .route("/sessions/{id}/events", post(handlers::append))
         .layer(DefaultBodyLimit::max(max_event_bytes));
-    // The member's session layer sits inside the ownership check: it serves
-    // the handoff endpoints (a route of their own, so that the layer sees
-    // them; the layer answers them before the placeholder handler), admits
-    // requests through the in-flight gate and takes over gained keys on
-    // first touch before the handlers run.
-    let sessions = match &state.member {
-        Some(member) => sessions
-            .route(
-                &format!("{}{{*rest}}", locus::handoff::HANDOFF_PATH_PREFIX),
-                axum::routing::any(handlers::not_found),
-            )
-            .layer(member.layer()),
-        None => sessions,
-    };
-    let sessions = match ownership {
-        Some(ownership) => sessions.layer(ownership),
-        None => sessions.layer(axum::middleware::from_fn_with_state(
+    let sessions = match locus {
+        Locus::Ownership { layer, .. } => sessions.layer(layer.clone()),
+        Locus::None => sessions.layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             handlers::stamp_pod,
         )),
+        Locus::Member(_) | Locus::Drained => sessions,
     };
-    Router::new()
+    let app = Router::new()
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
         .merge(sessions)
-        .with_state(state)
+        .with_state(state);
+    match locus {
+        Locus::Member(member) => app.layer(member.layer()),
+        _ => app,
+    }
 }

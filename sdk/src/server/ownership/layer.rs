@@ -29,6 +29,7 @@ pub(crate) struct Shared {
     pub(crate) key: SessionKey,
     pub(crate) max_key_bytes: usize,
     pub(crate) reserved_prefix: String,
+    pub(crate) pass_through_paths: Vec<String>,
     pub(crate) retry_after: Duration,
     pub(crate) ring_wait: Duration,
     pub(crate) forwarder: Forwarder,
@@ -63,6 +64,7 @@ pub struct OwnershipLayerBuilder {
     key: SessionKey,
     max_key_bytes: usize,
     reserved_prefix: String,
+    pass_through_paths: Vec<String>,
     retry_after: Duration,
     ring_wait: Duration,
     forward_timeout: Duration,
@@ -81,6 +83,7 @@ impl OwnershipLayer {
             key: SessionKey::default(),
             max_key_bytes: crate::DEFAULT_MAX_KEY_BYTES,
             reserved_prefix: crate::RESERVED_PATH_PREFIX.to_owned(),
+            pass_through_paths: Vec::new(),
             retry_after: Duration::from_secs(1),
             ring_wait: DEFAULT_RING_WAIT,
             forward_timeout: DEFAULT_FORWARD_TIMEOUT,
@@ -135,6 +138,15 @@ impl OwnershipLayerBuilder {
         self
     }
 
+    /// A path (exact match) that passes through unchecked, like the
+    /// reserved prefix: the probes and `/metrics` of a layer that wraps the
+    /// whole application. May be given several times.
+    #[must_use]
+    pub fn pass_through_path(mut self, path: impl Into<String>) -> Self {
+        self.pass_through_paths.push(path.into());
+        self
+    }
+
     /// `Retry-After` on 503 answers (rounded up to whole seconds).
     #[must_use]
     pub fn retry_after(mut self, retry_after: Duration) -> Self {
@@ -180,6 +192,7 @@ impl OwnershipLayerBuilder {
                 key: self.key,
                 max_key_bytes: self.max_key_bytes,
                 reserved_prefix: self.reserved_prefix,
+                pass_through_paths: self.pass_through_paths,
                 retry_after: self.retry_after,
                 ring_wait: self.ring_wait,
                 forwarder: Forwarder::new(self.forward_timeout),

@@ -4,7 +4,9 @@
 //! For each request, in this order:
 //!
 //! 1. a path under [`RESERVED_PATH_PREFIX`](crate::RESERVED_PATH_PREFIX)
-//!    (`/_locus/`, the handoff endpoints) passes through untouched;
+//!    (`/_locus/`, the handoff endpoints), or one of the
+//!    [pass-through paths](OwnershipLayerBuilder::pass_through_path)
+//!    (probes, metrics), passes through untouched;
 //! 2. a fan-out request ([`x-locus-fanout`](crate::headers::FANOUT)) naming
 //!    this pod is served; naming another pod, it gets 421;
 //! 3. no session key: passed through ([`MissingKey::PassThrough`]) or 400

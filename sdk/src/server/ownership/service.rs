@@ -113,7 +113,10 @@ impl Shared {
         may_wait: bool,
         span: &tracing::Span,
     ) -> Decision {
-        if parts.uri.path().starts_with(&self.reserved_prefix) {
+        let path = parts.uri.path();
+        if path.starts_with(&self.reserved_prefix)
+            || self.pass_through_paths.iter().any(|p| p == path)
+        {
             return Decision::Serve("passthrough");
         }
         if let Some(target) = parts.headers.get(headers::FANOUT) {

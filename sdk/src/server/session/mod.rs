@@ -21,13 +21,22 @@
 //! application      handlers using the SessionStore
 //! ```
 
+mod builder;
+mod inner;
 pub mod intent;
+mod lifecycle;
 mod member;
+pub mod pod;
 mod response;
 mod service;
+mod shutdown;
 
-pub use self::intent::{IntentError, KubePodIntent, ShutdownIntent, ShutdownIntentSource};
-pub use self::member::{
-    Member, MemberBuilder, MemberError, ShutdownPath, ShutdownReport, StartReport,
+pub use self::builder::{
+    DEFAULT_COORDINATION_WAIT, DEFAULT_INTENT_TIMEOUT, MemberBuilder, MemberError,
 };
+pub use self::intent::{IntentError, KubePodIntent, ShutdownIntent, ShutdownIntentSource};
+pub use self::lifecycle::StartReport;
+pub use self::member::Member;
+pub use self::pod::{MemberLayer, MemberPod, MemberPodBuilder, PodError, Readiness};
 pub use self::service::{SessionBody, SessionLayer, SessionService};
+pub use self::shutdown::{ShutdownPath, ShutdownReport};

@@ -33,7 +33,7 @@ use http_body::Body;
 use http_body_util::Either;
 use tower::{Layer, Service};
 
-use super::member::MemberInner;
+use super::inner::MemberInner;
 use super::response;
 use crate::driver::gate::Refused;
 use crate::driver::touch::{self, TouchError};

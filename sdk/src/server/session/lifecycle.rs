@@ -1,0 +1,78 @@
+//! Starting a [`Member`]: restore the snapshot of an in-place restart,
+//! then start the transition driver and the progress reports — once, even
+//! when called twice at the same time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::inner::Running;
+use super::member::Member;
+use crate::driver::{AbortOnDrop, Driver};
+use crate::progress::ProgressTracker;
+use crate::snapshot::{self, SnapshotError, SnapshotRestore};
+
+/// Longest wait for a ring to check a snapshot against.
+const SNAPSHOT_RING_WAIT: Duration = Duration::from_secs(10);
+
+/// What [`Member::start`] did.
+#[derive(Debug)]
+pub struct StartReport {
+    /// The snapshot restored, if one was found and accepted.
+    pub snapshot: Option<SnapshotRestore>,
+    /// Why a snapshot found was ignored.
+    pub snapshot_ignored: Option<SnapshotError>,
+}
+
+impl Member {
+    /// Restores the snapshot if one is configured and present (waiting up to
+    /// 10 s for a ring to check it against), then starts the transition
+    /// driver and the progress reports. Call it before serving.
+    ///
+    /// It runs once: a second call — even one made while the first is still
+    /// restoring — waits for the first to finish and returns an empty
+    /// report, so a snapshot is never restored twice.
+    pub async fn start(&self) -> StartReport {
+        let mut report = StartReport {
+            snapshot: None,
+            snapshot_ignored: None,
+        };
+        // Held until the driver runs: checking and acting under one lock.
+        let mut started = self.inner.started.lock().await;
+        if *started {
+            return report;
+        }
+        *started = true;
+        if let Some(dir) = &self.inner.snapshot_dir
+            && tokio::fs::try_exists(snapshot::path_in(dir))
+                .await
+                .unwrap_or(false)
+        {
+            let state = &self.inner.state;
+            if let Some(ring) = state.ring.wait_for_ring(SNAPSHOT_RING_WAIT).await {
+                match snapshot::restore(Arc::clone(&state.store), dir, &ring, &state.pod).await {
+                    Ok(restored) => report.snapshot = restored,
+                    Err(error) => report.snapshot_ignored = Some(error),
+                }
+            } else {
+                tracing::warn!(
+                    wait = ?SNAPSHOT_RING_WAIT,
+                    "no ring in time: the snapshot is not restored"
+                );
+            }
+        }
+        let (tracker, reporting) =
+            ProgressTracker::spawn(Arc::clone(&self.inner.reporter), Duration::from_millis(200));
+        let driver = Driver::new(
+            Arc::clone(&self.inner.state),
+            tracker.clone(),
+            Arc::clone(&self.inner.gate),
+        );
+        let task = tokio::spawn(Arc::clone(&driver).run());
+        *self.inner.lock_running() = Some(Running {
+            driver,
+            tracker,
+            _tasks: vec![AbortOnDrop(task), AbortOnDrop(reporting)],
+        });
+        report
+    }
+}
