@@ -177,20 +177,16 @@ impl MovedTally {
     pub(crate) fn count(&self, epoch: u64, path: TakeoverPath, now: Instant) -> bool {
         let notify = {
             let mut inner = self.lock();
-            let transition = match inner.find(epoch) {
-                Some(t) => t,
-                None => {
-                    inner.push(Transition {
-                        epochs: vec![epoch],
-                        settled_by: None,
-                        deadline: now,
-                        counts: MovedSessions::default(),
-                    });
-                    let Some(t) = inner.transitions.back_mut() else {
-                        return false;
-                    };
-                    t
-                }
+            if inner.find(epoch).is_none() {
+                inner.push(Transition {
+                    epochs: vec![epoch],
+                    settled_by: None,
+                    deadline: now,
+                    counts: MovedSessions::default(),
+                });
+            }
+            let Some(transition) = inner.find(epoch) else {
+                return false;
             };
             if transition.counts.state == ReportState::Final {
                 // Past its deadline nothing is taken over under a Switch;

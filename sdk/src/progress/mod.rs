@@ -181,9 +181,9 @@ impl ProgressTracker {
         )
     }
 
-    fn raise(&self, change: Progress) {
+    fn raise(&self, change: &Progress) {
         self.wanted.send_if_modified(|held| {
-            let next = held.max(change);
+            let next = held.max(*change);
             let modified = next != *held;
             *held = next;
             modified
@@ -192,7 +192,7 @@ impl ProgressTracker {
 
     /// Reports that ring `version` was observed.
     pub fn observed(&self, version: u64) {
-        self.raise(Progress {
+        self.raise(&Progress {
             observed: Some(version),
             ..Progress::default()
         });
@@ -200,7 +200,7 @@ impl ProgressTracker {
 
     /// Reports that the Warm ring `version` was warmed.
     pub fn warmed(&self, version: u64) {
-        self.raise(Progress {
+        self.raise(&Progress {
             warmed: Some(version),
             ..Progress::default()
         });
@@ -208,7 +208,7 @@ impl ProgressTracker {
 
     /// Reports that the Switch ring `version` was drained.
     pub fn drained(&self, version: u64) {
-        self.raise(Progress {
+        self.raise(&Progress {
             drained: Some(version),
             ..Progress::default()
         });
@@ -216,7 +216,7 @@ impl ProgressTracker {
 
     /// Reports how the sessions taken over in the last transitions arrived.
     pub fn moved(&self, moved: MovedReport) {
-        self.raise(Progress {
+        self.raise(&Progress {
             moved: Some(moved),
             ..Progress::default()
         });

@@ -574,7 +574,7 @@ mod tests {
             r#"{"3":{"warm":{"pushed":-1}}}"#,
             r#"{"3":{"state":"done"}}"#,
             r#"{"1":{},"2":{},"3":{},"4":{}}"#,
-            r#"[1,2]"#,
+            "[1,2]",
         ] {
             assert!(bad.parse::<MovedReport>().is_err(), "{bad:?}");
         }
