@@ -30,6 +30,7 @@ use locus_examples::loadgen::{LoadConfig, LoadGenerator, Stop, Summary, Target, 
 use locus_examples::ring_source::{OpenRing, RingSourceConfig};
 use serde_json::{Value, json};
 
+use crate::accounting::{self, HandoffCheck};
 use crate::cluster::{ClusterError, client_for};
 use crate::wait;
 
@@ -226,6 +227,9 @@ pub struct PhaseReport {
     pub verification: Verification,
     /// Ring versions, shards moved, convergence time.
     pub ring: RingChange,
+    /// The handoff accounting of the phase's last transition, operator and client side by
+    /// side (`None`: no transition).
+    pub handoff: Option<HandoffCheck>,
     /// True if the service did not converge within the timeout (the phase ended there).
     pub timed_out: bool,
 }
@@ -284,6 +288,7 @@ impl PhaseReport {
             "moved_warm_percent": self.moved_warm_percent(),
             "operator_warm_hit_percent": self.operator_warm_percent(),
             "first_touches": self.summary.handoff,
+            "handoff": self.handoff,
             "ring": self.ring,
             "timed_out": self.timed_out,
             "summary": self.summary,
@@ -302,6 +307,53 @@ pub struct DemoReport {
 }
 
 impl DemoReport {
+    /// The handoff accounting of each phase's last transition: the operator's sums of the
+    /// pods' reports beside what the load generator saw.
+    fn handoff_table(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "handoff accounting per phase (the phase's last transition): the operator's sums of \
+             the pods' reports beside what the load generator saw"
+        );
+        let _ = writeln!(
+            out,
+            "  {:<12} {:>9} {:>14} {:>9} {:>11} {:>11} {:>11} {:>11} {:>6}",
+            "phase",
+            "ring v",
+            "reports",
+            "op warm %",
+            "taken w/c",
+            "served w/c",
+            "seen w/c",
+            "moved w/c",
+            "unann."
+        );
+        for phase in &self.phases {
+            let Some(h) = &phase.handoff else {
+                continue;
+            };
+            let pair = |(w, c): (u64, u64)| format!("{w}/{c}");
+            let moved = &phase.summary.moved;
+            let _ = writeln!(
+                out,
+                "  {:<12} {:>9} {:>14} {:>9} {:>11} {:>11} {:>11} {:>11} {:>6}",
+                phase.name,
+                format!("{}→{}", h.from_version, h.to_version),
+                h.reports,
+                h.operator_warm_percent
+                    .map_or_else(|| "-".to_owned(), |p| format!("{p:.1}")),
+                pair(h.taken_over),
+                pair(h.served),
+                pair(h.seen),
+                pair((moved.warm, moved.cold)),
+                moved.unannounced,
+            );
+            if !h.missing.is_empty() {
+                let _ = writeln!(out, "    reports missing: {:?}", h.missing);
+            }
+        }
+    }
+
     /// The summary table, one row per phase and a total.
     pub fn table(&self) -> String {
         let mut out = String::new();
@@ -379,6 +431,7 @@ impl DemoReport {
                 v.sessions_unreadable
             );
         }
+        self.handoff_table(&mut out);
         for phase in &self.phases {
             if !phase.summary.errors_by_kind.is_empty() {
                 let _ = writeln!(
@@ -1002,21 +1055,51 @@ impl Session {
             |c| c.as_secs_f64(),
         );
         let after = self.ring().await.ok().flatten();
+        let verification = load.verify().await;
+        let from_version = before.as_ref().map_or(0, Ring::version);
+        let to_version = after.as_ref().map_or(0, Ring::version);
+        // The pods' reports of the phase's last transition are final once their handoff
+        // deadline has passed; the operator sums them then.
+        let handoff = if to_version > from_version {
+            log(&format!(
+                "phase {}: waiting for the pods' handoff reports",
+                phase.name
+            ));
+            accounting::wait_reported(
+                &self.services,
+                &self.options.service,
+                from_version,
+                accounting::REPORTS_WITHIN,
+            )
+            .await
+            .and_then(|status| {
+                let record = status.last_transition.as_ref()?;
+                (record.to_version > from_version).then(|| {
+                    HandoffCheck::of(
+                        &status,
+                        record,
+                        [&summary.takeovers, &verification.takeovers],
+                    )
+                })
+            })
+        } else {
+            None
+        };
         let status = self
             .services
             .get(&self.options.service)
             .await
             .ok()
             .and_then(|s| s.data.get("status").cloned());
-        let verification = load.verify().await;
         Ok(PhaseReport {
             name: phase.name.clone(),
             summary,
             lost_writes: verification.lost_writes.saturating_sub(lost_before),
             verification,
+            handoff,
             ring: RingChange {
-                from_version: before.as_ref().map_or(0, Ring::version),
-                to_version: after.as_ref().map_or(0, Ring::version),
+                from_version,
+                to_version,
                 shards_moved: match (&before, &after) {
                     (Some(b), Some(a)) => shards_moved(b, a),
                     _ => 0,

@@ -5,6 +5,7 @@
 //! kube-scheduler built from the Kubernetes Go modules) plus a node agent of our
 //! own that runs each pod as local processes in the pod's own network namespace.
 
+pub mod accounting;
 pub mod chaos;
 pub mod cluster;
 pub mod demo;

@@ -85,6 +85,7 @@ use chaos_support::operator::{self, HostOperator, RingAudit};
 use chaos_support::persistence::{PgAudit, PgAuditReport, SlowPostgres};
 use chaos_support::*;
 use demo_support::*;
+use locus_e2e::accounting::HandoffCheck;
 use locus_e2e::chaos::{self, ChaosPod, ClusterNet, NetFault, Paused};
 use locus_e2e::demo::Demo;
 use locus_e2e::logs;
@@ -1270,6 +1271,33 @@ fn add_pg_audit(report: &mut ScenarioReport, pg: &PgAuditReport) {
     );
 }
 
+/// The handoff accounting in the report: complete reports must agree with what the load
+/// generator saw (within the requests that got no answer); missing ones must name the pods.
+fn note_handoff(report: &mut ScenarioReport, handoff: Option<&HandoffCheck>) {
+    let Some(check) = handoff else {
+        report
+            .scenario_failures
+            .push("no finished transition with handoff reports".to_owned());
+        return;
+    };
+    report.notes.push(format!("handoff accounting {check}"));
+    report.scenario_figures.insert(
+        "handoff".to_owned(),
+        serde_json::to_value(check).unwrap_or_default(),
+    );
+    let unanswered = report.totals.errors + report.verification.sessions_unreadable;
+    match check.reports.as_str() {
+        "Complete" if !check.agrees(unanswered) => report.scenario_failures.push(format!(
+            "the pods' served takeovers and the client's disagree beyond {unanswered} unanswered requests: {check}"
+        )),
+        "Complete" => {}
+        "ReportsMissing" if !check.missing.is_empty() => {}
+        other => report.scenario_failures.push(format!(
+            "the handoff reports neither complete nor named missing ({other}): {check}"
+        )),
+    }
+}
+
 /// What the load before the fault saw, in the report.
 fn note_steady(report: &mut ScenarioReport, steady: &Totals) {
     // A session counts once per run, in the window that first saw it: one caught before
@@ -1340,6 +1368,8 @@ async fn run(plan: Plan) {
         )
         .await;
         let observed = watching.finish().await;
+        // The ring when the scenario began: the handoff accounting is of a transition after it.
+        let since = observed.ring.first().map_or(0, |r| r.version);
         let ring_audit = audit.finish();
         let pg_audit = match pg_audit {
             Some(audit) => Some(audit.finish().await),
@@ -1365,6 +1395,11 @@ async fn run(plan: Plan) {
         if let Some(dir) = env.cluster.node_run_dir() {
             report.victim_log = handoff_log_lines(dir, &victim, VICTIM_LOG_LINES);
         }
+        say("waiting for the pods' handoff reports");
+        let handoff = service
+            .handoff_check(since, &windows, &report.verification)
+            .await;
+        note_handoff(&mut report, handoff.as_ref());
         report.last_transition = service
             .status()
             .await

@@ -40,6 +40,21 @@ fn assert_clean(report: &PhaseReport) {
     );
     assert!(s.is_consistent(), "{}: {}", report.name, s.to_json_line());
     if report.ring.shards_moved > 0 {
+        // Both ends of the handoff accounting: every pod's report complete, and the first
+        // answers the pods counted as served are the ones the client saw announced (within
+        // one session: an answer lost on the way).
+        let handoff = report.handoff.as_ref();
+        assert!(
+            handoff.is_some_and(|h| h.complete() && h.agrees(1)),
+            "{}: handoff accounting {}",
+            report.name,
+            handoff.map_or_else(|| "missing".to_owned(), ToString::to_string)
+        );
+        assert_eq!(
+            s.moved.unannounced, 0,
+            "{}: sessions answered by a new pod without a takeover announced: {:?}",
+            report.name, s.moved
+        );
         // The operator's own figure, from what the pods reported with the final ring.
         let reported = report.operator_warm_percent();
         assert!(

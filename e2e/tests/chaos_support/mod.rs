@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
 use locus::ring::{Ring, RingDocument};
+use locus_e2e::accounting::{self, HandoffCheck};
 use locus_e2e::chaos::ChaosPod;
 use locus_e2e::cluster::ClusterInfo;
 use locus_e2e::demo::{self, DemoOptions};
@@ -298,6 +299,34 @@ impl Service {
     /// The service's namespace (the operator's release is installed there too).
     pub fn namespace(&self) -> &str {
         &self.options.namespace
+    }
+
+    /// Waits (at most [`accounting::REPORTS_WITHIN`]) until the pods' reports of the last
+    /// transition, one that ended after ring `since`, are complete or known missing; then
+    /// holds the operator's sums against the takeovers the load generator saw (`windows` and
+    /// the read-back).
+    pub async fn handoff_check(
+        &self,
+        since: u64,
+        windows: &[Window],
+        verification: &Verification,
+    ) -> Option<HandoffCheck> {
+        let status = accounting::wait_reported(
+            &self.services,
+            &self.options.service,
+            since,
+            accounting::REPORTS_WITHIN,
+        )
+        .await?;
+        let record = status
+            .last_transition
+            .as_ref()
+            .filter(|r| r.to_version > since)?;
+        let seen = windows
+            .iter()
+            .map(|w| &w.summary.takeovers)
+            .chain([&verification.takeovers]);
+        Some(HandoffCheck::of(&status, record, seen))
     }
 
     /// The service's `status` now.
@@ -585,6 +614,8 @@ pub struct Totals {
     pub forwarded: u64,
     pub moved_warm: u64,
     pub moved_cold: u64,
+    /// Moved sessions whose first answer from the new pod announced no takeover.
+    pub moved_unannounced: u64,
     pub first_touches: BTreeMap<String, u64>,
     pub by_pod: BTreeMap<String, u64>,
 }
@@ -613,6 +644,7 @@ impl Totals {
             t.forwarded += s.forwarded;
             t.moved_warm += s.moved.warm;
             t.moved_cold += s.moved.cold;
+            t.moved_unannounced += s.moved.unannounced;
             for (k, n) in &s.handoff {
                 *t.first_touches.entry(k.clone()).or_default() += n;
             }
@@ -833,8 +865,13 @@ impl ScenarioReport {
         let v = &self.verification;
         let _ = writeln!(
             out,
-            "moved sessions warm {} cold {}; first touches {:?}; not owner {}, forwarded {}",
-            t.moved_warm, t.moved_cold, t.first_touches, t.not_owner, t.forwarded
+            "moved sessions warm {} cold {} ({} without a takeover announced); first touches {:?}; not owner {}, forwarded {}",
+            t.moved_warm,
+            t.moved_cold,
+            t.moved_unannounced,
+            t.first_touches,
+            t.not_owner,
+            t.forwarded
         );
         let _ = writeln!(
             out,

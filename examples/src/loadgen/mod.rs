@@ -73,7 +73,9 @@ use crate::ledger::{AppendAnswer, SessionView};
 use crate::ranges::SeqSet;
 use crate::sample::CACHE_HEADER;
 
-pub use self::stats::{CacheCounts, Latency, LostWrite, MovedCounts, Summary, Verification};
+pub use self::stats::{
+    CacheCounts, Latency, LostWrite, MovedCounts, Summary, TakeoverCounts, Verification,
+};
 
 /// Most sessions.
 pub const MAX_SESSIONS: u32 = 1_000_000;
