@@ -320,26 +320,11 @@ pub struct MovedSessionsRow {
 
 impl From<&MovedSessions> for MovedSessionsRow {
     fn from(moved: &MovedSessions) -> Self {
-        let (w, c) = (&moved.warm, &moved.cold);
         Self {
             version: moved.version,
-            warm: WarmSessions {
-                precopied: w.precopied,
-                transferred: w.transferred,
-                pushed: w.pushed,
-                promoted: w.promoted,
-                total: w.total(),
-            },
-            cold: ColdSessions {
-                absent: c.absent,
-                rolled_forward: c.rolled_forward,
-                fenced_load: c.fenced_load,
-                total: c.total(),
-            },
-            served: ServedSessions {
-                warm: moved.served.warm,
-                cold: moved.served.cold,
-            },
+            warm: WarmSessions::from(&moved.warm),
+            cold: ColdSessions::from(&moved.cold),
+            served: ServedSessions::from(&moved.served),
         }
     }
 }

@@ -200,6 +200,38 @@ pub struct ColdSessions {
     pub total: u64,
 }
 
+impl From<&locus::progress::WarmTakeovers> for WarmSessions {
+    fn from(w: &locus::progress::WarmTakeovers) -> Self {
+        Self {
+            precopied: w.precopied,
+            transferred: w.transferred,
+            pushed: w.pushed,
+            promoted: w.promoted,
+            total: w.total(),
+        }
+    }
+}
+
+impl From<&locus::progress::ColdTakeovers> for ColdSessions {
+    fn from(c: &locus::progress::ColdTakeovers) -> Self {
+        Self {
+            absent: c.absent,
+            rolled_forward: c.rolled_forward,
+            fenced_load: c.fenced_load,
+            total: c.total(),
+        }
+    }
+}
+
+impl From<&locus::progress::ServedTakeovers> for ServedSessions {
+    fn from(s: &locus::progress::ServedTakeovers) -> Self {
+        Self {
+            warm: s.warm,
+            cold: s.cold,
+        }
+    }
+}
+
 /// Taken-over sessions whose first request was served, by how they arrived.
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

@@ -116,23 +116,9 @@ fn summary_of(sum: &MovedSessions, losers_gone: bool) -> MovedSessionsSummary {
     let (w, c) = (&sum.warm, &sum.cold);
     let unanswered = c.unanswered();
     MovedSessionsSummary {
-        warm: WarmSessions {
-            precopied: w.precopied,
-            transferred: w.transferred,
-            pushed: w.pushed,
-            promoted: w.promoted,
-            total: w.total(),
-        },
-        cold: ColdSessions {
-            absent: c.absent,
-            rolled_forward: c.rolled_forward,
-            fenced_load: c.fenced_load,
-            total: c.total(),
-        },
-        served: ServedSessions {
-            warm: sum.served.warm,
-            cold: sum.served.cold,
-        },
+        warm: WarmSessions::from(w),
+        cold: ColdSessions::from(c),
+        served: ServedSessions::from(&sum.served),
         cold_while_previous_alive: if losers_gone {
             c.absent
         } else {
