@@ -92,6 +92,8 @@ pub struct HandoffCheck {
     pub operator_warm_percent: Option<f64>,
     /// The pods' takeovers summed by the operator: (warm, cold).
     pub taken_over: (u64, u64),
+    /// Of the cold ones, new sessions (nothing was stored for them anywhere).
+    pub created: u64,
     /// Of those, the ones whose first request was served: (warm, cold).
     pub served: (u64, u64),
     /// The `x-locus-takeover` headers the client saw for this transition: (warm, cold).
@@ -114,6 +116,7 @@ impl HandoffCheck {
             reports: reports_reason(status).unwrap_or("-").to_owned(),
             operator_warm_percent: record.warm_hit_percent,
             taken_over: (moved.warm.total, moved.cold.total),
+            created: moved.cold.created,
             served: (moved.served.warm, moved.served.cold),
             seen: seen_between(seen, record.from_version, record.to_version),
             missing: moved.missing,
@@ -137,7 +140,7 @@ impl fmt::Display for HandoffCheck {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "v{}→v{}: reports {}, operator warm {}, taken over {}/{} (warm/cold), served {}/{}, client saw {}/{}",
+            "v{}→v{}: reports {}, operator warm {}, taken over {}/{} (warm/cold; {} new), served {}/{}, client saw {}/{}",
             self.from_version,
             self.to_version,
             self.reports,
@@ -145,6 +148,7 @@ impl fmt::Display for HandoffCheck {
                 .map_or_else(|| "-".to_owned(), |p| format!("{p:.1} %")),
             self.taken_over.0,
             self.taken_over.1,
+            self.created,
             self.served.0,
             self.served.1,
             self.seen.0,
@@ -180,6 +184,7 @@ mod tests {
             reports: "Complete".into(),
             operator_warm_percent: Some(100.0),
             taken_over: (40, 2),
+            created: 1,
             served: (30, 1),
             seen: (29, 1),
             missing: Vec::new(),

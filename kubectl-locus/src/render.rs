@@ -610,7 +610,7 @@ fn last_transition(report: &StatusReport, out: &mut String, width: usize) {
             out,
             "Moved sessions",
             &format!(
-                "warm {} (precopied {}, transferred {}, pushed {}, promoted {}), cold {} (absent {}, rolled forward {}, fenced load {})",
+                "warm {} (precopied {}, transferred {}, pushed {}, promoted {}), cold {} (absent {}, rolled forward {}, fenced load {}{})",
                 w.total,
                 w.precopied,
                 w.transferred,
@@ -619,7 +619,12 @@ fn last_transition(report: &StatusReport, out: &mut String, width: usize) {
                 c.total,
                 c.absent,
                 c.rolled_forward,
-                c.fenced_load
+                c.fenced_load,
+                if c.created > 0 {
+                    format!("; {} new sessions", c.created)
+                } else {
+                    String::new()
+                }
             ),
             width,
         );
@@ -930,6 +935,8 @@ Warnings
         moved.pods_reported = 0;
         moved.cold.rolled_forward = 2;
         moved.cold.total = 3;
+        // A losing pod was gone: the two loads without an answer may miss writes.
+        moved.cold_previous_gone = 2;
         moved.pending = vec!["ledger-1-bbbbb".to_owned()];
         moved.missing = vec!["ledger-0-aaaaa".to_owned()];
         let condition = status
@@ -1078,7 +1085,7 @@ Warnings
                 "movedSessions": {"version": 3,
                     "warm": {"precopied": 0, "transferred": 0, "pushed": 9, "promoted": 0,
                              "total": 9},
-                    "cold": {"absent": 1, "rolledForward": 0, "fencedLoad": 0, "total": 1},
+                    "cold": {"absent": 1, "rolledForward": 0, "fencedLoad": 0, "total": 1, "created": 0},
                     "served": {"warm": 0, "cold": 0}},
                 "movedReport": "final",
                 "unreadableAnnotations": [],
@@ -1096,7 +1103,7 @@ Warnings
                 "movedSessions": {
                     "warm": {"precopied": 0, "transferred": 0, "pushed": 9, "promoted": 0,
                              "total": 9},
-                    "cold": {"absent": 1, "rolledForward": 0, "fencedLoad": 0, "total": 1},
+                    "cold": {"absent": 1, "rolledForward": 0, "fencedLoad": 0, "total": 1, "created": 0},
                     "served": {"warm": 8, "cold": 1},
                     "coldWhilePreviousAlive": 1, "coldPreviousGone": 0,
                     "podsExpected": 2, "podsReported": 2, "pending": [], "missing": [],

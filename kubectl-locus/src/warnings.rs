@@ -12,7 +12,7 @@
 //! | `ProgressMissing` / `ProgressBehind` | during a transition (ring `warm` or `switch`, version V): a pod the ring names has not reported `observed` ≥ V; in `warm`, a gaining pod or successor has not reported `warmed` ≥ V; in `switch`, a losing pod or predecessor has not reported `drained` ≥ V. Missing: no annotation; behind: a lower version |
 //! | `UnreadableAnnotation` | a progress annotation is not a number (or not a moved-sessions report) |
 //! | `MovedSessionsMissing` | the last transition finished and a pod's report of the sessions it took over in it is partial (the pod restarted during it), or, once the operator says `ReportsMissing`, missing or unreadable: its warm-hit percentage stays unset |
-//! | `ColdTakeovers` | in the last finished transition, sessions were loaded without an answer from their previous owner (`rolledForward`, `fencedLoad` > 0) |
+//! | `ColdTakeovers` | in the last finished transition, sessions were loaded without an answer while a previous owner was gone (`coldPreviousGone` > 0): writes it had not persisted are lost. Loads after a previous owner drained read what it handed over through the persistence and are not warned about |
 //!
 //! Terminating pods get no readiness or progress warning: they are on their way out, and the
 //! operator treats a pod that is gone as fenced.
@@ -229,18 +229,20 @@ fn moved_warnings(report: &StatusReport, out: &mut Vec<Warning>) {
             }
         }
     }
-    if let Some(m) = &t.moved_sessions {
-        let unanswered = m.cold.rolled_forward.saturating_add(m.cold.fenced_load);
-        if unanswered > 0 {
-            out.push(Warning::new(
-                WarningKind::ColdTakeovers,
-                None,
-                format!(
-                    "the transition to ring version {version} loaded {unanswered} sessions without their previous owner's answer (rolled forward {}, fenced load {}): they may miss changes their previous owner had not persisted",
-                    m.cold.rolled_forward, m.cold.fenced_load
-                ),
-            ));
-        }
+    // Loads without an answer from a previous owner that drained read what it handed over
+    // through the persistence; only a previous owner that was gone can have taken writes with
+    // it that it had not persisted.
+    if let Some(m) = &t.moved_sessions
+        && m.cold_previous_gone > 0
+    {
+        out.push(Warning::new(
+            WarningKind::ColdTakeovers,
+            None,
+            format!(
+                "the transition to ring version {version} loaded {} sessions without an answer while a previous owner was gone (rolled forward {}, fenced load {}): writes it had not persisted are lost",
+                m.cold_previous_gone, m.cold.rolled_forward, m.cold.fenced_load
+            ),
+        ));
     }
 }
 

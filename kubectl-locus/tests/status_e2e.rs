@@ -168,7 +168,20 @@ fn check(text: &str, json: &Value, namespace: &str, ring: &locus::ring::Ring, po
         .iter()
         .map(|c| c["type"].as_str().unwrap())
         .collect();
-    assert_eq!(conditions, ["Available", "Progressing", "Degraded"]);
+    // `MovedSessionsReported` comes with the first transition record.
+    if json["lastTransition"].is_null() {
+        assert_eq!(conditions, ["Available", "Progressing", "Degraded"]);
+    } else {
+        assert_eq!(
+            conditions,
+            [
+                "Available",
+                "Progressing",
+                "Degraded",
+                "MovedSessionsReported"
+            ]
+        );
+    }
     // A converged service: nothing about pods or the ring needs attention (a step that rolled
     // forward on a slow machine may leave Degraded=True, which is a condition warning).
     for warning in json["warnings"].as_array().unwrap() {

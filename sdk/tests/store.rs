@@ -613,6 +613,29 @@ async fn pressure_writes_back_the_least_recently_used_session_then_evicts_it() {
 }
 
 #[tokio::test]
+async fn load_version_makes_a_session_resident_and_says_whether_it_is_new() {
+    let (store, _persistence) = text_store(small(50, 100));
+    assert_eq!(
+        store.load_version(b"new").await.unwrap(),
+        0,
+        "nothing stored"
+    );
+    assert_eq!(store.version_of(b"new").await, Some(0), "resident now");
+    store.update(b"b", |s| *s = fill('b', 40)).await.unwrap();
+    store.update(b"b", |s| s.truncate(39)).await.unwrap();
+    // Pushed out by pressure (written back at version 2), then loaded again.
+    store.update(b"c", |s| *s = fill('c', 40)).await.unwrap();
+    store.update(b"d", |s| *s = fill('d', 40)).await.unwrap();
+    assert_eq!(store.version_of(b"b").await, None, "evicted");
+    assert_eq!(
+        store.load_version(b"b").await.unwrap(),
+        2,
+        "loaded, not new"
+    );
+    assert_eq!(store.version_of(b"b").await, Some(2));
+}
+
+#[tokio::test]
 async fn a_session_stays_resident_until_its_write_back_has_completed() {
     let (store, persistence) = text_store(small(50, 90));
     store.update(b"old", |s| *s = fill('o', 50)).await.unwrap();

@@ -198,6 +198,10 @@ pub struct ColdSessions {
     /// All cold takeovers.
     #[serde(default)]
     pub total: u64,
+    /// Of all cold takeovers, those of keys nothing was stored for anywhere: new sessions,
+    /// which no handoff could have warmed.
+    #[serde(default)]
+    pub created: u64,
 }
 
 impl From<&locus::progress::WarmTakeovers> for WarmSessions {
@@ -219,6 +223,7 @@ impl From<&locus::progress::ColdTakeovers> for ColdSessions {
             rolled_forward: c.rolled_forward,
             fenced_load: c.fenced_load,
             total: c.total(),
+            created: c.created,
         }
     }
 }

@@ -136,7 +136,7 @@ pub(super) fn breakdown(summary: &MovedSessionsSummary) -> String {
     match percent(summary) {
         None => "no session moved".to_owned(),
         Some(p) => format!(
-            "warm {p:.1} % (precopied {}, transferred {}, pushed {}, promoted {}; cold {}: absent {}, rolled forward {}, fenced load {})",
+            "warm {p:.1} % (precopied {}, transferred {}, pushed {}, promoted {}; cold {}: absent {}, rolled forward {}, fenced load {}{})",
             w.precopied,
             w.transferred,
             w.pushed,
@@ -144,8 +144,18 @@ pub(super) fn breakdown(summary: &MovedSessionsSummary) -> String {
             c.total,
             c.absent,
             c.rolled_forward,
-            c.fenced_load
+            c.fenced_load,
+            new_sessions(c.created)
         ),
+    }
+}
+
+/// "; N of them new sessions" when some cold takeovers found nothing stored (else nothing).
+pub(super) fn new_sessions(created: u64) -> String {
+    if created == 0 {
+        String::new()
+    } else {
+        format!("; {created} of them new sessions")
     }
 }
 

@@ -373,7 +373,14 @@ async fn cold(
     path: TakeoverPath,
 ) -> Result<Option<TouchPath>, TouchError> {
     clear_tombstone(state, key).await;
-    take_over(state, epoch, key, path);
+    // Loaded now, under the key's lock, as the request would: a version of 0
+    // means nothing was stored for the key anywhere (a new session), which
+    // the report tells apart from a session that lost its previous owner's
+    // answer. A failed load is the request's to report.
+    let created = matches!(state.store.load_version(key).await, Ok(0));
+    if take_over(state, epoch, key, path) && created {
+        state.moved.created(epoch);
+    }
     state.metrics.first_touch(touch);
     Ok(Some(touch))
 }

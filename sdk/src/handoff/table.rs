@@ -27,6 +27,10 @@ pub trait SessionTable: Send + Sync + 'static {
     /// The resident version of `key`, if resident.
     fn version_of<'a>(&'a self, key: &'a [u8]) -> BoxFuture<'a, Option<u64>>;
 
+    /// Makes `key` resident (loading or creating it) and returns its
+    /// version; 0 for a new session.
+    fn load_version<'a>(&'a self, key: &'a [u8]) -> BoxFuture<'a, Result<u64, StoreError>>;
+
     /// The resident session encoded (pre-copy), if resident.
     fn export<'a>(
         &'a self,
@@ -82,6 +86,10 @@ where
 
     fn version_of<'a>(&'a self, key: &'a [u8]) -> BoxFuture<'a, Option<u64>> {
         SessionStore::version_of(self, key).boxed()
+    }
+
+    fn load_version<'a>(&'a self, key: &'a [u8]) -> BoxFuture<'a, Result<u64, StoreError>> {
+        SessionStore::load_version(self, key).boxed()
     }
 
     fn export<'a>(

@@ -204,6 +204,25 @@ impl MovedTally {
         true
     }
 
+    /// Of the cold takeovers under `epoch`, one of a key nothing was stored
+    /// for (a new session).
+    pub(crate) fn created(&self, epoch: u64) {
+        let notify = {
+            let mut inner = self.lock();
+            let Some(t) = inner.find(epoch) else {
+                return;
+            };
+            if t.counts.state == ReportState::Final {
+                return;
+            }
+            t.counts.cold.created = t.counts.cold.created.saturating_add(1);
+            t.settled_by.is_some()
+        };
+        if notify {
+            self.changed.notify_one();
+        }
+    }
+
     /// The first request served for a key taken over under `epoch` by `path`.
     pub(crate) fn served(&self, epoch: u64, path: TakeoverPath) {
         let notify = {
@@ -351,10 +370,12 @@ mod tests {
         assert_eq!(totals(&report, 12), (2, 1, ReportState::Counting));
         // A late takeover of the same transition, after the Stable ring.
         tally.count(11, TakeoverPath::FencedLoad, t0);
+        tally.created(11);
         tally.served(11, TakeoverPath::FencedLoad);
         let report = tally.report();
         assert_eq!(totals(&report, 12), (2, 2, ReportState::Counting));
         assert_eq!(report.get(12).map(|m| m.served.cold), Some(1));
+        assert_eq!(report.get(12).map(|m| m.cold.created), Some(1));
         assert_eq!(tally.next_deadline(), Some(t0 + DEADLINE));
         assert!(
             tally

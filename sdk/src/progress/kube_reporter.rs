@@ -147,7 +147,7 @@ mod tests {
                     "annotations": {
                         "locus.dev/observed-ring-version": "7",
                         "locus.dev/drained-ring-version": "6",
-                        "locus.dev/moved-sessions": r#"{"7":{"warm":{"precopied":0,"transferred":120,"pushed":0,"promoted":0},"cold":{"absent":2,"rolledForward":0,"fencedLoad":0},"served":{"warm":0,"cold":0},"state":"final"}}"#,
+                        "locus.dev/moved-sessions": r#"{"7":{"warm":{"precopied":0,"transferred":120,"pushed":0,"promoted":0},"cold":{"absent":2,"rolledForward":0,"fencedLoad":0,"created":0},"served":{"warm":0,"cold":0},"state":"final"}}"#,
                     },
                 },
             })

@@ -159,6 +159,9 @@ pub struct ColdTakeovers {
     pub rolled_forward: u64,
     /// [`TakeoverPath::FencedLoad`].
     pub fenced_load: u64,
+    /// Of all the cold takeovers above, those of keys nothing was stored for
+    /// anywhere: new sessions, which no handoff could have warmed.
+    pub created: u64,
 }
 
 impl ColdTakeovers {
@@ -184,6 +187,7 @@ impl ColdTakeovers {
             absent: self.absent.saturating_add(other.absent),
             rolled_forward: self.rolled_forward.saturating_add(other.rolled_forward),
             fenced_load: self.fenced_load.saturating_add(other.fenced_load),
+            created: self.created.saturating_add(other.created),
         }
     }
 }
@@ -301,7 +305,7 @@ impl fmt::Display for MovedSessions {
         write!(
             f,
             "v{} {:?}: warm {} (precopied {}, transferred {}, pushed {}, promoted {}), \
-             cold {} (absent {}, rolled forward {}, fenced load {}), served {} warm / {} cold",
+             cold {} (absent {}, rolled forward {}, fenced load {}; new {}), served {} warm / {} cold",
             self.version,
             self.state,
             w.total(),
@@ -313,6 +317,7 @@ impl fmt::Display for MovedSessions {
             c.absent,
             c.rolled_forward,
             c.fenced_load,
+            c.created,
             self.served.warm,
             self.served.cold,
         )

@@ -123,6 +123,16 @@ where
         (!state.retired).then_some(state.version)
     }
 
+    /// Makes `key` resident, loading it through the persistence (or creating
+    /// it) if needed, as a request would; returns its version. 0: nothing
+    /// was stored for it — a new session.
+    pub async fn load_version(&self, key: &[u8]) -> Result<u64, StoreError> {
+        let mut cold = false;
+        let found = self.resident(key, &mut cold).await?;
+        let state = found.entry.state.read().await;
+        Ok(state.version)
+    }
+
     /// The resident session encoded, for pre-copy: it stays here and keeps
     /// serving. `None` if it is not resident (nothing is loaded).
     pub async fn export(&self, key: &[u8]) -> Result<Option<SessionRecord>, StoreError> {
