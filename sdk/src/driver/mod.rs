@@ -138,10 +138,11 @@ impl Driver {
                                 && plan::gained_between(p, &ring, &self.state.pod)
                         });
                         let not_before = Instant::now() + self.state.config.first_touch_wait;
+                        let named = plan::names_pod(&ring, &self.state.pod);
                         let report = self
                             .state
                             .moved
-                            .settled(last, skipped, deadline, not_before);
+                            .settled(last, named, skipped, deadline, not_before);
                         self.progress.moved(report);
                     }
                 }
@@ -149,7 +150,8 @@ impl Driver {
                     Phase::Switch => {
                         self.state.takeover_ring(&ring, &[]);
                         let epoch = self.state.epoch(last);
-                        self.state.moved.switch(epoch, deadline);
+                        let named = plan::names_pod(&ring, &self.state.pod);
+                        self.state.moved.switch(epoch, named, deadline);
                         // Records handed off in this Switch under an earlier
                         // version of it (published again) are still owed.
                         let dropped = self.state.outbox.drop_older_than(self.state.epoch(last));

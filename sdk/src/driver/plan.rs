@@ -22,6 +22,15 @@ pub fn serving_slot(ring: &Ring, pod: &str) -> Option<u16> {
         .map(|slot| slot.index)
 }
 
+/// True if `ring` names `pod` in a slot: serving it, or as its predecessor
+/// or successor.
+pub fn names_pod(ring: &Ring, pod: &str) -> bool {
+    let is = |p: Option<&Pod>| p.is_some_and(|p| p.name == pod);
+    ring.slots().iter().any(|slot| {
+        slot.pod.name == pod || is(slot.predecessor.as_ref()) || is(slot.successor.as_ref())
+    })
+}
+
 /// The slot `pod` will serve after the switch of a Warm ring: the slot it is
 /// the successor of, or the slot it serves now if nobody replaces it.
 pub fn target_slot(ring: &Ring, pod: &str) -> Option<u16> {

@@ -71,10 +71,12 @@ impl Inner {
         }
     }
 
-    /// The first ring of this process: if it is not a `Warm` ring, the
-    /// transition it belongs to may have started in an earlier process.
-    fn first_ring(&mut self) -> ReportState {
-        if std::mem::replace(&mut self.started, true) {
+    /// The first ring of this process: if it is not a `Warm` ring and names
+    /// this pod (`named`), the transition it belongs to may have started in
+    /// an earlier process of the pod. A pod the ring does not name (a new
+    /// pod, not a member yet) took nothing over in it.
+    fn first_ring(&mut self, named: bool) -> ReportState {
+        if std::mem::replace(&mut self.started, true) || !named {
             ReportState::Counting
         } else {
             ReportState::Partial
@@ -98,11 +100,12 @@ impl MovedTally {
         self.lock().started = true;
     }
 
-    /// The `Switch` ring of step `epoch` arrived; its takeovers run until
-    /// `deadline` after the `Stable` ring settling it.
-    pub(crate) fn switch(&self, epoch: u64, deadline: Instant) {
+    /// The `Switch` ring of step `epoch` arrived (`named`: it names this
+    /// pod); its takeovers run until `deadline` after the `Stable` ring
+    /// settling it.
+    pub(crate) fn switch(&self, epoch: u64, named: bool, deadline: Instant) {
         let mut inner = self.lock();
-        let state = inner.first_ring();
+        let state = inner.first_ring(named);
         if let Some(open) = inner.find(epoch) {
             open.deadline = open.deadline.max(deadline);
             return;
@@ -125,16 +128,18 @@ impl MovedTally {
     /// under a `Switch` it never saw: its counts are partial. `deadline`: when
     /// an empty transition of its own ends; `not_before`: no transition it
     /// settles is final before then (requests admitted under the `Switch` may
-    /// still be taking keys over). Returns the report.
+    /// still be taking keys over). `named`: the ring names this pod. Returns
+    /// the report.
     pub(crate) fn settled(
         &self,
         version: u64,
+        named: bool,
         skipped: bool,
         deadline: Instant,
         not_before: Instant,
     ) -> MovedReport {
         let mut inner = self.lock();
-        let mut state = inner.first_ring();
+        let mut state = inner.first_ring(named);
         if skipped {
             state = ReportState::Partial;
         }
@@ -361,12 +366,12 @@ mod tests {
         let tally = MovedTally::default();
         let t0 = Instant::now();
         tally.warm();
-        tally.switch(11, t0 + DEADLINE);
+        tally.switch(11, true, t0 + DEADLINE);
         tally.count(11, TakeoverPath::Transferred, t0);
         tally.count(11, TakeoverPath::Pushed, t0);
         tally.count(11, TakeoverPath::Absent, t0);
         assert!(tally.report().is_empty(), "nothing reported while open");
-        let report = tally.settled(12, false, t0 + DEADLINE, t0);
+        let report = tally.settled(12, true, false, t0 + DEADLINE, t0);
         assert_eq!(totals(&report, 12), (2, 1, ReportState::Counting));
         // A late takeover of the same transition, after the Stable ring.
         tally.count(11, TakeoverPath::FencedLoad, t0);
@@ -395,12 +400,12 @@ mod tests {
         let tally = MovedTally::default();
         let t0 = Instant::now();
         tally.warm();
-        tally.switch(5, t0);
+        tally.switch(5, true, t0);
         tally.count(5, TakeoverPath::Pushed, t0);
-        tally.settled(6, false, t0, t0);
+        tally.settled(6, true, false, t0, t0);
         // A later Stable ring (slots tidied, or a Switch this pod gained
         // nothing in and skipped) reports its own, empty counts.
-        let report = tally.settled(9, false, t0, t0);
+        let report = tally.settled(9, true, false, t0, t0);
         assert_eq!(totals(&report, 6), (1, 0, ReportState::Counting));
         assert_eq!(totals(&report, 9), (0, 0, ReportState::Counting));
     }
@@ -410,13 +415,13 @@ mod tests {
         let tally = MovedTally::default();
         let t0 = Instant::now();
         tally.warm();
-        tally.switch(5, t0 + DEADLINE);
-        tally.settled(6, false, t0 + DEADLINE, t0);
+        tally.switch(5, true, t0 + DEADLINE);
+        tally.settled(6, true, false, t0 + DEADLINE, t0);
         tally.warm();
-        tally.switch(8, t0 + DEADLINE * 2);
+        tally.switch(8, true, t0 + DEADLINE * 2);
         tally.count(5, TakeoverPath::RolledForward, t0);
         tally.count(8, TakeoverPath::Precopied, t0);
-        let report = tally.settled(9, false, t0 + DEADLINE * 2, t0);
+        let report = tally.settled(9, true, false, t0 + DEADLINE * 2, t0);
         assert_eq!(totals(&report, 6), (0, 1, ReportState::Counting));
         assert_eq!(totals(&report, 9), (1, 0, ReportState::Counting));
     }
@@ -425,24 +430,30 @@ mod tests {
     fn a_process_that_starts_mid_transition_reports_it_partial() {
         let t0 = Instant::now();
         let after_switch = MovedTally::default();
-        after_switch.switch(5, t0);
+        after_switch.switch(5, true, t0);
         after_switch.count(5, TakeoverPath::Transferred, t0);
-        let report = after_switch.settled(6, false, t0, t0);
+        let report = after_switch.settled(6, true, false, t0, t0);
         assert_eq!(totals(&report, 6), (1, 0, ReportState::Partial));
         assert!(after_switch.finish(t0).is_empty(), "partial stays partial");
 
         let after_stable = MovedTally::default();
-        let report = after_stable.settled(6, false, t0, t0);
+        let report = after_stable.settled(6, true, false, t0, t0);
         assert_eq!(totals(&report, 6), (0, 0, ReportState::Partial));
         // The next transition it sees from its start is complete.
         after_stable.warm();
-        after_stable.switch(8, t0);
-        let report = after_stable.settled(9, false, t0, t0);
+        after_stable.switch(8, true, t0);
+        let report = after_stable.settled(9, true, false, t0, t0);
         assert_eq!(totals(&report, 9), (0, 0, ReportState::Counting));
+
+        // A new pod whose first ring does not name it took nothing over in
+        // the transition: its (empty) counts are complete.
+        let new_pod = MovedTally::default();
+        let report = new_pod.settled(6, false, false, t0, t0);
+        assert_eq!(totals(&report, 6), (0, 0, ReportState::Counting));
 
         let skipped = MovedTally::default();
         skipped.warm();
-        let report = skipped.settled(4, true, t0, t0);
+        let report = skipped.settled(4, true, true, t0, t0);
         assert_eq!(totals(&report, 4), (0, 0, ReportState::Partial));
     }
 
@@ -451,11 +462,11 @@ mod tests {
         let tally = MovedTally::default();
         let t0 = Instant::now();
         tally.warm();
-        tally.switch(5, t0);
+        tally.switch(5, true, t0);
         tally.count(5, TakeoverPath::Pushed, t0);
-        tally.switch(7, t0 + DEADLINE);
+        tally.switch(7, true, t0 + DEADLINE);
         tally.count(7, TakeoverPath::Promoted, t0);
-        let report = tally.settled(8, false, t0, t0);
+        let report = tally.settled(8, true, false, t0, t0);
         assert_eq!(totals(&report, 8), (2, 0, ReportState::Counting));
         assert_eq!(tally.next_deadline(), Some(t0 + DEADLINE));
     }
@@ -479,8 +490,8 @@ mod tests {
         let tally = MovedTally::default();
         let t0 = Instant::now();
         tally.warm();
-        tally.switch(3, t0);
-        tally.settled(4, false, t0 + DEADLINE, t0);
+        tally.switch(3, true, t0);
+        tally.settled(4, true, false, t0 + DEADLINE, t0);
         tally.count(3, TakeoverPath::Absent, t0);
         // The permit stored by notify_one completes the wait at once.
         tokio::time::timeout(Duration::from_secs(1), tally.changed())
