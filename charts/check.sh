@@ -25,11 +25,14 @@ if render --set replicaCount=0 >/dev/null 2>&1; then
 fi
 # The dashboard's ConfigMap, only when enabled, with the sidecar's label (its JSON is checked
 # against the exported metrics by e2e/tests/dashboard.rs).
-if ! render --set dashboard.enabled=true --show-only templates/dashboard-configmap.yaml \
-    | grep -qx '    grafana_dashboard: "1"'; then
+# (Rendered into a variable first: `grep -q` stops reading at the first match, and with
+# pipefail the writer's SIGPIPE would fail the pipeline.)
+dashboard=$(render --set dashboard.enabled=true --show-only templates/dashboard-configmap.yaml)
+if ! grep -qx '    grafana_dashboard: "1"' <<<"$dashboard"; then
     echo "chart: dashboard.enabled=true rendered no ConfigMap labelled grafana_dashboard: \"1\"" >&2; exit 1
 fi
-if render | grep -q 'grafana_dashboard'; then
+default=$(render)
+if grep -q 'grafana_dashboard' <<<"$default"; then
     echo "chart: the default rendering has the dashboard, which is off by default" >&2; exit 1
 fi
 if render --set dashboard.enabled=yes >/dev/null 2>&1; then
