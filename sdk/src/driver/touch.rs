@@ -63,23 +63,19 @@ pub(crate) async fn ensure(
     ring: &Arc<Ring>,
     key: &[u8],
 ) -> Result<Option<TouchPath>, TouchError> {
-    let newest = state
-        .takeover_ring(ring, key)
-        .filter(|switch| plan::gained_from(switch, &state.pod, key).is_some())
-        .map(|switch| {
-            let epoch = state.epoch(switch.version());
-            (switch, epoch)
-        });
+    let newest = state.takeover_ring(ring, key).and_then(|switch| {
+        let previous = plan::gained_from(&switch, &state.pod, key)?.clone();
+        let epoch = state.epoch(switch.version());
+        Some((switch, epoch, previous))
+    });
     // Gained in an earlier Switch, still under its deadline, and not touched
     // before a newer Switch arrived: taken over under that one (its previous
     // owner is fenced: a newer step began only after it settled).
-    let Some((switch, epoch)) = newest.or_else(|| state.earlier_switch(ring, key)) else {
+    let Some((switch, epoch, previous)) = newest.or_else(|| state.earlier_switch(ring, key))
+    else {
         return adopt_parked(state, ring, key).await;
     };
-    let ring = switch.as_ref();
-    let Some(previous) = plan::gained_from(ring, &state.pod, key) else {
-        return Ok(None);
-    };
+    let (ring, previous) = (switch.as_ref(), &previous);
     if state.settled.contains(epoch, key) || state.store.version_of(key).await.is_some() {
         return Ok(None);
     }

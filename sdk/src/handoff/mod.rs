@@ -37,6 +37,7 @@ mod transport;
 pub mod wire;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -55,7 +56,7 @@ pub use self::transport::{HandoffBody, HttpTransport, Transport, TransportError}
 pub(crate) use self::metrics::HandoffMetrics;
 
 use self::keeping::{KeyLocks, Outbox, Settled, Tombstones, WarmCache};
-use crate::ring::{Phase, Ring};
+use crate::ring::{Phase, Pod, Ring};
 use crate::source::RingWatch;
 
 /// Prefix of every handoff endpoint.
@@ -202,6 +203,9 @@ pub(crate) struct HandoffState {
     /// their epochs: a key gained in one and not touched before the next
     /// step began is still taken over under it until its deadline.
     earlier: Mutex<Vec<(Arc<Ring>, u64)>>,
+    /// True while `earlier` holds a Switch (written under its lock): the
+    /// steady state, with none kept, reads it and takes no lock.
+    earlier_kept: AtomicBool,
     /// Transfer answers whose write-through failed, or has not succeeded
     /// yet, since the drain last wrote the outbox through: the pod does not
     /// report drained until it could.
@@ -247,6 +251,7 @@ impl HandoffState {
             seen: Mutex::new(BTreeMap::new()),
             switch: Mutex::new(None),
             earlier: Mutex::new(Vec::new()),
+            earlier_kept: AtomicBool::new(false),
             rings: Mutex::new([None, None]),
             unpersisted: std::sync::atomic::AtomicU64::new(0),
         }
@@ -282,6 +287,7 @@ impl HandoffState {
                         if earlier.len() > EARLIER_SWITCHES {
                             earlier.remove(0);
                         }
+                        self.earlier_kept.store(true, Ordering::Release);
                         ring.version()
                     };
                     *held = Some((Arc::clone(ring), start));
@@ -305,28 +311,35 @@ impl HandoffState {
 
     /// An earlier Switch (see [`takeover_ring`](Self::takeover_ring)) in
     /// which this pod gained `key` and still owns it under `ring`, while its
-    /// handoff deadline runs, with its epoch; the newest such.
-    pub(crate) fn earlier_switch(&self, ring: &Ring, key: &[u8]) -> Option<(Arc<Ring>, u64)> {
-        if ring.owner(key).pod.name != self.pod {
+    /// handoff deadline runs: the newest such, with its epoch and the pod
+    /// that served `key` before it (where the key is taken over from).
+    ///
+    /// Called on nearly every request (every first touch outside a Switch's
+    /// own window), so it is cheap when there is nothing to find: earlier
+    /// Switches whose deadline has passed are dropped here, and while none
+    /// is kept a flag answers without a lock.
+    pub(crate) fn earlier_switch(&self, ring: &Ring, key: &[u8]) -> Option<(Arc<Ring>, u64, Pod)> {
+        if !self.earlier_kept.load(Ordering::Acquire) || ring.owner(key).pod.name != self.pod {
             return None;
         }
-        let candidates: Vec<(Arc<Ring>, u64)> = self
-            .earlier
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .rev()
-            .filter(|(switch, _)| {
-                switch.version() < ring.version()
-                    && crate::driver::plan::gained_from(switch, &self.pod, key).is_some()
-            })
-            .cloned()
-            .collect();
         let now = tokio::time::Instant::now();
+        let mut earlier = self.earlier.lock().unwrap_or_else(PoisonError::into_inner);
+        // Lock order: `switch`, then `earlier`, then `seen`.
         let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        candidates.into_iter().find(|(switch, _)| {
+        let running = |switch: &Ring| {
             seen.get(&switch.version())
-                .is_some_and(|at| now < *at + self.config.handoff_deadline)
+                .map(|at| now < *at + self.config.handoff_deadline)
+        };
+        // A Switch whose deadline has passed never runs again (a Switch not
+        // seen yet by `first_seen` is kept: it has no deadline to pass).
+        earlier.retain(|(switch, _)| running(switch) != Some(false));
+        self.earlier_kept.store(!earlier.is_empty(), Ordering::Release);
+        earlier.iter().rev().find_map(|(switch, epoch)| {
+            if switch.version() >= ring.version() || running(switch) != Some(true) {
+                return None;
+            }
+            let previous = crate::driver::plan::gained_from(switch, &self.pod, key)?;
+            Some((Arc::clone(switch), *epoch, previous.clone()))
         })
     }
 
