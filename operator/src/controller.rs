@@ -12,14 +12,13 @@
 //! published ([`Context::remember_ring`]): if the ring `ConfigMap` is deleted, it is recreated
 //! from that copy rather than from a fresh table (which would move shards without handoff);
 //! and when this process first saw the ring's version and phase and each pod's readiness
-//! ([`Sightings`]), so that no step deadline runs out before its full duration has passed on
+//! ([`Sightings`](crate::sightings::Sightings)), so that no step deadline runs out before its full duration has passed on
 //! this process's own clock, whatever the clocks that recorded the times it counts from. A
 //! fresh process (or one that takes over) restarts the deadlines of the states it had not
 //! seen from its first reconcile: a step may wait up to one more timeout, never less.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -27,20 +26,17 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use kube::runtime::controller::{Action, Config as ControllerConfig};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, ResourceExt};
 use locus::ring::RingDocument;
 use tracing::{debug, warn};
 
+pub use crate::context::Context;
 use crate::crd::StatefulService;
 use crate::error::{Error, Result};
 use crate::executor::Executor;
-use crate::metrics::{ErrorLabels, Metrics, ResultLabels, ServiceLabels};
-use crate::plan::{
-    self, FirstSeen, LABEL_SERVICE, Observed, ObservedPod, PublishedRing, RememberedRing,
-};
-use crate::sightings::Sightings;
+use crate::metrics::{ErrorLabels, ResultLabels, ServiceLabels};
+use crate::plan::{self, LABEL_SERVICE, Observed, ObservedPod};
 
 /// Reconcile again after this long even if nothing changed (a safety net; a converged service
 /// costs reads only, no writes).
@@ -49,93 +45,6 @@ pub const RESYNC: Duration = Duration::from_secs(300);
 pub const ERROR_RETRY: Duration = Duration::from_secs(5);
 /// Retry delay after a ring write refused because the ring changed since it was read.
 pub const CONFLICT_RETRY: Duration = Duration::from_millis(250);
-
-/// What every reconcile shares.
-pub struct Context {
-    /// The API client (the operator's own credentials).
-    pub client: Client,
-    /// Publishes Kubernetes events.
-    pub recorder: Recorder,
-    /// The metrics.
-    pub metrics: Arc<Metrics>,
-    /// The last ring seen or published per service (by UID).
-    rings: Mutex<HashMap<String, RememberedRing>>,
-    /// When this process first saw the states step deadlines count from, per service (by UID).
-    sightings: Mutex<HashMap<String, Sightings>>,
-}
-
-impl Context {
-    /// A context whose events are reported as `locus-operator` from `instance`.
-    pub fn new(client: Client, metrics: Arc<Metrics>, instance: &str) -> Self {
-        let reporter = Reporter {
-            controller: "locus-operator".to_owned(),
-            instance: Some(instance.to_owned()),
-        };
-        Self {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-            metrics,
-            rings: Mutex::new(HashMap::new()),
-            sightings: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The sightings, also after a panic while they were held (every update leaves them
-    /// usable; ignoring them would let deadlines count from recorded times alone).
-    fn sightings(&self) -> MutexGuard<'_, HashMap<String, Sightings>> {
-        self.sightings
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Records what a reconcile of the service with UID `uid` observed at `at` (the ring, the
-    /// pods; see [`Sightings::observe`]) and returns when this process first saw each of
-    /// those states, on its wall clock, `now` being `at`.
-    pub fn observe_states(
-        &self,
-        uid: &str,
-        ring: Option<&PublishedRing>,
-        pods: &[ObservedPod],
-        now: Timestamp,
-        at: Instant,
-    ) -> FirstSeen {
-        let mut sightings = self.sightings();
-        let service = sightings.entry(uid.to_owned()).or_default();
-        service.observe(ring, pods, at);
-        service.first_seen(now, at)
-    }
-
-    /// Records that this process published `ring` for the service with UID `uid` just now (its
-    /// step deadlines count from no earlier than this).
-    pub fn published_ring(&self, uid: &str, ring: &PublishedRing) {
-        let at = Instant::now();
-        self.sightings()
-            .entry(uid.to_owned())
-            .or_default()
-            .see_ring(ring, at);
-    }
-
-    /// Remembers `ring` as the last ring of the service with UID `uid` (read or written).
-    pub fn remember_ring(&self, uid: &str, ring: &PublishedRing) {
-        if let Ok(mut rings) = self.rings.lock() {
-            let remembered = RememberedRing::remember(rings.get(uid), ring);
-            rings.insert(uid.to_owned(), remembered);
-        }
-    }
-
-    /// The last ring of the service with UID `uid`, if this instance saw one.
-    pub fn remembered_ring(&self, uid: &str) -> Option<RememberedRing> {
-        self.rings.lock().ok()?.get(uid).cloned()
-    }
-
-    /// Forgets the service with UID `uid` (deleted): its ring and its sightings.
-    pub fn forget_service(&self, uid: &str) {
-        if let Ok(mut rings) = self.rings.lock() {
-            rings.remove(uid);
-        }
-        self.sightings().remove(uid);
-    }
-}
 
 /// Observes, plans and executes one service.
 async fn reconcile_service(svc: &StatefulService, ctx: &Context) -> Result<Action> {

@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use crate::controller::Context;
+use crate::context::Context;
 use crate::crd::{StatefulService, StatefulServiceStatus};
 use crate::error::{Error, Result};
 use crate::plan::{Actions, PublishedRing, handoff_secret};

@@ -12,6 +12,7 @@
 //! [`run`] puts them together; the `locus-operator` binary only reads its [`Config`] from
 //! the environment and calls it.
 
+pub mod context;
 pub mod controller;
 pub mod crd;
 pub mod error;

@@ -34,8 +34,9 @@
 
 pub(crate) mod drain;
 pub(crate) mod gate;
-pub mod plan;
 pub(crate) mod touch;
+
+pub(crate) use crate::pod_plan as plan;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

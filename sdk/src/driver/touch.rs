@@ -71,8 +71,7 @@ pub(crate) async fn ensure(
     // Gained in an earlier Switch, still under its deadline, and not touched
     // before a newer Switch arrived: taken over under that one (its previous
     // owner is fenced: a newer step began only after it settled).
-    let Some((switch, epoch, previous)) = newest.or_else(|| state.earlier_switch(ring, key))
-    else {
+    let Some((switch, epoch, previous)) = newest.or_else(|| state.earlier_switch(ring, key)) else {
         return adopt_parked(state, ring, key).await;
     };
     let (ring, previous) = (switch.as_ref(), &previous);
@@ -342,7 +341,7 @@ pub(crate) async fn install(
 ) -> Result<(), TouchError> {
     match state.store.install_record(record).await {
         Ok(_) => {
-            take_over(state, epoch, key, path);
+            state.take_over(epoch, key, path);
             Ok(())
         }
         Err(error) => {
@@ -374,31 +373,11 @@ async fn cold(
     // the report tells apart from a session that lost its previous owner's
     // answer. A failed load is the request's to report.
     let created = matches!(state.store.load_version(key).await, Ok(0));
-    if take_over(state, epoch, key, path) && created {
+    if state.take_over(epoch, key, path) && created {
         state.moved.created(epoch);
     }
     state.metrics.first_touch(touch);
     Ok(Some(touch))
-}
-
-/// The key is this pod's now (the caller holds its lock): forget the side
-/// copies and the hand-offs of it, and never take it over again in this
-/// switch. The one place a takeover is counted, once per key and epoch, by
-/// `path` ([`crate::progress::MovedReport`]); returns whether it was counted.
-pub(crate) fn take_over(state: &HandoffState, epoch: u64, key: &[u8], path: TakeoverPath) -> bool {
-    state.cache.remove(key);
-    state.outbox.remove(key);
-    state.tombstones.take(key);
-    let new = state.settled.mark(epoch, key);
-    if new {
-        state.metrics.takeover(path);
-        // Announced to the first request only while the transition's report
-        // can still count it as served.
-        if state.moved.count(epoch, path, Instant::now()) {
-            state.unserved.insert(key, epoch, path);
-        }
-    }
-    new
 }
 
 /// Removes the tombstone this pod left on `key` when it handed the key off

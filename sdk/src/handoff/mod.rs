@@ -56,6 +56,7 @@ pub use self::transport::{HandoffBody, HttpTransport, Transport, TransportError}
 pub(crate) use self::metrics::HandoffMetrics;
 
 use self::keeping::{KeyLocks, Outbox, Settled, Tombstones, WarmCache};
+use crate::progress::TakeoverPath;
 use crate::ring::{Phase, Pod, Ring};
 use crate::source::RingWatch;
 
@@ -333,14 +334,35 @@ impl HandoffState {
         // A Switch whose deadline has passed never runs again (a Switch not
         // seen yet by `first_seen` is kept: it has no deadline to pass).
         earlier.retain(|(switch, _)| running(switch) != Some(false));
-        self.earlier_kept.store(!earlier.is_empty(), Ordering::Release);
+        self.earlier_kept
+            .store(!earlier.is_empty(), Ordering::Release);
         earlier.iter().rev().find_map(|(switch, epoch)| {
             if switch.version() >= ring.version() || running(switch) != Some(true) {
                 return None;
             }
-            let previous = crate::driver::plan::gained_from(switch, &self.pod, key)?;
+            let previous = crate::pod_plan::gained_from(switch, &self.pod, key)?;
             Some((Arc::clone(switch), *epoch, previous.clone()))
         })
+    }
+
+    /// The key is this pod's now (the caller holds its lock): forget the side
+    /// copies and the hand-offs of it, and never take it over again in this
+    /// switch. The one place a takeover is counted, once per key and epoch, by
+    /// `path` ([`crate::progress::MovedReport`]); returns whether it was counted.
+    pub(crate) fn take_over(&self, epoch: u64, key: &[u8], path: TakeoverPath) -> bool {
+        self.cache.remove(key);
+        self.outbox.remove(key);
+        self.tombstones.take(key);
+        let new = self.settled.mark(epoch, key);
+        if new {
+            self.metrics.takeover(path);
+            // Announced to the first request only while the transition's report
+            // can still count it as served.
+            if self.moved.count(epoch, path, tokio::time::Instant::now()) {
+                self.unserved.insert(key, epoch, path);
+            }
+        }
+        new
     }
 
     /// The epoch of the Switch of ring `version`: the version of the first

@@ -512,7 +512,7 @@ async fn push(
             match state.store.install_record(&record).await {
                 Ok(Installed::Inserted | Installed::Replaced { .. }) => {
                     let path = crate::progress::TakeoverPath::Pushed;
-                    crate::driver::touch::take_over(state, epoch, &record.key, path);
+                    state.take_over(epoch, &record.key, path);
                     AckOutcome::Installed
                 }
                 Ok(Installed::Stale { .. }) => {

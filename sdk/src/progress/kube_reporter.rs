@@ -13,13 +13,10 @@ use futures::future::BoxFuture;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
-use super::{OwnPod, Progress, ProgressError, ProgressReporter};
+use super::{Progress, ProgressError, ProgressReporter};
+use crate::intent::{KubePodIntent, ShutdownIntentSource};
+use crate::own_pod::OwnPod;
 use crate::ring::annotations;
-use crate::server::session::{KubePodIntent, ShutdownIntentSource};
-
-/// Environment variable holding the pod's namespace (downward API,
-/// `fieldRef: metadata.namespace`).
-pub const NAMESPACE_ENV: &str = "POD_NAMESPACE";
 
 /// Field manager of the pods' own applies.
 pub const FIELD_MANAGER: &str = "locus-pod";

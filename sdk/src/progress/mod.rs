@@ -21,7 +21,6 @@
 mod kube_reporter;
 mod memory;
 mod moved;
-mod own_pod;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,14 +29,14 @@ use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use self::kube_reporter::{KubeProgressReporter, NAMESPACE_ENV};
+pub use self::kube_reporter::KubeProgressReporter;
 pub use self::memory::MemoryProgressReporter;
 pub use self::moved::{
     ColdTakeovers, MovedReport, MovedSessions, MovedSessionsError, ReportState, ServedTakeovers,
     TakeoverPath, WarmTakeovers,
 };
-pub(crate) use self::own_pod::OwnPod;
-use crate::server::session::ShutdownIntentSource;
+use crate::intent::ShutdownIntentSource;
+pub use crate::own_pod::NAMESPACE_ENV;
 
 /// The versions a pod reports; `None` until first set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -12,9 +12,7 @@
 pub mod ownership;
 pub mod session;
 
-/// The environment variable holding the pod's own name (set it from the
-/// downward API: `fieldRef: metadata.name`).
-pub const POD_NAME_ENV: &str = "POD_NAME";
+pub use crate::own_pod::POD_NAME_ENV;
 
 /// The pod's own name from [`POD_NAME_ENV`].
 pub fn pod_name_from_env() -> Result<String, ownership::OwnershipError> {

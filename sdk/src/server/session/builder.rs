@@ -8,7 +8,6 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use super::inner::MemberInner;
-use super::intent::ShutdownIntentSource;
 use super::member::Member;
 use crate::client::SessionKey;
 use crate::driver::gate::Gate;
@@ -16,6 +15,7 @@ use crate::handoff::{
     HandoffConfig, HandoffMetrics, HandoffSecret, HandoffState, HttpTransport, SessionTable,
     Transport,
 };
+use crate::intent::ShutdownIntentSource;
 use crate::progress::{NoProgressReporter, ProgressReporter};
 use crate::snapshot;
 use crate::source::{RingSource, RingWatch};

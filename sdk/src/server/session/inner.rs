@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use super::intent::ShutdownIntentSource;
 use crate::client::SessionKey;
 use crate::driver::gate::Gate;
 use crate::driver::{AbortOnDrop, Driver};
 use crate::handoff::HandoffState;
+use crate::intent::ShutdownIntentSource;
 use crate::progress::{ProgressReporter, ProgressTracker};
 
 /// What every clone of a member and its layers share.

@@ -11,7 +11,7 @@
 //!   [`service`](self::SessionService) for the per-request steps).
 //! * [`ShutdownIntent`] (restart in the same pod, or the pod goes away) and
 //!   where shutdown learns it ([`ShutdownIntentSource`], [`KubePodIntent`]):
-//!   a snapshot is written only for a restart; see [`intent`].
+//!   a snapshot is written only for a restart; see [`ShutdownIntentSource`].
 //!
 //! The stack of a pod, outermost first:
 //!
@@ -23,7 +23,6 @@
 
 mod builder;
 mod inner;
-pub mod intent;
 mod lifecycle;
 mod member;
 pub mod pod;
@@ -34,9 +33,9 @@ mod shutdown;
 pub use self::builder::{
     DEFAULT_COORDINATION_WAIT, DEFAULT_INTENT_TIMEOUT, MemberBuilder, MemberError,
 };
-pub use self::intent::{IntentError, KubePodIntent, ShutdownIntent, ShutdownIntentSource};
 pub use self::lifecycle::StartReport;
 pub use self::member::Member;
 pub use self::pod::{MemberLayer, MemberPod, MemberPodBuilder, PodError, Readiness};
 pub use self::service::{SessionBody, SessionLayer, SessionService};
 pub use self::shutdown::{ShutdownPath, ShutdownReport};
+pub use crate::intent::{IntentError, KubePodIntent, ShutdownIntent, ShutdownIntentSource};

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::intent::{IntentError, ShutdownIntent};
 use super::member::Member;
 use crate::driver::drain::{self, DrainReport};
 use crate::driver::plan;
+use crate::intent::{IntentError, ShutdownIntent};
 use crate::ring::Ring;
 use crate::snapshot::{self, SnapshotError, SnapshotHeader, SnapshotWritten};
 use crate::store::Flush;

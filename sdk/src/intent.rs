@@ -1,39 +1,12 @@
-//! Why a pod is stopping: [`ShutdownIntent`], and where [`Member::shutdown`]
-//! learns it.
+//! Why a pod is stopping: [`ShutdownIntent`], and where
+//! [`Member::shutdown`](crate::server::session::Member::shutdown) learns it
+//! ([`ShutdownIntentSource`], whose docs tell the order).
 //!
-//! A snapshot written on SIGTERM (fast restart) only helps if the same pod
-//! starts again: the snapshot volume is a memory-backed `emptyDir`, which
-//! survives a container restart inside the pod (an in-place update, a failed
-//! liveness probe) and dies with the pod. When the pod itself is going away
-//! (eviction, node drain, `kubectl delete pod`, replacement, scale-down) its
-//! sessions must go to their next owners instead.
-//!
-//! Kubernetes says which one it is on the pod object: a pod being deleted
-//! has `metadata.deletionTimestamp` set before its containers get SIGTERM,
-//! a container restarted in place does not. [`KubePodIntent`] reads the
-//! pod's own Pod and answers accordingly ([`ShutdownIntent::of_pod`]).
-//!
-//! Where the answer comes from, first match wins:
-//!
-//! 1. the source given to
-//!    [`MemberBuilder::shutdown_intent`](super::MemberBuilder::shutdown_intent)
-//!    — a fixed [`ShutdownIntent`] for a process outside Kubernetes that knows
-//!    which it is, or any [`ShutdownIntentSource`];
-//! 2. the progress reporter's
-//!    [`intent_source`](crate::progress::ProgressReporter::intent_source):
-//!    [`KubeProgressReporter`](crate::progress::KubeProgressReporter) writes to
-//!    the pod's own Pod and reads it back for this;
-//! 3. none: the intent is unknown.
-//!
-//! The lookup is bounded (`MemberBuilder::intent_timeout`, 2 s by default).
-//! When the intent is unknown — no source, the API server does not answer,
-//! the pod cannot be read — shutdown writes the snapshot as before and logs
-//! why at `warn`: a restart in place keeps its sessions, a deleted pod loses
-//! those not written back. [`Member::shutdown_as`] takes the intent from the
-//! caller instead.
-//!
-//! [`Member::shutdown`]: super::Member::shutdown
-//! [`Member::shutdown_as`]: super::Member::shutdown_as
+//! The public names are re-exported from
+//! [`server::session`](crate::server::session). The module sits beside
+//! [`progress`](crate::progress) rather than in `server::session`: the
+//! progress reporter gives an intent source, and the session layer uses the
+//! progress reporter, so neither imports the other.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +14,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::progress::OwnPod;
+use crate::own_pod::OwnPod;
 
 /// Why this pod's process is being stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,7 +47,7 @@ impl ShutdownIntent {
     }
 }
 
-/// Why the intent could not be found; [`Member::shutdown`](super::Member::shutdown)
+/// Why the intent could not be found; [`Member::shutdown`](crate::server::session::Member::shutdown)
 /// then writes the snapshot (today's behaviour) and logs this.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -101,8 +74,41 @@ pub enum IntentError {
     TimedOut(Duration),
 }
 
-/// Tells [`Member::shutdown`](super::Member::shutdown) why the process is
-/// stopping; see the [module docs](self).
+/// Tells [`Member::shutdown`] why the process is stopping.
+///
+/// A snapshot written on SIGTERM (fast restart) only helps if the same pod
+/// starts again: the snapshot volume is a memory-backed `emptyDir`, which
+/// survives a container restart inside the pod (an in-place update, a failed
+/// liveness probe) and dies with the pod. When the pod itself is going away
+/// (eviction, node drain, `kubectl delete pod`, replacement, scale-down) its
+/// sessions must go to their next owners instead.
+///
+/// Kubernetes says which one it is on the pod object: a pod being deleted
+/// has `metadata.deletionTimestamp` set before its containers get SIGTERM,
+/// a container restarted in place does not. [`KubePodIntent`] reads the
+/// pod's own Pod and answers accordingly ([`ShutdownIntent::of_pod`]).
+///
+/// Where the answer comes from, first match wins:
+///
+/// 1. the source given to
+///    [`MemberBuilder::shutdown_intent`](crate::server::session::MemberBuilder::shutdown_intent)
+///    — a fixed [`ShutdownIntent`] for a process outside Kubernetes that knows
+///    which it is, or any [`ShutdownIntentSource`];
+/// 2. the progress reporter's
+///    [`intent_source`](crate::progress::ProgressReporter::intent_source):
+///    [`KubeProgressReporter`](crate::progress::KubeProgressReporter) writes to
+///    the pod's own Pod and reads it back for this;
+/// 3. none: the intent is unknown.
+///
+/// The lookup is bounded (`MemberBuilder::intent_timeout`, 2 s by default).
+/// When the intent is unknown — no source, the API server does not answer,
+/// the pod cannot be read — shutdown writes the snapshot as before and logs
+/// why at `warn`: a restart in place keeps its sessions, a deleted pod loses
+/// those not written back. [`Member::shutdown_as`] takes the intent from the
+/// caller instead.
+///
+/// [`Member::shutdown`]: crate::server::session::Member::shutdown
+/// [`Member::shutdown_as`]: crate::server::session::Member::shutdown_as
 ///
 /// A [`ShutdownIntent`] is itself a source that always gives that answer.
 pub trait ShutdownIntentSource: Send + Sync + 'static {

@@ -1,10 +1,19 @@
 //! A pod's handle on its own Pod object: the API scoped to its namespace, and
 //! its name. Progress reports patch it; the shutdown reads it back.
+//!
+//! It sits below both [`progress`](crate::progress) and the shutdown intent
+//! (`crate::intent`), so neither imports the other's parent.
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 
-use super::NAMESPACE_ENV;
+/// The environment variable holding the pod's own name (set it from the
+/// downward API: `fieldRef: metadata.name`).
+pub const POD_NAME_ENV: &str = "POD_NAME";
+
+/// Environment variable holding the pod's namespace (downward API,
+/// `fieldRef: metadata.namespace`).
+pub const NAMESPACE_ENV: &str = "POD_NAMESPACE";
 
 /// See the [module docs](self).
 #[derive(Clone)]
@@ -41,7 +50,7 @@ impl OwnPod {
                 .filter(|v| !v.is_empty())
                 .ok_or_else(|| format!("environment variable {name} is unset or empty"))
         };
-        let name = var(crate::server::POD_NAME_ENV)?;
+        let name = var(POD_NAME_ENV)?;
         let namespace = var(NAMESPACE_ENV)?;
         let client = kube::Client::try_default()
             .await

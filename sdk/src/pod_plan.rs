@@ -1,5 +1,9 @@
 //! What a ring means for one pod: pure functions, no I/O.
 //!
+//! Used by the transition driver, the handoff endpoints, the shutdown and the
+//! snapshot (all of which `crate::driver` reaches as `driver::plan`); it
+//! depends on the ring alone, so none of them imports another through it.
+//!
 //! * [`gained_shards`]: in a Warm ring, the shards this pod will own under
 //!   `target` and does not serve now, grouped by the pod serving them now
 //!   (where the pre-copy comes from).
