@@ -1,5 +1,7 @@
 //! The operator's one error type. Every variant names the action that failed and the object
 //! it failed on; [`Error::metric_label`] gives the short label the error counter uses.
+//!
+//! [`ConfigError`] apart: a configuration refused at start-up, before anything runs.
 
 use std::net::SocketAddr;
 
@@ -214,5 +216,39 @@ mod tests {
             "the ring ConfigMap shop/cart-ring cannot be read and is left alone: the ConfigMap has no key ring.json"
         );
         assert_eq!(error.metric_label(), "invalid_ring");
+    }
+}
+
+/// A variable of the operator's environment that [`Config::from_lookup`](crate::Config::from_lookup)
+/// refuses; each variant names the variable, the value and what is allowed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `LOCUS_OPERATOR_METRICS_ADDR` is neither `off` nor a socket address.
+    #[error(
+        "LOCUS_OPERATOR_METRICS_ADDR={value:?} is not an address such as 0.0.0.0:8080 (or off): {source}"
+    )]
+    MetricsAddr {
+        /// The value given.
+        value: String,
+        /// Why it does not parse.
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    /// `LOCUS_OPERATOR_LEADER_ELECTION` is neither `true` nor `false`.
+    #[error("LOCUS_OPERATOR_LEADER_ELECTION={value:?}: expected true or false")]
+    LeaderElection {
+        /// The value given.
+        value: String,
+    },
+}
+
+impl ConfigError {
+    /// The environment variable refused.
+    pub fn variable(&self) -> &'static str {
+        match self {
+            Self::MetricsAddr { .. } => "LOCUS_OPERATOR_METRICS_ADDR",
+            Self::LeaderElection { .. } => "LOCUS_OPERATOR_LEADER_ELECTION",
+        }
     }
 }

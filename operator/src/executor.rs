@@ -160,11 +160,13 @@ impl<'a> Executor<'a> {
         {
             return Ok(());
         }
-        let key = resources::new_handoff_key().map_err(|source| Error::HandoffKey {
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
-            source,
-        })?;
+        let key = resources::new_handoff_key()
+            .await
+            .map_err(|source| Error::HandoffKey {
+                namespace: self.namespace.clone(),
+                name: self.name.clone(),
+                source,
+            })?;
         let secret = resources::handoff_secret_object(self.svc, &key);
         let params = PostParams {
             dry_run: false,

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-pub use error::{Error, Result};
+pub use error::{ConfigError, Error, Result};
 
 use controller::{Context, run_controller};
 use leader::{LeaderElector, LeaseConfig};
@@ -63,12 +63,13 @@ impl Config {
     /// | `LOCUS_OPERATOR_LEASE_NAME` | `locus-operator` | name of the Lease |
     /// | `LOCUS_OPERATOR_LEASE_NAMESPACE` | `$POD_NAMESPACE`, else `default` | namespace of the Lease |
     /// | `POD_NAME` | `$HOSTNAME`, else `locus-operator-<pid>` | this instance's identity |
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let metrics_addr = match get("LOCUS_OPERATOR_METRICS_ADDR").as_deref() {
             Some("off") => None,
-            Some(addr) => Some(addr.parse().map_err(|e| {
-                format!("LOCUS_OPERATOR_METRICS_ADDR={addr:?} is not an address such as 0.0.0.0:8080: {e}")
+            Some(addr) => Some(addr.parse().map_err(|source| ConfigError::MetricsAddr {
+                value: addr.to_owned(),
+                source,
             })?),
             None => Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
         };
@@ -79,9 +80,9 @@ impl Config {
             None | Some("true") => true,
             Some("false") => false,
             Some(other) => {
-                return Err(format!(
-                    "LOCUS_OPERATOR_LEADER_ELECTION={other:?}: expected true or false"
-                ));
+                return Err(ConfigError::LeaderElection {
+                    value: other.to_owned(),
+                });
             }
         };
         let leader_election = election.then(|| {
@@ -181,7 +182,7 @@ pub async fn run(
 mod tests {
     use super::*;
 
-    fn config(vars: &[(&str, &str)]) -> Result<Config, String> {
+    fn config(vars: &[(&str, &str)]) -> std::result::Result<Config, ConfigError> {
         let vars: Vec<(String, String)> = vars
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -216,7 +217,19 @@ mod tests {
         assert!(c.metrics_addr.is_none() && c.leader_election.is_none());
         assert_eq!(c.namespace.as_deref(), Some("shop"));
         let error = config(&[("LOCUS_OPERATOR_METRICS_ADDR", "8080")]).unwrap_err();
-        assert!(error.contains("LOCUS_OPERATOR_METRICS_ADDR"), "{error}");
-        assert!(config(&[("LOCUS_OPERATOR_LEADER_ELECTION", "maybe")]).is_err());
+        assert!(
+            matches!(&error, ConfigError::MetricsAddr { value, .. } if value == "8080"),
+            "{error:?}"
+        );
+        assert_eq!(error.variable(), "LOCUS_OPERATOR_METRICS_ADDR");
+        assert!(
+            error.to_string().contains("LOCUS_OPERATOR_METRICS_ADDR"),
+            "{error}"
+        );
+        let error = config(&[("LOCUS_OPERATOR_LEADER_ELECTION", "maybe")]).unwrap_err();
+        assert!(
+            matches!(&error, ConfigError::LeaderElection { value } if value == "maybe"),
+            "{error:?}"
+        );
     }
 }

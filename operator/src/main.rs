@@ -31,8 +31,8 @@ async fn main() -> ExitCode {
         .init();
     let config = match locus_operator::Config::from_lookup(|name| std::env::var(name).ok()) {
         Ok(config) => config,
-        Err(message) => {
-            tracing::error!("{message}");
+        Err(error) => {
+            tracing::error!(variable = error.variable(), "{error}");
             return ExitCode::from(2);
         }
     };

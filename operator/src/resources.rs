@@ -371,11 +371,17 @@ pub fn handoff_secret_object(svc: &StatefulService, key: &str) -> Secret {
 }
 
 /// A new random handoff key: 32 bytes from the operating system, as 64 hex characters.
-pub fn new_handoff_key() -> std::io::Result<String> {
-    use std::io::Read as _;
+///
+/// Read through `tokio::fs` (a blocking-pool thread): it runs inside a reconcile, on the
+/// runtime's worker threads.
+pub async fn new_handoff_key() -> std::io::Result<String> {
+    use tokio::io::AsyncReadExt as _;
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    tokio::fs::File::open("/dev/urandom")
+        .await?
+        .read_exact(&mut bytes)
+        .await?;
     Ok(bytes
         .iter()
         .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]])
@@ -562,10 +568,10 @@ mod tests {
         assert!(!is_subset(&json!({"missing": "v"}), &observed));
     }
 
-    #[test]
-    fn handoff_keys_are_random_hex() {
-        let a = new_handoff_key().unwrap();
-        let b = new_handoff_key().unwrap();
+    #[tokio::test]
+    async fn handoff_keys_are_random_hex() {
+        let a = new_handoff_key().await.unwrap();
+        let b = new_handoff_key().await.unwrap();
         assert_eq!(a.len(), 64);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
