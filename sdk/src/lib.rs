@@ -213,6 +213,17 @@ pub use source::{
 };
 pub use store::{SessionStore, StoreError};
 
+/// Not part of the supported API, and not covered by semantic versioning:
+/// what the crate's own integration tests, benches and simulation need of
+/// its protocol internals. Anything here may change or go in any release.
+/// A service author needs none of it.
+#[doc(hidden)]
+pub mod internal {
+    pub use crate::handoff::client::{HandoffClient, PrecopyRequest, TransferAnswer};
+    pub use crate::handoff::transport::{HttpTransport, Transport, TransportError};
+    pub use crate::pod_plan::previous_pod;
+}
+
 /// A boxed, thread-safe error, as tower and hyper use.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -149,7 +149,7 @@ fn raw_string_end(chars: &[char], i: usize) -> Option<usize> {
 }
 
 /// `tokens` without the items under `#[cfg(test)]` (the `tests` modules).
-fn without_tests(tokens: Vec<Token>) -> Vec<Token> {
+fn without_tests(tokens: &[Token]) -> Vec<Token> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < tokens.len() {
@@ -276,7 +276,7 @@ fn absolute(at: &[String], relative: &[String]) -> ModPath {
 }
 
 fn parse(at: &[String], source: &str) -> Module {
-    let tokens = without_tests(tokens(source));
+    let tokens = without_tests(&tokens(source));
     let mut module = Module {
         references: Vec::new(),
         bindings: BTreeMap::new(),

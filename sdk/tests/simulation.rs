@@ -149,21 +149,21 @@ fn address(i: u8) -> SocketAddr {
 }
 
 fn config() -> HandoffConfig {
-    HandoffConfig {
-        warm_timeout: Duration::from_secs(2),
-        transfer_timeout: Duration::from_millis(500),
-        handoff_deadline: Duration::from_millis(2500),
-        first_touch_wait: Duration::from_secs(1),
-        drain_timeout: Duration::from_secs(2),
-        push_timeout: Duration::from_millis(500),
-        ring_wait: Duration::from_millis(300),
-        tombstone_ttl: Duration::from_secs(10),
-        outbox_ttl: Duration::from_secs(10),
-        settle_grace: Duration::from_millis(500),
-        batch_records: 8,
-        retry_backoff: Duration::from_millis(20),
-        ..HandoffConfig::default()
-    }
+    HandoffConfig::builder()
+        .warm_timeout(Duration::from_secs(2))
+        .transfer_timeout(Duration::from_millis(500))
+        .handoff_deadline(Duration::from_millis(2500))
+        .first_touch_wait(Duration::from_secs(1))
+        .drain_timeout(Duration::from_secs(2))
+        .push_timeout(Duration::from_millis(500))
+        .ring_wait(Duration::from_millis(300))
+        .tombstone_ttl(Duration::from_secs(10))
+        .outbox_ttl(Duration::from_secs(10))
+        .settle_grace(Duration::from_millis(500))
+        .batch_records(8)
+        .retry_backoff(Duration::from_millis(20))
+        .build()
+        .unwrap()
 }
 
 /// The faults of one transition, relative to its start.
@@ -760,7 +760,7 @@ async fn check(
         ops,
         &operator.log,
         keys,
-        config().handoff_deadline,
+        config().handoff_deadline(),
         &mut announcements,
     );
     report.unannounced = announcements.violations.len();

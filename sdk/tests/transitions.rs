@@ -38,15 +38,15 @@ const SHARDS: u32 = 256;
 
 fn options() -> PodOptions {
     PodOptions {
-        config: HandoffConfig {
-            warm_timeout: Duration::from_secs(10),
-            handoff_deadline: Duration::from_secs(10),
-            drain_timeout: Duration::from_secs(10),
-            first_touch_wait: Duration::from_secs(3),
-            settle_grace: Duration::from_secs(1),
-            retry_backoff: Duration::from_millis(20),
-            ..HandoffConfig::default()
-        },
+        config: HandoffConfig::builder()
+            .warm_timeout(Duration::from_secs(10))
+            .handoff_deadline(Duration::from_secs(10))
+            .drain_timeout(Duration::from_secs(10))
+            .first_touch_wait(Duration::from_secs(3))
+            .settle_grace(Duration::from_secs(1))
+            .retry_backoff(Duration::from_millis(20))
+            .build()
+            .unwrap(),
         limits: Limits::default(),
         snapshot_dir: None,
         coordination_wait: Duration::ZERO,
@@ -111,7 +111,7 @@ async fn verdict(cluster: &HttpCluster, load: Load, operator: &Operator) -> Verd
     let ops = history.ops();
     let mut verdict = checker::check(&ops, &finals, &[]);
     checker::first_touches(&ops, &operator.log, &keys, &mut verdict);
-    let window = options().config.handoff_deadline;
+    let window = options().config.handoff_deadline();
     verdict.announced =
         checker::takeovers_announced(&ops, &operator.log, &keys, window, &mut verdict);
     verdict.takeover_headers = checker::takeover_headers(&ops);
@@ -403,7 +403,12 @@ async fn ten_times_the_bounds_get_clear_refusals_and_the_pod_stays_bounded() {
         max_pending_updates: MAX_PENDING,
         ..Limits::default()
     };
-    options.config.max_in_flight = MAX_IN_FLIGHT;
+    options.config = options
+        .config
+        .to_builder()
+        .max_in_flight(MAX_IN_FLIGHT)
+        .build()
+        .unwrap();
     let cluster = Arc::new(HttpCluster::new(options));
     let pod = cluster.start_pod("counters-0-a", 50, 0).await;
     let operator = Operator::new(&[pod], SHARDS, timeouts());

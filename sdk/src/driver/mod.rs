@@ -6,7 +6,7 @@
 //! * **Warm** (the ring has a `target` under which this pod gains shards: a
 //!   joining slot, a slot inheriting shards, or a slot's `successor`) —
 //!   pre-copies the resident sessions of the gained shards from the pods
-//!   serving them now ([`PRECOPY_PATH`](crate::handoff::PRECOPY_PATH)),
+//!   serving them now (`/_locus/handoff/v1/precopy`),
 //!   keeps them in the warm cache (not in the store: they are not this pod's
 //!   yet), then reports `warmed = V`. Bounded by
 //!   [`warm_timeout`](crate::handoff::HandoffConfig::warm_timeout); on

@@ -7,17 +7,23 @@
 //!
 //! | path | body | answer |
 //! |---|---|---|
-//! | [`PRECOPY_PATH`] | JSON [`PrecopyRequest`] (shard count, shards) | a stream of `record` frames (not final), then `end` |
-//! | [`TRANSFER_PATH`] | `want` frames (key, known version) | per key: `record` (final), `unchanged`, `not resident` or `refused`, then `end` |
-//! | [`PUSH_PATH`] | `record` frames (final) | per key: `ack` (installed, stale, parked, refused), then `end` |
+//! | `/_locus/handoff/v1/precopy` | JSON (shard count, shards) | a stream of `record` frames (not final), then `end` |
+//! | `/_locus/handoff/v1/transfer` | `want` frames (key, known version) | per key: `record` (final), `unchanged`, `not resident` or `refused`, then `end` |
+//! | `/_locus/handoff/v1/push` | `record` frames (final) | per key: `ack` (installed, stale, parked, refused), then `end` |
 //!
 //! Every request carries `authorization: Bearer <secret>` ([`HandoffSecret`];
 //! 401 without it or with another value), the asking pod's name in
 //! [`x-locus-pod`](crate::headers::POD) and its ring version in
-//! [`x-locus-ring-version`](crate::headers::RING_VERSION). The frame format is
-//! in [`wire`]; `docs/handoff.md` is the guide.
+//! [`x-locus-ring-version`](crate::headers::RING_VERSION). The frame format
+//! and `docs/handoff.md` are the guide.
 //!
-//! The answering pod first waits (bounded by [`HandoffConfig::ring_wait`])
+//! The protocol is the SDK's own business: its client, server, frame format
+//! and transport are not public API. A service author configures it
+//! ([`HandoffConfig`], [`HandoffSecret`]) and reads its counters
+//! ([`HandoffStats`]); the crate's own tests reach the rest through the
+//! hidden `locus::internal` module.
+//!
+//! The answering pod first waits (bounded by [`HandoffConfig::ring_wait`](HandoffConfig::ring_wait()))
 //! until its own ring is at least the asker's, then checks every key against
 //! it: a transfer is granted only to the key's owner under that ring. The
 //! hand-off itself happens under the session's exclusive lock
@@ -25,7 +31,8 @@
 //! leaves a tombstone, so a straggler request that reaches the old owner gets
 //! `421` with the new owner instead of a second writer.
 
-mod client;
+pub(crate) mod client;
+mod config;
 mod error;
 pub(crate) mod keeping;
 mod metrics;
@@ -33,25 +40,26 @@ mod secret;
 mod server;
 mod table;
 pub(crate) mod tally;
-mod transport;
-pub mod wire;
+pub(crate) mod transport;
+pub(crate) mod wire;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use http::HeaderValue;
 
-pub use self::client::{HandoffClient, PrecopyRequest, TransferAnswer};
+pub(crate) use self::client::{HandoffClient, PrecopyRequest, TransferAnswer};
+pub use self::config::{HandoffConfig, HandoffConfigBuilder, HandoffConfigError};
 pub use self::error::HandoffError;
 pub use self::metrics::HandoffStats;
 pub use self::secret::{
     DEFAULT_SECRET_FILE, HandoffSecret, MIN_SECRET_BYTES, SECRET_FILE_ENV, SecretError,
 };
-pub use self::server::HandoffService;
-pub use self::table::SessionTable;
-pub use self::transport::{HandoffBody, HttpTransport, Transport, TransportError};
+pub(crate) use self::server::HandoffService;
+pub(crate) use self::table::SessionTable;
+pub use self::transport::HandoffBody;
+pub(crate) use self::transport::{HttpTransport, Transport};
 
 pub(crate) use self::metrics::HandoffMetrics;
 
@@ -61,114 +69,13 @@ use crate::ring::{Phase, Pod, Ring};
 use crate::source::RingWatch;
 
 /// Prefix of every handoff endpoint.
-pub const HANDOFF_PATH_PREFIX: &str = "/_locus/handoff/v1/";
+pub(crate) const HANDOFF_PATH_PREFIX: &str = "/_locus/handoff/v1/";
 /// Pre-copy: stream the resident sessions of some shards.
-pub const PRECOPY_PATH: &str = "/_locus/handoff/v1/precopy";
+pub(crate) const PRECOPY_PATH: &str = "/_locus/handoff/v1/precopy";
 /// Transfer: hand given keys over to the asker, their new owner.
-pub const TRANSFER_PATH: &str = "/_locus/handoff/v1/transfer";
+pub(crate) const TRANSFER_PATH: &str = "/_locus/handoff/v1/transfer";
 /// Drain push: take records handed off by the sender.
-pub const PUSH_PATH: &str = "/_locus/handoff/v1/push";
-
-/// Timings and bounds of the handoff protocol and the transition driver.
-///
-/// Every wait is bounded; past a phase's bound the pod rolls forward and
-/// counts it in `locus_handoff_rolled_forward_total{phase}` — but no bound
-/// hands a key to a new owner: a key loads cold only once its previous owner
-/// is fenced (`docs/adr/0001-fencing.md`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HandoffConfig {
-    /// Longest pre-copy (Warm step) before reporting warmed anyway.
-    /// Default 30 s (the operator's `timeouts.warm`).
-    pub warm_timeout: Duration,
-    /// Longest single transfer call. Default 5 s.
-    pub transfer_timeout: Duration,
-    /// From the moment this pod sees a Switch ring: how long first touches
-    /// go through the previous owner (parked record, then a transfer) after
-    /// the ring that settles the switch arrived — it may still hold a key's
-    /// state in its outbox. Past it, keys not taken over load from the
-    /// persistence directly. Default 30 s. It never lets a key load cold
-    /// while the switch is not settled: until the operator settles it (every
-    /// losing pod drained or gone), an unreachable previous owner's keys
-    /// answer 503 (`docs/adr/0001-fencing.md`).
-    pub handoff_deadline: Duration,
-    /// Longest a request waits for its key's first-touch transfer before it
-    /// gets 503 with `Retry-After` (the next attempt continues). Default 5 s.
-    pub first_touch_wait: Duration,
-    /// Longest drain (Switch step) before reporting drained anyway. Default
-    /// 30 s (the operator's `timeouts.drain`).
-    pub drain_timeout: Duration,
-    /// Longest single push call. Default 10 s.
-    pub push_timeout: Duration,
-    /// Longest wait for this pod's ring to reach an asker's version. Default 2 s.
-    pub ring_wait: Duration,
-    /// How long a handed-off key answers 421 with its new owner here.
-    /// Default 60 s. It outlives the requests admitted before the ring
-    /// changed; later ones are redirected by the ownership check itself.
-    pub tombstone_ttl: Duration,
-    /// How long a handed-off record stays answerable to a retried transfer.
-    /// Default 60 s.
-    pub outbox_ttl: Duration,
-    /// How long a parked record (handed to this pod before it owns the key)
-    /// and a pre-copy are kept. Default 5 minutes.
-    pub parked_ttl: Duration,
-    /// After a Stable ring, how long pre-copies are kept before being
-    /// dropped. Default 30 s.
-    pub settle_grace: Duration,
-    /// Most records per pushed batch and per pre-copy chunk. Default 256.
-    pub batch_records: usize,
-    /// Most bytes per pushed batch and per pre-copy chunk. Default 1 MiB.
-    pub batch_bytes: usize,
-    /// Most keys per transfer request. Default 256.
-    pub max_transfer_keys: usize,
-    /// Largest frame accepted (a session plus its key and header). Default
-    /// 16 MiB + 64 KiB.
-    pub max_frame_bytes: usize,
-    /// Bound of the warm cache (pre-copies and parked records). Default 256 MiB.
-    pub max_cache_bytes: usize,
-    /// Bound of the outbox (records handed off, not yet acknowledged).
-    /// Default 256 MiB.
-    pub max_outbox_bytes: usize,
-    /// Pre-copies (one per source pod) run at once. Default 4.
-    pub precopy_concurrency: usize,
-    /// Pushes (one per destination pod) run at once. Default 4.
-    pub push_concurrency: usize,
-    /// Requests served at once by the session layer; past it, 503 with
-    /// `Retry-After`. Default 1024.
-    pub max_in_flight: usize,
-    /// Pause between retries of a failed call. Default 100 ms.
-    pub retry_backoff: Duration,
-    /// `Retry-After` of the 503 answers. Default 1 s.
-    pub retry_after: Duration,
-}
-
-impl Default for HandoffConfig {
-    fn default() -> Self {
-        Self {
-            warm_timeout: Duration::from_secs(30),
-            transfer_timeout: Duration::from_secs(5),
-            handoff_deadline: Duration::from_secs(30),
-            first_touch_wait: Duration::from_secs(5),
-            drain_timeout: Duration::from_secs(30),
-            push_timeout: Duration::from_secs(10),
-            ring_wait: Duration::from_secs(2),
-            tombstone_ttl: Duration::from_secs(60),
-            outbox_ttl: Duration::from_secs(60),
-            parked_ttl: Duration::from_secs(300),
-            settle_grace: Duration::from_secs(30),
-            batch_records: 256,
-            batch_bytes: 1 << 20,
-            max_transfer_keys: 256,
-            max_frame_bytes: (16 << 20) + (64 << 10),
-            max_cache_bytes: 256 << 20,
-            max_outbox_bytes: 256 << 20,
-            precopy_concurrency: 4,
-            push_concurrency: 4,
-            max_in_flight: 1024,
-            retry_backoff: Duration::from_millis(100),
-            retry_after: Duration::from_secs(1),
-        }
-    }
-}
+pub(crate) const PUSH_PATH: &str = "/_locus/handoff/v1/push";
 
 /// How many earlier Switch rings a pod keeps for late takeovers.
 const EARLIER_SWITCHES: usize = 3;

@@ -538,11 +538,6 @@ impl FrameDecoder {
         }
     }
 
-    /// True once the `end` frame was read.
-    pub fn is_complete(&self) -> bool {
-        self.ended
-    }
-
     /// Call when the body is over: an error unless it ended properly.
     pub fn finish(&self) -> Result<(), WireError> {
         if self.ended {

@@ -30,7 +30,8 @@ use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt as _;
 use locus::client::RouterBody;
-use locus::handoff::{HandoffBody, HandoffConfig, HandoffSecret, Transport, TransportError};
+use locus::handoff::{HandoffBody, HandoffConfig, HandoffSecret};
+use locus::internal::{Transport, TransportError};
 use locus::progress::{MemoryProgressReporter, Progress, ProgressError, ProgressReporter};
 use locus::ring::{Pod, Ring};
 use locus::server::session::{Member, ShutdownReport};
@@ -560,7 +561,7 @@ impl SimCluster {
                             s.pod.name == name
                                 || s.successor.as_ref().is_some_and(|p| p.name == name)
                         })
-                        || locus::driver::plan::previous_pod(r, key).is_some_and(|p| p.name == name)
+                        || locus::internal::previous_pod(r, key).is_some_and(|p| p.name == name)
                 })
         };
         let mut persisted = HashMap::new();

@@ -72,7 +72,12 @@ impl MemberBuilder {
         self
     }
 
-    /// How handoff calls reach other pods (default: [`HttpTransport`]).
+    /// How handoff calls reach other pods (default: HTTP).
+    ///
+    /// Not part of the supported API (the transport is the crate's own
+    /// business): the crate's simulation plugs an in-memory network in here
+    /// through [`internal::Transport`](crate::internal::Transport).
+    #[doc(hidden)]
     #[must_use]
     pub fn transport(mut self, transport: impl Transport) -> Self {
         self.transport = Some(Arc::new(transport));

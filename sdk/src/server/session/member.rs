@@ -17,7 +17,7 @@ use prometheus_client::registry::Registry;
 use super::inner::MemberInner;
 use super::response;
 use super::service::SessionLayer;
-use crate::handoff::{HandoffBody, HandoffService, HandoffStats};
+use crate::handoff::{HandoffBody, HandoffStats};
 use crate::progress::Progress;
 use crate::store::StoreError;
 
@@ -60,11 +60,6 @@ impl Member {
     /// The middleware to put inside the ownership layer.
     pub fn layer(&self) -> SessionLayer {
         SessionLayer::new(Arc::clone(&self.inner))
-    }
-
-    /// The handoff endpoints alone (the layer already serves them).
-    pub fn handoff_service(&self) -> HandoffService {
-        HandoffService::new(Arc::clone(&self.inner.state))
     }
 
     /// Stops every task of this member at once and refuses new requests:

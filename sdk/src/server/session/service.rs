@@ -6,7 +6,7 @@
 //! forwards or redirects requests for keys this pod does not own). For each
 //! request:
 //!
-//! 1. a path under [`HANDOFF_PATH_PREFIX`] is answered by the handoff
+//! 1. a path under `/_locus/handoff/v1/` is answered by the handoff
 //!    endpoints;
 //! 2. a request without a session key, or a fan-out request, passes through;
 //! 3. the request enters the in-flight gate (503 with `Retry-After` past
