@@ -20,6 +20,11 @@
 //! they guard happen in the same call: a caller that gets `Ok` holds the room
 //! it asked for.
 //!
+//! Why one file of about 700 lines: the index is one data structure whose
+//! sums must stay exact across every method (the invariants below); each
+//! method changes several of them at once, so they are read and checked
+//! together. Its test-only checker, `check`, is 60 of those lines.
+//!
 //! Invariants (checked by [`Index::check`] in tests):
 //! * `bytes` is the sum of the weights of resident slots, and `bytes` plus the
 //!   reserved bytes never exceeds `max_total_bytes`;

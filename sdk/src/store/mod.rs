@@ -52,6 +52,15 @@
 //!
 //! The guide, with the HTTP mapping and the persistence contract, is
 //! `docs/session-store.md`.
+//!
+//! Why this file is past 600 lines (module docs included): it holds the
+//! store's request path — `update`, `try_update`, `update_async`, `read`,
+//! `get` and the single-flight load they share — around one lock protocol
+//! (admit, reserve room, load, commit or give the room back). Those functions
+//! share private helpers and the same reservation type; split, a reader would
+//! check the protocol across files. The other concerns already have their own
+//! files: bounds (`limits`), the index and its accounting (`index`), eviction
+//! and passivation (`evict`), hand-offs and installs (`transfer`).
 
 mod clock;
 mod codec;

@@ -2,6 +2,11 @@
 //! the parent module. This file holds the planner's state, the pod candidates, ring building
 //! and bookkeeping; [`stable`] the steps from a fresh or `Stable` ring; [`phases`] the `Warm`
 //! and `Switch` steps.
+//!
+//! Why about 700 lines: the planner's state and the helpers every step uses (candidates,
+//! deadlines, ring building, transition records, events, deletions, convergence) belong to
+//! the `Planner` type the steps in [`stable`] and [`phases`] extend; the steps themselves are
+//! already in those files.
 
 mod phases;
 mod stable;

@@ -1,4 +1,11 @@
 //! The steps from no ring (creation) and from a `Stable` ring, in their order of priority.
+//!
+//! Why one file of about 800 lines: it is one concern, the choice of the next step from a
+//! stable ring, read top to bottom in the order [`Planner::stable`] tries the steps (fresh
+//! and restored rings, scale to zero, reshard, takeover, failures, handover, evictions, scale
+//! down and up, rebalance, surge, rollout, normalize). Each step is a `Planner` method that
+//! reads the same planner state; cut into files, the order of priority — the part a reader
+//! must check — would be spread over several of them.
 
 use std::collections::BTreeSet;
 
