@@ -1,6 +1,6 @@
 //! The transition driver: what one pod does on each new ring version.
 //!
-//! The driver watches the pod's [`RingWatch`] and, for every new version `V`:
+//! The driver watches the pod's [`RingWatch`](crate::RingWatch) and, for every new version `V`:
 //!
 //! * **observed** — reports `observed = V` at once;
 //! * **Warm** (the ring has a `target` under which this pod gains shards: a

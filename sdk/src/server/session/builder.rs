@@ -110,7 +110,7 @@ impl MemberBuilder {
     }
 
     /// Enables fast restarts: the snapshot is written here on a shutdown
-    /// that restarts the process in the same pod ([`ShutdownIntent`]) and
+    /// that restarts the process in the same pod ([`ShutdownIntent`](crate::server::session::ShutdownIntent)) and
     /// read back by [`Member::start`].
     #[must_use]
     pub fn snapshot_dir(mut self, dir: impl Into<PathBuf>) -> Self {
@@ -138,7 +138,7 @@ impl MemberBuilder {
     }
 
     /// Where [`Member::shutdown`] learns why the process stops, when a
-    /// snapshot directory is set: a fixed [`ShutdownIntent`] (a process
+    /// snapshot directory is set: a fixed [`ShutdownIntent`](crate::server::session::ShutdownIntent) (a process
     /// outside Kubernetes that knows), or any [`ShutdownIntentSource`].
     /// Default: the progress reporter's
     /// ([`KubeProgressReporter`](crate::progress::KubeProgressReporter)
@@ -150,7 +150,7 @@ impl MemberBuilder {
         self
     }
 
-    /// Longest wait for the [`ShutdownIntent`] on shutdown (also at most a
+    /// Longest wait for the [`ShutdownIntent`](crate::server::session::ShutdownIntent) on shutdown (also at most a
     /// quarter of the shutdown's time); past it the snapshot is written, as
     /// when the intent is unknown. Default 2 s.
     #[must_use]

@@ -90,7 +90,7 @@ impl Member {
     ///
     /// * With a snapshot directory, it first finds out why the process stops
     ///   ([`ShutdownIntent`]; bounded by the
-    ///   [intent timeout](MemberBuilder::intent_timeout)): a restart in the
+    ///   [intent timeout](super::MemberBuilder::intent_timeout)): a restart in the
     ///   same pod — or no answer, logged at `warn` — takes the snapshot path
     ///   (fast restart): new requests get 503, the requests in flight finish,
     ///   every session is written to the snapshot, then written back to the
@@ -105,7 +105,7 @@ impl Member {
     ///   flight finish, changed sessions are written back, and every session
     ///   is handed off to the pod that owns its shard when this pod's slot is
     ///   removed — computed with the operator's planner
-    ///   ([`plan::owners_without`]), the same result the operator's
+    ///   (`owners_without`), the same result the operator's
     ///   `Reroute` will publish — as final records those pods keep aside
     ///   until a Switch ring makes them the owners.
     pub async fn shutdown(&self, within: Duration) -> ShutdownReport {
