@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::{TempDir, client, postgres_or_skip, start_ring_pods};
 use http::StatusCode;
-use locus::store::{Limits, Stamp};
+use locus::store::Stamp;
 use locus::{Metrics, RingSource as _, headers};
 use locus_examples::ledger::{Event, Ledger, LedgerRules, SessionView};
 use locus_examples::loadgen::{self, LoadConfig, Stop, Target};
@@ -158,10 +158,7 @@ async fn evictions_under_pressure_write_back_and_reload_without_loss() {
     // find their session evicted and reload it from PostgreSQL.
     let (pods, _ring, path) = start_ring_pods(dir.path(), 3, move |config| {
         with_postgres(&url)(config);
-        config.limits = Limits {
-            max_sessions: 8,
-            ..config.limits.clone()
-        };
+        config.limits = config.limits.to_builder().max_sessions(8).build().unwrap();
     })
     .await;
     let source = RingSourceConfig::File(path)

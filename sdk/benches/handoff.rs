@@ -88,11 +88,13 @@ fn value(i: usize) -> String {
 
 fn store() -> SessionStore<String> {
     SessionStore::builder(JsonCodec, String::len)
-        .limits(Limits {
-            max_sessions: 2_000_000,
-            max_total_bytes: 4 << 30,
-            ..Limits::default()
-        })
+        .limits(
+            Limits::builder()
+                .max_sessions(2_000_000)
+                .max_total_bytes(4 << 30)
+                .build()
+                .unwrap(),
+        )
         .build()
         .unwrap()
 }

@@ -35,10 +35,7 @@ fn counters() -> SessionStore<u64> {
 
 fn blobs() -> SessionStore<Vec<u8>> {
     SessionStore::builder(JsonCodec, Vec::len)
-        .limits(Limits {
-            max_total_bytes: 64 << 20,
-            ..Limits::default()
-        })
+        .limits(Limits::builder().max_total_bytes(64 << 20).build().unwrap())
         .build()
         .unwrap()
 }

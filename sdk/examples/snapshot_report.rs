@@ -105,13 +105,13 @@ fn ring() -> Ring {
 }
 
 fn limits() -> Limits {
-    Limits {
-        max_sessions: 16 << 20,
-        max_session_bytes: 1 << 20,
-        max_total_bytes: 64 << 30,
-        max_concurrent_loads: 1024,
-        ..Limits::default()
-    }
+    Limits::builder()
+        .max_sessions(16 << 20)
+        .max_session_bytes(1 << 20)
+        .max_total_bytes(64 << 30)
+        .max_concurrent_loads(1024)
+        .build()
+        .unwrap()
 }
 
 /// An empty in-memory store of string sessions within [`limits`].

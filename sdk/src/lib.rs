@@ -187,6 +187,9 @@
 //! The guides are `docs/sdk.md`, `docs/session-store.md` and
 //! `docs/handoff.md`.
 
+#[macro_use]
+mod config_fields;
+
 pub mod client;
 pub mod driver;
 pub mod fanout;

@@ -232,11 +232,11 @@ async fn setup(
     passivate: bool,
 ) -> (Arc<SimCluster>, Vec<Pod>, Operator, Arc<Vec<Vec<u8>>>, Load) {
     let limits = if passivate {
-        Limits {
-            idle_timeout: Duration::from_millis(300),
-            sweep_interval: Duration::from_millis(100),
-            ..Limits::default()
-        }
+        Limits::builder()
+            .idle_timeout(Duration::from_millis(300))
+            .sweep_interval(Duration::from_millis(100))
+            .build()
+            .unwrap()
     } else {
         Limits::default()
     };

@@ -240,12 +240,12 @@ fn counter_store(limits: Limits) -> SessionStore<u64> {
 }
 
 fn small(max_session_bytes: usize, max_total_bytes: usize) -> Limits {
-    Limits {
-        max_session_bytes,
-        max_total_bytes,
-        persistence_timeout: Duration::from_secs(3600),
-        ..Limits::default()
-    }
+    Limits::builder()
+        .max_session_bytes(max_session_bytes)
+        .max_total_bytes(max_total_bytes)
+        .persistence_timeout(Duration::from_secs(3600))
+        .build()
+        .unwrap()
 }
 
 /// The store's metrics in the Prometheus text format.
@@ -273,7 +273,7 @@ fn sample(text: &str, series: &str) -> u64 {
 async fn assert_bytes_exact(store: &Text) {
     let total = store.total_bytes();
     assert!(
-        total <= store.limits().max_total_bytes,
+        total <= store.limits().max_total_bytes(),
         "{total} over the bound"
     );
     assert_eq!(store.recount_bytes().await, total, "accounting drifted");
@@ -361,10 +361,7 @@ async fn async_updates_of_one_session_never_overlap() {
 
 #[tokio::test]
 async fn updates_past_the_per_session_queue_are_refused_as_busy() {
-    let store = counter_store(Limits {
-        max_pending_updates: 2,
-        ..Limits::default()
-    });
+    let store = counter_store(Limits::builder().max_pending_updates(2).build().unwrap());
     let (entered_tx, entered) = tokio::sync::oneshot::channel();
     let (release, released) = tokio::sync::oneshot::channel::<()>();
     let holder = tokio::spawn({
@@ -406,10 +403,7 @@ async fn updates_past_the_per_session_queue_are_refused_as_busy() {
 
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_async_update_commits_nothing_and_releases_the_session() {
-    let store = counter_store(Limits {
-        max_pending_updates: 1,
-        ..Limits::default()
-    });
+    let store = counter_store(Limits::builder().max_pending_updates(1).build().unwrap());
     store.update(b"k", |n| *n = 7).await.unwrap();
     let stuck = store.update_async(b"k", |n| async move {
         std::future::pending::<()>().await;
@@ -426,10 +420,7 @@ async fn a_cancelled_async_update_commits_nothing_and_releases_the_session() {
 
 #[tokio::test]
 async fn a_panicking_update_leaves_the_state_and_the_queue_intact() {
-    let store = counter_store(Limits {
-        max_pending_updates: 1,
-        ..Limits::default()
-    });
+    let store = counter_store(Limits::builder().max_pending_updates(1).build().unwrap());
     store.update(b"k", |n| *n = 5).await.unwrap();
     let crashed = tokio::spawn({
         let store = store.clone();
@@ -531,10 +522,7 @@ async fn a_client_sending_ten_times_the_byte_bounds_gets_errors_and_bytes_stay_b
 
 #[tokio::test]
 async fn the_session_bound_evicts_clean_sessions_and_refuses_when_all_are_in_use() {
-    let store = counter_store(Limits {
-        max_sessions: 2,
-        ..Limits::default()
-    });
+    let store = counter_store(Limits::builder().max_sessions(2).build().unwrap());
     // Fresh sessions are clean: evicting them needs no write-back.
     store.get(b"a").await.unwrap();
     store.get(b"b").await.unwrap();
@@ -707,10 +695,13 @@ async fn a_failed_write_back_keeps_the_session_and_full_says_when_to_retry() {
 
 #[tokio::test(start_paused = true)]
 async fn idle_sessions_are_written_back_and_evicted_after_the_idle_timeout() {
-    let (store, persistence) = text_store(Limits {
-        idle_timeout: Duration::from_secs(60),
-        ..small(100, 1_000)
-    });
+    let (store, persistence) = text_store(
+        small(100, 1_000)
+            .to_builder()
+            .idle_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    );
     store.update(b"a", |s| s.push('a')).await.unwrap();
     store.get(b"clean").await.unwrap();
     tokio::time::advance(Duration::from_secs(30)).await;
@@ -749,11 +740,14 @@ async fn idle_sessions_are_written_back_and_evicted_after_the_idle_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn the_passivation_task_sweeps_on_its_own_and_keeps_sessions_whose_write_back_fails() {
-    let (store, persistence) = text_store(Limits {
-        idle_timeout: Duration::from_secs(60),
-        sweep_interval: Duration::from_secs(10),
-        ..small(100, 1_000)
-    });
+    let (store, persistence) = text_store(
+        small(100, 1_000)
+            .to_builder()
+            .idle_timeout(Duration::from_secs(60))
+            .sweep_interval(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+    );
     store.update(b"a", |s| s.push('a')).await.unwrap();
     persistence.fail_stores(true);
     let task = store.spawn_passivation();
@@ -853,10 +847,13 @@ async fn a_failed_load_reaches_every_waiter_and_the_next_request_loads_again() {
 
 #[tokio::test(start_paused = true)]
 async fn a_load_past_the_persistence_timeout_fails_and_frees_its_place() {
-    let (store, persistence) = text_store(Limits {
-        persistence_timeout: Duration::from_secs(2),
-        ..small(100, 1_000)
-    });
+    let (store, persistence) = text_store(
+        small(100, 1_000)
+            .to_builder()
+            .persistence_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap(),
+    );
     persistence.hold_loads(true);
     let error = store.get(b"k").await.unwrap_err();
     assert!(
@@ -868,10 +865,13 @@ async fn a_load_past_the_persistence_timeout_fails_and_frees_its_place() {
 
 #[tokio::test]
 async fn loads_past_the_concurrency_bound_are_refused() {
-    let (store, persistence) = text_store(Limits {
-        max_concurrent_loads: 1,
-        ..small(100, 1_000)
-    });
+    let (store, persistence) = text_store(
+        small(100, 1_000)
+            .to_builder()
+            .max_concurrent_loads(1)
+            .build()
+            .unwrap(),
+    );
     persistence.hold_loads(true);
     let mut first = pin!(store.get(b"one"));
     assert!(poll!(&mut first).is_pending());
@@ -888,10 +888,7 @@ async fn loads_past_the_concurrency_bound_are_refused() {
 
 #[tokio::test]
 async fn keys_past_the_key_bound_are_refused() {
-    let store = counter_store(Limits {
-        max_key_bytes: 8,
-        ..Limits::default()
-    });
+    let store = counter_store(Limits::builder().max_key_bytes(8).build().unwrap());
     let error = store.get(b"123456789").await.unwrap_err();
     assert!(
         matches!(error, StoreError::KeyTooLong { len: 9, max: 8 }),
@@ -1144,13 +1141,16 @@ impl Rng {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_concurrent_operations_keep_the_accounting_exact_and_bounded() {
-    let (store, persistence) = text_store(Limits {
-        max_sessions: 12,
-        max_pending_updates: 3,
-        idle_timeout: Duration::from_millis(1),
-        write_back_backoff: Duration::from_millis(1),
-        ..small(100, 600)
-    });
+    let (store, persistence) = text_store(
+        small(100, 600)
+            .to_builder()
+            .max_sessions(12)
+            .max_pending_updates(3)
+            .idle_timeout(Duration::from_millis(1))
+            .write_back_backoff(Duration::from_millis(1))
+            .build()
+            .unwrap(),
+    );
     let tasks: Vec<_> = (0..4_u64)
         .map(|seed| {
             let (store, persistence) = (store.clone(), persistence.clone());
@@ -1232,10 +1232,13 @@ async fn random_concurrent_operations_keep_the_accounting_exact_and_bounded() {
 async fn no_acknowledged_write_is_lost_across_pressure_eviction_and_passivation() {
     // 20 keys of up to 90 bytes in 300 bytes: sessions are written back and
     // reloaded all the time, by pressure and by a concurrent sweeper.
-    let (store, persistence) = text_store(Limits {
-        idle_timeout: Duration::from_millis(1),
-        ..small(100, 300)
-    });
+    let (store, persistence) = text_store(
+        small(100, 300)
+            .to_builder()
+            .idle_timeout(Duration::from_millis(1))
+            .build()
+            .unwrap(),
+    );
     let sweeper = tokio::spawn({
         let store = store.clone();
         async move {
@@ -1325,7 +1328,7 @@ async fn contend<P: Persistence<u64>>(
     ops: usize,
 ) -> Contention {
     let permits = Arc::new(tokio::sync::Semaphore::new(in_flight));
-    let max_sessions = store.limits().max_sessions;
+    let max_sessions = store.limits().max_sessions();
     let runs: Vec<_> = (0..tasks)
         .map(|task| {
             let (store, permits) = (store.clone(), permits.clone());
@@ -1371,19 +1374,22 @@ async fn contend<P: Persistence<u64>>(
 }
 
 fn eight_sessions() -> Limits {
-    Limits {
-        max_sessions: 8,
-        persistence_timeout: Duration::from_secs(3600),
-        ..Limits::default()
-    }
+    Limits::builder()
+        .max_sessions(8)
+        .persistence_timeout(Duration::from_secs(3600))
+        .build()
+        .unwrap()
 }
 
 #[tokio::test]
 async fn a_request_short_of_room_waits_for_an_eviction_in_progress_instead_of_giving_up() {
-    let (store, persistence) = text_store(Limits {
-        max_sessions: 1,
-        ..small(100, 1_000)
-    });
+    let (store, persistence) = text_store(
+        small(100, 1_000)
+            .to_builder()
+            .max_sessions(1)
+            .build()
+            .unwrap(),
+    );
     store.update(b"a", |s| s.push('a')).await.unwrap();
     persistence.hold_stores(true);
     // c needs a's place: its request claims a and writes it back (held).

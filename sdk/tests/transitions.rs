@@ -396,13 +396,13 @@ async fn ten_times_the_bounds_get_clear_refusals_and_the_pod_stays_bounded() {
     const MAX_IN_FLIGHT: usize = 16;
     const MAX_PENDING: usize = 4;
     let mut options = options();
-    options.limits = Limits {
-        max_sessions: MAX_SESSIONS,
-        max_total_bytes: MAX_SESSIONS * 8,
-        max_session_bytes: 8,
-        max_pending_updates: MAX_PENDING,
-        ..Limits::default()
-    };
+    options.limits = Limits::builder()
+        .max_sessions(MAX_SESSIONS)
+        .max_total_bytes(MAX_SESSIONS * 8)
+        .max_session_bytes(8)
+        .max_pending_updates(MAX_PENDING)
+        .build()
+        .unwrap();
     options.config = options
         .config
         .to_builder()

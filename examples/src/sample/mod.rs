@@ -283,7 +283,7 @@ impl SampleService {
         let metrics = Metrics::new();
         let sample = SampleMetrics::new();
         sample.register(&metrics);
-        let max_key_bytes = limits.max_key_bytes;
+        let max_key_bytes = limits.max_key_bytes();
         let persistent = matches!(
             mode,
             SampleMode::InMemory { postgres: Some(_) } | SampleMode::Stateless { .. }

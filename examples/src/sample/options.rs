@@ -275,16 +275,15 @@ impl<E: Fn(&str) -> Option<String>> Values<E> {
 
     fn limits(&self) -> Result<Limits, Error> {
         let defaults = Limits::default();
-        let limits = Limits {
-            max_sessions: self.number("--max-sessions", defaults.max_sessions)?,
-            max_session_bytes: self.number("--max-session-bytes", 256 << 10)?,
-            max_total_bytes: self.number("--max-total-bytes", defaults.max_total_bytes)?,
-            max_pending_updates: self
-                .number("--max-pending-updates", defaults.max_pending_updates)?,
-            idle_timeout: self.duration("--idle-timeout", defaults.idle_timeout)?,
-            ..defaults
-        };
-        limits.validate()?;
+        let limits = Limits::builder()
+            .max_sessions(self.number("--max-sessions", defaults.max_sessions())?)
+            .max_session_bytes(self.number("--max-session-bytes", 256 << 10)?)
+            .max_total_bytes(self.number("--max-total-bytes", defaults.max_total_bytes())?)
+            .max_pending_updates(
+                self.number("--max-pending-updates", defaults.max_pending_updates())?,
+            )
+            .idle_timeout(self.duration("--idle-timeout", defaults.idle_timeout())?)
+            .build()?;
         Ok(limits)
     }
 }
@@ -409,7 +408,7 @@ mod tests {
             config.mode,
             SampleMode::InMemory { postgres: Some(ref pg) } if pg.url == "postgres://u@db/ledger" && pg.pool_size == 8
         ));
-        assert_eq!(config.limits.max_session_bytes, 256 << 10);
+        assert_eq!(config.limits.max_session_bytes(), 256 << 10);
         assert_eq!(config.ownership, Mode::Forward);
         assert!(config.handoff.is_none(), "no secret, no handoff");
     }
@@ -539,8 +538,8 @@ mod tests {
         .unwrap();
         assert_eq!(config.pod, "a");
         assert_eq!(listen, "127.0.0.2:7000".parse().unwrap());
-        assert_eq!(config.limits.max_sessions, 10);
-        assert_eq!(config.limits.idle_timeout, Duration::from_secs(30));
+        assert_eq!(config.limits.max_sessions(), 10);
+        assert_eq!(config.limits.idle_timeout(), Duration::from_secs(30));
         assert_eq!(config.ownership, Mode::Redirect421);
         assert!(matches!(config.ring, Some(RingSourceConfig::File(_))));
         assert!(matches!(

@@ -17,7 +17,7 @@
 //! ```
 //!
 //! The fields, their defaults and their getters and setters are written once,
-//! in the `fields!` list below.
+//! in the `config_fields!` list below.
 
 use std::time::Duration;
 
@@ -54,110 +54,82 @@ pub enum HandoffConfigError {
     },
 }
 
-/// Declares the fields once: the struct, its `Default`, a getter per field
-/// and a setter per field on the builder.
-macro_rules! fields {
-    ($($(#[$doc:meta])* $name:ident: $ty:ty = $default:expr;)*) => {
-        /// Timings and bounds of the handoff protocol and the transition driver.
-        ///
-        /// Every wait is bounded; past a phase's bound the pod rolls forward and
-        /// counts it in `locus_handoff_rolled_forward_total{phase}` — but no bound
-        /// hands a key to a new owner: a key loads cold only once its previous owner
-        /// is fenced (`docs/adr/0001-fencing.md`).
-        ///
-        /// Built with [`HandoffConfig::builder`], which checks the values
-        /// ([`HandoffConfigError`]); read through the getters. The
-        /// [`Default`] is valid.
-        #[derive(Debug, Clone, PartialEq, Eq)]
-        #[non_exhaustive]
-        pub struct HandoffConfig {
-            $($(#[$doc])* pub(crate) $name: $ty,)*
-        }
-
-        impl Default for HandoffConfig {
-            fn default() -> Self {
-                Self { $($name: $default,)* }
-            }
-        }
-
-        impl HandoffConfig {
-            $($(#[$doc])* pub fn $name(&self) -> $ty {
-                self.$name
-            })*
-        }
-
-        impl HandoffConfigBuilder {
-            $($(#[$doc])* pub fn $name(mut self, value: $ty) -> Self {
-                self.config.$name = value;
-                self
-            })*
-        }
-    };
-}
-
-fields! {
-    /// Longest pre-copy (Warm step) before reporting warmed anyway.
-    /// Default 30 s (the operator's `timeouts.warm`).
-    warm_timeout: Duration = Duration::from_secs(30);
-    /// Longest single transfer call. Default 5 s.
-    transfer_timeout: Duration = Duration::from_secs(5);
-    /// From the moment this pod sees a Switch ring: how long first touches
-    /// go through the previous owner (parked record, then a transfer) after
-    /// the ring that settles the switch arrived — it may still hold a key's
-    /// state in its outbox. Past it, keys not taken over load from the
-    /// persistence directly. Default 30 s. It never lets a key load cold
-    /// while the switch is not settled: until the operator settles it (every
-    /// losing pod drained or gone), an unreachable previous owner's keys
-    /// answer 503 (`docs/adr/0001-fencing.md`).
-    handoff_deadline: Duration = Duration::from_secs(30);
-    /// Longest a request waits for its key's first-touch transfer before it
-    /// gets 503 with `Retry-After` (the next attempt continues). Default 5 s.
-    first_touch_wait: Duration = Duration::from_secs(5);
-    /// Longest drain (Switch step) before reporting drained anyway. Default
-    /// 30 s (the operator's `timeouts.drain`).
-    drain_timeout: Duration = Duration::from_secs(30);
-    /// Longest single push call. Default 10 s.
-    push_timeout: Duration = Duration::from_secs(10);
-    /// Longest wait for this pod's ring to reach an asker's version. Default 2 s.
-    ring_wait: Duration = Duration::from_secs(2);
-    /// How long a handed-off key answers 421 with its new owner here.
-    /// Default 60 s. It outlives the requests admitted before the ring
-    /// changed; later ones are redirected by the ownership check itself.
-    tombstone_ttl: Duration = Duration::from_secs(60);
-    /// How long a handed-off record stays answerable to a retried transfer.
-    /// Default 60 s.
-    outbox_ttl: Duration = Duration::from_secs(60);
-    /// How long a parked record (handed to this pod before it owns the key)
-    /// and a pre-copy are kept. Default 5 minutes.
-    parked_ttl: Duration = Duration::from_secs(300);
-    /// After a Stable ring, how long pre-copies are kept before being
-    /// dropped. Default 30 s.
-    settle_grace: Duration = Duration::from_secs(30);
-    /// Most records per pushed batch and per pre-copy chunk. Default 256.
-    batch_records: usize = 256;
-    /// Most bytes per pushed batch and per pre-copy chunk. Default 1 MiB.
-    batch_bytes: usize = 1 << 20;
-    /// Most keys per transfer request. Default 256.
-    max_transfer_keys: usize = 256;
-    /// Largest frame accepted (a session plus its key and header). Default
-    /// 16 MiB + 64 KiB.
-    max_frame_bytes: usize = (16 << 20) + (64 << 10);
-    /// Bound of the warm cache (pre-copies and parked records). Default 256 MiB.
-    max_cache_bytes: usize = 256 << 20;
-    /// Bound of the outbox (records handed off, not yet acknowledged).
-    /// Default 256 MiB.
-    max_outbox_bytes: usize = 256 << 20;
-    /// Pre-copies (one per source pod) run at once. Default 4.
-    precopy_concurrency: usize = 4;
-    /// Pushes (one per destination pod) run at once. Default 4.
-    push_concurrency: usize = 4;
-    /// Requests served at once by the session layer; past it, 503 with
-    /// `Retry-After`. Default 1024.
-    max_in_flight: usize = 1024;
-    /// Pause between retries of a failed call. Default 100 ms.
-    retry_backoff: Duration = Duration::from_millis(100);
-    /// `Retry-After` of the 503 answers. Default 1 s.
-    retry_after: Duration = Duration::from_secs(1);
+config_fields! {
+    /// Timings and bounds of the handoff protocol and the transition driver.
+    ///
+    /// Every wait is bounded; past a phase's bound the pod rolls forward and
+    /// counts it in `locus_handoff_rolled_forward_total{phase}` — but no bound
+    /// hands a key to a new owner: a key loads cold only once its previous owner
+    /// is fenced (`docs/adr/0001-fencing.md`).
+    ///
+    /// Built with [`HandoffConfig::builder`], which checks the values
+    /// ([`HandoffConfigError`]); read through the getters. The
+    /// [`Default`] is valid.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct HandoffConfig, built by HandoffConfigBuilder {
+        /// Longest pre-copy (Warm step) before reporting warmed anyway.
+        /// Default 30 s (the operator's `timeouts.warm`).
+        warm_timeout: Duration = Duration::from_secs(30);
+        /// Longest single transfer call. Default 5 s.
+        transfer_timeout: Duration = Duration::from_secs(5);
+        /// From the moment this pod sees a Switch ring: how long first touches
+        /// go through the previous owner (parked record, then a transfer) after
+        /// the ring that settles the switch arrived — it may still hold a key's
+        /// state in its outbox. Past it, keys not taken over load from the
+        /// persistence directly. Default 30 s. It never lets a key load cold
+        /// while the switch is not settled: until the operator settles it (every
+        /// losing pod drained or gone), an unreachable previous owner's keys
+        /// answer 503 (`docs/adr/0001-fencing.md`).
+        handoff_deadline: Duration = Duration::from_secs(30);
+        /// Longest a request waits for its key's first-touch transfer before it
+        /// gets 503 with `Retry-After` (the next attempt continues). Default 5 s.
+        first_touch_wait: Duration = Duration::from_secs(5);
+        /// Longest drain (Switch step) before reporting drained anyway. Default
+        /// 30 s (the operator's `timeouts.drain`).
+        drain_timeout: Duration = Duration::from_secs(30);
+        /// Longest single push call. Default 10 s.
+        push_timeout: Duration = Duration::from_secs(10);
+        /// Longest wait for this pod's ring to reach an asker's version. Default 2 s.
+        ring_wait: Duration = Duration::from_secs(2);
+        /// How long a handed-off key answers 421 with its new owner here.
+        /// Default 60 s. It outlives the requests admitted before the ring
+        /// changed; later ones are redirected by the ownership check itself.
+        tombstone_ttl: Duration = Duration::from_secs(60);
+        /// How long a handed-off record stays answerable to a retried transfer.
+        /// Default 60 s.
+        outbox_ttl: Duration = Duration::from_secs(60);
+        /// How long a parked record (handed to this pod before it owns the key)
+        /// and a pre-copy are kept. Default 5 minutes.
+        parked_ttl: Duration = Duration::from_secs(300);
+        /// After a Stable ring, how long pre-copies are kept before being
+        /// dropped. Default 30 s.
+        settle_grace: Duration = Duration::from_secs(30);
+        /// Most records per pushed batch and per pre-copy chunk. Default 256.
+        batch_records: usize = 256;
+        /// Most bytes per pushed batch and per pre-copy chunk. Default 1 MiB.
+        batch_bytes: usize = 1 << 20;
+        /// Most keys per transfer request. Default 256.
+        max_transfer_keys: usize = 256;
+        /// Largest frame accepted (a session plus its key and header). Default
+        /// 16 MiB + 64 KiB.
+        max_frame_bytes: usize = (16 << 20) + (64 << 10);
+        /// Bound of the warm cache (pre-copies and parked records). Default 256 MiB.
+        max_cache_bytes: usize = 256 << 20;
+        /// Bound of the outbox (records handed off, not yet acknowledged).
+        /// Default 256 MiB.
+        max_outbox_bytes: usize = 256 << 20;
+        /// Pre-copies (one per source pod) run at once. Default 4.
+        precopy_concurrency: usize = 4;
+        /// Pushes (one per destination pod) run at once. Default 4.
+        push_concurrency: usize = 4;
+        /// Requests served at once by the session layer; past it, 503 with
+        /// `Retry-After`. Default 1024.
+        max_in_flight: usize = 1024;
+        /// Pause between retries of a failed call. Default 100 ms.
+        retry_backoff: Duration = Duration::from_millis(100);
+        /// `Retry-After` of the 503 answers. Default 1 s.
+        retry_after: Duration = Duration::from_secs(1);
+    }
 }
 
 /// Builds a [`HandoffConfig`] from the defaults (or from another config),

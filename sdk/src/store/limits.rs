@@ -9,85 +9,97 @@ use std::time::Duration;
 
 use super::StoreError;
 
-/// The bounds and timings of a [`SessionStore`](super::SessionStore).
-///
-/// Build one from [`Limits::default`] and override fields:
-///
-/// ```
-/// use std::time::Duration;
-/// use locus::store::Limits;
-///
-/// let limits = Limits {
-///     max_sessions: 10_000,
-///     max_total_bytes: 64 << 20,
-///     idle_timeout: Duration::from_secs(60),
-///     ..Limits::default()
-/// };
-/// assert!(limits.validate().is_ok());
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    /// Most sessions resident or loading at once. Past it, idle sessions are
-    /// written back and evicted, least recently used first; if none can be,
-    /// new sessions are refused with [`StoreError::Full`]. Default 100 000.
-    pub max_sessions: usize,
-    /// Most bytes one session may weigh (by the store's weigher). A write past
-    /// it fails with [`StoreError::TooLarge`] and leaves the old state. Default
-    /// 1 MiB.
-    pub max_session_bytes: usize,
-    /// Most bytes all resident sessions may weigh together. Default 256 MiB.
-    pub max_total_bytes: usize,
-    /// Most updates (and installs) queued or running on one session; one more
-    /// is refused at once with [`StoreError::Busy`]. Default 32.
-    pub max_pending_updates: usize,
-    /// Most loads through the persistence in flight at once; one more is
-    /// refused with [`StoreError::LoadsSaturated`]. Default 256.
-    pub max_concurrent_loads: usize,
-    /// Longest session key in bytes; longer keys are refused with
-    /// [`StoreError::KeyTooLong`]. Default 256, the router's default bound.
-    pub max_key_bytes: usize,
-    /// Most tombstones (keys handed off to another owner) kept at once; past
-    /// it the tombstone closest to expiry is dropped. Default 100 000.
-    pub max_tombstones: usize,
-    /// A session untouched this long is written back and evicted by the
-    /// passivation sweep. Default 5 minutes.
-    pub idle_timeout: Duration,
-    /// How often the passivation task sweeps. Default 10 seconds.
-    pub sweep_interval: Duration,
-    /// Longest wait for one persistence call (load or store); past it the call
-    /// counts as failed. Default 10 seconds.
-    pub persistence_timeout: Duration,
-    /// Most write-backs one passivation sweep runs at once. Default 16.
-    pub write_back_concurrency: usize,
-    /// How long a session whose write-back failed is skipped when the store
-    /// looks for sessions to evict under pressure (the passivation sweep still
-    /// retries it on every sweep). Default 5 seconds.
-    pub write_back_backoff: Duration,
-    /// The `Retry-After` hint of transient refusals. Default 1 second.
-    pub retry_after: Duration,
+config_fields! {
+    /// The bounds and timings of a [`SessionStore`](super::SessionStore).
+    ///
+    /// Built with [`Limits::builder`] (or from another value with
+    /// [`Limits::to_builder`]), which checks them ([`Limits::validate`]);
+    /// read through the getters. The [`Default`] is valid.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use locus::store::Limits;
+    ///
+    /// let limits = Limits::builder()
+    ///     .max_sessions(10_000)
+    ///     .max_total_bytes(64 << 20)
+    ///     .idle_timeout(Duration::from_secs(60))
+    ///     .build()?;
+    /// assert_eq!(limits.max_sessions(), 10_000);
+    /// # Ok::<(), locus::StoreError>(())
+    /// ```
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Limits, built by LimitsBuilder {
+        /// Most sessions resident or loading at once. Past it, idle sessions are
+        /// written back and evicted, least recently used first; if none can be,
+        /// new sessions are refused with [`StoreError::Full`]. Default 100 000.
+        max_sessions: usize = 100_000;
+        /// Most bytes one session may weigh (by the store's weigher). A write past
+        /// it fails with [`StoreError::TooLarge`] and leaves the old state. Default
+        /// 1 MiB.
+        max_session_bytes: usize = 1 << 20;
+        /// Most bytes all resident sessions may weigh together. Default 256 MiB.
+        max_total_bytes: usize = 256 << 20;
+        /// Most updates (and installs) queued or running on one session; one more
+        /// is refused at once with [`StoreError::Busy`]. Default 32.
+        max_pending_updates: usize = 32;
+        /// Most loads through the persistence in flight at once; one more is
+        /// refused with [`StoreError::LoadsSaturated`]. Default 256.
+        max_concurrent_loads: usize = 256;
+        /// Longest session key in bytes; longer keys are refused with
+        /// [`StoreError::KeyTooLong`]. Default 256, the router's default bound.
+        max_key_bytes: usize = 256;
+        /// Most tombstones (keys handed off to another owner) kept at once; past
+        /// it the tombstone closest to expiry is dropped. Default 100 000.
+        max_tombstones: usize = 100_000;
+        /// A session untouched this long is written back and evicted by the
+        /// passivation sweep. Default 5 minutes.
+        idle_timeout: Duration = Duration::from_secs(300);
+        /// How often the passivation task sweeps. Default 10 seconds.
+        sweep_interval: Duration = Duration::from_secs(10);
+        /// Longest wait for one persistence call (load or store); past it the call
+        /// counts as failed. Default 10 seconds.
+        persistence_timeout: Duration = Duration::from_secs(10);
+        /// Most write-backs one passivation sweep runs at once. Default 16.
+        write_back_concurrency: usize = 16;
+        /// How long a session whose write-back failed is skipped when the store
+        /// looks for sessions to evict under pressure (the passivation sweep still
+        /// retries it on every sweep). Default 5 seconds.
+        write_back_backoff: Duration = Duration::from_secs(5);
+        /// The `Retry-After` hint of transient refusals. Default 1 second.
+        retry_after: Duration = Duration::from_secs(1);
+    }
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_sessions: 100_000,
-            max_session_bytes: 1 << 20,
-            max_total_bytes: 256 << 20,
-            max_pending_updates: 32,
-            max_concurrent_loads: 256,
-            max_key_bytes: 256,
-            max_tombstones: 100_000,
-            idle_timeout: Duration::from_secs(300),
-            sweep_interval: Duration::from_secs(10),
-            persistence_timeout: Duration::from_secs(10),
-            write_back_concurrency: 16,
-            write_back_backoff: Duration::from_secs(5),
-            retry_after: Duration::from_secs(1),
-        }
+/// Builds [`Limits`] from the defaults (or from other limits) and checks
+/// them in [`build`](Self::build).
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct LimitsBuilder {
+    config: Limits,
+}
+
+impl LimitsBuilder {
+    /// The limits, if they can work together ([`Limits::validate`]).
+    pub fn build(self) -> Result<Limits, StoreError> {
+        self.config.validate()?;
+        Ok(self.config)
     }
 }
 
 impl Limits {
+    /// A builder starting from the defaults.
+    pub fn builder() -> LimitsBuilder {
+        LimitsBuilder::default()
+    }
+
+    /// A builder starting from these limits.
+    pub fn to_builder(&self) -> LimitsBuilder {
+        LimitsBuilder {
+            config: self.clone(),
+        }
+    }
+
     /// Checks that the limits can work together.
     pub fn validate(&self) -> Result<(), StoreError> {
         let positive: [(&'static str, usize); 7] = [
@@ -137,6 +149,41 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         assert!(Limits::default().validate().is_ok());
+        assert_eq!(Limits::builder().build().unwrap(), Limits::default());
+    }
+
+    #[test]
+    fn the_builder_sets_what_it_is_given_and_refuses_what_validate_refuses() {
+        let limits = Limits::builder().max_sessions(7).build().unwrap();
+        assert_eq!(limits.max_sessions(), 7);
+        assert_eq!(
+            limits
+                .to_builder()
+                .max_key_bytes(9)
+                .build()
+                .unwrap()
+                .max_key_bytes(),
+            9
+        );
+        let refused = Limits::builder().write_back_concurrency(0).build();
+        assert!(matches!(
+            refused,
+            Err(StoreError::InvalidLimits {
+                field: "write_back_concurrency",
+                ..
+            })
+        ));
+        let refused = Limits::builder()
+            .max_session_bytes(2)
+            .max_total_bytes(1)
+            .build();
+        assert!(matches!(
+            refused,
+            Err(StoreError::InvalidLimits {
+                field: "max_session_bytes",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -39,7 +39,7 @@
 //! # async fn main() -> Result<(), locus::store::StoreError> {
 //! // Sessions are shopping carts; a cart weighs 16 bytes per item.
 //! let store = SessionStore::builder(JsonCodec, |cart: &Vec<String>| 16 * cart.len())
-//!     .limits(Limits { max_session_bytes: 1024, ..Limits::default() })
+//!     .limits(Limits::builder().max_session_bytes(1024).build()?)
 //!     .build()?;
 //! let added = store.update(b"cart-7", |cart| cart.push("apple".into())).await?;
 //! assert_eq!(added.version, 1);
@@ -85,7 +85,7 @@ pub use clock::{Clock, ManualClock, TokioClock};
 pub use codec::{CodecError, JsonCodec, SessionCodec};
 pub use error::{SharedError, StoreError};
 pub use evict::{Flush, Passivation};
-pub use limits::Limits;
+pub use limits::{Limits, LimitsBuilder};
 pub use persistence::{NoPersistence, Persistence, Stamp, Stored, Versioned};
 pub use transfer::{HandOff, Installed, Restore, SessionRecord};
 
