@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 
-use locus::ring::Phase as RingPhase;
+use locus_contract::ring::Phase as RingPhase;
 
 use crate::report::{PodRow, SlotRow, StatusReport, TransitionSummary};
 
@@ -898,7 +898,7 @@ Warnings
     fn a_running_transition_shows_in_the_phase_line() {
         let mut objects = stable();
         let status = objects.service.status.as_mut().unwrap();
-        status.phase = locus_operator::crd::Phase::Switch;
+        status.phase = locus_contract::crd::Phase::Switch;
         let last = status.last_transition.as_mut().unwrap();
         last.finished_at = None;
         last.duration_seconds = None;

@@ -30,7 +30,7 @@ use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
-use locus::ring::RingDocument;
+use locus_contract::ring::RingDocument;
 use tracing::{debug, warn};
 
 use crate::crd::StatefulService;

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use locus::progress::{MovedSessions, ReportState};
+use locus_contract::progress::{MovedSessions, ReportState};
 
 use super::{ObservedPod, ReportingPod};
 use crate::crd::{

@@ -8,7 +8,7 @@
 //! keeps its last good ring).
 //!
 //! ```
-//! use locus::ring::RingDocument;
+//! use locus_contract::ring::RingDocument;
 //!
 //! let json = br#"{
 //!   "schema": 1, "namespace": "default", "service": "chat", "version": 3,

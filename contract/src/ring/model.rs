@@ -174,7 +174,7 @@ pub struct RingParts {
 /// array reads.
 ///
 /// ```
-/// use locus::ring::{Assignment, Pod, Ring, RingParts, ShardCount, Slot, SlotState, Transition};
+/// use locus_contract::ring::{Assignment, Pod, Ring, RingParts, ShardCount, Slot, SlotState, Transition};
 ///
 /// let shards = ShardCount::new(8).unwrap();
 /// let slot = |index: u16| Slot {
@@ -374,7 +374,7 @@ impl Ring {
     /// whatever their versions: the same phase, assignment tables and pod
     /// names per slot. The operator publishes such a ring again at a new
     /// version when the ring's `ConfigMap` was deleted; it settles nothing.
-    pub(crate) fn same_step(&self, other: &Ring) -> bool {
+    pub fn same_step(&self, other: &Ring) -> bool {
         let (a, b) = (&self.parts, &other.parts);
         let names = |slot: &Slot| {
             (

@@ -9,7 +9,7 @@
 //! (the previous owner held nothing for it, or was fenced before it answered).
 //! The first request served for such a key is counted once more, in
 //! [`ServedTakeovers`], and its answer carries the
-//! [`x-locus-takeover`](crate::driver::TAKEOVER_HEADER) header, so a
+//! `x-locus-takeover` header (the SDK's `locus::driver::TAKEOVER_HEADER`), so a
 //! client can check the pods' figures against its own.
 //!
 //! A report is keyed by the `Stable` ring version that completed the
@@ -20,7 +20,7 @@
 //! process that started in the middle of a transition knows only part of it.
 //!
 //! ```
-//! use locus::progress::{MovedReport, ReportState, TakeoverPath};
+//! use locus_contract::progress::{MovedReport, ReportState, TakeoverPath};
 //!
 //! let json = r#"{"14":{"warm":{"transferred":5,"pushed":12},"cold":{"absent":2},
 //!                "served":{"warm":9,"cold":1},"state":"final"}}"#;

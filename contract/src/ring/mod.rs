@@ -18,7 +18,7 @@
 //! * [`annotations`]: names of the pod annotations that report progress.
 //!
 //! ```
-//! use locus::ring::{plan, PlanRequest, ShardCount};
+//! use locus_contract::ring::{plan, PlanRequest, ShardCount};
 //!
 //! // A fresh service with 3 slots, 4096 shards, 128 tokens per slot.
 //! let first = plan(&PlanRequest::new("default", "chat", &[0, 1, 2])).unwrap();

@@ -204,8 +204,8 @@ pub struct ColdSessions {
     pub created: u64,
 }
 
-impl From<&locus::progress::WarmTakeovers> for WarmSessions {
-    fn from(w: &locus::progress::WarmTakeovers) -> Self {
+impl From<&crate::progress::WarmTakeovers> for WarmSessions {
+    fn from(w: &crate::progress::WarmTakeovers) -> Self {
         Self {
             precopied: w.precopied,
             transferred: w.transferred,
@@ -216,8 +216,8 @@ impl From<&locus::progress::WarmTakeovers> for WarmSessions {
     }
 }
 
-impl From<&locus::progress::ColdTakeovers> for ColdSessions {
-    fn from(c: &locus::progress::ColdTakeovers) -> Self {
+impl From<&crate::progress::ColdTakeovers> for ColdSessions {
+    fn from(c: &crate::progress::ColdTakeovers) -> Self {
         Self {
             absent: c.absent,
             rolled_forward: c.rolled_forward,
@@ -228,8 +228,8 @@ impl From<&locus::progress::ColdTakeovers> for ColdSessions {
     }
 }
 
-impl From<&locus::progress::ServedTakeovers> for ServedSessions {
-    fn from(s: &locus::progress::ServedTakeovers) -> Self {
+impl From<&crate::progress::ServedTakeovers> for ServedSessions {
+    fn from(s: &crate::progress::ServedTakeovers) -> Self {
         Self {
             warm: s.warm,
             cold: s.cold,
