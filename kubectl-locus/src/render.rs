@@ -609,23 +609,7 @@ fn last_transition(report: &StatusReport, out: &mut String, width: usize) {
         field(
             out,
             "Moved sessions",
-            &format!(
-                "warm {} (precopied {}, transferred {}, pushed {}, promoted {}), cold {} (absent {}, rolled forward {}, fenced load {}{})",
-                w.total,
-                w.precopied,
-                w.transferred,
-                w.pushed,
-                w.promoted,
-                c.total,
-                c.absent,
-                c.rolled_forward,
-                c.fenced_load,
-                if c.created > 0 {
-                    format!("; {} new sessions", c.created)
-                } else {
-                    String::new()
-                }
-            ),
+            &format!("warm {} ({w}), cold {} ({c})", w.total, c.total),
             width,
         );
     }

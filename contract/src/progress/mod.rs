@@ -18,6 +18,7 @@ mod moved;
 
 use std::collections::BTreeMap;
 
+pub(crate) use self::moved::warm_percent;
 pub use self::moved::{
     ColdTakeovers, MovedReport, MovedSessions, MovedSessionsError, ReportState, ServedTakeovers,
     TakeoverPath, WarmTakeovers,

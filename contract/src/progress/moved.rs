@@ -271,12 +271,7 @@ impl MovedSessions {
     /// nothing was taken over.
     #[must_use]
     pub fn warm_percent(&self) -> Option<f64> {
-        let total = self.total();
-        #[allow(
-            clippy::cast_precision_loss,
-            reason = "a percentage rounded to a tenth; session counts far below 2^52"
-        )]
-        (total > 0).then(|| (self.warm.total() as f64 * 1000.0 / total as f64).round() / 10.0)
+        warm_percent(self.warm.total(), self.cold.total())
     }
 
     /// The sum of two pods' counts for the same transition: final only if both are,
@@ -296,6 +291,17 @@ impl MovedSessions {
             state,
         }
     }
+}
+
+/// `warm` out of `warm + cold`, in percent rounded to a tenth; `None` when both are 0. The one
+/// computation of the warm-hit percentage, of a pod's counts and of the operator's sums.
+pub(crate) fn warm_percent(warm: u64, cold: u64) -> Option<f64> {
+    let total = warm.saturating_add(cold);
+    #[allow(
+        clippy::cast_precision_loss,
+        reason = "a percentage rounded to a tenth; session counts far below 2^52"
+    )]
+    (total > 0).then(|| (warm as f64 * 1000.0 / total as f64).round() / 10.0)
 }
 
 impl fmt::Display for MovedSessions {
