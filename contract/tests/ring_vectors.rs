@@ -19,8 +19,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use locus_contract::ring::{
-    Assignment, Plan, PlanRequest, Pod, Ring, RingDocument, RingParts, ShardCount, Slot, SlotRing,
-    SlotState, Transition, hash_key, plan,
+    Assignment, MAX_VERSION, Plan, PlanRequest, Pod, Ring, RingDocument, RingParts, ShardCount,
+    Slot, SlotRing, SlotState, Transition, hash_key, plan,
 };
 use serde_json::{Value, json};
 
@@ -297,7 +297,7 @@ fn rings() -> Vec<(&'static str, Ring)> {
         p.version = 2;
         rings.push(("s65536-n3-stable", Ring::new(p).unwrap()));
     }
-    // `version` = 2^53: accepted (the reader takes any integer 1..=2^64 - 1).
+    // `version` = 2^53 - 1: the largest accepted (`MAX_VERSION`).
     {
         let mut p = parts(
             "chat",
@@ -307,8 +307,8 @@ fn rings() -> Vec<(&'static str, Ring)> {
             fresh("default", "chat", 4, 16, &[0, 1]),
             Transition::Stable,
         );
-        p.version = 1 << 53;
-        rings.push(("s4-n2-version-2p53", Ring::new(p).unwrap()));
+        p.version = MAX_VERSION;
+        rings.push(("s4-n2-version-2p53-minus-1", Ring::new(p).unwrap()));
     }
     rings
 }
@@ -437,6 +437,20 @@ fn invalid_vectors() -> Vec<(
             "version",
             "ring version 0 is invalid",
             |d| d["version"] = json!(0),
+        ),
+        (
+            "version-too-large",
+            "`version` is at most 2^53 - 1, the largest integer a JSON reader parsing numbers as doubles reads exactly",
+            "version",
+            "ring version 9007199254740992 is invalid",
+            |d| d["version"] = json!(1_u64 << 53),
+        ),
+        (
+            "version-max-u64",
+            "`version` is at most 2^53 - 1, even when it fits an unsigned 64-bit integer",
+            "version",
+            "ring version 18446744073709551615 is invalid",
+            |d| d["version"] = json!(u64::MAX),
         ),
         (
             "version-negative",
@@ -1188,7 +1202,7 @@ fn rings_route_every_key_as_recorded() {
         assert!(shard_counts.contains(&shards), "vectors cover S = {shards}");
     }
     assert!(ipv6, "vectors cover IPv6 pod addresses");
-    assert_eq!(max_version, 1 << 53, "vectors cover version 2^53");
+    assert_eq!(max_version, MAX_VERSION, "vectors cover version 2^53 - 1");
 }
 
 #[test]

@@ -67,6 +67,12 @@ pub const DEFAULT_VNODES: u32 = 128;
 /// Largest number of tokens per slot on the planner's ring.
 pub const MAX_VNODES: u32 = 1024;
 
+/// Largest ring version, `2^53 - 1`: the largest integer that a JSON reader
+/// parsing numbers as doubles (JavaScript's, for one) still reads exactly, so
+/// every reader compares versions alike. The operator adds 1 per publish, so
+/// a service never gets near it.
+pub const MAX_VERSION: u64 = (1 << 53) - 1;
+
 /// Largest namespace, service and pod name, in bytes (a DNS subdomain).
 pub const MAX_NAME_BYTES: usize = 253;
 

@@ -12,7 +12,8 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Assignment, MAX_NAME_BYTES, MAX_SLOTS, MAX_UID_BYTES, MAX_VNODES, RingError, ShardCount,
+    Assignment, MAX_NAME_BYTES, MAX_SLOTS, MAX_UID_BYTES, MAX_VERSION, MAX_VNODES, RingError,
+    ShardCount,
 };
 
 /// What a slot is doing in the current step of a transition.
@@ -272,6 +273,11 @@ impl Ring {
     pub fn new(parts: RingParts) -> Result<Self, RingError> {
         if parts.version == 0 {
             return Err(RingError::VersionZero);
+        }
+        if parts.version > MAX_VERSION {
+            return Err(RingError::VersionTooLarge {
+                version: parts.version,
+            });
         }
         check_name(|| "namespace".to_owned(), &parts.namespace, MAX_NAME_BYTES)?;
         check_name(|| "service".to_owned(), &parts.service, MAX_NAME_BYTES)?;
