@@ -1,5 +1,5 @@
 //! Progress reports: what a pod tells the operator about a transition, as annotations on its own
-//! Pod object ([`annotations`](crate::ring::annotations), `docs/ring-format.md` §10).
+//! Pod object ([`crate::ring::annotations`], `docs/ring-format.md` §10).
 //!
 //! A pod reports three ring versions: the newest ring it *observed* (loaded and routes by), the
 //! Warm version it *warmed* (pre-copied every shard it gains) and the Switch version it
@@ -130,7 +130,7 @@ impl Progress {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("annotation {name}: {reason}")]
 pub struct UnreadableAnnotation {
-    /// The annotation's name (one of [`annotations`](crate::ring::annotations)).
+    /// The annotation's name (one of [`annotations`]).
     pub name: &'static str,
     /// Why it cannot be read (bounded in length).
     pub reason: String,
