@@ -77,7 +77,7 @@ log "building release binaries"
 bin=${CARGO_TARGET_DIR:-$repo/target}/release
 [ -x "$bin/locus-sample" ] && [ -x "$bin/locus-loadgen" ] || die "release binaries not found in $bin"
 
-"$py" "$repo/bench/ring_owners.py" check "$repo/sdk/testdata/ring-vectors.json" >&2
+"$py" "$repo/bench/ring_owners.py" check "$repo/contract/testdata/ring-vectors.json" >&2
 
 # --- work directory and clean-up ---------------------------------------------------------
 work=$(mktemp -d /tmp/locus-bench.XXXXXX)

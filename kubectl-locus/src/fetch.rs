@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
-use locus::ring::RingDocument;
-use locus_operator::crd::StatefulService;
+use locus_contract::crd::StatefulService;
+use locus_contract::ring::RingDocument;
 use locus_operator::plan::LABEL_SERVICE;
 use tracing::debug;
 

@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 
-use locus::ring::Phase as RingPhase;
+use locus_contract::ring::Phase as RingPhase;
 
 use crate::report::{PodRow, SlotRow, StatusReport, TransitionSummary};
 
@@ -609,23 +609,7 @@ fn last_transition(report: &StatusReport, out: &mut String, width: usize) {
         field(
             out,
             "Moved sessions",
-            &format!(
-                "warm {} (precopied {}, transferred {}, pushed {}, promoted {}), cold {} (absent {}, rolled forward {}, fenced load {}{})",
-                w.total,
-                w.precopied,
-                w.transferred,
-                w.pushed,
-                w.promoted,
-                c.total,
-                c.absent,
-                c.rolled_forward,
-                c.fenced_load,
-                if c.created > 0 {
-                    format!("; {} new sessions", c.created)
-                } else {
-                    String::new()
-                }
-            ),
+            &format!("warm {} ({w}), cold {} ({c})", w.total, c.total),
             width,
         );
     }
@@ -898,7 +882,7 @@ Warnings
     fn a_running_transition_shows_in_the_phase_line() {
         let mut objects = stable();
         let status = objects.service.status.as_mut().unwrap();
-        status.phase = locus_operator::crd::Phase::Switch;
+        status.phase = locus_contract::crd::Phase::Switch;
         let last = status.last_transition.as_mut().unwrap();
         last.finished_at = None;
         last.duration_seconds = None;

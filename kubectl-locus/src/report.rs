@@ -8,11 +8,13 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::jiff::Timestamp;
-use locus::progress::{MovedReport, MovedSessions, Progress, ReportState};
-use locus::ring::{Phase as RingPhase, Ring, RingDocument, SlotState, Transition, annotations};
-use locus_operator::crd::{
+use locus_contract::crd::{
     ColdSessions, MOVED_SESSIONS_REPORTED, MovedSessionsSummary, Phase, ServedSessions,
     TransitionKind, TransitionRecord, WarmSessions,
+};
+use locus_contract::progress::{MovedReport, MovedSessions, Progress, ReportState};
+use locus_contract::ring::{
+    Phase as RingPhase, Ring, RingDocument, SlotState, Transition, annotations,
 };
 use locus_operator::plan::{LABEL_SLOT, ObserveError, PublishedRing, published_ring};
 use serde::Serialize;
@@ -442,39 +444,14 @@ fn seconds_since(now: Timestamp, then: Timestamp) -> i64 {
     now.duration_since(then).as_secs().max(0)
 }
 
-/// Annotation `key` of `pod`, parsed: `Ok(None)` when absent, `Err(())` when unreadable.
-fn annotation<T: std::str::FromStr>(pod: &Pod, key: &str) -> Result<Option<T>, ()> {
-    match pod.metadata.annotations.as_ref().and_then(|a| a.get(key)) {
-        None => Ok(None),
-        Some(text) => text.trim().parse().map(Some).map_err(|_| ()),
-    }
-}
-
 /// The progress a pod reported, and the names of the annotations it could not read.
 pub fn progress_of(pod: &Pod) -> (Progress, Vec<String>) {
-    let mut unreadable = Vec::new();
-    let mut version = |key: &str| {
-        annotation::<u64>(pod, key).unwrap_or_else(|()| {
-            unreadable.push(key.to_owned());
-            None
-        })
+    let Some(annotations) = pod.metadata.annotations.as_ref() else {
+        return (Progress::default(), Vec::new());
     };
-    let observed = version(annotations::OBSERVED_RING_VERSION);
-    let warmed = version(annotations::WARMED_RING_VERSION);
-    let drained = version(annotations::DRAINED_RING_VERSION);
-    let moved = annotation::<MovedReport>(pod, annotations::MOVED_SESSIONS).unwrap_or_else(|()| {
-        unreadable.push(annotations::MOVED_SESSIONS.to_owned());
-        None
-    });
-    (
-        Progress {
-            observed,
-            warmed,
-            drained,
-            moved,
-        },
-        unreadable,
-    )
+    let (progress, unreadable) = Progress::from_annotations(annotations);
+    let names = unreadable.into_iter().map(|u| u.name.to_owned()).collect();
+    (progress, names)
 }
 
 fn is_ready(pod: &Pod) -> bool {
@@ -761,7 +738,7 @@ pub fn build(objects: &Objects, now: Timestamp) -> StatusReport {
 )]
 pub(crate) mod tests {
     use super::*;
-    use locus_operator::crd::StatefulService;
+    use locus_contract::crd::StatefulService;
     use serde_json::{Value, json};
 
     /// Version 4, phase warm: slot 2 (`ledger-2-ccccc`) joins and gains
@@ -789,7 +766,7 @@ pub(crate) mod tests {
         other: Option<&[u16]>,
     ) -> Value {
         let table = |t: &[u16]| {
-            locus::ring::Assignment::new(t.to_vec())
+            locus_contract::ring::Assignment::new(t.to_vec())
                 .unwrap()
                 .to_base64()
         };

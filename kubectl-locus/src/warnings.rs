@@ -19,7 +19,7 @@
 
 use serde::Serialize;
 
-use locus::ring::{Phase as RingPhase, SlotState, annotations};
+use locus_contract::ring::{Phase as RingPhase, SlotState, annotations};
 
 use crate::report::{MovedReportState, PodRow, RingProblemReason, StatusReport};
 

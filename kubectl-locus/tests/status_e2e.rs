@@ -94,7 +94,13 @@ fn text_shares(text: &str) -> Vec<i64> {
 }
 
 /// Checks the text and JSON outputs against the ring and the pods the API server holds.
-fn check(text: &str, json: &Value, namespace: &str, ring: &locus::ring::Ring, pods: &[String]) {
+fn check(
+    text: &str,
+    json: &Value,
+    namespace: &str,
+    ring: &locus_contract::ring::Ring,
+    pods: &[String],
+) {
     for line in text.lines() {
         assert!(line.chars().count() <= 80, "wider than 80: {line:?}");
     }

@@ -28,7 +28,7 @@ use kube::api::ListParams;
 use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, ResourceExt};
-use locus::ring::RingDocument;
+use locus_contract::ring::RingDocument;
 use tracing::{debug, warn};
 
 pub use crate::context::Context;

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use locus::ring::RingError;
+use locus_contract::ring::RingError;
 
 use crate::plan::ObserveError;
 

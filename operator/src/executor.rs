@@ -51,7 +51,7 @@ impl RingWrite {
         svc: &StatefulService,
         published: &PublishedRing,
         resource_version: Option<&str>,
-    ) -> Result<Self, locus::ring::RingError> {
+    ) -> Result<Self, locus_contract::ring::RingError> {
         let mut config_map = resources::ring_config_map(svc, published)?;
         Ok(match resource_version {
             None => Self::Create(config_map),
@@ -404,7 +404,9 @@ impl<'a> Executor<'a> {
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use locus::ring::{Assignment, Pod as RingPod, Ring, RingParts, ShardCount, Slot, SlotState};
+    use locus_contract::ring::{
+        Assignment, Pod as RingPod, Ring, RingParts, ShardCount, Slot, SlotState,
+    };
     use serde_json::Value;
 
     use super::*;
@@ -445,7 +447,7 @@ mod tests {
                 predecessor: None,
             }],
             current: Assignment::new(vec![0; 4]).unwrap(),
-            transition: locus::ring::Transition::Stable,
+            transition: locus_contract::ring::Transition::Stable,
         })
         .unwrap();
         PublishedRing { ring, meta: None }

@@ -241,7 +241,7 @@ mod tests {
             step: StepKind::Switch,
             shards_moved: 12,
             phase_seconds: Some(1.5),
-            left_phase: Some(locus::ring::Phase::Warm),
+            left_phase: Some(locus_contract::ring::Phase::Warm),
         }]);
         metrics.write("pods", "apply");
         let text = metrics.encode();

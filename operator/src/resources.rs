@@ -28,7 +28,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use locus::ring::{RingDocument, RingError};
+use locus_contract::ring::{RingDocument, RingError};
 use serde_json::{Value, json};
 
 use crate::crd::StatefulService;

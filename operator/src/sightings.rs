@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
-use locus::ring::{Phase, Ring};
+use locus_contract::ring::{Phase, Ring};
 use tracing::{debug, warn};
 
 use crate::plan::{FirstSeen, ObservedPod, PodSeen, PublishedRing, Readiness, RingSeen};
@@ -149,7 +149,7 @@ impl Sightings {
 mod tests {
     use std::net::SocketAddr;
 
-    use locus::ring::{RingParts, ShardCount, Slot, SlotState, Transition};
+    use locus_contract::ring::{RingParts, ShardCount, Slot, SlotState, Transition};
 
     use super::*;
     use crate::plan::{Progress, RingMeta};
@@ -183,7 +183,7 @@ mod tests {
             vnodes: 16,
             slots: vec![Slot {
                 index: 0,
-                pod: locus::ring::Pod {
+                pod: locus_contract::ring::Pod {
                     name: "chat-0-a".to_owned(),
                     uid: "a".to_owned(),
                     address,
@@ -192,7 +192,7 @@ mod tests {
                 successor: None,
                 predecessor: None,
             }],
-            current: locus::ring::Assignment::uniform(shards, 0),
+            current: locus_contract::ring::Assignment::uniform(shards, 0),
             transition: Transition::Stable,
         })
         .unwrap();

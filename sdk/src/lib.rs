@@ -8,7 +8,8 @@
 //!
 //! The parts, from the ring outwards:
 //!
-//! * [`ring`]: the ring model, its document codec and the operator's planner.
+//! * [`ring`]: the ring model, its document codec and the operator's planner
+//!   (the `locus-contract` crate's, re-exported).
 //! * [`source`]: where a process gets its ring from — [`KubeRingSource`] (a
 //!   watch of the ring `ConfigMap`), [`FileRingSource`] (a `ring.json` on disk)
 //!   or [`StaticRingSource`] (in memory, for tests). Every source hands out a
@@ -199,7 +200,7 @@ pub mod metrics;
 mod own_pod;
 mod pod_plan;
 pub mod progress;
-pub mod ring;
+pub use locus_contract::ring;
 pub mod server;
 pub mod snapshot;
 pub mod source;

@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use locus::StaticRingSource;
 use locus::ring::{
-    Assignment, Pod, Ring, RingDocument, RingParts, ShardCount, Slot, SlotState, Transition,
+    Assignment, MAX_VERSION, Pod, Ring, RingDocument, RingParts, ShardCount, Slot, SlotState,
+    Transition,
 };
 use locus::source::RingSource;
 use proptest::prelude::*;
@@ -71,13 +72,13 @@ fn pod(slot: u16, role: &str, host: u8) -> Pod {
 }
 
 /// Valid rings: 1–8 slots, 1–256 shards, any phase, handover pods where
-/// the phase allows them, any slot states.
+/// the phase allows them, any slot states, any valid version.
 fn valid_ring() -> impl Strategy<Value = Ring> {
-    (1u16..=8, 0u32..=8, 0u8..3, any::<u64>())
+    (1u16..=8, 0u32..=8, 0u8..3, 1..=MAX_VERSION)
         .prop_flat_map(|(slots, bits, phase, version)| {
             let shards = 1usize << bits;
             (
-                Just((slots, bits, phase, version.max(1))),
+                Just((slots, bits, phase, version)),
                 proptest::collection::vec(0..slots, shards),
                 proptest::collection::vec(0..slots, shards),
                 proptest::collection::vec((0u8..5, any::<bool>()), usize::from(slots)),

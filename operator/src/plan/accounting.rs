@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use locus::progress::{MovedSessions, ReportState};
+use locus_contract::progress::{MovedSessions, ReportState};
 
 use super::{ObservedPod, ReportingPod};
 use crate::crd::{
@@ -103,15 +103,6 @@ pub(super) fn join_bounded(items: &[String]) -> String {
     text
 }
 
-fn percent(summary: &MovedSessionsSummary) -> Option<f64> {
-    let total = summary.warm.total.saturating_add(summary.cold.total);
-    #[allow(
-        clippy::cast_precision_loss,
-        reason = "a percentage rounded to a tenth; session counts far below 2^52"
-    )]
-    (total > 0).then(|| (summary.warm.total as f64 * 1000.0 / total as f64).round() / 10.0)
-}
-
 fn summary_of(sum: &MovedSessions, losers_gone: bool) -> MovedSessionsSummary {
     let (w, c) = (&sum.warm, &sum.cold);
     let unanswered = c.unanswered();
@@ -133,29 +124,9 @@ fn summary_of(sum: &MovedSessions, losers_gone: bool) -> MovedSessionsSummary {
 /// say it.
 pub(super) fn breakdown(summary: &MovedSessionsSummary) -> String {
     let (w, c) = (&summary.warm, &summary.cold);
-    match percent(summary) {
+    match summary.warm_percent() {
         None => "no session moved".to_owned(),
-        Some(p) => format!(
-            "warm {p:.1} % (precopied {}, transferred {}, pushed {}, promoted {}; cold {}: absent {}, rolled forward {}, fenced load {}{})",
-            w.precopied,
-            w.transferred,
-            w.pushed,
-            w.promoted,
-            c.total,
-            c.absent,
-            c.rolled_forward,
-            c.fenced_load,
-            new_sessions(c.created)
-        ),
-    }
-}
-
-/// "; N of them new sessions" when some cold takeovers found nothing stored (else nothing).
-pub(super) fn new_sessions(created: u64) -> String {
-    if created == 0 {
-        String::new()
-    } else {
-        format!("; {created} of them new sessions")
+        Some(p) => format!("warm {p:.1} % ({w}; cold {}: {c})", c.total),
     }
 }
 
@@ -262,7 +233,7 @@ pub(super) fn account(
     summary.missing = bounded(&missing);
     summary.r#final = pending.is_empty() && missing.is_empty();
     if summary.r#final {
-        let percent = percent(&summary);
+        let percent = summary.warm_percent();
         return complete(version, summary, percent);
     }
     let deadline = finished

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::jiff::Timestamp;
-use locus::ring::{Phase, Ring};
+use locus_contract::ring::{Phase, Ring};
 
 use super::ObservedPod;
 

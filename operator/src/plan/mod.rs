@@ -71,7 +71,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use locus::ring::{Ring, RingError};
+use locus_contract::ring::{Ring, RingError};
 use serde::{Deserialize, Serialize};
 
 use crate::crd::{StatefulServiceSpec, StatefulServiceStatus, TransitionKind, TransitionRecord};
@@ -101,7 +101,7 @@ pub struct Progress {
     /// How the sessions it took over in its last few transitions arrived
     /// (`locus.dev/moved-sessions`): `None` when the annotation is missing, `Err` (why, bounded)
     /// when it cannot be read.
-    pub moved: Option<Result<locus::progress::MovedReport, String>>,
+    pub moved: Option<Result<locus_contract::progress::MovedReport, String>>,
 }
 
 /// A pod expected to report its moved sessions for a transition.
@@ -386,7 +386,7 @@ pub struct StepRecord {
     /// Seconds the ring spent in the phase this step leaves (`Warm` or `Switch`).
     pub phase_seconds: Option<f64>,
     /// The phase this step leaves.
-    pub left_phase: Option<locus::ring::Phase>,
+    pub left_phase: Option<locus_contract::ring::Phase>,
 }
 
 /// What the executor should do, in order: create and update pods, publish the ring, delete

@@ -5,7 +5,7 @@
 //! idempotent.
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
-use locus::ring::hash_key;
+use locus_contract::ring::hash_key;
 
 /// Label: the name of the `StatefulService` (common Kubernetes label).
 pub const LABEL_NAME: &str = "app.kubernetes.io/name";

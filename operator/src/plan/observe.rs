@@ -5,8 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::jiff::Timestamp;
-use locus::progress::{MovedReport, MovedSessionsError};
-use locus::ring::{RingDocument, RingError, annotations};
+use locus_contract::ring::{RingDocument, RingError, annotations};
 
 use super::{
     ANNOTATION_RING_META, ANNOTATION_SHAPE, LABEL_REVISION, LABEL_SLOT, ObservedPod, Progress,
@@ -32,30 +31,27 @@ fn same_image(spec: &str, status: &str) -> bool {
     matches(spec) || (!spec.contains(':') && matches(&format!("{spec}:latest")))
 }
 
-/// Annotation `key` of `pod`, parsed; `None` when missing or unreadable (no report).
-fn parse_annotation<T: std::str::FromStr>(pod: &Pod, key: &str) -> Option<T> {
-    pod.metadata
-        .annotations
-        .as_ref()?
-        .get(key)?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// The pod's moved-sessions report: `None` when the annotation is missing, `Err` with the
-/// (bounded) reason when it cannot be read.
-fn moved_report(pod: &Pod) -> Option<Result<MovedReport, String>> {
-    let text = pod
-        .metadata
-        .annotations
-        .as_ref()?
-        .get(annotations::MOVED_SESSIONS)?;
-    Some(
-        text.trim()
-            .parse()
-            .map_err(|e: MovedSessionsError| e.to_string()),
-    )
+/// The pod's progress: a version annotation that cannot be read is no report; unreadable
+/// moved-sessions counts are kept as such (`Err` with the bounded reason): the status names the
+/// pod.
+fn progress(pod: &Pod) -> Progress {
+    let Some(values) = pod.metadata.annotations.as_ref() else {
+        return Progress::default();
+    };
+    let (read, unreadable) = locus_contract::progress::Progress::from_annotations(values);
+    let moved = match unreadable
+        .into_iter()
+        .find(|u| u.name == annotations::MOVED_SESSIONS)
+    {
+        Some(unreadable) => Some(Err(unreadable.reason)),
+        None => read.moved.map(Ok),
+    };
+    Progress {
+        observed: read.observed,
+        warmed: read.warmed,
+        drained: read.drained,
+        moved,
+    }
 }
 
 /// The planner's view of `pod`, or `None` if the pod is not one of the service's: not
@@ -132,13 +128,7 @@ pub fn observe_pod(pod: &Pod, service_uid: &str, port: &str) -> Option<ObservedP
         deleting: meta.deletion_timestamp.is_some(),
         terminal,
         images_current,
-        progress: Progress {
-            observed: parse_annotation(pod, annotations::OBSERVED_RING_VERSION),
-            warmed: parse_annotation(pod, annotations::WARMED_RING_VERSION),
-            drained: parse_annotation(pod, annotations::DRAINED_RING_VERSION),
-            // Unreadable counts are kept as such: the status names the pod.
-            moved: moved_report(pod),
-        },
+        progress: progress(pod),
     })
 }
 

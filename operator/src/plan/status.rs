@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use locus::ring::{Phase as RingPhase, Ring, SlotState};
+use locus_contract::ring::{Phase as RingPhase, Ring, SlotState};
 
 use super::accounting::{self, Accounting};
 use super::{Observed, ObservedPod, ReportingPod, RingMeta, naming, reasons};
@@ -72,7 +72,7 @@ fn condition(
     }
 }
 
-fn find<'a>(pods: &'a [ObservedPod], pod: &locus::ring::Pod) -> Option<&'a ObservedPod> {
+fn find<'a>(pods: &'a [ObservedPod], pod: &locus_contract::ring::Pod) -> Option<&'a ObservedPod> {
     pods.iter().find(|p| p.uid == pod.uid && p.name == pod.name)
 }
 

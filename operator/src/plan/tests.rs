@@ -7,10 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use locus::ring::{Phase as RingPhase, Ring, SlotState};
+use locus_contract::ring::{Phase as RingPhase, Ring, SlotState};
 use serde_json::json;
 
-use locus::progress::{ColdTakeovers, MovedReport, MovedSessions, ReportState, WarmTakeovers};
+use locus_contract::progress::{
+    ColdTakeovers, MovedReport, MovedSessions, ReportState, WarmTakeovers,
+};
 
 use super::*;
 use crate::crd::{MOVED_SESSIONS_REPORTED, PROGRESSING, Phase, StatefulServiceSpec};

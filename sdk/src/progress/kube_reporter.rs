@@ -1,7 +1,8 @@
 //! [`KubeProgressReporter`]: progress as annotations on the pod's own Pod.
 //!
 //! Each report is one server-side apply of the pod's annotations
-//! ([`annotations`](crate::ring::annotations)), field manager `locus-pod`,
+//! ([`annotations`](crate::ring::annotations), written by
+//! [`Progress::to_annotations`]), field manager `locus-pod`,
 //! forced: this field manager owns exactly those annotations, so nothing
 //! else on the pod is touched. The per-service Role grants `get` and `patch`
 //! on the service's pods by name; `get` serves
@@ -16,7 +17,6 @@ use serde_json::json;
 use super::{Progress, ProgressError, ProgressReporter};
 use crate::intent::{KubePodIntent, ShutdownIntentSource};
 use crate::own_pod::OwnPod;
-use crate::ring::annotations;
 
 /// Field manager of the pods' own applies.
 pub const FIELD_MANAGER: &str = "locus-pod";
@@ -57,26 +57,14 @@ impl KubeProgressReporter {
 }
 
 fn annotations_body(namespace: &str, pod: &str, progress: &Progress) -> serde_json::Value {
-    let mut values = serde_json::Map::new();
-    for (name, value) in [
-        (annotations::OBSERVED_RING_VERSION, progress.observed),
-        (annotations::WARMED_RING_VERSION, progress.warmed),
-        (annotations::DRAINED_RING_VERSION, progress.drained),
-    ] {
-        if let Some(value) = value {
-            values.insert(name.to_owned(), json!(value.to_string()));
-        }
-    }
-    if let Some(moved) = progress.moved {
-        values.insert(
-            annotations::MOVED_SESSIONS.to_owned(),
-            json!(moved.to_json()),
-        );
-    }
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": { "name": pod, "namespace": namespace, "annotations": values },
+        "metadata": {
+            "name": pod,
+            "namespace": namespace,
+            "annotations": progress.to_annotations(),
+        },
     })
 }
 

@@ -6,6 +6,8 @@
 //! (pre-copied every shard it gains) and the Switch version it *drained*
 //! (handed over every key it lost). Values only ever go up.
 //!
+//! * [`Progress`], [`MovedReport`] and its parts: what is reported, and its annotations (the
+//!   `locus-contract` crate's types, re-exported: the operator reads them too).
 //! * [`ProgressReporter`]: where reports go.
 //! * [`KubeProgressReporter`]: server-side apply of the pod's own annotations
 //!   ([`annotations`](crate::ring::annotations)), field manager `locus-pod`.
@@ -20,58 +22,22 @@
 
 mod kube_reporter;
 mod memory;
-mod moved;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+pub use locus_contract::progress::{
+    ColdTakeovers, MovedReport, MovedSessions, MovedSessionsError, Progress, ReportState,
+    ServedTakeovers, TakeoverPath, UnreadableAnnotation, WarmTakeovers,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use self::kube_reporter::KubeProgressReporter;
 pub use self::memory::MemoryProgressReporter;
-pub use self::moved::{
-    ColdTakeovers, MovedReport, MovedSessions, MovedSessionsError, ReportState, ServedTakeovers,
-    TakeoverPath, WarmTakeovers,
-};
 use crate::intent::ShutdownIntentSource;
 pub use crate::own_pod::NAMESPACE_ENV;
-
-/// The versions a pod reports; `None` until first set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Progress {
-    /// Newest ring version loaded (routes by it).
-    pub observed: Option<u64>,
-    /// Warm ring version whose gained shards were pre-copied.
-    pub warmed: Option<u64>,
-    /// Switch ring version whose lost keys were handed over.
-    pub drained: Option<u64>,
-    /// How the sessions taken over in the last few transitions arrived.
-    pub moved: Option<MovedReport>,
-}
-
-impl Progress {
-    /// The element-wise maximum of `self` and `other` (for `moved`: the
-    /// report whose newest transition is newer, `other` when they are of the
-    /// same one: the pod's tally is the source and only moves forward).
-    #[must_use]
-    pub fn max(self, other: Progress) -> Progress {
-        Progress {
-            observed: self.observed.max(other.observed),
-            warmed: self.warmed.max(other.warmed),
-            drained: self.drained.max(other.drained),
-            moved: match (self.moved, other.moved) {
-                (Some(a), Some(b)) => {
-                    let newest = |r: &MovedReport| r.latest().map(|m| m.version);
-                    Some(if newest(&b) >= newest(&a) { b } else { a })
-                }
-                (a, None) => a,
-                (None, b) => b,
-            },
-        }
-    }
-}
 
 /// Why a report failed.
 #[derive(Debug, thiserror::Error)]

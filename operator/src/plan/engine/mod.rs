@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use locus::ring::{
+use locus_contract::ring::{
     self, Assignment, Phase, Ring, RingError, RingParts, ShardCount, SlotState, Transition,
 };
 

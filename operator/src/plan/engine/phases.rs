@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use locus::ring::{self, Assignment, Phase, Ring, RingError, SlotState, Transition};
+use locus_contract::ring::{self, Assignment, Phase, Ring, RingError, SlotState, Transition};
 
 use super::{Decision, Planner, accounting, gainers, losers, members, plus};
 use crate::crd::PROGRESSING;

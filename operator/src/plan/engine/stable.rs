@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 
-use locus::ring::{self, Ring, RingError, RingParts, Slot, SlotState, Transition};
+use locus_contract::ring::{self, Ring, RingError, RingParts, Slot, SlotState, Transition};
 
 use super::{Decision, Planner, StableStep, members, plus, ring_pod};
 use crate::crd::{PodFailurePolicy, TransitionKind};

@@ -66,6 +66,15 @@ pub enum RingError {
     /// The ring version is 0; the first published ring has version 1.
     #[error("ring version 0 is invalid: versions start at 1")]
     VersionZero,
+    /// The ring version is above [`MAX_VERSION`](super::MAX_VERSION) (`2^53 - 1`).
+    #[error(
+        "ring version {version} is invalid: versions end at {max} (2^53 - 1)",
+        max = super::MAX_VERSION
+    )]
+    VersionTooLarge {
+        /// The refused version.
+        version: u64,
+    },
     /// The document or ring has no slot at all.
     #[error("ring has no slots: at least one slot is required")]
     NoSlots,
@@ -195,7 +204,7 @@ impl RingError {
             Self::UnsupportedHash { .. } => "hash",
             Self::InvalidShardCount { .. } | Self::SplitTooLarge { .. } => "shards",
             Self::InvalidVnodes { .. } => "vnodes",
-            Self::VersionZero => "version",
+            Self::VersionZero | Self::VersionTooLarge { .. } => "version",
             Self::NoSlots
             | Self::TooManySlots { .. }
             | Self::SlotIndexMismatch { .. }

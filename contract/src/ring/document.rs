@@ -8,7 +8,7 @@
 //! keeps its last good ring).
 //!
 //! ```
-//! use locus::ring::RingDocument;
+//! use locus_contract::ring::RingDocument;
 //!
 //! let json = br#"{
 //!   "schema": 1, "namespace": "default", "service": "chat", "version": 3,
@@ -459,6 +459,10 @@ mod tests {
             (
                 |d| d["version"] = json!(0),
                 "ring version 0 is invalid: versions start at 1",
+            ),
+            (
+                |d| d["version"] = json!(1_u64 << 53),
+                "ring version 9007199254740992 is invalid: versions end at 9007199254740991 (2^53 - 1)",
             ),
             (|d| d["namespace"] = json!(""), "namespace is empty"),
             (

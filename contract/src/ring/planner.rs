@@ -425,7 +425,7 @@ mod tests {
     }
 
     /// A pinned table, so that an accidental change of the algorithm shows
-    /// up here (and in `sdk/testdata/ring-vectors.json`).
+    /// up here (and in `contract/testdata/ring-vectors.json`).
     #[test]
     fn pinned_small_table() {
         let p = fresh(8, &[0, 1, 2]);

@@ -18,7 +18,7 @@
 //! * [`annotations`]: names of the pod annotations that report progress.
 //!
 //! ```
-//! use locus::ring::{plan, PlanRequest, ShardCount};
+//! use locus_contract::ring::{plan, PlanRequest, ShardCount};
 //!
 //! // A fresh service with 3 slots, 4096 shards, 128 tokens per slot.
 //! let first = plan(&PlanRequest::new("default", "chat", &[0, 1, 2])).unwrap();
@@ -66,6 +66,12 @@ pub const DEFAULT_VNODES: u32 = 128;
 
 /// Largest number of tokens per slot on the planner's ring.
 pub const MAX_VNODES: u32 = 1024;
+
+/// Largest ring version, `2^53 - 1`: the largest integer that a JSON reader
+/// parsing numbers as doubles (JavaScript's, for one) still reads exactly, so
+/// every reader compares versions alike. The operator adds 1 per publish, so
+/// a service never gets near it.
+pub const MAX_VERSION: u64 = (1 << 53) - 1;
 
 /// Largest namespace, service and pod name, in bytes (a DNS subdomain).
 pub const MAX_NAME_BYTES: usize = 253;

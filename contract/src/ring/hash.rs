@@ -10,7 +10,7 @@
 //! ```
 //!
 //! ```
-//! use locus::ring::{hash_key, ShardCount};
+//! use locus_contract::ring::{hash_key, ShardCount};
 //!
 //! assert_eq!(hash_key(b""), 0x2D06_8005_38D3_94C2);
 //! let shards = ShardCount::new(4096).unwrap();

@@ -1,9 +1,10 @@
 //! The `StatefulService` custom resource (`locus.dev/v1alpha1`), generated from Rust types.
 //!
 //! [`StatefulServiceSpec`] is what a user writes; [`StatefulServiceStatus`] is what the operator
-//! reports. The `CustomResourceDefinition` is derived from these types ([`crd`], [`crd_yaml`]); the
-//! `crdgen` binary prints it and its output is committed as `crds/statefulservices.locus.dev.yaml`,
-//! which a test compares with the types so the two cannot drift apart.
+//! reports. The `CustomResourceDefinition` is derived from these types ([`crd`]); the operator's
+//! `crdgen` binary prints it as YAML and its output is committed as
+//! `crds/statefulservices.locus.dev.yaml`, which a test of the operator compares with the types so
+//! the two cannot drift apart.
 //!
 //! Validation lives in the schema so that the API server refuses a bad spec with a clear message
 //! before the operator ever sees it: `OpenAPI` bounds and defaults on every field, and CEL rules
@@ -18,7 +19,7 @@
 //! The rules are exported as constants ([`rules`]) so tests and docs quote the exact text.
 //!
 //! ```
-//! use locus_operator::crd::StatefulServiceSpec;
+//! use locus_contract::crd::StatefulServiceSpec;
 //!
 //! let spec: StatefulServiceSpec = serde_json::from_value(serde_json::json!({
 //!     "port": "http",
@@ -66,10 +67,4 @@ pub const CRD_NAME: &str = "statefulservices.locus.dev";
 /// The `CustomResourceDefinition` of `StatefulService`, as the API server should receive it.
 pub fn crd() -> CustomResourceDefinition {
     StatefulService::crd()
-}
-
-/// The `CustomResourceDefinition` rendered as YAML: exactly what `crdgen` prints and what
-/// `crds/statefulservices.locus.dev.yaml` must contain.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    serde_yaml::to_string(&crd())
 }

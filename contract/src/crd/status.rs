@@ -7,6 +7,8 @@
 // `kubectl explain`: field names there are written as users type them, without backticks.
 #![allow(clippy::doc_markdown)]
 
+use std::fmt;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
@@ -204,8 +206,47 @@ pub struct ColdSessions {
     pub created: u64,
 }
 
-impl From<&locus::progress::WarmTakeovers> for WarmSessions {
-    fn from(w: &locus::progress::WarmTakeovers) -> Self {
+/// The breakdown by path, as the operator's events and conditions and `kubectl locus status`
+/// write it: `precopied 3, transferred 5, pushed 12, promoted 0`.
+impl fmt::Display for WarmSessions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "precopied {}, transferred {}, pushed {}, promoted {}",
+            self.precopied, self.transferred, self.pushed, self.promoted
+        )
+    }
+}
+
+/// The breakdown by path, as the operator's events and conditions and `kubectl locus status`
+/// write it: `absent 2, rolled forward 0, fenced load 1`, then `; 2 of them new sessions` when
+/// some were new.
+impl fmt::Display for ColdSessions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "absent {}, rolled forward {}, fenced load {}",
+            self.absent, self.rolled_forward, self.fenced_load
+        )?;
+        if self.created > 0 {
+            write!(f, "; {} of them new sessions", self.created)?;
+        }
+        Ok(())
+    }
+}
+
+impl MovedSessionsSummary {
+    /// Warm takeovers out of all, in percent rounded to a tenth; `None` when nothing was taken
+    /// over (the same figure as [`MovedSessions::warm_percent`](crate::progress::MovedSessions::warm_percent)
+    /// of the summed counts).
+    #[must_use]
+    pub fn warm_percent(&self) -> Option<f64> {
+        crate::progress::warm_percent(self.warm.total, self.cold.total)
+    }
+}
+
+impl From<&crate::progress::WarmTakeovers> for WarmSessions {
+    fn from(w: &crate::progress::WarmTakeovers) -> Self {
         Self {
             precopied: w.precopied,
             transferred: w.transferred,
@@ -216,8 +257,8 @@ impl From<&locus::progress::WarmTakeovers> for WarmSessions {
     }
 }
 
-impl From<&locus::progress::ColdTakeovers> for ColdSessions {
-    fn from(c: &locus::progress::ColdTakeovers) -> Self {
+impl From<&crate::progress::ColdTakeovers> for ColdSessions {
+    fn from(c: &crate::progress::ColdTakeovers) -> Self {
         Self {
             absent: c.absent,
             rolled_forward: c.rolled_forward,
@@ -228,8 +269,8 @@ impl From<&locus::progress::ColdTakeovers> for ColdSessions {
     }
 }
 
-impl From<&locus::progress::ServedTakeovers> for ServedSessions {
-    fn from(s: &locus::progress::ServedTakeovers) -> Self {
+impl From<&crate::progress::ServedTakeovers> for ServedSessions {
+    fn from(s: &crate::progress::ServedTakeovers) -> Self {
         Self {
             warm: s.warm,
             cold: s.cold,
@@ -302,4 +343,59 @@ pub struct MovedSessionsSummary {
     /// Every expected pod reported final counts: the sums no longer change.
     #[serde(default)]
     pub r#final: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::{ColdTakeovers, MovedSessions, TakeoverPath, WarmTakeovers};
+
+    #[test]
+    fn the_breakdown_names_every_path_and_the_new_sessions() {
+        let warm = WarmTakeovers {
+            precopied: 3,
+            transferred: 5,
+            pushed: 12,
+            promoted: 0,
+        };
+        let mut cold = ColdTakeovers {
+            absent: 2,
+            rolled_forward: 0,
+            fenced_load: 1,
+            created: 0,
+        };
+        assert_eq!(
+            WarmSessions::from(&warm).to_string(),
+            "precopied 3, transferred 5, pushed 12, promoted 0"
+        );
+        assert_eq!(
+            ColdSessions::from(&cold).to_string(),
+            "absent 2, rolled forward 0, fenced load 1"
+        );
+        cold.created = 2;
+        assert_eq!(
+            ColdSessions::from(&cold).to_string(),
+            "absent 2, rolled forward 0, fenced load 1; 2 of them new sessions"
+        );
+    }
+
+    #[test]
+    fn the_summary_percentage_is_the_counts_percentage() {
+        let mut moved = MovedSessions::default();
+        let summary = |m: &MovedSessions| MovedSessionsSummary {
+            warm: WarmSessions::from(&m.warm),
+            cold: ColdSessions::from(&m.cold),
+            ..MovedSessionsSummary::default()
+        };
+        assert_eq!(summary(&moved).warm_percent(), None);
+        for path in [
+            TakeoverPath::Pushed,
+            TakeoverPath::Pushed,
+            TakeoverPath::Absent,
+        ] {
+            moved.count(path);
+        }
+        assert_eq!(summary(&moved).warm_percent(), Some(66.7));
+        assert_eq!(summary(&moved).warm_percent(), moved.warm_percent());
+    }
 }

@@ -9,7 +9,7 @@
 //! (the previous owner held nothing for it, or was fenced before it answered).
 //! The first request served for such a key is counted once more, in
 //! [`ServedTakeovers`], and its answer carries the
-//! [`x-locus-takeover`](crate::driver::TAKEOVER_HEADER) header, so a
+//! `x-locus-takeover` header (the SDK's `locus::driver::TAKEOVER_HEADER`), so a
 //! client can check the pods' figures against its own.
 //!
 //! A report is keyed by the `Stable` ring version that completed the
@@ -20,7 +20,7 @@
 //! process that started in the middle of a transition knows only part of it.
 //!
 //! ```
-//! use locus::progress::{MovedReport, ReportState, TakeoverPath};
+//! use locus_contract::progress::{MovedReport, ReportState, TakeoverPath};
 //!
 //! let json = r#"{"14":{"warm":{"transferred":5,"pushed":12},"cold":{"absent":2},
 //!                "served":{"warm":9,"cold":1},"state":"final"}}"#;
@@ -271,12 +271,7 @@ impl MovedSessions {
     /// nothing was taken over.
     #[must_use]
     pub fn warm_percent(&self) -> Option<f64> {
-        let total = self.total();
-        #[allow(
-            clippy::cast_precision_loss,
-            reason = "a percentage rounded to a tenth; session counts far below 2^52"
-        )]
-        (total > 0).then(|| (self.warm.total() as f64 * 1000.0 / total as f64).round() / 10.0)
+        warm_percent(self.warm.total(), self.cold.total())
     }
 
     /// The sum of two pods' counts for the same transition: final only if both are,
@@ -296,6 +291,17 @@ impl MovedSessions {
             state,
         }
     }
+}
+
+/// `warm` out of `warm + cold`, in percent rounded to a tenth; `None` when both are 0. The one
+/// computation of the warm-hit percentage, of a pod's counts and of the operator's sums.
+pub(crate) fn warm_percent(warm: u64, cold: u64) -> Option<f64> {
+    let total = warm.saturating_add(cold);
+    #[allow(
+        clippy::cast_precision_loss,
+        reason = "a percentage rounded to a tenth; session counts far below 2^52"
+    )]
+    (total > 0).then(|| (warm as f64 * 1000.0 / total as f64).round() / 10.0)
 }
 
 impl fmt::Display for MovedSessions {

@@ -1,4 +1,4 @@
-//! Checks the committed test vectors `sdk/testdata/ring-vectors.json`, which
+//! Checks the committed test vectors `contract/testdata/ring-vectors.json`, which
 //! let another language verify that it hashes, shards, routes and plans
 //! exactly as this crate does.
 //!
@@ -6,7 +6,7 @@
 //! purpose, with an ADR) with:
 //!
 //! ```text
-//! cargo test -p locus --test ring_vectors -- --ignored regenerate_vectors
+//! cargo test -p locus-contract --test ring_vectors -- --ignored regenerate_vectors
 //! ```
 
 #![allow(
@@ -18,9 +18,9 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use locus::ring::{
-    Assignment, Plan, PlanRequest, Pod, Ring, RingDocument, RingParts, ShardCount, Slot, SlotRing,
-    SlotState, Transition, hash_key, plan,
+use locus_contract::ring::{
+    Assignment, MAX_VERSION, Plan, PlanRequest, Pod, Ring, RingDocument, RingParts, ShardCount,
+    Slot, SlotRing, SlotState, Transition, hash_key, plan,
 };
 use serde_json::{Value, json};
 
@@ -297,7 +297,7 @@ fn rings() -> Vec<(&'static str, Ring)> {
         p.version = 2;
         rings.push(("s65536-n3-stable", Ring::new(p).unwrap()));
     }
-    // `version` = 2^53: accepted (the reader takes any integer 1..=2^64 - 1).
+    // `version` = 2^53 - 1: the largest accepted (`MAX_VERSION`).
     {
         let mut p = parts(
             "chat",
@@ -307,8 +307,8 @@ fn rings() -> Vec<(&'static str, Ring)> {
             fresh("default", "chat", 4, 16, &[0, 1]),
             Transition::Stable,
         );
-        p.version = 1 << 53;
-        rings.push(("s4-n2-version-2p53", Ring::new(p).unwrap()));
+        p.version = MAX_VERSION;
+        rings.push(("s4-n2-version-2p53-minus-1", Ring::new(p).unwrap()));
     }
     rings
 }
@@ -437,6 +437,20 @@ fn invalid_vectors() -> Vec<(
             "version",
             "ring version 0 is invalid",
             |d| d["version"] = json!(0),
+        ),
+        (
+            "version-too-large",
+            "`version` is at most 2^53 - 1, the largest integer a JSON reader parsing numbers as doubles reads exactly",
+            "version",
+            "ring version 9007199254740992 is invalid",
+            |d| d["version"] = json!(1_u64 << 53),
+        ),
+        (
+            "version-max-u64",
+            "`version` is at most 2^53 - 1, even when it fits an unsigned 64-bit integer",
+            "version",
+            "ring version 18446744073709551615 is invalid",
+            |d| d["version"] = json!(u64::MAX),
         ),
         (
             "version-negative",
@@ -811,7 +825,7 @@ type PreferenceInput = (&'static str, &'static str, Vec<u16>, u32, Vec<u64>);
 
 fn preference_inputs() -> Vec<PreferenceInput> {
     let (ns, svc, slots, vnodes) = ("default", "chat", vec![0u16, 1, 2, 3], 4);
-    let token = locus::ring::token_point(ns, svc, 2, 0);
+    let token = locus_contract::ring::token_point(ns, svc, 2, 0);
     let s8 = ShardCount::new(8).unwrap();
     let mut points = vec![0, u64::MAX, token, token - 1, token + 1];
     points.extend((1..8).map(|i| s8.start(i)));
@@ -916,7 +930,7 @@ fn generate() -> Value {
     .map(|&(ns, svc, slot, index)| {
         let name = format!("{ns}/{svc}/{slot}/{index}");
         json!({"namespace": ns, "service": svc, "slot": slot, "index": index, "name": name,
-                   "point": hash_text(locus::ring::token_point(ns, svc, slot, index))})
+                   "point": hash_text(locus_contract::ring::token_point(ns, svc, slot, index))})
     })
     .collect();
     let mut documents: Vec<(&str, Ring, Value, bool)> = rings()
@@ -1000,7 +1014,7 @@ fn generate() -> Value {
             let ring = SlotRing::new(ns, svc, &slots, vnodes);
             let mut tokens: Vec<(u64, u16, u32)> = slots
                 .iter()
-                .flat_map(|&s| (0..vnodes).map(move |i| (locus::ring::token_point(ns, svc, s, i), s, i)))
+                .flat_map(|&s| (0..vnodes).map(move |i| (locus_contract::ring::token_point(ns, svc, s, i), s, i)))
                 .collect();
             tokens.sort_unstable();
             let tokens: Vec<Value> = tokens
@@ -1056,7 +1070,7 @@ fn generate() -> Value {
 }
 
 #[test]
-#[ignore = "writes sdk/testdata/ring-vectors.json; run on purpose"]
+#[ignore = "writes contract/testdata/ring-vectors.json; run on purpose"]
 fn regenerate_vectors() {
     let mut text = serde_json::to_string_pretty(&generate()).unwrap();
     text.push('\n');
@@ -1064,8 +1078,8 @@ fn regenerate_vectors() {
 }
 
 fn load() -> Value {
-    let text =
-        std::fs::read_to_string(vectors_path()).expect("sdk/testdata/ring-vectors.json exists");
+    let text = std::fs::read_to_string(vectors_path())
+        .expect("contract/testdata/ring-vectors.json exists");
     serde_json::from_str(&text).expect("vectors are JSON")
 }
 
@@ -1102,7 +1116,7 @@ fn token_points_match() {
     for entry in vectors["tokens"].as_array().unwrap() {
         let name = entry["name"].as_str().unwrap();
         assert_eq!(hash_key(name.as_bytes()), parse_hash(&entry["point"]));
-        let point = locus::ring::token_point(
+        let point = locus_contract::ring::token_point(
             entry["namespace"].as_str().unwrap(),
             entry["service"].as_str().unwrap(),
             u16::try_from(entry["slot"].as_u64().unwrap()).unwrap(),
@@ -1188,7 +1202,7 @@ fn rings_route_every_key_as_recorded() {
         assert!(shard_counts.contains(&shards), "vectors cover S = {shards}");
     }
     assert!(ipv6, "vectors cover IPv6 pod addresses");
-    assert_eq!(max_version, 1 << 53, "vectors cover version 2^53");
+    assert_eq!(max_version, MAX_VERSION, "vectors cover version 2^53 - 1");
 }
 
 #[test]
@@ -1270,7 +1284,7 @@ fn preference_walks_match() {
             let slot = u16::try_from(token["slot"].as_u64().unwrap()).unwrap();
             let index = u32::try_from(token["index"].as_u64().unwrap()).unwrap();
             assert_eq!(
-                locus::ring::token_point(ns, svc, slot, index),
+                locus_contract::ring::token_point(ns, svc, slot, index),
                 parse_hash(&token["point"])
             );
         }
@@ -1340,7 +1354,7 @@ fn committed_file_is_what_the_generator_writes() {
     assert_eq!(
         load(),
         generate(),
-        "sdk/testdata/ring-vectors.json is stale: regenerate it (see this file's docs) and review the diff"
+        "contract/testdata/ring-vectors.json is stale: regenerate it (see this file's docs) and review the diff"
     );
 }
 

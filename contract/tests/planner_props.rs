@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroU32;
 
-use locus::ring::{Assignment, Plan, PlanRequest, ShardCount, plan};
+use locus_contract::ring::{Assignment, Plan, PlanRequest, ShardCount, plan};
 use proptest::prelude::*;
 
 fn request<'a>(

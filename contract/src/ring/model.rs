@@ -12,7 +12,8 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Assignment, MAX_NAME_BYTES, MAX_SLOTS, MAX_UID_BYTES, MAX_VNODES, RingError, ShardCount,
+    Assignment, MAX_NAME_BYTES, MAX_SLOTS, MAX_UID_BYTES, MAX_VERSION, MAX_VNODES, RingError,
+    ShardCount,
 };
 
 /// What a slot is doing in the current step of a transition.
@@ -174,7 +175,7 @@ pub struct RingParts {
 /// array reads.
 ///
 /// ```
-/// use locus::ring::{Assignment, Pod, Ring, RingParts, ShardCount, Slot, SlotState, Transition};
+/// use locus_contract::ring::{Assignment, Pod, Ring, RingParts, ShardCount, Slot, SlotState, Transition};
 ///
 /// let shards = ShardCount::new(8).unwrap();
 /// let slot = |index: u16| Slot {
@@ -272,6 +273,11 @@ impl Ring {
     pub fn new(parts: RingParts) -> Result<Self, RingError> {
         if parts.version == 0 {
             return Err(RingError::VersionZero);
+        }
+        if parts.version > MAX_VERSION {
+            return Err(RingError::VersionTooLarge {
+                version: parts.version,
+            });
         }
         check_name(|| "namespace".to_owned(), &parts.namespace, MAX_NAME_BYTES)?;
         check_name(|| "service".to_owned(), &parts.service, MAX_NAME_BYTES)?;
@@ -374,7 +380,7 @@ impl Ring {
     /// whatever their versions: the same phase, assignment tables and pod
     /// names per slot. The operator publishes such a ring again at a new
     /// version when the ring's `ConfigMap` was deleted; it settles nothing.
-    pub(crate) fn same_step(&self, other: &Ring) -> bool {
+    pub fn same_step(&self, other: &Ring) -> bool {
         let (a, b) = (&self.parts, &other.parts);
         let names = |slot: &Slot| {
             (
