@@ -16,6 +16,7 @@
 //! | `locus_ring_age_seconds` | gauge (computed at scrape) | — |
 //! | `locus_ring_documents_rejected_total` | counter | `reason` |
 //! | `locus_fanout_members_total` | counter | `outcome` |
+//! | `locus_snapshot_*` | see [`SnapshotMetrics`](crate::snapshot::SnapshotMetrics) | |
 //!
 //! Client outcomes are [`RouteError::metric_label`](crate::RouteError::metric_label)
 //! or `ok`; server outcomes are `served`, `forwarded`, `passthrough`,
@@ -211,6 +212,8 @@ impl Metrics {
             "Ring documents refused by this process's ring source, by reason",
             rejected.clone(),
         );
+        // Process-wide: what this process's snapshot restore and write did.
+        crate::snapshot::SnapshotMetrics::process().register(sub);
         let fanout_members = Family::<[Label; 1], Counter>::default();
         sub.register(
             "fanout_members",
