@@ -17,7 +17,7 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, ListParams, PostParams, PropagationPolicy};
 use kube::{Api, Client};
 use locus_e2e::cluster::Cluster;
-use locus_e2e::wait;
+use locus_e2e::support::wait;
 use serde_json::{Value, json};
 
 const IMAGE: &str = "locus/test-server:dev";
