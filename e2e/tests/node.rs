@@ -85,13 +85,9 @@ fn available(d: &Deployment, replicas: i32) -> bool {
         && status.replicas == Some(replicas)
 }
 
+/// Ready and not being deleted.
 fn is_ready(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    pod.metadata.deletion_timestamp.is_none() && locus_e2e::support::service::is_ready(pod)
 }
 
 fn pod_ip(pod: &Pod) -> String {
