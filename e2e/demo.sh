@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: the operator installed with its Helm chart, the sample session ledger deployed as
 # a StatefulService, and the load generator running through steady load, a scale-up, a rolling
-# update and a scale-down (locus-demo; see e2e/src/demo.rs). On the cluster $KUBECONFIG points
+# update and a scale-down (locus-demo; see e2e/src/demo/mod.rs). On the cluster $KUBECONFIG points
 # to if set (the images locus/operator:dev and locus/sample:dev must be there, as
 # `make kind-e2e` loads them), else on the local cluster, started for the run and gone with it.
 # Extra arguments go to locus-demo (`--help` lists them).

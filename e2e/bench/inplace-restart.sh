@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark (d) on the local cluster: an in-place restart of the sample's pod that restores its
 # sessions from the snapshot, against a cold restart (SIGKILL) that loads each session from
-# PostgreSQL on first touch. See e2e/src/bin/locus_restart_report.rs for what is measured.
+# PostgreSQL on first touch. See e2e/src/bin/locus_restart_report/main.rs for what is measured.
 #
 #   bash e2e/bench/inplace-restart.sh [locus-restart-report flags]
 #   e.g. bash e2e/bench/inplace-restart.sh --sessions 100000 --appends 4 --note-bytes 200

@@ -9,7 +9,6 @@ pub mod accounting;
 pub mod chaos;
 pub mod cluster;
 pub mod demo;
-pub mod logs;
 pub mod postgres;
 pub mod slowlink;
-pub mod wait;
+pub mod support;

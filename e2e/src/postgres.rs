@@ -26,6 +26,7 @@
 //! # }
 //! ```
 
+use crate::support::logs::tail;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
@@ -346,13 +347,6 @@ fn output_text(out: &Output) -> String {
     )
     .trim()
     .to_owned()
-}
-
-/// The last `n` lines of a file.
-fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 #[cfg(test)]

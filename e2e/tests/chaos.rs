@@ -81,14 +81,15 @@ mod demo_support;
 use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
 
-use chaos_support::operator::{self, HostOperator, RingAudit};
+use chaos_support::operator::{self, RingAudit};
 use chaos_support::persistence::{PgAudit, PgAuditReport, SlowPostgres};
 use chaos_support::*;
 use demo_support::*;
 use locus_e2e::accounting::HandoffCheck;
 use locus_e2e::chaos::{self, ChaosPod, ClusterNet, NetFault, Paused};
 use locus_e2e::demo::Demo;
-use locus_e2e::logs;
+use locus_e2e::support::logs;
+use locus_e2e::support::operator::HostOperator;
 use locus_examples::sample::STALL_HEADER;
 
 /// Load before the fault: at least this long, until the last few windows had no failed
@@ -982,7 +983,7 @@ async fn drive_standby_skew(service: &Service, extras: &Extras, clock: Instant) 
 /// Waits for the standby to hold the Lease; records how long that took after the kill.
 async fn standby_takes_over(
     service: &Service,
-    standby: &operator::HostOperator,
+    standby: &HostOperator,
     killed_at: Instant,
     clock: Instant,
     timeline: &mut Timeline,
@@ -1148,14 +1149,15 @@ async fn start_standby(env: &Env, namespace: &str, ahead: Duration) -> HostOpera
     let identity = format!("standby-skewed-{}", std::process::id());
     let work = std::env::temp_dir().join(format!("locus-chaos-{namespace}"));
     let bin_dir = locus_e2e::cluster::workspace_bin_dir().unwrap();
-    let standby = HostOperator::start(
+    let standby = HostOperator::options(
         &bin_dir,
         &env.target.kubeconfig,
         namespace,
-        &identity,
-        &work,
-        Some(ahead),
+        work.join(format!("{identity}.log")),
     )
+    .leader_election(&identity, operator::LEASE)
+    .clock_ahead(ahead)
+    .start()
     .unwrap();
     assert!(
         standby

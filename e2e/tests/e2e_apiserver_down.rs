@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use demo_support::*;
 use locus_e2e::demo::{Change, Demo, Phase};
-use locus_e2e::wait;
+use locus_e2e::support::wait;
 use locus_examples::loadgen::Stop;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -155,7 +155,7 @@ async fn routing_continues_while_the_api_server_is_stopped() {
     demo.converged().await.unwrap();
     let ring_after = demo.ring().await.unwrap().unwrap();
     assert_eq!(
-        locus_e2e::demo::shards_moved(&ring_before, &ring_after),
+        locus_e2e::support::service::shards_moved(&ring_before, &ring_after),
         0,
         "no shard moved: ring v{} → v{}",
         ring_before.version(),

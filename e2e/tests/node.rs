@@ -17,7 +17,7 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, ListParams, PostParams, PropagationPolicy};
 use kube::{Api, Client};
 use locus_e2e::cluster::Cluster;
-use locus_e2e::wait;
+use locus_e2e::support::wait;
 use serde_json::{Value, json};
 
 const IMAGE: &str = "locus/test-server:dev";
@@ -85,13 +85,9 @@ fn available(d: &Deployment, replicas: i32) -> bool {
         && status.replicas == Some(replicas)
 }
 
+/// Ready and not being deleted.
 fn is_ready(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    pod.metadata.deletion_timestamp.is_none() && locus_e2e::support::service::is_ready(pod)
 }
 
 fn pod_ip(pod: &Pod) -> String {

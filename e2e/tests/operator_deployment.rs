@@ -16,7 +16,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use kube::api::DeleteParams;
-use locus_e2e::wait;
+use locus_e2e::support::wait;
 use operator_support::*;
 
 #[tokio::test]

@@ -20,7 +20,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams};
 use locus::ring::{Phase, Ring, RingDocument, SlotState};
-use locus_e2e::wait;
+use locus_e2e::support::wait;
 use locus_operator::controller::Context;
 use locus_operator::executor::Executor;
 use locus_operator::metrics::Metrics;

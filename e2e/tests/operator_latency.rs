@@ -32,7 +32,7 @@ use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use locus::Router;
 use locus::source::KubeRingSource;
-use locus_e2e::demo::is_ready;
+use locus_e2e::support::service::is_ready;
 use operator_support::*;
 
 /// Scale-ups measured, unless `LOCUS_E2E_LATENCY_CYCLES` says otherwise.

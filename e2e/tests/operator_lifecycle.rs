@@ -332,7 +332,7 @@ async fn a_converged_service_costs_no_writes() {
     apply(&env, &service("quiet", 3)).await.unwrap();
     converged(&env, "quiet", 3).await.unwrap();
     // Let the last status write land: wait until a second passes without a write.
-    let quiet = locus_e2e::wait::until(
+    let quiet = locus_e2e::support::wait::until(
         std::time::Duration::from_secs(30),
         "a quiet operator",
         || async {
@@ -374,7 +374,7 @@ async fn a_converged_service_costs_no_writes() {
                 .unwrap();
         }
         let what = format!("reconcile {}", i + 1);
-        locus_e2e::wait::until(std::time::Duration::from_secs(30), &what, || async {
+        locus_e2e::support::wait::until(std::time::Duration::from_secs(30), &what, || async {
             Ok::<_, String>((env.requests.reconciles_since(mark, &ns) > i).then_some(()))
         })
         .await

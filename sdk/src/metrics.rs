@@ -16,6 +16,7 @@
 //! | `locus_ring_age_seconds` | gauge (computed at scrape) | — |
 //! | `locus_ring_documents_rejected_total` | counter | `reason` |
 //! | `locus_fanout_members_total` | counter | `outcome` |
+//! | `locus_snapshot_*` | see [`SnapshotMetrics`](crate::snapshot::SnapshotMetrics) | |
 //!
 //! Client outcomes are [`RouteError::metric_label`](crate::RouteError::metric_label)
 //! or `ok`; server outcomes are `served`, `forwarded`, `passthrough`,
@@ -211,6 +212,8 @@ impl Metrics {
             "Ring documents refused by this process's ring source, by reason",
             rejected.clone(),
         );
+        // Process-wide: what this process's snapshot restore and write did.
+        crate::snapshot::SnapshotMetrics::process().register(sub);
         let fanout_members = Family::<[Label; 1], Counter>::default();
         sub.register(
             "fanout_members",
@@ -474,6 +477,15 @@ mod tests {
     }
 
     /// The SDK's families, fed the same requests in every test below.
+    /// The page without the process-wide `locus_snapshot_*` lines, which
+    /// other tests of this process change at any time.
+    fn without_process_metrics(page: &str) -> String {
+        page.lines()
+            .filter(|l| !l.contains("locus_snapshot_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     fn recorded() -> Metrics {
         let metrics = Metrics::new();
         metrics.request(Side::Server, "served", Duration::from_millis(2));
@@ -519,7 +531,10 @@ mod tests {
         assert!(text.ends_with("\n# EOF\n"), "{text}");
         // The SDK's families are rendered as before, the service's added.
         let sdk_only: Vec<&str> = text.lines().filter(|l| !l.contains("svc_jobs")).collect();
-        assert_eq!(sdk_only, before.lines().collect::<Vec<_>>());
+        assert_eq!(
+            without_process_metrics(&sdk_only.join("\n")),
+            without_process_metrics(&before)
+        );
         assert_eq!(metrics.forwarded_total(), 1);
     }
 
@@ -556,13 +571,13 @@ mod tests {
     #[test]
     fn registration_returns_the_closures_value_and_survives_a_panicking_one() {
         let metrics = recorded();
-        let before = metrics.encode();
+        let before = without_process_metrics(&metrics.encode());
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             metrics.register_with(|_| panic!("a service bug while registering"));
         }));
         assert!(panicked.is_err());
         assert_eq!(
-            metrics.encode(),
+            without_process_metrics(&metrics.encode()),
             before,
             "the lock was poisoned, not the page"
         );

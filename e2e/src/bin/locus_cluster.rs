@@ -117,13 +117,7 @@ fn report_error(json: bool, e: &dyn std::fmt::Display) {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,kube_client=off".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    locus_e2e::support::init_tracing("warn,kube_client=off");
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

@@ -82,13 +82,7 @@ fn say(line: &str) {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    locus_e2e::support::init_tracing("warn");
     let flags = match parse_flags() {
         Ok(flags) => flags,
         Err(message) => {

@@ -16,7 +16,8 @@ use super::ClusterError;
 use super::certs::Pki;
 use super::kubeconfig;
 use super::network::ClusterNetwork;
-use super::process::{Component, tail};
+use super::process::Component;
+use crate::support::logs::tail;
 
 /// The service range. Nothing serves it (there is no kube-proxy); pods blackhole it.
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";

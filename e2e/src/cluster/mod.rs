@@ -230,7 +230,7 @@ impl Cluster {
                 source,
             })?;
         let sas: Api<ServiceAccount> = Api::namespaced(client, &name);
-        crate::wait::until(
+        crate::support::wait::until(
             Duration::from_secs(60),
             &format!("the default ServiceAccount in {name}"),
             || {

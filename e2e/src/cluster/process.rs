@@ -9,6 +9,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 use super::ClusterError;
+use crate::support::logs::tail;
 
 /// A running component of the local cluster.
 #[derive(Debug)]
@@ -115,11 +116,4 @@ impl Drop for Component {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(5));
     }
-}
-
-/// The last `lines` lines of a log file, for error messages.
-pub fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

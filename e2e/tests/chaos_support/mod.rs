@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Client;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
 use locus::ring::{Ring, RingDocument};
 use locus_e2e::accounting::{self, HandoffCheck};
 use locus_e2e::chaos::ChaosPod;
@@ -76,7 +76,11 @@ pub struct Service {
 impl Service {
     pub fn new(client: Client, info: ClusterInfo, options: &DemoOptions) -> Self {
         Self {
-            services: Api::namespaced_with(client.clone(), &options.namespace, &demo::resource()),
+            services: Api::namespaced_with(
+                client.clone(),
+                &options.namespace,
+                &locus_e2e::support::service::resource(),
+            ),
             maps: Api::namespaced(client.clone(), &options.namespace),
             pods: Api::namespaced(client.clone(), &options.namespace),
             client,
@@ -212,7 +216,7 @@ impl Service {
     }
 
     pub async fn ring(&self) -> Result<Option<Ring>, kube::Error> {
-        demo::read_ring(&self.maps, &self.options.service).await
+        locus_e2e::support::service::read_ring(&self.maps, &self.options.service).await
     }
 
     /// Waits (bounded) until the ring is in its Switch phase or past it (a newer version
@@ -259,25 +263,18 @@ impl Service {
     pub async fn converged_now(&self, replicas: u16, generation: i64) -> Result<bool, kube::Error> {
         let service = self.services.get(&self.options.service).await?;
         let status = service.data.get("status").cloned().unwrap_or(Value::Null);
-        if !demo::is_settled(&status, Some(generation)) {
+        if !locus_e2e::support::service::is_settled(&status, Some(generation)) {
             return Ok(false);
         }
         let Some(ring) = self.ring().await? else {
             return Ok(false);
         };
-        let pods: Vec<Pod> = self
-            .pods
-            .list(
-                &ListParams::default()
-                    .labels(&format!("locus.dev/service={}", self.options.service)),
-            )
-            .await?
-            .items
-            .into_iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .collect();
+        let pods =
+            locus_e2e::support::service::live_pods(&self.pods, &self.options.service).await?;
         let wanted = usize::from(replicas);
-        Ok(ring.slots().len() == wanted && pods.len() == wanted && demo::serves(&ring, &pods))
+        Ok(ring.slots().len() == wanted
+            && pods.len() == wanted
+            && locus_e2e::support::service::serves(&ring, &pods))
     }
 
     /// Waits (bounded) until converged; `true` if it did.
@@ -381,7 +378,7 @@ fn pod_state(pod: Option<&Pod>) -> String {
                 .map_or(0, |c| c.iter().map(|c| c.restart_count).sum());
             format!(
                 "{}{}",
-                if demo::is_ready(p) {
+                if locus_e2e::support::service::is_ready(p) {
                     "Ready"
                 } else {
                     "not Ready"
@@ -426,7 +423,7 @@ impl Observer {
             let mut last_transition = None;
             loop {
                 let at_s = secs(clock.elapsed());
-                if let Ok(Some(ring)) = demo::read_ring(&maps, &name).await
+                if let Ok(Some(ring)) = locus_e2e::support::service::read_ring(&maps, &name).await
                     && seen.ring.last().is_none_or(|l| l.version != ring.version())
                 {
                     seen.ring.push(RingSeen {

@@ -17,14 +17,13 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use locus::ring::{Ring, RingDocument};
 use locus_e2e::cluster::{Cluster, TestNamespace};
-use locus_e2e::demo::serves;
-use locus_e2e::wait;
+use locus_e2e::support::service::serves;
+use locus_e2e::support::wait;
 use locus_operator::crd::{PROGRESSING, Phase, StatefulService, StatefulServiceStatus};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -164,24 +163,6 @@ pub fn operator_rules() -> Res<Vec<PolicyRule>> {
     Ok(serde_yaml::from_str(&std::fs::read_to_string(path)?)?)
 }
 
-/// Installs (or updates) the CRD and waits until it is established.
-pub async fn install_crd(admin: &Client) -> Res<()> {
-    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
-    crds.patch(
-        locus_operator::crd::CRD_NAME,
-        &PatchParams::apply("locus-e2e").force(),
-        &Patch::Apply(locus_operator::crd::crd()),
-    )
-    .await?;
-    let established = kube::runtime::wait::await_condition(
-        crds,
-        locus_operator::crd::CRD_NAME,
-        kube::runtime::wait::conditions::is_crd_established(),
-    );
-    tokio::time::timeout(Duration::from_secs(30), established).await??;
-    Ok(())
-}
-
 /// The operator's identity: a ServiceAccount in `namespace` bound to a ClusterRole made of
 /// the chart's rules; returns a token for it from the TokenRequest API.
 async fn operator_account(admin: &Client, namespace: &str) -> Res<String> {
@@ -254,7 +235,7 @@ async fn client_with_token(
 pub async fn setup(prefix: &str) -> Res<Env> {
     let cluster = Cluster::shared().await?;
     let admin = cluster.client().await?;
-    install_crd(&admin).await?;
+    locus_e2e::support::crd::install(&admin).await?;
     let ns = cluster.namespace(prefix).await?;
     let token = operator_account(&admin, ns.name()).await?;
     let (operator, requests) = client_with_token(cluster, ns.name(), &token).await?;

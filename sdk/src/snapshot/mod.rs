@@ -29,8 +29,19 @@
 //! logged and ignored (the pod starts cold), and in every case the file is
 //! removed so that it is never restored twice. Records of keys the slot no
 //! longer owns under the current ring are skipped.
+//!
+//! The file work runs on tokio's blocking pool (`spawn_blocking`,
+//! `tokio::fs`), never on the async worker threads.
+//!
+//! What a restore or a write did is recorded in the process's
+//! [`SnapshotMetrics`] (the `locus_snapshot_*` metrics of every
+//! [`Metrics`](crate::Metrics) registry) besides the returned report.
 
-use std::fs::{self, File};
+mod metrics;
+
+pub use self::metrics::SnapshotMetrics;
+
+use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -158,6 +169,8 @@ pub struct SnapshotRestore {
     pub header: SnapshotHeader,
     /// Records in the file.
     pub records: u64,
+    /// Of those, records its writer had not written back to the persistence.
+    pub dirty: u64,
     /// Records of keys this pod does not own under the current ring.
     pub not_owned: u64,
     /// What the store did with the others.
@@ -182,8 +195,8 @@ pub fn path_in(dir: &Path) -> PathBuf {
 /// must not restore sessions that were handed to other pods since.
 pub fn discard(dir: &Path) -> Result<bool, SnapshotError> {
     let path = path_in(dir);
-    let _ = fs::remove_file(dir.join(format!("{SNAPSHOT_FILE}.tmp")));
-    match fs::remove_file(&path) {
+    let _ = std::fs::remove_file(dir.join(format!("{SNAPSHOT_FILE}.tmp")));
+    match std::fs::remove_file(&path) {
         Ok(()) => Ok(true),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(error) => Err(io_error(&path)(error)),
@@ -232,8 +245,22 @@ fn write_record(out: &mut impl Write, record: &SessionRecord) -> io::Result<()> 
 
 /// Writes every resident session of `store` to `dir` (see the
 /// [module docs](self) for the format). The store's snapshot stream feeds a
-/// blocking writer thread through a bounded channel.
+/// blocking writer thread through a bounded channel. Recorded in
+/// [`SnapshotMetrics::process`].
 pub async fn write(
+    store: &dyn SessionTable,
+    dir: &Path,
+    header: &SnapshotHeader,
+) -> Result<SnapshotWritten, SnapshotError> {
+    let result = write_file(store, dir, header).await;
+    match &result {
+        Ok(written) => SnapshotMetrics::process().written(written),
+        Err(_) => SnapshotMetrics::process().write_failed(),
+    }
+    result
+}
+
+async fn write_file(
     store: &dyn SessionTable,
     dir: &Path,
     header: &SnapshotHeader,
@@ -304,7 +331,9 @@ pub async fn write(
     let (records, bytes) = writer.await.map_err(|e| SnapshotError::Writer {
         reason: e.to_string(),
     })??;
-    fs::rename(&tmp, &path).map_err(io_error(&path))?;
+    tokio::fs::rename(&tmp, &path)
+        .await
+        .map_err(io_error(&path))?;
     let took = started.elapsed();
     tracing::info!(path = %path.display(), records, dirty, bytes, ?took, "snapshot written");
     Ok(SnapshotWritten {
@@ -429,20 +458,29 @@ fn read_record(reader: &mut Reader, body_end: u64) -> io::Result<SessionRecord> 
     })
 }
 
+/// What the first pass found in an intact snapshot.
+struct Checked {
+    header: SnapshotHeader,
+    records: u64,
+    dirty: u64,
+    bytes: u64,
+}
+
 /// First pass: checks every record's framing, the count, length and
-/// checksum. Returns the header, the record count and the file size.
-fn check(path: &Path) -> Result<(SnapshotHeader, u64, u64), SnapshotError> {
+/// checksum.
+fn check(path: &Path) -> Result<Checked, SnapshotError> {
     let (mut reader, header, file_len) = open(path)?;
     let corrupt = |reason: String| SnapshotError::Corrupt {
         path: path.to_owned(),
         reason,
     };
     let body_end = file_len - TRAILER_BYTES;
-    let mut records = 0u64;
+    let (mut records, mut dirty) = (0u64, 0u64);
     while reader.read < body_end {
-        read_record(&mut reader, body_end)
+        let record = read_record(&mut reader, body_end)
             .map_err(|e| corrupt(format!("record {records}: {e}")))?;
         records += 1;
+        dirty += u64::from(record.dirty);
     }
     if reader.read != body_end {
         return Err(corrupt("records overlap the trailer".into()));
@@ -473,13 +511,19 @@ fn check(path: &Path) -> Result<(SnapshotHeader, u64, u64), SnapshotError> {
     if field(24) != digest {
         return Err(corrupt("checksum mismatch".into()));
     }
-    Ok((header, records, file_len))
+    Ok(Checked {
+        header,
+        records,
+        dirty,
+        bytes: file_len,
+    })
 }
 
 /// Restores the snapshot in `dir` into `store` if it is intact and belongs
 /// to `pod` serving its slot of `ring`'s service; records of keys `pod` does
 /// not own under `ring` are skipped. `Ok(None)`: no snapshot. The file is
-/// removed afterwards, whatever the outcome.
+/// removed afterwards, whatever the outcome. Recorded in
+/// [`SnapshotMetrics::process`].
 pub async fn restore(
     store: Arc<dyn SessionTable>,
     dir: &Path,
@@ -487,25 +531,33 @@ pub async fn restore(
     pod: &str,
 ) -> Result<Option<SnapshotRestore>, SnapshotError> {
     let path = path_in(dir);
-    if !path.exists() {
+    // An error other than "absent" (permissions, say) shows in the restore.
+    if !tokio::fs::try_exists(&path).await.unwrap_or(true) {
         return Ok(None);
     }
     let result = restore_file(store, &path, ring, pod).await;
-    if let Err(error) = fs::remove_file(&path) {
+    if let Err(error) = tokio::fs::remove_file(&path).await {
         tracing::warn!(path = %path.display(), %error, "cannot remove the snapshot after reading it");
     }
     match &result {
-        Ok(report) => tracing::info!(
+        Ok(report) => {
+            SnapshotMetrics::process().restored(report);
+            tracing::info!(
             path = %path.display(),
             records = report.records,
+            dirty = report.dirty,
             restored = report.restore.inserted + report.restore.replaced,
             not_owned = report.not_owned,
             failed = report.restore.failed,
             bytes = report.bytes,
             took = ?report.took,
             "snapshot restored"
-        ),
-        Err(error) => tracing::warn!(%error, "snapshot ignored; starting cold"),
+            );
+        }
+        Err(error) => {
+            SnapshotMetrics::process().ignored();
+            tracing::warn!(%error, "snapshot ignored; starting cold");
+        }
     }
     result.map(Some)
 }
@@ -556,7 +608,12 @@ async fn restore_file(
 ) -> Result<SnapshotRestore, SnapshotError> {
     let started = Instant::now();
     let checked = path.to_owned();
-    let (header, records, bytes) = tokio::task::spawn_blocking(move || check(&checked))
+    let Checked {
+        header,
+        records,
+        dirty,
+        bytes,
+    } = tokio::task::spawn_blocking(move || check(&checked))
         .await
         .map_err(|e| SnapshotError::Writer {
             reason: e.to_string(),
@@ -624,6 +681,7 @@ async fn restore_file(
     Ok(SnapshotRestore {
         header,
         records,
+        dirty,
         not_owned,
         restore,
         bytes,
@@ -746,6 +804,32 @@ mod tests {
         assert!(!path_in(&dir).exists(), "a refused snapshot is removed");
         std::fs::remove_dir_all(&dir).unwrap();
         error
+    }
+
+    #[tokio::test]
+    async fn a_restore_and_a_write_are_recorded_in_the_process_metrics() {
+        let process = SnapshotMetrics::process();
+        let (written_before, restored_before) = (process.written_total(), process.restored_total());
+        let (dir, ring, _) = written("metrics").await;
+        assert!(process.written_total() > written_before);
+        let report = restore(Arc::new(store()), &dir, &ring, "svc-0-x")
+            .await
+            .unwrap()
+            .unwrap();
+        // Installed, never written back: every record is dirty.
+        assert_eq!((report.records, report.dirty), (50, 50));
+        assert!(process.restored_total() > restored_before);
+        // Every Metrics registry renders them: the sample's /metrics page has them.
+        let page = crate::Metrics::new().encode();
+        for family in [
+            "locus_snapshot_restores_total{outcome=\"restored\"}",
+            "locus_snapshot_restore_records ",
+            "locus_snapshot_restore_seconds ",
+            "locus_snapshot_write_seconds ",
+        ] {
+            assert!(page.contains(family), "missing `{family}` in\n{page}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]

@@ -1,4 +1,5 @@
-//! Container logs kept by the local cluster's node agent.
+//! Container logs kept by the local cluster's node agent, and the last lines of a log file
+//! for error messages.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,13 @@ pub fn container_log(
         .join("pods")
         .join(format!("{namespace}_{pod}_{uid}"))
         .join(format!("{container}.log"))
+}
+
+/// The last `lines` lines of a log file, for error messages (empty if unreadable).
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// `raw` without terminal colour codes.
@@ -46,6 +54,16 @@ mod tests {
             strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m done"),
             "2026  INFO done"
         );
+    }
+
+    #[test]
+    fn the_tail_is_the_last_lines() {
+        let path = std::env::temp_dir().join(format!("locus-tail-{}", std::process::id()));
+        std::fs::write(&path, "a\nb\nc\n").unwrap();
+        assert_eq!(tail(&path, 2), "b\nc");
+        assert_eq!(tail(&path, 9), "a\nb\nc");
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(tail(&path, 2), "");
     }
 
     #[test]

@@ -23,6 +23,9 @@
 //! outside this cluster's bridge prefix, and a namespace whose `eth0` does not hold the
 //! pod's address. Nothing here sends a packet anywhere but to a pod of the cluster.
 //!
+//! The module is cut by concern: the pods and the cluster's addresses here, the network
+//! faults in `network`, the pauses in `pause`.
+//!
 //! ```no_run
 //! # async fn example(client: kube::Client, info: &locus_e2e::cluster::ClusterInfo) -> Result<(), locus_e2e::chaos::ChaosError> {
 //! use locus_e2e::chaos::{ChaosPod, partition_from_pods};
@@ -34,18 +37,22 @@
 //! # }
 //! ```
 
-use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{Api, Client};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 use crate::cluster::ClusterInfo;
+
+mod network;
+mod pause;
+
+pub use self::network::{NetFault, NetFaultKind, cut_from_api_server, heal, partition_from_pods};
+use self::pause::parse_pids;
+pub use self::pause::{Paused, pause, process_state, resume};
 use crate::cluster::network::netns_prefix;
 
 /// Label a Kubernetes namespace must carry (value `true`) for its pods to be faulted.
@@ -361,372 +368,6 @@ pub fn netns_name(bridge: &str, uid: &str) -> String {
     format!("{}{hex}", netns_prefix(bridge))
 }
 
-/// Which fault a [`NetFault`] is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NetFaultKind {
-    /// Cut off from the other pods, not from the host.
-    Partition,
-    /// Cut off from the API server only.
-    ApiServerCut,
-}
-
-impl NetFaultKind {
-    /// Its chains: (chain jumped to from `INPUT`, chain jumped to from `OUTPUT`).
-    fn chains(self) -> (&'static str, &'static str) {
-        match self {
-            Self::Partition => ("LOCUS-CHAOS-PEERS-IN", "LOCUS-CHAOS-PEERS-OUT"),
-            Self::ApiServerCut => ("LOCUS-CHAOS-API-IN", "LOCUS-CHAOS-API-OUT"),
-        }
-    }
-
-    /// A name for logs and reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Partition => "partition from pods",
-            Self::ApiServerCut => "cut from the API server",
-        }
-    }
-
-    /// The rules of its `INPUT` chain, then of its `OUTPUT` chain.
-    fn rules(self, net: &ClusterNet) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
-        let gateway = net.gateway.to_string();
-        let port = net.api_port.to_string();
-        let rule = |parts: &[&str]| parts.iter().map(|&p| p.to_owned()).collect::<Vec<_>>();
-        match self {
-            Self::Partition => (
-                vec![
-                    rule(&["-i", "lo", "-j", "ACCEPT"]),
-                    rule(&["-s", &gateway, "-j", "ACCEPT"]),
-                    rule(&["-s", &net.pod_cidr, "-j", "DROP"]),
-                ],
-                vec![
-                    rule(&["-o", "lo", "-j", "ACCEPT"]),
-                    rule(&["-d", &gateway, "-j", "ACCEPT"]),
-                    rule(&["-d", &net.pod_cidr, "-j", "DROP"]),
-                ],
-            ),
-            Self::ApiServerCut => (
-                vec![rule(&[
-                    "-s", &gateway, "-p", "tcp", "--sport", &port, "-j", "DROP",
-                ])],
-                vec![rule(&[
-                    "-d", &gateway, "-p", "tcp", "--dport", &port, "-j", "DROP",
-                ])],
-            ),
-        }
-    }
-}
-
-/// A network fault in force on one pod; healed when dropped.
-#[derive(Debug)]
-pub struct NetFault {
-    pod: ChaosPod,
-    kind: NetFaultKind,
-    since: Instant,
-    active: bool,
-}
-
-impl NetFault {
-    /// The pod.
-    pub fn pod(&self) -> &ChaosPod {
-        &self.pod
-    }
-
-    /// Which fault.
-    pub fn kind(&self) -> NetFaultKind {
-        self.kind
-    }
-
-    /// When it was put in force.
-    pub fn since(&self) -> Instant {
-        self.since
-    }
-
-    /// Removes the fault's rules.
-    pub fn heal(mut self) -> Result<(), ChaosError> {
-        self.active = false;
-        remove_chains(&self.pod, self.kind)?;
-        tracing::info!(pod = %self.pod, fault = self.kind.as_str(), held = ?self.since.elapsed(), "fault healed");
-        Ok(())
-    }
-}
-
-impl Drop for NetFault {
-    fn drop(&mut self) {
-        if self.active
-            && let Err(error) = remove_chains(&self.pod, self.kind)
-        {
-            tracing::warn!(pod = %self.pod, fault = self.kind.as_str(), %error, "could not heal the fault on drop");
-        }
-    }
-}
-
-/// Cuts `pod` off from every other pod: inside its namespace, loopback and the gateway
-/// (API server, probes, the tests' load generator) stay accepted, the rest of the pod
-/// range is dropped in both directions.
-pub fn partition_from_pods(pod: &ChaosPod) -> Result<NetFault, ChaosError> {
-    inject(pod, NetFaultKind::Partition)
-}
-
-/// Cuts `pod` off from the API server only (its address and port, both directions):
-/// other pods, probes and the load generator still reach it.
-pub fn cut_from_api_server(pod: &ChaosPod) -> Result<NetFault, ChaosError> {
-    inject(pod, NetFaultKind::ApiServerCut)
-}
-
-/// Removes every network fault of this module from `pod` (whatever guard made it).
-pub fn heal(pod: &ChaosPod) -> Result<(), ChaosError> {
-    for kind in [NetFaultKind::Partition, NetFaultKind::ApiServerCut] {
-        remove_chains(pod, kind)?;
-    }
-    Ok(())
-}
-
-fn inject(pod: &ChaosPod, kind: NetFaultKind) -> Result<NetFault, ChaosError> {
-    let (input, output) = kind.chains();
-    let (input_rules, output_rules) = kind.rules(&pod.net);
-    let apply = || -> Result<(), ChaosError> {
-        for (chain, rules, parent) in [
-            (input, &input_rules, "INPUT"),
-            (output, &output_rules, "OUTPUT"),
-        ] {
-            iptables(pod, &["-N", chain])?;
-            for rule in rules {
-                let mut args = vec!["-A", chain];
-                args.extend(rule.iter().map(String::as_str));
-                iptables(pod, &args)?;
-            }
-            iptables(pod, &["-I", parent, "1", "-j", chain])?;
-        }
-        Ok(())
-    };
-    if let Err(error) = apply() {
-        // Leave nothing half-made; the original error is the one to report.
-        let _ = remove_chains(pod, kind);
-        return Err(error);
-    }
-    tracing::info!(%pod, netns = %pod.netns, fault = kind.as_str(), "fault injected");
-    Ok(NetFault {
-        pod: pod.clone(),
-        kind,
-        since: Instant::now(),
-        active: true,
-    })
-}
-
-/// Removes the jumps to the fault's chains and the chains; absent ones are fine.
-fn remove_chains(pod: &ChaosPod, kind: NetFaultKind) -> Result<(), ChaosError> {
-    let (input, output) = kind.chains();
-    for (chain, parent) in [(input, "INPUT"), (output, "OUTPUT")] {
-        let listed = iptables(pod, &["-S"])?;
-        if !listed.lines().any(|l| l == format!("-N {chain}")) {
-            continue;
-        }
-        // A jump inserted twice (never by this module, but cheap to be sure) goes too.
-        while listed_jump(&iptables(pod, &["-S", parent])?, chain) {
-            iptables(pod, &["-D", parent, "-j", chain])?;
-        }
-        iptables(pod, &["-F", chain])?;
-        iptables(pod, &["-X", chain])?;
-    }
-    Ok(())
-}
-
-fn listed_jump(rules: &str, chain: &str) -> bool {
-    rules.lines().any(|l| {
-        l.split_whitespace()
-            .collect::<Vec<_>>()
-            .ends_with(&["-j", chain])
-    })
-}
-
-fn iptables(pod: &ChaosPod, args: &[&str]) -> Result<String, ChaosError> {
-    let ip = tool("ip", "iproute2")?;
-    let iptables = tool("iptables", "iptables")?;
-    let iptables = iptables.to_string_lossy();
-    let mut full = vec![
-        "netns",
-        "exec",
-        pod.netns.as_str(),
-        &iptables,
-        "-w",
-        XTABLES_WAIT_SECS,
-    ];
-    full.extend_from_slice(args);
-    run(&ip, &full)
-}
-
-/// Processes of one pod stopped with SIGSTOP; continued (SIGCONT) when dropped.
-#[derive(Debug)]
-pub struct Paused {
-    pod: ChaosPod,
-    pids: Vec<i32>,
-    since: Instant,
-    active: bool,
-}
-
-impl Paused {
-    /// The pod.
-    pub fn pod(&self) -> &ChaosPod {
-        &self.pod
-    }
-
-    /// The processes stopped.
-    pub fn pids(&self) -> &[i32] {
-        &self.pids
-    }
-
-    /// When they were stopped.
-    pub fn since(&self) -> Instant {
-        self.since
-    }
-
-    /// Continues every stopped process (and any other process now in the pod).
-    pub fn resume(mut self) -> Result<(), ChaosError> {
-        self.active = false;
-        continue_all(&self.pod, &self.pids)?;
-        tracing::info!(pod = %self.pod, paused = ?self.since.elapsed(), "pod resumed");
-        Ok(())
-    }
-
-    /// Kills (SIGKILL) the stopped processes without continuing them first: the pod dies
-    /// as on a node failure, with no chance to run its shutdown (release a Lease, hand
-    /// anything over). Returns how many were killed (a process gone meanwhile is not).
-    pub fn kill(mut self) -> Result<usize, ChaosError> {
-        self.active = false;
-        let mut killed = 0;
-        for &pid in &self.pids {
-            match kill(Pid::from_raw(pid), Signal::SIGKILL) {
-                Ok(()) => killed += 1,
-                Err(nix::Error::ESRCH) => {}
-                Err(source) => {
-                    return Err(ChaosError::Signal {
-                        pod: self.pod.to_string(),
-                        pid,
-                        signal: "SIGKILL".into(),
-                        source,
-                    });
-                }
-            }
-        }
-        tracing::info!(pod = %self.pod, killed, "paused pod killed (SIGKILL)");
-        Ok(killed)
-    }
-}
-
-impl Drop for Paused {
-    fn drop(&mut self) {
-        if self.active
-            && let Err(error) = continue_all(&self.pod, &self.pids)
-        {
-            tracing::warn!(pod = %self.pod, %error, "could not resume the pod on drop");
-        }
-    }
-}
-
-/// Stops (SIGSTOP) every process of `pod` and waits until each shows as stopped.
-pub fn pause(pod: &ChaosPod) -> Result<Paused, ChaosError> {
-    let pids = pod.pids()?;
-    if pids.is_empty() {
-        return Err(ChaosError::NotRunning {
-            pod: pod.to_string(),
-            reason: format!("no process in {}", pod.netns),
-        });
-    }
-    // The guard exists before the first signal, so an error below continues what stopped.
-    let guard = Paused {
-        pod: pod.clone(),
-        pids: pids.clone(),
-        since: Instant::now(),
-        active: true,
-    };
-    for &pid in &pids {
-        match kill(Pid::from_raw(pid), Signal::SIGSTOP) {
-            // Gone since the listing: nothing to stop.
-            Ok(()) | Err(nix::Error::ESRCH) => {}
-            Err(source) => {
-                return Err(ChaosError::Signal {
-                    pod: pod.to_string(),
-                    pid,
-                    signal: "SIGSTOP".into(),
-                    source,
-                });
-            }
-        }
-    }
-    let deadline = Instant::now() + STOP_WAIT;
-    loop {
-        let running: Vec<i32> = pids
-            .iter()
-            .copied()
-            .filter(|&pid| process_state(pid).is_some_and(|s| s != 'T' && s != 't'))
-            .collect();
-        if running.is_empty() {
-            break;
-        }
-        if Instant::now() >= deadline {
-            return Err(ChaosError::NotStopped {
-                pod: pod.to_string(),
-                pids: running,
-                after: STOP_WAIT,
-            });
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    tracing::info!(%pod, ?pids, "pod paused (SIGSTOP)");
-    Ok(guard)
-}
-
-/// Continues (SIGCONT) every process now in `pod`'s network namespace; returns how many.
-pub fn resume(pod: &ChaosPod) -> Result<usize, ChaosError> {
-    let pids = pod.pids()?;
-    continue_all(pod, &pids)?;
-    Ok(pids.len())
-}
-
-fn continue_all(pod: &ChaosPod, pids: &[i32]) -> Result<(), ChaosError> {
-    // The recorded processes, and whatever runs in the namespace now (the listing fails
-    // once the pod is gone; the recorded ones are still continued).
-    let mut all: BTreeSet<i32> = pids.iter().copied().collect();
-    if let Ok(now) = pod.pids() {
-        all.extend(now);
-    }
-    let mut first_error = None;
-    for pid in all {
-        match kill(Pid::from_raw(pid), Signal::SIGCONT) {
-            Ok(()) | Err(nix::Error::ESRCH) => {}
-            Err(source) => {
-                first_error.get_or_insert(ChaosError::Signal {
-                    pod: pod.to_string(),
-                    pid,
-                    signal: "SIGCONT".into(),
-                    source,
-                });
-            }
-        }
-    }
-    first_error.map_or(Ok(()), Err)
-}
-
-/// The state letter of process `pid` (`/proc/<pid>/stat`), `None` if it is gone.
-pub fn process_state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_state(&stat)
-}
-
-fn parse_state(stat: &str) -> Option<char> {
-    // "pid (comm) S ...": the command may hold spaces and parentheses; the state follows
-    // the last ')'.
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().next()?.chars().next()
-}
-
-fn parse_pids(out: &str) -> Vec<i32> {
-    out.split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
 fn parse_server(server: &str) -> Option<(Ipv4Addr, u16)> {
     let uri: http::Uri = server.parse().ok()?;
     let host: Ipv4Addr = uri.host()?.parse().ok()?;
@@ -804,6 +445,8 @@ fn run(program: &std::path::Path, args: &[&str]) -> Result<String, ChaosError> {
 
 #[cfg(test)]
 mod tests {
+    use super::network::listed_jump;
+    use super::pause::parse_state;
     use super::*;
 
     fn net() -> ClusterNet {

@@ -1,0 +1,264 @@
+//! What this process's snapshot code did, as Prometheus metrics: the
+//! snapshot restored at start (or ignored) and the one written at shutdown.
+//!
+//! A restore happens once per process and a write at its end, so these are
+//! facts of the process: [`restore`](super::restore) and
+//! [`write`](super::write) record into one process-wide [`SnapshotMetrics`]
+//! ([`SnapshotMetrics::process`]), and every [`Metrics`](crate::Metrics)
+//! registry renders it, so a service's `/metrics` page carries them with no
+//! wiring of its own. (Several members in one process, as in the SDK's
+//! multi-pod tests, add to the same values.)
+//!
+//! Names below assume the registry prefix `locus`:
+//!
+//! | metric | type | what |
+//! |---|---|---|
+//! | `locus_snapshot_restores_total` | counter, `outcome` (`restored`, `ignored`) | snapshots found at start: restored, or refused (corrupt, foreign, unreadable) |
+//! | `locus_snapshot_restored_sessions_total` | counter | sessions installed from snapshots |
+//! | `locus_snapshot_restore_records` | gauge | records in the last restored snapshot (what its writer wrote) |
+//! | `locus_snapshot_restore_dirty_records` | gauge | of those, records not yet written back to the persistence by the writer |
+//! | `locus_snapshot_restore_not_owned_records` | gauge | of those, records of keys this pod no longer owns (skipped) |
+//! | `locus_snapshot_restore_bytes` | gauge | size of the last restored snapshot |
+//! | `locus_snapshot_restore_seconds` | gauge | time the last restore took (check and install) |
+//! | `locus_snapshot_restore_created_timestamp_seconds` | gauge | when the writer of the last restored snapshot started writing it (Unix time) |
+//! | `locus_snapshot_writes_total` | counter, `outcome` (`written`, `failed`) | snapshots written at shutdown |
+//! | `locus_snapshot_write_records` | gauge | records in the last snapshot written |
+//! | `locus_snapshot_write_bytes` | gauge | size of the last snapshot written |
+//! | `locus_snapshot_write_seconds` | gauge | time the last write took |
+
+use std::sync::LazyLock;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::{SnapshotRestore, SnapshotWritten};
+
+type Label = (&'static str, &'static str);
+type Real = Gauge<f64, AtomicU64>;
+
+/// The snapshot metrics; clones share the values.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotMetrics {
+    restores: Family<[Label; 1], Counter>,
+    restored_sessions: Counter,
+    restore_records: Gauge,
+    restore_dirty: Gauge,
+    restore_not_owned: Gauge,
+    restore_bytes: Gauge,
+    restore_seconds: Real,
+    restore_created: Real,
+    writes: Family<[Label; 1], Counter>,
+    write_records: Gauge,
+    write_bytes: Gauge,
+    write_seconds: Real,
+}
+
+static PROCESS: LazyLock<SnapshotMetrics> = LazyLock::new(SnapshotMetrics::default);
+
+fn gauge_value(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl SnapshotMetrics {
+    /// The process's snapshot metrics, which [`restore`](super::restore)
+    /// and [`write`](super::write) record into.
+    pub fn process() -> &'static Self {
+        &PROCESS
+    }
+
+    /// Registers the metrics into `registry` (the SDK registers them under
+    /// the prefix `locus` in every [`Metrics`](crate::Metrics)).
+    pub fn register(&self, registry: &mut Registry) {
+        let sub = registry.sub_registry_with_prefix("snapshot");
+        sub.register(
+            "restores",
+            "Snapshots found at start, by outcome (restored, ignored)",
+            self.restores.clone(),
+        );
+        sub.register(
+            "restored_sessions",
+            "Sessions installed from snapshots",
+            self.restored_sessions.clone(),
+        );
+        sub.register(
+            "restore_records",
+            "Records in the last restored snapshot",
+            self.restore_records.clone(),
+        );
+        sub.register(
+            "restore_dirty_records",
+            "Records of the last restored snapshot its writer had not written back to the persistence",
+            self.restore_dirty.clone(),
+        );
+        sub.register(
+            "restore_not_owned_records",
+            "Records of the last restored snapshot skipped: keys this pod no longer owns",
+            self.restore_not_owned.clone(),
+        );
+        sub.register_with_unit(
+            "restore",
+            "Size of the last restored snapshot",
+            Unit::Bytes,
+            self.restore_bytes.clone(),
+        );
+        sub.register_with_unit(
+            "restore",
+            "Time the last snapshot restore took (check and install)",
+            Unit::Seconds,
+            self.restore_seconds.clone(),
+        );
+        sub.register_with_unit(
+            "restore_created_timestamp",
+            "When the writer of the last restored snapshot started writing it (Unix time)",
+            Unit::Seconds,
+            self.restore_created.clone(),
+        );
+        sub.register(
+            "writes",
+            "Snapshots written, by outcome (written, failed)",
+            self.writes.clone(),
+        );
+        sub.register(
+            "write_records",
+            "Records in the last snapshot written",
+            self.write_records.clone(),
+        );
+        sub.register_with_unit(
+            "write",
+            "Size of the last snapshot written",
+            Unit::Bytes,
+            self.write_bytes.clone(),
+        );
+        sub.register_with_unit(
+            "write",
+            "Time the last snapshot write took",
+            Unit::Seconds,
+            self.write_seconds.clone(),
+        );
+    }
+
+    /// Records a snapshot restored.
+    pub(crate) fn restored(&self, report: &SnapshotRestore) {
+        self.restores
+            .get_or_create(&[("outcome", "restored")])
+            .inc();
+        self.restored_sessions
+            .inc_by(report.restore.inserted as u64 + report.restore.replaced as u64);
+        self.restore_records.set(gauge_value(report.records));
+        self.restore_dirty.set(gauge_value(report.dirty));
+        self.restore_not_owned.set(gauge_value(report.not_owned));
+        self.restore_bytes.set(gauge_value(report.bytes));
+        self.restore_seconds.set(report.took.as_secs_f64());
+        #[allow(clippy::cast_precision_loss)] // milliseconds since 1970 fit in f64's 53 bits
+        self.restore_created
+            .set(report.header.created_unix_ms as f64 / 1000.0);
+    }
+
+    /// Records a snapshot found and refused.
+    pub(crate) fn ignored(&self) {
+        self.restores.get_or_create(&[("outcome", "ignored")]).inc();
+    }
+
+    /// Records a snapshot written.
+    pub(crate) fn written(&self, report: &SnapshotWritten) {
+        self.writes.get_or_create(&[("outcome", "written")]).inc();
+        self.write_records.set(gauge_value(report.records));
+        self.write_bytes.set(gauge_value(report.bytes));
+        self.write_seconds.set(report.took.as_secs_f64());
+    }
+
+    /// Records a snapshot that could not be written.
+    pub(crate) fn write_failed(&self) {
+        self.writes.get_or_create(&[("outcome", "failed")]).inc();
+    }
+}
+
+#[cfg(test)]
+impl SnapshotMetrics {
+    /// Snapshots restored so far.
+    pub(crate) fn restored_total(&self) -> u64 {
+        self.restores
+            .get_or_create(&[("outcome", "restored")])
+            .get()
+    }
+
+    /// Snapshots written so far.
+    pub(crate) fn written_total(&self) -> u64 {
+        self.writes.get_or_create(&[("outcome", "written")]).get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::snapshot::SnapshotHeader;
+    use crate::store::Restore;
+
+    fn encoded(metrics: &SnapshotMetrics) -> String {
+        let mut registry = Registry::default();
+        metrics.register(registry.sub_registry_with_prefix("locus"));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn a_restore_and_a_write_are_rendered_with_their_figures() {
+        let metrics = SnapshotMetrics::default();
+        let header = SnapshotHeader {
+            namespace: "ns".into(),
+            service: "svc".into(),
+            slot: 0,
+            pod: "svc-0-x".into(),
+            ring_version: 4,
+            created_unix_ms: 1_700_000_000_500,
+        };
+        metrics.restored(&SnapshotRestore {
+            header,
+            records: 50,
+            dirty: 7,
+            not_owned: 5,
+            restore: Restore {
+                inserted: 40,
+                replaced: 5,
+                ..Restore::default()
+            },
+            bytes: 4096,
+            check_took: Duration::from_millis(10),
+            took: Duration::from_millis(250),
+        });
+        metrics.ignored();
+        metrics.written(&SnapshotWritten {
+            path: PathBuf::from("/s"),
+            records: 3,
+            dirty: 1,
+            skipped: 0,
+            bytes: 100,
+            took: Duration::from_millis(1500),
+        });
+        let text = encoded(&metrics);
+        for line in [
+            "locus_snapshot_restores_total{outcome=\"restored\"} 1",
+            "locus_snapshot_restores_total{outcome=\"ignored\"} 1",
+            "locus_snapshot_restored_sessions_total 45",
+            "locus_snapshot_restore_records 50",
+            "locus_snapshot_restore_dirty_records 7",
+            "locus_snapshot_restore_not_owned_records 5",
+            "locus_snapshot_restore_bytes 4096",
+            "locus_snapshot_restore_seconds 0.25",
+            "locus_snapshot_restore_created_timestamp_seconds 1700000000.5",
+            "locus_snapshot_writes_total{outcome=\"written\"} 1",
+            "locus_snapshot_write_records 3",
+            "locus_snapshot_write_bytes 100",
+            "locus_snapshot_write_seconds 1.5",
+        ] {
+            assert!(text.contains(line), "missing `{line}` in\n{text}");
+        }
+    }
+}
