@@ -551,6 +551,16 @@ fn the_operator_has_no_import_cycles() {
 }
 
 #[test]
+fn the_contract_has_no_import_cycles() {
+    let src = sources("../contract/src");
+    if !src.exists() {
+        return;
+    }
+    let found = cycles(&src, &[&["ring"], &["crd"]]);
+    assert!(found.is_empty(), "import cycles:\n{}", found.join("\n"));
+}
+
+#[test]
 fn the_checker_sees_a_cycle_through_re_exports() {
     let dir = std::env::temp_dir().join(format!("locus-module-graph-{}", std::process::id()));
     let session = dir.join("server/session");

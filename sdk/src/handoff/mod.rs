@@ -38,7 +38,7 @@ pub(crate) mod keeping;
 mod metrics;
 mod secret;
 mod server;
-mod table;
+
 pub(crate) mod tally;
 pub(crate) mod transport;
 pub(crate) mod wire;
@@ -57,9 +57,9 @@ pub use self::secret::{
     DEFAULT_SECRET_FILE, HandoffSecret, MIN_SECRET_BYTES, SECRET_FILE_ENV, SecretError,
 };
 pub(crate) use self::server::HandoffService;
-pub(crate) use self::table::SessionTable;
 pub use self::transport::HandoffBody;
 pub(crate) use self::transport::{HttpTransport, Transport};
+pub(crate) use crate::store::SessionTable;
 
 pub(crate) use self::metrics::HandoffMetrics;
 

@@ -52,8 +52,8 @@ use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3Default;
 
-use crate::handoff::SessionTable;
 use crate::ring::Ring;
+use crate::store::SessionTable;
 use crate::store::{Restore, SessionRecord};
 
 /// Environment variable naming the snapshot directory.

@@ -71,6 +71,7 @@ mod index;
 mod limits;
 mod metrics;
 mod persistence;
+mod table;
 mod transfer;
 
 use std::fmt;
@@ -87,6 +88,7 @@ pub use error::{SharedError, StoreError};
 pub use evict::{Flush, Passivation};
 pub use limits::{Limits, LimitsBuilder};
 pub use persistence::{NoPersistence, Persistence, Stamp, Stored, Versioned};
+pub(crate) use table::SessionTable;
 pub use transfer::{HandOff, Installed, Restore, SessionRecord};
 
 use entry::{Entry, Pinned, State};

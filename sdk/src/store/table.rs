@@ -1,4 +1,4 @@
-//! [`SessionTable`]: the session store as the handoff protocol sees it.
+//! [`SessionTable`]: the session store as the handoff protocol and the snapshot see it.
 //!
 //! The handoff endpoints, the transition driver and the snapshot code need a
 //! handful of the store's calls (export, hand-off, install, snapshot, flush)
