@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use kube::Api;
 use kube::api::DynamicObject;
+use locus_contract::crd::{MOVED_SESSIONS_REPORTED, StatefulServiceStatus, TransitionRecord};
 use locus_examples::loadgen::TakeoverCounts;
-use locus_operator::crd::{MOVED_SESSIONS_REPORTED, StatefulServiceStatus, TransitionRecord};
 use serde::Serialize;
 use tokio::time::Instant;
 

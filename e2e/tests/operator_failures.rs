@@ -310,7 +310,7 @@ async fn events(env: &Env, name: &str, reason: &str) -> Vec<Event> {
 }
 
 /// A plan that only publishes `ring` (status unchanged, so nothing else is written).
-fn publish_only(ring: Ring, status: &locus_operator::crd::StatefulServiceStatus) -> Actions {
+fn publish_only(ring: Ring, status: &locus_contract::crd::StatefulServiceStatus) -> Actions {
     Actions {
         create: Vec::new(),
         update: Vec::new(),

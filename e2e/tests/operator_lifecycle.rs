@@ -17,7 +17,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::Api;
 use locus::ring::SlotState;
-use locus_operator::crd::TransitionKind;
+use locus_contract::crd::TransitionKind;
 use operator_support::*;
 
 #[tokio::test]
@@ -277,7 +277,7 @@ async fn kubectl_apply(env: &Env, manifest: String) -> (bool, String) {
 
 #[tokio::test]
 async fn invalid_specs_are_refused_with_the_documented_messages() {
-    use locus_operator::crd::rules;
+    use locus_contract::crd::rules;
     let env = setup("op-invalid").await.unwrap();
     let with = |patch: serde_json::Value| {
         let mut manifest = service("bad", 2);

@@ -16,12 +16,12 @@ const ESTABLISHED_WITHIN: Duration = Duration::from_secs(30);
 
 /// Installs (or updates) the CRD by server-side apply and waits until it is established.
 pub async fn install(client: &Client) -> Result<(), SupportError> {
-    let name = locus_operator::crd::CRD_NAME;
+    let name = locus_contract::crd::CRD_NAME;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     crds.patch(
         name,
         &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(locus_operator::crd::crd()),
+        &Patch::Apply(locus_contract::crd::crd()),
     )
     .await
     .map_err(|source| SupportError::Api {
