@@ -1,7 +1,7 @@
 //! A container's environment, built as a kubelet builds it.
 //!
 //! The process starts from an empty environment (the agent's own variables, such as
-//! `KUBECONFIG`, never leak into pods), then gets `PATH`, `HOSTNAME=<pod name>`,
+//! `KUBECONFIG`, never leak into pods), then gets `PATH`, `HOME=/`, `HOSTNAME=<pod name>`,
 //! `KUBERNETES_SERVICE_HOST=<gateway>` and `KUBERNETES_SERVICE_PORT=<API server port>`
 //! (so kube-rs' in-cluster configuration finds the API server), then the container's
 //! `envFrom` sources, then its `env` in order. Literal values expand `$(VAR)` from the
@@ -233,6 +233,11 @@ impl Sources {
 pub fn base_environment(pod_name: &str, api_host: &str, api_port: u16) -> Environment {
     let mut env = Environment::default();
     env.set("PATH", DEFAULT_PATH.to_string());
+    // As a container runtime does for a user without a home in the image. Left unset, the
+    // pod's process runs on the host's file system and finds the host user's home through
+    // the password database: kube-rs would then read the host's `~/.kube/config` (for
+    // example one `kind create cluster` wrote) before its in-cluster configuration.
+    env.set("HOME", "/".to_string());
     env.set("HOSTNAME", pod_name.to_string());
     env.set("KUBERNETES_SERVICE_HOST", api_host.to_string());
     env.set("KUBERNETES_SERVICE_PORT", api_port.to_string());
@@ -357,6 +362,14 @@ mod tests {
         assert_eq!(expand("[$(EMPTY)]", lookup), "[]");
         assert_eq!(expand("tail$", lookup), "tail$");
         assert_eq!(expand("", lookup), "");
+    }
+
+    #[test]
+    fn home_is_the_root_unless_the_container_sets_it() {
+        let mut env = base_environment("p", "10.213.1.1", 6443);
+        assert_eq!(env.get("HOME").as_deref(), Some("/"));
+        env.set("HOME", "/data".into());
+        assert_eq!(env.get("HOME").as_deref(), Some("/data"));
     }
 
     #[test]
