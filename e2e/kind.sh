@@ -44,9 +44,12 @@ bash e2e/kind/images.sh
 kind load docker-image --name "$cluster" locus/operator:dev locus/sample:dev locus/sample:v2
 lap "images loaded"
 
-# No operator is installed here: each end-to-end test helm-installs the chart into its own
-# namespace, watching only that namespace (a cluster-wide operator next to it would reconcile
-# the same StatefulServices twice).
+# On an external cluster the tests do not install the operator (e2e/tests/demo_support): one
+# cluster-wide operator, installed here with the chart as users install it, serves them all.
+log "installing the operator (chart charts/locus-operator, image locus/operator:dev) into locus-system"
+helm upgrade --install locus-operator charts/locus-operator --namespace locus-system --create-namespace \
+    --set image.repository=locus/operator --set image.tag=dev --wait --timeout 180s >/dev/null
+lap "operator installed"
 log "running the end-to-end suite against $KUBECONFIG"
 LOCUS_E2E_KUBECONFIG=$KUBECONFIG cargo test -p locus-e2e --test 'e2e_*' -- --test-threads=1
 lap "suite done"
