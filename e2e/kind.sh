@@ -28,14 +28,18 @@ lap "node image $image"
 export PATH="$PATH:$bins:$(bash e2e/cluster/build.sh)"
 
 cluster=locus
-if ! kind get clusters 2>/dev/null | grep -qx "$cluster"; then
-    log "creating kind cluster $cluster"
-    kind create cluster --config kind-config.yaml --image "$image" --wait 180s
-    lap "cluster created"
-fi
+# The cluster's kubeconfig goes to its own file, never ~/.kube/config: the local cluster's pods
+# are host processes, and kube clients read ~/.kube/config before their in-cluster
+# configuration, so a kind context there makes them call the kind cluster (seen here: the
+# local cluster's demo never converged while ~/.kube/config named kind).
 export KUBECONFIG
 KUBECONFIG=${LOCUS_KIND_KUBECONFIG:-$HOME/.kube/kind-$cluster}
 mkdir -p "$(dirname "$KUBECONFIG")"
+if ! kind get clusters 2>/dev/null | grep -qx "$cluster"; then
+    log "creating kind cluster $cluster"
+    kind create cluster --config kind-config.yaml --image "$image" --kubeconfig "$KUBECONFIG" --wait 180s
+    lap "cluster created"
+fi
 kind get kubeconfig --name "$cluster" > "$KUBECONFIG"
 log "kubeconfig: $KUBECONFIG"
 bash e2e/kind/routes.sh
