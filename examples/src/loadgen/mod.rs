@@ -51,6 +51,7 @@
 //! their own modules; what stays is the generator's request loop and its lost-write check,
 //! which share the per-session tracks and read best together.
 
+mod moves;
 pub mod options;
 mod stats;
 mod transport;
@@ -245,8 +246,8 @@ struct SessionTrack {
     versions: SeqSet,
     /// Highest of them.
     max_version: u64,
-    /// The pod that answered last (to see sessions move).
-    last_pod: Option<Box<str>>,
+    /// Where the session was answered (to see it move).
+    moves: moves::Moves,
     /// The pods that acknowledged applied appends, with their versions.
     writers: Writers,
 }
@@ -411,6 +412,11 @@ impl LoadGenerator {
                 Ok(worker) => tally.merge(&worker),
                 Err(error) => tracing::error!(%error, "load worker failed"),
             }
+        }
+        // Every request of the phase has its answer: a move still without an
+        // announcing answer was not announced.
+        for session in 0..self.shared.config.sessions {
+            tally.moved.unannounced += self.shared.track(session).moves.close();
         }
         self.total.merge(&tally);
         self.total_elapsed += elapsed;
@@ -589,7 +595,13 @@ async fn worker(shared: Arc<Shared>, control: Arc<PhaseControl>) -> Tally {
 }
 
 /// Counts what every answered request says about who answered and how.
-fn observe(shared: &Shared, session: u32, id: &str, answer: &Answer, tally: &mut Tally) {
+fn observe(
+    shared: &Shared,
+    (session, ordinal): (u32, u64),
+    id: &str,
+    answer: &Answer,
+    tally: &mut Tally,
+) {
     let cache = answer
         .headers
         .get(CACHE_HEADER)
@@ -621,19 +633,17 @@ fn observe(shared: &Shared, session: u32, id: &str, answer: &Answer, tally: &mut
         // The first answer from a new pod for a session answered elsewhere
         // before: the session moved. Was it in memory there already, and
         // did the pod say it took it over?
-        let mut track = shared.track(session);
-        if track.last_pod.as_deref().is_some_and(|last| last != pod) {
+        let seen = shared
+            .track(session)
+            .moves
+            .answered(ordinal, pod, announced);
+        if seen.moved {
             match cache {
                 Some(b"warm") => tally.moved.warm += 1,
                 _ => tally.moved.cold += 1,
             }
-            if !announced {
-                tally.moved.unannounced += 1;
-            }
         }
-        if track.last_pod.as_deref() != Some(pod) {
-            track.last_pod = Some(pod.into());
-        }
+        tally.moved.unannounced += seen.unannounced;
     }
     if answer.headers.contains_key(headers::FORWARDED_BY) {
         tally.forwarded += 1;
@@ -665,10 +675,10 @@ fn owning_pod(answer: &Answer) -> Option<&str> {
 
 async fn one_append(shared: &Shared, session: u32, i: u64, tally: &mut Tally) {
     let id = shared.session_id(session);
-    let seq = {
+    let (seq, ordinal) = {
         let mut track = shared.track(session);
         track.last_seq += 1;
-        track.last_seq
+        (track.last_seq, track.moves.send())
     };
     let kind = KINDS[usize::try_from(i % 3).unwrap_or(0)];
     let amount = i64::try_from(i % 7).unwrap_or(0) - 3;
@@ -685,7 +695,7 @@ async fn one_append(shared: &Shared, session: u32, i: u64, tally: &mut Tally) {
     if appended.session != id || appended.seq != Some(seq) {
         return tally.error("wrong_answer");
     }
-    observe(shared, session, &id, &answer, tally);
+    observe(shared, (session, ordinal), &id, &answer, tally);
     tally.latency(Op::Append, took);
     tally.appends_acked += 1;
     let mut track = shared.track(session);
@@ -713,7 +723,10 @@ async fn one_append(shared: &Shared, session: u32, i: u64, tally: &mut Tally) {
 
 async fn one_read(shared: &Shared, session: u32, tally: &mut Tally) {
     let id = shared.session_id(session);
-    let floor = shared.track(session).max_version;
+    let (floor, ordinal) = {
+        let mut track = shared.track(session);
+        (track.max_version, track.moves.send())
+    };
     let path = format!("/sessions/{id}");
     let (answer, took, view) =
         match exchange::<SessionView>(shared, Method::GET, &path, &id, String::new()).await {
@@ -723,7 +736,7 @@ async fn one_read(shared: &Shared, session: u32, tally: &mut Tally) {
     if view.session != id {
         return tally.error("wrong_answer");
     }
-    observe(shared, session, &id, &answer, tally);
+    observe(shared, (session, ordinal), &id, &answer, tally);
     tally.latency(Op::Read, took);
     tally.reads_ok += 1;
     if view.version < floor {

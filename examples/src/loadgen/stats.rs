@@ -263,9 +263,12 @@ pub struct MovedCounts {
     pub warm: u64,
     /// Not in memory: loaded or created for the request.
     pub cold: u64,
-    /// Of these, the ones whose first answer from the new pod did not carry
-    /// `x-locus-takeover`: the pod took the session over by a path it does
-    /// not count, or without a transition (a replacement pod, a restart).
+    /// Of these, the ones for which no answer from the new pod carried
+    /// `x-locus-takeover` by the end of the phase: the pod took the session
+    /// over by a path it does not count, or without a transition (a
+    /// replacement pod, a restart). The header goes to the first request the
+    /// pod serves for the key, which is not always the first answer to come
+    /// back when requests of one session run concurrently.
     #[serde(default)]
     pub unannounced: u64,
 }
