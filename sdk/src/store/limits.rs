@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use super::StoreError;
+use super::memory::MemoryBudget;
 
 config_fields! {
     /// The bounds and timings of a [`SessionStore`](super::SessionStore).
@@ -80,6 +81,30 @@ pub struct LimitsBuilder {
 }
 
 impl LimitsBuilder {
+    /// Fits the store into a container limited to `limit` bytes of memory
+    /// ([`MemoryBudget::of`]): lowers `max_total_bytes`, `max_sessions` and, if it
+    /// would exceed the new total, `max_session_bytes`; never raises a bound already
+    /// set. With the container's own limit ([`memory_limit`](super::memory_limit)):
+    ///
+    /// ```
+    /// use locus::store::{Limits, memory_limit};
+    ///
+    /// let mut limits = Limits::builder();
+    /// if let Some(limit) = memory_limit() {
+    ///     limits = limits.within_memory(limit);
+    /// }
+    /// let limits = limits.build()?;
+    /// # Ok::<(), locus::StoreError>(())
+    /// ```
+    pub fn within_memory(mut self, limit: u64) -> Self {
+        let budget = MemoryBudget::of(limit);
+        let config = &mut self.config;
+        config.max_total_bytes = config.max_total_bytes.min(budget.session_bytes);
+        config.max_sessions = config.max_sessions.min(budget.sessions);
+        config.max_session_bytes = config.max_session_bytes.min(config.max_total_bytes);
+        self
+    }
+
     /// The limits, if they can work together ([`Limits::validate`]).
     pub fn build(self) -> Result<Limits, StoreError> {
         self.config.validate()?;
@@ -184,6 +209,27 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_memory_limit_lowers_the_bounds_and_never_raises_them() {
+        let limits = Limits::builder().within_memory(128 << 20).build().unwrap();
+        assert_eq!(limits.max_total_bytes(), 64 << 20);
+        assert_eq!(limits.max_sessions(), 65_536);
+        assert_eq!(
+            limits.max_session_bytes(),
+            Limits::default().max_session_bytes()
+        );
+        let small = Limits::builder()
+            .max_sessions(10)
+            .within_memory(1 << 20)
+            .build()
+            .unwrap();
+        assert_eq!(small.max_sessions(), 10);
+        assert_eq!(small.max_total_bytes(), 512 << 10);
+        assert_eq!(small.max_session_bytes(), 512 << 10);
+        let huge = Limits::builder().within_memory(1 << 40).build().unwrap();
+        assert_eq!(huge, Limits::default());
     }
 
     #[test]

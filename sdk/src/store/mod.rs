@@ -69,6 +69,7 @@ mod error;
 mod evict;
 mod index;
 mod limits;
+mod memory;
 mod metrics;
 mod persistence;
 mod table;
@@ -87,6 +88,9 @@ pub use codec::{CodecError, JsonCodec, SessionCodec};
 pub use error::{SharedError, StoreError};
 pub use evict::{Flush, Passivation};
 pub use limits::{Limits, LimitsBuilder};
+pub use memory::{
+    MEMORY_LIMIT_ENV, MemoryBudget, SESSION_OVERHEAD_BYTES, memory_limit, memory_limit_from,
+};
 pub use persistence::{NoPersistence, Persistence, Stamp, Stored, Versioned};
 pub(crate) use table::SessionTable;
 pub use transfer::{HandOff, Installed, Restore, SessionRecord};
