@@ -18,9 +18,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, PodSpec,
-    Secret, SecretVolumeSource, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
-    VolumeMount,
+    ConfigMap, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
+    PodSpec, ResourceFieldSelector, Secret, SecretVolumeSource, Service, ServiceAccount,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -70,6 +70,8 @@ pub mod env {
     pub const PORT: &str = "LOCUS_PORT";
     /// Directory of the snapshot volume, when `spec.snapshot` is set.
     pub const SNAPSHOT_DIR: &str = "LOCUS_SNAPSHOT_DIR";
+    /// The container's memory limit in bytes, on containers that declare one.
+    pub const MEMORY_LIMIT: &str = "LOCUS_MEMORY_LIMIT";
 }
 
 /// Namespace and name of a service (from the API server, both are set).
@@ -122,6 +124,30 @@ fn field_env(name: &str, path: &str) -> EnvVar {
             ..EnvVarSource::default()
         }),
     }
+}
+
+/// `LOCUS_MEMORY_LIMIT` for a container that declares a memory limit: the limit in bytes,
+/// resolved by the kubelet (downward API), so the SDK can fit its session store inside it.
+/// None without a limit (the downward API would then give the node's allocatable memory).
+fn memory_limit_env(container: &Container) -> Option<EnvVar> {
+    container
+        .resources
+        .as_ref()?
+        .limits
+        .as_ref()?
+        .get("memory")?;
+    Some(EnvVar {
+        name: env::MEMORY_LIMIT.to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            resource_field_ref: Some(ResourceFieldSelector {
+                container_name: Some(container.name.clone()),
+                divisor: None,
+                resource: "limits.memory".to_owned(),
+            }),
+            ..EnvVarSource::default()
+        }),
+    })
 }
 
 fn value_env(name: &str, value: impl Into<String>) -> EnvVar {
@@ -204,9 +230,13 @@ pub fn pod(svc: &StatefulService, plan: &PodPlan) -> Pod {
         });
     }
     for container in &mut spec.containers {
+        let mut ours = env.clone();
+        if let Some(limit) = memory_limit_env(container) {
+            ours.push(limit);
+        }
         let mut own = container.env.take().unwrap_or_default();
-        own.retain(|e| !env.iter().any(|ours| ours.name == e.name));
-        own.extend(env.iter().cloned());
+        own.retain(|e| !ours.iter().any(|ours| ours.name == e.name));
+        own.extend(ours);
         container.env = Some(own);
         let mut own_mounts = container.volume_mounts.take().unwrap_or_default();
         own_mounts.retain(|m| !mounts.iter().any(|ours| ours.mount_path == m.mount_path));
@@ -522,6 +552,35 @@ mod tests {
             volumes[1].empty_dir.as_ref().unwrap().medium.as_deref(),
             Some("Memory")
         );
+    }
+
+    #[test]
+    fn a_container_with_a_memory_limit_is_told_it_and_one_without_is_not() {
+        let mut svc = service();
+        let template = svc.spec.template.spec.as_mut().unwrap();
+        let mut sidecar = template.containers[0].clone();
+        sidecar.name = "sidecar".into();
+        template.containers[0].resources = Some(
+            serde_json::from_value(json!({
+                "limits": {"memory": "128Mi", "cpu": "1"}
+            }))
+            .unwrap(),
+        );
+        template.containers.push(sidecar);
+        let pod = pod(&svc, &plan());
+        let containers = &pod.spec.as_ref().unwrap().containers;
+        let limit = |c: &Container| {
+            c.env
+                .iter()
+                .flatten()
+                .find(|e| e.name == "LOCUS_MEMORY_LIMIT")
+                .cloned()
+        };
+        let app = limit(&containers[0]).unwrap();
+        let field = app.value_from.unwrap().resource_field_ref.unwrap();
+        assert_eq!(field.container_name.as_deref(), Some("app"));
+        assert_eq!(field.resource, "limits.memory");
+        assert!(limit(&containers[1]).is_none(), "no limit, no variable");
     }
 
     #[test]

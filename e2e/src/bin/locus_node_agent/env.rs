@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, Pod, Secret};
 use kube::{Api, Client};
 
+use crate::resources::resource_value;
+
 /// The default `PATH` of a container.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -33,10 +35,11 @@ pub enum EnvError {
     /// A field path the agent does not support.
     #[error("unsupported fieldRef {0:?}")]
     FieldPath(String),
+    /// A `resourceFieldRef` without a value.
+    #[error("{0}")]
+    Resource(String),
     /// A source the agent does not support.
-    #[error(
-        "env var {0:?}: unsupported source (resourceFieldRef and fileKeyRef are not supported)"
-    )]
+    #[error("env var {0:?}: unsupported source (fileKeyRef is not supported)")]
     Unsupported(String),
     /// The API server could not be asked.
     #[error("reading {kind} {name:?}: {message}")]
@@ -292,7 +295,7 @@ pub async fn container_environment(
         }
     }
     for var in container.env.iter().flatten() {
-        if let Some(value) = var_value(pod, facts, var, &env, sources).await? {
+        if let Some(value) = var_value(pod, facts, (&container.name, var), &env, sources).await? {
             env.set(&var.name, value);
         }
     }
@@ -304,7 +307,7 @@ pub async fn container_environment(
 async fn var_value(
     pod: &Pod,
     facts: &PodFacts,
-    var: &EnvVar,
+    (container, var): (&str, &EnvVar),
     env: &Environment,
     sources: &mut Sources,
 ) -> Result<Option<String>, EnvError> {
@@ -313,6 +316,11 @@ async fn var_value(
     };
     if let Some(f) = &from.field_ref {
         return field_value(pod, facts, &f.field_path).map(Some);
+    }
+    if let Some(r) = &from.resource_field_ref {
+        return resource_value(pod, container, r)
+            .map(Some)
+            .map_err(|e| EnvError::Resource(e.to_string()));
     }
     let (kind, name, key, optional, data) = if let Some(r) = &from.secret_key_ref {
         let data = sources.secret(&r.name).await?;

@@ -42,6 +42,7 @@ mod pod;
 mod pods;
 mod probe;
 mod process;
+mod resources;
 mod status;
 mod volumes;
 
