@@ -42,6 +42,8 @@ usage: locus-sample [flags]          (each flag also reads the environment varia
   --max-sessions N          resident sessions           LOCUS_SAMPLE_MAX_SESSIONS (default 100000)
   --max-session-bytes N     bytes per session           LOCUS_SAMPLE_MAX_SESSION_BYTES (default 262144)
   --max-total-bytes N       bytes of all sessions       LOCUS_SAMPLE_MAX_TOTAL_BYTES (default 268435456)
+  --memory-limit N          the container's memory in bytes: the store's bounds fit inside it
+                            (locus::store::MemoryBudget)   LOCUS_MEMORY_LIMIT (set by the operator from resources.limits.memory)
   --max-pending-updates N   queued appends per session  LOCUS_SAMPLE_MAX_PENDING_UPDATES (default 32)
   --idle-timeout DURATION   passivate sessions idle this long   LOCUS_SAMPLE_IDLE_TIMEOUT (default 5m)
   --max-event-bytes N       largest request body        LOCUS_SAMPLE_MAX_EVENT_BYTES (default 4096)
@@ -70,6 +72,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("--max-sessions", "LOCUS_SAMPLE_MAX_SESSIONS"),
     ("--max-session-bytes", "LOCUS_SAMPLE_MAX_SESSION_BYTES"),
     ("--max-total-bytes", "LOCUS_SAMPLE_MAX_TOTAL_BYTES"),
+    ("--memory-limit", "LOCUS_MEMORY_LIMIT"),
     ("--max-pending-updates", "LOCUS_SAMPLE_MAX_PENDING_UPDATES"),
     ("--idle-timeout", "LOCUS_SAMPLE_IDLE_TIMEOUT"),
     ("--max-event-bytes", "LOCUS_SAMPLE_MAX_EVENT_BYTES"),
@@ -282,9 +285,12 @@ impl<E: Fn(&str) -> Option<String>> Values<E> {
             .max_pending_updates(
                 self.number("--max-pending-updates", defaults.max_pending_updates())?,
             )
-            .idle_timeout(self.duration("--idle-timeout", defaults.idle_timeout())?)
-            .build()?;
-        Ok(limits)
+            .idle_timeout(self.duration("--idle-timeout", defaults.idle_timeout())?);
+        let limits = match self.get("--memory-limit") {
+            Some((what, v)) => limits.within_memory(parse(&what, &v)?),
+            None => limits,
+        };
+        Ok(limits.build()?)
     }
 }
 
@@ -411,6 +417,39 @@ mod tests {
         assert_eq!(config.limits.max_session_bytes(), 256 << 10);
         assert_eq!(config.ownership, Mode::Forward);
         assert!(config.handoff.is_none(), "no secret, no handoff");
+    }
+
+    #[test]
+    fn the_operators_memory_limit_bounds_the_store() {
+        let ring = ["--ring-file", "ring.json", "--pod", "p-0"];
+        let (config, _) = serve(&ring, &[("LOCUS_MEMORY_LIMIT", "134217728")]).unwrap();
+        assert_eq!(config.limits.max_total_bytes(), 64 << 20);
+        assert_eq!(config.limits.max_sessions(), 65_536);
+        let (config, _) = serve(&ring, &[]).unwrap();
+        assert_eq!(config.limits.max_total_bytes(), 256 << 20, "no limit given");
+        let flag = [
+            "--ring-file",
+            "r.json",
+            "--pod",
+            "p-0",
+            "--memory-limit",
+            "8589934592",
+        ];
+        let (config, _) = serve(&flag, &[("LOCUS_MEMORY_LIMIT", "134217728")]).unwrap();
+        assert_eq!(
+            config.limits.max_total_bytes(),
+            256 << 20,
+            "the flag wins over the operator's variable"
+        );
+        let bad = [
+            "--ring-file",
+            "r.json",
+            "--pod",
+            "p-0",
+            "--memory-limit",
+            "lots",
+        ];
+        assert!(serve(&bad, &[]).is_err());
     }
 
     #[test]
