@@ -168,6 +168,14 @@ pub struct DemoOptions {
     pub tail: Duration,
     /// How long the load generator waits for one answer before counting a timeout.
     pub request_timeout: Duration,
+    /// Bytes of note per append of the load (0: none).
+    pub note_bytes: usize,
+    /// The sample container's memory limit (and request), a Kubernetes quantity; `None`:
+    /// no limit.
+    pub memory_limit: Option<String>,
+    /// More arguments for the sample (its flags; a flag wins over the environment, the
+    /// operator's variables included).
+    pub sample_args: Vec<String>,
 }
 
 impl DemoOptions {
@@ -199,12 +207,41 @@ impl DemoOptions {
             converge_timeout: Duration::from_secs(300),
             tail: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
+            note_bytes: 0,
+            memory_limit: None,
+            sample_args: Vec::new(),
         }
     }
 }
 
 /// The sample service's manifest with `replicas` slots, template revision `revision`.
 pub fn manifest(options: &DemoOptions, replicas: u16, revision: u32) -> Value {
+    let mut container = json!({
+        "name": "ledger",
+        "image": SAMPLE_IMAGE,
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "env": [
+            {"name": "DEMO_REVISION", "value": revision.to_string()},
+            {"name": "LOCUS_SAMPLE_SHUTDOWN_TIMEOUT", "value": "25s"},
+        ],
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "http"},
+            "periodSeconds": 1,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 5,
+        },
+    });
+    if !options.sample_args.is_empty() {
+        container["args"] = json!(options.sample_args);
+    }
+    if let Some(limit) = &options.memory_limit {
+        container["resources"] = json!({
+            "limits": {"memory": limit},
+            "requests": {"memory": limit},
+        });
+    }
     json!({
         "apiVersion": "locus.dev/v1alpha1",
         "kind": "StatefulService",
@@ -217,23 +254,7 @@ pub fn manifest(options: &DemoOptions, replicas: u16, revision: u32) -> Value {
             "timeouts": {"warm": "20s", "drain": "20s", "settle": "30s"},
             "template": {"spec": {
                 "terminationGracePeriodSeconds": 30,
-                "containers": [{
-                    "name": "ledger",
-                    "image": SAMPLE_IMAGE,
-                    "ports": [{"name": "http", "containerPort": 8080}],
-                    "env": [
-                        {"name": "DEMO_REVISION", "value": revision.to_string()},
-                        {"name": "LOCUS_SAMPLE_SHUTDOWN_TIMEOUT", "value": "25s"},
-                    ],
-                    "readinessProbe": {
-                        "httpGet": {"path": "/readyz", "port": "http"},
-                        "periodSeconds": 1,
-                    },
-                    "livenessProbe": {
-                        "httpGet": {"path": "/healthz", "port": "http"},
-                        "periodSeconds": 5,
-                    },
-                }],
+                "containers": [container],
             }},
         },
     })
@@ -339,6 +360,7 @@ impl Demo {
             concurrency: options.concurrency,
             rate: options.rate,
             timeout: options.request_timeout,
+            note_bytes: options.note_bytes,
             ..LoadConfig::new(Target::Ring(watch))
         })?;
         log(&format!(

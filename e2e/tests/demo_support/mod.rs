@@ -77,6 +77,9 @@ impl Env {
             // debug builds: a request held up by a handoff on a saturated machine is slow, not
             // failed. A request is counted as failed only past 20 s.
             request_timeout: Duration::from_secs(20),
+            note_bytes: 0,
+            memory_limit: None,
+            sample_args: Vec::new(),
         }
     }
 }
