@@ -35,6 +35,14 @@ cluster=locus
 export KUBECONFIG
 KUBECONFIG=${LOCUS_KIND_KUBECONFIG:-$HOME/.kube/kind-$cluster}
 mkdir -p "$(dirname "$KUBECONFIG")"
+# A cluster whose nodes stopped with the Docker engine (a host restart, a killed session) does
+# not come back by itself: recreate it.
+if kind get clusters 2>/dev/null | grep -qx "$cluster" &&
+    ! { kind get kubeconfig --name "$cluster" > "$KUBECONFIG" 2>/dev/null &&
+        kubectl --request-timeout=10s get --raw /readyz >/dev/null 2>&1; }; then
+    log "kind cluster $cluster does not answer: deleting it to create it again"
+    kind delete cluster --name "$cluster"
+fi
 if ! kind get clusters 2>/dev/null | grep -qx "$cluster"; then
     log "creating kind cluster $cluster"
     kind create cluster --config kind-config.yaml --image "$image" --kubeconfig "$KUBECONFIG" --wait 180s

@@ -4,6 +4,10 @@
 #
 #   e2e/kind/images.sh          build locus/operator:dev, locus/sample:dev (and :v2, the same
 #                               binaries under the tag the update tests roll out to)
+#   LOCUS_IMAGE_PROFILE=debug e2e/kind/images.sh
+#                               the same images from the workspace's debug binaries (what
+#                               `make test` built), with the shared libraries they load: CI's
+#                               way, which saves a release build of the workspace
 #
 # Users with internet access can build the same images from the Dockerfiles' default stages
 # (docker build -f docker/operator.Dockerfile .), which compile in the Rust image instead.
@@ -17,18 +21,28 @@ die() { log "error: $*"; exit 1; }
 docker info >/dev/null 2>&1 || die "no Docker engine answers (e2e/kind/docker.sh starts one)"
 
 start=$SECONDS
-log "building static binaries (cargo --release, $triple, +crt-static) into $target_dir"
-# An explicit --target keeps build scripts and proc macros dynamic; only the binaries are static.
-(cd "$repo" && nice -n 19 ionice -c3 env RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-    CARGO_TARGET_DIR="$target_dir" cargo build --release --locked --target "$triple" \
-    -p locus-operator --bin locus-operator -p locus-examples --bin locus-sample --bin locus-loadgen)
-out=$target_dir/$triple/release
-for b in locus-operator locus-sample locus-loadgen; do
-    # A static binary has no program interpreter and needs no shared library.
-    if readelf -lW "$out/$b" | grep -q 'program interpreter' || readelf -dW "$out/$b" | grep -q NEEDED; then
-        die "$b is not static: $(readelf -dW "$out/$b" | grep NEEDED | head -n3)"
-    fi
-done
+if [ "${LOCUS_IMAGE_PROFILE:-release}" = debug ]; then
+    # The workspace's own debug binaries (those `make test` already built: no second build),
+    # dynamically linked: the shared libraries they load are copied into the image below.
+    log "building debug binaries (cargo build, the workspace's target directory)"
+    (cd "$repo" && cargo build --locked -p locus-operator --bin locus-operator \
+        -p locus-examples --bin locus-sample --bin locus-loadgen)
+    out=${CARGO_TARGET_DIR:-$repo/target}/debug
+else
+    log "building static binaries (cargo --release, $triple, +crt-static) into $target_dir"
+    # An explicit --target keeps build scripts and proc macros dynamic; only the binaries are
+    # static.
+    (cd "$repo" && nice -n 19 ionice -c3 env RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+        CARGO_TARGET_DIR="$target_dir" cargo build --release --locked --target "$triple" \
+        -p locus-operator --bin locus-operator -p locus-examples --bin locus-sample --bin locus-loadgen)
+    out=$target_dir/$triple/release
+    for b in locus-operator locus-sample locus-loadgen; do
+        # A static binary has no program interpreter and needs no shared library.
+        if readelf -lW "$out/$b" | grep -q 'program interpreter' || readelf -dW "$out/$b" | grep -q NEEDED; then
+            die "$b is not static: $(readelf -dW "$out/$b" | grep NEEDED | head -n3)"
+        fi
+    done
+fi
 log "binaries built in $((SECONDS - start))s"
 
 ctx=$(mktemp -d)
@@ -48,7 +62,14 @@ image() { # dockerfile tag binaries...
     local dir="$ctx/$tag"
     rm -rf "$dir" && mkdir -p "$dir" && cp -a "$ctx/common/rootfs" "$dir/"
     # Debug line tables stay on the host (target dir); the images carry symbols only.
-    for b in "$@"; do cp "$out/$b" "$dir/" && strip --strip-debug "$dir/$b"; done
+    for b in "$@"; do
+        cp "$out/$b" "$dir/" && strip --strip-debug "$dir/$b"
+        # A dynamic (debug) binary: its loader and libraries, at the paths it looks them up.
+        if readelf -lW "$out/$b" | grep -q 'program interpreter'; then
+            ldd "$out/$b" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' |
+                while read -r lib; do cp -L --parents "$lib" "$dir/rootfs/"; done
+        fi
+    done
     log "image $tag ($file, stage host)"
     local msg rc=0
     msg=$(nice -n 19 ionice -c3 docker build -q --target host -f "$repo/docker/$file" -t "$tag" "$dir" 2>&1 >/dev/null) || rc=$?
