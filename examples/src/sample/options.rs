@@ -424,7 +424,7 @@ mod tests {
         let ring = ["--ring-file", "ring.json", "--pod", "p-0"];
         let (config, _) = serve(&ring, &[("LOCUS_MEMORY_LIMIT", "134217728")]).unwrap();
         assert_eq!(config.limits.max_total_bytes(), 64 << 20);
-        assert_eq!(config.limits.max_sessions(), 65_536);
+        assert_eq!(config.limits.max_sessions(), 32_768);
         let (config, _) = serve(&ring, &[]).unwrap();
         assert_eq!(config.limits.max_total_bytes(), 256 << 20, "no limit given");
         let flag = [

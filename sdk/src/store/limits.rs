@@ -82,7 +82,8 @@ pub struct LimitsBuilder {
 
 impl LimitsBuilder {
     /// Fits the store into a container limited to `limit` bytes of memory
-    /// ([`MemoryBudget::of`]): lowers `max_total_bytes`, `max_sessions` and, if it
+    /// ([`MemoryBudget::of`]: half of it for the sessions' weighed bytes, a quarter for
+    /// their index): lowers `max_total_bytes`, `max_sessions` and, if it
     /// would exceed the new total, `max_session_bytes`; never raises a bound already
     /// set. With the container's own limit ([`memory_limit`](super::memory_limit)):
     ///
@@ -215,7 +216,7 @@ mod tests {
     fn a_memory_limit_lowers_the_bounds_and_never_raises_them() {
         let limits = Limits::builder().within_memory(128 << 20).build().unwrap();
         assert_eq!(limits.max_total_bytes(), 64 << 20);
-        assert_eq!(limits.max_sessions(), 65_536);
+        assert_eq!(limits.max_sessions(), 32_768);
         assert_eq!(
             limits.max_session_bytes(),
             Limits::default().max_session_bytes()
