@@ -9,6 +9,7 @@
 //! | [`LOCUS_SERVICE`](SERVICE_ENV) | the operator | the `StatefulService`'s name (checked against the `ConfigMap`'s) |
 //! | [`LOCUS_HANDOFF_SECRET_FILE`](SECRET_FILE_ENV) | the operator | the file holding the handoff secret |
 //! | [`LOCUS_SNAPSHOT_DIR`](SNAPSHOT_DIR_ENV) | the operator, with `spec.snapshot` | the memory volume of fast restarts |
+//! | [`LOCUS_MEMORY_LIMIT`](crate::store::MEMORY_LIMIT_ENV) | the operator, on containers with a memory limit | the limit in bytes; read by [`memory_limit`](crate::store::memory_limit), not by `MemberPod` (the store is built before it) |
 //!
 //! An empty value counts as unset.
 
