@@ -62,6 +62,7 @@
 //! files: bounds (`limits`), the index and its accounting (`index`), eviction
 //! and passivation (`evict`), hand-offs and installs (`transfer`).
 
+mod bulk;
 mod clock;
 mod codec;
 mod entry;
@@ -82,6 +83,7 @@ use bytes::Bytes;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
+pub(crate) use bulk::{PreparedChunk, RawRecord, ResidentSessions};
 pub use clock::{Clock, ManualClock, TokioClock};
 pub use codec::{CodecError, JsonCodec, SessionCodec};
 pub use error::{SharedError, StoreError};
