@@ -325,19 +325,22 @@ async fn postgres(
             let store = restored_store.clone();
             async move {
                 let mut keys: Vec<Vec<u8>> = Vec::with_capacity(batch.len());
+                let mut epochs: Vec<i64> = Vec::with_capacity(batch.len());
                 let mut versions: Vec<i64> = Vec::with_capacity(batch.len());
                 let mut states: Vec<Vec<u8>> = Vec::with_capacity(batch.len());
                 for i in batch {
                     let got = store.get(key(i).as_bytes()).await.unwrap();
                     keys.push(key(i).into_bytes());
+                    epochs.push(i64::try_from(got.epoch).unwrap());
                     versions.push(i64::try_from(got.version).unwrap());
                     states.push(got.value.into_bytes());
                 }
                 let (client, _) = pg.client();
                 client
                     .execute(
-                        "INSERT INTO locus_report SELECT * FROM unnest($1::bytea[], $2::int8[], $3::bytea[])",
-                        &[&keys, &versions, &states],
+                        "INSERT INTO locus_report (key, epoch, version, state) \
+                         SELECT * FROM unnest($1::bytea[], $2::int8[], $3::int8[], $4::bytea[])",
+                        &[&keys, &epochs, &versions, &states],
                     )
                     .await
                     .unwrap();
