@@ -11,9 +11,9 @@
 //! # File (`sessions.snapshot`)
 //!
 //! Every format starts with the magic `"LOCUSSNP"` and a big-endian `u32`
-//! format version. [`write`] writes format 2 ([`chunked`]: large chunks, each
+//! format version. [`write()`] writes format 2 (`snapshot/chunked.rs`: large chunks, each
 //! with its own checksum, checked and decoded in parallel, for memory speed);
-//! [`restore`] reads format 2 and format 1 ([`v1`], the first format, one
+//! [`restore()`] reads format 2 and format 1 (`snapshot/v1.rs`, the first format, one
 //! checksum over a stream of records).
 //!
 //! The file is written to `sessions.snapshot.tmp`, synced, then renamed, so a
@@ -129,7 +129,7 @@ pub enum SnapshotError {
     },
 }
 
-/// What [`write`] did.
+/// What [`write()`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotWritten {
     /// The file.
@@ -200,7 +200,8 @@ fn io_error(path: &Path) -> impl Fn(io::Error) -> SnapshotError + '_ {
 }
 
 /// Writes every resident session of `store` to `dir` in the current format
-/// (see [`chunked`]). Recorded in [`SnapshotMetrics::process`].
+/// (format 2, see the [module docs](self)). Recorded in
+/// [`SnapshotMetrics::process`].
 pub async fn write(
     store: &dyn SessionTable,
     dir: &Path,
@@ -798,5 +799,25 @@ mod tests {
         // stay differs; how many went in and were refused does not.
         assert_eq!(ends[0], ends[1]);
         assert_eq!(ends[1], (300, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn an_empty_store_writes_a_snapshot_that_restores_nothing() {
+        let dir = dir("empty");
+        let ring = ring("svc", 4, vec![0, 0]);
+        let header = SnapshotHeader::new(&ring, 0, "svc-0-x");
+        let done = write(&store(), &dir, &header).await.unwrap();
+        assert_eq!(
+            (done.records, done.bytes),
+            (0, std::fs::metadata(path_in(&dir)).unwrap().len())
+        );
+        let target = store();
+        let report = restore(Arc::new(target.clone()), &dir, &ring, "svc-0-x")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((report.records, report.restore.inserted), (0, 0));
+        assert_eq!(target.stats().sessions, 0);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

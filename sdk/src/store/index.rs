@@ -370,10 +370,12 @@ impl<T, F: Clone> Index<T, F> {
         self.put_resident(key, entry, weight, now);
     }
 
-    /// Makes room in the map for `additional` more keys, so that a bulk
-    /// restore does not rehash it while it fills it.
+    /// Makes room in the map for `additional` more keys (no more than the
+    /// session bound lets in), so that a bulk restore does not rehash it
+    /// while it fills it.
     pub fn reserve(&mut self, additional: usize) {
-        self.map.reserve(additional);
+        let room = self.bounds.sessions.saturating_sub(self.map.len());
+        self.map.reserve(additional.min(room));
     }
 
     fn put_resident(&mut self, key: Bytes, entry: Arc<T>, weight: usize, now: Instant) {
