@@ -60,7 +60,8 @@
 //! share private helpers and the same reservation type; split, a reader would
 //! check the protocol across files. The other concerns already have their own
 //! files: bounds (`limits`), the index and its accounting (`index`), eviction
-//! and passivation (`evict`), hand-offs and installs (`transfer`).
+//! and passivation (`evict`), hand-offs and installs (`transfer`), the
+//! snapshot's bulk paths (`bulk`).
 
 mod bulk;
 mod clock;
