@@ -11,7 +11,7 @@
 //! # File (`sessions.snapshot`)
 //!
 //! Every format starts with the magic `"LOCUSSNP"` and a big-endian `u32`
-//! format version. [`write()`] writes format 2 (`snapshot/chunked.rs`: large chunks, each
+//! format version. [`write()`] writes format 2 (`snapshot/chunked/`: large chunks, each
 //! with its own checksum, checked and decoded in parallel, for memory speed);
 //! [`restore()`] reads format 2 and format 1 (`snapshot/v1.rs`, the first format, one
 //! checksum over a stream of records).
