@@ -298,7 +298,9 @@ fn check_chunk(
     if chunk_checksum(at.records, payload) != at.checksum {
         return Err("checksum mismatch".into());
     }
-    let mut records = Vec::with_capacity(at.records as usize);
+    // The header's count is checked against the records once they are read; until then it
+    // only sizes the list, within what the chunk's bytes can hold.
+    let mut records = Vec::with_capacity((at.records as usize).min(len / RECORD_HEADER_BYTES));
     let (mut count, mut dirty, mut not_owned) = (0u64, 0u64, 0u64);
     let mut pos = 0;
     while pos < len {
