@@ -5,7 +5,8 @@
 //! ```text
 //! cargo run --release -p locus --example snapshot_report -- \
 //!     --bytes 1GiB [--session-bytes 1024] [--dir /dev/shm/locus-snapshot-report] \
-//!     [--postgres "host=/path/to/socket/dir user=postgres dbname=postgres"]
+//!     [--postgres "host=/path/to/socket/dir user=postgres dbname=postgres"] \
+//!     [--phase all|write|restore]
 //! ```
 //!
 //! Sessions are strings of `--session-bytes` bytes (JSON-encoded by the
@@ -16,6 +17,11 @@
 //! `Persistence` one session at a time (64 loads in flight: what a cold pod
 //! does as requests arrive), and by one streamed `SELECT` installed in bulk
 //! (the best a cold start from the database could do).
+//!
+//! `--phase write` only fills the store and writes the snapshot (and leaves
+//! it); `--phase restore` only restores the snapshot found in `--dir`: each
+//! phase in its own process, to profile it or to measure its peak memory
+//! alone (`/usr/bin/time -v`).
 
 #![allow(
     clippy::unwrap_used,
@@ -57,6 +63,7 @@ struct Args {
     session_bytes: usize,
     dir: PathBuf,
     postgres: Option<String>,
+    phase: String,
 }
 
 fn args() -> Args {
@@ -65,6 +72,7 @@ fn args() -> Args {
         session_bytes: 1024,
         dir: PathBuf::from("/dev/shm/locus-snapshot-report"),
         postgres: None,
+        phase: "all".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -74,6 +82,7 @@ fn args() -> Args {
             "--session-bytes" => args.session_bytes = value.parse().unwrap(),
             "--dir" => args.dir = PathBuf::from(value),
             "--postgres" => args.postgres = Some(value),
+            "--phase" => args.phase = value,
             other => panic!("unknown flag {other}"),
         }
     }
@@ -235,7 +244,44 @@ async fn main() {
         (sessions * args.session_bytes) as f64 / f64::from(1 << 30)
     );
     std::fs::create_dir_all(&args.dir).unwrap();
+    let ring = ring();
+    assert!(
+        ["all", "write", "restore"].contains(&args.phase.as_str()),
+        "--phase is all, write or restore"
+    );
+    if args.phase != "restore" {
+        write_phase(&args, sessions, &ring).await;
+    }
+    if args.phase == "write" {
+        return;
+    }
 
+    let restored_store = empty_store();
+
+    let restored = snapshot::restore(Arc::new(restored_store.clone()), &args.dir, &ring, POD)
+        .await
+        .unwrap()
+        .expect("the snapshot is there");
+    assert_eq!(restored.restore.inserted, sessions);
+    println!(
+        "snapshot restore: {} records, {} bytes of format {} in {:?} ({}; of which reading, checking and decoding {:?}, then installing)",
+        restored.restore.inserted,
+        restored.bytes,
+        restored.format,
+        restored.took,
+        rate(restored.bytes, restored.took),
+        restored.check_took
+    );
+
+    let Some(config) = args.postgres else {
+        println!("PostgreSQL: skipped (no --postgres)");
+        return;
+    };
+    postgres(&config, restored_store, sessions, args.session_bytes).await;
+}
+
+/// Fills a store with `sessions` sessions and writes its snapshot.
+async fn write_phase(args: &Args, sessions: usize, ring: &Ring) {
     let store = empty_store();
     let started = Instant::now();
     for i in 0..sessions {
@@ -248,9 +294,7 @@ async fn main() {
             .unwrap();
     }
     println!("filled the store in {:?}", started.elapsed());
-
-    let ring = ring();
-    let header = SnapshotHeader::new(&ring, 0, POD);
+    let header = SnapshotHeader::new(ring, 0, POD);
     let written = snapshot::write(&store, &args.dir, &header).await.unwrap();
     println!(
         "snapshot write:   {} records, {} bytes in {:?} ({})",
@@ -259,28 +303,6 @@ async fn main() {
         written.took,
         rate(written.bytes, written.took)
     );
-    drop(store);
-
-    let restored_store = empty_store();
-    let restored = snapshot::restore(Arc::new(restored_store.clone()), &args.dir, &ring, POD)
-        .await
-        .unwrap()
-        .expect("the snapshot is there");
-    assert_eq!(restored.restore.inserted, sessions);
-    println!(
-        "snapshot restore: {} records, {} bytes in {:?} ({}; of which checking the whole file {:?}, then decoding and installing)",
-        restored.restore.inserted,
-        restored.bytes,
-        restored.took,
-        rate(restored.bytes, restored.took),
-        restored.check_took
-    );
-
-    let Some(config) = args.postgres else {
-        println!("PostgreSQL: skipped (no --postgres)");
-        return;
-    };
-    postgres(&config, restored_store, sessions, args.session_bytes).await;
 }
 
 /// Writes the sessions of `store` to PostgreSQL, then reloads them two ways.
@@ -303,19 +325,22 @@ async fn postgres(
             let store = restored_store.clone();
             async move {
                 let mut keys: Vec<Vec<u8>> = Vec::with_capacity(batch.len());
+                let mut epochs: Vec<i64> = Vec::with_capacity(batch.len());
                 let mut versions: Vec<i64> = Vec::with_capacity(batch.len());
                 let mut states: Vec<Vec<u8>> = Vec::with_capacity(batch.len());
                 for i in batch {
                     let got = store.get(key(i).as_bytes()).await.unwrap();
                     keys.push(key(i).into_bytes());
+                    epochs.push(i64::try_from(got.epoch).unwrap());
                     versions.push(i64::try_from(got.version).unwrap());
                     states.push(got.value.into_bytes());
                 }
                 let (client, _) = pg.client();
                 client
                     .execute(
-                        "INSERT INTO locus_report SELECT * FROM unnest($1::bytea[], $2::int8[], $3::bytea[])",
-                        &[&keys, &versions, &states],
+                        "INSERT INTO locus_report (key, epoch, version, state) \
+                         SELECT * FROM unnest($1::bytea[], $2::int8[], $3::int8[], $4::bytea[])",
+                        &[&keys, &epochs, &versions, &states],
                     )
                     .await
                     .unwrap();

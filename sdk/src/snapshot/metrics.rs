@@ -221,6 +221,7 @@ mod tests {
         };
         metrics.restored(&SnapshotRestore {
             header,
+            format: 2,
             records: 50,
             dirty: 7,
             not_owned: 5,

@@ -355,6 +355,29 @@ impl<T, F: Clone> Index<T, F> {
         self.put_resident(Bytes::copy_from_slice(key), entry, weight, now);
     }
 
+    /// [`insert`](Self::insert) of a key the caller already owns (a bulk
+    /// restore copies its keys off the lock), with no room held. Only after
+    /// [`admit`](Self::admit) said yes (with no room) under the same lock.
+    pub fn insert_owned(&mut self, key: Bytes, entry: Arc<T>, weight: usize, now: Instant) {
+        debug_assert!(
+            !matches!(
+                self.map.get(&key),
+                Some(Slot::Resident(_) | Slot::Loading(_))
+            ),
+            "insert on an occupied key"
+        );
+        self.remove_tombstone(&key);
+        self.put_resident(key, entry, weight, now);
+    }
+
+    /// Makes room in the map for `additional` more keys (no more than the
+    /// session bound lets in), so that a bulk restore does not rehash it
+    /// while it fills it.
+    pub fn reserve(&mut self, additional: usize) {
+        let room = self.bounds.sessions.saturating_sub(self.map.len());
+        self.map.reserve(additional.min(room));
+    }
+
     fn put_resident(&mut self, key: Bytes, entry: Arc<T>, weight: usize, now: Instant) {
         let seq = self.next_seq();
         self.lru.insert(seq, key.clone());

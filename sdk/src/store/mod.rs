@@ -60,8 +60,10 @@
 //! share private helpers and the same reservation type; split, a reader would
 //! check the protocol across files. The other concerns already have their own
 //! files: bounds (`limits`), the index and its accounting (`index`), eviction
-//! and passivation (`evict`), hand-offs and installs (`transfer`).
+//! and passivation (`evict`), hand-offs and installs (`transfer`), the
+//! snapshot's bulk paths (`bulk`).
 
+mod bulk;
 mod clock;
 mod codec;
 mod entry;
@@ -83,6 +85,7 @@ use bytes::Bytes;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
+pub(crate) use bulk::{PreparedChunk, RawRecord, ResidentSessions};
 pub use clock::{Clock, ManualClock, TokioClock};
 pub use codec::{CodecError, JsonCodec, SessionCodec};
 pub use error::{SharedError, StoreError};

@@ -15,8 +15,8 @@ use futures::stream::BoxStream;
 use futures::{FutureExt as _, StreamExt as _};
 
 use crate::store::{
-    Flush, HandOff, Installed, Limits, LoadGuard, Persistence, Restore, SessionRecord,
-    SessionStore, StoreError,
+    Flush, HandOff, Installed, Limits, LoadGuard, Persistence, PreparedChunk, RawRecord,
+    ResidentSessions, Restore, SessionRecord, SessionStore, StoreError,
 };
 
 /// The store calls the handoff protocol makes; see the [module docs](self).
@@ -70,6 +70,17 @@ pub trait SessionTable: Send + Sync + 'static {
 
     /// Installs every record of `records`.
     fn restore<'a>(&'a self, records: BoxStream<'a, SessionRecord>) -> BoxFuture<'a, Restore>;
+
+    /// The resident sessions, to be encoded off the store's lock (a
+    /// snapshot's writer).
+    fn resident_sessions(&self) -> Box<dyn ResidentSessions>;
+
+    /// Decodes a chunk of records off the store's lock (a snapshot's reader,
+    /// from any thread).
+    fn prepare_chunk(&self, records: &[RawRecord<'_>]) -> PreparedChunk;
+
+    /// Installs prepared chunks in order, one lock per chunk.
+    fn install_prepared(&self, chunks: Vec<PreparedChunk>) -> BoxFuture<'_, Restore>;
 
     /// The store's bounds.
     fn limits(&self) -> &Limits;
@@ -137,6 +148,18 @@ where
 
     fn restore<'a>(&'a self, records: BoxStream<'a, SessionRecord>) -> BoxFuture<'a, Restore> {
         SessionStore::restore(self, records).boxed()
+    }
+
+    fn resident_sessions(&self) -> Box<dyn ResidentSessions> {
+        SessionStore::resident_sessions(self)
+    }
+
+    fn prepare_chunk(&self, records: &[RawRecord<'_>]) -> PreparedChunk {
+        SessionStore::prepare_chunk(self, records)
+    }
+
+    fn install_prepared(&self, chunks: Vec<PreparedChunk>) -> BoxFuture<'_, Restore> {
+        SessionStore::install_prepared(self, chunks).boxed()
     }
 
     fn limits(&self) -> &Limits {

@@ -98,7 +98,7 @@ pub struct Restore {
 }
 
 /// How many refusals a [`Restore`] keeps in detail.
-const RESTORE_ERRORS_KEPT: usize = 16;
+pub(super) const RESTORE_ERRORS_KEPT: usize = 16;
 
 impl<V, P> SessionStore<V, P>
 where
@@ -290,7 +290,7 @@ where
 
     /// `floor` is the least epoch its write-backs carry; the load guard's
     /// epoch raises it if this pod owns the key under its latest ring.
-    async fn install_with(
+    pub(super) async fn install_with(
         &self,
         key: &[u8],
         version: u64,
@@ -430,7 +430,7 @@ where
     }
 
     /// Encodes a locked session.
-    fn record(&self, key: Bytes, state: &State<V>) -> Result<SessionRecord, StoreError> {
+    pub(super) fn record(&self, key: Bytes, state: &State<V>) -> Result<SessionRecord, StoreError> {
         let value = self
             .inner
             .codec

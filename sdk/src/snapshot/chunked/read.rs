@@ -1,0 +1,350 @@
+//! Format 2's reader (see the [format](super)).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use xxhash_rust::xxh3::Xxh3Default;
+
+use super::{
+    CHUNK_HEADER_BYTES, FLAG_DIRTY, FORMAT_VERSION, RECORD_HEADER_BYTES, START_BYTES,
+    TRAILER_BYTES, be_u16, be_u32, be_u64, chunk_checksum, workers,
+};
+use crate::ring::Ring;
+use crate::snapshot::{
+    END_MAGIC, MAGIC, MAX_HEADER_BYTES, SnapshotError, SnapshotHeader, SnapshotRestore, belongs,
+    io_error,
+};
+use crate::store::{PreparedChunk, RawRecord, SessionTable};
+
+/// Where a chunk is and what its header says.
+struct ChunkAt {
+    /// Offset of its payload in the file.
+    offset: u64,
+    len: u32,
+    records: u32,
+    checksum: u64,
+}
+
+/// What a checking thread made of one chunk.
+struct Part {
+    prepared: PreparedChunk,
+    dirty: u64,
+    not_owned: u64,
+}
+
+/// A file whose every chunk passed, decoded and ready to install.
+struct Checked {
+    header: SnapshotHeader,
+    records: u64,
+    dirty: u64,
+    not_owned: u64,
+    bytes: u64,
+    chunks: Vec<PreparedChunk>,
+}
+
+/// Restores the format 2 snapshot at `path` (see the [format](super)).
+pub(crate) async fn restore_file(
+    store: Arc<dyn SessionTable>,
+    path: &Path,
+    ring: &Ring,
+    pod: &str,
+) -> Result<SnapshotRestore, SnapshotError> {
+    let started = Instant::now();
+    let checked = {
+        let store = Arc::clone(&store);
+        let path = path.to_owned();
+        let ring = ring.clone();
+        let pod = pod.to_owned();
+        tokio::task::spawn_blocking(move || check(store.as_ref(), &path, &ring, &pod))
+            .await
+            .map_err(|e| SnapshotError::Writer {
+                reason: e.to_string(),
+            })??
+    };
+    let check_took = started.elapsed();
+    let Checked {
+        header,
+        records,
+        dirty,
+        not_owned,
+        bytes,
+        chunks,
+    } = checked;
+    let restore = store.install_prepared(chunks).await;
+    Ok(SnapshotRestore {
+        header,
+        format: FORMAT_VERSION,
+        records,
+        dirty,
+        not_owned,
+        restore,
+        bytes,
+        check_took,
+        took: started.elapsed(),
+    })
+}
+
+/// Checks the file's frame, then every chunk in parallel, decoding the
+/// records `pod` owns under `ring`.
+fn check(
+    store: &dyn SessionTable,
+    path: &Path,
+    ring: &Ring,
+    pod: &str,
+) -> Result<Checked, SnapshotError> {
+    let corrupt = |reason: String| SnapshotError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let file = File::open(path).map_err(io_error(path))?;
+    let file_len = file.metadata().map_err(io_error(path))?.len();
+    if file_len < START_BYTES + TRAILER_BYTES {
+        return Err(corrupt("shorter than a header and a trailer".into()));
+    }
+    let read_at = |buf: &mut [u8], offset: u64, what: &str| {
+        file.read_exact_at(buf, offset)
+            .map_err(|e| corrupt(format!("{what} cut short: {e}")))
+    };
+    let mut start = [0u8; START_BYTES as usize];
+    read_at(&mut start, 0, "header")?;
+    if &start[..8] != MAGIC {
+        return Err(corrupt("not a Locus snapshot (bad magic)".into()));
+    }
+    let version = be_u32(&start[8..]);
+    if version != FORMAT_VERSION {
+        return Err(corrupt(format!(
+            "format version {version} is not supported"
+        )));
+    }
+    let header_len = be_u32(&start[12..]);
+    let body_start = START_BYTES + u64::from(header_len);
+    if header_len > MAX_HEADER_BYTES || body_start + TRAILER_BYTES > file_len {
+        return Err(corrupt("header length out of bounds".into()));
+    }
+    let mut header_json = vec![0u8; header_len as usize];
+    read_at(&mut header_json, START_BYTES, "header")?;
+    let header: SnapshotHeader = serde_json::from_slice(&header_json)
+        .map_err(|e| corrupt(format!("header is not valid: {e}")))?;
+    belongs(&header, path, ring, pod)?;
+
+    let (table, records) = chunk_table(&file, path, &header_json, body_start, file_len)?;
+
+    let owned = |key: &[u8]| ring.owner(key).pod.name == pod;
+    let parts = check_chunks(&file, &table, store, &owned).map_err(corrupt)?;
+    let (mut dirty, mut not_owned) = (0, 0);
+    let mut chunks = Vec::with_capacity(parts.len());
+    for part in parts {
+        dirty += part.dirty;
+        not_owned += part.not_owned;
+        chunks.push(part.prepared);
+    }
+    Ok(Checked {
+        header,
+        records,
+        dirty,
+        not_owned,
+        bytes: file_len,
+        chunks,
+    })
+}
+
+/// Walks the chunk headers from `body_start` to the trailer and checks them
+/// against the trailer: the chunk table and its record count.
+fn chunk_table(
+    file: &File,
+    path: &Path,
+    header_json: &[u8],
+    body_start: u64,
+    file_len: u64,
+) -> Result<(Vec<ChunkAt>, u64), SnapshotError> {
+    let corrupt = |reason: String| SnapshotError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let read_at = |buf: &mut [u8], offset: u64, what: &str| {
+        file.read_exact_at(buf, offset)
+            .map_err(|e| corrupt(format!("{what} cut short: {e}")))
+    };
+    let body_end = file_len - TRAILER_BYTES;
+    let mut trailer = [0u8; TRAILER_BYTES as usize];
+    read_at(&mut trailer, body_end, "trailer")?;
+    if &trailer[..8] != END_MAGIC {
+        return Err(corrupt("no trailer (truncated?)".into()));
+    }
+    let mut digest = Xxh3Default::new();
+    digest.update(header_json);
+    let mut table = Vec::new();
+    let mut records = 0u64;
+    let mut offset = body_start;
+    while offset < body_end {
+        let n = table.len();
+        if offset + CHUNK_HEADER_BYTES > body_end {
+            return Err(corrupt(format!("chunk {n} runs into the trailer")));
+        }
+        let mut head = [0u8; CHUNK_HEADER_BYTES as usize];
+        read_at(&mut head, offset, "chunk header")?;
+        let at = ChunkAt {
+            offset: offset + CHUNK_HEADER_BYTES,
+            records: be_u32(&head),
+            len: be_u32(&head[4..]),
+            checksum: be_u64(&head[8..]),
+        };
+        offset = at.offset + u64::from(at.len);
+        if offset > body_end {
+            return Err(corrupt(format!("chunk {n} runs into the trailer")));
+        }
+        digest.update(&head[8..]);
+        records += u64::from(at.records);
+        table.push(at);
+    }
+    if be_u64(&trailer[8..]) != table.len() as u64 {
+        return Err(corrupt(format!(
+            "trailer counts {} chunks, the file holds {}",
+            be_u64(&trailer[8..]),
+            table.len()
+        )));
+    }
+    if be_u64(&trailer[16..]) != records {
+        return Err(corrupt(format!(
+            "trailer counts {} records, the chunks hold {records}",
+            be_u64(&trailer[16..])
+        )));
+    }
+    if be_u64(&trailer[24..]) != body_end {
+        return Err(corrupt("trailer length does not match".into()));
+    }
+    if be_u64(&trailer[32..]) != digest.digest() {
+        return Err(corrupt(
+            "checksum mismatch over the header and the chunk table".into(),
+        ));
+    }
+
+    Ok((table, records))
+}
+
+/// Checks and decodes every chunk of `table`, a few threads taking chunks
+/// in turn; the parts come back in the table's order. The first bad chunk
+/// stops them all.
+fn check_chunks(
+    file: &File,
+    table: &[ChunkAt],
+    store: &dyn SessionTable,
+    owned: &(dyn Fn(&[u8]) -> bool + Sync),
+) -> Result<Vec<Part>, String> {
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let done: Vec<Result<Vec<(usize, Part)>, String>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..workers(table.len()))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut buf = Vec::new();
+                    let mut parts = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(at) = table.get(i) else { break };
+                        match check_chunk(file, at, &mut buf, store, owned) {
+                            Ok(part) => parts.push((i, part)),
+                            Err(reason) => {
+                                stop.store(true, Ordering::Relaxed);
+                                return Err(format!(
+                                    "chunk {i} (bytes {}..{}): {reason}",
+                                    at.offset,
+                                    at.offset + u64::from(at.len)
+                                ));
+                            }
+                        }
+                    }
+                    Ok(parts)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|thread| {
+                thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    let mut parts = Vec::with_capacity(table.len());
+    for thread in done {
+        parts.extend(thread?);
+    }
+    parts.sort_unstable_by_key(|(i, _)| *i);
+    Ok(parts.into_iter().map(|(_, part)| part).collect())
+}
+
+/// Reads chunk `at` into `buf` (reused), checks it and decodes the records
+/// `owned` accepts.
+fn check_chunk(
+    file: &File,
+    at: &ChunkAt,
+    buf: &mut Vec<u8>,
+    store: &dyn SessionTable,
+    owned: &(dyn Fn(&[u8]) -> bool + Sync),
+) -> Result<Part, String> {
+    let len = at.len as usize;
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    file.read_exact_at(&mut buf[..len], at.offset)
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    let payload = &buf[..len];
+    if chunk_checksum(at.records, payload) != at.checksum {
+        return Err("checksum mismatch".into());
+    }
+    // The header's count is checked against the records once they are read; until then it
+    // only sizes the list, within what the chunk's bytes can hold.
+    let mut records = Vec::with_capacity((at.records as usize).min(len / RECORD_HEADER_BYTES));
+    let (mut count, mut dirty, mut not_owned) = (0u64, 0u64, 0u64);
+    let mut pos = 0;
+    while pos < len {
+        let head = payload
+            .get(pos..pos + RECORD_HEADER_BYTES)
+            .ok_or("a record runs past the chunk")?;
+        let flags = head[2];
+        if flags & !FLAG_DIRTY != 0 {
+            return Err(format!("record {count}: unknown flags {flags:#x}"));
+        }
+        let key_start = pos + RECORD_HEADER_BYTES;
+        let value_start = key_start + usize::from(be_u16(head));
+        let end = value_start + be_u32(&head[3..]) as usize;
+        let (Some(key), Some(value)) = (
+            payload.get(key_start..value_start),
+            payload.get(value_start..end),
+        ) else {
+            return Err(format!("record {count} runs past the chunk"));
+        };
+        pos = end;
+        count += 1;
+        let record = RawRecord {
+            key,
+            version: be_u64(&head[7..]),
+            epoch: be_u64(&head[15..]),
+            dirty: flags & FLAG_DIRTY != 0,
+            value,
+        };
+        dirty += u64::from(record.dirty);
+        if owned(key) {
+            records.push(record);
+        } else {
+            not_owned += 1;
+        }
+    }
+    if count != u64::from(at.records) {
+        return Err(format!(
+            "its header counts {} records, it holds {count}",
+            at.records
+        ));
+    }
+    Ok(Part {
+        prepared: store.prepare_chunk(&records),
+        dirty,
+        not_owned,
+    })
+}

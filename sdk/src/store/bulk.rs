@@ -1,0 +1,283 @@
+//! The store's side of a fast restart at memory speed: every resident session
+//! out without holding the index lock while encoding, and a whole snapshot
+//! back in without taking the lock once per record.
+//!
+//! * [`resident_sessions`](SessionStore::resident_sessions): the resident
+//!   entries, taken under the index lock in one go (key and `Arc` clones, least
+//!   recently used first); each session is encoded later, off the lock and
+//!   from any thread, under its own shared lock ([`ResidentSessions::encode`]).
+//! * [`prepare_chunk`](SessionStore::prepare_chunk): a chunk of borrowed
+//!   records ([`RawRecord`]) decoded, checked and weighed off the lock, from
+//!   any thread (the snapshot reader calls it on several chunks in parallel).
+//! * [`install_prepared`](SessionStore::install_prepared): the prepared
+//!   chunks installed in order, one index lock per chunk (a few thousand
+//!   records), into a map sized once for the whole snapshot. The lock is a
+//!   plain mutex that request tasks block on, so it is not held across the
+//!   whole snapshot (a few hundred milliseconds for a million sessions).
+//!
+//! A restore through these paths keeps every guarantee of the per-record
+//! path ([`install_record`](SessionStore::install_record)):
+//!
+//! * a key longer than `max_key_bytes`, a state the codec cannot decode and
+//!   a state heavier than `max_session_bytes` are refused and counted as
+//!   failed, the first few kept with their keys;
+//! * the ownership epoch its write-backs carry is the higher of the record's
+//!   and the one the load guard gives (fencing, `docs/adr/0001-fencing.md`);
+//! * the `dirty` flag is kept, so a session not yet written back is written
+//!   back before it is ever evicted;
+//! * a key is inserted only if the index's own `admit` check (the one the
+//!   per-record path makes) lets it: absent, or moved at a version not newer
+//!   than the record's, with a session place and its bytes free under
+//!   `max_sessions` and `max_total_bytes`. A key that is resident or loading,
+//!   or that does not fit, is installed through the per-record path instead:
+//!   the newer version wins under the entry's lock, and room is made by
+//!   evicting idle sessions (written back first) or the record is refused
+//!   as full. A record older than an unexpired tombstone is stale;
+//! * the index's sums, its order of last access (the snapshot's order) and
+//!   the store's gauges are what the per-record inserts would leave.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::entry::Entry;
+use super::error::display_key;
+use super::index::{InsertRefused, Room};
+use super::transfer::{Installed, RESTORE_ERRORS_KEPT, Restore, SessionRecord};
+use super::{Persistence, SessionStore, StoreError};
+
+/// One session of a snapshot as borrowed bytes: what a bulk restore decodes.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRecord<'a> {
+    /// The session key.
+    pub key: &'a [u8],
+    /// The session's version.
+    pub version: u64,
+    /// The ownership epoch its writer held it under.
+    pub epoch: u64,
+    /// Not written back to the persistence yet.
+    pub dirty: bool,
+    /// The state, encoded by the store's codec.
+    pub value: &'a [u8],
+}
+
+/// The resident sessions taken for a snapshot; see the [module docs](self).
+pub trait ResidentSessions: Send + Sync {
+    /// How many sessions were resident when they were taken.
+    fn count(&self) -> usize;
+
+    /// Their total weight (the store's `total_bytes`) when they were taken.
+    fn weight(&self) -> usize;
+
+    /// Session `i` encoded, read under its shared lock (so it waits behind a
+    /// running update). `None` if it left memory since it was taken, or if
+    /// `i` is out of range. Blocks: call it off the async runtime's workers.
+    fn encode(&self, i: usize) -> Option<Result<SessionRecord, StoreError>>;
+}
+
+struct Resident<V, P> {
+    store: SessionStore<V, P>,
+    entries: Vec<(Bytes, Arc<Entry<V>>)>,
+    weight: usize,
+}
+
+impl<V, P> ResidentSessions for Resident<V, P>
+where
+    V: Clone + Send + Sync + 'static,
+    P: Persistence<V>,
+{
+    fn count(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn weight(&self) -> usize {
+        self.weight
+    }
+
+    fn encode(&self, i: usize) -> Option<Result<SessionRecord, StoreError>> {
+        let (key, entry) = self.entries.get(i)?;
+        let state = match entry.state.try_read() {
+            Ok(state) => state,
+            Err(_) => entry.state.blocking_read(),
+        };
+        if state.retired {
+            return None;
+        }
+        Some(self.store.record(key.clone(), &state))
+    }
+}
+
+/// A chunk of records decoded for [`install_prepared`](SessionStore::install_prepared),
+/// its value type hidden so that the snapshot code needs none.
+pub struct PreparedChunk(Box<dyn Any + Send>);
+
+/// A session ready to be inserted.
+struct Ready<V> {
+    key: Bytes,
+    entry: Arc<Entry<V>>,
+    weight: usize,
+    version: u64,
+}
+
+/// What [`PreparedChunk`] holds.
+struct Decoded<V> {
+    ready: Vec<Ready<V>>,
+    failed: usize,
+    errors: Vec<(Bytes, StoreError)>,
+}
+
+impl<V, P> SessionStore<V, P>
+where
+    V: Clone + Send + Sync + 'static,
+    P: Persistence<V>,
+{
+    /// Every resident session, least recently used first, for a snapshot:
+    /// one index lock to take keys and entries, no encoding under it.
+    pub(crate) fn resident_sessions(&self) -> Box<dyn ResidentSessions> {
+        let (entries, weight) = self.with_index(|index| (index.entries(), index.bytes()));
+        Box::new(Resident {
+            store: self.clone(),
+            entries,
+            weight,
+        })
+    }
+
+    /// Decodes, checks and weighs `records` off the index lock (see the
+    /// [module docs](self)); callable from any thread, in parallel.
+    pub(crate) fn prepare_chunk(&self, records: &[RawRecord<'_>]) -> PreparedChunk {
+        let mut decoded = Decoded {
+            ready: Vec::with_capacity(records.len()),
+            failed: 0,
+            errors: Vec::new(),
+        };
+        for record in records {
+            match self.prepare_one(record) {
+                Ok(ready) => decoded.ready.push(ready),
+                Err(error) => {
+                    decoded.failed += 1;
+                    if decoded.errors.len() < RESTORE_ERRORS_KEPT {
+                        decoded
+                            .errors
+                            .push((Bytes::copy_from_slice(record.key), error));
+                    }
+                }
+            }
+        }
+        PreparedChunk(Box::new(decoded))
+    }
+
+    fn prepare_one(&self, record: &RawRecord<'_>) -> Result<Ready<V>, StoreError> {
+        self.check_key(record.key)?;
+        let value = self
+            .inner
+            .codec
+            .decode(record.value)
+            .map_err(|source| StoreError::Codec {
+                key: display_key(record.key),
+                action: "decode",
+                source: source.into(),
+            })?;
+        let weight = self.weigh(record.key, &value)?;
+        let epoch = match self.claim(record.key) {
+            Ok(Some(own)) => own.max(record.epoch),
+            Ok(None) | Err(_) => record.epoch,
+        };
+        Ok(Ready {
+            key: Bytes::copy_from_slice(record.key),
+            entry: Arc::new(Entry::new(value, record.version, epoch, record.dirty)),
+            weight,
+            version: record.version,
+        })
+    }
+
+    /// Installs prepared chunks in order, one index lock per chunk; what
+    /// does not go straight in takes the per-record path (see the
+    /// [module docs](self)).
+    pub(crate) async fn install_prepared(&self, chunks: Vec<PreparedChunk>) -> Restore {
+        let mut report = Restore::default();
+        let chunks: Vec<Decoded<V>> = chunks
+            .into_iter()
+            .filter_map(|chunk| {
+                let decoded = chunk.0.downcast::<Decoded<V>>().ok();
+                if decoded.is_none() {
+                    tracing::error!("a restore chunk prepared by another store; left out");
+                }
+                decoded.map(|decoded| *decoded)
+            })
+            .collect();
+        let total: usize = chunks.iter().map(|chunk| chunk.ready.len()).sum();
+        let mut reserve = total;
+        let mut slow = Vec::new();
+        for chunk in chunks {
+            report.failed += chunk.failed;
+            for error in chunk.errors {
+                if report.errors.len() < RESTORE_ERRORS_KEPT {
+                    report.errors.push(error);
+                }
+            }
+            let now = self.inner.clock.now();
+            self.with_index(|index| {
+                index.reserve(std::mem::take(&mut reserve));
+                for ready in chunk.ready {
+                    match index.admit(
+                        &ready.key,
+                        ready.weight,
+                        ready.version,
+                        now,
+                        Room::default(),
+                    ) {
+                        Ok(()) => {
+                            index.insert_owned(ready.key, ready.entry, ready.weight, now);
+                            report.inserted += 1;
+                        }
+                        Err(InsertRefused::Stale { .. }) => report.stale += 1,
+                        Err(InsertRefused::Occupied | InsertRefused::Short(_)) => slow.push(ready),
+                    }
+                }
+            });
+        }
+        for ready in slow {
+            self.install_one(ready, &mut report).await;
+        }
+        report
+    }
+
+    /// Checks every invariant of the index (see `store::index`).
+    #[cfg(test)]
+    pub(crate) fn check_index(&self) -> Result<(), String> {
+        self.with_index(|index| index.check())
+    }
+
+    /// The per-record install of a prepared session that could not go
+    /// straight in.
+    async fn install_one(&self, ready: Ready<V>, report: &mut Restore) {
+        let Some(entry) = Arc::into_inner(ready.entry) else {
+            // Never shared before it is inserted.
+            tracing::error!(key = %display_key(&ready.key), "a prepared session is shared; left out");
+            report.failed += 1;
+            return;
+        };
+        let state = entry.state.into_inner();
+        let installed = self
+            .install_with(
+                &ready.key,
+                state.version,
+                state.epoch,
+                state.value,
+                state.dirty,
+            )
+            .await;
+        match installed {
+            Ok(Installed::Inserted) => report.inserted += 1,
+            Ok(Installed::Replaced { .. }) => report.replaced += 1,
+            Ok(Installed::Stale { .. }) => report.stale += 1,
+            Err(error) => {
+                report.failed += 1;
+                if report.errors.len() < RESTORE_ERRORS_KEPT {
+                    report.errors.push((ready.key, error));
+                }
+            }
+        }
+    }
+}
