@@ -293,6 +293,7 @@ async fn scenario() {
         converge_timeout: Duration::from_secs(180),
         tail: Duration::from_secs(2),
         request_timeout: Duration::from_secs(20),
+        ..DemoOptions::standard()
     };
     let target = DemoTarget {
         kubeconfig: kubeconfig.clone(),
