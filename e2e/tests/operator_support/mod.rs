@@ -271,10 +271,24 @@ impl Operator {
 
     /// Starts the operator with `config`.
     pub fn start_with(client: Client, config: locus_operator::Config) -> Self {
+        Self::start_measured(client, config, Arc::default())
+    }
+
+    /// Starts the operator with `config`, recording into `metrics`.
+    pub fn start_measured(
+        client: Client,
+        config: locus_operator::Config,
+        metrics: Arc<locus_operator::metrics::Metrics>,
+    ) -> Self {
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(locus_operator::run(client, config, async move {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(locus_operator::run_with_metrics(
+            client,
+            config,
+            metrics,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Self {
             task,
             stop: Some(stop),
@@ -412,8 +426,18 @@ pub async fn converged(
     name: &str,
     replicas: usize,
 ) -> Res<(Ring, StatefulServiceStatus)> {
+    converged_within(env, name, replicas, CONVERGE).await
+}
+
+/// [`converged`], waiting up to `limit`.
+pub async fn converged_within(
+    env: &Env,
+    name: &str,
+    replicas: usize,
+    limit: Duration,
+) -> Res<(Ring, StatefulServiceStatus)> {
     let what = format!("{name} converged on {replicas} slots");
-    let found = wait::until(CONVERGE, &what, || async {
+    let found = wait::until(limit, &what, || async {
         let svc = env.services().get(name).await?;
         let Some(status) = svc.status.clone() else {
             return Ok::<_, Box<dyn std::error::Error + Send + Sync>>(None);
