@@ -166,12 +166,7 @@ async fn scenario(spec: &str) {
     let metrics = Arc::new(Metrics::new());
     let _operator = Operator::start_measured(
         env.operator.clone(),
-        locus_operator::Config {
-            namespace: Some(env.namespace().to_owned()),
-            metrics_addr: None,
-            leader_election: None,
-            instance: format!("e2e-{}", locus_e2e::cluster::random_suffix()),
-        },
+        operator_config(env.namespace()),
         metrics.clone(),
     );
     let names: Vec<String> = (0..services).map(|i| format!("s{i}")).collect();

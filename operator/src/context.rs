@@ -1,11 +1,12 @@
 //! What every reconcile shares: the API client, the event recorder, the metrics, and the
-//! per-service memory kept between reconciles (the last ring seen or published, and when this
-//! process first saw each state; see the [`controller`](crate::controller) docs for why).
+//! per-service memory kept between reconciles (the last ring seen or published, when this
+//! process first saw each state, the pod writes a cached pod list must show, and the inputs of
+//! the last idle plan; see the [`controller`](crate::controller) docs for why).
 //!
 //! It is its own module so that the [`executor`](crate::executor), which the controller
 //! calls, reads it without importing the controller back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -13,6 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
+use crate::cache::{Inputs, PodWrites, Settled};
 use crate::metrics::Metrics;
 use crate::plan::{FirstSeen, ObservedPod, PublishedRing, RememberedRing};
 use crate::sightings::Sightings;
@@ -29,6 +31,12 @@ pub struct Context {
     rings: Mutex<HashMap<String, RememberedRing>>,
     /// When this process first saw the states step deadlines count from, per service (by UID).
     sightings: Mutex<HashMap<String, Sightings>>,
+    /// Pod writes not yet seen in a pod list, per service (by UID).
+    pod_writes: Mutex<HashMap<String, PodWrites>>,
+    /// The inputs of the last idle plan with no deadline pending, per service (by UID).
+    settled: Mutex<HashMap<String, Settled>>,
+    /// Services (by UID) whose ring write was refused: their next ring read is fresh.
+    ring_refused: Mutex<HashSet<String>>,
 }
 
 impl Context {
@@ -44,7 +52,89 @@ impl Context {
             metrics,
             rings: Mutex::new(HashMap::new()),
             sightings: Mutex::new(HashMap::new()),
+            pod_writes: Mutex::new(HashMap::new()),
+            settled: Mutex::new(HashMap::new()),
+            ring_refused: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Records that the API server refused a ring write of the service with UID `uid` (the
+    /// ring changed since it was read): the next reconcile reads the ring fresh.
+    pub fn ring_refused(&self, uid: &str) {
+        self.ring_refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(uid.to_owned());
+    }
+
+    /// True (once) if a ring write of the service with UID `uid` was refused since the last
+    /// call.
+    pub fn take_ring_refused(&self, uid: &str) -> bool {
+        self.ring_refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(uid)
+    }
+
+    /// Records pod writes this process made for the service with UID `uid`, which the next
+    /// pod list must show.
+    pub fn wrote_pods(&self, uid: &str, writes: PodWrites) {
+        if writes.is_empty() {
+            return;
+        }
+        self.pod_writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(uid.to_owned())
+            .or_default()
+            .extend(writes);
+    }
+
+    /// The pod writes of the service with UID `uid` not yet seen in a pod list.
+    pub fn pod_writes(&self, uid: &str) -> PodWrites {
+        self.pod_writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(uid)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Forgets the pod writes of the service with UID `uid` (a pod list showed them).
+    pub fn pod_writes_seen(&self, uid: &str) {
+        self.pod_writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(uid);
+    }
+
+    /// Records that a plan of the service with UID `uid` from `inputs` was idle with no
+    /// deadline pending (`Some`), or forgets that (`None`).
+    pub fn settle(&self, uid: &str, inputs: Option<Inputs>) {
+        let mut settled = self.settled.lock().unwrap_or_else(PoisonError::into_inner);
+        match inputs {
+            Some(inputs) => {
+                settled.insert(
+                    uid.to_owned(),
+                    Settled {
+                        inputs,
+                        at: Instant::now(),
+                    },
+                );
+            }
+            None => {
+                settled.remove(uid);
+            }
+        }
+    }
+
+    /// The last idle plan of the service with UID `uid`, if the last plan was one.
+    pub fn settled(&self, uid: &str) -> Option<Settled> {
+        self.settled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(uid)
+            .copied()
     }
 
     /// The sightings, also after a panic while they were held (every update leaves them
@@ -101,5 +191,8 @@ impl Context {
             rings.remove(uid);
         }
         self.sightings().remove(uid);
+        self.pod_writes_seen(uid);
+        self.settle(uid, None);
+        self.take_ring_refused(uid);
     }
 }

@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::{debug, info, warn};
 
+use crate::cache::PodWrites;
 use crate::context::Context;
 use crate::crd::{StatefulService, StatefulServiceStatus};
 use crate::error::{Error, Result};
@@ -227,8 +228,18 @@ impl<'a> Executor<'a> {
         observed_status: Option<&StatefulServiceStatus>,
         ring_resource_version: Option<&str>,
     ) -> Result<()> {
+        let uid = self.svc.metadata.uid.as_deref().unwrap_or_default();
         for create in &actions.create {
             let pod = resources::pod(self.svc, create);
+            // Recorded before the write: a write that fails after reaching the API server
+            // must still be looked for.
+            self.ctx.wrote_pods(
+                uid,
+                PodWrites {
+                    created: vec![create.name.clone()],
+                    deleted: Vec::new(),
+                },
+            );
             self.apply(&pod, "Pod", "pods").await?;
             info!(namespace = %self.namespace, pod = %create.name, slot = create.slot, "created pod");
         }
@@ -279,6 +290,13 @@ impl<'a> Executor<'a> {
                 }),
                 ..DeleteParams::default()
             };
+            self.ctx.wrote_pods(
+                uid,
+                PodWrites {
+                    created: Vec::new(),
+                    deleted: vec![deletion.uid.clone()],
+                },
+            );
             match pods.delete(&deletion.name, &params).await {
                 Ok(_) => {
                     self.ctx.metrics.write("pods", "delete");
@@ -341,6 +359,9 @@ impl<'a> Executor<'a> {
                     || (matches!(write, RingWrite::Update(_)) && is_status(&source, 404)) =>
             {
                 warn!(namespace = %self.namespace, %name, expected = ?expected, "the ring changed since it was read: not written");
+                if let Some(uid) = self.svc.metadata.uid.as_deref() {
+                    self.ctx.ring_refused(uid);
+                }
                 Err(Error::RingConflict {
                     namespace: self.namespace.clone(),
                     name,

@@ -4,6 +4,7 @@
 //! - [`plan`]: the pure planner, observed state → next actions (the state machine).
 //! - [`resources`]: the objects the operator owns, built from the service.
 //! - [`executor`] and [`controller`]: the thin layer that reads, plans and writes;
+//!   [`cache`]: what it reads from the watch caches and when it reads fresh instead;
 //!   [`sightings`]: the controller's memory of when it first saw the states step deadlines
 //!   count from.
 //! - [`leader`]: leader election over a Lease; [`metrics`] and [`server`]: `/metrics`,
@@ -13,6 +14,7 @@
 //! the environment and calls it.
 
 pub mod api_count;
+pub mod cache;
 pub mod context;
 pub mod controller;
 pub mod crd;

@@ -66,17 +66,6 @@ impl RequestLog {
             .filter(|l| !l.starts_with("GET "))
             .collect()
     }
-
-    /// Reconciles after the first `mark`: each one lists the service's pods once (a plain
-    /// list, not a watch).
-    pub fn reconciles_since(&self, mark: usize, namespace: &str) -> usize {
-        let list = format!("GET /api/v1/namespaces/{namespace}/pods?");
-        self.lines()
-            .into_iter()
-            .skip(mark)
-            .filter(|l| l.starts_with(&list) && !l.contains("watch=true"))
-            .count()
-    }
 }
 
 /// A tower layer recording every request into a [`RequestLog`].
@@ -255,18 +244,31 @@ pub struct Operator {
     stop: Option<oneshot::Sender<()>>,
 }
 
+/// The configuration of an in-process operator watching only `namespace`, without a Lease.
+pub fn operator_config(namespace: &str) -> locus_operator::Config {
+    locus_operator::Config {
+        namespace: Some(namespace.to_owned()),
+        metrics_addr: None,
+        leader_election: None,
+        instance: format!("e2e-{}", locus_e2e::cluster::random_suffix()),
+    }
+}
+
+/// Reconciles the operator recorded into `metrics` so far (every reconcile, whether it
+/// planned or found nothing changed).
+pub fn reconciles(metrics: &locus_operator::metrics::Metrics) -> usize {
+    metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("locus_operator_reconcile_duration_seconds_count"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<usize>().ok())
+        .sum()
+}
+
 impl Operator {
     /// Starts the operator with `client`, watching only `namespace`, without a Lease.
     pub fn start(client: Client, namespace: &str) -> Self {
-        Self::start_with(
-            client,
-            locus_operator::Config {
-                namespace: Some(namespace.to_owned()),
-                metrics_addr: None,
-                leader_election: None,
-                instance: format!("e2e-{}", locus_e2e::cluster::random_suffix()),
-            },
-        )
+        Self::start_with(client, operator_config(namespace))
     }
 
     /// Starts the operator with `config`.
