@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
@@ -18,6 +18,14 @@ use crate::cache::{Inputs, PodWrites, Settled};
 use crate::metrics::Metrics;
 use crate::plan::{FirstSeen, ObservedPod, PublishedRing, RememberedRing};
 use crate::sightings::Sightings;
+
+/// How long a fixed object (account, Role, Service, ...) the operator found or made as it
+/// should be is trusted to stay so without reading it again, while what it should be does not
+/// change: the same as the controller's resync.
+pub const FIXED_RECHECK: Duration = Duration::from_secs(300);
+
+/// A fixed object: the UID of its service and its kind.
+type FixedKey = (String, &'static str);
 
 /// What every reconcile shares.
 pub struct Context {
@@ -37,6 +45,9 @@ pub struct Context {
     settled: Mutex<HashMap<String, Settled>>,
     /// Services (by UID) whose ring write was refused: their next ring read is fresh.
     ring_refused: Mutex<HashSet<String>>,
+    /// Fixed objects known to be as they should be: by service UID and kind, the hash of
+    /// what they should be and when that was checked.
+    fixed: Mutex<HashMap<FixedKey, (u64, Instant)>>,
 }
 
 impl Context {
@@ -55,7 +66,27 @@ impl Context {
             pod_writes: Mutex::new(HashMap::new()),
             settled: Mutex::new(HashMap::new()),
             ring_refused: Mutex::new(HashSet::new()),
+            fixed: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// True if the fixed object `kind` of the service with UID `uid` was found or made as
+    /// `desired` (a hash) less than [`FIXED_RECHECK`] ago.
+    pub fn fixed_is_known(&self, uid: &str, kind: &'static str, desired: u64) -> bool {
+        self.fixed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(uid.to_owned(), kind))
+            .is_some_and(|(hash, at)| *hash == desired && at.elapsed() < FIXED_RECHECK)
+    }
+
+    /// Records that the fixed object `kind` of the service with UID `uid` is as `desired`
+    /// (a hash) now.
+    pub fn fixed_checked(&self, uid: &str, kind: &'static str, desired: u64) {
+        self.fixed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((uid.to_owned(), kind), (desired, Instant::now()));
     }
 
     /// Records that the API server refused a ring write of the service with UID `uid` (the
@@ -194,5 +225,9 @@ impl Context {
         self.pod_writes_seen(uid);
         self.settle(uid, None);
         self.take_ring_refused(uid);
+        self.fixed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(service, _), _| service != uid);
     }
 }
