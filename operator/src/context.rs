@@ -1,21 +1,31 @@
 //! What every reconcile shares: the API client, the event recorder, the metrics, and the
-//! per-service memory kept between reconciles (the last ring seen or published, and when this
-//! process first saw each state; see the [`controller`](crate::controller) docs for why).
+//! per-service memory kept between reconciles (the last ring seen or published, when this
+//! process first saw each state, the pod writes a cached pod list must show, and the inputs of
+//! the last idle plan; see the [`controller`](crate::controller) docs for why).
 //!
 //! It is its own module so that the [`executor`](crate::executor), which the controller
 //! calls, reads it without importing the controller back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
+use crate::cache::{Inputs, PodWrites, Settled};
 use crate::metrics::Metrics;
 use crate::plan::{FirstSeen, ObservedPod, PublishedRing, RememberedRing};
 use crate::sightings::Sightings;
+
+/// How long a fixed object (account, Role, Service, ...) the operator found or made as it
+/// should be is trusted to stay so without reading it again, while what it should be does not
+/// change: the same as the controller's resync.
+pub const FIXED_RECHECK: Duration = Duration::from_secs(300);
+
+/// A fixed object: the UID of its service and its kind.
+type FixedKey = (String, &'static str);
 
 /// What every reconcile shares.
 pub struct Context {
@@ -29,6 +39,15 @@ pub struct Context {
     rings: Mutex<HashMap<String, RememberedRing>>,
     /// When this process first saw the states step deadlines count from, per service (by UID).
     sightings: Mutex<HashMap<String, Sightings>>,
+    /// Pod writes not yet seen in a pod list, per service (by UID).
+    pod_writes: Mutex<HashMap<String, PodWrites>>,
+    /// The inputs of the last idle plan with no deadline pending, per service (by UID).
+    settled: Mutex<HashMap<String, Settled>>,
+    /// Services (by UID) whose ring write was refused: their next ring read is fresh.
+    ring_refused: Mutex<HashSet<String>>,
+    /// Fixed objects known to be as they should be: by service UID and kind, the hash of
+    /// what they should be and when that was checked.
+    fixed: Mutex<HashMap<FixedKey, (u64, Instant)>>,
 }
 
 impl Context {
@@ -44,7 +63,109 @@ impl Context {
             metrics,
             rings: Mutex::new(HashMap::new()),
             sightings: Mutex::new(HashMap::new()),
+            pod_writes: Mutex::new(HashMap::new()),
+            settled: Mutex::new(HashMap::new()),
+            ring_refused: Mutex::new(HashSet::new()),
+            fixed: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// True if the fixed object `kind` of the service with UID `uid` was found or made as
+    /// `desired` (a hash) less than [`FIXED_RECHECK`] ago.
+    pub fn fixed_is_known(&self, uid: &str, kind: &'static str, desired: u64) -> bool {
+        self.fixed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(uid.to_owned(), kind))
+            .is_some_and(|(hash, at)| *hash == desired && at.elapsed() < FIXED_RECHECK)
+    }
+
+    /// Records that the fixed object `kind` of the service with UID `uid` is as `desired`
+    /// (a hash) now.
+    pub fn fixed_checked(&self, uid: &str, kind: &'static str, desired: u64) {
+        self.fixed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((uid.to_owned(), kind), (desired, Instant::now()));
+    }
+
+    /// Records that the API server refused a ring write of the service with UID `uid` (the
+    /// ring changed since it was read): the next reconcile reads the ring fresh.
+    pub fn ring_refused(&self, uid: &str) {
+        self.ring_refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(uid.to_owned());
+    }
+
+    /// True (once) if a ring write of the service with UID `uid` was refused since the last
+    /// call.
+    pub fn take_ring_refused(&self, uid: &str) -> bool {
+        self.ring_refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(uid)
+    }
+
+    /// Records pod writes this process made for the service with UID `uid`, which the next
+    /// pod list must show.
+    pub fn wrote_pods(&self, uid: &str, writes: PodWrites) {
+        if writes.is_empty() {
+            return;
+        }
+        self.pod_writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(uid.to_owned())
+            .or_default()
+            .extend(writes);
+    }
+
+    /// The pod writes of the service with UID `uid` not yet seen in a pod list.
+    pub fn pod_writes(&self, uid: &str) -> PodWrites {
+        self.pod_writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(uid)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Forgets the pod writes of the service with UID `uid` (a pod list showed them).
+    pub fn pod_writes_seen(&self, uid: &str) {
+        self.pod_writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(uid);
+    }
+
+    /// Records that a plan of the service with UID `uid` from `inputs` was idle with no
+    /// deadline pending (`Some`), or forgets that (`None`).
+    pub fn settle(&self, uid: &str, inputs: Option<Inputs>) {
+        let mut settled = self.settled.lock().unwrap_or_else(PoisonError::into_inner);
+        match inputs {
+            Some(inputs) => {
+                settled.insert(
+                    uid.to_owned(),
+                    Settled {
+                        inputs,
+                        at: Instant::now(),
+                    },
+                );
+            }
+            None => {
+                settled.remove(uid);
+            }
+        }
+    }
+
+    /// The last idle plan of the service with UID `uid`, if the last plan was one.
+    pub fn settled(&self, uid: &str) -> Option<Settled> {
+        self.settled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(uid)
+            .copied()
     }
 
     /// The sightings, also after a panic while they were held (every update leaves them
@@ -101,5 +222,12 @@ impl Context {
             rings.remove(uid);
         }
         self.sightings().remove(uid);
+        self.pod_writes_seen(uid);
+        self.settle(uid, None);
+        self.take_ring_refused(uid);
+        self.fixed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(service, _), _| service != uid);
     }
 }

@@ -33,6 +33,17 @@ pub enum Error {
         source: kube::Error,
     },
 
+    /// A watch cache had not finished its first list in time (the reconcile is retried).
+    #[error("the {kind} cache is not ready for {namespace}/{name}")]
+    CacheNotReady {
+        /// What the cache holds (`pods`, `ConfigMaps`).
+        kind: &'static str,
+        /// The service's namespace.
+        namespace: String,
+        /// The service's name.
+        name: String,
+    },
+
     /// A server-side apply (or create) failed.
     #[error("applying {kind} {namespace}/{name}: {source}")]
     Apply {
@@ -182,6 +193,7 @@ impl Error {
         match self {
             Self::MissingIdentity { .. } => "missing_identity",
             Self::Read { .. } => "read",
+            Self::CacheNotReady { .. } => "cache_not_ready",
             Self::Apply { .. } => "apply",
             Self::UpdatePod { .. } => "update_pod",
             Self::DeletePod { .. } => "delete_pod",

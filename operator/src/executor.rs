@@ -10,10 +10,14 @@
 //! as a precondition, so that a writer with a stale view (a paused, deposed leader) is refused
 //! instead of publishing another document under a version already used. Nothing is written
 //! when the object already has what the operator wants: fixed objects are compared with what
-//! the API server holds ([`crate::resources::up_to_date`]), the ring is written only when the
+//! the API server holds ([`crate::resources::up_to_date`]; not read again while what they
+//! should be is unchanged and they were checked less than
+//! [`FIXED_RECHECK`](crate::context::FIXED_RECHECK) ago), the ring is written only when the
 //! plan publishes one, the status only when it differs.
 
+use std::collections::hash_map::DefaultHasher;
 use std::fmt::Debug;
+use std::hash::{Hash, Hasher};
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
@@ -25,6 +29,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::{debug, info, warn};
 
+use crate::cache::PodWrites;
 use crate::context::Context;
 use crate::crd::{StatefulService, StatefulServiceStatus};
 use crate::error::{Error, Result};
@@ -126,6 +131,18 @@ impl<'a> Executor<'a> {
         <K as Resource>::DynamicType: Default,
     {
         let name = desired.name_any();
+        // Found or made as it should be a moment ago, and what it should be is unchanged.
+        let uid = self.svc.metadata.uid.as_deref().unwrap_or_default();
+        let hash = {
+            let mut hasher = DefaultHasher::new();
+            serde_json::to_vec(&desired)
+                .unwrap_or_default()
+                .hash(&mut hasher);
+            hasher.finish()
+        };
+        if self.ctx.fixed_is_known(uid, kind, hash) {
+            return Ok(());
+        }
         let observed = self
             .api::<K>()
             .get_opt(&name)
@@ -136,10 +153,11 @@ impl<'a> Executor<'a> {
                 name: name.clone(),
                 source,
             })?;
-        if observed.is_some_and(|o| resources::up_to_date(&desired, &o)) {
-            return Ok(());
+        if !observed.is_some_and(|o| resources::up_to_date(&desired, &o)) {
+            self.apply(&desired, kind, resource).await?;
         }
-        self.apply(&desired, kind, resource).await
+        self.ctx.fixed_checked(uid, kind, hash);
+        Ok(())
     }
 
     /// Creates the handoff Secret if it does not exist; never rewrites it.
@@ -152,12 +170,17 @@ impl<'a> Executor<'a> {
             name: name.clone(),
             source,
         };
+        let uid = self.svc.metadata.uid.as_deref().unwrap_or_default();
+        if self.ctx.fixed_is_known(uid, "Secret", 0) {
+            return Ok(());
+        }
         if api
             .get_metadata_opt(&name)
             .await
             .map_err(read_error)?
             .is_some()
         {
+            self.ctx.fixed_checked(uid, "Secret", 0);
             return Ok(());
         }
         let key = resources::new_handoff_key()
@@ -175,10 +198,14 @@ impl<'a> Executor<'a> {
         match api.create(&params, &secret).await {
             Ok(_) => {
                 self.ctx.metrics.write("secrets", "create");
+                self.ctx.fixed_checked(uid, "Secret", 0);
                 info!(namespace = %self.namespace, %name, "created the handoff key");
                 Ok(())
             }
-            Err(e) if is_status(&e, 409) => Ok(()),
+            Err(e) if is_status(&e, 409) => {
+                self.ctx.fixed_checked(uid, "Secret", 0);
+                Ok(())
+            }
             Err(source) => Err(Error::Apply {
                 kind: "Secret",
                 namespace: self.namespace.clone(),
@@ -227,8 +254,18 @@ impl<'a> Executor<'a> {
         observed_status: Option<&StatefulServiceStatus>,
         ring_resource_version: Option<&str>,
     ) -> Result<()> {
+        let uid = self.svc.metadata.uid.as_deref().unwrap_or_default();
         for create in &actions.create {
             let pod = resources::pod(self.svc, create);
+            // Recorded before the write: a write that fails after reaching the API server
+            // must still be looked for.
+            self.ctx.wrote_pods(
+                uid,
+                PodWrites {
+                    created: vec![create.name.clone()],
+                    deleted: Vec::new(),
+                },
+            );
             self.apply(&pod, "Pod", "pods").await?;
             info!(namespace = %self.namespace, pod = %create.name, slot = create.slot, "created pod");
         }
@@ -279,6 +316,13 @@ impl<'a> Executor<'a> {
                 }),
                 ..DeleteParams::default()
             };
+            self.ctx.wrote_pods(
+                uid,
+                PodWrites {
+                    created: Vec::new(),
+                    deleted: vec![deletion.uid.clone()],
+                },
+            );
             match pods.delete(&deletion.name, &params).await {
                 Ok(_) => {
                     self.ctx.metrics.write("pods", "delete");
@@ -341,6 +385,9 @@ impl<'a> Executor<'a> {
                     || (matches!(write, RingWrite::Update(_)) && is_status(&source, 404)) =>
             {
                 warn!(namespace = %self.namespace, %name, expected = ?expected, "the ring changed since it was read: not written");
+                if let Some(uid) = self.svc.metadata.uid.as_deref() {
+                    self.ctx.ring_refused(uid);
+                }
                 Err(Error::RingConflict {
                     namespace: self.namespace.clone(),
                     name,
@@ -589,5 +636,71 @@ mod tests {
         assert_eq!(methods, ["PATCH", "DELETE"]);
         let remembered = ctx.remembered_ring("uid-1").unwrap();
         assert_eq!((remembered.last.ring.version(), remembered.highest), (9, 9));
+    }
+}
+
+#[cfg(test)]
+mod fixed_tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::crd::StatefulServiceSpec;
+    use crate::metrics::Metrics;
+
+    /// A client whose API server answers every GET with 404 and every write with `{}`; the
+    /// methods it received are logged.
+    fn api_server() -> (kube::Client, Arc<Mutex<Vec<String>>>) {
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = log.clone();
+        let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+            let seen = seen.clone();
+            async move {
+                let method = request.method().to_string();
+                seen.lock().unwrap().push(method.clone());
+                let (status, body) = if method == "GET" {
+                    (
+                        404,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                               "reason": "NotFound", "code": 404}),
+                    )
+                } else {
+                    (200, json!({}))
+                };
+                http::Response::builder()
+                    .status(status)
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(
+                        body.to_string(),
+                    )))
+            }
+        });
+        (kube::Client::new(service, "shop"), log)
+    }
+
+    #[tokio::test]
+    async fn fixed_objects_are_read_again_only_when_what_they_should_be_changes() {
+        let (client, log) = api_server();
+        let ctx = Context::new(client, Arc::new(Metrics::new()), "test");
+        let spec: StatefulServiceSpec = serde_json::from_value(json!({
+            "replicas": 1,
+            "port": "http",
+            "template": {"spec": {"containers": [{"name": "app", "image": "app:1"}]}}
+        }))
+        .unwrap();
+        let mut svc = StatefulService::new("chat", spec);
+        svc.metadata.namespace = Some("shop".into());
+        svc.metadata.uid = Some("uid-1".into());
+        let executor = Executor::new(&ctx, &svc);
+        let gets = || log.lock().unwrap().iter().filter(|m| *m == "GET").count();
+        let pods = vec!["chat-0-a".to_owned()];
+        executor.ensure_owned(&pods).await.unwrap();
+        // Account, Role, RoleBinding, Secret, Service, budget.
+        assert_eq!(gets(), 6);
+        executor.ensure_owned(&pods).await.unwrap();
+        assert_eq!(gets(), 6, "nothing read again");
+        // A new pod changes the Role only.
+        let pods = vec!["chat-0-a".to_owned(), "chat-1-b".to_owned()];
+        executor.ensure_owned(&pods).await.unwrap();
+        assert_eq!(gets(), 7);
     }
 }

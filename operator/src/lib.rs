@@ -4,14 +4,17 @@
 //! - [`plan`]: the pure planner, observed state → next actions (the state machine).
 //! - [`resources`]: the objects the operator owns, built from the service.
 //! - [`executor`] and [`controller`]: the thin layer that reads, plans and writes;
+//!   [`cache`]: what it reads from the watch caches and when it reads fresh instead;
 //!   [`sightings`]: the controller's memory of when it first saw the states step deadlines
 //!   count from.
 //! - [`leader`]: leader election over a Lease; [`metrics`] and [`server`]: `/metrics`,
-//!   `/healthz`, `/readyz`.
+//!   `/healthz`, `/readyz`; [`api_count`]: the count of requests sent to the API server.
 //!
 //! [`run`] puts them together; the `locus-operator` binary only reads its [`Config`] from
 //! the environment and calls it.
 
+pub mod api_count;
+pub mod cache;
 pub mod context;
 pub mod controller;
 pub mod crd;
@@ -112,7 +115,18 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let metrics = Arc::new(Metrics::new());
+    run_with_metrics(client, config, Arc::new(Metrics::new()), shutdown).await
+}
+
+/// [`run`], recording into `metrics` (which the caller may read meanwhile). Every request
+/// `client` sends on the operator's behalf is counted ([`api_count`]).
+pub async fn run_with_metrics(
+    client: kube::Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let client = api_count::counted(client, metrics.clone());
     let ready = Arc::new(AtomicBool::new(false));
     let server = match config.metrics_addr {
         Some(addr) => {

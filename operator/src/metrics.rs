@@ -9,6 +9,7 @@
 //! | `phase_duration_seconds` | histogram | `phase` (`warm`, `switch`) |
 //! | `ring_version` | gauge | `namespace`, `service` |
 //! | `writes_total` | counter | `resource`, `verb` |
+//! | `api_requests_total` | counter | `verb`, `resource` (every request, reads and watches too; [`crate::api_count`]) |
 //! | `leader` | gauge | — (1 while this instance holds the Lease) |
 
 use std::sync::atomic::AtomicU64;
@@ -77,6 +78,15 @@ pub struct WriteLabels {
     pub verb: &'static str,
 }
 
+/// Labels of the API request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiRequestLabels {
+    /// The Kubernetes verb (`get`, `list`, `watch`, `create`, `apply`, `patch`, ...).
+    pub verb: &'static str,
+    /// The resource, with its subresource if any (`pods`, `statefulservices/status`, ...).
+    pub resource: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// The operator's metrics and their registry.
@@ -97,6 +107,8 @@ pub struct Metrics {
     pub ring_version: Family<ServiceLabels, Gauge<u64, AtomicU64>>,
     /// Writes to the API server.
     pub writes: Family<WriteLabels, Counter>,
+    /// Requests sent to the API server (reads, watches and writes).
+    pub api_requests: Family<ApiRequestLabels, Counter>,
     /// 1 while this instance leads.
     pub leader: Gauge,
 }
@@ -130,6 +142,7 @@ impl Metrics {
             Family::new_with_constructor(phase_histogram);
         let ring_version = Family::<ServiceLabels, Gauge<u64, AtomicU64>>::default();
         let writes = Family::<WriteLabels, Counter>::default();
+        let api_requests = Family::<ApiRequestLabels, Counter>::default();
         let leader = Gauge::default();
         registry.register(
             "reconcile_duration_seconds",
@@ -167,6 +180,11 @@ impl Metrics {
             writes.clone(),
         );
         registry.register(
+            "api_requests",
+            "Requests the operator sent to the API server, by verb and resource",
+            api_requests.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this instance holds the leader Lease",
             leader.clone(),
@@ -180,6 +198,7 @@ impl Metrics {
             phase_duration,
             ring_version,
             writes,
+            api_requests,
             leader,
         }
     }

@@ -66,17 +66,6 @@ impl RequestLog {
             .filter(|l| !l.starts_with("GET "))
             .collect()
     }
-
-    /// Reconciles after the first `mark`: each one lists the service's pods once (a plain
-    /// list, not a watch).
-    pub fn reconciles_since(&self, mark: usize, namespace: &str) -> usize {
-        let list = format!("GET /api/v1/namespaces/{namespace}/pods?");
-        self.lines()
-            .into_iter()
-            .skip(mark)
-            .filter(|l| l.starts_with(&list) && !l.contains("watch=true"))
-            .count()
-    }
 }
 
 /// A tower layer recording every request into a [`RequestLog`].
@@ -255,26 +244,53 @@ pub struct Operator {
     stop: Option<oneshot::Sender<()>>,
 }
 
+/// The configuration of an in-process operator watching only `namespace`, without a Lease.
+pub fn operator_config(namespace: &str) -> locus_operator::Config {
+    locus_operator::Config {
+        namespace: Some(namespace.to_owned()),
+        metrics_addr: None,
+        leader_election: None,
+        instance: format!("e2e-{}", locus_e2e::cluster::random_suffix()),
+    }
+}
+
+/// Reconciles the operator recorded into `metrics` so far (every reconcile, whether it
+/// planned or found nothing changed).
+pub fn reconciles(metrics: &locus_operator::metrics::Metrics) -> usize {
+    metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("locus_operator_reconcile_duration_seconds_count"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<usize>().ok())
+        .sum()
+}
+
 impl Operator {
     /// Starts the operator with `client`, watching only `namespace`, without a Lease.
     pub fn start(client: Client, namespace: &str) -> Self {
-        Self::start_with(
-            client,
-            locus_operator::Config {
-                namespace: Some(namespace.to_owned()),
-                metrics_addr: None,
-                leader_election: None,
-                instance: format!("e2e-{}", locus_e2e::cluster::random_suffix()),
-            },
-        )
+        Self::start_with(client, operator_config(namespace))
     }
 
     /// Starts the operator with `config`.
     pub fn start_with(client: Client, config: locus_operator::Config) -> Self {
+        Self::start_measured(client, config, Arc::default())
+    }
+
+    /// Starts the operator with `config`, recording into `metrics`.
+    pub fn start_measured(
+        client: Client,
+        config: locus_operator::Config,
+        metrics: Arc<locus_operator::metrics::Metrics>,
+    ) -> Self {
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(locus_operator::run(client, config, async move {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(locus_operator::run_with_metrics(
+            client,
+            config,
+            metrics,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Self {
             task,
             stop: Some(stop),
@@ -412,8 +428,18 @@ pub async fn converged(
     name: &str,
     replicas: usize,
 ) -> Res<(Ring, StatefulServiceStatus)> {
+    converged_within(env, name, replicas, CONVERGE).await
+}
+
+/// [`converged`], waiting up to `limit`.
+pub async fn converged_within(
+    env: &Env,
+    name: &str,
+    replicas: usize,
+    limit: Duration,
+) -> Res<(Ring, StatefulServiceStatus)> {
     let what = format!("{name} converged on {replicas} slots");
-    let found = wait::until(CONVERGE, &what, || async {
+    let found = wait::until(limit, &what, || async {
         let svc = env.services().get(name).await?;
         let Some(status) = svc.status.clone() else {
             return Ok::<_, Box<dyn std::error::Error + Send + Sync>>(None);

@@ -1,7 +1,7 @@
 //! The status the planner wants the service to have, and the merge of conditions that keeps
 //! `lastTransitionTime` unless a condition's status changes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -72,8 +72,23 @@ fn condition(
     }
 }
 
-fn find<'a>(pods: &'a [ObservedPod], pod: &locus_contract::ring::Pod) -> Option<&'a ObservedPod> {
-    pods.iter().find(|p| p.uid == pod.uid && p.name == pod.name)
+/// The observed pods by UID (the first, should two share one), for lookups in per-slot loops.
+fn by_uid(pods: &[ObservedPod]) -> HashMap<&str, &ObservedPod> {
+    let mut map = HashMap::with_capacity(pods.len());
+    for pod in pods {
+        map.entry(pod.uid.as_str()).or_insert(pod);
+    }
+    map
+}
+
+/// The observed pod behind a ring entry (same name and UID).
+fn find<'a>(
+    pods: &HashMap<&str, &'a ObservedPod>,
+    pod: &locus_contract::ring::Pod,
+) -> Option<&'a ObservedPod> {
+    pods.get(pod.uid.as_str())
+        .copied()
+        .filter(|p| p.name == pod.name)
 }
 
 /// The pods expected to report the sessions they took over in the transition `meta` records:
@@ -102,10 +117,11 @@ pub(super) fn expected_reporters(ring: &Ring) -> Vec<ReportingPod> {
 /// The revision most of the serving pods run: the update revision once all run it, else the
 /// most common other revision (the one being rolled away from).
 fn current_revision(facts: &StatusFacts<'_>, ring: &Ring) -> Option<String> {
+    let pods = by_uid(facts.obs.pods);
     let revisions: Vec<&str> = ring
         .slots()
         .iter()
-        .filter_map(|s| find(facts.obs.pods, &s.pod))
+        .filter_map(|s| find(&pods, &s.pod))
         .map(|p| p.revision.as_str())
         .collect();
     if revisions.is_empty() {
@@ -293,6 +309,7 @@ pub(super) fn build(facts: &StatusFacts<'_>) -> (StatefulServiceStatus, Option<T
         .ring
         .map(|r| r.current().counts().into_keys().collect())
         .unwrap_or_default();
+    let pods = by_uid(obs.pods);
     let unserved: Vec<u16> = facts
         .ring
         .map(|ring| {
@@ -301,7 +318,7 @@ pub(super) fn build(facts: &StatusFacts<'_>) -> (StatefulServiceStatus, Option<T
                 .filter(|s| held.contains(&s.index))
                 .filter(|s| {
                     s.state == SlotState::Unavailable
-                        || !find(obs.pods, &s.pod).is_some_and(ObservedPod::healthy)
+                        || !find(&pods, &s.pod).is_some_and(ObservedPod::healthy)
                 })
                 .map(|s| s.index)
                 .collect()

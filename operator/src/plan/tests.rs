@@ -2674,3 +2674,26 @@ fn first_reaction_to_each_kind_of_change() {
         assert_eq!(got, want, "{}", case.name);
     }
 }
+
+/// What one plan of a settled service costs, at 100, 500 and 1000 slots of 4096 shards:
+/// printed, not asserted (`cargo test -p locus-operator --release --lib plan_cost -- --ignored
+/// --nocapture`; figures in `docs/benchmarks.md`).
+#[test]
+#[ignore = "a measurement, not a check"]
+fn plan_cost_of_a_settled_service() {
+    for slots in [100, 500, 1000] {
+        let mut world = World::new(slots);
+        world.spec.shards = 4096;
+        world.settle(Reports::All);
+        assert!(world.plan().is_idle());
+        let rounds = 20;
+        let started = std::time::Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(world.plan());
+        }
+        println!(
+            "plan of a settled service, {slots} slots: {:.2} ms",
+            started.elapsed().as_secs_f64() * 1e3 / f64::from(rounds)
+        );
+    }
+}

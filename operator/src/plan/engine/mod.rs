@@ -11,7 +11,7 @@
 mod phases;
 mod stable;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -132,6 +132,11 @@ pub(super) struct Planner<'a> {
     /// Pods deleted to fence them although a ring still names them.
     fence: Vec<PodDeletion>,
     names: BTreeSet<String>,
+    /// The observed pods by slot, each slot's in observed order (per-slot loops look up
+    /// here rather than scan every pod).
+    by_slot: HashMap<u16, Vec<&'a ObservedPod>>,
+    /// The observed pods by UID (the first, should two share one).
+    by_uid: HashMap<&'a str, &'a ObservedPod>,
     create: Vec<PodPlan>,
     update: Vec<PodPlan>,
     events: Vec<PlannedEvent>,
@@ -146,6 +151,12 @@ impl<'a> Planner<'a> {
             .unwrap_or(u16::MAX)
             .min(ring::MAX_SLOTS as u16);
         let mut names: BTreeSet<String> = obs.pods.iter().map(|p| p.name.clone()).collect();
+        let mut by_slot: HashMap<u16, Vec<&'a ObservedPod>> = HashMap::new();
+        let mut by_uid: HashMap<&'a str, &'a ObservedPod> = HashMap::new();
+        for pod in obs.pods {
+            by_slot.entry(pod.slot).or_default().push(pod);
+            by_uid.entry(pod.uid.as_str()).or_insert(pod);
+        }
         if let Some(published) = obs.ring {
             for slot in published.ring.slots() {
                 names.insert(slot.pod.name.clone());
@@ -174,6 +185,8 @@ impl<'a> Planner<'a> {
             waiting: None,
             fence: Vec::new(),
             names,
+            by_slot,
+            by_uid,
             create: Vec::new(),
             update: Vec::new(),
             events: Vec::new(),
@@ -258,15 +271,15 @@ impl<'a> Planner<'a> {
     // ----- pods -------------------------------------------------------------------------
 
     fn pods_of(&self, slot: u16) -> impl Iterator<Item = &'a ObservedPod> + '_ {
-        self.obs.pods.iter().filter(move |p| p.slot == slot)
+        self.by_slot.get(&slot).into_iter().flatten().copied()
     }
 
     /// The observed pod behind a ring entry (same name and UID).
     fn find(&self, pod: &ring::Pod) -> Option<&'a ObservedPod> {
-        self.obs
-            .pods
-            .iter()
-            .find(|p| p.uid == pod.uid && p.name == pod.name)
+        self.by_uid
+            .get(pod.uid.as_str())
+            .copied()
+            .filter(|p| p.name == pod.name)
     }
 
     fn healthy(&self, pod: &ring::Pod) -> bool {

@@ -1,0 +1,235 @@
+//! What a transition costs the operator as services grow: API requests (from the operator's
+//! own `locus_operator_api_requests_total`, by verb), reconciles and the time spent in them
+//! (`locus_operator_reconcile_duration_seconds`), CPU time of this process (the operator runs
+//! in it; the API server, etcd and the pods are other processes), time to Stable, and this
+//! process's resident memory.
+//!
+//! `LOCUS_E2E_SCALE` lists the scenarios, comma-separated, each `<services>x<pods>` (default
+//! `1x10`; `make bench` runs more). The local cluster's one node admits 110 pods, so
+//! `services * (pods + max(1, pods / 10))` must stay within that. Each scenario runs in its
+//! own namespace with its own operator, ring-probe services
+//! (`e2e/src/bin/locus_ring_probe.rs`):
+//!
+//! - *create*: every service created at `pods` replicas, until all are Stable;
+//! - *idle*: 10 s of a settled service (what a converged service costs);
+//! - *scale*: every service scaled up by `max(1, pods / 10)`, until all are Stable.
+//!
+//! One JSON line per measurement (prefix `operator-scale:`). The figures are reported, not
+//! asserted (they belong to `docs/benchmarks.md`); the test asserts that every transition
+//! converges.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a test failure"
+)]
+
+mod operator_support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::try_join_all;
+use kube::api::{DeleteParams, ListParams};
+use locus_operator::metrics::Metrics;
+use operator_support::*;
+use serde_json::json;
+
+/// The scenarios run unless `LOCUS_E2E_SCALE` says otherwise.
+const SCENARIOS: &str = "1x10";
+/// How long a settled service is watched for its idle cost.
+const IDLE: Duration = Duration::from_secs(10);
+
+/// Cumulative figures at one instant.
+#[derive(Clone, Debug, Default)]
+struct Figures {
+    /// API requests by verb.
+    requests: BTreeMap<String, f64>,
+    reconciles: f64,
+    reconcile_seconds: f64,
+    cpu: Duration,
+}
+
+/// The value of every sample of `family` in the Prometheus text `text`, with its labels.
+fn samples<'a>(text: &'a str, family: &str) -> Vec<(&'a str, f64)> {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(family)?;
+            let (labels, value) = rest.rsplit_once(' ')?;
+            if !(labels.is_empty() || labels.starts_with('{')) {
+                return None;
+            }
+            Some((labels, value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// CPU time (user + system) of this process so far, from `/proc/self/stat` (100 ticks/s).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is the first, utime the
+    // 12th, stime the 13th.
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|f| f.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    Duration::from_millis(fields.iter().sum::<u64>() * 10)
+}
+
+/// Resident memory of this process, in MiB.
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn figures(metrics: &Metrics) -> Figures {
+    let text = metrics.encode();
+    let mut requests = BTreeMap::new();
+    for (labels, value) in samples(&text, "locus_operator_api_requests_total") {
+        let verb = labels
+            .split("verb=\"")
+            .nth(1)
+            .and_then(|v| v.split('"').next())
+            .unwrap_or("?");
+        *requests.entry(verb.to_owned()).or_default() += value;
+    }
+    let sum = |family: &str| samples(&text, family).iter().map(|(_, v)| v).sum::<f64>();
+    Figures {
+        requests,
+        reconciles: sum("locus_operator_reconcile_duration_seconds_count"),
+        reconcile_seconds: sum("locus_operator_reconcile_duration_seconds_sum"),
+        cpu: cpu_time(),
+    }
+}
+
+/// Prints what happened between `before` and now.
+fn report(
+    scenario: &str,
+    step: &str,
+    pods: usize,
+    metrics: &Metrics,
+    before: &Figures,
+    elapsed: Duration,
+) {
+    let after = figures(metrics);
+    let requests: BTreeMap<&str, f64> = after
+        .requests
+        .iter()
+        .map(|(verb, n)| {
+            (
+                verb.as_str(),
+                n - before.requests.get(verb).copied().unwrap_or_default(),
+            )
+        })
+        .filter(|(_, n)| *n > 0.0)
+        .collect();
+    let total: f64 = requests.values().sum();
+    let line = json!({
+        "scenario": scenario,
+        "step": step,
+        "pods": pods,
+        "api_requests": total,
+        "api_requests_by_verb": requests,
+        "reconciles": after.reconciles - before.reconciles,
+        "reconcile_ms": ((after.reconcile_seconds - before.reconcile_seconds) * 1e3).round(),
+        "cpu_ms": after.cpu.saturating_sub(before.cpu).as_millis(),
+        "elapsed_ms": elapsed.as_millis(),
+        "rss_mib": rss_mib().round(),
+    });
+    println!("operator-scale: {line}");
+}
+
+/// Waits until every service named in `names` is converged on `replicas` slots.
+async fn all_converged(env: &Env, names: &[String], replicas: usize) {
+    let limit = Duration::from_secs(120 + 2 * replicas as u64);
+    try_join_all(
+        names
+            .iter()
+            .map(|name| converged_within(env, name, replicas, limit)),
+    )
+    .await
+    .unwrap();
+}
+
+async fn scenario(spec: &str) {
+    let (services, pods) = spec.split_once('x').unwrap();
+    let (services, pods): (usize, usize) = (services.parse().unwrap(), pods.parse().unwrap());
+    let env = setup("op-scale").await.unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let _operator = Operator::start_measured(
+        env.operator.clone(),
+        operator_config(env.namespace()),
+        metrics.clone(),
+    );
+    let names: Vec<String> = (0..services).map(|i| format!("s{i}")).collect();
+    let total = services * pods;
+
+    let (before, started) = (figures(&metrics), Instant::now());
+    for name in &names {
+        apply(&env, &service(name, i32::try_from(pods).unwrap()))
+            .await
+            .unwrap();
+    }
+    all_converged(&env, &names, pods).await;
+    report(spec, "create", total, &metrics, &before, started.elapsed());
+
+    let (before, started) = (figures(&metrics), Instant::now());
+    tokio::time::sleep(IDLE).await;
+    report(spec, "idle", total, &metrics, &before, started.elapsed());
+
+    let grown = pods + (pods / 10).max(1);
+    let (before, started) = (figures(&metrics), Instant::now());
+    for name in &names {
+        apply(&env, &service(name, i32::try_from(grown).unwrap()))
+            .await
+            .unwrap();
+    }
+    all_converged(&env, &names, grown).await;
+    report(
+        spec,
+        "scale",
+        services * grown,
+        &metrics,
+        &before,
+        started.elapsed(),
+    );
+
+    // Leave no pods behind for the next scenario.
+    for name in &names {
+        env.services()
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    let _ = locus_e2e::support::wait::until(
+        Duration::from_secs(120 + total as u64),
+        "pods gone",
+        || async {
+            let left = env.pods().list(&ListParams::default()).await?.items.len();
+            Ok::<_, kube::Error>((left == 0).then_some(()))
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn operator_cost_per_transition() {
+    let scenarios = std::env::var("LOCUS_E2E_SCALE").unwrap_or_else(|_| SCENARIOS.to_owned());
+    for spec in scenarios
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        scenario(spec).await;
+    }
+}
