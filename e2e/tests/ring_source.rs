@@ -168,3 +168,76 @@ async fn the_ring_config_map_is_followed_and_bad_updates_keep_the_last_good_ring
 fn other_service_ring(namespace: &str) -> Ring {
     ring(namespace, "other", 5, &["other-0-a"])
 }
+
+/// The largest ring the operator writes (ADR 0003): 65 536 shards, 2048
+/// slots, two tables, pod names of 74 bytes (`<63-byte service>-<slot>-<5>`),
+/// UUIDs and the longest IPv6 addresses. It fits its `ConfigMap` on a real API
+/// server and the SDK's source loads it.
+#[tokio::test]
+async fn the_largest_ring_the_operator_writes_is_stored_and_loaded() {
+    use locus::ring::{MAX_DOCUMENT_BYTES, MAX_SHARDS, MAX_SLOTS};
+
+    let cluster = Cluster::shared().await.unwrap();
+    let ns = cluster.namespace("ring-large").await.unwrap();
+    let client = cluster.client().await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns.name());
+    let service = format!("s{}", "x".repeat(62));
+    assert_eq!(service.len(), 63, "the longest label value");
+
+    let slots = MAX_SLOTS as u16;
+    let slots: Vec<Slot> = (0..slots)
+        .map(|index| Slot {
+            index,
+            pod: Pod {
+                name: format!("{service}-{index:04}-bcdfg"),
+                uid: format!("{index:08x}-1111-4222-8333-444455556666"),
+                address: format!(
+                    "[fd12:3456:789a:bcde:f012:3456:789a:{:04x}]:65535",
+                    0x1000 + index
+                )
+                .parse()
+                .unwrap(),
+            },
+            state: if usize::from(index) + 1 == MAX_SLOTS {
+                SlotState::Joining
+            } else {
+                SlotState::Active
+            },
+            successor: None,
+            predecessor: None,
+        })
+        .collect();
+    let last = (MAX_SLOTS - 1) as u32;
+    let current: Vec<u16> = (0..MAX_SHARDS).map(|s| (s % last) as u16).collect();
+    let target: Vec<u16> = (0..MAX_SHARDS).map(|s| (s % (last + 1)) as u16).collect();
+    let ring = Ring::new(RingParts {
+        namespace: ns.name().to_owned(),
+        service: service.clone(),
+        version: 7,
+        shards: ShardCount::new(MAX_SHARDS).unwrap(),
+        vnodes: 128,
+        slots,
+        current: Assignment::new(current).unwrap(),
+        transition: Transition::Warm {
+            target: Assignment::new(target).unwrap(),
+        },
+    })
+    .unwrap();
+    let text = document(&ring);
+    // Over the old limit (512 KiB), under today's.
+    assert!(
+        text.len() > 512 * 1024 && text.len() <= MAX_DOCUMENT_BYTES,
+        "{} bytes",
+        text.len()
+    );
+
+    api.create(
+        &PostParams::default(),
+        &config_map(&RingDocument::config_map_name(&service), &text),
+    )
+    .await
+    .unwrap();
+    let source = KubeRingSource::builder(client.clone(), ns.name(), &service).spawn();
+    let loaded = source.watch().wait_for_version(7, WAIT).await.unwrap();
+    assert_eq!(*loaded, ring);
+}

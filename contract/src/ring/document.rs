@@ -71,12 +71,11 @@ impl RingDocument {
         wire.into_ring()
     }
 
-    /// Encodes a ring as a document (pretty JSON, fields in the documented
+    /// Encodes a ring as a document (compact JSON, fields in the documented
     /// order). Fails only if the result exceeds [`MAX_DOCUMENT_BYTES`], which
     /// readers would refuse.
     pub fn to_json(ring: &Ring) -> Result<Vec<u8>, RingError> {
-        let bytes =
-            serde_json::to_vec_pretty(&WireRing::from_ring(ring)).map_err(RingError::Json)?;
+        let bytes = serde_json::to_vec(&WireRing::from_ring(ring)).map_err(RingError::Json)?;
         if bytes.len() > MAX_DOCUMENT_BYTES {
             return Err(RingError::DocumentTooLarge {
                 size: bytes.len(),

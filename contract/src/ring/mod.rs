@@ -57,8 +57,8 @@ pub const MIN_SHARDS: u32 = 1;
 pub const MAX_SHARDS: u32 = 1 << 16;
 
 /// Largest number of slots in a ring (slot indices are `0..MAX_SLOTS`).
-/// A 2048-slot document with typical pod names and two tables is about
-/// 450 KiB, under [`MAX_DOCUMENT_BYTES`].
+/// A 2048-slot document at 65 536 shards with two tables and the longest pod
+/// names and IPv6 addresses the operator gives is about 798 KiB, under [`MAX_DOCUMENT_BYTES`].
 pub const MAX_SLOTS: usize = 2048;
 
 /// Default number of tokens per slot on the planner's ring (`spec.vnodes`).
@@ -80,8 +80,11 @@ pub const MAX_NAME_BYTES: usize = 253;
 pub const MAX_UID_BYTES: usize = 128;
 
 /// Largest ring document, in bytes; larger documents are refused unparsed.
-/// Half the 1 MiB `ConfigMap` limit.
-pub const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
+/// 64 KiB under the 1 MiB limit of a `ConfigMap`'s data, and above the
+/// largest document the operator writes (every shard and slot count the
+/// format allows, two tables, pod names `<service>-<slot>-<suffix>` with a
+/// 63-byte service name, IPv6 addresses): see ADR 0003.
+pub const MAX_DOCUMENT_BYTES: usize = 960 * 1024;
 
 /// Names of the annotations a pod patches onto itself to report progress
 /// through a transition; the operator watches pods, so it needs no polling.
