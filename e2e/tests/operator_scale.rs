@@ -5,7 +5,7 @@
 //! process's resident memory.
 //!
 //! `LOCUS_E2E_SCALE` lists the scenarios, comma-separated, each `<services>x<pods>` (default
-//! `1x10`; `make bench` runs more). The local cluster's one node admits 110 pods, so
+//! `1x10`; `make bench` runs more). The local cluster's one node admits 240 pods, so
 //! `services * (pods + max(1, pods / 10))` must stay within that. Each scenario runs in its
 //! own namespace with its own operator, ring-probe services
 //! (`e2e/src/bin/locus_ring_probe.rs`):

@@ -27,8 +27,11 @@ pub const LEASE_RENEW: Duration = Duration::from_secs(10);
 pub const LEASE_SECONDS: i32 = 40;
 /// Status heartbeat period.
 pub const STATUS_PERIOD: Duration = Duration::from_secs(15);
-/// Pods the node accepts.
-pub const MAX_PODS: u32 = 110;
+/// Pods the node accepts. A kubelet's default is 110; this node admits more so the scale
+/// tests can run a few hundred small pods (`e2e/tests/operator_scale.rs`). The bound is the
+/// cluster's /24 pod range: 253 addresses less the gateway, the API server's veth and room for
+/// pods that are still terminating.
+pub const MAX_PODS: u32 = 240;
 
 /// What the machine offers, for capacity and nodeInfo.
 #[derive(Clone, Debug, PartialEq, Eq)]
