@@ -50,7 +50,7 @@ chaos: cluster-tools
 bench: cluster-tools
 	$(CARGO) bench -p locus
 	LOCUS_E2E_LATENCY_CYCLES=60 $(CARGO) test --release -p locus-e2e --test operator_latency -- --nocapture
-	LOCUS_E2E_SCALE=1x50,1x100,10x10 $(CARGO) test --release -p locus-e2e --test operator_scale -- --nocapture
+	LOCUS_E2E_SCALE=1x50,1x100,1x200,10x10,20x10 $(CARGO) test --release -p locus-e2e --test operator_scale -- --nocapture
 	@bash e2e/bench/cluster-start.sh 5
 	@bash e2e/bench/inplace-restart.sh
 	@bash bench/locality-routing.sh
