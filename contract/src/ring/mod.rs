@@ -85,7 +85,8 @@ pub const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
 
 /// Names of the annotations a pod patches onto itself to report progress
 /// through a transition; the operator watches pods, so it needs no polling.
-/// Values are ring versions in decimal, except [`MOVED_SESSIONS`](annotations::MOVED_SESSIONS).
+/// Values are ring versions in decimal, except [`MOVED_SESSIONS`](annotations::MOVED_SESSIONS)
+/// and [`SHARD_LOAD`](annotations::SHARD_LOAD).
 pub mod annotations {
     /// The newest ring version the pod has loaded and routes by.
     pub const OBSERVED_RING_VERSION: &str = "locus.dev/observed-ring-version";
@@ -100,4 +101,9 @@ pub mod annotations {
     /// completed the transition, with whether the counts are final
     /// ([`MovedReport`](crate::progress::MovedReport)).
     pub const MOVED_SESSIONS: &str = "locus.dev/moved-sessions";
+    /// JSON: what the pod served over its last window, in total and for its
+    /// busiest shards, under which ring version
+    /// ([`ShardLoadReport`](crate::progress::ShardLoadReport)); the operator
+    /// reads it to place shards by load.
+    pub const SHARD_LOAD: &str = "locus.dev/shard-load";
 }
