@@ -207,3 +207,50 @@ async fn skewed_load_is_rebalanced_within_the_budget_and_balanced_load_stays_put
     assert_eq!(still.current(), after.current());
     assert_eq!(events(&env, "chat", "LoadRebalance").await.len(), 1);
 }
+
+#[tokio::test]
+async fn bad_placement_values_are_refused_with_what_to_fix() {
+    use locus_contract::crd::rules;
+    let env = setup("op-balance-invalid").await.unwrap();
+    let cases = [
+        (
+            serde_json::json!({"balance": "Load", "triggerPercent": 110, "targetPercent": 110}),
+            rules::PLACEMENT_TARGET_BELOW_TRIGGER_MESSAGE,
+        ),
+        (
+            serde_json::json!({"balance": "Weighted"}),
+            r#"Unsupported value: "Weighted": supported values: "Off", "Keys", "Load""#,
+        ),
+        (
+            serde_json::json!({"triggerPercent": 100}),
+            "spec.placement.triggerPercent: Invalid value: 100: spec.placement.triggerPercent in body should be greater than or equal to 101",
+        ),
+        (
+            serde_json::json!({"maxShardsPerRound": 0}),
+            "spec.placement.maxShardsPerRound in body should be greater than or equal to 1",
+        ),
+    ];
+    for (placement, message) in cases {
+        let mut manifest = service("bad", 2);
+        manifest["spec"]["placement"] = placement.clone();
+        let error = apply(&env, &manifest).await.unwrap_err().to_string();
+        assert!(
+            error.contains(message),
+            "{placement}: expected {message:?} in:\n{error}"
+        );
+    }
+    // The defaults fill in what is left out.
+    let mut manifest = service("good", 2);
+    manifest["spec"]["placement"] = serde_json::json!({"balance": "Load"});
+    let applied = apply(&env, &manifest).await.unwrap();
+    let placement = applied.spec.placement;
+    assert_eq!(
+        (
+            placement.trigger_percent,
+            placement.target_percent,
+            placement.max_shards_per_round,
+            placement.interval_seconds
+        ),
+        (120, 110, 64, 300)
+    );
+}
