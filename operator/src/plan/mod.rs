@@ -95,8 +95,8 @@ pub use status::merge_conditions;
 /// Largest number of slots replaced by surge pods at the same time during a rollout.
 pub const MAX_SURGE: usize = 1;
 
-/// Progress a pod reported by annotating itself (`locus.dev/*-ring-version`, `locus.dev/shard-load`,
-/// `locus.dev/moved-sessions`).
+/// Progress a pod reported by annotating itself (`locus.dev/*-ring-version`,
+/// `locus.dev/moved-sessions`, `locus.dev/shard-load`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
     /// Newest ring version the pod loaded.

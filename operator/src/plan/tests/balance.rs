@@ -274,3 +274,36 @@ fn a_shard_too_hot_for_any_pod_is_reported_once_and_not_moved() {
         "once per set"
     );
 }
+
+/// `cargo test -p locus-operator --release --lib load_plan_cost -- --ignored --nocapture`:
+/// one `plan()` of a settled service placing by load whose pods all reported an even load (so
+/// every pass reads the reports and runs the load planner, and moves nothing), against the
+/// same service placing by keys.
+#[test]
+#[ignore = "a measurement; run by hand"]
+fn load_plan_cost_of_a_settled_service() {
+    for (slots, shards) in [(100, 4096), (1000, 4096), (1000, 65_536)] {
+        let mut world = World::new(slots);
+        world.spec.shards = shards;
+        world.settle(Reports::All);
+        let keys = mean_plan_ms(&world);
+        world.spec.placement.balance = BalanceMode::Load;
+        world.report_load(&vec![1.0; shards as usize]);
+        world.advance(1000);
+        assert!(world.step().is_idle());
+        assert!(world.placement().busiest_percent.is_some());
+        let load = mean_plan_ms(&world);
+        println!(
+            "plan of a settled service, {slots} slots, {shards} shards: keys {keys:.2} ms, load {load:.2} ms"
+        );
+    }
+}
+
+fn mean_plan_ms(world: &World) -> f64 {
+    let rounds = 10;
+    let started = std::time::Instant::now();
+    for _ in 0..rounds {
+        std::hint::black_box(world.plan());
+    }
+    started.elapsed().as_secs_f64() * 1e3 / f64::from(rounds)
+}
