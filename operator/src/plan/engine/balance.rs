@@ -230,7 +230,7 @@ impl<'a> Planner<'a> {
         if self.obs.now < ready_at {
             self.deadlines.push(ready_at);
             self.load_note = Some(format!(
-                "ring version {} in place since too short a time: the next rebalance may start at {}",
+                "ring version {} has not been in place long enough to be measured: the next rebalance may start at {}",
                 ring.version(),
                 whole_seconds(ready_at).0
             ));

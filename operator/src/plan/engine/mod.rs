@@ -646,8 +646,10 @@ impl<'a> Planner<'a> {
 
     /// Bookkeeping for a single-step change outside any transition: the last record stays.
     fn meta_keep(&self, old: Option<&RingMeta>) -> RingMeta {
+        let carried = self.meta(None, Vec::new()).last_rebalance;
         RingMeta {
             reporters: old.map(|m| m.reporters.clone()).unwrap_or_default(),
+            last_rebalance: old.and_then(|m| m.last_rebalance.clone()).or(carried),
             ..self.meta(
                 old.and_then(|m| m.transition.clone()),
                 old.map(|m| m.timed_out.clone()).unwrap_or_default(),
