@@ -10,14 +10,18 @@
 //!   ([`Progress::to_annotations`] for the pod that writes them, [`Progress::from_annotations`]
 //!   for the operator and the tools that read them).
 //! * [`MovedReport`], [`MovedSessions`] and their parts: the moved-sessions counts.
+//! * [`ShardLoadReport`], [`ShardLoad`]: how busy the pod is, in total and for its busiest
+//!   shards, which the operator reads to place shards by load.
 //!
 //! The SDK's reporter, which patches the annotations from a running pod, is `locus::progress`;
 //! it re-exports these types.
 
+mod load;
 mod moved;
 
 use std::collections::BTreeMap;
 
+pub use self::load::{LoadReportError, ShardLoad, ShardLoadReport};
 pub(crate) use self::moved::warm_percent;
 pub use self::moved::{
     ColdTakeovers, MovedReport, MovedSessions, MovedSessionsError, ReportState, ServedTakeovers,

@@ -15,6 +15,8 @@
 //! * [`plan`], [`PlanRequest`], [`Plan`]: the operator's deterministic
 //!   planner (balanced, minimal moves, consistent-hashing preferences over
 //!   [`SlotRing`]).
+//! * [`balance()`], [`SlotLoad`], [`BalanceConfig`], [`Balance`]: placement by load (which
+//!   shards to move from the busiest slots to the least busy, within a budget).
 //! * [`annotations`]: names of the pod annotations that report progress.
 //!
 //! ```
@@ -34,6 +36,7 @@
 //! ```
 
 mod assignment;
+mod balance;
 mod document;
 mod error;
 mod hash;
@@ -42,6 +45,7 @@ mod planner;
 mod tokens;
 
 pub use assignment::{Assignment, ShardMove};
+pub use balance::{Balance, BalanceConfig, BalanceError, HotShard, SlotLoad, balance};
 pub use document::RingDocument;
 pub use error::RingError;
 pub use hash::{HASH_ALGORITHM, HASH_SEED, ShardCount, hash_key};
@@ -88,7 +92,8 @@ pub const MAX_DOCUMENT_BYTES: usize = 960 * 1024;
 
 /// Names of the annotations a pod patches onto itself to report progress
 /// through a transition; the operator watches pods, so it needs no polling.
-/// Values are ring versions in decimal, except [`MOVED_SESSIONS`](annotations::MOVED_SESSIONS).
+/// Values are ring versions in decimal, except [`MOVED_SESSIONS`](annotations::MOVED_SESSIONS)
+/// and [`SHARD_LOAD`](annotations::SHARD_LOAD).
 pub mod annotations {
     /// The newest ring version the pod has loaded and routes by.
     pub const OBSERVED_RING_VERSION: &str = "locus.dev/observed-ring-version";
@@ -103,4 +108,9 @@ pub mod annotations {
     /// completed the transition, with whether the counts are final
     /// ([`MovedReport`](crate::progress::MovedReport)).
     pub const MOVED_SESSIONS: &str = "locus.dev/moved-sessions";
+    /// JSON: what the pod served over its last window, in total and for its
+    /// busiest shards, under which ring version
+    /// ([`ShardLoadReport`](crate::progress::ShardLoadReport)); the operator
+    /// reads it to place shards by load.
+    pub const SHARD_LOAD: &str = "locus.dev/shard-load";
 }
