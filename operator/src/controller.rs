@@ -272,6 +272,14 @@ async fn reconcile_service(svc: &StatefulService, reconciler: &Reconciler) -> Re
     ctx.settle(&uid, settled.then_some(inputs));
 
     ctx.metrics.record_steps(&actions.steps);
+    ctx.metrics.record_placement(
+        &ServiceLabels {
+            namespace: namespace.clone(),
+            service: name.clone(),
+        },
+        &actions.steps,
+        actions.status.placement.as_ref(),
+    );
     if let Some(version) = actions.status.ring_version {
         ctx.metrics
             .ring_version

@@ -11,6 +11,8 @@
 //! | `writes_total` | counter | `resource`, `verb` |
 //! | `api_requests_total` | counter | `verb`, `resource` (every request, reads and watches too; [`crate::api_count`]) |
 //! | `leader` | gauge | — (1 while this instance holds the Lease) |
+//! | `rebalances_total` | counter | `namespace`, `service` (rebalances by load started) |
+//! | `hot_shards` | gauge | `namespace`, `service` (shards too hot for any pod, `status.placement.hotShards`) |
 
 use std::sync::atomic::AtomicU64;
 
@@ -111,6 +113,10 @@ pub struct Metrics {
     pub api_requests: Family<ApiRequestLabels, Counter>,
     /// 1 while this instance leads.
     pub leader: Gauge,
+    /// Rebalances by load started, per service.
+    pub rebalances: Family<ServiceLabels, Counter>,
+    /// Shards too hot for any pod, per service (placement by load).
+    pub hot_shards: Family<ServiceLabels, Gauge>,
 }
 
 fn reconcile_histogram() -> Histogram {
@@ -144,6 +150,8 @@ impl Metrics {
         let writes = Family::<WriteLabels, Counter>::default();
         let api_requests = Family::<ApiRequestLabels, Counter>::default();
         let leader = Gauge::default();
+        let rebalances = Family::<ServiceLabels, Counter>::default();
+        let hot_shards = Family::<ServiceLabels, Gauge>::default();
         registry.register(
             "reconcile_duration_seconds",
             "Duration of one reconcile of a StatefulService",
@@ -189,6 +197,16 @@ impl Metrics {
             "1 while this instance holds the leader Lease",
             leader.clone(),
         );
+        registry.register(
+            "rebalances",
+            "Rebalances by load started (spec.placement.balance Load)",
+            rebalances.clone(),
+        );
+        registry.register(
+            "hot_shards",
+            "Shards too hot for any pod of a service (status.placement.hotShards)",
+            hot_shards.clone(),
+        );
         Self {
             registry,
             reconcile_duration,
@@ -200,7 +218,34 @@ impl Metrics {
             writes,
             api_requests,
             leader,
+            rebalances,
+            hot_shards,
         }
+    }
+
+    /// Records what a reconcile of service `labels` decided about placement by load: a
+    /// rebalance started (a `Rebalance` transition's `Warm` step) and the hot shards in its
+    /// status (`None`: not placing by load, the gauge reads 0).
+    pub fn record_placement(
+        &self,
+        labels: &ServiceLabels,
+        steps: &[StepRecord],
+        placement: Option<&crate::crd::PlacementStatus>,
+    ) {
+        let started = steps
+            .iter()
+            .filter(|s| {
+                s.kind == Some(crate::crd::TransitionKind::Rebalance)
+                    && s.step == crate::plan::StepKind::Warm
+            })
+            .count();
+        if started > 0 {
+            self.rebalances.get_or_create(labels).inc_by(started as u64);
+        }
+        let hot = placement.map_or(0, |p| p.hot_shards.len());
+        self.hot_shards
+            .get_or_create(labels)
+            .set(i64::try_from(hot).unwrap_or(i64::MAX));
     }
 
     /// Records the steps a reconcile took.

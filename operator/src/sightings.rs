@@ -6,7 +6,8 @@
 //! clock only when a plan is made (`now_wall - (now_instant - seen_instant)`): a wall-clock
 //! step between two reconciles moves the converted sightings along with `now`, so it cannot
 //! shorten a deadline. The memory is bounded by what is observed: the last ring's version and
-//! phase, and the pods of the last observation (a pod no longer listed is dropped).
+//! phase, and the pods of the last observation (a pod no longer listed is dropped), with each
+//! pod's current load report (for the report's age in the status).
 //!
 //! A fresh process has no sightings: its first reconcile sees every state for the first time,
 //! so every deadline that is running restarts from then (never shorter; at most one more
@@ -18,6 +19,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::jiff::Timestamp;
 use locus_contract::ring::{Phase, Ring};
 use tracing::{debug, warn};
+
+use locus_contract::progress::ShardLoadReport;
 
 use crate::plan::{FirstSeen, ObservedPod, PodSeen, PublishedRing, Readiness, RingSeen};
 
@@ -44,6 +47,8 @@ struct PodSighting {
 pub struct Sightings {
     ring: Option<RingSighting>,
     pods: HashMap<String, PodSighting>,
+    /// Each pod's current load report and when it was first seen, by UID.
+    loads: HashMap<String, (ShardLoadReport, Instant)>,
 }
 
 impl Sightings {
@@ -74,6 +79,18 @@ impl Sightings {
             kept.insert(pod.uid.clone(), sighting);
         }
         self.pods = kept;
+        let mut loads = HashMap::new();
+        for pod in pods {
+            let Some(Ok(report)) = &pod.progress.load else {
+                continue;
+            };
+            let seen = match self.loads.remove(&pod.uid) {
+                Some((old, seen)) if old == *report => seen,
+                _ => at,
+            };
+            loads.insert(pod.uid.clone(), (report.clone(), seen));
+        }
+        self.loads = loads;
     }
 
     /// Records `published`, which this process published (or read) at `at`, unless it already
@@ -141,6 +158,11 @@ impl Sightings {
                     (uid.clone(), seen)
                 })
                 .collect::<BTreeMap<_, _>>(),
+            load_reports: self
+                .loads
+                .iter()
+                .map(|(uid, (_, seen))| (uid.clone(), wall(*seen)))
+                .collect(),
         }
     }
 }
@@ -203,6 +225,7 @@ mod tests {
                 transition: None,
                 timed_out: Vec::new(),
                 reporters: Vec::new(),
+                last_rebalance: None,
             }),
         }
     }

@@ -10,9 +10,10 @@
 use std::path::PathBuf;
 
 use locus_operator::crd::{
-    self, AVAILABLE, ColdSessions, DEGRADED, MovedSessionsSummary, PROGRESSING, Phase,
-    PodFailurePolicy, StatefulService, StatefulServiceSpec, StatefulServiceStatus, TransitionKind,
-    TransitionRecord, UpdateStrategyType, WarmSessions, rules,
+    self, AVAILABLE, BalanceMode, ColdSessions, DEGRADED, HotShardStatus, MovedSessionsSummary,
+    PROGRESSING, Phase, PlacementStatus, PodFailurePolicy, PodLoad, RebalanceRecord,
+    StatefulService, StatefulServiceSpec, StatefulServiceStatus, TransitionKind, TransitionRecord,
+    UpdateStrategyType, WarmSessions, rules,
 };
 use serde_json::{Value, json};
 
@@ -369,7 +370,7 @@ fn schema_defaults_agree_with_serde_defaults() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 7, "every defaulted field of the spec was compared");
+    assert_eq!(checked, 8, "every defaulted field of the spec was compared");
 }
 
 #[test]
@@ -410,6 +411,7 @@ fn status_schema_enums() {
             "Rollout",
             "InPlace",
             "Reroute",
+            "Rebalance",
             "Reshard"
         ])
     );
@@ -716,8 +718,42 @@ fn whole_resource_with_status_round_trips() {
             }),
             losers_gone: vec!["cart-1-x".to_owned()],
         }),
+        placement: Some(PlacementStatus {
+            pods: vec![PodLoad {
+                slot: 1,
+                pod: "cart-1-x".to_owned(),
+                requests_per_second: Some(120.5),
+                bytes_per_second: Some(4096.0),
+                ring_version: Some(7),
+                seen_at: Some(
+                    serde_json::from_value(json!("2026-01-02T03:04:05Z")).expect("a timestamp"),
+                ),
+                problem: None,
+            }],
+            busiest_percent: Some(131),
+            message: Some("a transition is in progress".to_owned()),
+            last_rebalance: Some(RebalanceRecord {
+                started_at: serde_json::from_value(json!("2026-01-02T03:04:05Z"))
+                    .expect("a timestamp"),
+                from_version: 4,
+                shards_moved: 12,
+                busiest_percent_before: 152,
+                busiest_percent_predicted: 108,
+            }),
+            hot_shards: vec![HotShardStatus {
+                shard: 77,
+                slot: 1,
+                requests_per_second: 300.0,
+                percent_of_mean: 140,
+            }],
+        }),
     });
     let json = serde_json::to_value(&service).expect("serializes");
+    let placement = &json["status"]["placement"];
+    assert_eq!(placement["pods"][0]["requestsPerSecond"], 120.5);
+    assert_eq!(placement["lastRebalance"]["busiestPercentPredicted"], 108);
+    assert_eq!(placement["hotShards"][0]["percentOfMean"], 140);
+    assert!(placement["pods"][0].get("problem").is_none());
     let moved = &json["status"]["lastTransition"]["movedSessions"];
     assert_eq!(moved["warm"]["total"], 199);
     assert_eq!(moved["cold"]["rolledForward"], 1);
@@ -757,6 +793,13 @@ const SERVED_BY_THE_API_SERVER: &str = r#"{
   },
   "spec": {
     "onPodFailure": "Reroute",
+    "placement": {
+      "balance": "Keys",
+      "intervalSeconds": 300,
+      "maxShardsPerRound": 64,
+      "targetPercent": 110,
+      "triggerPercent": 120
+    },
     "port": "http",
     "replicas": 3,
     "shards": 8192,
@@ -842,4 +885,40 @@ fn object_served_by_the_api_server_round_trips() {
     assert_eq!(types, [AVAILABLE, PROGRESSING, DEGRADED]);
     // Serializing gives back exactly what the API server served: no field lost or added.
     assert_eq!(serde_json::to_value(&service).expect("serializes"), served);
+}
+
+#[test]
+fn placement_defaults_and_its_rule() {
+    let spec: StatefulServiceSpec =
+        serde_json::from_value(minimal_spec_json()).expect("deserializes");
+    assert_eq!(spec.placement.balance, BalanceMode::Keys);
+    assert_eq!(
+        (
+            spec.placement.trigger_percent,
+            spec.placement.target_percent,
+            spec.placement.max_shards_per_round,
+            spec.placement.interval_seconds
+        ),
+        (120, 110, 64, 300)
+    );
+    let placement = &spec_schema()["properties"]["placement"];
+    assert_eq!(
+        validations(placement),
+        vec![(
+            rules::PLACEMENT_TARGET_BELOW_TRIGGER.to_owned(),
+            rules::PLACEMENT_TARGET_BELOW_TRIGGER_MESSAGE.to_owned(),
+            Some(".targetPercent".to_owned())
+        )]
+    );
+    let properties = &placement["properties"];
+    assert_eq!(
+        properties["balance"]["enum"],
+        json!(["Off", "Keys", "Load"])
+    );
+    assert_eq!(properties["balance"]["default"], "Keys");
+    assert_eq!(properties["triggerPercent"]["minimum"], json!(101.0));
+    assert_eq!(properties["targetPercent"]["minimum"], json!(100.0));
+    assert_eq!(properties["maxShardsPerRound"]["minimum"], json!(1.0));
+    assert_eq!(properties["intervalSeconds"]["minimum"], json!(1.0));
+    assert_eq!(placement["default"]["balance"], "Keys");
 }

@@ -14,7 +14,8 @@
 //! - `spec.port` names a container port of the pod template;
 //! - `spec.replicas` does not exceed `spec.shards` (every slot holds at least one shard);
 //! - every duration is a positive Go duration (`30s`, `1m30s`);
-//! - `spec.snapshot.sizeLimit` is a positive quantity (`256Mi`).
+//! - `spec.snapshot.sizeLimit` is a positive quantity (`256Mi`);
+//! - `spec.placement.targetPercent` is below `spec.placement.triggerPercent`.
 //!
 //! The rules are exported as constants ([`rules`]) so tests and docs quote the exact text.
 //!
@@ -41,14 +42,16 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 pub use spec::{
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_REPLICAS, DEFAULT_SETTLE_TIMEOUT, DEFAULT_SHARDS,
-    DEFAULT_SNAPSHOT_SIZE_LIMIT, DEFAULT_UNREADY_GRACE, DEFAULT_VNODES, DEFAULT_WARM_TIMEOUT,
-    PodFailurePolicy, SnapshotSpec, StatefulService, StatefulServiceSpec, Timeouts, UpdateStrategy,
-    UpdateStrategyType,
+    BalanceMode, DEFAULT_DRAIN_TIMEOUT, DEFAULT_INTERVAL_SECONDS, DEFAULT_MAX_SHARDS_PER_ROUND,
+    DEFAULT_REPLICAS, DEFAULT_SETTLE_TIMEOUT, DEFAULT_SHARDS, DEFAULT_SNAPSHOT_SIZE_LIMIT,
+    DEFAULT_TARGET_PERCENT, DEFAULT_TRIGGER_PERCENT, DEFAULT_UNREADY_GRACE, DEFAULT_VNODES,
+    DEFAULT_WARM_TIMEOUT, Placement, PodFailurePolicy, SnapshotSpec, StatefulService,
+    StatefulServiceSpec, Timeouts, UpdateStrategy, UpdateStrategyType,
 };
 pub use status::{
-    AVAILABLE, ColdSessions, DEGRADED, MOVED_SESSIONS_REPORTED, MovedSessionsSummary, PROGRESSING,
-    Phase, ServedSessions, StatefulServiceStatus, TransitionKind, TransitionRecord, WarmSessions,
+    AVAILABLE, ColdSessions, DEGRADED, HotShardStatus, MOVED_SESSIONS_REPORTED,
+    MovedSessionsSummary, PROGRESSING, Phase, PlacementStatus, PodLoad, RebalanceRecord,
+    ServedSessions, StatefulServiceStatus, TransitionKind, TransitionRecord, WarmSessions,
 };
 
 /// API group of the resource.

@@ -75,3 +75,9 @@ pub const MAX_CONTAINER_PORTS: u32 = 128;
 pub const PORT_NAME_MAX_LENGTH: u32 = 15;
 /// `OpenAPI` pattern of `spec.port`: lower-case letters, digits and inner hyphens.
 pub const PORT_NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+/// `spec.placement` (reported on `spec.placement.targetPercent`): the target band lies strictly
+/// inside the trigger band, so that a rebalanced service does not move again on small changes.
+pub const PLACEMENT_TARGET_BELOW_TRIGGER: &str = "self.targetPercent < self.triggerPercent";
+/// Message of [`PLACEMENT_TARGET_BELOW_TRIGGER`].
+pub const PLACEMENT_TARGET_BELOW_TRIGGER_MESSAGE: &str = "spec.placement.targetPercent must be below spec.placement.triggerPercent (for example trigger 120, target 110): a rebalance moves shards until the busiest pod is within the target, and starts only past the trigger";

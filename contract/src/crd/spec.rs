@@ -171,6 +171,93 @@ pub struct StatefulServiceSpec {
     /// the slot's pod, address and state. Unset: no snapshot volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotSpec>,
+
+    /// How shards are spread over the slots besides membership changes: balanced by key count
+    /// (Keys, the default), by the load the pods report (Load), or left where membership changes
+    /// put them (Off).
+    #[serde(default)]
+    pub placement: Placement,
+}
+
+/// How shards are spread over the slots (docs/adr/0002-load-aware-placement.md).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new(rules::PLACEMENT_TARGET_BELOW_TRIGGER)
+        .message(rules::PLACEMENT_TARGET_BELOW_TRIGGER_MESSAGE)
+        .field_path(".targetPercent"),
+)]
+pub struct Placement {
+    /// What the operator balances.
+    ///
+    /// Keys (default): every slot holds floor or ceil(shards / replicas) shards; a table left
+    /// unbalanced (a capped step, a change of mode) is evened out by key count.
+    ///
+    /// Load: in a Stable ring, shards move from the busiest pods to the least busy, by the
+    /// requests per second each pod reports in its annotation locus.dev/shard-load, through the
+    /// same Warm, Switch, Settle handoff as a scale change: when every pod reported for the
+    /// current ring, the busiest pod serves more than triggerPercent of the mean and
+    /// intervalSeconds passed since the last rebalance, at most maxShardsPerRound shards move
+    /// until the busiest is at most targetPercent of the mean.
+    ///
+    /// Off: shards move only for membership changes (slots joining, leaving or failing) and the
+    /// later capped steps of those; the table is otherwise left as it is.
+    #[serde(default)]
+    pub balance: BalanceMode,
+
+    /// Load: a rebalance starts only when the busiest pod's requests per second exceed this
+    /// percentage of the mean over the pods (101 to 1000). Above targetPercent, so that a
+    /// rebalanced service does not move again on small changes.
+    #[serde(default = "default_trigger_percent")]
+    #[schemars(range(min = 101, max = 1000))]
+    pub trigger_percent: u32,
+
+    /// Load: a rebalance moves shards until the busiest pod is predicted at most this
+    /// percentage of the mean (100 to 999, below triggerPercent). A single shard busier than
+    /// this percentage of the mean cannot be placed within it: it is reported in
+    /// status.placement.hotShards and stays where it is (doubling spec.shards splits it).
+    #[serde(default = "default_target_percent")]
+    #[schemars(range(min = 100, max = 999))]
+    pub target_percent: u32,
+
+    /// Load: most shards one rebalance moves (1 to 65536); spec.maxShardMovesPerStep, when
+    /// lower, caps it as well.
+    #[serde(default = "default_max_shards_per_round")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub max_shards_per_round: u32,
+
+    /// Load: least time from the end of one rebalance (or any other transition) to the start of
+    /// the next, in seconds (1 to 86400); also the least time the current ring must have been
+    /// in place, so that the pods' reports measure it.
+    #[serde(default = "default_interval_seconds")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub interval_seconds: u32,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Self {
+            balance: BalanceMode::default(),
+            trigger_percent: DEFAULT_TRIGGER_PERCENT,
+            target_percent: DEFAULT_TARGET_PERCENT,
+            max_shards_per_round: DEFAULT_MAX_SHARDS_PER_ROUND,
+            interval_seconds: DEFAULT_INTERVAL_SECONDS,
+        }
+    }
+}
+
+/// What the operator balances (spec.placement.balance).
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum BalanceMode {
+    /// Shards move only for membership changes.
+    Off,
+    /// Every slot holds floor or ceil(shards / replicas) shards.
+    #[default]
+    Keys,
+    /// Shards move from the busiest pods to the least busy, by reported load.
+    Load,
 }
 
 /// How pods are replaced when the pod template changes.
@@ -282,6 +369,14 @@ pub const DEFAULT_SETTLE_TIMEOUT: StdDuration = StdDuration::from_secs(60);
 pub const DEFAULT_UNREADY_GRACE: StdDuration = StdDuration::from_secs(10);
 /// Default of `spec.snapshot.sizeLimit`.
 pub const DEFAULT_SNAPSHOT_SIZE_LIMIT: &str = "256Mi";
+/// Default of `spec.placement.triggerPercent`.
+pub const DEFAULT_TRIGGER_PERCENT: u32 = 120;
+/// Default of `spec.placement.targetPercent`.
+pub const DEFAULT_TARGET_PERCENT: u32 = 110;
+/// Default of `spec.placement.maxShardsPerRound`.
+pub const DEFAULT_MAX_SHARDS_PER_ROUND: u32 = 64;
+/// Default of `spec.placement.intervalSeconds`.
+pub const DEFAULT_INTERVAL_SECONDS: u32 = 300;
 
 fn default_replicas() -> i32 {
     DEFAULT_REPLICAS
@@ -309,6 +404,22 @@ fn default_settle_timeout() -> Duration {
 
 fn default_unready_grace() -> Duration {
     DEFAULT_UNREADY_GRACE.into()
+}
+
+fn default_trigger_percent() -> u32 {
+    DEFAULT_TRIGGER_PERCENT
+}
+
+fn default_target_percent() -> u32 {
+    DEFAULT_TARGET_PERCENT
+}
+
+fn default_max_shards_per_round() -> u32 {
+    DEFAULT_MAX_SHARDS_PER_ROUND
+}
+
+fn default_interval_seconds() -> u32 {
+    DEFAULT_INTERVAL_SECONDS
 }
 
 fn default_snapshot_size_limit() -> String {

@@ -75,6 +75,97 @@ pub struct StatefulServiceStatus {
     /// The most recent transition: the one in progress, or the last one finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition: Option<TransitionRecord>,
+
+    /// Placement by load (spec.placement.balance Load): the load each pod reports, the last
+    /// rebalance and the shards too hot for any pod. Unset in the other modes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementStatus>,
+}
+
+/// What the operator knows about the load of the service's pods (status.placement).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementStatus {
+    /// The load each slot's pod reports (annotation locus.dev/shard-load), by slot. Pods without
+    /// a readable report are listed without figures.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<PodLoad>,
+
+    /// The busiest pod's requests per second over the mean, in percent, when every pod reported
+    /// for the current ring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busiest_percent: Option<u32>,
+
+    /// Why no rebalance is starting now (reports missing or for another ring, the interval not
+    /// passed, the load within the trigger), or which one started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+
+    /// The last rebalance by load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rebalance: Option<RebalanceRecord>,
+
+    /// Shards busier alone than spec.placement.targetPercent of the mean pod load: no pod can
+    /// take one within the target, so they stay where they are (doubling spec.shards splits
+    /// them). Busiest first, at most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hot_shards: Vec<HotShardStatus>,
+}
+
+/// The load one pod reports.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodLoad {
+    /// The slot the pod serves.
+    pub slot: u32,
+    /// The pod's name.
+    pub pod: String,
+    /// Requests per second over the report's window (rounded to a tenth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<f64>,
+    /// Request and response body bytes per second over the window (rounded to a whole byte).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_second: Option<f64>,
+    /// The ring version the report counts for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_version: Option<u64>,
+    /// When the operator first saw this report (unchanged since): its age is the time since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_at: Option<Time>,
+    /// Why the report is not used: missing, unreadable, or for another ring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// One rebalance by load.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RebalanceRecord {
+    /// When its Warm ring was published.
+    pub started_at: Time,
+    /// The ring version whose reports it was planned from.
+    pub from_version: u64,
+    /// Shards it moves.
+    pub shards_moved: u32,
+    /// The busiest pod's requests per second over the mean, in percent, before.
+    pub busiest_percent_before: u32,
+    /// The same, predicted after the moves (measured again once the pods report for the new
+    /// ring: busiestPercent).
+    pub busiest_percent_predicted: u32,
+}
+
+/// A shard too hot for any pod.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HotShardStatus {
+    /// The shard.
+    pub shard: u32,
+    /// The slot that holds it.
+    pub slot: u32,
+    /// Its requests per second (rounded to a tenth).
+    pub requests_per_second: f64,
+    /// Its requests per second over the mean pod load, in percent.
+    pub percent_of_mean: u32,
 }
 
 /// Step of the ring's life cycle.
@@ -106,6 +197,8 @@ pub enum TransitionKind {
     InPlace,
     /// A failed slot's shards moved to the other slots.
     Reroute,
+    /// Shards moved from the busiest pods to the least busy (spec.placement.balance Load).
+    Rebalance,
     /// The shard count grew; shards were split in place and none moved.
     Reshard,
 }
@@ -114,7 +207,8 @@ pub enum TransitionKind {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TransitionRecord {
-    /// What started the transition: ScaleUp, ScaleDown, Rollout, InPlace, Reroute or Reshard.
+    /// What started the transition: ScaleUp, ScaleDown, Rollout, InPlace, Reroute, Reshard or
+    /// Rebalance.
     pub kind: TransitionKind,
 
     /// Ring version the transition started from.

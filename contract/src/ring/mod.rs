@@ -15,6 +15,8 @@
 //! * [`plan`], [`PlanRequest`], [`Plan`]: the operator's deterministic
 //!   planner (balanced, minimal moves, consistent-hashing preferences over
 //!   [`SlotRing`]).
+//! * [`balance()`], [`SlotLoad`], [`BalanceConfig`], [`Balance`]: placement by load (which
+//!   shards to move from the busiest slots to the least busy, within a budget).
 //! * [`annotations`]: names of the pod annotations that report progress.
 //!
 //! ```
@@ -34,6 +36,7 @@
 //! ```
 
 mod assignment;
+mod balance;
 mod document;
 mod error;
 mod hash;
@@ -42,6 +45,7 @@ mod planner;
 mod tokens;
 
 pub use assignment::{Assignment, ShardMove};
+pub use balance::{Balance, BalanceConfig, BalanceError, HotShard, SlotLoad, balance};
 pub use document::RingDocument;
 pub use error::RingError;
 pub use hash::{HASH_ALGORITHM, HASH_SEED, ShardCount, hash_key};

@@ -68,6 +68,9 @@ pub struct FirstSeen {
     pub ring: Option<RingSeen>,
     /// The pods, by UID.
     pub pods: BTreeMap<String, PodSeen>,
+    /// When this process first saw each pod's current load report (`locus.dev/shard-load`,
+    /// unchanged since), by pod UID.
+    pub load_reports: BTreeMap<String, Timestamp>,
 }
 
 impl FirstSeen {

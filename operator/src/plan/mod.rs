@@ -32,11 +32,16 @@
 //!    is started and, when Ready, takes over by the surge handoff below.
 //! 5. **Scale down**: slots `>= spec.replicas` are `Leaving`; their shards go to the others.
 //! 6. **Scale up / rejoin**: slots with a Ready pod that hold no shards are `Joining`.
-//! 7. **Rebalance**: a capped step left the table unbalanced: the next capped step.
+//! 7. **Rebalance**: a capped step left the table unbalanced: the next capped step (with
+//!    `spec.placement.balance` `Off` or `Load`, only the steps of a membership change).
 //! 8. **Rollout (Surge)**: a slot whose pod has an old revision gets a surge pod; when Ready
 //!    it is the slot's `successor`, warms the whole slot and takes it over at the switch.
 //! 9. **Rollout (`InPlace`)**: an image-only change is applied to the pod itself, one slot at a
 //!    time; the pod keeps its name and address.
+//! 10. **Rebalance by load** (`spec.placement.balance: Load`): when nothing else is going on,
+//!     every pod reported its load for the current ring, the busiest exceeds the trigger and
+//!     the interval passed: a `Warm` ring whose target moves shards from the busiest pods to
+//!     the least busy (`docs/adr/0002-load-aware-placement.md`).
 //!
 //! A transition that moves shards or pods is `Warm` (target published beside current) →
 //! `Switch` (when every gaining pod reported warmed, or `timeouts.warm` passed) → `Stable`
@@ -74,7 +79,9 @@ use k8s_openapi::jiff::Timestamp;
 use locus_contract::ring::{Ring, RingError};
 use serde::{Deserialize, Serialize};
 
-use crate::crd::{StatefulServiceSpec, StatefulServiceStatus, TransitionKind, TransitionRecord};
+use crate::crd::{
+    RebalanceRecord, StatefulServiceSpec, StatefulServiceStatus, TransitionKind, TransitionRecord,
+};
 
 pub use first_seen::{FirstSeen, PodSeen, Readiness, RingSeen};
 pub use naming::{
@@ -88,7 +95,7 @@ pub use status::merge_conditions;
 /// Largest number of slots replaced by surge pods at the same time during a rollout.
 pub const MAX_SURGE: usize = 1;
 
-/// Progress a pod reported by annotating itself (`locus.dev/*-ring-version`,
+/// Progress a pod reported by annotating itself (`locus.dev/*-ring-version`, `locus.dev/shard-load`,
 /// `locus.dev/moved-sessions`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
@@ -102,6 +109,9 @@ pub struct Progress {
     /// (`locus.dev/moved-sessions`): `None` when the annotation is missing, `Err` (why, bounded)
     /// when it cannot be read.
     pub moved: Option<Result<locus_contract::progress::MovedReport, String>>,
+    /// What it served over its last window (`locus.dev/shard-load`): `None` when the annotation
+    /// is missing, `Err` (why, bounded) when it cannot be read.
+    pub load: Option<Result<locus_contract::progress::ShardLoadReport, String>>,
 }
 
 /// A pod expected to report its moved sessions for a transition.
@@ -180,6 +190,9 @@ pub struct RingMeta {
     /// that start no transition are published.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reporters: Vec<ReportingPod>,
+    /// The last rebalance by load, carried from ring to ring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rebalance: Option<RebalanceRecord>,
 }
 
 /// A ring as published, with its bookkeeping.
@@ -327,6 +340,11 @@ pub mod reasons {
     /// Every pod of a finished transition reported final counts (condition
     /// `MovedSessionsReported` `True/Complete`): the warm-hit percentage and its breakdown.
     pub const HANDOFF_REPORTED: &str = "HandoffReported";
+    /// A rebalance by load published its `Warm` ring (`spec.placement.balance: Load`).
+    pub const REBALANCE: &str = "LoadRebalance";
+    /// Shards too hot for any pod (alone above `spec.placement.targetPercent` of the mean),
+    /// when the set of them changes.
+    pub const HOT_SHARDS: &str = "HotShards";
 }
 
 /// Reasons of the deletions that fence a pod (make it gone, so that its keys may be loaded

@@ -46,11 +46,16 @@ fn progress(pod: &Pod) -> Progress {
         Some(unreadable) => Some(Err(unreadable.reason)),
         None => read.moved.map(Ok),
     };
+    let load = values.get(annotations::SHARD_LOAD).map(|text| {
+        locus_contract::progress::ShardLoadReport::from_annotation(text)
+            .map_err(|e| e.to_string().chars().take(256).collect())
+    });
     Progress {
         observed: read.observed,
         warmed: read.warmed,
         drained: read.drained,
         moved,
+        load,
     }
 }
 

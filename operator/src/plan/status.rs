@@ -370,6 +370,7 @@ pub(super) fn build(facts: &StatusFacts<'_>) -> (StatefulServiceStatus, Option<T
         current_revision: facts.ring.and_then(|r| current_revision(facts, r)),
         update_revision: Some(facts.revision.to_owned()),
         last_transition: transition,
+        placement: None,
     };
     (status, accounting.and_then(|a| a.recheck_at))
 }

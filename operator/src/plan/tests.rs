@@ -2697,3 +2697,5 @@ fn plan_cost_of_a_settled_service() {
         );
     }
 }
+
+mod balance;

@@ -8,6 +8,7 @@
 //! the `Planner` type the steps in [`stable`] and [`phases`] extend; the steps themselves are
 //! already in those files.
 
+mod balance;
 mod phases;
 mod stable;
 
@@ -142,6 +143,10 @@ pub(super) struct Planner<'a> {
     events: Vec<PlannedEvent>,
     steps: Vec<StepRecord>,
     deadlines: Vec<Timestamp>,
+    /// Placement by load: why no rebalance starts, or which one did (`status.placement`).
+    load_note: Option<String>,
+    /// Placement by load: the reports the step read, with the ring version they were read for.
+    measured: Option<(u64, balance::Measure)>,
 }
 
 impl<'a> Planner<'a> {
@@ -192,6 +197,8 @@ impl<'a> Planner<'a> {
             events: Vec::new(),
             steps: Vec::new(),
             deadlines: Vec::new(),
+            load_note: None,
+            measured: None,
         })
     }
 
@@ -247,6 +254,8 @@ impl<'a> Planner<'a> {
             converged,
             revision: &self.revision,
         });
+        let mut status = status;
+        status.placement = self.placement_status(final_ring, final_meta);
         self.deadlines.extend(recheck_at);
         self.status_events(&status);
         let now = self.obs.now;
@@ -516,6 +525,11 @@ impl<'a> Planner<'a> {
             transition,
             timed_out,
             reporters: Vec::new(),
+            last_rebalance: self
+                .obs
+                .ring
+                .and_then(|p| p.meta.as_ref())
+                .and_then(|m| m.last_rebalance.clone()),
         }
     }
 

@@ -3,9 +3,10 @@
 //! Why one file of about 800 lines: it is one concern, the choice of the next step from a
 //! stable ring, read top to bottom in the order [`Planner::stable`] tries the steps (fresh
 //! and restored rings, scale to zero, reshard, takeover, failures, handover, evictions, scale
-//! down and up, rebalance, surge, rollout, normalize). Each step is a `Planner` method that
-//! reads the same planner state; cut into files, the order of priority — the part a reader
-//! must check — would be spread over several of them.
+//! down and up, rebalance, surge, rollout, normalize; the rebalance by load, before normalize,
+//! is in `balance.rs`). Each step is a `Planner` method that reads the same planner state; cut
+//! into files, the order of priority — the part a reader must check — would be spread over
+//! several of them.
 
 use std::collections::BTreeSet;
 
@@ -201,7 +202,7 @@ impl<'a> Planner<'a> {
         if self.n == 0 {
             return self.scaled_to_zero(published);
         }
-        let steps: [StableStep<'a>; 9] = [
+        let steps: [StableStep<'a>; 10] = [
             Self::reshard,
             Self::takeover,
             Self::failures,
@@ -211,6 +212,7 @@ impl<'a> Planner<'a> {
             Self::rebalance,
             Self::surge,
             Self::start_rollout,
+            Self::balance_by_load,
         ];
         for step in steps {
             if let Some(decision) = step(self, published)? {
@@ -657,12 +659,16 @@ impl<'a> Planner<'a> {
         Ok(Some(Decision::publish(next, meta)))
     }
 
-    /// A capped step left the table unbalanced for its slots: the next capped step.
+    /// A capped step left the table unbalanced for its slots: the next capped step (with
+    /// `placement.balance` `Off` or `Load`, only to finish a membership change).
     pub(super) fn rebalance(
         &mut self,
         published: &'a PublishedRing,
     ) -> Result<Option<Decision>, RingError> {
         let ring = &published.ring;
+        if !self.evens_out_by_keys(published) {
+            return Ok(None);
+        }
         let held: Vec<u16> = members(ring.current()).into_iter().collect();
         let full = self.assign(Some(ring.current()), &held, false)?;
         if full.moved == 0 {

@@ -1,0 +1,276 @@
+//! Placement by load in the simulated cluster: the pods' load reports are set by the test (as
+//! the SDK's reporter would write them), from a true load per shard.
+
+use locus_contract::progress::{ShardLoad, ShardLoadReport};
+
+use super::*;
+use crate::crd::BalanceMode;
+
+/// The window the simulated reports cover, in seconds.
+const WINDOW: u32 = 10;
+
+impl World {
+    /// A converged world of `replicas` slots placing by load with `budget` shards per round
+    /// and a 60 s interval.
+    fn placing_by_load(replicas: i32, budget: u32) -> Self {
+        let mut world = World::converged(replicas);
+        world.spec.placement.balance = BalanceMode::Load;
+        world.spec.placement.max_shards_per_round = budget;
+        world.spec.placement.interval_seconds = 60;
+        world
+    }
+
+    /// Every pod of a slot holding shards reports, for the current ring, the load `truth`
+    /// (requests per second, by shard) puts on its shards.
+    fn report_load(&mut self, truth: &[f64]) {
+        let ring = self.ring().clone();
+        for slot in ring.slots() {
+            let shards: Vec<u32> = ring.current().shards_of(slot.index).collect();
+            if shards.is_empty() {
+                continue;
+            }
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let count = |rps: f64| (rps * f64::from(WINDOW)).round() as u64;
+            let loads: Vec<ShardLoad> = shards
+                .iter()
+                .map(|&shard| ShardLoad {
+                    shard,
+                    requests: count(truth[shard as usize]),
+                    bytes: count(truth[shard as usize]) * 100,
+                })
+                .collect();
+            let report = ShardLoadReport {
+                ring_version: ring.version(),
+                shards: ring.shards().get(),
+                window_seconds: WINDOW,
+                requests: loads.iter().map(|l| l.requests).sum(),
+                bytes: loads.iter().map(|l| l.bytes).sum(),
+                owned_shards: u32::try_from(shards.len()).unwrap(),
+                hot: ShardLoadReport::hottest(loads),
+            };
+            assert_eq!(report.validate(), Ok(()));
+            let name = slot.pod.name.clone();
+            self.pod_mut(&name).progress.load = Some(Ok(report));
+        }
+    }
+
+    /// The true busiest slot's load over the mean under the current table.
+    fn true_ratio(&self, truth: &[f64]) -> f64 {
+        let mut loads: BTreeMap<u16, f64> = BTreeMap::new();
+        for (shard, &slot) in self.ring().current().as_slice().iter().enumerate() {
+            *loads.entry(slot).or_default() += truth[shard];
+        }
+        let mean = loads.values().sum::<f64>() / f64::from(u32::try_from(loads.len()).unwrap());
+        loads.values().fold(0.0_f64, |a, &b| a.max(b)) / mean
+    }
+
+    fn placement(&self) -> crate::crd::PlacementStatus {
+        self.status
+            .as_ref()
+            .and_then(|s| s.placement.clone())
+            .expect("status.placement")
+    }
+}
+
+/// 64 shards over 4 slots; slot 0's shards are three times as busy as the others.
+fn skewed(world: &World) -> Vec<f64> {
+    let mut truth = vec![1.0; 64];
+    for shard in world.ring().current().shards_of(0) {
+        truth[shard as usize] = 3.0;
+    }
+    truth
+}
+
+#[test]
+fn load_mode_moves_shards_from_the_busiest_pod_within_the_budget_then_stays() {
+    let mut world = World::placing_by_load(4, 6);
+    let truth = skewed(&world);
+    let start = world.true_ratio(&truth);
+    assert!((start - 2.0).abs() < 1e-9, "{start}");
+    world.report_load(&truth);
+
+    // Not before the interval has passed since the ring was published.
+    let actions = world.step();
+    assert!(actions.publish.is_none());
+    let placement = world.placement();
+    assert_eq!(placement.busiest_percent, Some(200));
+    assert!(
+        placement
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("the next rebalance may start at"),
+        "{placement:?}"
+    );
+    assert!(
+        actions.requeue_after.is_some(),
+        "wakes up when the interval ends"
+    );
+    assert_eq!(placement.pods.len(), 4);
+    assert!(placement.pods.iter().all(|p| p.problem.is_none()));
+
+    let mut rounds = 0;
+    let mut moved_total = 0;
+    while world.true_ratio(&truth) > 1.10 {
+        rounds += 1;
+        assert!(
+            rounds <= 8,
+            "still {} after {rounds} rounds",
+            world.true_ratio(&truth)
+        );
+        world.advance(61);
+        let before = world.ring().current().clone();
+        let actions = world.step();
+        let next = actions
+            .publish
+            .as_ref()
+            .expect("a rebalance starts")
+            .ring
+            .clone();
+        assert_eq!(next.phase(), RingPhase::Warm);
+        let moves: Vec<_> = before.moves_to(next.target().unwrap()).unwrap().collect();
+        assert!(!moves.is_empty() && moves.len() <= 6, "{moves:?}");
+        moved_total += moves.len();
+        let record = world.last_transition();
+        assert_eq!(record.kind, crate::crd::TransitionKind::Rebalance);
+        assert_eq!(record.shards_moved as usize, moves.len());
+        assert_eq!(world.events_of(reasons::REBALANCE).len(), rounds);
+        // Through Warm, Switch and Settle like any other transition.
+        world.settle(Reports::All);
+        assert_eq!(world.ring().phase(), RingPhase::Stable);
+        let last = world.placement().last_rebalance.expect("lastRebalance");
+        assert_eq!(last.shards_moved as usize, moves.len());
+        assert!(last.busiest_percent_predicted < last.busiest_percent_before);
+        // The reports are for the ring before: nothing more until the pods report again.
+        world.advance(1000);
+        assert!(world.step().publish.is_none());
+        assert!(
+            world
+                .placement()
+                .message
+                .unwrap()
+                .contains("waiting for every pod's load report"),
+        );
+        world.report_load(&truth);
+    }
+    // 64 shards, 16 per slot; slot 0 at 48 of 96 req/s. Reaching 1.10 takes 8 of its
+    // shards (3 req/s each) to the three others: 24, 24+... within 2 rounds of 6.
+    assert!(rounds <= 2, "{rounds} rounds");
+    println!(
+        "rounds {rounds}, shards moved {moved_total}, ratio {start} -> {}",
+        world.true_ratio(&truth)
+    );
+    // Placed by load, the table is no longer balanced by key count, and stays so.
+    assert!(world.counts()[&0] < 16, "{:?}", world.counts());
+    // Balanced load: no further rebalance, however long (hysteresis).
+    for _ in 0..3 {
+        world.advance(1000);
+        let actions = world.step();
+        assert!(actions.publish.is_none(), "{:?}", world.placement());
+        world.report_load(&truth);
+    }
+    let placement = world.placement();
+    assert!(placement.busiest_percent.unwrap() <= 110, "{placement:?}");
+    assert!(placement.message.unwrap().contains("within the trigger"));
+}
+
+#[test]
+fn keys_mode_ignores_load_reports_and_writes_no_placement_status() {
+    let mut world = World::converged(4);
+    let truth = skewed(&world);
+    world.report_load(&truth);
+    world.advance(1000);
+    let actions = world.step();
+    assert!(actions.is_idle());
+    assert!(world.status.as_ref().unwrap().placement.is_none());
+}
+
+#[test]
+fn off_keeps_a_table_placed_by_load_and_keys_evens_it_out_again() {
+    let mut world = World::placing_by_load(4, 6);
+    let truth = skewed(&world);
+    world.report_load(&truth);
+    world.advance(61);
+    world.settle(Reports::All);
+    let placed = world.ring().current().clone();
+    assert!(world.counts()[&0] < 16, "{:?}", world.counts());
+    world.spec.placement.balance = BalanceMode::Off;
+    world.advance(1000);
+    world.settle(Reports::All);
+    assert_eq!(world.ring().current(), &placed, "Off moves nothing");
+    world.spec.placement.balance = BalanceMode::Keys;
+    world.settle(Reports::All);
+    assert_converged(&world, 4);
+}
+
+#[test]
+fn a_report_for_another_ring_or_unreadable_holds_the_rebalance_back() {
+    let mut world = World::placing_by_load(4, 6);
+    let truth = skewed(&world);
+    world.report_load(&truth);
+    let pod = world.slot_pod(2);
+    let version = world.ring().version();
+    if let Some(Ok(report)) = world.pod_mut(&pod).progress.load.as_mut() {
+        report.ring_version = version - 1;
+    }
+    world.advance(1000);
+    assert!(world.step().publish.is_none());
+    let placement = world.placement();
+    let entry = placement.pods.iter().find(|p| p.slot == 2).unwrap();
+    assert_eq!(
+        entry.problem.as_deref(),
+        Some(
+            format!(
+                "reports for ring version {}, the ring is at {version}",
+                version - 1
+            )
+            .as_str()
+        )
+    );
+    assert!(placement.busiest_percent.is_none());
+    world.pod_mut(&pod).progress.load = Some(Err("shard load report is not a report".into()));
+    assert!(world.step().publish.is_none());
+    world.pod_mut(&pod).progress.load = None;
+    assert!(world.step().publish.is_none());
+    assert!(
+        world
+            .placement()
+            .message
+            .unwrap()
+            .contains("slot 2: no load report"),
+        "{:?}",
+        world.placement()
+    );
+    world.report_load(&truth);
+    assert!(world.step().publish.is_some());
+}
+
+#[test]
+fn a_shard_too_hot_for_any_pod_is_reported_once_and_not_moved() {
+    let mut world = World::placing_by_load(4, 6);
+    let mut truth = vec![1.0; 64];
+    let hot = world.ring().current().shards_of(1).next().unwrap();
+    truth[hot as usize] = 100.0; // mean (63 + 100) / 4 = 40.75
+    world.report_load(&truth);
+    world.advance(61);
+    let actions = world.step();
+    let placement = world.placement();
+    assert_eq!(placement.hot_shards.len(), 1);
+    assert_eq!(
+        (placement.hot_shards[0].shard, placement.hot_shards[0].slot),
+        (hot, 1)
+    );
+    assert_eq!(world.events_of(reasons::HOT_SHARDS).len(), 1);
+    if let Some(next) = &actions.publish {
+        let target = next.ring.target().unwrap();
+        assert_eq!(target.slot_of(hot), Some(1), "the hot shard stays");
+    }
+    world.settle(Reports::All);
+    world.report_load(&truth);
+    world.step();
+    assert_eq!(
+        world.events_of(reasons::HOT_SHARDS).len(),
+        1,
+        "once per set"
+    );
+}
