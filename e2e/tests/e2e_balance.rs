@@ -4,7 +4,12 @@
 //! * `every_pod_reports_its_shard_load`: the pod half alone (any operator). Every pod of the
 //!   ring patches its `locus.dev/shard-load` annotation, which parses and names the ring it
 //!   holds and its shards; the requests the pods counted add up to what the load generator
-//!   sent; the busiest session's shard is its owner's hottest.
+//!   sent; the busiest session's shard is its owner's hottest. The load annotation and the
+//!   progress annotations live side by side, each owned by its own field manager.
+//! * `zipf_load_is_rebalanced`: with the operator's `spec.placement.balance: Load`, the
+//!   issue's figure — busiest pod's load ÷ mean before and after rebalancing (target ≤ 1.25
+//!   within two rounds), lost writes, warm takeovers of the moved sessions, and the shards
+//!   moved against the fewest that could reach the operator's target.
 //!
 //! Build first: `cargo build -p locus-operator -p locus-examples -p locus-e2e --bins`.
 
@@ -19,14 +24,18 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use demo_support::*;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Api;
-use locus::progress::ShardLoadReport;
-use locus::ring::Ring;
-use locus::ring::annotations::SHARD_LOAD;
+use kube::api::{DynamicObject, Patch, PatchParams};
+use locus::progress::{LOAD_FIELD_MANAGER, ShardLoadReport};
+use locus::ring::annotations::{OBSERVED_RING_VERSION, SHARD_LOAD};
+use locus::ring::{Phase, Ring};
+use locus_contract::crd::{DEFAULT_TARGET_PERCENT, RebalanceRecord, TransitionRecord};
+use locus_e2e::accounting::{self, HandoffCheck};
 use locus_e2e::demo::{Demo, DemoOptions};
 use locus_e2e::support::prometheus;
-use locus_examples::loadgen::{KeyDistribution, LoadConfig, Stop};
+use locus_e2e::support::service::{read_ring, resource, shards_moved};
+use locus_examples::loadgen::{KeyDistribution, LoadConfig, Stop, Summary};
 
 /// The skew of the issue's figure.
 const ZIPF: KeyDistribution = KeyDistribution::Zipf { s: 1.1 };
@@ -47,12 +56,32 @@ async fn reports(pods: &Api<Pod>, ring: &Ring) -> Option<BTreeMap<String, ShardL
     let mut found = BTreeMap::new();
     for slot in ring.slots() {
         let pod = pods.get_opt(&slot.pod.name).await.ok()??;
-        let text = pod.metadata.annotations?.remove(SHARD_LOAD)?;
+        let text = pod.metadata.annotations.as_ref()?.get(SHARD_LOAD)?.clone();
         let report = ShardLoadReport::from_annotation(&text)
             .unwrap_or_else(|e| panic!("{}: {SHARD_LOAD} {text:?}: {e}", slot.pod.name));
         if report.ring_version != ring.version() || report.requests == 0 {
             return None;
         }
+        // The progress annotations are still there: the load's apply (its own field manager)
+        // removed none of them, and theirs did not remove the load.
+        let annotations = pod.metadata.annotations.as_ref()?;
+        assert!(
+            annotations.contains_key(OBSERVED_RING_VERSION),
+            "{}: {annotations:?}",
+            slot.pod.name
+        );
+        let managers = pod.metadata.managed_fields.unwrap_or_default();
+        let owner = managers.iter().find(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.to_string().contains(SHARD_LOAD))
+        });
+        assert_eq!(
+            owner.and_then(|m| m.manager.as_deref()),
+            Some(LOAD_FIELD_MANAGER),
+            "{}",
+            slot.pod.name
+        );
         found.insert(slot.pod.name.clone(), report);
     }
     Some(found)
@@ -186,6 +215,313 @@ async fn every_pod_reports_its_shard_load() {
         "{hot_pod}: {:?}",
         found[hot_pod].hot
     );
+    let report = demo.finish();
+    println!("{}", report.table());
+}
+
+/// Requests per second each pod of `ring` served over `span` of the load running meanwhile,
+/// from the difference of its `locus_load_requests_total`: exact counts, not a report window.
+async fn measured_rates(
+    http: &reqwest::Client,
+    ring: &Ring,
+    span: Duration,
+) -> BTreeMap<String, f64> {
+    let before = counted(http, ring).await;
+    let started = Instant::now();
+    tokio::time::sleep(span).await;
+    let after = counted(http, ring).await;
+    let seconds = started.elapsed().as_secs_f64();
+    #[allow(clippy::cast_precision_loss)]
+    after
+        .iter()
+        .map(|(pod, n)| (pod.clone(), (n - before[pod]) as f64 / seconds))
+        .collect()
+}
+
+/// Each shard's share of the requests under the Zipf shares of the sessions.
+fn shard_shares(demo: &mut Demo, ring: &Ring, sessions: u32) -> Vec<f64> {
+    let mut shares = vec![0.0; ring.shards().len()];
+    for (i, share) in ZIPF.shares(sessions).into_iter().enumerate() {
+        let id = demo.load().session_id(u32::try_from(i).unwrap());
+        shares[ring.shard_of(id.as_bytes()) as usize] += share;
+    }
+    shares
+}
+
+/// The fewest shards that must leave the pods busier than `target` × mean under `ring` for
+/// none to stay above it (each such pod sheds its busiest shards first): a lower bound on the
+/// moves of any rebalance that reaches the target.
+fn fewest_moves(ring: &Ring, shares: &[f64], target: f64) -> u32 {
+    let slots = ring.slots().len();
+    let mut by_slot: Vec<Vec<f64>> = vec![Vec::new(); slots];
+    for (shard, share) in shares.iter().enumerate() {
+        let slot = ring
+            .current()
+            .slot_of(u32::try_from(shard).unwrap())
+            .unwrap();
+        by_slot[usize::from(slot)].push(*share);
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let limit = target / slots as f64;
+    let mut moves = 0;
+    for mut loads in by_slot {
+        let mut load: f64 = loads.iter().sum();
+        loads.sort_by(|a, b| b.total_cmp(a));
+        for share in loads {
+            if load <= limit {
+                break;
+            }
+            load -= share;
+            moves += 1;
+        }
+    }
+    moves
+}
+
+/// `spec.placement` of the service, applied with a field manager of the test's own (the
+/// demo's applies leave it alone).
+async fn place(services: &Api<DynamicObject>, name: &str, placement: serde_json::Value) {
+    let patch = serde_json::json!({
+        "apiVersion": "locus.dev/v1alpha1",
+        "kind": "StatefulService",
+        "metadata": {"name": name},
+        "spec": {"placement": placement},
+    });
+    services
+        .patch(
+            name,
+            &PatchParams::apply("e2e-balance").force(),
+            &Patch::Apply(patch),
+        )
+        .await
+        .unwrap();
+}
+
+/// One rebalance as the operator recorded it, and what the pods measured after it.
+#[derive(Debug, Clone)]
+struct Round {
+    record: RebalanceRecord,
+    /// `status.placement.busiestPercent` once the pods reported for the ring it made.
+    measured_percent: Option<u32>,
+}
+
+/// Follows the rebalances until the service is Stable with fresh reports that need no more
+/// (the busiest within the trigger), or two rounds are done and settled; `None` past `within`.
+async fn rebalances(
+    services: &Api<DynamicObject>,
+    maps: &Api<ConfigMap>,
+    name: &str,
+    within: Duration,
+) -> Option<Vec<Round>> {
+    let deadline = Instant::now() + within;
+    let mut rounds: Vec<Round> = Vec::new();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(status) = accounting::status(services, name).await else {
+            continue;
+        };
+        let Some(placement) = status.placement.as_ref() else {
+            continue;
+        };
+        if let Some(record) = &placement.last_rebalance
+            && rounds
+                .last()
+                .is_none_or(|r| r.record.from_version != record.from_version)
+        {
+            say(&format!("rebalance: {record:?}"));
+            rounds.push(Round {
+                record: record.clone(),
+                measured_percent: None,
+            });
+        }
+        let Ok(Some(ring)) = read_ring(maps, name).await else {
+            continue;
+        };
+        let stable = ring.phase() == Phase::Stable;
+        // Measured for the current ring: every pod reported for it.
+        let fresh = placement
+            .pods
+            .iter()
+            .all(|p| p.ring_version == Some(ring.version()) && p.problem.is_none());
+        if !(stable && fresh) || placement.busiest_percent.is_none() {
+            continue;
+        }
+        if let Some(round) = rounds.last_mut()
+            && ring.version() > round.record.from_version
+        {
+            round.measured_percent = placement.busiest_percent;
+        }
+        let within_trigger = placement
+            .busiest_percent
+            .is_some_and(|p| p <= TRIGGER_PERCENT);
+        let settled = rounds.last().is_some_and(|r| r.measured_percent.is_some());
+        if settled && (within_trigger || rounds.len() >= 2) {
+            return Some(rounds);
+        }
+    }
+    None
+}
+
+/// The operator's trigger in the test: the default.
+const TRIGGER_PERCENT: u32 = 120;
+
+/// A phase of `secs` seconds of the load and, over 15 s of it, each pod's rate under `ring`.
+async fn measured_phase(
+    demo: &mut Demo,
+    http: &reqwest::Client,
+    ring: &Ring,
+    name: &str,
+) -> (Summary, BTreeMap<String, f64>) {
+    tokio::join!(
+        demo.load()
+            .phase(name, Stop::Duration(Duration::from_secs(20))),
+        async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            measured_rates(http, ring, Duration::from_secs(15)).await
+        }
+    )
+}
+
+/// The load through the rebalances and 5 s after them.
+async fn rebalance_phase(
+    demo: &mut Demo,
+    services: &Api<DynamicObject>,
+    maps: &Api<ConfigMap>,
+    service: &str,
+) -> (Summary, Vec<Round>) {
+    let rounds = std::sync::Mutex::new(None);
+    let follow = async {
+        let found = rebalances(services, maps, service, Duration::from_secs(240)).await;
+        *rounds.lock().unwrap() = found;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    };
+    let summary = demo
+        .load()
+        .phase_until(
+            "zipf-rebalance",
+            Stop::Duration(Duration::from_secs(260)),
+            follow,
+        )
+        .await;
+    let rounds = rounds
+        .into_inner()
+        .unwrap()
+        .unwrap_or_else(|| panic!("the rebalances did not end within 240 s"));
+    (summary, rounds)
+}
+
+/// Percentage of the sessions taken over in the transition that arrived warm, leaving out new
+/// sessions (nothing was stored for them anywhere: no handoff could have warmed them).
+#[allow(clippy::cast_precision_loss)]
+fn warm_percent_of_existing(record: &TransitionRecord) -> Option<f64> {
+    let moved = record.moved_sessions.as_ref()?;
+    let existing = moved.warm.total + moved.cold.total - moved.cold.created;
+    (existing > 0).then(|| 100.0 * moved.warm.total as f64 / existing as f64)
+}
+
+#[tokio::test]
+async fn zipf_load_is_rebalanced() {
+    let env = setup("e2e-balance").await;
+    let options = DemoOptions {
+        sample_args: vec!["--load-report-interval".into(), "3s".into()],
+        ..options(&env, 4)
+    };
+    let mut demo = Demo::deploy_with(
+        &env.target,
+        &options,
+        |load| LoadConfig { keys: ZIPF, ..load },
+        &say,
+    )
+    .await
+    .unwrap();
+    let client = env.cluster.client().await.unwrap();
+    let services: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), env.namespace(), &resource());
+    let maps: Api<ConfigMap> = Api::namespaced(client, env.namespace());
+    let http = reqwest::Client::new();
+    let first = demo.ring().await.unwrap().unwrap();
+    let shares = shard_shares(&mut demo, &first, options.sessions);
+
+    // Before: balanced by key count. Then placement by load, and after.
+    let (steady, before) = measured_phase(&mut demo, &http, &first, "zipf-keys").await;
+    say(&format!("before: {before:.1?} req/s"));
+    place(
+        &services,
+        &options.service,
+        serde_json::json!({"balance": "Load", "intervalSeconds": 10}),
+    )
+    .await;
+    let (moving, rounds) = rebalance_phase(&mut demo, &services, &maps, &options.service).await;
+    let last = demo.ring().await.unwrap().unwrap();
+    let (settled, after) = measured_phase(&mut demo, &http, &last, "zipf-load").await;
+    say(&format!("after: {after:.1?} req/s"));
+    let verification = demo.load().verify().await;
+    let status = accounting::wait_reported(
+        &services,
+        &options.service,
+        first.version(),
+        accounting::REPORTS_WITHIN,
+    )
+    .await
+    .unwrap();
+    let record = status.last_transition.clone().unwrap();
+    let handoff = HandoffCheck::of(
+        &status,
+        &record,
+        [
+            &moving.takeovers,
+            &settled.takeovers,
+            &verification.takeovers,
+        ],
+    );
+
+    let (imbalance_before, imbalance_after) = (
+        imbalance(before.values().copied()),
+        imbalance(after.values().copied()),
+    );
+    let moved = shards_moved(&first, &last);
+    let target = f64::from(DEFAULT_TARGET_PERCENT) / 100.0;
+    let warm = warm_percent_of_existing(&record);
+    say(&format!(
+        "busiest / mean {imbalance_before:.3} → {imbalance_after:.3} in {} round(s) \
+         (operator: moved, before %, predicted %, measured %: {:?}); shards moved {moved}, \
+         the fewest to reach {DEFAULT_TARGET_PERCENT} %: {}, 125 %: {}; {handoff}; warm of the \
+         existing sessions moved {warm:?} %; client saw moved sessions {:?} / {:?}; lost writes \
+         {}, {} sessions read back",
+        rounds.len(),
+        rounds
+            .iter()
+            .map(|r| (
+                r.record.shards_moved,
+                r.record.busiest_percent_before,
+                r.record.busiest_percent_predicted,
+                r.measured_percent
+            ))
+            .collect::<Vec<_>>(),
+        fewest_moves(&first, &shares, target),
+        fewest_moves(&first, &shares, 1.25),
+        moving.moved,
+        settled.moved,
+        verification.lost_writes,
+        verification.sessions_checked
+    ));
+
+    for summary in [&steady, &moving, &settled] {
+        assert_eq!(summary.errors, 0, "{:?}", summary.errors_by_kind);
+        assert!(summary.is_consistent(), "{}", summary.to_json_line());
+        assert_eq!(summary.moved.unannounced, 0, "{:?}", summary.moved);
+    }
+    assert_eq!(
+        verification.lost_writes, 0,
+        "{:?}",
+        verification.lost_examples
+    );
+    assert_eq!(verification.stale_sessions, 0);
+    assert!(!rounds.is_empty() && rounds.len() <= 2, "{rounds:?}");
+    assert!(imbalance_after <= 1.25, "{imbalance_after:.3}");
+    assert!(moved > 0);
+    assert!(handoff.complete() && handoff.agrees(1), "{handoff}");
+    assert!(warm.is_some_and(|w| w >= 99.0), "{handoff}");
     let report = demo.finish();
     println!("{}", report.table());
 }
