@@ -1,0 +1,256 @@
+//! Placement by load against the real API server: a StatefulService of ring probes with
+//! `spec.placement.balance: Load`. The test stands in for the pods' load reporter: it patches
+//! a `locus.dev/shard-load` annotation onto each pod (the probes report ring progress only),
+//! skewed so that slot 0's shards are three times as busy as the others. The operator (in
+//! process, under the chart's RBAC) must publish a rebalancing transition that reaches Stable,
+//! move no more shards than the budget, all from the busiest slot, fill `status.placement`,
+//! and not rebalance again once the reports show a balanced load (hysteresis).
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a test failure"
+)]
+
+mod operator_support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams};
+use locus::ring::Ring;
+use locus_contract::crd::{BalanceMode, PlacementStatus, TransitionKind};
+use locus_contract::progress::{ShardLoad, ShardLoadReport};
+use locus_contract::ring::annotations::SHARD_LOAD;
+use locus_e2e::support::wait;
+use operator_support::*;
+
+/// Shards moved per rebalance at most (`spec.placement.maxShardsPerRound`).
+const BUDGET: u32 = 8;
+/// The reports' window, in seconds.
+const WINDOW: u32 = 1;
+/// `spec.placement.intervalSeconds`.
+const INTERVAL: u32 = 3;
+
+/// Patches onto the pod of every slot holding shards in `ring` the report of the load
+/// `rps(shard)` (requests per second) puts on its shards, for `ring`'s version.
+async fn report_load(env: &Env, ring: &Ring, rps: impl Fn(u32) -> u64) {
+    for slot in ring.slots() {
+        let shards: Vec<u32> = ring.current().shards_of(slot.index).collect();
+        if shards.is_empty() {
+            continue;
+        }
+        let loads: Vec<ShardLoad> = shards
+            .iter()
+            .map(|&shard| ShardLoad {
+                shard,
+                requests: rps(shard) * u64::from(WINDOW),
+                bytes: rps(shard) * u64::from(WINDOW) * 512,
+            })
+            .collect();
+        let report = ShardLoadReport {
+            ring_version: ring.version(),
+            shards: ring.shards().get(),
+            window_seconds: WINDOW,
+            requests: loads.iter().map(|l| l.requests).sum(),
+            bytes: loads.iter().map(|l| l.bytes).sum(),
+            owned_shards: u32::try_from(shards.len()).unwrap(),
+            hot: ShardLoadReport::hottest(loads),
+        };
+        let patch = serde_json::json!({
+            "metadata": {"annotations": {SHARD_LOAD: report.to_annotation()}}
+        });
+        env.pods()
+            .patch(
+                &slot.pod.name,
+                &PatchParams {
+                    field_manager: Some("load-reporter".into()),
+                    ..PatchParams::default()
+                },
+                &Patch::Merge(&patch),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// `status.placement` of `name`, once it satisfies `ready`.
+async fn placement_when(
+    env: &Env,
+    name: &str,
+    what: &str,
+    ready: impl Fn(&PlacementStatus) -> bool,
+) -> PlacementStatus {
+    wait::until(Duration::from_secs(60), what, || async {
+        let svc = env.services().get(name).await?;
+        let placement = svc.status.and_then(|s| s.placement);
+        Ok::<_, kube::Error>(placement.filter(|p| ready(p)))
+    })
+    .await
+    .unwrap()
+}
+
+/// The events with `reason` on the service `name`.
+async fn events(env: &Env, name: &str, reason: &str) -> Vec<Event> {
+    let api: Api<Event> = Api::namespaced(env.admin.clone(), env.namespace());
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .filter(|e| {
+            e.regarding
+                .as_ref()
+                .is_some_and(|r| r.name.as_deref() == Some(name))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn skewed_load_is_rebalanced_within_the_budget_and_balanced_load_stays_put() {
+    let env = setup("op-balance").await.unwrap();
+    let _operator = Operator::start(env.operator.clone(), env.namespace());
+    let history = RingHistory::watch(&env, "chat");
+    let mut manifest = service("chat", 4);
+    manifest["spec"]["placement"] = serde_json::json!({
+        "balance": "Load",
+        "triggerPercent": 120,
+        "targetPercent": 110,
+        "maxShardsPerRound": BUDGET,
+        "intervalSeconds": INTERVAL,
+    });
+    let applied = apply(&env, &manifest).await.unwrap();
+    assert_eq!(applied.spec.placement.balance, BalanceMode::Load);
+    let (before, _) = converged(&env, "chat", 4).await.unwrap();
+    assert_balanced(&before, 4);
+    // Without reports, the operator says what it waits for.
+    let waiting = placement_when(&env, "chat", "placement waiting for reports", |p| {
+        p.message
+            .as_deref()
+            .is_some_and(|m| m.contains("waiting for every pod's load report"))
+    })
+    .await;
+    assert_eq!(waiting.pods.len(), 4);
+
+    // Slot 0's 64 shards at 30 req/s, the others' at 10: the busiest at 200 % of the mean.
+    let hot_slot: Vec<u32> = before.current().shards_of(0).collect();
+    let skewed = |shard: u32| if hot_slot.contains(&shard) { 30 } else { 10 };
+    report_load(&env, &before, skewed).await;
+    let measured = placement_when(&env, "chat", "the skewed reports read", |p| {
+        p.last_rebalance.is_some() || p.busiest_percent == Some(200)
+    })
+    .await;
+    assert!(
+        measured
+            .pods
+            .iter()
+            .all(|p| p.requests_per_second.is_some())
+    );
+
+    // A rebalance starts, goes through Warm, Switch and Settle, and ends Stable.
+    let placement = placement_when(&env, "chat", "a rebalance recorded", |p| {
+        p.last_rebalance.is_some()
+    })
+    .await;
+    let (after, status) = converged(&env, "chat", 4).await.unwrap();
+    assert_eq!(
+        status.last_transition.as_ref().unwrap().kind,
+        TransitionKind::Rebalance
+    );
+    let last = placement.last_rebalance.unwrap();
+    assert_eq!(last.from_version, before.version());
+    assert_eq!(last.busiest_percent_before, 200);
+    assert!(
+        last.busiest_percent_predicted < last.busiest_percent_before,
+        "{last:?}"
+    );
+    let moves: Vec<_> = before
+        .current()
+        .moves_to(after.current())
+        .unwrap()
+        .collect();
+    assert!(!moves.is_empty(), "no shard moved");
+    assert!(moves.len() <= BUDGET as usize, "{} moves", moves.len());
+    assert_eq!(moves.len(), last.shards_moved as usize);
+    assert!(moves.iter().all(|m| m.from == 0), "{moves:?}");
+    let phases: Vec<String> = history
+        .rings()
+        .iter()
+        .filter(|(_, r)| r.version() > before.version())
+        .map(|(_, r)| r.phase().to_string())
+        .collect();
+    assert_eq!(phases, ["warm", "switch", "stable"], "one transition");
+    assert_eq!(events(&env, "chat", "LoadRebalance").await.len(), 1);
+    println!(
+        "rebalance: {} shards moved (budget {BUDGET}), busiest/mean {}% -> predicted {}%",
+        moves.len(),
+        last.busiest_percent_before,
+        last.busiest_percent_predicted
+    );
+
+    // Reports for the new ring with an even load per shard: busiest/mean within the trigger.
+    report_load(&env, &after, |_| 10).await;
+    let balanced = placement_when(&env, "chat", "the balanced reports read", |p| {
+        p.message
+            .as_deref()
+            .is_some_and(|m| m.contains("within the trigger"))
+    })
+    .await;
+    assert!(balanced.busiest_percent.unwrap() <= 120, "{balanced:?}");
+    assert!(balanced.pods.iter().all(|p| p.problem.is_none()));
+    // Nothing more happens: the absence of a transition can only be seen by waiting (several
+    // intervals; the operator requeues itself at each interval's end).
+    tokio::time::sleep(Duration::from_secs(u64::from(INTERVAL) * 3)).await;
+    let still = ring(&env, "chat").await.unwrap().unwrap();
+    assert_eq!(still.version(), after.version(), "rebalanced again");
+    assert_eq!(still.current(), after.current());
+    assert_eq!(events(&env, "chat", "LoadRebalance").await.len(), 1);
+}
+
+#[tokio::test]
+async fn bad_placement_values_are_refused_with_what_to_fix() {
+    use locus_contract::crd::rules;
+    let env = setup("op-balance-invalid").await.unwrap();
+    let cases = [
+        (
+            serde_json::json!({"balance": "Load", "triggerPercent": 110, "targetPercent": 110}),
+            rules::PLACEMENT_TARGET_BELOW_TRIGGER_MESSAGE,
+        ),
+        (
+            serde_json::json!({"balance": "Weighted"}),
+            r#"Unsupported value: "Weighted": supported values: "Off", "Keys", "Load""#,
+        ),
+        (
+            serde_json::json!({"triggerPercent": 100}),
+            "spec.placement.triggerPercent: Invalid value: 100: spec.placement.triggerPercent in body should be greater than or equal to 101",
+        ),
+        (
+            serde_json::json!({"maxShardsPerRound": 0}),
+            "spec.placement.maxShardsPerRound in body should be greater than or equal to 1",
+        ),
+    ];
+    for (placement, message) in cases {
+        let mut manifest = service("bad", 2);
+        manifest["spec"]["placement"] = placement.clone();
+        let error = apply(&env, &manifest).await.unwrap_err().to_string();
+        assert!(
+            error.contains(message),
+            "{placement}: expected {message:?} in:\n{error}"
+        );
+    }
+    // The defaults fill in what is left out.
+    let mut manifest = service("good", 2);
+    manifest["spec"]["placement"] = serde_json::json!({"balance": "Load"});
+    let applied = apply(&env, &manifest).await.unwrap();
+    let placement = applied.spec.placement;
+    assert_eq!(
+        (
+            placement.trigger_percent,
+            placement.target_percent,
+            placement.max_shards_per_round,
+            placement.interval_seconds
+        ),
+        (120, 110, 64, 300)
+    );
+}
