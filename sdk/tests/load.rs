@@ -113,9 +113,7 @@ async fn served_requests_are_counted_by_shard_and_reported() {
     let app = axum::Router::new()
         .route("/cart", post(add))
         .with_state(carts.clone())
-        .merge(
-            axum::Router::new().route("/metrics", get(move || async move { metrics.encode() })),
-        )
+        .merge(axum::Router::new().route("/metrics", get(move || async move { metrics.encode() })))
         .layer(pod.layer());
     let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let client = reqwest::Client::new();
@@ -177,7 +175,10 @@ async fn served_requests_are_counted_by_shard_and_reported() {
     expected.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let hot: Vec<(u32, u64)> = load.hot.iter().map(|l| (l.shard, l.requests)).collect();
     assert_eq!(hot, expected);
-    assert!(hot.iter().all(|(shard, _)| *shard < SHARDS / 2), "only owned shards");
+    assert!(
+        hot.iter().all(|(shard, _)| *shard < SHARDS / 2),
+        "only owned shards"
+    );
 
     let page = client
         .get(format!("http://{address}/metrics"))

@@ -2,6 +2,11 @@
 //! [`LoadWindow`](super::LoadWindow) taken and, unless it is
 //! [`unchanged`](super::unchanged), handed to the progress reporter
 //! ([`ProgressReporter::report_load`]).
+//!
+//! A window is cut at each change of the ring the pod holds: what was counted
+//! under the ring before is dropped (a report names one ring version, and the
+//! operator reads reports by ring), and a full interval under the new ring
+//! follows before the next report.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,8 +40,24 @@ impl LoadReporting {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut window = LoadWindow::new(start.into_std());
         let mut last: Option<ShardLoadReport> = None;
+        let mut rings = self.ring.clone();
+        let mut held = rings.version();
+        let mut watching = true;
         loop {
-            ticker.tick().await;
+            tokio::select! {
+                _ = ticker.tick() => {}
+                changed = rings.changed(), if watching => {
+                    watching = changed;
+                    let version = rings.version();
+                    if version != held {
+                        held = version;
+                        // Counted under the ring before: not this ring's load.
+                        window.take(&self.load.counters, None, &self.pod, now());
+                        ticker.reset();
+                    }
+                    continue;
+                }
+            }
             let ring = self.ring.latest();
             let report = window.take(&self.load.counters, ring.as_deref(), &self.pod, now());
             self.load.metrics.window(&report);
@@ -195,12 +216,18 @@ mod tests {
         assert_eq!(memory.load_reports(), 2);
         assert_eq!(memory.latest_load().unwrap().requests, 3000);
 
-        // A new ring version, same rate: sent, so the operator reads it by its ring.
+        // A new ring mid-window: what was counted before it is dropped, and a whole window
+        // under the new ring follows; the same rate, sent: the operator reads it by its ring.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        count(&load, &ring(1), 500);
         source.publish(ring(2)).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
         count(&load, &ring(2), 3000);
         tick().await;
         assert_eq!(memory.load_reports(), 3);
-        assert_eq!(memory.latest_load().unwrap().ring_version, 2);
+        let report = memory.latest_load().unwrap();
+        assert_eq!((report.ring_version, report.requests), (2, 3000));
+        assert_eq!(report.window_seconds, 10);
 
         // The API server down: counted as failed, and the next window retries.
         down.store(true, Ordering::Release);

@@ -41,6 +41,7 @@ use crate::driver::gate::Refused;
 use crate::driver::touch::{self, TouchError};
 use crate::driver::{HANDOFF_HEADER, TAKEOVER_HEADER};
 use crate::handoff::{HANDOFF_PATH_PREFIX, HandoffBody, HandoffService};
+use crate::ring::{Ring, Slot};
 use crate::{BoxError, headers};
 
 /// Body of the session layer's responses: the application's (`Left`) or
@@ -196,9 +197,7 @@ where
                 "this pod has no ring yet".to_owned(),
             ));
         };
-        // One hash for the ownership check and the load count.
-        let shard = ring.shard_of(&key);
-        let owner = ring.owner_of_shard(shard).unwrap_or_else(|| ring.owner(&key));
+        let (shard, owner) = shard_and_owner(&ring, &key);
         if owner.pod.name != member.state.pod {
             return respond(response::misdirected(
                 pod,
@@ -243,6 +242,16 @@ where
             Ok(response.map(Either::Left))
         })
     }
+}
+
+/// The key's shard and its owner: one hash for the ownership check and the
+/// load count.
+fn shard_and_owner<'r>(ring: &'r Ring, key: &[u8]) -> (u32, &'r Slot) {
+    let shard = ring.shard_of(key);
+    let owner = ring
+        .owner_of_shard(shard)
+        .unwrap_or_else(|| ring.owner(key));
+    (shard, owner)
 }
 
 /// A body's length without reading it: its exact size hint, else the
