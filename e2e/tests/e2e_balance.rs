@@ -301,7 +301,8 @@ async fn place(services: &Api<DynamicObject>, name: &str, placement: serde_json:
 #[derive(Debug, Clone)]
 struct Round {
     record: RebalanceRecord,
-    /// `status.placement.busiestPercent` once the pods reported for the ring it made.
+    /// `status.placement.busiestPercent` for the ring it made, the last one read before the
+    /// next round (or the end).
     measured_percent: Option<u32>,
 }
 
@@ -359,9 +360,10 @@ async fn rebalances(
             quiet_since = None;
             continue;
         };
+        // The latest measure of the ring the round made (the first can be noisy).
         if let Some(round) = rounds.last_mut()
             && ring.version() > round.record.from_version
-            && round.measured_percent.is_none()
+            && round.measured_percent != Some(busiest)
         {
             say(&format!(
                 "measured after the round: busiest {busiest} % of the mean"
