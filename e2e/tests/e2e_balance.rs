@@ -450,6 +450,8 @@ struct Figures {
     fewest_125: u32,
     handoff: HandoffCheck,
     warm: Option<f64>,
+    /// Lost writes and sessions read back at the end.
+    verified: (u64, u64),
 }
 
 impl Figures {
@@ -477,13 +479,15 @@ impl Figures {
         say(&format!(
             "last rebalance at the end {:?}; shards moved in all {} (the fewest that reach the \
              target {DEFAULT_TARGET_PERCENT} % of the mean: {}, 125 %: {}); {}; warm of the \
-             existing sessions moved {:?} %",
+             existing sessions moved {:?} %; lost writes {}, {} sessions read back",
             self.final_rebalance.as_ref().map(|r| r.from_version),
             self.moved,
             self.fewest,
             self.fewest_125,
             self.handoff,
-            self.warm
+            self.warm,
+            self.verified.0,
+            self.verified.1,
         ));
     }
 }
@@ -554,6 +558,7 @@ async fn zipf_load_is_rebalanced() {
             ],
         ),
         warm: warm_percent_of_existing(&record),
+        verified: (verification.lost_writes, verification.sessions_checked),
     };
     figures.say();
 
