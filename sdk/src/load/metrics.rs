@@ -1,4 +1,4 @@
-//! [`LoadMetrics`]: the pod's load as Prometheus metrics, pod totals only
+//! The pod's load as Prometheus metrics, pod totals only
 //! (no label per shard: a page of 4096 series per pod would cost more than
 //! the load it describes).
 //!

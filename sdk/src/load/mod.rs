@@ -28,7 +28,7 @@
 //!   or [`LOAD_REPORT_INTERVAL_ENV`]; zero turns reports off (counting
 //!   stays).
 //! * Metrics: pod totals, the last window's rates and the reports' outcomes
-//!   (see [`metrics`](self::metrics)).
+//!   (see [`metrics`]).
 
 mod counters;
 pub mod metrics;
