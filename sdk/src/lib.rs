@@ -196,6 +196,7 @@ pub mod driver;
 pub mod fanout;
 pub mod handoff;
 mod intent;
+pub mod load;
 pub mod metrics;
 mod own_pod;
 mod pod_plan;

@@ -302,6 +302,17 @@ impl Demo {
         options: &DemoOptions,
         log: &dyn Fn(&str),
     ) -> Result<Self, DemoError> {
+        Self::deploy_with(target, options, |load| load, log).await
+    }
+
+    /// [`deploy`](Self::deploy), with the load generator's configuration changed by `load`
+    /// (e.g. its key distribution) after the options set theirs.
+    pub async fn deploy_with(
+        target: &DemoTarget,
+        options: &DemoOptions,
+        load: impl FnOnce(LoadConfig) -> LoadConfig,
+        log: &dyn Fn(&str),
+    ) -> Result<Self, DemoError> {
         let client = client_for(&target.kubeconfig).await?;
         prepare(target, options, &client, log).await?;
         let service = Session {
@@ -355,16 +366,18 @@ impl Demo {
         if watch.wait_for_ring(Duration::from_secs(60)).await.is_none() {
             return Err(DemoError::NoRing(options.service.clone()));
         }
-        let load = LoadGenerator::new(LoadConfig {
+        let config = load(LoadConfig {
             sessions: options.sessions,
             concurrency: options.concurrency,
             rate: options.rate,
             timeout: options.request_timeout,
             note_bytes: options.note_bytes,
             ..LoadConfig::new(Target::Ring(watch))
-        })?;
+        });
+        let keys = config.keys;
+        let load = LoadGenerator::new(config)?;
         log(&format!(
-            "load generator: {} sessions, {} in flight, {} req/s, routed by the ring (KubeRingSource over the admin kubeconfig)",
+            "load generator: {} sessions ({keys}), {} in flight, {} req/s, routed by the ring (KubeRingSource over the admin kubeconfig)",
             options.sessions,
             options.concurrency,
             options

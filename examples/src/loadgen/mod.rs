@@ -51,6 +51,7 @@
 //! their own modules; what stays is the generator's request loop and its lost-write check,
 //! which share the per-session tracks and read best together.
 
+mod keys;
 mod moves;
 pub mod options;
 mod stats;
@@ -70,6 +71,8 @@ use locus::{RingWatch, headers};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
+pub use self::keys::KeyDistribution;
+use self::keys::KeySampler;
 use self::stats::{Op, Tally};
 use self::transport::{Answer, Transport};
 use self::writers::{Recorded, Writers};
@@ -138,6 +141,8 @@ pub struct LoadConfig {
     pub prefix: String,
     /// When [`run`] stops. Default 10 s.
     pub stop: Stop,
+    /// How requests spread over the sessions ([`KeyDistribution`]). Default uniform.
+    pub keys: KeyDistribution,
 }
 
 impl LoadConfig {
@@ -153,6 +158,7 @@ impl LoadConfig {
             note_bytes: 0,
             prefix: random_prefix(),
             stop: Stop::Duration(Duration::from_secs(10)),
+            keys: KeyDistribution::Uniform,
         }
     }
 
@@ -207,6 +213,9 @@ impl LoadConfig {
                 format!("{url:?} is not an http:// URL"),
             ));
         }
+        self.keys
+            .validate()
+            .map_err(|e| Error::config("key distribution", e))?;
         validate_stop(self.stop)
     }
 }
@@ -257,6 +266,7 @@ struct Shared {
     transport: Transport,
     ring: Option<RingWatch>,
     tracks: Vec<Mutex<SessionTrack>>,
+    keys: KeySampler,
     /// Requests sent over all phases (picks session and operation).
     next: AtomicU64,
 }
@@ -329,6 +339,7 @@ impl LoadGenerator {
             .collect();
         Ok(Self {
             shared: Arc::new(Shared {
+                keys: KeySampler::new(config.keys, config.sessions),
                 config,
                 transport,
                 ring,
@@ -563,7 +574,6 @@ const KINDS: [&str; 3] = ["deposit", "withdrawal", "fee"];
 async fn worker(shared: Arc<Shared>, control: Arc<PhaseControl>) -> Tally {
     let mut tally = Tally::default();
     let mut stop = control.stop.clone();
-    let sessions = u64::from(shared.config.sessions);
     loop {
         if *stop.borrow() {
             break;
@@ -581,8 +591,7 @@ async fn worker(shared: Arc<Shared>, control: Arc<PhaseControl>) -> Tally {
             }
         }
         let i = shared.next.fetch_add(1, Ordering::Relaxed);
-        // `i mod sessions` is below `sessions`, a `u32`.
-        let session = u32::try_from(i % sessions).unwrap_or(0);
+        let session = shared.keys.pick(i);
         let read = mix(i) % 100 < u64::from(shared.config.read_percent);
         tally.requests += 1;
         if read {

@@ -30,6 +30,8 @@ flags:
   --timeout DURATION    longest wait for one answer (default 5s)
   --note-bytes N        note size per append (default 0, at most 256)
   --prefix STR          session ids are STR-0, STR-1, ... (default: random)
+  --key-distribution D  uniform (each session in turn, the default) or zipf:S (session r gets a
+                        share in proportion to 1/(r+1)^S, e.g. zipf:1.1: a few hot sessions)
   --ring-wait DURATION  longest wait for the first ring (default 30s)
   --no-verify           skip reading every session back at the end
   --json                print each summary as one JSON line instead of a table
@@ -104,6 +106,7 @@ pub fn parse_command(mut args: Args) -> Result<LoadgenCommand, Error> {
             "--timeout" => config.timeout = args.duration(&flag)?,
             "--note-bytes" => config.note_bytes = args.value(&flag)?,
             "--prefix" => config.prefix = args.text(&flag)?,
+            "--key-distribution" => config.keys = args.value(&flag)?,
             "--ring-wait" => ring_wait = args.duration(&flag)?,
             "--no-verify" => verify = false,
             "--json" => json = true,
@@ -183,6 +186,8 @@ mod tests {
             "32",
             "--prefix",
             "demo",
+            "--key-distribution",
+            "zipf:1.1",
             "--json",
             "--no-verify",
         ])
@@ -199,6 +204,10 @@ mod tests {
         assert_eq!(o.config.timeout, Duration::from_secs(2));
         assert_eq!(o.config.note_bytes, 32);
         assert_eq!(o.config.prefix, "demo");
+        assert_eq!(
+            o.config.keys,
+            crate::loadgen::KeyDistribution::Zipf { s: 1.1 }
+        );
         assert!(o.json && !o.verify);
     }
 
@@ -228,6 +237,7 @@ mod tests {
             &["--ring-file", "r", "--requests", "0"],
             &["--ring-file", "r", "--what"],
             &["--target", "ftp://x"],
+            &["--ring-file", "r", "--key-distribution", "zipf:0"],
         ] {
             assert!(run(args).is_err(), "{args:?}");
         }

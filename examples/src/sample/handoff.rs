@@ -85,6 +85,9 @@ pub struct HandoffOptions {
     pub shutdown_intent: Option<ShutdownIntent>,
     /// The protocol's timings and bounds.
     pub config: HandoffConfig,
+    /// Time between the pod's per-shard load reports (`None`: the SDK's
+    /// default, 15 s; zero: none).
+    pub load_report_interval: Option<Duration>,
 }
 
 /// Default of [`HandoffOptions::coordination_wait`]: long enough for an
@@ -107,6 +110,7 @@ impl HandoffOptions {
             coordination_wait: DEFAULT_COORDINATION_WAIT,
             shutdown_intent: None,
             config: HandoffConfig::default(),
+            load_report_interval: None,
         }
     }
 
@@ -183,6 +187,9 @@ impl HandoffOptions {
         }
         if let Some(intent) = self.shutdown_intent {
             pod = pod.shutdown_intent(intent);
+        }
+        if let Some(interval) = self.load_report_interval {
+            pod = pod.load_report_interval(interval);
         }
         Ok(pod
             .handoff_config(self.config)

@@ -56,6 +56,8 @@ usage: locus-sample [flags]          (each flag also reads the environment varia
   --coordination-wait DURATION  on SIGTERM, wait this long for the operator to retire the pod
                             before handing sessions over alone   LOCUS_SAMPLE_COORDINATION_WAIT (default 15s)
   --shutdown-timeout DURATION   longest hand-over on SIGTERM   LOCUS_SAMPLE_SHUTDOWN_TIMEOUT (default 25s)
+  --load-report-interval DURATION  time between the pod's per-shard load reports (its annotation
+                            locus.dev/shard-load; 0: none)   LOCUS_LOAD_REPORT_INTERVAL (default 15s)
   --help                    this text
 
 Durations: 500ms, 30s, 5m, 1h. Logs: RUST_LOG (default info).";
@@ -82,6 +84,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("--shutdown-intent", "LOCUS_SAMPLE_SHUTDOWN_INTENT"),
     ("--coordination-wait", "LOCUS_SAMPLE_COORDINATION_WAIT"),
     ("--shutdown-timeout", "LOCUS_SAMPLE_SHUTDOWN_TIMEOUT"),
+    ("--load-report-interval", "LOCUS_LOAD_REPORT_INTERVAL"),
 ];
 
 /// What the command line asks for.
@@ -272,6 +275,10 @@ impl<E: Fn(&str) -> Option<String>> Values<E> {
                 .filter(|dir| !dir.as_os_str().is_empty()),
             coordination_wait: self.duration("--coordination-wait", DEFAULT_COORDINATION_WAIT)?,
             shutdown_intent: self.shutdown_intent()?,
+            load_report_interval: self
+                .get("--load-report-interval")
+                .map(|_| self.duration("--load-report-interval", Duration::ZERO))
+                .transpose()?,
             ..HandoffOptions::new(SecretSource::File(PathBuf::from(secret_file)))
         }))
     }
@@ -464,6 +471,7 @@ mod tests {
                 ("LOCUS_HANDOFF_SECRET_FILE", "/var/run/locus/handoff/key"),
                 ("LOCUS_SNAPSHOT_DIR", "/var/run/locus/snapshot"),
                 ("LOCUS_SAMPLE_COORDINATION_WAIT", "3s"),
+                ("LOCUS_LOAD_REPORT_INTERVAL", "2s"),
             ],
         )
         .unwrap();
@@ -480,6 +488,7 @@ mod tests {
             Some(Path::new("/var/run/locus/snapshot"))
         );
         assert_eq!(handoff.coordination_wait, Duration::from_secs(3));
+        assert_eq!(handoff.load_report_interval, Some(Duration::from_secs(2)));
         assert_eq!(handoff.shutdown_intent, None, "auto: the pod tells");
         // A ring file: the driver runs, nobody to report progress to.
         let (config, _) = serve(

@@ -7,6 +7,14 @@
 //! else on the pod is touched. The per-service Role grants `get` and `patch`
 //! on the service's pods by name; `get` serves
 //! [`KubeProgressReporter::pod_intent`], which reads the pod back on SIGTERM.
+//!
+//! The [load report](crate::load) is one more server-side apply, of the
+//! [`SHARD_LOAD`](crate::ring::annotations::SHARD_LOAD) annotation alone,
+//! with field manager [`LOAD_FIELD_MANAGER`]. Two managers, because an apply
+//! removes the fields its manager owned and left out: one manager applying
+//! the progress annotations without the load (or the reverse) would delete
+//! the other's. Each manager owns its own annotations, and neither touches
+//! the other's.
 
 use std::sync::Arc;
 
@@ -14,12 +22,16 @@ use futures::future::BoxFuture;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
-use super::{Progress, ProgressError, ProgressReporter};
+use super::{Progress, ProgressError, ProgressReporter, ShardLoadReport};
 use crate::intent::{KubePodIntent, ShutdownIntentSource};
 use crate::own_pod::OwnPod;
+use crate::ring::annotations::SHARD_LOAD;
 
-/// Field manager of the pods' own applies.
+/// Field manager of the pods' own applies of their progress annotations.
 pub const FIELD_MANAGER: &str = "locus-pod";
+
+/// Field manager of the pods' own applies of their load annotation.
+pub const LOAD_FIELD_MANAGER: &str = "locus-pod-load";
 
 /// Patches the pod's own annotations; see the [module docs](self).
 #[derive(Clone, Debug)]
@@ -54,6 +66,37 @@ impl KubeProgressReporter {
     pub fn apply_body(&self, progress: &Progress) -> serde_json::Value {
         annotations_body(&self.pod.namespace, &self.pod.name, progress)
     }
+
+    /// The apply body for `load`.
+    pub fn load_apply_body(&self, load: &ShardLoadReport) -> serde_json::Value {
+        load_body(&self.pod.namespace, &self.pod.name, load)
+    }
+
+    async fn apply(&self, manager: &str, body: &serde_json::Value) -> Result<(), ProgressError> {
+        let params = PatchParams::apply(manager).force();
+        let pod = &self.pod;
+        pod.api
+            .patch(&pod.name, &params, &Patch::Apply(body))
+            .await
+            .map_err(|source| ProgressError::Patch {
+                namespace: pod.namespace.clone(),
+                pod: pod.name.clone(),
+                source,
+            })?;
+        Ok(())
+    }
+}
+
+fn load_body(namespace: &str, pod: &str, load: &ShardLoadReport) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod,
+            "namespace": namespace,
+            "annotations": {SHARD_LOAD: load.to_annotation()},
+        },
+    })
 }
 
 fn annotations_body(namespace: &str, pod: &str, progress: &Progress) -> serde_json::Value {
@@ -71,18 +114,9 @@ fn annotations_body(namespace: &str, pod: &str, progress: &Progress) -> serde_js
 impl ProgressReporter for KubeProgressReporter {
     fn report<'a>(&'a self, progress: &'a Progress) -> BoxFuture<'a, Result<(), ProgressError>> {
         Box::pin(async move {
-            let body = self.apply_body(progress);
-            let params = PatchParams::apply(FIELD_MANAGER).force();
-            let pod = &self.pod;
-            pod.api
-                .patch(&pod.name, &params, &Patch::Apply(&body))
-                .await
-                .map_err(|source| ProgressError::Patch {
-                    namespace: pod.namespace.clone(),
-                    pod: pod.name.clone(),
-                    source,
-                })?;
-            tracing::debug!(pod = %pod.name, ?progress, "progress reported");
+            self.apply(FIELD_MANAGER, &self.apply_body(progress))
+                .await?;
+            tracing::debug!(pod = %self.pod.name, ?progress, "progress reported");
             Ok(())
         })
     }
@@ -90,11 +124,49 @@ impl ProgressReporter for KubeProgressReporter {
     fn intent_source(&self) -> Option<Arc<dyn ShutdownIntentSource>> {
         Some(Arc::new(self.pod_intent()))
     }
+
+    fn takes_load(&self) -> bool {
+        true
+    }
+
+    fn report_load<'a>(
+        &'a self,
+        load: &'a ShardLoadReport,
+    ) -> BoxFuture<'a, Result<(), ProgressError>> {
+        Box::pin(async move {
+            self.apply(LOAD_FIELD_MANAGER, &self.load_apply_body(load))
+                .await
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::progress::ShardLoad;
+
+    #[test]
+    fn the_load_apply_body_names_only_the_load_annotation() {
+        let load = ShardLoadReport {
+            ring_version: 9,
+            shards: 1024,
+            window_seconds: 15,
+            requests: 300,
+            bytes: 4096,
+            owned_shards: 341,
+            hot: vec![ShardLoad {
+                shard: 17,
+                requests: 120,
+                bytes: 1000,
+            }],
+        };
+        let body = load_body("ns", "chat-0-abcde", &load);
+        let annotations = body["metadata"]["annotations"].as_object().unwrap();
+        assert_eq!(annotations.len(), 1, "{body}");
+        let value = annotations[SHARD_LOAD].as_str().unwrap();
+        assert_eq!(ShardLoadReport::from_annotation(value).unwrap(), load);
+        assert_ne!(LOAD_FIELD_MANAGER, FIELD_MANAGER);
+    }
     use crate::progress::{ColdTakeovers, MovedReport, MovedSessions, ReportState, WarmTakeovers};
 
     #[test]

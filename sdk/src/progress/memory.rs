@@ -7,14 +7,17 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::sync::watch;
 
-use super::{Progress, ProgressError, ProgressReporter};
+use super::{Progress, ProgressError, ProgressReporter, ShardLoadReport};
 
 /// Keeps the last report in memory; clones share it. A test playing the
-/// operator awaits conditions on it ([`wait_for`](Self::wait_for)).
+/// operator awaits conditions on it ([`wait_for`](Self::wait_for)), and on
+/// the load reports ([`wait_for_load`](Self::wait_for_load)).
 #[derive(Debug, Clone)]
 pub struct MemoryProgressReporter {
     latest: Arc<watch::Sender<Progress>>,
     reports: Arc<AtomicU64>,
+    load: Arc<watch::Sender<Option<ShardLoadReport>>>,
+    load_reports: Arc<AtomicU64>,
 }
 
 impl Default for MemoryProgressReporter {
@@ -29,7 +32,31 @@ impl MemoryProgressReporter {
         Self {
             latest: Arc::new(watch::Sender::new(Progress::default())),
             reports: Arc::new(AtomicU64::new(0)),
+            load: Arc::new(watch::Sender::new(None)),
+            load_reports: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The last load report, if any.
+    pub fn latest_load(&self) -> Option<ShardLoadReport> {
+        self.load.borrow().clone()
+    }
+
+    /// How many load reports were received.
+    pub fn load_reports(&self) -> u64 {
+        self.load_reports.load(Ordering::Acquire)
+    }
+
+    /// Waits until `condition` holds on the last load report, for at most
+    /// `within`. True if it held.
+    pub async fn wait_for_load(
+        &self,
+        mut condition: impl FnMut(&ShardLoadReport) -> bool,
+        within: Duration,
+    ) -> bool {
+        let mut rx = self.load.subscribe();
+        let held = rx.wait_for(|load| load.as_ref().is_some_and(&mut condition));
+        matches!(tokio::time::timeout(within, held).await, Ok(Ok(_)))
     }
 
     /// The last report (element-wise maximum of all reports).
@@ -66,6 +93,19 @@ impl ProgressReporter for MemoryProgressReporter {
     fn report<'a>(&'a self, progress: &'a Progress) -> BoxFuture<'a, Result<(), ProgressError>> {
         self.latest.send_modify(|held| *held = held.max(*progress));
         self.reports.fetch_add(1, Ordering::AcqRel);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn takes_load(&self) -> bool {
+        true
+    }
+
+    fn report_load<'a>(
+        &'a self,
+        load: &'a ShardLoadReport,
+    ) -> BoxFuture<'a, Result<(), ProgressError>> {
+        self.load_reports.fetch_add(1, Ordering::AcqRel);
+        self.load.send_replace(Some(load.clone()));
         Box::pin(std::future::ready(Ok(())))
     }
 }

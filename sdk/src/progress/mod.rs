@@ -10,7 +10,9 @@
 //!   `locus-contract` crate's types, re-exported: the operator reads them too).
 //! * [`ProgressReporter`]: where reports go.
 //! * [`KubeProgressReporter`]: server-side apply of the pod's own annotations
-//!   ([`annotations`](crate::ring::annotations)), field manager `locus-pod`.
+//!   ([`annotations`](crate::ring::annotations)), field manager `locus-pod`;
+//!   the [load report](crate::load) goes to its own annotation with field
+//!   manager [`LOAD_FIELD_MANAGER`], so neither apply removes the other's.
 //!   It also reads the pod back on SIGTERM
 //!   ([`ProgressReporter::intent_source`]): a pod being deleted hands its
 //!   sessions over instead of writing a snapshot that would die with it.
@@ -28,13 +30,14 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 pub use locus_contract::progress::{
-    ColdTakeovers, MovedReport, MovedSessions, MovedSessionsError, Progress, ReportState,
-    ServedTakeovers, TakeoverPath, UnreadableAnnotation, WarmTakeovers,
+    ColdTakeovers, LoadReportError, MovedReport, MovedSessions, MovedSessionsError, Progress,
+    ReportState, ServedTakeovers, ShardLoad, ShardLoadReport, TakeoverPath, UnreadableAnnotation,
+    WarmTakeovers,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use self::kube_reporter::KubeProgressReporter;
+pub use self::kube_reporter::{FIELD_MANAGER, KubeProgressReporter, LOAD_FIELD_MANAGER};
 pub use self::memory::MemoryProgressReporter;
 use crate::intent::ShutdownIntentSource;
 pub use crate::own_pod::NAMESPACE_ENV;
@@ -75,6 +78,25 @@ pub trait ProgressReporter: Send + Sync + 'static {
     fn intent_source(&self) -> Option<Arc<dyn ShutdownIntentSource>> {
         None
     }
+
+    /// Whether [`report_load`](Self::report_load) goes anywhere: a member
+    /// runs its [load reports](crate::load) only for a reporter that takes
+    /// them. Default: false.
+    fn takes_load(&self) -> bool {
+        false
+    }
+
+    /// Records the pod's per-shard load of the last window (replacing the
+    /// previous report). Called from the member's load report task, once per
+    /// interval at most; may be slow (the task waits at most one interval).
+    /// Default: drops it.
+    fn report_load<'a>(
+        &'a self,
+        load: &'a ShardLoadReport,
+    ) -> BoxFuture<'a, Result<(), ProgressError>> {
+        let _ = load;
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 impl<T: ProgressReporter + ?Sized> ProgressReporter for Arc<T> {
@@ -84,6 +106,17 @@ impl<T: ProgressReporter + ?Sized> ProgressReporter for Arc<T> {
 
     fn intent_source(&self) -> Option<Arc<dyn ShutdownIntentSource>> {
         (**self).intent_source()
+    }
+
+    fn takes_load(&self) -> bool {
+        (**self).takes_load()
+    }
+
+    fn report_load<'a>(
+        &'a self,
+        load: &'a ShardLoadReport,
+    ) -> BoxFuture<'a, Result<(), ProgressError>> {
+        (**self).report_load(load)
     }
 }
 

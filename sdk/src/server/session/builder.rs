@@ -16,6 +16,7 @@ use crate::handoff::{
     Transport,
 };
 use crate::intent::ShutdownIntentSource;
+use crate::load::{DEFAULT_LOAD_REPORT_INTERVAL, PodLoad};
 use crate::progress::{NoProgressReporter, ProgressReporter};
 use crate::snapshot;
 use crate::source::{RingSource, RingWatch};
@@ -52,6 +53,7 @@ pub struct MemberBuilder {
     coordination_wait: Duration,
     intent: Option<Arc<dyn ShutdownIntentSource>>,
     intent_timeout: Duration,
+    load_report_interval: Duration,
 }
 
 impl fmt::Debug for MemberBuilder {
@@ -60,6 +62,7 @@ impl fmt::Debug for MemberBuilder {
             .field("pod", &self.pod)
             .field("config", &self.config)
             .field("snapshot_dir", &self.snapshot_dir)
+            .field("load_report_interval", &self.load_report_interval)
             .finish_non_exhaustive()
     }
 }
@@ -159,6 +162,16 @@ impl MemberBuilder {
         self
     }
 
+    /// Time between two [load reports](crate::load) through the progress
+    /// reporter (default 15 s; zero: none — the counters and their metrics
+    /// stay). Only a reporter that
+    /// [takes load](crate::progress::ProgressReporter::takes_load) gets them.
+    #[must_use]
+    pub fn load_report_interval(mut self, interval: Duration) -> Self {
+        self.load_report_interval = interval;
+        self
+    }
+
     /// Builds the member; nothing runs until [`Member::start`].
     pub fn build(self) -> Result<Member, MemberError> {
         let secret = self.secret.ok_or(MemberError::NoSecret)?;
@@ -209,6 +222,8 @@ impl MemberBuilder {
             state,
             gate,
             key: self.key,
+            load: Arc::new(PodLoad::default()),
+            load_report_interval: self.load_report_interval,
             snapshot_dir: self.snapshot_dir,
             coordination_wait: self.coordination_wait,
             intent,
@@ -243,6 +258,7 @@ impl Member {
             coordination_wait: DEFAULT_COORDINATION_WAIT,
             intent: None,
             intent_timeout: DEFAULT_INTENT_TIMEOUT,
+            load_report_interval: DEFAULT_LOAD_REPORT_INTERVAL,
         }
     }
 }

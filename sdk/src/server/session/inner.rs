@@ -1,6 +1,6 @@
 //! What every clone of a [`Member`](super::Member) and its layers share:
-//! the handoff state, the in-flight gate, the session key, the shutdown
-//! options and the running tasks. A module of its own so that the member,
+//! the handoff state, the in-flight gate, the session key, the load
+//! counters, the shutdown options and the running tasks. A module of its own so that the member,
 //! its lifecycle, its shutdown and the session layer all depend on it and
 //! none of them on another.
 
@@ -13,6 +13,7 @@ use crate::driver::gate::Gate;
 use crate::driver::{AbortOnDrop, Driver};
 use crate::handoff::HandoffState;
 use crate::intent::ShutdownIntentSource;
+use crate::load::PodLoad;
 use crate::progress::{ProgressReporter, ProgressTracker};
 
 /// What every clone of a member and its layers share.
@@ -20,6 +21,10 @@ pub(crate) struct MemberInner {
     pub(crate) state: Arc<HandoffState>,
     pub(crate) gate: Arc<Gate>,
     pub(crate) key: SessionKey,
+    /// The per-shard load counters (the session layer counts).
+    pub(crate) load: Arc<PodLoad>,
+    /// Time between load reports; zero: none.
+    pub(super) load_report_interval: Duration,
     pub(super) snapshot_dir: Option<PathBuf>,
     pub(super) coordination_wait: Duration,
     pub(super) intent: Option<Arc<dyn ShutdownIntentSource>>,

@@ -1,6 +1,6 @@
 //! Starting a [`Member`]: restore the snapshot of an in-place restart,
-//! then start the transition driver and the progress reports — once, even
-//! when called twice at the same time.
+//! then start the transition driver, the progress reports and the load
+//! reports — once, even when called twice at the same time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +8,8 @@ use std::time::Duration;
 use super::inner::Running;
 use super::member::Member;
 use crate::driver::{AbortOnDrop, Driver};
+use crate::load::DEFAULT_LOAD_TOLERANCE;
+use crate::load::reporting::LoadReporting;
 use crate::progress::ProgressTracker;
 use crate::snapshot::{self, SnapshotError, SnapshotRestore};
 
@@ -26,7 +28,8 @@ pub struct StartReport {
 impl Member {
     /// Restores the snapshot if one is configured and present (waiting up to
     /// 10 s for a ring to check it against), then starts the transition
-    /// driver and the progress reports. Call it before serving.
+    /// driver, the progress reports and the [load reports](crate::load).
+    /// Call it before serving.
     ///
     /// It runs once: a second call — even one made while the first is still
     /// restoring — waits for the first to finish and returns an empty
@@ -68,10 +71,23 @@ impl Member {
             Arc::clone(&self.inner.gate),
         );
         let task = tokio::spawn(Arc::clone(&driver).run());
+        let mut tasks = vec![AbortOnDrop(task), AbortOnDrop(reporting)];
+        let interval = self.inner.load_report_interval;
+        if !interval.is_zero() && self.inner.reporter.takes_load() {
+            let load = LoadReporting {
+                load: Arc::clone(&self.inner.load),
+                ring: self.inner.state.ring.clone(),
+                pod: self.inner.state.pod.clone(),
+                reporter: Arc::clone(&self.inner.reporter),
+                interval,
+                tolerance: DEFAULT_LOAD_TOLERANCE,
+            };
+            tasks.push(AbortOnDrop(tokio::spawn(load.run())));
+        }
         *self.inner.lock_running() = Some(Running {
             driver,
             tracker,
-            _tasks: vec![AbortOnDrop(task), AbortOnDrop(reporting)],
+            _tasks: tasks,
         });
         report
     }

@@ -88,10 +88,18 @@ impl Member {
         self.inner.gate.in_flight()
     }
 
-    /// Registers the handoff metrics (see `docs/handoff.md`) into `registry`,
+    /// Registers the handoff metrics (see `docs/handoff.md`) and the load
+    /// metrics ([`load::metrics`](crate::load::metrics)) into `registry`,
     /// usually the process's `locus`-prefixed one.
     pub fn register_metrics(&self, registry: &mut Registry) {
         self.inner.state.metrics.register(registry);
+        self.inner.load.metrics.register(registry);
+    }
+
+    /// Requests and body bytes this pod served as the owner of their key
+    /// since it started ([`load`](crate::load)).
+    pub fn load_totals(&self) -> (u64, u64) {
+        self.inner.load.counters.totals()
     }
 
     /// The answer for a store error in a handler: its status with

@@ -20,7 +20,9 @@
 //! 6. the inner service (the application) runs; the first answer for a key
 //!    taken over in a transition (by any path) carries
 //!    [`x-locus-takeover`](crate::driver::TAKEOVER_HEADER) and is counted as
-//!    served in the pod's report.
+//!    served in the pod's report;
+//! 7. the answered request is counted in the key's shard, with its request
+//!    and response body bytes ([`load`](crate::load)).
 
 use std::fmt;
 use std::sync::Arc;
@@ -39,6 +41,7 @@ use crate::driver::gate::Refused;
 use crate::driver::touch::{self, TouchError};
 use crate::driver::{HANDOFF_HEADER, TAKEOVER_HEADER};
 use crate::handoff::{HANDOFF_PATH_PREFIX, HandoffBody, HandoffService};
+use crate::ring::{Ring, Slot};
 use crate::{BoxError, headers};
 
 /// Body of the session layer's responses: the application's (`Left`) or
@@ -128,7 +131,7 @@ where
     S::Error: Send + 'static,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
-    RB: Send + 'static,
+    RB: Body + Send + 'static,
 {
     type Response = Response<SessionBody<RB>>;
     type Error = S::Error;
@@ -194,7 +197,7 @@ where
                 "this pod has no ring yet".to_owned(),
             ));
         };
-        let owner = ring.owner(&key);
+        let (shard, owner) = shard_and_owner(&ring, &key);
         if owner.pod.name != member.state.pod {
             return respond(response::misdirected(
                 pod,
@@ -217,12 +220,15 @@ where
                     .map(Either::Right));
                 }
             };
+            let request_bytes = body_length(request.body(), request.headers());
             let takeover = member.state.unserved.take(&key);
             if let Some((epoch, taken)) = takeover {
                 member.state.moved.served(epoch, taken);
                 member.state.metrics.served(taken);
             }
             let mut response = inner.call(request).await?;
+            let bytes = request_bytes + body_length(response.body(), response.headers());
+            member.load.counters.record(ring.shards(), shard, bytes);
             if let Some(path) = path {
                 response
                     .headers_mut()
@@ -236,4 +242,26 @@ where
             Ok(response.map(Either::Left))
         })
     }
+}
+
+/// The key's shard and its owner: one hash for the ownership check and the
+/// load count.
+fn shard_and_owner<'r>(ring: &'r Ring, key: &[u8]) -> (u32, &'r Slot) {
+    let shard = ring.shard_of(key);
+    let owner = ring
+        .owner_of_shard(shard)
+        .unwrap_or_else(|| ring.owner(key));
+    (shard, owner)
+}
+
+/// A body's length without reading it: its exact size hint, else the
+/// `Content-Length` header, else 0 (a stream of unknown length).
+fn body_length(body: &impl Body, headers: &http::HeaderMap) -> u64 {
+    body.size_hint().exact().unwrap_or_else(|| {
+        headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    })
 }

@@ -15,6 +15,7 @@ use super::env::PodEnv;
 use super::{MemberLayer, MemberPod, PodError, Readiness};
 use crate::client::SessionKey;
 use crate::handoff::{HandoffConfig, HandoffSecret, SecretError};
+use crate::load::DEFAULT_LOAD_REPORT_INTERVAL;
 use crate::metrics::Metrics;
 use crate::progress::{KubeProgressReporter, ProgressReporter};
 use crate::ring::RingDocument;
@@ -94,6 +95,7 @@ pub struct MemberPodBuilder {
     coordination_wait: Duration,
     intent_timeout: Duration,
     shutdown_timeout: Duration,
+    load_report_interval: Option<Duration>,
 }
 
 impl fmt::Debug for MemberPodBuilder {
@@ -104,6 +106,7 @@ impl fmt::Debug for MemberPodBuilder {
             .field("probe_paths", &self.probe_paths)
             .field("coordination_wait", &self.coordination_wait)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("load_report_interval", &self.load_report_interval)
             .finish_non_exhaustive()
     }
 }
@@ -115,6 +118,8 @@ pub(super) struct Checked {
     /// Namespace and service of the ring `ConfigMap`, when the ring comes
     /// from it.
     pub(super) config_map: Option<(String, String)>,
+    /// Time between load reports (zero: none).
+    pub(super) load_report_interval: Duration,
 }
 
 impl MemberPodBuilder {
@@ -148,6 +153,7 @@ impl MemberPodBuilder {
             coordination_wait: DEFAULT_COORDINATION_WAIT,
             intent_timeout: DEFAULT_INTENT_TIMEOUT,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            load_report_interval: None,
         }
     }
 
@@ -252,6 +258,17 @@ impl MemberPodBuilder {
     #[must_use]
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Time between two [load reports](crate::load) of the pod (default:
+    /// `LOCUS_LOAD_REPORT_INTERVAL`, else 15 s). Zero: none (the counters
+    /// and their metrics stay). They go where progress goes: the pod's
+    /// annotation [`SHARD_LOAD`](crate::ring::annotations::SHARD_LOAD) by
+    /// default.
+    #[must_use]
+    pub fn load_report_interval(mut self, interval: Duration) -> Self {
+        self.load_report_interval = Some(interval);
         self
     }
 
@@ -361,7 +378,25 @@ impl MemberPodBuilder {
                 "must be an absolute path (the pod's memory volume)",
             ));
         }
-        Ok(Checked { pod, config_map })
+        let load_report_interval = match (self.load_report_interval, &self.env.load_report_interval)
+        {
+            (Some(interval), _) => interval,
+            (None, Some(text)) => super::env::parse_duration(text).ok_or_else(|| {
+                invalid(
+                    "load report interval",
+                    format!(
+                        "{text:?} is not a duration (15s, 500ms, 1m, or whole seconds) in {}",
+                        super::env::LOAD_REPORT_INTERVAL_ENV
+                    ),
+                )
+            })?,
+            (None, None) => DEFAULT_LOAD_REPORT_INTERVAL,
+        };
+        Ok(Checked {
+            pod,
+            config_map,
+            load_report_interval,
+        })
     }
 
     /// Namespace and service of the ring `ConfigMap`.
@@ -411,7 +446,11 @@ impl MemberPodBuilder {
     /// passivation, restores a snapshot if there is one and starts the
     /// transition driver. Call it before serving.
     pub async fn build(self) -> Result<MemberPod, PodError> {
-        let Checked { pod, config_map } = self.check()?;
+        let Checked {
+            pod,
+            config_map,
+            load_report_interval,
+        } = self.check()?;
         let metrics = self.metrics.unwrap_or_default();
         let client = match (&config_map, self.kube_client) {
             (Some(_), Some(client)) => Some(client),
@@ -452,7 +491,8 @@ impl MemberPodBuilder {
             .config(self.handoff.clone())
             .session_key(self.key.clone())
             .coordination_wait(self.coordination_wait)
-            .intent_timeout(self.intent_timeout);
+            .intent_timeout(self.intent_timeout)
+            .load_report_interval(load_report_interval);
         if let Some(dir) = self.env.snapshot_dir {
             member = member.snapshot_dir(dir);
         }
@@ -592,6 +632,7 @@ mod tests {
             Checked {
                 pod: "carts-0-x7k2p".into(),
                 config_map: Some(("shop".into(), "carts".into())),
+                load_report_interval: DEFAULT_LOAD_REPORT_INTERVAL,
             }
         );
         let checked = in_a_pod(&[("LOCUS_SERVICE", "carts")]).check().unwrap();
@@ -627,6 +668,19 @@ mod tests {
     }
 
     #[test]
+    fn the_load_report_interval_comes_from_the_environment_or_the_builder() {
+        let checked = in_a_pod(&[("LOCUS_LOAD_REPORT_INTERVAL", "3s")])
+            .check()
+            .unwrap();
+        assert_eq!(checked.load_report_interval, Duration::from_secs(3));
+        let checked = in_a_pod(&[("LOCUS_LOAD_REPORT_INTERVAL", "3s")])
+            .load_report_interval(Duration::ZERO)
+            .check()
+            .unwrap();
+        assert_eq!(checked.load_report_interval, Duration::ZERO);
+    }
+
+    #[test]
     fn bad_settings_are_refused_before_anything_starts() {
         let cases: Vec<(MemberPodBuilder, &str)> = vec![
             (in_a_pod(&[("POD_NAME", "Carts_0")]), "pod name"),
@@ -655,6 +709,10 @@ mod tests {
             (
                 in_a_pod(&[("LOCUS_SNAPSHOT_DIR", "snap")]),
                 "snapshot directory",
+            ),
+            (
+                in_a_pod(&[("LOCUS_LOAD_REPORT_INTERVAL", "soon")]),
+                "load report interval",
             ),
         ];
         for (builder, expected) in cases {
