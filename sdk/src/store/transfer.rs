@@ -139,8 +139,9 @@ where
     P: Persistence<V>,
 {
     /// The keys of every resident session, least recently used first,
-    /// without counting an access: what the handoff driver scans to pre-copy
-    /// some shards or to drain the keys this pod lost.
+    /// without counting an access. O(sessions), under the index lock: to
+    /// find the keys of some shards, use
+    /// [`keys_in_shards`](Self::keys_in_shards).
     pub fn resident_keys(&self) -> Vec<Bytes> {
         self.with_index(|index| index.entries())
             .into_iter()
