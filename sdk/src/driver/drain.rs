@@ -58,7 +58,7 @@ pub(crate) type Destinations = BTreeMap<String, (Pod, Vec<Bytes>)>;
 /// The resident keys of every shard `owner` names a pod for (at `shards`
 /// shards), grouped by that pod. Reads only those shards' keys from the
 /// store's shard index: O(shards + keys handed over), not O(sessions).
-pub(crate) fn destinations<'a>(
+pub(crate) async fn destinations<'a>(
     store: &dyn SessionTable,
     shards: ShardCount,
     owner: impl Fn(u32) -> Option<&'a Pod>,
@@ -66,7 +66,7 @@ pub(crate) fn destinations<'a>(
     let owners: Vec<Option<&Pod>> = (0..shards.get()).map(owner).collect();
     let wanted: Vec<bool> = owners.iter().map(Option::is_some).collect();
     let mut destinations = Destinations::new();
-    for (shard, key) in store.keys_in_shards(shards, &wanted) {
+    for (shard, key) in store.keys_in_shards(shards, &wanted).await {
         if let Some(Some(pod)) = owners.get(shard as usize) {
             destinations
                 .entry(pod.name.clone())

@@ -394,7 +394,7 @@ impl Driver {
             if !self.gate.wait_below(version, within).await {
                 tracing::warn!(pod = %state.pod, "requests under an older ring still running; draining anyway");
             }
-            let destinations = self.lost_keys(ring);
+            let destinations = self.lost_keys(ring).await;
             let keys: usize = destinations.values().map(|(_, k)| k.len()).sum();
             report = drain::hand_over(state, destinations, version, deadline, "push").await;
             if !report.complete() {
@@ -450,10 +450,11 @@ impl Driver {
 
     /// Resident keys owned elsewhere under `ring`, by owner: O(shards +
     /// keys lost) through the store's shard index.
-    fn lost_keys(&self, ring: &Ring) -> drain::Destinations {
+    async fn lost_keys(&self, ring: &Ring) -> drain::Destinations {
         drain::destinations(&*self.state.store, ring.shards(), |shard| {
             self.owner_elsewhere(ring, shard)
         })
+        .await
     }
 
     /// The pod owning `shard` under `ring`, if not this one.

@@ -754,12 +754,18 @@ impl<T, F: Clone> Index<T, F> {
     ) -> bool {
         let mut taken = 0;
         while let Some(span) = spans.get(cursor.span) {
+            // The last key taken from this span in this call: where the
+            // next call resumes (cloned once per page, not per key).
+            let mut last = None;
             for item in self.by_hash.range(span.bounds(cursor.after.as_ref())) {
                 if taken >= limit {
+                    if let Some(last) = last {
+                        cursor.after = Some(Hashed::clone(last));
+                    }
                     return false;
                 }
                 out.push(item.clone());
-                cursor.after = Some(item.clone());
+                last = Some(item);
                 taken += 1;
             }
             cursor.span += 1;

@@ -54,21 +54,25 @@ where
     /// index lock held for at most [`PAGE`] keys at a time: a session that
     /// arrives or leaves during the walk may or may not be in the answer.
     pub fn keys_in_shards(&self, shards: ShardCount, wanted: &[bool]) -> Vec<(u32, Bytes)> {
-        let spans = HashSpan::runs(shards, wanted);
-        let mut cursor = SpanCursor::default();
-        let mut found = Vec::new();
-        let mut page = Vec::with_capacity(PAGE);
-        loop {
-            let done =
-                self.with_index(|index| index.resident_in(&spans, &mut cursor, PAGE, &mut page));
-            found.extend(
-                page.drain(..)
-                    .map(|(hash, key)| (shards.shard_of_hash(hash), key)),
-            );
-            if done {
-                return found;
-            }
+        let mut walk = ShardWalk::new(shards, wanted);
+        while !walk.page(self) {}
+        walk.found
+    }
+
+    /// [`keys_in_shards`](Self::keys_in_shards) that lets other tasks of
+    /// the runtime run between pages, so that a walk over many keys does
+    /// not hold a worker thread (and the requests queued on it) for its
+    /// whole length.
+    pub async fn keys_in_shards_async(
+        &self,
+        shards: ShardCount,
+        wanted: &[bool],
+    ) -> Vec<(u32, Bytes)> {
+        let mut walk = ShardWalk::new(shards, wanted);
+        while !walk.page(self) {
+            tokio::task::yield_now().await;
         }
+        walk.found
     }
 
     /// True if a session of a shard `wanted` selects is resident:
@@ -76,6 +80,44 @@ where
     pub fn holds_keys_in(&self, shards: ShardCount, wanted: &[bool]) -> bool {
         let spans = HashSpan::runs(shards, wanted);
         self.with_index(|index| index.holds_any_in(&spans))
+    }
+}
+
+/// A paged walk over the keys of some shards.
+struct ShardWalk {
+    shards: ShardCount,
+    spans: Vec<HashSpan>,
+    cursor: SpanCursor,
+    page: Vec<(u64, Bytes)>,
+    found: Vec<(u32, Bytes)>,
+}
+
+impl ShardWalk {
+    fn new(shards: ShardCount, wanted: &[bool]) -> Self {
+        Self {
+            shards,
+            spans: HashSpan::runs(shards, wanted),
+            cursor: SpanCursor::default(),
+            page: Vec::with_capacity(PAGE),
+            found: Vec::new(),
+        }
+    }
+
+    /// Reads one page under the index lock; true when the walk is done.
+    fn page<V, P>(&mut self, store: &SessionStore<V, P>) -> bool
+    where
+        V: Clone + Send + Sync + 'static,
+        P: Persistence<V>,
+    {
+        let (spans, cursor, page) = (&self.spans, &mut self.cursor, &mut self.page);
+        let done = store.with_index(|index| index.resident_in(spans, cursor, PAGE, page));
+        let shards = self.shards;
+        self.found.extend(
+            self.page
+                .drain(..)
+                .map(|(hash, key)| (shards.shard_of_hash(hash), key)),
+        );
+        done
     }
 }
 

@@ -32,8 +32,13 @@ pub trait SessionTable: Send + Sync + 'static {
     fn is_empty(&self) -> bool;
 
     /// Keys of the resident sessions of the shards `wanted` selects at
-    /// `shards`, each with its shard: O(runs · log n + keys returned).
-    fn keys_in_shards(&self, shards: ShardCount, wanted: &[bool]) -> Vec<(u32, Bytes)>;
+    /// `shards`, each with its shard: O(runs · log n + keys returned),
+    /// yielding to other tasks between pages.
+    fn keys_in_shards<'a>(
+        &'a self,
+        shards: ShardCount,
+        wanted: &'a [bool],
+    ) -> BoxFuture<'a, Vec<(u32, Bytes)>>;
 
     /// True if a session of a shard `wanted` selects is resident.
     fn holds_keys_in(&self, shards: ShardCount, wanted: &[bool]) -> bool;
@@ -117,8 +122,12 @@ where
         SessionStore::is_empty(self)
     }
 
-    fn keys_in_shards(&self, shards: ShardCount, wanted: &[bool]) -> Vec<(u32, Bytes)> {
-        SessionStore::keys_in_shards(self, shards, wanted)
+    fn keys_in_shards<'a>(
+        &'a self,
+        shards: ShardCount,
+        wanted: &'a [bool],
+    ) -> BoxFuture<'a, Vec<(u32, Bytes)>> {
+        SessionStore::keys_in_shards_async(self, shards, wanted).boxed()
     }
 
     fn holds_keys_in(&self, shards: ShardCount, wanted: &[bool]) -> bool {

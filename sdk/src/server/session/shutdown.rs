@@ -212,7 +212,8 @@ impl Member {
             Ok(plan) => {
                 let destinations = drain::destinations(&*state.store, ring.shards(), |shard| {
                     plan::owner_in(&ring, &plan.assignment, shard)
-                });
+                })
+                .await;
                 report.handed_over =
                     drain::hand_over(&state, destinations, ring.version(), deadline, "shutdown")
                         .await;
