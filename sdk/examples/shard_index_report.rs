@@ -4,13 +4,15 @@
 //!
 //! ```text
 //! cargo run --release -p locus --example shard_index_report -- \
-//!     [--sessions 1000000] [--members 10] [--requesters 4] [--repeats 5]
+//!     [--sessions 1000000] [--members 10] [--rate 10000] [--repeats 5]
 //! ```
 //!
 //! A store on a 2-worker runtime holds `--sessions` sessions (8-byte
 //! counters), every one in shards of this pod's slot (slot 0 of
-//! `--members`, 4096 shards). `--requesters` tasks update random sessions
-//! in a closed loop and record each request's latency. A ring version then
+//! `--members`, 4096 shards). A pacer thread sends `--rate` updates of random
+//! sessions per second, each as a task of its own, timed from the instant it
+//! was due (open loop: a request held up by a stall counts its whole wait,
+//! and requests keep arriving during the stall). A ring version then
 //! arrives, and the key walk the transition driver does on it runs in a task
 //! of its own on the same runtime, in two cases:
 //!
@@ -22,7 +24,7 @@
 //! and by two paths: **scan**, the code the driver ran before the shard
 //! index (`resident_keys()` twice, a hash of every key), kept here for
 //! comparison, and **index**, the store calls the driver makes now
-//! (`holds_keys_in`, `keys_in_shards`). The hand-over of the lost keys
+//! (`holds_keys_in`, `keys_in_shards_async`). The hand-over of the lost keys
 //! itself (hand-off and push, the same in both paths) is not part of it.
 //! Reported per case and path: how long the walk took, and p50, p99 and max
 //! latency of the requests in flight while it ran (from all `--repeats`
@@ -47,8 +49,8 @@
 )]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -62,7 +64,7 @@ const SHARDS: u32 = 4096;
 struct Args {
     sessions: usize,
     members: u16,
-    requesters: usize,
+    rate: u32,
     repeats: usize,
 }
 
@@ -70,7 +72,7 @@ fn args() -> Args {
     let mut args = Args {
         sessions: 1_000_000,
         members: 10,
-        requesters: 4,
+        rate: 10_000,
         repeats: 5,
     };
     let mut it = std::env::args().skip(1);
@@ -79,7 +81,7 @@ fn args() -> Args {
         match flag.as_str() {
             "--sessions" => args.sessions = value.parse().unwrap(),
             "--members" => args.members = value.parse().unwrap(),
-            "--requesters" => args.requesters = value.parse().unwrap(),
+            "--rate" => args.rate = value.parse().unwrap(),
             "--repeats" => args.repeats = value.parse().unwrap(),
             other => panic!("unknown flag {other}"),
         }
@@ -140,8 +142,19 @@ fn rings(members: u16) -> (Ring, Ring) {
 
 type Lost = BTreeMap<String, (Pod, Vec<Bytes>)>;
 
-/// A key walk on a new ring version.
-type Walk = fn(&SessionStore<u64>, &Ring, &str) -> Lost;
+/// The two key walks compared.
+#[derive(Clone, Copy)]
+enum Path {
+    Scan,
+    Index,
+}
+
+async fn walk(path: Path, store: &SessionStore<u64>, ring: &Ring, me: &str) -> Lost {
+    match path {
+        Path::Scan => scan_path(store, ring, me),
+        Path::Index => index_path(store, ring, me).await,
+    }
+}
 
 /// (case, path) → (quiet window start, walk start, walk end) of each run.
 type Windows = BTreeMap<(usize, usize), Vec<(Instant, Instant, Instant)>>;
@@ -168,7 +181,7 @@ fn scan_path(store: &SessionStore<u64>, ring: &Ring, me: &str) -> Lost {
 }
 
 /// The driver's key walk now: the same questions to the shard index.
-fn index_path(store: &SessionStore<u64>, ring: &Ring, me: &str) -> Lost {
+async fn index_path(store: &SessionStore<u64>, ring: &Ring, me: &str) -> Lost {
     let shards = ring.shards();
     let owners: Vec<Option<&Pod>> = (0..shards.get())
         .map(|shard| {
@@ -182,7 +195,7 @@ fn index_path(store: &SessionStore<u64>, ring: &Ring, me: &str) -> Lost {
     if !store.holds_keys_in(shards, &wanted) {
         return lost;
     }
-    for (shard, key) in store.keys_in_shards(shards, &wanted) {
+    for (shard, key) in store.keys_in_shards_async(shards, &wanted).await {
         if let Some(Some(pod)) = owners.get(shard as usize) {
             lost.entry(pod.name.clone())
                 .or_insert_with(|| ((*pod).clone(), Vec::new()))
@@ -271,40 +284,48 @@ fn fill(rt: &tokio::runtime::Runtime, store: &SessionStore<u64>, keys: &[Bytes])
     }
 }
 
-/// Closed-loop requesters: each updates random keys until `running` is
-/// false and returns its samples.
-fn start_requesters(
+/// An open-loop load: `rate` updates per second of random keys, each sent
+/// at its planned instant (by a pacer thread, as its own task) and timed
+/// from that instant, so a request held up by a stall counts the whole
+/// wait (no coordinated omission). Runs until `running` is false.
+fn start_load(
     rt: &tokio::runtime::Runtime,
     store: &SessionStore<u64>,
     keys: &Arc<Vec<Bytes>>,
     running: &Arc<AtomicBool>,
-    count: usize,
-) -> Vec<tokio::task::JoinHandle<Vec<Sample>>> {
-    (0..count)
-        .map(|r| {
-            let (store, keys, running) = (store.clone(), Arc::clone(keys), Arc::clone(running));
-            rt.spawn(async move {
-                let mut samples = Vec::with_capacity(1 << 20);
-                let mut x = 0x9e37_79b9_7f4a_7c15_u64 ^ (r as u64 + 1);
-                while running.load(Ordering::Relaxed) {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    let key = &keys[(x % keys.len() as u64) as usize];
-                    let start = Instant::now();
-                    store.update(key, |n| *n += 1).await.unwrap();
-                    samples.push(Sample {
-                        start,
-                        took: start.elapsed(),
-                    });
-                    if samples.len() % 64 == 0 {
-                        tokio::task::yield_now().await;
-                    }
-                }
-                samples
-            })
-        })
-        .collect()
+    rate: u32,
+) -> (std::thread::JoinHandle<()>, Arc<Mutex<Vec<Sample>>>) {
+    let samples = Arc::new(Mutex::new(Vec::with_capacity(1 << 22)));
+    let (handle, store, keys, running) = (
+        rt.handle().clone(),
+        store.clone(),
+        Arc::clone(keys),
+        Arc::clone(running),
+    );
+    let sink = Arc::clone(&samples);
+    let pacer = std::thread::spawn(move || {
+        let interval = Duration::from_secs(1) / rate;
+        let mut next = Instant::now();
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        while running.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            while next <= now {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let key = keys[(x % keys.len() as u64) as usize].clone();
+                let (store, sink, start) = (store.clone(), Arc::clone(&sink), next);
+                handle.spawn(async move {
+                    store.update(&key, |n| *n += 1).await.unwrap();
+                    let took = start.elapsed();
+                    sink.lock().unwrap().push(Sample { start, took });
+                });
+                next += interval;
+            }
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+    });
+    (pacer, samples)
 }
 
 /// Runs every (case, path) `repeats` times, paths alternating, each walk in
@@ -313,24 +334,31 @@ fn run_walks(
     rt: &tokio::runtime::Runtime,
     store: &SessionStore<u64>,
     cases: &[(&str, &Ring)],
-    paths: &[(&str, Walk)],
+    paths: &[(&str, Path)],
     me: &str,
     repeats: usize,
 ) -> (Windows, BTreeMap<(usize, usize), Tally>) {
     let mut windows = Windows::new();
     let mut tallies: BTreeMap<(usize, usize), Tally> = BTreeMap::new();
     std::thread::sleep(Duration::from_millis(500));
-    for _ in 0..repeats {
+    for repeat in 0..repeats {
         for (c, (_, ring)) in cases.iter().enumerate() {
-            for (p, (_, walk)) in paths.iter().enumerate() {
+            // The paths take turns going first.
+            let order: Vec<usize> = if repeat % 2 == 0 {
+                vec![0, 1]
+            } else {
+                vec![1, 0]
+            };
+            for p in order {
+                let path = &paths[p].1;
                 // A quiet window right before the walk.
                 let quiet = Instant::now();
                 std::thread::sleep(Duration::from_millis(300));
-                let (store, ring, me, walk) =
-                    (store.clone(), (*ring).clone(), me.to_owned(), *walk);
+                let (store, ring, me, path) =
+                    (store.clone(), (*ring).clone(), me.to_owned(), *path);
                 let t0 = Instant::now();
                 let lost = rt
-                    .block_on(rt.spawn(async move { walk(&store, &ring, &me) }))
+                    .block_on(rt.spawn(async move { walk(path, &store, &ring, &me).await }))
                     .unwrap();
                 let t1 = Instant::now();
                 let tally = tallies.entry((c, p)).or_default();
@@ -338,7 +366,8 @@ fn run_walks(
                 tally.lost = lost.values().map(|(_, keys)| keys.len()).sum();
                 drop(lost);
                 windows.entry((c, p)).or_default().push((quiet, t0, t1));
-                std::thread::sleep(Duration::from_millis(200));
+                // Time for the requests a stall queued to drain.
+                std::thread::sleep(Duration::from_secs(2));
             }
         }
     }
@@ -356,7 +385,7 @@ fn attribute(windows: &Windows, tallies: &mut BTreeMap<(usize, usize), Tally>, s
                 let end = sample.start + sample.took;
                 if sample.start < t1 && end > t0 {
                     tally.in_flight.push(sample.took);
-                } else if sample.start >= quiet && end <= quiet_end {
+                } else if sample.start >= quiet && sample.start < quiet_end {
                     tally.quiet.push(sample.took);
                 }
             }
@@ -395,23 +424,19 @@ fn main() {
 
     let keys = Arc::new(keys);
     let running = Arc::new(AtomicBool::new(true));
-    let requesters = start_requesters(&rt, &store, &keys, &running, args.requesters);
-    let paths: [(&str, Walk); 2] = [("scan", scan_path), ("index", index_path)];
+    let (pacer, samples) = start_load(&rt, &store, &keys, &running, args.rate);
+    let paths: [(&str, Path); 2] = [("scan", Path::Scan), ("index", Path::Index)];
     let cases: [(&str, &Ring); 2] = [("nothing lost", &serving), ("1/11 lost", &switch)];
     let (windows, mut tallies) = run_walks(&rt, &store, &cases, &paths, &me, args.repeats);
     running.store(false, Ordering::Relaxed);
-    let samples: Vec<Sample> = rt.block_on(async {
-        let mut all = Vec::new();
-        for requester in requesters {
-            all.extend(requester.await.unwrap());
-        }
-        all
-    });
+    pacer.join().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let samples = std::mem::take(&mut *samples.lock().unwrap());
     attribute(&windows, &mut tallies, &samples);
 
     println!(
-        "shard_index_report: {} sessions on slot 0 of {} ({} shards), {} requesters on 2 workers, {} repeats",
-        args.sessions, args.members, SHARDS, args.requesters, args.repeats
+        "shard_index_report: {} sessions on slot 0 of {} ({} shards), {} updates/s on 2 workers, {} repeats",
+        args.sessions, args.members, SHARDS, args.rate, args.repeats
     );
     println!();
     println!(
