@@ -11,8 +11,8 @@ use futures::StreamExt as _;
 use futures::stream;
 use tokio::time::Instant;
 
-use crate::handoff::HandoffState;
-use crate::ring::Pod;
+use crate::handoff::{HandoffState, SessionTable};
+use crate::ring::{Pod, ShardCount};
 use crate::store::{HandOff, SessionRecord};
 
 /// What a bulk hand-over did.
@@ -54,6 +54,29 @@ impl DrainReport {
 
 /// Keys grouped by the pod they go to.
 pub(crate) type Destinations = BTreeMap<String, (Pod, Vec<Bytes>)>;
+
+/// The resident keys of every shard `owner` names a pod for (at `shards`
+/// shards), grouped by that pod. Reads only those shards' keys from the
+/// store's shard index: O(shards + keys handed over), not O(sessions).
+pub(crate) async fn destinations<'a>(
+    store: &dyn SessionTable,
+    shards: ShardCount,
+    owner: impl Fn(u32) -> Option<&'a Pod>,
+) -> Destinations {
+    let owners: Vec<Option<&Pod>> = (0..shards.get()).map(owner).collect();
+    let wanted: Vec<bool> = owners.iter().map(Option::is_some).collect();
+    let mut destinations = Destinations::new();
+    for (shard, key) in store.keys_in_shards(shards, &wanted).await {
+        if let Some(Some(pod)) = owners.get(shard as usize) {
+            destinations
+                .entry(pod.name.clone())
+                .or_insert_with(|| ((*pod).clone(), Vec::new()))
+                .1
+                .push(key);
+        }
+    }
+    destinations
+}
 
 /// Hands every key of `destinations` off to its pod and pushes it there,
 /// `push_concurrency` pods at a time, until `deadline`. `version` is the

@@ -42,7 +42,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::StreamExt as _;
 use futures::stream;
 use http::HeaderName;
@@ -395,7 +394,7 @@ impl Driver {
             if !self.gate.wait_below(version, within).await {
                 tracing::warn!(pod = %state.pod, "requests under an older ring still running; draining anyway");
             }
-            let destinations = self.lost_keys(ring);
+            let destinations = self.lost_keys(ring).await;
             let keys: usize = destinations.values().map(|(_, k)| k.len()).sum();
             report = drain::hand_over(state, destinations, version, deadline, "push").await;
             if !report.complete() {
@@ -440,28 +439,29 @@ impl Driver {
         ok
     }
 
-    /// True if a resident key is owned elsewhere under `ring`.
+    /// True if a resident key is owned elsewhere under `ring`: O(shards ·
+    /// log n) through the store's shard index.
     fn holds_lost_keys(&self, ring: &Ring) -> bool {
-        let keys = self.state.store.resident_keys();
-        keys.iter()
-            .any(|key| ring.owner(key).pod.name != self.state.pod)
+        let lost: Vec<bool> = (0..ring.shards().get())
+            .map(|shard| self.owner_elsewhere(ring, shard).is_some())
+            .collect();
+        self.state.store.holds_keys_in(ring.shards(), &lost)
     }
 
-    /// Resident keys owned elsewhere under `ring`, by owner.
-    fn lost_keys(&self, ring: &Ring) -> drain::Destinations {
-        let mut destinations = drain::Destinations::new();
-        for key in self.state.store.resident_keys() {
-            let owner = ring.owner(&key);
-            if owner.pod.name == self.state.pod {
-                continue;
-            }
-            destinations
-                .entry(owner.pod.name.clone())
-                .or_insert_with(|| (owner.pod.clone(), Vec::<Bytes>::new()))
-                .1
-                .push(key);
-        }
-        destinations
+    /// Resident keys owned elsewhere under `ring`, by owner: O(shards +
+    /// keys lost) through the store's shard index.
+    async fn lost_keys(&self, ring: &Ring) -> drain::Destinations {
+        drain::destinations(&*self.state.store, ring.shards(), |shard| {
+            self.owner_elsewhere(ring, shard)
+        })
+        .await
+    }
+
+    /// The pod owning `shard` under `ring`, if not this one.
+    fn owner_elsewhere<'a>(&self, ring: &'a Ring, shard: u32) -> Option<&'a Pod> {
+        ring.owner_of_shard(shard)
+            .map(|slot| &slot.pod)
+            .filter(|pod| pod.name != self.state.pod)
     }
 }
 

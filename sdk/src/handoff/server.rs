@@ -255,10 +255,8 @@ fn precopy(state: &Arc<HandoffState>, from: &str, body: &[u8]) -> Response<Hando
         let state = producer;
         let mut chunk = BytesMut::new();
         let (mut frames, mut in_chunk) = (0u64, 0usize);
-        for key in state.store.resident_keys() {
-            if !wanted[shards.shard_of(&key) as usize] {
-                continue;
-            }
+        // Only the asked shards' keys, from the store's shard index.
+        for (_, key) in state.store.keys_in_shards(shards, &wanted).await {
             let record = match state.store.export(&key).await {
                 Ok(Some(record)) => record,
                 Ok(None) => continue,

@@ -44,7 +44,7 @@ use bytes::Bytes;
 use super::entry::Entry;
 use super::error::display_key;
 use super::index::{InsertRefused, Room};
-use super::transfer::{Installed, RESTORE_ERRORS_KEPT, Restore, SessionRecord};
+use super::transfer::{Installed, Restore, SessionRecord};
 use super::{Persistence, SessionStore, StoreError};
 
 /// One session of a snapshot as borrowed bytes: what a bulk restore decodes.
@@ -123,8 +123,8 @@ struct Ready<V> {
 /// What [`PreparedChunk`] holds.
 struct Decoded<V> {
     ready: Vec<Ready<V>>,
-    failed: usize,
-    errors: Vec<(Bytes, StoreError)>,
+    /// The records refused while decoding.
+    refused: Restore,
 }
 
 impl<V, P> SessionStore<V, P>
@@ -148,20 +148,14 @@ where
     pub(crate) fn prepare_chunk(&self, records: &[RawRecord<'_>]) -> PreparedChunk {
         let mut decoded = Decoded {
             ready: Vec::with_capacity(records.len()),
-            failed: 0,
-            errors: Vec::new(),
+            refused: Restore::default(),
         };
         for record in records {
             match self.prepare_one(record) {
                 Ok(ready) => decoded.ready.push(ready),
-                Err(error) => {
-                    decoded.failed += 1;
-                    if decoded.errors.len() < RESTORE_ERRORS_KEPT {
-                        decoded
-                            .errors
-                            .push((Bytes::copy_from_slice(record.key), error));
-                    }
-                }
+                Err(error) => decoded
+                    .refused
+                    .count(Err(error), || Bytes::copy_from_slice(record.key)),
             }
         }
         PreparedChunk(Box::new(decoded))
@@ -210,12 +204,7 @@ where
         let mut reserve = total;
         let mut slow = Vec::new();
         for chunk in chunks {
-            report.failed += chunk.failed;
-            for error in chunk.errors {
-                if report.errors.len() < RESTORE_ERRORS_KEPT {
-                    report.errors.push(error);
-                }
-            }
+            report.merge(chunk.refused);
             let now = self.inner.clock.now();
             self.with_index(|index| {
                 index.reserve(std::mem::take(&mut reserve));
@@ -228,10 +217,12 @@ where
                         Room::default(),
                     ) {
                         Ok(()) => {
+                            report.count(Ok(Installed::Inserted), Bytes::new);
                             index.insert_owned(ready.key, ready.entry, ready.weight, now);
-                            report.inserted += 1;
                         }
-                        Err(InsertRefused::Stale { .. }) => report.stale += 1,
+                        Err(InsertRefused::Stale { held }) => {
+                            report.count(Ok(Installed::Stale { held }), Bytes::new);
+                        }
                         Err(InsertRefused::Occupied | InsertRefused::Short(_)) => slow.push(ready),
                     }
                 }
@@ -268,16 +259,6 @@ where
                 state.dirty,
             )
             .await;
-        match installed {
-            Ok(Installed::Inserted) => report.inserted += 1,
-            Ok(Installed::Replaced { .. }) => report.replaced += 1,
-            Ok(Installed::Stale { .. }) => report.stale += 1,
-            Err(error) => {
-                report.failed += 1;
-                if report.errors.len() < RESTORE_ERRORS_KEPT {
-                    report.errors.push((ready.key, error));
-                }
-            }
-        }
+        report.count(installed, || ready.key);
     }
 }

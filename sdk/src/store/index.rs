@@ -32,14 +32,26 @@
 //!   `max_sessions`, `loading` never exceeds `max_loads`;
 //! * `evicting` counts exactly the claimed resident slots;
 //! * `lru` holds exactly the resident keys, ordered by last access;
+//! * `by_hash` holds exactly the resident keys, each with its ring hash
+//!   ([`hash_key`]), ordered by that hash (the *shard index*);
 //! * `tombs` holds exactly the moved keys, ordered by expiry.
+//!
+//! The shard index answers "the resident keys of shard `i` at shard count
+//! `S`" without a scan: a shard is the contiguous hash range
+//! `i << (64 - log2 S) .. (i + 1) << (64 - log2 S)`, so its keys are one
+//! range of `by_hash`, found in O(log n) and read in O(keys in the shard),
+//! at any `S` (a doubling of `S` needs no re-index). Keys with equal hashes
+//! are told apart by their bytes.
 
 use std::collections::hash_map::Entry as MapEntry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::time::Instant;
+
+use crate::ring::{ShardCount, hash_key};
 
 /// The bounds the index enforces.
 #[derive(Debug, Clone, Copy)]
@@ -101,6 +113,71 @@ pub(crate) enum InsertRefused {
     Short(Shortfall),
 }
 
+/// The ring hashes of a run of consecutive shards `first..end` at some shard
+/// count: `start..end` (`end` `None`: through `u64::MAX`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HashSpan {
+    start: u64,
+    end: Option<u64>,
+}
+
+impl HashSpan {
+    /// The hashes of shards `first..end` at `shards` (`first < end <= S`).
+    pub fn of_shards(shards: ShardCount, first: u32, end: u32) -> Self {
+        debug_assert!(first < end && end <= shards.get(), "not a run of shards");
+        Self {
+            start: shards.start(first),
+            end: (end < shards.get()).then(|| shards.start(end)),
+        }
+    }
+
+    /// The runs of consecutive shards `wanted` selects (`wanted[i]`: shard
+    /// `i` at `shards`), in shard order.
+    pub fn runs(shards: ShardCount, wanted: &[bool]) -> Vec<Self> {
+        let mut runs = Vec::new();
+        let mut first = None;
+        for shard in 0..shards.get() {
+            let on = wanted.get(shard as usize).copied().unwrap_or(false);
+            match (on, first) {
+                (true, None) => first = Some(shard),
+                (false, Some(begun)) => {
+                    runs.push(Self::of_shards(shards, begun, shard));
+                    first = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(begun) = first {
+            runs.push(Self::of_shards(shards, begun, shards.get()));
+        }
+        runs
+    }
+
+    /// The span's bounds in `by_hash`, resuming after `after` if given.
+    fn bounds(self, after: Option<&Hashed>) -> (Bound<Hashed>, Bound<Hashed>) {
+        let start = match after {
+            Some(after) => Bound::Excluded(after.clone()),
+            None => Bound::Included((self.start, Bytes::new())),
+        };
+        let end = match self.end {
+            Some(end) => Bound::Excluded((end, Bytes::new())),
+            None => Bound::Unbounded,
+        };
+        (start, end)
+    }
+}
+
+/// A key of the shard index: its ring hash, then its bytes.
+type Hashed = (u64, Bytes);
+
+/// Where a paged walk over [`HashSpan`]s stands: the span it is in and the
+/// last key it returned there.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SpanCursor {
+    span: usize,
+    after: Option<(u64, Bytes)>,
+}
+
 /// What a key is, as seen by a request.
 pub(crate) enum Lookup<T, F> {
     Resident(Arc<T>),
@@ -137,6 +214,8 @@ pub(crate) struct Index<T, F> {
     bounds: Bounds,
     map: HashMap<Bytes, Slot<T, F>>,
     lru: BTreeMap<u64, Bytes>,
+    /// The shard index: resident keys by ring hash.
+    by_hash: BTreeSet<(u64, Bytes)>,
     tombs: BTreeMap<(Instant, u64), Bytes>,
     seq: u64,
     bytes: usize,
@@ -154,6 +233,7 @@ impl<T, F: Clone> Index<T, F> {
             bounds,
             map: HashMap::new(),
             lru: BTreeMap::new(),
+            by_hash: BTreeSet::new(),
             tombs: BTreeMap::new(),
             seq: 0,
             bytes: 0,
@@ -381,6 +461,7 @@ impl<T, F: Clone> Index<T, F> {
     fn put_resident(&mut self, key: Bytes, entry: Arc<T>, weight: usize, now: Instant) {
         let seq = self.next_seq();
         self.lru.insert(seq, key.clone());
+        self.by_hash.insert((hash_key(&key), key.clone()));
         self.map.insert(
             key,
             Slot::Resident(Resident {
@@ -477,7 +558,9 @@ impl<T, F: Clone> Index<T, F> {
             return None;
         }
         let (seq, weight, claimed) = (resident.seq, resident.weight, resident.claimed);
-        self.map.remove(key);
+        if let Some((stored, _)) = self.map.remove_entry(key) {
+            self.by_hash.remove(&(hash_key(key), stored));
+        }
         self.lru.remove(&seq);
         self.resident -= 1;
         self.bytes -= weight;
@@ -649,6 +732,48 @@ impl<T, F: Clone> Index<T, F> {
         idle
     }
 
+    /// Whether a resident key lies in one of `spans`: O(log n) per span.
+    pub fn holds_any_in(&self, spans: &[HashSpan]) -> bool {
+        spans
+            .iter()
+            .any(|span| self.by_hash.range(span.bounds(None)).next().is_some())
+    }
+
+    /// Appends to `out` up to `limit` resident keys (with their ring hashes)
+    /// of `spans`, in span order and hash order within a span, from where
+    /// `cursor` stands, and moves `cursor` past them. Returns true when the
+    /// walk has reached the end of the last span. O(log n) per span visited
+    /// plus O(keys returned): a walk over every span costs O(spans · log n +
+    /// keys in them), whatever the other keys.
+    pub fn resident_in(
+        &self,
+        spans: &[HashSpan],
+        cursor: &mut SpanCursor,
+        limit: usize,
+        out: &mut Vec<(u64, Bytes)>,
+    ) -> bool {
+        let mut taken = 0;
+        while let Some(span) = spans.get(cursor.span) {
+            // The last key taken from this span in this call: where the
+            // next call resumes (cloned once per page, not per key).
+            let mut last = None;
+            for item in self.by_hash.range(span.bounds(cursor.after.as_ref())) {
+                if taken >= limit {
+                    if let Some(last) = last {
+                        cursor.after = Some(Hashed::clone(last));
+                    }
+                    return false;
+                }
+                out.push(item.clone());
+                last = Some(item);
+                taken += 1;
+            }
+            cursor.span += 1;
+            cursor.after = None;
+        }
+        true
+    }
+
     /// Every resident entry, least recently used first.
     pub fn entries(&self) -> Vec<(Bytes, Arc<T>)> {
         self.lru
@@ -673,6 +798,9 @@ impl<T, F: Clone> Index<T, F> {
                     claimed += usize::from(r.claimed);
                     if self.lru.get(&r.seq) != Some(key) {
                         return Err(format!("lru misses resident key {key:?}"));
+                    }
+                    if !self.by_hash.contains(&(hash_key(key), key.clone())) {
+                        return Err(format!("the shard index misses resident key {key:?}"));
                     }
                 }
                 Slot::Loading(_) => loading += 1,
@@ -710,7 +838,8 @@ impl<T, F: Clone> Index<T, F> {
         {
             return Err("session or load bound exceeded".into());
         }
-        if self.lru.len() != resident || self.tombs.len() != moved {
+        if self.lru.len() != resident || self.by_hash.len() != resident || self.tombs.len() != moved
+        {
             return Err("order maps hold stale keys".into());
         }
         if moved > self.bounds.tombstones {
@@ -1091,5 +1220,185 @@ mod tests {
         assert_eq!(index.resident(), 3);
         assert_eq!(index.bytes(), 60);
         index.check().unwrap();
+    }
+
+    /// A small deterministic generator (xorshift64*), enough to mix
+    /// operations.
+    struct Mix(u64);
+
+    impl Mix {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// The keys of the shards `wanted` selects, through the shard index,
+    /// read `page` keys at a time.
+    fn indexed(index: &TestIndex, shards: ShardCount, wanted: &[bool], page: usize) -> Vec<Bytes> {
+        walk(index, &HashSpan::runs(shards, wanted), page)
+    }
+
+    /// The keys of `spans`, read `page` keys at a time.
+    fn walk(index: &TestIndex, spans: &[HashSpan], page: usize) -> Vec<Bytes> {
+        let (mut cursor, mut out) = (SpanCursor::default(), Vec::new());
+        while !index.resident_in(spans, &mut cursor, page, &mut out) {}
+        assert_eq!(
+            index.holds_any_in(spans),
+            !out.is_empty(),
+            "holds_any_in agrees with the walk"
+        );
+        out.into_iter()
+            .map(|(hash, key)| {
+                assert_eq!(hash, hash_key(&key));
+                key
+            })
+            .collect()
+    }
+
+    /// The same keys found the slow way: every resident key, filtered by
+    /// its shard, in (hash, key) order.
+    fn brute_force(index: &TestIndex, shards: ShardCount, wanted: &[bool]) -> Vec<Bytes> {
+        let mut keys: Vec<Bytes> = index
+            .entries()
+            .into_iter()
+            .map(|(key, _)| key)
+            .filter(|key| wanted[shards.shard_of(key) as usize])
+            .collect();
+        keys.sort_by_cached_key(|key| (hash_key(key), key.clone()));
+        keys
+    }
+
+    /// Checks every shard alone at `shards`, and a few multi-shard masks.
+    fn check_shards(index: &TestIndex, shards: ShardCount, mix: &mut Mix) {
+        let mut by_shard = vec![Vec::new(); shards.len()];
+        for (key, _) in index.entries() {
+            by_shard[shards.shard_of(&key) as usize].push(key);
+        }
+        for (shard, expected) in by_shard.iter_mut().enumerate() {
+            expected.sort_by_cached_key(|key| (hash_key(key), key.clone()));
+            let shard = shard as u32;
+            let one = HashSpan::of_shards(shards, shard, shard + 1);
+            assert_eq!(
+                &walk(index, &[one], 3),
+                expected,
+                "shard {shard} of {}",
+                shards.get()
+            );
+        }
+        for _ in 0..4 {
+            let wanted: Vec<bool> = (0..shards.len()).map(|_| mix.below(3) == 0).collect();
+            for page in [1, 5, 1024] {
+                assert_eq!(
+                    indexed(index, shards, &wanted, page),
+                    brute_force(index, shards, &wanted),
+                    "a mask of {} shards, page {page}",
+                    shards.get()
+                );
+            }
+        }
+        let all = vec![true; shards.len()];
+        assert_eq!(indexed(index, shards, &all, 64).len(), index.resident());
+    }
+
+    #[test]
+    fn the_shard_index_lists_each_shards_resident_keys_at_any_shard_count() {
+        let t0 = Instant::now();
+        let mut index = TestIndex::new(Bounds {
+            sessions: 400,
+            total_bytes: 1 << 20,
+            loads: 8,
+            tombstones: 50,
+        });
+        let mut mix = Mix(0x9e37_79b9_7f4a_7c15);
+        let counts: Vec<ShardCount> = [1, 2, 8, 64, 4096, 65_536]
+            .into_iter()
+            .map(|n| ShardCount::new(n).unwrap())
+            .collect();
+        for round in 0..6 {
+            // Inserts, loads, evictions, hand-offs (removal then tombstone),
+            // restores (owned inserts) and tombstones replaced by inserts.
+            for _ in 0..150 {
+                let key = format!("session-{}", mix.below(500));
+                let now = t0 + Duration::from_millis(mix.next() % 1000);
+                let resident = index.peek(key.as_bytes());
+                match (mix.below(6), resident) {
+                    (0 | 1, None) => {
+                        if index.admit(key.as_bytes(), 1, 1, now, Room::default()) == Ok(()) {
+                            index.insert(key.as_bytes(), Arc::new(1), 1, now, &mut Room::default());
+                        }
+                    }
+                    (2, None) => {
+                        if index.admit(key.as_bytes(), 1, 9, now, Room::default()) == Ok(()) {
+                            index.insert_owned(Bytes::from(key), Arc::new(2), 1, now);
+                        }
+                    }
+                    (3, None) => {
+                        let mut room = Room::default();
+                        if index.begin_load(key.as_bytes(), 0, &mut room).is_ok() {
+                            let key = Bytes::from(key);
+                            if mix.below(4) == 0 {
+                                index.cancel_load(&key);
+                            } else {
+                                index
+                                    .finish_load(&key, Arc::new(3), 1, now, &mut room)
+                                    .unwrap();
+                            }
+                        }
+                    }
+                    (4, Some(entry)) => {
+                        index.remove(key.as_bytes(), &entry, None, None).unwrap();
+                        let expires = now + Duration::from_secs(1);
+                        index.tombstone(key.as_bytes(), "pod-1".into(), 1, expires, now);
+                    }
+                    (_, Some(entry)) => {
+                        index.remove(key.as_bytes(), &entry, None, None).unwrap();
+                    }
+                    (_, None) => {}
+                }
+            }
+            if round == 3 {
+                // A pressure eviction of the least recently used.
+                let need = Shortfall {
+                    sessions: 40,
+                    bytes: 0,
+                };
+                for (key, entry) in index.claim(need, 40, t0, |_, _| false).unwrap() {
+                    index.remove(&key, &entry, None, None).unwrap();
+                }
+            }
+            index.check().unwrap();
+            for &shards in &counts {
+                check_shards(&index, shards, &mut mix);
+            }
+        }
+        assert!(index.resident() > 50, "the test keeps sessions resident");
+    }
+
+    #[test]
+    fn a_shard_run_ending_at_the_last_shard_reaches_the_top_hash() {
+        let shards = ShardCount::new(4).unwrap();
+        let last = HashSpan::of_shards(shards, 3, 4);
+        assert_eq!(last.end, None);
+        assert_eq!(last.start, 3 << 62);
+        assert_eq!(
+            HashSpan::runs(shards, &[true, true, false, true]),
+            [
+                HashSpan::of_shards(shards, 0, 2),
+                HashSpan::of_shards(shards, 3, 4)
+            ]
+        );
+        assert_eq!(HashSpan::runs(shards, &[false; 4]), []);
+        // A mask shorter than S selects nothing past its end.
+        assert_eq!(
+            HashSpan::runs(shards, &[true]),
+            [HashSpan::of_shards(shards, 0, 1)]
+        );
     }
 }

@@ -29,10 +29,13 @@ use std::path::Path;
 pub const MEMORY_LIMIT_ENV: &str = "LOCUS_MEMORY_LIMIT";
 
 /// The memory one resident session costs beyond its weighed bytes: its index entry (hash
-/// map slot, recency order, the shared entry and its lock, key copies) and what the allocator
-/// keeps around it under eviction churn. Measured on a real node: the sample at 65 536
-/// resident sessions (31 MB weighed) used 112 MB, about 1.5 KiB per session of which 0.47 KiB
-/// weighed (`e2e/tests/e2e_memory_limit.rs`, `docs/session-store.md`).
+/// map slot, recency order, shard index, the shared entry and its lock, key copies) and what
+/// the allocator keeps around it under eviction churn. Measured on a real node: the sample at
+/// 65 536 resident sessions (31 MB weighed) used 112 MB, about 1.5 KiB per session of which
+/// 0.47 KiB weighed (`e2e/tests/e2e_memory_limit.rs`, `docs/session-store.md`). The shard
+/// index (resident keys ordered by ring hash), added since, costs about 42 bytes per session
+/// at 1 M sessions, within the index's ≈ 550 bytes measured there without churn
+/// (`shard_index_report`, `docs/benchmarks.md`); the budget keeps the 1 KiB.
 pub const SESSION_OVERHEAD_BYTES: u64 = 1024;
 
 /// cgroup v1 reports "no limit" as a page-aligned value near 2^63; anything this large is

@@ -61,7 +61,8 @@
 //! check the protocol across files. The other concerns already have their own
 //! files: bounds (`limits`), the index and its accounting (`index`), eviction
 //! and passivation (`evict`), hand-offs and installs (`transfer`), the
-//! snapshot's bulk paths (`bulk`).
+//! snapshot's bulk paths (`bulk`), the resident keys of some shards
+//! (`shards`).
 
 mod bulk;
 mod clock;
@@ -74,6 +75,7 @@ mod limits;
 mod memory;
 mod metrics;
 mod persistence;
+mod shards;
 mod table;
 mod transfer;
 

@@ -14,6 +14,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt as _, StreamExt as _};
 
+use crate::ring::ShardCount;
 use crate::store::{
     Flush, HandOff, Installed, Limits, LoadGuard, Persistence, PreparedChunk, RawRecord,
     ResidentSessions, Restore, SessionRecord, SessionStore, StoreError,
@@ -23,6 +24,24 @@ use crate::store::{
 pub trait SessionTable: Send + Sync + 'static {
     /// Keys of the resident sessions.
     fn resident_keys(&self) -> Vec<Bytes>;
+
+    /// Resident sessions: O(1).
+    fn len(&self) -> usize;
+
+    /// True if no session is resident: O(1).
+    fn is_empty(&self) -> bool;
+
+    /// Keys of the resident sessions of the shards `wanted` selects at
+    /// `shards`, each with its shard: O(runs · log n + keys returned),
+    /// yielding to other tasks between pages.
+    fn keys_in_shards<'a>(
+        &'a self,
+        shards: ShardCount,
+        wanted: &'a [bool],
+    ) -> BoxFuture<'a, Vec<(u32, Bytes)>>;
+
+    /// True if a session of a shard `wanted` selects is resident.
+    fn holds_keys_in(&self, shards: ShardCount, wanted: &[bool]) -> bool;
 
     /// The resident version of `key`, if resident.
     fn version_of<'a>(&'a self, key: &'a [u8]) -> BoxFuture<'a, Option<u64>>;
@@ -93,6 +112,26 @@ where
 {
     fn resident_keys(&self) -> Vec<Bytes> {
         SessionStore::resident_keys(self)
+    }
+
+    fn len(&self) -> usize {
+        SessionStore::len(self)
+    }
+
+    fn is_empty(&self) -> bool {
+        SessionStore::is_empty(self)
+    }
+
+    fn keys_in_shards<'a>(
+        &'a self,
+        shards: ShardCount,
+        wanted: &'a [bool],
+    ) -> BoxFuture<'a, Vec<(u32, Bytes)>> {
+        SessionStore::keys_in_shards_async(self, shards, wanted).boxed()
+    }
+
+    fn holds_keys_in(&self, shards: ShardCount, wanted: &[bool]) -> bool {
+        SessionStore::holds_keys_in(self, shards, wanted)
     }
 
     fn version_of<'a>(&'a self, key: &'a [u8]) -> BoxFuture<'a, Option<u64>> {

@@ -98,7 +98,40 @@ pub struct Restore {
 }
 
 /// How many refusals a [`Restore`] keeps in detail.
-pub(super) const RESTORE_ERRORS_KEPT: usize = 16;
+const RESTORE_ERRORS_KEPT: usize = 16;
+
+impl Restore {
+    /// Counts the outcome of one record's install; a refusal is kept in
+    /// detail, with the record's key (`key` is called only then), while
+    /// fewer than [`RESTORE_ERRORS_KEPT`] are.
+    pub(super) fn count(
+        &mut self,
+        outcome: Result<Installed, StoreError>,
+        key: impl FnOnce() -> Bytes,
+    ) {
+        match outcome {
+            Ok(Installed::Inserted) => self.inserted += 1,
+            Ok(Installed::Replaced { .. }) => self.replaced += 1,
+            Ok(Installed::Stale { .. }) => self.stale += 1,
+            Err(error) => {
+                self.failed += 1;
+                if self.errors.len() < RESTORE_ERRORS_KEPT {
+                    self.errors.push((key(), error));
+                }
+            }
+        }
+    }
+
+    /// Adds the counts of `other` (a part of the same restore).
+    pub(super) fn merge(&mut self, other: Restore) {
+        self.inserted += other.inserted;
+        self.replaced += other.replaced;
+        self.stale += other.stale;
+        self.failed += other.failed;
+        let room = RESTORE_ERRORS_KEPT.saturating_sub(self.errors.len());
+        self.errors.extend(other.errors.into_iter().take(room));
+    }
+}
 
 impl<V, P> SessionStore<V, P>
 where
@@ -106,8 +139,9 @@ where
     P: Persistence<V>,
 {
     /// The keys of every resident session, least recently used first,
-    /// without counting an access: what the handoff driver scans to pre-copy
-    /// some shards or to drain the keys this pod lost.
+    /// without counting an access. O(sessions), under the index lock: to
+    /// find the keys of some shards, use
+    /// [`keys_in_shards`](Self::keys_in_shards).
     pub fn resident_keys(&self) -> Vec<Bytes> {
         self.with_index(|index| index.entries())
             .into_iter()
@@ -414,17 +448,8 @@ where
         let mut report = Restore::default();
         let mut records = std::pin::pin!(records);
         while let Some(record) = records.next().await {
-            match self.install_record(&record).await {
-                Ok(Installed::Inserted) => report.inserted += 1,
-                Ok(Installed::Replaced { .. }) => report.replaced += 1,
-                Ok(Installed::Stale { .. }) => report.stale += 1,
-                Err(error) => {
-                    report.failed += 1;
-                    if report.errors.len() < RESTORE_ERRORS_KEPT {
-                        report.errors.push((record.key, error));
-                    }
-                }
-            }
+            let outcome = self.install_record(&record).await;
+            report.count(outcome, || record.key);
         }
         report
     }

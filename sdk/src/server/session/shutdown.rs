@@ -210,16 +210,10 @@ impl Member {
         report.path = ShutdownPath::Handoff;
         match plan::owners_without(&ring, slot) {
             Ok(plan) => {
-                let mut destinations = drain::Destinations::new();
-                for key in state.store.resident_keys() {
-                    if let Some(owner) = plan::owner_in(&ring, &plan.assignment, &key) {
-                        destinations
-                            .entry(owner.name.clone())
-                            .or_insert_with(|| (owner.clone(), Vec::new()))
-                            .1
-                            .push(key);
-                    }
-                }
+                let destinations = drain::destinations(&*state.store, ring.shards(), |shard| {
+                    plan::owner_in(&ring, &plan.assignment, shard)
+                })
+                .await;
                 report.handed_over =
                     drain::hand_over(&state, destinations, ring.version(), deadline, "shutdown")
                         .await;
@@ -356,7 +350,7 @@ impl Member {
         loop {
             if let Some(ring) = watch.latest()
                 && plan::owns_nothing(&ring, pod)
-                && state.store.resident_keys().is_empty()
+                && state.store.is_empty()
             {
                 // Nothing resident is not drained: the records handed off may
                 // still be on their way. Only the driver's drain reports a
