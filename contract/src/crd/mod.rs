@@ -45,11 +45,12 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 pub use spec::{
-    AUTO_SHARDS_PER_REPLICA, BalanceMode, DEFAULT_DRAIN_TIMEOUT, DEFAULT_INTERVAL_SECONDS, DEFAULT_MAX_SHARDS_PER_ROUND,
-    DEFAULT_REPLICAS, DEFAULT_SETTLE_TIMEOUT, DEFAULT_SHARDS, DEFAULT_SNAPSHOT_SIZE_LIMIT,
-    DEFAULT_TARGET_PERCENT, DEFAULT_TRIGGER_PERCENT, DEFAULT_UNREADY_GRACE, DEFAULT_VNODES,
-    DEFAULT_WARM_TIMEOUT, Placement, PodFailurePolicy, SnapshotSpec, StatefulService,
-    StatefulServiceSpec, Timeouts, UpdateStrategy, UpdateStrategyType, auto_shards,
+    AUTO_SHARDS_PER_REPLICA, BalanceMode, DEFAULT_DRAIN_TIMEOUT, DEFAULT_INTERVAL_SECONDS,
+    DEFAULT_MAX_SHARDS_PER_ROUND, DEFAULT_REPLICAS, DEFAULT_SETTLE_TIMEOUT, DEFAULT_SHARDS,
+    DEFAULT_SNAPSHOT_SIZE_LIMIT, DEFAULT_TARGET_PERCENT, DEFAULT_TRIGGER_PERCENT,
+    DEFAULT_UNREADY_GRACE, DEFAULT_VNODES, DEFAULT_WARM_TIMEOUT, Placement, PodFailurePolicy,
+    SnapshotSpec, StatefulService, StatefulServiceSpec, Timeouts, UpdateStrategy,
+    UpdateStrategyType, auto_shards,
 };
 pub use status::{
     AVAILABLE, ColdSessions, DEGRADED, HotShardStatus, MOVED_SESSIONS_REPORTED,

@@ -487,7 +487,11 @@ mod tests {
         assert_eq!(auto_shards(513), 65536);
         // Capped at the format's limit.
         for replicas in [1000, 1024, 2048, i32::MAX] {
-            assert_eq!(auto_shards(replicas), rules::MAX_SHARDS, "replicas {replicas}");
+            assert_eq!(
+                auto_shards(replicas),
+                rules::MAX_SHARDS,
+                "replicas {replicas}"
+            );
         }
     }
 
@@ -497,11 +501,20 @@ mod tests {
         for replicas in 0..=2048 {
             let shards = auto_shards(replicas);
             assert!(shards.is_power_of_two(), "replicas {replicas}: {shards}");
-            assert!(shards >= previous, "replicas {replicas}: {shards} < {previous}");
-            assert!(shards >= u32::try_from(replicas).unwrap(), "every slot holds a shard");
+            assert!(
+                shards >= previous,
+                "replicas {replicas}: {shards} < {previous}"
+            );
+            assert!(
+                shards >= u32::try_from(replicas).unwrap(),
+                "every slot holds a shard"
+            );
             if shards < rules::MAX_SHARDS {
                 let per = u64::from(shards) / u64::try_from(replicas.max(1)).unwrap();
-                assert!(per >= 64, "replicas {replicas}: {shards} is {per} per replica");
+                assert!(
+                    per >= 64,
+                    "replicas {replicas}: {shards} is {per} per replica"
+                );
                 // The smallest such power of two: half of it would be too few (or below 4096).
                 assert!(
                     shards == DEFAULT_SHARDS

@@ -128,7 +128,10 @@ fn a_fixed_count_below_the_chosen_one_leaves_the_ring_as_it_is() {
     world.settle(Reports::All);
     assert_eq!(world.ring().shards().get(), 8192);
     world.spec.shards = Some(4096);
-    assert!(world.step().is_idle(), "nothing to do: the count never shrinks");
+    assert!(
+        world.step().is_idle(),
+        "nothing to do: the count never shrinks"
+    );
     assert_eq!(world.ring().shards().get(), 8192);
     assert_eq!(world.status_shards(), Some(8192));
     // Raising it past the ring's count doubles it again.
