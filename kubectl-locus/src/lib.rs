@@ -34,7 +34,7 @@
 //! | `generation`, `observedGeneration` | `metadata.generation`; the generation the status describes |
 //! | `phase` | `status.phase`: `Stable`, `Warm`, `Switch` or `Settle`; `null` without a status |
 //! | `replicas` | `{desired, current, ready, active}`: `spec.replicas`; slots with a pod, with a Ready pod, holding shards (from the status) |
-//! | `shards` | `spec.shards` |
+//! | `shards` | the shard count in use: `status.shards`; without it, the count the spec asks for (`spec.shards`, or the operator's choice for `spec.replicas` when unset) |
 //! | `revision` | `{current, update}`: template revisions (they differ during a rollout) |
 //! | `ring` | `{configMap, version, phase, shards, vnodes, publishedAt, ageSeconds, timedOut}`; `phase` is `stable`, `warm` or `switch`; `timedOut` lists steps that rolled forward on their timeout. `null` when there is no valid ring |
 //! | `ringProblem` | `{reason, message}` when `ring` is `null`: `reason` is `NotFound`, `MissingKey` or `Invalid` |

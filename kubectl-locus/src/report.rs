@@ -42,7 +42,8 @@ pub struct StatusReport {
     pub phase: Option<Phase>,
     /// Desired and observed replica counts.
     pub replicas: Replicas,
-    /// `spec.shards`.
+    /// The shard count in use: `status.shards`; without it, the count the spec asks for
+    /// (`spec.shards`, or the operator's choice for `spec.replicas` when unset).
     pub shards: u32,
     /// Template revisions (`status.currentRevision`, `status.updateRevision`).
     pub revision: Revisions,
@@ -718,7 +719,9 @@ pub fn build(objects: &Objects, now: Timestamp) -> StatusReport {
             ready: status.map(|s| s.ready_replicas),
             active: status.map(|s| s.active_replicas),
         },
-        shards: service.spec.shards,
+        shards: status
+            .and_then(|s| s.shards)
+            .unwrap_or_else(|| service.spec.desired_shards()),
         revision: Revisions {
             current: status.and_then(|s| s.current_revision.clone()),
             update: status.and_then(|s| s.update_revision.clone()),

@@ -161,7 +161,7 @@ fn printer_columns() {
         ("Ready", ".status.readyReplicas", "integer"),
         ("Ring", ".status.ringVersion", "integer"),
         ("Phase", ".status.phase", "string"),
-        ("Shards", ".spec.shards", "integer"),
+        ("Shards", ".status.shards", "integer"),
         ("Active", ".status.activeReplicas", "integer"),
         ("Age", ".metadata.creationTimestamp", "date"),
     ];
@@ -192,7 +192,8 @@ fn shards_rules_power_of_two_and_only_grow() {
     );
     assert_eq!(shards["minimum"], json!(1.0));
     assert_eq!(shards["maximum"], json!(65536.0));
-    assert_eq!(shards["default"], json!(4096));
+    // No default: unset means the operator chooses the count (`crd::auto_shards`).
+    assert_eq!(shards.get("default"), None);
 }
 
 #[test]
@@ -333,7 +334,10 @@ fn schema_declares_the_defaults() {
     let spec = spec_schema();
     let p = &spec["properties"];
     assert_eq!(p["replicas"]["default"], json!(1));
-    assert_eq!(p["shards"]["default"], json!(4096));
+    assert!(
+        p["shards"].get("default").is_none(),
+        "unset means the operator chooses the count"
+    );
     assert_eq!(p["vnodes"]["default"], json!(128));
     assert_eq!(p["updateStrategy"]["default"], json!({ "type": "Surge" }));
     assert_eq!(
@@ -370,7 +374,7 @@ fn schema_defaults_agree_with_serde_defaults() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 8, "every defaulted field of the spec was compared");
+    assert_eq!(checked, 7, "every defaulted field of the spec was compared");
 }
 
 #[test]
@@ -590,7 +594,7 @@ fn minimal_spec_deserializes_with_defaults() {
     let spec: StatefulServiceSpec =
         serde_json::from_value(minimal_spec_json()).expect("a minimal spec deserializes");
     assert_eq!(spec.replicas, 1);
-    assert_eq!(spec.shards, 4096);
+    assert_eq!(spec.shards, None);
     assert_eq!(spec.vnodes, 128);
     assert_eq!(spec.update_strategy.type_, UpdateStrategyType::Surge);
     assert_eq!(spec.max_shard_moves_per_step, None);
@@ -683,6 +687,7 @@ fn whole_resource_with_status_round_trips() {
         replicas: 2,
         ready_replicas: 2,
         active_replicas: 2,
+        shards: Some(8192),
         ring_version: Some(7),
         phase: Phase::Settle,
         conditions: Vec::new(),
@@ -876,7 +881,7 @@ const SERVED_BY_THE_API_SERVER: &str = r#"{
 fn object_served_by_the_api_server_round_trips() {
     let served: Value = serde_json::from_str(SERVED_BY_THE_API_SERVER).expect("valid JSON");
     let service: StatefulService = serde_json::from_value(served.clone()).expect("deserializes");
-    assert_eq!(service.spec.shards, 8192);
+    assert_eq!(service.spec.shards, Some(8192));
     assert_eq!(service.spec.replicas, 3);
     let status = service.status.as_ref().expect("status");
     assert_eq!(status.phase, Phase::Warm);

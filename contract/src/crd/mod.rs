@@ -10,9 +10,11 @@
 //! before the operator ever sees it: `OpenAPI` bounds and defaults on every field, and CEL rules
 //! (`x-kubernetes-validations`) for what `OpenAPI` cannot say:
 //!
-//! - `spec.shards` is a power of two in `1..=65536` and never shrinks;
+//! - `spec.shards`, when set, is a power of two in `1..=65536` and never shrinks (unset, the
+//!   operator chooses the count: [`auto_shards`]);
 //! - `spec.port` names a container port of the pod template;
-//! - `spec.replicas` does not exceed `spec.shards` (every slot holds at least one shard);
+//! - `spec.replicas` does not exceed `spec.shards` (every slot holds at least one shard), or
+//!   65536 when `spec.shards` is unset;
 //! - every duration is a positive Go duration (`30s`, `1m30s`);
 //! - `spec.snapshot.sizeLimit` is a positive quantity (`256Mi`);
 //! - `spec.placement.targetPercent` is below `spec.placement.triggerPercent`.
@@ -29,7 +31,8 @@
 //!     ] } }
 //! }))?;
 //! assert_eq!(spec.replicas, 1);
-//! assert_eq!(spec.shards, 4096);
+//! assert_eq!(spec.shards, None);
+//! assert_eq!(spec.desired_shards(), 4096);
 //! # Ok::<(), serde_json::Error>(())
 //! ```
 
@@ -42,11 +45,12 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 pub use spec::{
-    BalanceMode, DEFAULT_DRAIN_TIMEOUT, DEFAULT_INTERVAL_SECONDS, DEFAULT_MAX_SHARDS_PER_ROUND,
-    DEFAULT_REPLICAS, DEFAULT_SETTLE_TIMEOUT, DEFAULT_SHARDS, DEFAULT_SNAPSHOT_SIZE_LIMIT,
-    DEFAULT_TARGET_PERCENT, DEFAULT_TRIGGER_PERCENT, DEFAULT_UNREADY_GRACE, DEFAULT_VNODES,
-    DEFAULT_WARM_TIMEOUT, Placement, PodFailurePolicy, SnapshotSpec, StatefulService,
-    StatefulServiceSpec, Timeouts, UpdateStrategy, UpdateStrategyType,
+    AUTO_SHARDS_PER_REPLICA, BalanceMode, DEFAULT_DRAIN_TIMEOUT, DEFAULT_INTERVAL_SECONDS,
+    DEFAULT_MAX_SHARDS_PER_ROUND, DEFAULT_REPLICAS, DEFAULT_SETTLE_TIMEOUT, DEFAULT_SHARDS,
+    DEFAULT_SNAPSHOT_SIZE_LIMIT, DEFAULT_TARGET_PERCENT, DEFAULT_TRIGGER_PERCENT,
+    DEFAULT_UNREADY_GRACE, DEFAULT_VNODES, DEFAULT_WARM_TIMEOUT, Placement, PodFailurePolicy,
+    SnapshotSpec, StatefulService, StatefulServiceSpec, Timeouts, UpdateStrategy,
+    UpdateStrategyType, auto_shards,
 };
 pub use status::{
     AVAILABLE, ColdSessions, DEGRADED, HotShardStatus, MOVED_SESSIONS_REPORTED,

@@ -22,6 +22,9 @@ pub const SHARDS_POWER_OF_TWO_MESSAGE: &str =
 
 /// `spec.shards` (transition rule): the shard count never shrinks. Doubling splits every shard
 /// in two halves that keep their owner; halving would merge shards owned by different slots.
+/// The API server checks a transition rule only when the old and the new object both set the
+/// field; the operator itself never lowers the count of a published ring, so setting a value
+/// below the count the operator chose leaves that count in place.
 pub const SHARDS_ONLY_GROW: &str = "self >= oldSelf";
 /// Message of [`SHARDS_ONLY_GROW`].
 pub const SHARDS_ONLY_GROW_MESSAGE: &str =
@@ -32,11 +35,12 @@ pub const PORT_NAMES_CONTAINER_PORT: &str = "has(self.template.spec) && self.tem
 /// Message expression of [`PORT_NAMES_CONTAINER_PORT`]: quotes the offending name.
 pub const PORT_NAMES_CONTAINER_PORT_MESSAGE: &str = r#""spec.port '" + self.port + "' must name a containerPort in spec.template.spec.containers[*].ports""#;
 
-/// `spec` (reported on `spec.replicas`): every slot holds at least one shard.
-pub const REPLICAS_AT_MOST_SHARDS: &str = "self.replicas <= self.shards";
+/// `spec` (reported on `spec.replicas`): every slot holds at least one shard. With `spec.shards`
+/// unset the operator chooses at least `replicas` shards, up to [`MAX_SHARDS`].
+pub const REPLICAS_AT_MOST_SHARDS: &str =
+    "self.replicas <= (has(self.shards) ? self.shards : 65536)";
 /// Message of [`REPLICAS_AT_MOST_SHARDS`].
-pub const REPLICAS_AT_MOST_SHARDS_MESSAGE: &str =
-    "spec.replicas must not exceed spec.shards: every slot needs at least one shard";
+pub const REPLICAS_AT_MOST_SHARDS_MESSAGE: &str = "spec.replicas must not exceed spec.shards (65536 when spec.shards is unset): every slot needs at least one shard";
 
 /// Every duration field (`spec.timeouts.*`, `spec.unreadyGrace`): strictly positive. A value
 /// that does not match [`DURATION_PATTERN`] is left to the pattern's own error, so that `thirty`

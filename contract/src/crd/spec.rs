@@ -68,8 +68,8 @@ use super::status::StatefulServiceStatus;
 #[kube(printcolumn(
     name = "Shards",
     type_ = "integer",
-    json_path = ".spec.shards",
-    description = "Number of shards of the ring",
+    json_path = ".status.shards",
+    description = "Number of shards of the current ring (spec.shards, or the count the operator chose)",
     priority = 1
 ))]
 #[kube(printcolumn(
@@ -100,21 +100,26 @@ use super::status::StatefulServiceStatus;
 pub struct StatefulServiceSpec {
     /// Number of slots. Each slot is served by one pod at a time and owns an equal share of the
     /// shards. Changing it (also through the scale subresource: kubectl scale, HPA) starts a
-    /// warm scale-up or scale-down transition. At most spec.shards.
+    /// warm scale-up or scale-down transition. At most spec.shards (at most 65536 when
+    /// spec.shards is unset).
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0))]
     pub replicas: i32,
 
     /// Number of shards the 64-bit hash ring is cut into: a power of two, at most 65536. A key
-    /// belongs to shard H(key) >> (64 - log2(shards)). It may only grow (each doubling splits
-    /// every shard in two halves that keep their owner, so nothing moves); it can never shrink.
-    #[serde(default = "default_shards")]
+    /// belongs to shard H(key) >> (64 - log2(shards)). Unset (the default): the operator
+    /// chooses it, the smallest power of two at least 64 x replicas, at least 4096 and at most
+    /// 65536, and doubles it as replicas grow; status.shards shows the count in use. Set: the
+    /// count is fixed at this value. Either way it may only grow (each doubling splits every
+    /// shard in two halves that keep their owner, so nothing moves); it never shrinks, and a
+    /// value below the count in use (status.shards) leaves that count in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65536))]
     #[x_kube(
         validation = Rule::new(rules::SHARDS_POWER_OF_TWO).message(rules::SHARDS_POWER_OF_TWO_MESSAGE),
         validation = Rule::new(rules::SHARDS_ONLY_GROW).message(rules::SHARDS_ONLY_GROW_MESSAGE),
     )]
-    pub shards: u32,
+    pub shards: Option<u32>,
 
     /// Template of the pods of every slot. The operator adds its own labels, the snapshot
     /// volume and the environment the Locus SDK reads. The template may list at most 64
@@ -355,8 +360,12 @@ impl Default for SnapshotSpec {
 
 /// Default of `spec.replicas`.
 pub const DEFAULT_REPLICAS: i32 = 1;
-/// Default of `spec.shards`.
+/// Fewest shards the operator chooses when `spec.shards` is unset (the shard count of every
+/// service before the count was chosen automatically).
 pub const DEFAULT_SHARDS: u32 = 4096;
+/// Shards per slot the operator aims at when `spec.shards` is unset: at 64 or more, the busiest
+/// of 1000 slots holds about 1.01x the mean keys (docs/benchmarks.md).
+pub const AUTO_SHARDS_PER_REPLICA: u32 = 64;
 /// Default of `spec.vnodes`.
 pub const DEFAULT_VNODES: u32 = 128;
 /// Default of `spec.timeouts.warm`.
@@ -378,12 +387,43 @@ pub const DEFAULT_MAX_SHARDS_PER_ROUND: u32 = 64;
 /// Default of `spec.placement.intervalSeconds`.
 pub const DEFAULT_INTERVAL_SECONDS: u32 = 300;
 
-fn default_replicas() -> i32 {
-    DEFAULT_REPLICAS
+/// The shard count the operator chooses for `replicas` slots when `spec.shards` is unset: the
+/// smallest power of two at least [`AUTO_SHARDS_PER_REPLICA`] x `replicas`, at least
+/// [`DEFAULT_SHARDS`] and at most [`rules::MAX_SHARDS`].
+///
+/// It is a power of two, so growing from one choice to a larger one is a series of doublings
+/// (every shard split in place, nothing moves).
+///
+/// ```
+/// use locus_contract::crd::auto_shards;
+///
+/// assert_eq!(auto_shards(1), 4096);
+/// assert_eq!(auto_shards(64), 4096);
+/// assert_eq!(auto_shards(65), 8192);
+/// assert_eq!(auto_shards(1000), 65536);
+/// ```
+#[must_use]
+pub fn auto_shards(replicas: i32) -> u32 {
+    let replicas = u64::try_from(replicas).unwrap_or(0);
+    let wanted = replicas.saturating_mul(u64::from(AUTO_SHARDS_PER_REPLICA));
+    let shards = wanted
+        .clamp(u64::from(DEFAULT_SHARDS), u64::from(rules::MAX_SHARDS))
+        .next_power_of_two();
+    u32::try_from(shards).unwrap_or(rules::MAX_SHARDS)
 }
 
-fn default_shards() -> u32 {
-    DEFAULT_SHARDS
+impl StatefulServiceSpec {
+    /// The shard count this spec asks for: `spec.shards` when set, else
+    /// [`auto_shards`]`(spec.replicas)`. The operator uses the larger of this and the count of
+    /// the ring already published (the count never shrinks).
+    #[must_use]
+    pub fn desired_shards(&self) -> u32 {
+        self.shards.unwrap_or_else(|| auto_shards(self.replicas))
+    }
+}
+
+fn default_replicas() -> i32 {
+    DEFAULT_REPLICAS
 }
 
 fn default_vnodes() -> u32 {
@@ -424,4 +464,84 @@ fn default_interval_seconds() -> u32 {
 
 fn default_snapshot_size_limit() -> String {
     DEFAULT_SNAPSHOT_SIZE_LIMIT.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_shards_is_the_smallest_power_of_two_at_64_per_replica_within_bounds() {
+        // At least the former default, whatever the replicas.
+        for replicas in [-1, 0, 1, 2, 63, 64] {
+            assert_eq!(auto_shards(replicas), 4096, "replicas {replicas}");
+        }
+        // 64 x replicas, rounded up to a power of two.
+        assert_eq!(auto_shards(65), 8192);
+        assert_eq!(auto_shards(100), 8192);
+        assert_eq!(auto_shards(128), 8192);
+        assert_eq!(auto_shards(129), 16384);
+        assert_eq!(auto_shards(256), 16384);
+        assert_eq!(auto_shards(257), 32768);
+        assert_eq!(auto_shards(512), 32768);
+        assert_eq!(auto_shards(513), 65536);
+        // Capped at the format's limit.
+        for replicas in [1000, 1024, 2048, i32::MAX] {
+            assert_eq!(
+                auto_shards(replicas),
+                rules::MAX_SHARDS,
+                "replicas {replicas}"
+            );
+        }
+    }
+
+    #[test]
+    fn auto_shards_keeps_at_least_64_shards_per_replica_below_the_cap_and_grows_by_doubling() {
+        let mut previous = auto_shards(0);
+        for replicas in 0..=2048 {
+            let shards = auto_shards(replicas);
+            assert!(shards.is_power_of_two(), "replicas {replicas}: {shards}");
+            assert!(
+                shards >= previous,
+                "replicas {replicas}: {shards} < {previous}"
+            );
+            assert!(
+                shards >= u32::try_from(replicas).unwrap(),
+                "every slot holds a shard"
+            );
+            if shards < rules::MAX_SHARDS {
+                let per = u64::from(shards) / u64::try_from(replicas.max(1)).unwrap();
+                assert!(
+                    per >= 64,
+                    "replicas {replicas}: {shards} is {per} per replica"
+                );
+                // The smallest such power of two: half of it would be too few (or below 4096).
+                assert!(
+                    shards == DEFAULT_SHARDS
+                        || u64::from(shards / 2) < 64 * u64::try_from(replicas).unwrap(),
+                    "replicas {replicas}: {shards} is larger than needed"
+                );
+            }
+            previous = shards;
+        }
+    }
+
+    #[test]
+    fn desired_shards_is_the_fixed_count_when_set() {
+        let mut spec: StatefulServiceSpec = serde_json::from_value(serde_json::json!({
+            "replicas": 100,
+            "port": "http",
+            "template": {},
+        }))
+        .unwrap();
+        assert_eq!(spec.shards, None);
+        assert_eq!(spec.desired_shards(), 8192);
+        spec.shards = Some(1024);
+        assert_eq!(spec.desired_shards(), 1024);
+        spec.shards = None;
+        spec.replicas = 70;
+        assert_eq!(spec.desired_shards(), 8192);
+        spec.replicas = 60;
+        assert_eq!(spec.desired_shards(), 4096);
+    }
 }

@@ -44,6 +44,11 @@ pub struct StatefulServiceStatus {
     #[serde(default)]
     pub active_replicas: i32,
 
+    /// Number of shards of the current ring: spec.shards, or the count the operator chose when
+    /// spec.shards is unset. It never shrinks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<u32>,
+
     /// Version of the last ring published in the ConfigMap `<name>-ring`; every publish adds 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ring_version: Option<u64>,

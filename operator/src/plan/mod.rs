@@ -20,7 +20,9 @@
 //! progress annotations are the inputs. From a `Stable` ring, one transition starts at a time,
 //! in this order of priority:
 //!
-//! 1. **Reshard**: `spec.shards` grew; every shard is split in place (nothing moves).
+//! 1. **Reshard**: the shard count grew (`spec.shards` raised, or, unset, the count chosen for
+//!    `spec.replicas`: `crd::auto_shards`); every shard is split in place (nothing moves),
+//!    before the scale-up that needs it.
 //! 2. **Takeover**: a slot whose pod is not Ready has a Ready replacement: the replacement
 //!    serves the slot at once (nothing to warm from a dead pod); a slot marked `Unavailable`
 //!    whose pod is Ready again becomes `Active`.

@@ -363,6 +363,7 @@ pub(super) fn build(facts: &StatusFacts<'_>) -> (StatefulServiceStatus, Option<T
         replicas: count(live.len()),
         ready_replicas: count(ready.len()),
         active_replicas: count(held.len()),
+        shards: facts.ring.map(|r| r.shards().get()),
         ring_version: facts.ring.map(Ring::version),
         phase,
         conditions: merge_conditions(previous, desired, &now),

@@ -2395,7 +2395,7 @@ fn condition_times_change_only_with_their_status() {
 fn growing_shards_splits_in_place_without_moving_keys() {
     let mut world = World::converged(3);
     let before = world.ring().clone();
-    world.spec.shards = 256;
+    world.spec.shards = Some(256);
     let actions = world.step();
     let ring = &actions.publish.as_ref().unwrap().ring;
     assert_eq!(ring.shards().get(), 256);
@@ -2563,7 +2563,7 @@ fn first_reaction_to_each_kind_of_change() {
         },
         Case {
             name: "shards 64 -> 128",
-            change: |w| w.spec.shards = 128,
+            change: |w| w.spec.shards = Some(128),
             creates: 0,
             updates: 0,
             deletes: 0,
@@ -2683,7 +2683,7 @@ fn first_reaction_to_each_kind_of_change() {
 fn plan_cost_of_a_settled_service() {
     for slots in [100, 500, 1000] {
         let mut world = World::new(slots);
-        world.spec.shards = 4096;
+        world.spec.shards = Some(4096);
         world.settle(Reports::All);
         assert!(world.plan().is_idle());
         let rounds = 20;
@@ -2699,3 +2699,4 @@ fn plan_cost_of_a_settled_service() {
 }
 
 mod balance;
+mod shards;

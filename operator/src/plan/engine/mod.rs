@@ -162,7 +162,11 @@ impl<'a> Planner<'a> {
             by_slot.entry(pod.slot).or_default().push(pod);
             by_uid.entry(pod.uid.as_str()).or_insert(pod);
         }
+        // `spec.shards`, or the count chosen for `spec.replicas`; never below the published
+        // ring's count (the count never shrinks: a smaller value leaves the ring as it is).
+        let mut shards = spec.desired_shards();
         if let Some(published) = obs.ring {
+            shards = shards.max(published.ring.shards().get());
             for slot in published.ring.slots() {
                 names.insert(slot.pod.name.clone());
                 names.extend(slot.successor.iter().map(|p| p.name.clone()));
@@ -174,7 +178,7 @@ impl<'a> Planner<'a> {
             n,
             revision: naming::revision(&spec.template),
             shape: naming::shape(&spec.template),
-            shards: ShardCount::new(spec.shards)?,
+            shards: ShardCount::new(shards)?,
             vnodes: spec.vnodes,
             grace: spec.unready_grace.into(),
             warm: spec.timeouts.warm.into(),

@@ -256,7 +256,8 @@ impl<'a> Planner<'a> {
         ))
     }
 
-    /// `spec.shards` grew: split every shard in place (nothing moves) in one publish.
+    /// The shard count grew (`spec.shards`, or the count chosen for `spec.replicas`): split
+    /// every shard in place (nothing moves) in one publish.
     pub(super) fn reshard(
         &mut self,
         published: &'a PublishedRing,

@@ -284,7 +284,7 @@ fn a_shard_too_hot_for_any_pod_is_reported_once_and_not_moved() {
 fn load_plan_cost_of_a_settled_service() {
     for (slots, shards) in [(100, 4096), (1000, 4096), (1000, 65_536)] {
         let mut world = World::new(slots);
-        world.spec.shards = shards;
+        world.spec.shards = Some(shards);
         world.settle(Reports::All);
         let keys = mean_plan_ms(&world);
         world.spec.placement.balance = BalanceMode::Load;
