@@ -15,9 +15,7 @@ mod operator_support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::events::v1::Event;
-use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use locus::ring::Ring;
 use locus_contract::crd::{BalanceMode, PlacementStatus, TransitionKind};
 use locus_contract::progress::{ShardLoad, ShardLoadReport};
@@ -88,23 +86,6 @@ async fn placement_when(
     })
     .await
     .unwrap()
-}
-
-/// The events with `reason` on the service `name`.
-async fn events(env: &Env, name: &str, reason: &str) -> Vec<Event> {
-    let api: Api<Event> = Api::namespaced(env.admin.clone(), env.namespace());
-    api.list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some(reason))
-        .filter(|e| {
-            e.regarding
-                .as_ref()
-                .is_some_and(|r| r.name.as_deref() == Some(name))
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::api::events::v1::Event;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams};
+use kube::api::DeleteParams;
 use locus::ring::{Phase, Ring, RingDocument, SlotState};
 use locus_e2e::support::wait;
 use locus_operator::controller::Context;
@@ -290,23 +289,6 @@ async fn a_standby_takes_over_when_the_leader_dies() {
         .unwrap();
     assert!(transitions >= 1);
     println!("standby took over {takeover:?} after the leader died");
-}
-
-/// The events with `reason` on the service `name`.
-async fn events(env: &Env, name: &str, reason: &str) -> Vec<Event> {
-    let api: Api<Event> = Api::namespaced(env.admin.clone(), env.namespace());
-    api.list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some(reason))
-        .filter(|e| {
-            e.regarding
-                .as_ref()
-                .is_some_and(|r| r.name.as_deref() == Some(name))
-        })
-        .collect()
 }
 
 /// A plan that only publishes `ring` (status unchanged, so nothing else is written).

@@ -248,33 +248,6 @@ async fn an_image_only_change_with_in_place_keeps_the_pods_and_restarts_their_co
     }
 }
 
-/// `kubectl apply` of `manifest` in the test namespace: (success, stderr).
-async fn kubectl_apply(env: &Env, manifest: String) -> (bool, String) {
-    use std::io::Write as _;
-    let mut command = env.cluster.kubectl();
-    command
-        .args(["apply", "-n", env.namespace(), "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    tokio::task::spawn_blocking(move || {
-        let mut child = command.spawn().unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(manifest.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn invalid_specs_are_refused_with_the_documented_messages() {
     use locus_contract::crd::rules;
@@ -310,7 +283,7 @@ async fn invalid_specs_are_refused_with_the_documented_messages() {
         ),
     ];
     for (manifest, message) in cases {
-        let (ok, stderr) = kubectl_apply(&env, manifest).await;
+        let (ok, stderr) = kubectl_apply(&env, &manifest).await;
         assert!(!ok, "accepted a bad spec expected to fail with {message:?}");
         assert!(
             stderr.contains(&message),
@@ -318,9 +291,9 @@ async fn invalid_specs_are_refused_with_the_documented_messages() {
         );
     }
     // Shards may grow but never shrink.
-    let (ok, stderr) = kubectl_apply(&env, with(serde_json::json!({"shards": 256}))).await;
+    let (ok, stderr) = kubectl_apply(&env, &with(serde_json::json!({"shards": 256}))).await;
     assert!(ok, "{stderr}");
-    let (ok, stderr) = kubectl_apply(&env, with(serde_json::json!({"shards": 128}))).await;
+    let (ok, stderr) = kubectl_apply(&env, &with(serde_json::json!({"shards": 128}))).await;
     assert!(!ok);
     assert!(stderr.contains(rules::SHARDS_ONLY_GROW_MESSAGE), "{stderr}");
 }

@@ -26,34 +26,6 @@ fn with_shards(name: &str, replicas: i32, shards: Option<Value>) -> Value {
     manifest
 }
 
-/// `kubectl apply` of `manifest` in the test namespace: (success, stderr).
-async fn kubectl_apply(env: &Env, manifest: &Value) -> (bool, String) {
-    use std::io::Write as _;
-    let manifest = serde_json::to_string(manifest).unwrap();
-    let mut command = env.cluster.kubectl();
-    command
-        .args(["apply", "-n", env.namespace(), "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    tokio::task::spawn_blocking(move || {
-        let mut child = command.spawn().unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(manifest.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn an_unset_shard_count_is_chosen_by_the_operator_and_only_grows() {
     let env = setup("op-shards").await.unwrap();
@@ -126,7 +98,7 @@ async fn bad_explicit_shard_counts_are_refused_with_the_documented_messages() {
         ),
     ];
     for (manifest, message) in &cases {
-        let (ok, stderr) = kubectl_apply(&env, manifest).await;
+        let (ok, stderr) = kubectl_apply(&env, &manifest.to_string()).await;
         assert!(!ok, "accepted a bad spec expected to fail with {message:?}");
         assert!(
             stderr.contains(message),
@@ -134,14 +106,17 @@ async fn bad_explicit_shard_counts_are_refused_with_the_documented_messages() {
         );
     }
     // Unset is accepted at any replica count the format allows; so is an explicit null.
-    let (ok, stderr) = kubectl_apply(&env, &with_shards("unset", 2048, None)).await;
+    let (ok, stderr) = kubectl_apply(&env, &with_shards("unset", 2048, None).to_string()).await;
     assert!(ok, "{stderr}");
-    let (ok, stderr) = kubectl_apply(&env, &with_shards("null", 3, Some(Value::Null))).await;
+    let (ok, stderr) =
+        kubectl_apply(&env, &with_shards("null", 3, Some(Value::Null)).to_string()).await;
     assert!(ok, "{stderr}");
     // A fixed count may grow but never shrink.
-    let (ok, stderr) = kubectl_apply(&env, &with_shards("fixed", 2, Some(json!(256)))).await;
+    let (ok, stderr) =
+        kubectl_apply(&env, &with_shards("fixed", 2, Some(json!(256))).to_string()).await;
     assert!(ok, "{stderr}");
-    let (ok, stderr) = kubectl_apply(&env, &with_shards("fixed", 2, Some(json!(128)))).await;
+    let (ok, stderr) =
+        kubectl_apply(&env, &with_shards("fixed", 2, Some(json!(128))).to_string()).await;
     assert!(!ok, "shrank a fixed count");
     assert!(stderr.contains(rules::SHARDS_ONLY_GROW_MESSAGE), "{stderr}");
 }

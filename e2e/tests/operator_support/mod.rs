@@ -553,3 +553,53 @@ pub async fn within<T>(limit: Duration, what: &str, future: impl Future<Output =
         .await
         .map_err(|_| format!("timed out after {limit:?}: {what}").into())
 }
+
+/// `kubectl apply` of `manifest` (JSON or YAML text) in the test namespace: (success, stderr).
+pub async fn kubectl_apply(env: &Env, manifest: &str) -> (bool, String) {
+    use std::io::Write as _;
+    let manifest = manifest.to_owned();
+    let mut command = env.cluster.kubectl();
+    command
+        .args(["apply", "-n", env.namespace(), "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    tokio::task::spawn_blocking(move || {
+        let mut child = command.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(manifest.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// The events with `reason` on the service `name`.
+pub async fn events(
+    env: &Env,
+    name: &str,
+    reason: &str,
+) -> Vec<k8s_openapi::api::events::v1::Event> {
+    let api: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(env.admin.clone(), env.namespace());
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .filter(|e| {
+            e.regarding
+                .as_ref()
+                .is_some_and(|r| r.name.as_deref() == Some(name))
+        })
+        .collect()
+}
