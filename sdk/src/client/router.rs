@@ -13,7 +13,6 @@ use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::Body;
-use tower::retry::budget::Budget as _;
 use tower::{Service, ServiceExt as _};
 use tracing::Instrument as _;
 
