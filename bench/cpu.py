@@ -65,23 +65,31 @@ def machine_ticks():
 
 def snapshot(out, pairs):
     procs = all_processes()
-    ticks = {}
+    ticks, gone = {}, set()
     for pair in pairs:
         name, _, pid = pair.partition("=")
         if pid.isdigit():
+            if int(pid) not in procs:
+                gone.add(name)
             ticks[name] = ticks.get(name, 0) + tree_ticks(int(pid), procs)
     busy, total = machine_ticks()
-    with open(out, "w") as f:
-        json.dump({"ticks": ticks, "machine_busy": busy, "machine_total": total}, f)
+    with open(out + ".tmp", "w") as f:
+        json.dump({"ticks": ticks, "gone": sorted(gone), "machine_busy": busy,
+                   "machine_total": total}, f)
+    os.replace(out + ".tmp", out)
 
 
 def diff(before_path, after_path):
     before, after = json.load(open(before_path)), json.load(open(after_path))
+    # A process that was gone at either end (it exited before the second
+    # reading) is not measured: NaN, left out of the sum.
+    gone = set(before.get("gone", [])) | set(after.get("gone", []))
     seconds = {
-        name: round((after["ticks"][name] - before["ticks"].get(name, 0)) / HZ, 2)
+        name: float("nan") if name in gone
+        else round((after["ticks"][name] - before["ticks"].get(name, 0)) / HZ, 2)
         for name in after["ticks"]
     }
-    ours = round(sum(seconds.values()), 2)
+    ours = round(sum(v for n, v in seconds.items() if n not in gone), 2)
     machine = round((after["machine_busy"] - before["machine_busy"]) / HZ, 2)
     # /proc/stat counts per CPU: the total over the window is cores x seconds.
     window = round((after["machine_total"] - before["machine_total"]) / HZ, 2)

@@ -364,12 +364,18 @@ print("%-18s %-6s rps=%9.1f%s p50=%7.3fms p99=%7.3fms p999=%7.3fms%s requests=%d
 try:
     cpu = json.load(open(path[:-len(".jsonl")] + ".cpu"))
     by = cpu["by_process"]
+    # The load generator reports its own phase exactly (cpu_s); an older one does not, and its
+    # /proc reading is missing (NaN) when it exited before the second reading.
+    if m.get("cpu_s") is not None:
+        by["loadgen"] = m["cpu_s"]
+    ours = sum(v for v in by.values() if v == v)
+    others = max(cpu["machine_busy"] - ours, 0.0)
     print("%-18s %-6s cpu_s %s | benchmark=%.2f others=%.2f machine_busy=%.2f of %.2f | "
-          "benchmark_cpu_us_per_request=%.0f"
-          % (name, mode, " ".join("%s=%.2f" % kv for kv in sorted(by.items())), cpu["benchmark"],
-             cpu["others"], cpu["machine_busy"], cpu["machine_capacity"],
-             1e6 * cpu["benchmark"] / max(m["requests"], 1)))
-except (OSError, ValueError, KeyError):
+          "benchmark_cpu_us_per_request=%.0f loadgen_cpu_us_per_request=%.0f"
+          % (name, mode, " ".join("%s=%.2f" % kv for kv in sorted(by.items())), ours,
+             others, cpu["machine_busy"], cpu["machine_capacity"],
+             1e6 * ours / max(m["requests"], 1), 1e6 * by.get("loadgen", float("nan")) / max(m["requests"], 1)))
+except (OSError, ValueError, KeyError, TypeError):
     print("%-18s %-6s cpu_s not measured" % (name, mode))
 if m["errors"]:
     print("%-18s %-6s errors by kind: %s" % (name, mode, json.dumps(m["errors_by_kind"])))
