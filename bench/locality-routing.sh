@@ -40,7 +40,9 @@
 #   LOCUS_BENCH_READ_PERCENT share of reads (default 20)
 #   LOCUS_BENCH_WORKERS    worker threads of each pod and of the load generator, and nginx's
 #                          worker_processes (default: the number of cores)
-#   LOCUS_BENCH_BASELINE_BIN  a directory with an older `locus-loadgen` to run beside this one
+#   LOCUS_BENCH_BASELINE_BIN  a directory with an older `locus-loadgen` to run beside this one;
+#                          build it in its own CARGO_TARGET_DIR (in a shared one, cargo can take
+#                          the older binary for up to date and this tree's build is skipped)
 #   LOCUS_BENCH_PORT       first of the ports used (default 18080; uses PORT..PORT+3)
 #   LOCUS_BENCH_KEEP=1     keep the work directory (logs, configs, JSON lines)
 #   CARGO_TARGET_DIR       where cargo builds (default target/)
