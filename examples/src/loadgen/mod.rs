@@ -60,7 +60,7 @@ mod writers;
 
 use std::borrow::Cow;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -69,7 +69,8 @@ use http::{Method, StatusCode};
 use locus::driver::{HANDOFF_HEADER, TAKEOVER_HEADER};
 use locus::{RingWatch, headers};
 use serde::de::DeserializeOwned;
-use tokio::sync::watch;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, watch};
 
 pub use self::keys::KeyDistribution;
 use self::keys::KeySampler;
@@ -269,6 +270,8 @@ struct Shared {
     keys: KeySampler,
     /// Requests sent over all phases (picks session and operation).
     next: AtomicU64,
+    /// The note of every append (`note_bytes` of `n`), made once.
+    note: Option<String>,
 }
 
 impl Shared {
@@ -298,20 +301,103 @@ impl std::fmt::Debug for LoadGenerator {
     }
 }
 
-/// Spaces requests out to a rate: each takes the next free slot.
+/// Longest the pacer's thread sleeps before looking at its stop flag.
+const PACER_MAX_SLEEP: Duration = Duration::from_millis(10);
+
+/// Releases requests at a fixed rate, with sub-millisecond precision.
+///
+/// Request `n` of the phase is due at `start + n / rate`. A dedicated thread
+/// (not the runtime's timer, whose 1 ms granularity releases requests in
+/// bursts) sleeps until the next due time and then adds a permit per due
+/// request to a semaphore; workers take the permits in order and the `k`-th
+/// taken stands for request `k`. The schedule never moves: a worker that
+/// takes its permit late (all workers were busy) counts the request's latency
+/// from its intended send time, so waiting for a worker is measured rather
+/// than hidden (no coordinated omission), and the lateness itself is reported
+/// as the send lag.
 struct Pacer {
-    interval: Duration,
-    next: Mutex<Instant>,
+    start: Instant,
+    interval_ns: f64,
+    permits: Arc<Semaphore>,
+    taken: AtomicU64,
+    stop: Arc<AtomicBool>,
 }
 
 impl Pacer {
-    fn slot(&self) -> Instant {
-        let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
+    /// Starts releasing `rate` requests per second from now.
+    fn start(rate: f64) -> Self {
+        let start = Instant::now();
+        let interval_ns = 1e9 / rate;
+        let permits = Arc::new(Semaphore::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (thread_permits, thread_stop) = (Arc::clone(&permits), Arc::clone(&stop));
+        let spawned = std::thread::Builder::new()
+            .name("loadgen-pacer".into())
+            .spawn(move || release(start, interval_ns, &thread_permits, &thread_stop));
+        if let Err(error) = spawned {
+            // No pacer thread: no request is released; the phase sends nothing.
+            tracing::error!(%error, "cannot start the pacer thread");
+        }
+        Self {
+            start,
+            interval_ns,
+            permits,
+            taken: AtomicU64::new(0),
+            stop,
+        }
+    }
+
+    /// Due time of request `n`.
+    fn due(start: Instant, interval_ns: f64, n: u64) -> Instant {
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "request counts and nanoseconds far below 2^52"
+        )]
+        let offset = (n as f64 * interval_ns) as u64;
+        start + Duration::from_nanos(offset)
+    }
+
+    /// Waits for the next request's turn; its intended send time, or `None`
+    /// once the pacer is stopped.
+    async fn next(&self) -> Option<Instant> {
+        self.permits.acquire().await.ok()?.forget();
+        let n = self.taken.fetch_add(1, Ordering::Relaxed);
+        Some(Self::due(self.start, self.interval_ns, n))
+    }
+}
+
+impl Drop for Pacer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.permits.close();
+    }
+}
+
+/// The pacer's thread: adds one permit per request whose due time has
+/// come, then sleeps until the next one (at most [`PACER_MAX_SLEEP`]).
+fn release(start: Instant, interval_ns: f64, permits: &Semaphore, stop: &AtomicBool) {
+    let mut released: u64 = 0;
+    while !stop.load(Ordering::Acquire) && !permits.is_closed() {
         let now = Instant::now();
-        // Behind schedule: start from now rather than bursting to catch up.
-        let at = (*next).max(now);
-        *next = at + self.interval;
-        at
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "nanoseconds since the start far below 2^52"
+        )]
+        let due = (now.duration_since(start).as_nanos() as f64 / interval_ns) as u64 + 1;
+        if due > released {
+            let batch = usize::try_from(due - released).unwrap_or(usize::MAX);
+            permits.add_permits(batch.min(Semaphore::MAX_PERMITS - permits.available_permits()));
+            released = due;
+        }
+        let next = Pacer::due(start, interval_ns, released);
+        std::thread::sleep(
+            next.saturating_duration_since(Instant::now())
+                .min(PACER_MAX_SLEEP),
+        );
     }
 }
 
@@ -337,6 +423,7 @@ impl LoadGenerator {
         let tracks = (0..config.sessions)
             .map(|_| Mutex::new(SessionTrack::default()))
             .collect();
+        let note = (config.note_bytes > 0).then(|| "n".repeat(config.note_bytes));
         Ok(Self {
             shared: Arc::new(Shared {
                 keys: KeySampler::new(config.keys, config.sessions),
@@ -345,6 +432,7 @@ impl LoadGenerator {
                 ring,
                 tracks,
                 next: AtomicU64::new(0),
+                note,
             }),
             total: Tally::default(),
             total_elapsed: Duration::ZERO,
@@ -378,7 +466,7 @@ impl LoadGenerator {
         let target = self.shared.transport.kind();
         if let Err(error) = validate_stop(stop) {
             tracing::warn!(%error, "phase not run");
-            return Tally::default().summary(name, target, Duration::ZERO, None);
+            return Tally::default().summary(name, target, Duration::ZERO, None, None);
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let control = Arc::new(PhaseControl {
@@ -388,12 +476,10 @@ impl LoadGenerator {
                 Stop::Duration(_) => None,
             },
             sent: AtomicU64::new(0),
-            pacer: self.shared.config.rate.map(|rate| Pacer {
-                interval: Duration::from_secs_f64(1.0 / rate),
-                next: Mutex::new(Instant::now()),
-            }),
+            pacer: self.shared.config.rate.map(Pacer::start),
         });
         let started = Instant::now();
+        let cpu_before = stats::process_cpu();
         let workers: Vec<_> = (0..self.shared.config.concurrency)
             .map(|_| tokio::spawn(worker(Arc::clone(&self.shared), Arc::clone(&control))))
             .collect();
@@ -417,6 +503,9 @@ impl LoadGenerator {
             }
         };
         let elapsed = started.elapsed();
+        let cpu = stats::process_cpu()
+            .zip(cpu_before)
+            .map(|(after, before)| after.saturating_sub(before));
         let mut tally = Tally::default();
         for result in results {
             match result {
@@ -431,7 +520,7 @@ impl LoadGenerator {
         }
         self.total.merge(&tally);
         self.total_elapsed += elapsed;
-        tally.summary(name, target, elapsed, None)
+        tally.summary(name, target, elapsed, cpu, None)
     }
 
     /// Everything counted so far, over all phases, under the name `phase`,
@@ -441,6 +530,7 @@ impl LoadGenerator {
             phase,
             self.shared.transport.kind(),
             self.total_elapsed,
+            None,
             verification,
         )
     }
@@ -524,7 +614,8 @@ async fn read_back(shared: &Shared, id: &str) -> Result<(SessionView, Option<Str
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(100 << attempt.min(3))).await;
         }
-        match exchange::<SessionView>(shared, Method::GET, &path, id, String::new()).await {
+        let sent = Instant::now();
+        match exchange::<SessionView>(shared, Method::GET, &path, id, String::new(), sent).await {
             Ok((answer, _, view)) if view.session == id => {
                 let takeover = answer
                     .headers
@@ -541,7 +632,8 @@ async fn read_back(shared: &Shared, id: &str) -> Result<(SessionView, Option<Str
 }
 
 /// Sends one request and parses its `200` answer as `T`: the answer, how
-/// long it took to come, and its body; otherwise the error kind
+/// long it took to come since `since` (the intended send time at a fixed
+/// rate, else when it was sent), and its body; otherwise the error kind
 /// (the transport's, `http_<status>` or `bad_answer`).
 async fn exchange<T: DeserializeOwned>(
     shared: &Shared,
@@ -549,10 +641,10 @@ async fn exchange<T: DeserializeOwned>(
     path: &str,
     session: &str,
     body: String,
+    since: Instant,
 ) -> Result<(Answer, Duration, T), Cow<'static, str>> {
-    let started = Instant::now();
     let answer = shared.transport.send(method, path, session, body).await?;
-    let took = started.elapsed();
+    let took = since.elapsed();
     if answer.status != StatusCode::OK {
         return Err(format!("http_{}", answer.status.as_u16()).into());
     }
@@ -583,21 +675,25 @@ async fn worker(shared: Arc<Shared>, control: Arc<PhaseControl>) -> Tally {
         {
             break;
         }
-        if let Some(pacer) = &control.pacer {
-            let at = pacer.slot();
-            tokio::select! {
-                () = tokio::time::sleep_until(at.into()) => {}
-                _ = stop.changed() => break,
-            }
-        }
+        let since = if let Some(pacer) = &control.pacer {
+            let due = tokio::select! {
+                due = pacer.next() => due,
+                _ = stop.changed() => None,
+            };
+            let Some(due) = due else { break };
+            tally.send_lag(Instant::now().saturating_duration_since(due));
+            due
+        } else {
+            Instant::now()
+        };
         let i = shared.next.fetch_add(1, Ordering::Relaxed);
         let session = shared.keys.pick(i);
         let read = mix(i) % 100 < u64::from(shared.config.read_percent);
         tally.requests += 1;
         if read {
-            one_read(&shared, session, &mut tally).await;
+            one_read(&shared, session, since, &mut tally).await;
         } else {
-            one_append(&shared, session, i, &mut tally).await;
+            one_append(&shared, session, i, since, &mut tally).await;
         }
     }
     tally
@@ -682,7 +778,26 @@ fn owning_pod(answer: &Answer) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
 }
 
-async fn one_append(shared: &Shared, session: u32, i: u64, tally: &mut Tally) {
+/// The body of an append (the sample's `Event`), serialized without
+/// building a JSON tree.
+#[derive(Serialize)]
+struct AppendBody<'a> {
+    seq: u64,
+    kind: &'static str,
+    amount: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<&'a str>,
+}
+
+/// What a read needs of the session view: its id and version (the rest of
+/// the view, events and applied ranges, is skipped, not built).
+#[derive(Deserialize)]
+struct ReadHead {
+    session: String,
+    version: u64,
+}
+
+async fn one_append(shared: &Shared, session: u32, i: u64, since: Instant, tally: &mut Tally) {
     let id = shared.session_id(session);
     let (seq, ordinal) = {
         let mut track = shared.track(session);
@@ -691,13 +806,18 @@ async fn one_append(shared: &Shared, session: u32, i: u64, tally: &mut Tally) {
     };
     let kind = KINDS[usize::try_from(i % 3).unwrap_or(0)];
     let amount = i64::try_from(i % 7).unwrap_or(0) - 3;
-    let mut body = serde_json::json!({ "seq": seq, "kind": kind, "amount": amount });
-    if shared.config.note_bytes > 0 {
-        body["note"] = serde_json::Value::String("n".repeat(shared.config.note_bytes));
-    }
+    let body = AppendBody {
+        seq,
+        kind,
+        amount,
+        note: shared.note.as_deref(),
+    };
+    let Ok(body) = serde_json::to_string(&body) else {
+        return tally.error("request");
+    };
     let path = format!("/sessions/{id}/events");
     let (answer, took, appended) =
-        match exchange::<AppendAnswer>(shared, Method::POST, &path, &id, body.to_string()).await {
+        match exchange::<AppendAnswer>(shared, Method::POST, &path, &id, body, since).await {
             Ok(done) => done,
             Err(kind) => return tally.error(&kind),
         };
@@ -730,7 +850,7 @@ async fn one_append(shared: &Shared, session: u32, i: u64, tally: &mut Tally) {
     }
 }
 
-async fn one_read(shared: &Shared, session: u32, tally: &mut Tally) {
+async fn one_read(shared: &Shared, session: u32, since: Instant, tally: &mut Tally) {
     let id = shared.session_id(session);
     let (floor, ordinal) = {
         let mut track = shared.track(session);
@@ -738,7 +858,7 @@ async fn one_read(shared: &Shared, session: u32, tally: &mut Tally) {
     };
     let path = format!("/sessions/{id}");
     let (answer, took, view) =
-        match exchange::<SessionView>(shared, Method::GET, &path, &id, String::new()).await {
+        match exchange::<ReadHead>(shared, Method::GET, &path, &id, String::new(), since).await {
             Ok(done) => done,
             Err(kind) => return tally.error(&kind),
         };
@@ -807,16 +927,52 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn the_pacer_releases_each_request_at_its_time_not_before() {
+        // 4000 per second: due times 250 µs apart, far below the runtime
+        // timer's 1 ms.
+        let pacer = Pacer::start(4000.0);
+        for n in 0..200u64 {
+            let due = pacer.next().await.unwrap();
+            let now = Instant::now();
+            assert_eq!(due, pacer.start + Duration::from_micros(250 * n));
+            assert!(now >= due, "request {n} released {:?} early", due - now);
+        }
+        // The schedule holds: 200 requests take 50 ms, not 200 timer ticks.
+        let elapsed = pacer.start.elapsed();
+        assert!(elapsed < Duration::from_millis(150), "{elapsed:?}");
+        drop(pacer);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_pacer_releases_nothing() {
+        let pacer = Pacer::start(1.0);
+        assert!(pacer.next().await.is_some(), "request 0 is due at once");
+        pacer.permits.close();
+        assert!(pacer.next().await.is_none());
+    }
+
     #[test]
-    fn the_pacer_hands_out_spaced_slots() {
-        let start = Instant::now();
-        let pacer = Pacer {
-            interval: Duration::from_millis(10),
-            next: Mutex::new(start + Duration::from_secs(1)),
+    fn the_append_body_is_the_samples_event() {
+        let body = AppendBody {
+            seq: 7,
+            kind: "fee",
+            amount: -3,
+            note: None,
         };
-        let a = pacer.slot();
-        let b = pacer.slot();
-        assert_eq!(b - a, Duration::from_millis(10));
-        assert_eq!(a, start + Duration::from_secs(1));
+        let json = serde_json::to_string(&body).unwrap();
+        let event: crate::ledger::Event = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            (event.seq, event.kind.as_str(), event.amount),
+            (Some(7), "fee", -3)
+        );
+        assert_eq!(event.note, None);
+        let noted = AppendBody {
+            note: Some("nn"),
+            ..body
+        };
+        let event: crate::ledger::Event =
+            serde_json::from_str(&serde_json::to_string(&noted).unwrap()).unwrap();
+        assert_eq!(event.note.as_deref(), Some("nn"));
     }
 }

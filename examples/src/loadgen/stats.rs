@@ -46,6 +46,9 @@ pub(crate) struct Tally {
     all: Histogram<u64>,
     appends: Histogram<u64>,
     reads: Histogram<u64>,
+    /// At a fixed rate: how late each request left after its intended
+    /// send time (the pacer's precision plus waiting for a free worker).
+    send_lag: Histogram<u64>,
 }
 
 impl Default for Tally {
@@ -71,6 +74,7 @@ impl Default for Tally {
             all: histogram(),
             appends: histogram(),
             reads: histogram(),
+            send_lag: histogram(),
         }
     }
 }
@@ -88,14 +92,17 @@ impl Tally {
     }
 
     pub(crate) fn latency(&mut self, op: Op, took: Duration) {
-        let micros = u64::try_from(took.as_micros())
-            .unwrap_or(u64::MAX)
-            .clamp(1, MAX_MICROS);
+        let micros = micros(took);
         self.all.saturating_record(micros);
         match op {
             Op::Append => self.appends.saturating_record(micros),
             Op::Read => self.reads.saturating_record(micros),
         }
+    }
+
+    /// A paced request left `lag` after its intended send time.
+    pub(crate) fn send_lag(&mut self, lag: Duration) {
+        self.send_lag.saturating_record(micros(lag));
     }
 
     pub(crate) fn handoff(&mut self, path: &str) {
@@ -189,6 +196,7 @@ impl Tally {
         let _ = self.all.add(&other.all);
         let _ = self.appends.add(&other.appends);
         let _ = self.reads.add(&other.reads);
+        let _ = self.send_lag.add(&other.send_lag);
     }
 
     pub(crate) fn summary(
@@ -196,6 +204,7 @@ impl Tally {
         phase: &str,
         target: &str,
         elapsed: Duration,
+        cpu: Option<Duration>,
         verification: Option<Verification>,
     ) -> Summary {
         let errors: u64 = self.errors.values().sum();
@@ -220,6 +229,8 @@ impl Tally {
             latency_ms: Latency::of(&self.all),
             append_latency_ms: Latency::of(&self.appends),
             read_latency_ms: Latency::of(&self.reads),
+            send_lag_ms: (!self.send_lag.is_empty()).then(|| Latency::of(&self.send_lag)),
+            cpu_s: cpu.map(|c| round3(c.as_secs_f64())),
             errors_by_kind: self.errors.clone(),
             cache: self.cache,
             moved: self.moved,
@@ -236,6 +247,26 @@ impl Tally {
             verification,
         }
     }
+}
+
+fn micros(took: Duration) -> u64 {
+    u64::try_from(took.as_micros())
+        .unwrap_or(u64::MAX)
+        .clamp(1, MAX_MICROS)
+}
+
+/// CPU time (user + system, all threads) this process has used so far,
+/// from `/proc/self/stat`; `None` where that file is not readable.
+pub(crate) fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces), from field 3:
+    // utime and stime are fields 14 and 15, in clock ticks.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ').skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // Linux reports these in USER_HZ, 100 on every architecture it supports.
+    Some(Duration::from_millis((utime + stime) * 10))
 }
 
 fn round3(x: f64) -> f64 {
@@ -397,6 +428,15 @@ pub struct Summary {
     pub append_latency_ms: Latency,
     /// Latency of answered reads.
     pub read_latency_ms: Latency,
+    /// At a fixed rate: how late requests left after their intended send
+    /// times (latencies above count from the intended time, so a late
+    /// send is not hidden). Absent in closed loop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_lag_ms: Option<Latency>,
+    /// CPU seconds (user + system) the load generator's process used in the
+    /// phase (from `/proc/self/stat`; absent where it is not readable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_s: Option<f64>,
     /// Failed requests by kind: the router's error label (`timeout`,
     /// `upstream`, `owner_unavailable`, ...), `http_<status>`,
     /// `bad_answer` (unparsable 200), `wrong_answer` (another session's).
@@ -490,6 +530,16 @@ impl Summary {
                 "  {name:<8} {:>9} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
                 l.count, l.p50, l.p99, l.p999, l.max
             );
+        }
+        if let Some(l) = &self.send_lag_ms {
+            let _ = writeln!(
+                out,
+                "  {:<8} {:>9} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+                "send lag", l.count, l.p50, l.p99, l.p999, l.max
+            );
+        }
+        if let Some(cpu) = self.cpu_s {
+            let _ = writeln!(out, "  load generator CPU: {cpu:.2} s");
         }
         let _ = write!(
             out,
@@ -600,7 +650,7 @@ mod tests {
             Some(&TakeoverCounts { warm: 1, cold: 0 })
         );
         let json = a
-            .summary("p", "ring", Duration::from_secs(1), None)
+            .summary("p", "ring", Duration::from_secs(1), None, None)
             .to_json_line();
         assert!(
             json.contains(r#""takeovers":{"14":{"warm":1,"cold":2}"#),
@@ -626,7 +676,7 @@ mod tests {
         a.pod("p-0");
         b.pod("p-0");
         a.merge(&b);
-        let s = a.summary("x", "ring", Duration::from_secs(2), None);
+        let s = a.summary("x", "ring", Duration::from_secs(2), None, None);
         assert_eq!(s.requests, 103);
         assert_eq!(s.ok, 101);
         assert_eq!(s.errors, 3);
@@ -650,7 +700,7 @@ mod tests {
 
     #[test]
     fn lost_writes_make_a_summary_inconsistent() {
-        let mut s = Tally::default().summary("x", "ring", Duration::ZERO, None);
+        let mut s = Tally::default().summary("x", "ring", Duration::ZERO, None, None);
         assert!(s.throughput_rps.abs() < f64::EPSILON);
         assert_eq!(s.latency_ms, Latency::default());
         s.verification = Some(Verification {
@@ -670,7 +720,7 @@ mod tests {
             b.double_writer(format!("s-{}: a [1,5] and b [5,5]", i + 4));
         }
         a.merge(&b);
-        let s = a.summary("x", "ring", Duration::from_secs(1), None);
+        let s = a.summary("x", "ring", Duration::from_secs(1), None, None);
         assert_eq!(s.double_writers, 8);
         assert_eq!(s.double_writer_examples.len(), MAX_DOUBLE_WRITER_EXAMPLES);
         assert_eq!(s.double_writer_examples[4], "s-4: a [1,5] and b [5,5]");
@@ -687,7 +737,7 @@ mod tests {
 
     #[test]
     fn summaries_without_double_writers_still_parse() {
-        let s = Tally::default().summary("x", "ring", Duration::ZERO, None);
+        let s = Tally::default().summary("x", "ring", Duration::ZERO, None, None);
         let mut value = serde_json::to_value(&s).unwrap();
         let object = value.as_object_mut().unwrap();
         for field in [

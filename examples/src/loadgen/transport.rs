@@ -111,12 +111,16 @@ impl Transport {
                     .send()
                     .await
                     .map_err(|e| reqwest_kind(&e))?;
-                let status = response.status();
-                let headers = response.headers().clone();
-                let body = response.bytes().await.map_err(|e| reqwest_kind(&e))?;
+                // Take the head apart rather than copy its headers.
+                let (parts, body) = http::Response::from(response).into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map_err(|e| reqwest_kind(&e))?
+                    .to_bytes();
                 Ok(Answer {
-                    status,
-                    headers,
+                    status: parts.status,
+                    headers: parts.headers,
                     body,
                 })
             }

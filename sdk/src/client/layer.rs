@@ -7,8 +7,8 @@ use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use tower::Layer;
-use tower::retry::budget::TpsBudget;
 
+use super::budget::RetryBudget;
 use super::limit::OwnerLimits;
 use super::{Router, SessionKey};
 use crate::metrics::Metrics;
@@ -32,16 +32,16 @@ pub(crate) struct Config {
     pub(crate) misdirect_wait: Duration,
     pub(crate) max_replay_bytes: usize,
     pub(crate) limits: Arc<OwnerLimits>,
-    pub(crate) budget: Arc<TpsBudget>,
+    pub(crate) budget: Arc<RetryBudget>,
     pub(crate) metrics: Option<Metrics>,
     /// Round-robin position for keyless requests.
     pub(crate) next_member: Arc<AtomicUsize>,
 }
 
-fn default_budget() -> TpsBudget {
+fn default_budget() -> RetryBudget {
     // Retries may add 20 % to the request rate, plus 10 per second so a
     // quiet router can still follow a 421; deposits count for 10 s.
-    TpsBudget::new(Duration::from_secs(10), 10, 0.2)
+    RetryBudget::new(Duration::from_secs(10), 10, 0.2)
 }
 
 /// Builds [`Router`]s: routes each request to the pod that owns its session
@@ -150,7 +150,7 @@ impl RouterLayer {
         self
     }
 
-    /// The retry budget (see [`TpsBudget::new`]): deposits count for `ttl`,
+    /// The retry budget (the rule of tower's `TpsBudget`): deposits count for `ttl`,
     /// at least `min_per_sec` retries per second, plus `retry_percent` of the
     /// request rate (0.2 = 20 %). Values outside what the budget accepts are
     /// clamped: `ttl` to 1–60 s, `retry_percent` to 0–1000, `min_per_sec`
@@ -164,7 +164,7 @@ impl RouterLayer {
             retry_percent.clamp(0.0, 1000.0)
         };
         let min_per_sec = min_per_sec.min(i32::MAX.unsigned_abs() - 1);
-        self.config.budget = Arc::new(TpsBudget::new(ttl, min_per_sec, retry_percent));
+        self.config.budget = Arc::new(RetryBudget::new(ttl, min_per_sec, retry_percent));
         self
     }
 

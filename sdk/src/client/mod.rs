@@ -34,6 +34,7 @@
 //! ```
 
 mod body;
+mod budget;
 mod error;
 mod key;
 mod layer;

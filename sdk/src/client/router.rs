@@ -13,7 +13,6 @@ use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::Body;
-use tower::retry::budget::Budget as _;
 use tower::{Service, ServiceExt as _};
 use tracing::Instrument as _;
 
@@ -41,7 +40,9 @@ use crate::{BoxError, headers};
 /// Build it with [`RouterLayer`].
 pub struct Router<S> {
     inner: S,
-    ring: RingWatch,
+    /// Shared with every clone and every call in flight: a call takes one
+    /// reference count, not a new watch receiver.
+    ring: Arc<RingWatch>,
     config: Arc<Config>,
 }
 
@@ -49,7 +50,7 @@ impl<S: Clone> Clone for Router<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            ring: self.ring.clone(),
+            ring: Arc::clone(&self.ring),
             config: Arc::clone(&self.config),
         }
     }
@@ -74,7 +75,7 @@ impl<S> Router<S> {
     pub(crate) fn from_parts(inner: S, ring: RingWatch, config: Arc<Config>) -> Self {
         Self {
             inner,
-            ring,
+            ring: Arc::new(ring),
             config,
         }
     }
@@ -100,11 +101,12 @@ impl<S> Router<S> {
     }
 }
 
-/// The owner a request is sent to, with its place in the owner's limit.
+/// The owner a request is sent to, with its place in the owner's limit
+/// (which also holds its address formatted as a URI authority).
 struct Target {
     pod: String,
     address: SocketAddr,
-    _permit: OwnerPermit,
+    permit: OwnerPermit,
 }
 
 /// What a 421 answer said.
@@ -171,23 +173,24 @@ impl Config {
                 pod: slot.pod.name.clone(),
             });
         }
-        let address = slot.pod.address;
-        let permit =
-            self.limits
-                .try_acquire(address)
-                .ok_or_else(|| RouteError::OwnerOverloaded {
-                    pod: slot.pod.name.clone(),
-                    address,
-                    limit: self.limits.limit(),
-                })?;
-        Ok((
-            Target {
-                pod: slot.pod.name.clone(),
+        let target = self.reserve(slot.pod.name.clone(), slot.pod.address)?;
+        Ok((target, span))
+    }
+
+    /// Takes a place in the limit of the owner `pod` at `address`.
+    fn reserve(&self, pod: String, address: SocketAddr) -> Result<Target, RouteError> {
+        match self.limits.try_acquire(address) {
+            Some(permit) => Ok(Target {
+                pod,
                 address,
-                _permit: permit,
-            },
-            span,
-        ))
+                permit,
+            }),
+            None => Err(RouteError::OwnerOverloaded {
+                pod,
+                address,
+                limit: self.limits.limit(),
+            }),
+        }
     }
 
     fn record<T>(&self, started: Instant, result: &Result<T, RouteError>) {
@@ -201,11 +204,12 @@ impl Config {
     }
 }
 
-/// The request for `address`: same method, path, query, headers and
+/// The request for the owner at `authority` (its `ip:port`, formatted once
+/// per owner by the limits): same method, path, query, headers and
 /// extensions; absolute URI `http://<address><path?query>`.
 fn owner_request<B>(
     mut parts: Parts,
-    address: SocketAddr,
+    authority: &Authority,
     ring_version: u64,
     body: RouterBody<B>,
 ) -> Result<Request<RouterBody<B>>, RouteError> {
@@ -214,10 +218,9 @@ fn owner_request<B>(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let authority = Authority::try_from(address.to_string()).map_err(http::Error::from)?;
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(authority);
+    uri.authority = Some(authority.clone());
     uri.path_and_query = Some(path);
     parts.uri = Uri::from_parts(uri).map_err(http::Error::from)?;
     parts
@@ -276,7 +279,7 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let config = Arc::clone(&self.config);
-        let ring = self.ring.clone();
+        let ring = Arc::clone(&self.ring);
         Box::pin(
             async move {
                 let timeout = config.timeout;
@@ -315,9 +318,10 @@ where
     let (body, replay) = RouterBody::prepare(body, config.max_replay_bytes)
         .await
         .map_err(RouteError::Body)?;
+    // Only a replayable body can be retried: only then keep the head.
     let retry_parts = replay.as_ref().map(|_| parts.clone());
     config.budget.deposit();
-    let request = owner_request(parts, target.address, version, body)?;
+    let request = owner_request(parts, target.permit.authority(), version, body)?;
     let response = inner
         .call(request)
         .await
@@ -379,21 +383,14 @@ where
         },
     };
     drop(target);
-    let permit = config
-        .limits
-        .try_acquire(address)
-        .ok_or_else(|| RouteError::OwnerOverloaded {
-            pod: pod.clone(),
-            address,
-            limit: config.limits.limit(),
-        })?;
-    let target = Target {
-        pod,
-        address,
-        _permit: permit,
-    };
+    let target = config.reserve(pod, address)?;
     tracing::debug!(pod = %target.pod, %address, version, "retrying at the owner");
-    let request = owner_request(parts, address, version, RouterBody::buffered(replay))?;
+    let request = owner_request(
+        parts,
+        target.permit.authority(),
+        version,
+        RouterBody::buffered(replay),
+    )?;
     let response = inner
         .ready()
         .await
