@@ -734,10 +734,15 @@ async fn every_query_of_the_dashboard_names_exported_metrics_and_labels() {
         read_exposition(&page, &mut families);
     }
     // Every family on the pages is a declared one (the descriptors were read right), but for
-    // the ring's age, which a collector computes at scrape time.
+    // those a collector computes at scrape time: the ring's age and the pod's load totals.
+    const AT_SCRAPE: [&str; 3] = [
+        "locus_ring_age_seconds",
+        "locus_load_requests",
+        "locus_load_bytes",
+    ];
     for name in families.keys() {
         assert!(
-            declared.contains_key(name) || name == "locus_ring_age_seconds",
+            declared.contains_key(name) || AT_SCRAPE.contains(&name.as_str()),
             "{name} is on a page but not among the descriptors {:?}",
             declared.keys()
         );
@@ -749,6 +754,7 @@ async fn every_query_of_the_dashboard_names_exported_metrics_and_labels() {
     for family in [
         "locus_requests",
         "locus_ring_age_seconds",
+        "locus_load_requests",
         "locus_store_sessions",
         "locus_handoff_records",
         "sample_appends",
