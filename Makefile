@@ -58,6 +58,7 @@ bench: cluster-tools
 	$(CARGO) run --release -p locus --example ring_report -- --members 1000 --vnodes 128 --keys 1000000
 	$(CARGO) run --release -p locus-contract --example ring_limits
 	$(CARGO) run --release -p locus --example shard_index_report -- --sessions 1000000 --members 10 --rate 10000 --repeats 5
+	$(CARGO) run --release -p locus --example store_memory_report -- --sessions 1000000
 
 ## kind-e2e: for users with Docker — the same e2e suite against a kind cluster
 kind-e2e:

@@ -132,7 +132,7 @@ where
     V: Clone + Send + Sync + 'static,
     P: Persistence<V>,
 {
-    /// Every resident session, least recently used first, for a snapshot:
+    /// Every resident session, in the index's order, for a snapshot:
     /// one index lock to take keys and entries, no encoding under it.
     pub(crate) fn resident_sessions(&self) -> Box<dyn ResidentSessions> {
         let (entries, weight) = self.with_index(|index| (index.entries(), index.bytes()));

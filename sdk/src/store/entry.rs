@@ -15,7 +15,7 @@
 //! evict the session in that gap, and the waiters would load it again.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use tokio::sync::RwLock;
 
@@ -33,12 +33,14 @@ pub(crate) struct State<V> {
     pub retired: bool,
 }
 
-/// A resident session.
+/// A resident session. Its counters are 32-bit (a million sessions hold a
+/// million entries: 8 bytes less each keeps the allocation a size class
+/// smaller); neither can come near `u32::MAX` (each place is a task).
 #[derive(Debug)]
 pub(crate) struct Entry<V> {
     pub state: RwLock<State<V>>,
-    pending: AtomicUsize,
-    pins: AtomicUsize,
+    pending: AtomicU32,
+    pins: AtomicU32,
 }
 
 impl<V> Entry<V> {
@@ -51,8 +53,8 @@ impl<V> Entry<V> {
                 dirty,
                 retired: false,
             }),
-            pending: AtomicUsize::new(0),
-            pins: AtomicUsize::new(0),
+            pending: AtomicU32::new(0),
+            pins: AtomicU32::new(0),
         }
     }
 
@@ -72,14 +74,14 @@ impl<V> Entry<V> {
 
     /// Updates queued on or holding the lock.
     pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Acquire)
+        self.pending.load(Ordering::Acquire) as usize
     }
 
     /// Joins the queue of updates if fewer than `max` are in it.
     pub fn enter(&self, max: usize) -> Option<Pending<'_, V>> {
         self.pending
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
+                ((n as usize) < max).then(|| n.checked_add(1)).flatten()
             })
             .ok()
             .map(|_| Pending { entry: self })

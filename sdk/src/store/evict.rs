@@ -15,9 +15,10 @@
 //! (a request that evicted would find its room taken). So a request that
 //! needs room:
 //!
-//! 1. *claims* its victims in the index, least recently used first: claimed
-//!    sessions are skipped by other claims, so each request evicts distinct
-//!    ones;
+//! 1. *claims* its victims in the index, by the clock (a session touched
+//!    since the clock hand last passed it gets a second chance; see
+//!    `Index::claim`): claimed sessions are skipped by other claims, so each
+//!    request evicts distinct ones;
 //! 2. evicts them into its own [`Reservation`]: the freed room is held back
 //!    for it, and its next bound check is the only one that counts it free;
 //! 3. when a victim turns out to be in use, claims the next candidate;
@@ -41,12 +42,15 @@ use tokio::time::Instant;
 use super::clock::later;
 use super::entry::{Entry, State};
 use super::error::display_key;
-use super::index::{Room, Shortfall};
+use super::index::{Room, Shortfall, SlabCursor};
 use super::metrics::Eviction;
 use super::{Persistence, SessionStore, Stamp, StoreError};
 
 /// Most sessions one round of pressure eviction tries to evict.
 const MAX_VICTIMS: usize = 64;
+
+/// Index nodes one passivation sweep looks at per hold of the index lock.
+const IDLE_PAGE: usize = 16_384;
 
 /// How many times one round of pressure eviction, finding no candidate, waits
 /// for another request's eviction to end (or, with candidates that were in
@@ -101,8 +105,8 @@ where
         }
     }
 
-    /// One round of pressure eviction: evicts least recently used idle
-    /// sessions into `reserved` until it holds `short` more than it did (see
+    /// One round of pressure eviction: evicts idle sessions not touched
+    /// since the clock hand last passed them into `reserved` until it holds `short` more than it did (see
     /// the [module docs](self)). Returns how many sessions it evicted; the
     /// caller checks its bound again (with its room) if any.
     pub(super) async fn evict_for(
@@ -288,13 +292,14 @@ where
         let Some(cutoff) = now.checked_sub(limits.idle_timeout) else {
             return report;
         };
-        let (idle, expired) = self.with_index(|index| {
-            (
-                index.idle(cutoff, limits.max_sessions),
-                index.purge_tombstones(now),
-            )
-        });
-        report.tombstones_expired = expired;
+        report.tombstones_expired = self.with_index(|index| index.purge_tombstones(now));
+        // The idle sessions, a page of the index at a time (each page one
+        // short hold of its lock), other tasks running between pages.
+        let mut idle = Vec::new();
+        let mut cursor = SlabCursor::default();
+        while !self.with_index(|index| index.idle(cutoff, &mut cursor, IDLE_PAGE, &mut idle)) {
+            tokio::task::yield_now().await;
+        }
         let outcomes: Vec<Evicted> = stream::iter(idle)
             .map(|(key, entry)| async move {
                 self.evict(&key, &entry, Eviction::Idle, Some(cutoff), None)

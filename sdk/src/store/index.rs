@@ -4,52 +4,67 @@
 //! load is in flight; callers wait on its flight handle) or *moved* (handed
 //! off; a tombstone names the new owner until it expires). The index keeps the
 //! exact sums the bounds are checked against — resident bytes, resident plus
-//! loading sessions, loads in flight, tombstones — and the order of last
-//! access that eviction and passivation walk, least recent first.
+//! loading sessions, loads in flight, tombstones — and what eviction and
+//! passivation need: a reference bit and the last access of every resident
+//! session.
+//!
+//! Layout (chosen for memory: at a million sessions every byte per session is
+//! a megabyte): every key has one *node* in a slab (a `Vec`, freed nodes
+//! reused through a free list), which holds the key (inline up to 22 bytes)
+//! and what the key is. A map from a keyed hash of the key (xxh3 with a
+//! random seed per index, so keys cannot be chosen to collide) to the first
+//! node of that hash finds it; nodes of equal hashes are chained. The key is
+//! stored once, in its node; the other structures name the node by its place.
 //!
 //! Pressure eviction is coordinated here. A request that needs room *claims*
-//! victims ([`Index::claim`]): a claimed session is skipped by every other
-//! claim, so concurrent requests evict distinct sessions. The room a claimed
-//! eviction frees is not returned to the pool but *reserved* for the request
-//! that evicted it (its [`Room`]); only that request's next bound check counts
-//! it as free, so a concurrent request cannot take it. The request spends its
-//! room when its session, load or growth fits, or releases it when it gives up.
+//! victims ([`Index::claim`]), by the clock: a hand goes round the slab, a
+//! session touched since the hand last passed it gets a second chance, the
+//! others are taken (an approximation of least recently used that costs a
+//! read nothing but setting a bit). A claimed session is skipped by every
+//! other claim, so concurrent requests evict distinct sessions. The room a
+//! claimed eviction frees is not returned to the pool but *reserved* for the
+//! request that evicted it (its [`Room`]); only that request's next bound
+//! check counts it as free, so a concurrent request cannot take it. The
+//! request spends its room when its session, load or growth fits, or
+//! releases it when it gives up.
 //!
 //! It is plain synchronous data behind the store's mutex and never calls user
 //! code, so every method leaves it consistent. Bound checks and the changes
 //! they guard happen in the same call: a caller that gets `Ok` holds the room
 //! it asked for.
 //!
-//! Why one file of about 700 lines: the index is one data structure whose
+//! Why one file of about 900 lines: the index is one data structure whose
 //! sums must stay exact across every method (the invariants below); each
 //! method changes several of them at once, so they are read and checked
-//! together. Its test-only checker, `check`, is 60 of those lines.
+//! together. Its test-only checker, `check`, is 100 of those lines.
 //!
 //! Invariants (checked by [`Index::check`] in tests):
-//! * `bytes` is the sum of the weights of resident slots, and `bytes` plus the
+//! * every node in use is found by its key, and no other node by it; the
+//!   free list holds exactly the free nodes;
+//! * `bytes` is the sum of the weights of resident nodes, and `bytes` plus the
 //!   reserved bytes never exceeds `max_total_bytes`;
 //! * `resident + loading` plus the reserved sessions never exceeds
 //!   `max_sessions`, `loading` never exceeds `max_loads`;
-//! * `evicting` counts exactly the claimed resident slots;
-//! * `lru` holds exactly the resident keys, ordered by last access;
-//! * `by_hash` holds exactly the resident keys, each with its ring hash
-//!   ([`hash_key`]), ordered by that hash (the *shard index*);
-//! * `tombs` holds exactly the moved keys, ordered by expiry.
+//! * `evicting` counts exactly the claimed resident nodes;
+//! * `by_hash` holds exactly the resident nodes, each with the ring hash of
+//!   its key ([`hash_key`]), ordered by that hash (the *shard index*);
+//! * `tombs` holds exactly the moved nodes, ordered by expiry.
 //!
 //! The shard index answers "the resident keys of shard `i` at shard count
 //! `S`" without a scan: a shard is the contiguous hash range
 //! `i << (64 - log2 S) .. (i + 1) << (64 - log2 S)`, so its keys are one
 //! range of `by_hash`, found in O(log n) and read in O(keys in the shard),
 //! at any `S` (a doubling of `S` needs no re-index). Keys with equal hashes
-//! are told apart by their bytes.
+//! are told apart by their nodes.
 
-use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::ops::Bound;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::time::Instant;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::ring::{ShardCount, hash_key};
 
@@ -154,29 +169,34 @@ impl HashSpan {
     }
 
     /// The span's bounds in `by_hash`, resuming after `after` if given.
-    fn bounds(self, after: Option<&Hashed>) -> (Bound<Hashed>, Bound<Hashed>) {
+    fn bounds(self, after: Option<Hashed>) -> (Bound<Hashed>, Bound<Hashed>) {
         let start = match after {
-            Some(after) => Bound::Excluded(after.clone()),
-            None => Bound::Included((self.start, Bytes::new())),
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Included((self.start, 0)),
         };
         let end = match self.end {
-            Some(end) => Bound::Excluded((end, Bytes::new())),
+            Some(end) => Bound::Excluded((end, 0)),
             None => Bound::Unbounded,
         };
         (start, end)
     }
 }
 
-/// A key of the shard index: its ring hash, then its bytes.
-type Hashed = (u64, Bytes);
+/// A key of the shard index: its ring hash, then the slab place of its node
+/// (which tells apart keys of equal hashes).
+type Hashed = (u64, u32);
 
 /// Where a paged walk over [`HashSpan`]s stands: the span it is in and the
 /// last key it returned there.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SpanCursor {
     span: usize,
-    after: Option<(u64, Bytes)>,
+    after: Option<Hashed>,
 }
+
+/// Where a paged walk over the resident sessions ([`Index::idle`]) stands.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SlabCursor(usize);
 
 /// What a key is, as seen by a request.
 pub(crate) enum Lookup<T, F> {
@@ -186,14 +206,65 @@ pub(crate) enum Lookup<T, F> {
     Absent,
 }
 
+/// The end of a chain of nodes (no next node).
+const NIL: u32 = u32::MAX;
+
+/// Keys up to this long are kept inside their node, longer ones in a
+/// buffer of their own.
+const INLINE_KEY: usize = 22;
+
+/// How many nodes one claim passes over honouring the reference bits
+/// (second chances) before it takes the next candidate whatever its bit:
+/// bounds the work of one claim under the index lock when most sessions
+/// were touched since the hand last passed.
+const CLOCK_BUDGET: usize = 4096;
+
+/// A key, inline if short (no allocation of its own).
+#[derive(Debug)]
+enum Key {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Heap(Box<[u8]>),
+}
+
+impl Key {
+    fn new(key: &[u8]) -> Self {
+        if key.len() <= INLINE_KEY {
+            let mut bytes = [0; INLINE_KEY];
+            bytes[..key.len()].copy_from_slice(key);
+            Self::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            Self::Heap(key.into())
+        }
+    }
+
+    fn empty() -> Self {
+        Self::Inline {
+            len: 0,
+            bytes: [0; INLINE_KEY],
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Heap(bytes) => bytes,
+        }
+    }
+
+    fn to_bytes(&self) -> Bytes {
+        Bytes::copy_from_slice(self.as_slice())
+    }
+}
+
 struct Resident<T> {
     entry: Arc<T>,
     weight: usize,
-    seq: u64,
     last_access: Instant,
-    backoff_until: Option<Instant>,
-    /// A request is evicting it (see [`Index::claim`]).
-    claimed: bool,
+    /// Skipped by claims until then (boxed: rare, and the node stays small).
+    backoff_until: Option<Box<Instant>>,
 }
 
 struct Tombstone {
@@ -203,20 +274,69 @@ struct Tombstone {
     seq: u64,
 }
 
-enum Slot<T, F> {
+enum Kind<T, F> {
+    /// On the free list.
+    Free,
     Resident(Resident<T>),
     Loading(F),
-    Moved(Tombstone),
+    Moved(Box<Tombstone>),
+}
+
+/// One key's place in the slab.
+struct Node<T, F> {
+    key: Key,
+    /// The next node of the same bucket (or of the free list), [`NIL`] at
+    /// the end.
+    next: u32,
+    /// A request is evicting it (see [`Index::claim`]); resident only.
+    claimed: bool,
+    /// Accessed since the clock hand last passed it; resident only.
+    referenced: bool,
+    kind: Kind<T, F>,
+}
+
+/// Passes a `u64` that is already a keyed hash through as the map's hash.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; fold anything else in all the same.
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 /// The index over entries `T` with flight handles `F`.
 pub(crate) struct Index<T, F> {
     bounds: Bounds,
-    map: HashMap<Bytes, Slot<T, F>>,
-    lru: BTreeMap<u64, Bytes>,
+    /// The key of the bucket hash (random per index, so that nobody can
+    /// choose keys that share a bucket).
+    seed: u64,
+    /// The bits of the bucket hash kept: all of them, but tests keep a
+    /// few to make keys share buckets.
+    bucket_mask: u64,
+    /// Bucket hash → the first node of the bucket's chain.
+    buckets: HashMap<u64, u32, BuildHasherDefault<Prehashed>>,
+    /// Every key's node: resident, loading, moved, or free.
+    nodes: Vec<Node<T, F>>,
+    /// The first free node, [`NIL`] if none.
+    free: u32,
+    /// The clock hand: the node the next claim looks at first.
+    hand: usize,
     /// The shard index: resident keys by ring hash.
-    by_hash: BTreeSet<(u64, Bytes)>,
-    tombs: BTreeMap<(Instant, u64), Bytes>,
+    by_hash: BTreeSet<Hashed>,
+    /// Moved keys by expiry.
+    tombs: BTreeMap<(Instant, u64), u32>,
     seq: u64,
     bytes: usize,
     resident: usize,
@@ -231,8 +351,12 @@ impl<T, F: Clone> Index<T, F> {
     pub fn new(bounds: Bounds) -> Self {
         Self {
             bounds,
-            map: HashMap::new(),
-            lru: BTreeMap::new(),
+            seed: RandomState::new().hash_one(0_u64),
+            bucket_mask: u64::MAX,
+            buckets: HashMap::default(),
+            nodes: Vec::new(),
+            free: NIL,
+            hand: 0,
             by_hash: BTreeSet::new(),
             tombs: BTreeMap::new(),
             seq: 0,
@@ -281,22 +405,125 @@ impl<T, F: Clone> Index<T, F> {
         self.seq
     }
 
+    /// The same index with 8 buckets at most, so that its keys share
+    /// buckets (and their chains are exercised).
+    #[cfg(test)]
+    pub fn with_few_buckets(mut self) -> Self {
+        self.bucket_mask = 0b111;
+        self
+    }
+
+    fn bucket_of(&self, key: &[u8]) -> u64 {
+        xxh3_64_with_seed(key, self.seed) & self.bucket_mask
+    }
+
+    /// The node of `key`, if it has one.
+    fn find(&self, key: &[u8]) -> Option<usize> {
+        let mut at = *self.buckets.get(&self.bucket_of(key))?;
+        while at != NIL {
+            let node = &self.nodes[at as usize];
+            if node.key.as_slice() == key {
+                return Some(at as usize);
+            }
+            at = node.next;
+        }
+        None
+    }
+
+    /// A new node for `key` (which has none), in its bucket's chain.
+    fn add(&mut self, key: &[u8], kind: Kind<T, F>) -> usize {
+        let bucket = self.bucket_of(key);
+        let next = self.buckets.get(&bucket).copied().unwrap_or(NIL);
+        let node = Node {
+            key: Key::new(key),
+            next,
+            claimed: false,
+            referenced: false,
+            kind,
+        };
+        let at = if self.free == NIL {
+            assert!(
+                self.nodes.len() < NIL as usize,
+                "the index holds at most u32::MAX - 1 keys"
+            );
+            self.nodes.push(node);
+            self.nodes.len() - 1
+        } else {
+            let at = self.free as usize;
+            self.free = self.nodes[at].next;
+            self.nodes[at] = node;
+            at
+        };
+        self.buckets.insert(bucket, at as u32);
+        at
+    }
+
+    /// Takes the node at `at` out of its bucket's chain and puts it on the
+    /// free list; returns what it held.
+    fn free_node(&mut self, at: usize) -> Kind<T, F> {
+        let bucket = self.bucket_of(self.nodes[at].key.as_slice());
+        let next = self.nodes[at].next;
+        match self.buckets.get(&bucket).copied() {
+            Some(head) if head as usize == at => {
+                if next == NIL {
+                    self.buckets.remove(&bucket);
+                } else {
+                    self.buckets.insert(bucket, next);
+                }
+            }
+            Some(head) => {
+                let mut before = head as usize;
+                while self.nodes[before].next as usize != at {
+                    before = self.nodes[before].next as usize;
+                }
+                self.nodes[before].next = next;
+            }
+            None => debug_assert!(false, "a node in use outside its bucket"),
+        }
+        let node = std::mem::replace(
+            &mut self.nodes[at],
+            Node {
+                key: Key::empty(),
+                next: self.free,
+                claimed: false,
+                referenced: false,
+                kind: Kind::Free,
+            },
+        );
+        self.free = at as u32;
+        node.kind
+    }
+
+    fn resident_at(&self, at: usize) -> Option<&Resident<T>> {
+        match &self.nodes[at].kind {
+            Kind::Resident(resident) => Some(resident),
+            _ => None,
+        }
+    }
+
+    /// The node of `key` if it holds exactly `entry`, resident.
+    fn find_entry(&self, key: &[u8], entry: &Arc<T>) -> Option<usize> {
+        let at = self.find(key)?;
+        let resident = self.resident_at(at)?;
+        Arc::ptr_eq(&resident.entry, entry).then_some(at)
+    }
+
     /// Looks `key` up; a resident key counts as accessed at `now`, an expired
     /// tombstone is dropped.
     pub fn lookup(&mut self, key: &[u8], now: Instant) -> Lookup<T, F> {
-        let seq = self.next_seq();
-        let expired = match self.map.get_mut(key) {
-            None => return Lookup::Absent,
-            Some(Slot::Loading(flight)) => return Lookup::Loading(flight.clone()),
-            Some(Slot::Resident(resident)) => {
-                if let Some(key) = self.lru.remove(&resident.seq) {
-                    self.lru.insert(seq, key);
-                }
-                resident.seq = seq;
+        let Some(at) = self.find(key) else {
+            return Lookup::Absent;
+        };
+        let node = &mut self.nodes[at];
+        let expired = match &mut node.kind {
+            Kind::Free => return Lookup::Absent,
+            Kind::Loading(flight) => return Lookup::Loading(flight.clone()),
+            Kind::Resident(resident) => {
+                node.referenced = true;
                 resident.last_access = now;
                 return Lookup::Resident(Arc::clone(&resident.entry));
             }
-            Some(Slot::Moved(tomb)) => {
+            Kind::Moved(tomb) => {
                 if tomb.expires > now {
                     return Lookup::Moved {
                         owner: Arc::clone(&tomb.owner),
@@ -307,16 +534,19 @@ impl<T, F: Clone> Index<T, F> {
             }
         };
         self.tombs.remove(&expired);
-        self.map.remove(key);
+        self.free_node(at);
         Lookup::Absent
     }
 
     /// The resident entry of `key` without counting an access.
     pub fn peek(&self, key: &[u8]) -> Option<Arc<T>> {
-        match self.map.get(key) {
-            Some(Slot::Resident(resident)) => Some(Arc::clone(&resident.entry)),
-            _ => None,
-        }
+        let resident = self.resident_at(self.find(key)?)?;
+        Some(Arc::clone(&resident.entry))
+    }
+
+    fn occupied(&self, key: &[u8]) -> bool {
+        self.find(key)
+            .is_some_and(|at| matches!(self.nodes[at].kind, Kind::Resident(_) | Kind::Loading(_)))
     }
 
     /// Starts a load of the absent key `key`: it counts as a session from now.
@@ -328,13 +558,7 @@ impl<T, F: Clone> Index<T, F> {
         flight: F,
         room: &mut Room,
     ) -> Result<(), LoadRefused> {
-        debug_assert!(
-            !matches!(
-                self.map.get(key),
-                Some(Slot::Resident(_) | Slot::Loading(_))
-            ),
-            "begin_load on an occupied key"
-        );
+        debug_assert!(!self.occupied(key), "begin_load on an occupied key");
         if self.loading >= self.bounds.loads {
             return Err(LoadRefused::Saturated);
         }
@@ -344,8 +568,7 @@ impl<T, F: Clone> Index<T, F> {
         }
         self.release(room);
         self.remove_tombstone(key);
-        self.map
-            .insert(Bytes::copy_from_slice(key), Slot::Loading(flight));
+        self.add(key, Kind::Loading(flight));
         self.loading += 1;
         Ok(())
     }
@@ -360,7 +583,11 @@ impl<T, F: Clone> Index<T, F> {
         now: Instant,
         room: &mut Room,
     ) -> Result<(), Shortfall> {
-        debug_assert!(matches!(self.map.get(key), Some(Slot::Loading(_))));
+        debug_assert!(
+            self.find(key)
+                .is_some_and(|at| matches!(self.nodes[at].kind, Kind::Loading(_))),
+            "finish_load of a key not loading"
+        );
         let short = self.bytes_short(weight, *room);
         if short > 0 {
             return Err(Shortfall {
@@ -370,16 +597,16 @@ impl<T, F: Clone> Index<T, F> {
         }
         self.release(room);
         self.loading -= 1;
-        self.put_resident(key.clone(), entry, weight, now);
+        self.put_resident(key, entry, weight, now);
         Ok(())
     }
 
     /// Forgets the load of `key` (failed, refused or interrupted).
     pub fn cancel_load(&mut self, key: &[u8]) {
-        if let MapEntry::Occupied(slot) = self.map.entry(Bytes::copy_from_slice(key))
-            && matches!(slot.get(), Slot::Loading(_))
+        if let Some(at) = self.find(key)
+            && matches!(self.nodes[at].kind, Kind::Loading(_))
         {
-            slot.remove();
+            self.free_node(at);
             self.loading -= 1;
         }
     }
@@ -397,12 +624,14 @@ impl<T, F: Clone> Index<T, F> {
         now: Instant,
         room: Room,
     ) -> Result<(), InsertRefused> {
-        match self.map.get(key) {
-            Some(Slot::Resident(_) | Slot::Loading(_)) => return Err(InsertRefused::Occupied),
-            Some(Slot::Moved(tomb)) if tomb.expires > now && tomb.version > version => {
-                return Err(InsertRefused::Stale { held: tomb.version });
+        if let Some(at) = self.find(key) {
+            match &self.nodes[at].kind {
+                Kind::Resident(_) | Kind::Loading(_) => return Err(InsertRefused::Occupied),
+                Kind::Moved(tomb) if tomb.expires > now && tomb.version > version => {
+                    return Err(InsertRefused::Stale { held: tomb.version });
+                }
+                Kind::Moved(_) | Kind::Free => {}
             }
-            Some(Slot::Moved(_)) | None => {}
         }
         let sessions = self.sessions_short(room);
         let bytes = self.bytes_short(weight, room);
@@ -423,56 +652,53 @@ impl<T, F: Clone> Index<T, F> {
         now: Instant,
         room: &mut Room,
     ) {
-        debug_assert!(
-            !matches!(
-                self.map.get(key),
-                Some(Slot::Resident(_) | Slot::Loading(_))
-            ),
-            "insert on an occupied key"
-        );
+        debug_assert!(!self.occupied(key), "insert on an occupied key");
         self.release(room);
         self.remove_tombstone(key);
-        self.put_resident(Bytes::copy_from_slice(key), entry, weight, now);
+        self.put_resident(key, entry, weight, now);
     }
 
     /// [`insert`](Self::insert) of a key the caller already owns (a bulk
     /// restore copies its keys off the lock), with no room held. Only after
     /// [`admit`](Self::admit) said yes (with no room) under the same lock.
     pub fn insert_owned(&mut self, key: Bytes, entry: Arc<T>, weight: usize, now: Instant) {
-        debug_assert!(
-            !matches!(
-                self.map.get(&key),
-                Some(Slot::Resident(_) | Slot::Loading(_))
-            ),
-            "insert on an occupied key"
-        );
+        debug_assert!(!self.occupied(&key), "insert on an occupied key");
         self.remove_tombstone(&key);
-        self.put_resident(key, entry, weight, now);
+        self.put_resident(&key, entry, weight, now);
     }
 
-    /// Makes room in the map for `additional` more keys (no more than the
-    /// session bound lets in), so that a bulk restore does not rehash it
-    /// while it fills it.
+    /// Makes room for `additional` more keys (no more than the session bound
+    /// lets in), so that a bulk restore does not grow the tables while it
+    /// fills them.
     pub fn reserve(&mut self, additional: usize) {
-        let room = self.bounds.sessions.saturating_sub(self.map.len());
-        self.map.reserve(additional.min(room));
+        let held = self.resident + self.loading;
+        let room = self.bounds.sessions.saturating_sub(held);
+        let additional = additional.min(room);
+        self.buckets.reserve(additional);
+        self.nodes.reserve(additional);
     }
 
-    fn put_resident(&mut self, key: Bytes, entry: Arc<T>, weight: usize, now: Instant) {
-        let seq = self.next_seq();
-        self.lru.insert(seq, key.clone());
-        self.by_hash.insert((hash_key(&key), key.clone()));
-        self.map.insert(
-            key,
-            Slot::Resident(Resident {
-                entry,
-                weight,
-                seq,
-                last_access: now,
-                backoff_until: None,
-                claimed: false,
-            }),
-        );
+    /// Makes `key` resident: its loading node turns resident, or (absent)
+    /// it gets a node. New sessions start with a second chance.
+    fn put_resident(&mut self, key: &[u8], entry: Arc<T>, weight: usize, now: Instant) {
+        let resident = Kind::Resident(Resident {
+            entry,
+            weight,
+            last_access: now,
+            backoff_until: None,
+        });
+        let at = match self.find(key) {
+            Some(at) => {
+                debug_assert!(matches!(self.nodes[at].kind, Kind::Loading(_)));
+                self.nodes[at].kind = resident;
+                at
+            }
+            None => self.add(key, resident),
+        };
+        let node = &mut self.nodes[at];
+        node.claimed = false;
+        node.referenced = true;
+        self.by_hash.insert((hash_key(key), at as u32));
         self.resident += 1;
         self.bytes += weight;
     }
@@ -514,12 +740,8 @@ impl<T, F: Clone> Index<T, F> {
         weight: usize,
         room: &mut Room,
     ) -> Option<Result<usize, Shortfall>> {
-        let old = match self.map.get(key) {
-            Some(Slot::Resident(resident)) if Arc::ptr_eq(&resident.entry, entry) => {
-                resident.weight
-            }
-            _ => return None,
-        };
+        let at = self.find_entry(key, entry)?;
+        let old = self.resident_at(at)?.weight;
         if weight > old {
             let short = self.bytes_short(weight - old, *room);
             if short > 0 {
@@ -530,7 +752,7 @@ impl<T, F: Clone> Index<T, F> {
             }
         }
         self.release(room);
-        if let Some(Slot::Resident(resident)) = self.map.get_mut(key) {
+        if let Kind::Resident(resident) = &mut self.nodes[at].kind {
             resident.weight = weight;
         }
         self.bytes = self.bytes - old + weight;
@@ -548,20 +770,14 @@ impl<T, F: Clone> Index<T, F> {
         idle_before: Option<Instant>,
         into: Option<&mut Room>,
     ) -> Option<usize> {
-        let Some(Slot::Resident(resident)) = self.map.get(key) else {
-            return None;
-        };
-        if !Arc::ptr_eq(&resident.entry, entry) {
-            return None;
-        }
+        let at = self.find_entry(key, entry)?;
+        let resident = self.resident_at(at)?;
         if idle_before.is_some_and(|cutoff| resident.last_access > cutoff) {
             return None;
         }
-        let (seq, weight, claimed) = (resident.seq, resident.weight, resident.claimed);
-        if let Some((stored, _)) = self.map.remove_entry(key) {
-            self.by_hash.remove(&(hash_key(key), stored));
-        }
-        self.lru.remove(&seq);
+        let (weight, claimed) = (resident.weight, self.nodes[at].claimed);
+        self.by_hash.remove(&(hash_key(key), at as u32));
+        self.free_node(at);
         self.resident -= 1;
         self.bytes -= weight;
         if claimed {
@@ -576,12 +792,17 @@ impl<T, F: Clone> Index<T, F> {
         Some(weight)
     }
 
-    /// Claims victims to cover `short`, least recently used first: at most
-    /// `limit` resident entries that no one else claimed, that are not backed
-    /// off at `now` and that `skip` does not rule out (in use, already tried).
-    /// Each claimed entry is skipped by every later claim until
-    /// [`unclaim`](Self::unclaim)ed or removed, so concurrent requests never
-    /// pick the same victim.
+    /// Claims victims to cover `short`, by the clock: the hand passes over
+    /// the nodes in slab order, gives a session touched since it last passed
+    /// a second chance (clears its reference bit) and claims the first ones
+    /// it finds untouched — at most `limit` resident entries that no one
+    /// else claimed, that are not backed off at `now` and that `skip` does
+    /// not rule out (in use, already tried). Past [`CLOCK_BUDGET`] nodes in
+    /// one claim, reference bits are no longer honoured, so one claim passes
+    /// over at most that many sessions for their bits (and at most twice
+    /// every node in all). Each claimed entry is skipped by every later
+    /// claim until [`unclaim`](Self::unclaim)ed or removed, so concurrent
+    /// requests never pick the same victim.
     ///
     /// `Err` (nothing claimed) carries how many entries others are evicting
     /// right now: room that may come free soon.
@@ -590,34 +811,45 @@ impl<T, F: Clone> Index<T, F> {
         short: Shortfall,
         limit: usize,
         now: Instant,
-        skip: impl Fn(&Bytes, &T) -> bool,
+        skip: impl Fn(&[u8], &T) -> bool,
     ) -> Result<Vec<(Bytes, Arc<T>)>, usize> {
         let mut chosen = Vec::new();
         let (mut sessions, mut bytes) = (0, 0);
-        for key in self.lru.values() {
+        let count = self.nodes.len();
+        let mut steps = 0;
+        while steps < 2 * count {
             if chosen.len() >= limit || (sessions >= short.sessions && bytes >= short.bytes) {
                 break;
             }
-            let Some(Slot::Resident(resident)) = self.map.get(key) else {
+            let second_chances = steps < CLOCK_BUDGET.min(count);
+            steps += 1;
+            let at = self.hand % count;
+            self.hand = (at + 1) % count;
+            let node = &mut self.nodes[at];
+            let Kind::Resident(resident) = &node.kind else {
                 continue;
             };
-            if resident.claimed
-                || resident.backoff_until.is_some_and(|until| until > now)
-                || skip(key, &resident.entry)
+            if node.claimed
+                || resident
+                    .backoff_until
+                    .as_deref()
+                    .is_some_and(|until| *until > now)
+                || skip(node.key.as_slice(), &resident.entry)
             {
                 continue;
             }
+            if node.referenced && second_chances {
+                node.referenced = false;
+                continue;
+            }
+            node.referenced = false;
+            node.claimed = true;
             sessions += 1;
             bytes += resident.weight;
-            chosen.push((key.clone(), Arc::clone(&resident.entry)));
+            chosen.push((node.key.to_bytes(), Arc::clone(&resident.entry)));
         }
         if chosen.is_empty() {
             return Err(self.evicting);
-        }
-        for (key, _) in &chosen {
-            if let Some(Slot::Resident(resident)) = self.map.get_mut(key) {
-                resident.claimed = true;
-            }
         }
         self.evicting += chosen.len();
         Ok(chosen)
@@ -626,11 +858,10 @@ impl<T, F: Clone> Index<T, F> {
     /// Ends the claim on the resident `entry` of `key` (its eviction did not
     /// happen); nothing if it is no longer resident.
     pub fn unclaim(&mut self, key: &[u8], entry: &Arc<T>) {
-        if let Some(Slot::Resident(resident)) = self.map.get_mut(key)
-            && Arc::ptr_eq(&resident.entry, entry)
-            && resident.claimed
+        if let Some(at) = self.find_entry(key, entry)
+            && self.nodes[at].claimed
         {
-            resident.claimed = false;
+            self.nodes[at].claimed = false;
             self.evicting -= 1;
         }
     }
@@ -638,10 +869,10 @@ impl<T, F: Clone> Index<T, F> {
     /// Marks the resident `entry` of `key` as not worth another write-back
     /// attempt under pressure until `until`.
     pub fn back_off(&mut self, key: &[u8], entry: &Arc<T>, until: Instant) {
-        if let Some(Slot::Resident(resident)) = self.map.get_mut(key)
-            && Arc::ptr_eq(&resident.entry, entry)
+        if let Some(at) = self.find_entry(key, entry)
+            && let Kind::Resident(resident) = &mut self.nodes[at].kind
         {
-            resident.backoff_until = Some(until);
+            resident.backoff_until = Some(Box::new(until));
         }
     }
 
@@ -657,13 +888,7 @@ impl<T, F: Clone> Index<T, F> {
         expires: Instant,
         now: Instant,
     ) -> usize {
-        debug_assert!(
-            !matches!(
-                self.map.get(key),
-                Some(Slot::Resident(_) | Slot::Loading(_))
-            ),
-            "tombstone on an occupied key"
-        );
+        debug_assert!(!self.occupied(key), "tombstone on an occupied key");
         self.remove_tombstone(key);
         let mut dropped = 0;
         if self.tombs.len() >= self.bounds.tombstones {
@@ -673,29 +898,30 @@ impl<T, F: Clone> Index<T, F> {
             let Some((_, oldest)) = self.tombs.pop_first() else {
                 break;
             };
-            self.map.remove(&oldest);
+            self.free_node(oldest as usize);
             dropped += 1;
         }
         let seq = self.next_seq();
-        let key = Bytes::copy_from_slice(key);
-        self.tombs.insert((expires, seq), key.clone());
-        self.map.insert(
+        let at = self.add(
             key,
-            Slot::Moved(Tombstone {
+            Kind::Moved(Box::new(Tombstone {
                 owner,
                 version,
                 expires,
                 seq,
-            }),
+            })),
         );
+        self.tombs.insert((expires, seq), at as u32);
         dropped
     }
 
     fn remove_tombstone(&mut self, key: &[u8]) {
-        if let Some(Slot::Moved(tomb)) = self.map.get(key) {
-            let at = (tomb.expires, tomb.seq);
-            self.tombs.remove(&at);
-            self.map.remove(key);
+        if let Some(at) = self.find(key)
+            && let Kind::Moved(tomb) = &self.nodes[at].kind
+        {
+            let expiry = (tomb.expires, tomb.seq);
+            self.tombs.remove(&expiry);
+            self.free_node(at);
         }
     }
 
@@ -706,30 +932,34 @@ impl<T, F: Clone> Index<T, F> {
             if entry.key().0 > now {
                 break;
             }
-            let key = entry.remove();
-            self.map.remove(&key);
+            let at = entry.remove();
+            self.free_node(at as usize);
             purged += 1;
         }
         purged
     }
 
-    /// Resident entries last accessed at or before `cutoff`, least recent
-    /// first, at most `limit`.
-    pub fn idle(&self, cutoff: Instant, limit: usize) -> Vec<(Bytes, Arc<T>)> {
-        let mut idle = Vec::new();
-        for key in self.lru.values() {
-            if idle.len() >= limit {
-                break;
+    /// Appends to `out` the resident entries last accessed at or before
+    /// `cutoff` among the next `scan` nodes from `cursor` (in slab order),
+    /// and moves `cursor` past them. Returns true when the walk has passed
+    /// the last node. A walk in pages keeps each hold of the lock short.
+    pub fn idle(
+        &self,
+        cutoff: Instant,
+        cursor: &mut SlabCursor,
+        scan: usize,
+        out: &mut Vec<(Bytes, Arc<T>)>,
+    ) -> bool {
+        let end = cursor.0.saturating_add(scan).min(self.nodes.len());
+        for node in self.nodes.get(cursor.0..end).unwrap_or_default() {
+            if let Kind::Resident(resident) = &node.kind
+                && resident.last_access <= cutoff
+            {
+                out.push((node.key.to_bytes(), Arc::clone(&resident.entry)));
             }
-            let Some(Slot::Resident(resident)) = self.map.get(key) else {
-                continue;
-            };
-            if resident.last_access > cutoff {
-                break;
-            }
-            idle.push((key.clone(), Arc::clone(&resident.entry)));
         }
-        idle
+        cursor.0 = end;
+        end >= self.nodes.len()
     }
 
     /// Whether a resident key lies in one of `spans`: O(log n) per span.
@@ -745,6 +975,10 @@ impl<T, F: Clone> Index<T, F> {
     /// walk has reached the end of the last span. O(log n) per span visited
     /// plus O(keys returned): a walk over every span costs O(spans · log n +
     /// keys in them), whatever the other keys.
+    ///
+    /// Keys of equal ring hash are ordered by their node, so a key removed
+    /// and added again between two pages may come twice (see
+    /// `ShardWalk::page`, which drops the repeat).
     pub fn resident_in(
         &self,
         spans: &[HashSpan],
@@ -754,18 +988,12 @@ impl<T, F: Clone> Index<T, F> {
     ) -> bool {
         let mut taken = 0;
         while let Some(span) = spans.get(cursor.span) {
-            // The last key taken from this span in this call: where the
-            // next call resumes (cloned once per page, not per key).
-            let mut last = None;
-            for item in self.by_hash.range(span.bounds(cursor.after.as_ref())) {
+            for &(hash, at) in self.by_hash.range(span.bounds(cursor.after)) {
                 if taken >= limit {
-                    if let Some(last) = last {
-                        cursor.after = Some(Hashed::clone(last));
-                    }
                     return false;
                 }
-                out.push(item.clone());
-                last = Some(item);
+                out.push((hash, self.nodes[at as usize].key.to_bytes()));
+                cursor.after = Some((hash, at));
                 taken += 1;
             }
             cursor.span += 1;
@@ -774,43 +1002,78 @@ impl<T, F: Clone> Index<T, F> {
         true
     }
 
-    /// Every resident entry, least recently used first.
+    /// Every resident entry, in slab order.
     pub fn entries(&self) -> Vec<(Bytes, Arc<T>)> {
-        self.lru
-            .values()
-            .filter_map(|key| match self.map.get(key) {
-                Some(Slot::Resident(resident)) => Some((key.clone(), Arc::clone(&resident.entry))),
-                _ => None,
-            })
-            .collect()
+        let mut entries = Vec::with_capacity(self.resident);
+        for node in &self.nodes {
+            if let Kind::Resident(resident) = &node.kind {
+                entries.push((node.key.to_bytes(), Arc::clone(&resident.entry)));
+            }
+        }
+        entries
     }
 
     /// Checks every invariant; `Err` names the first broken one.
     #[cfg(test)]
     pub fn check(&self) -> Result<(), String> {
         let mut bytes = 0;
-        let (mut resident, mut loading, mut moved, mut claimed) = (0, 0, 0, 0);
-        for (key, slot) in &self.map {
-            match slot {
-                Slot::Resident(r) => {
+        let (mut resident, mut loading, mut moved, mut claimed, mut free) = (0, 0, 0, 0, 0);
+        for (at, node) in self.nodes.iter().enumerate() {
+            let key = node.key.as_slice();
+            if !matches!(node.kind, Kind::Free) && self.find(key) != Some(at) {
+                return Err(format!("key {key:?} is not found at its node"));
+            }
+            if !matches!(node.kind, Kind::Resident(_)) && (node.claimed || node.referenced) {
+                return Err(format!("node {at} is marked but not resident"));
+            }
+            match &node.kind {
+                Kind::Free => free += 1,
+                Kind::Resident(r) => {
                     resident += 1;
                     bytes += r.weight;
-                    claimed += usize::from(r.claimed);
-                    if self.lru.get(&r.seq) != Some(key) {
-                        return Err(format!("lru misses resident key {key:?}"));
-                    }
-                    if !self.by_hash.contains(&(hash_key(key), key.clone())) {
+                    claimed += usize::from(node.claimed);
+                    if !self.by_hash.contains(&(hash_key(key), at as u32)) {
                         return Err(format!("the shard index misses resident key {key:?}"));
                     }
                 }
-                Slot::Loading(_) => loading += 1,
-                Slot::Moved(t) => {
+                Kind::Loading(_) => loading += 1,
+                Kind::Moved(t) => {
                     moved += 1;
-                    if self.tombs.get(&(t.expires, t.seq)) != Some(key) {
+                    if self.tombs.get(&(t.expires, t.seq)) != Some(&(at as u32)) {
                         return Err(format!("tombs misses moved key {key:?}"));
                     }
                 }
             }
+        }
+        let mut listed = 0;
+        let mut at = self.free;
+        while at != NIL {
+            if !matches!(self.nodes[at as usize].kind, Kind::Free) {
+                return Err(format!("node {at} on the free list is in use"));
+            }
+            listed += 1;
+            at = self.nodes[at as usize].next;
+        }
+        if listed != free {
+            return Err(format!("{free} free nodes, {listed} on the free list"));
+        }
+        let chained: usize = self
+            .buckets
+            .values()
+            .map(|&head| {
+                let (mut n, mut at) = (0, head);
+                while at != NIL {
+                    n += 1;
+                    at = self.nodes[at as usize].next;
+                }
+                n
+            })
+            .sum();
+        if chained != self.nodes.len() - free {
+            return Err(format!(
+                "{chained} nodes in buckets, {} in use",
+                self.nodes.len() - free
+            ));
         }
         if bytes != self.bytes {
             return Err(format!("bytes {} but weights sum to {bytes}", self.bytes));
@@ -838,8 +1101,7 @@ impl<T, F: Clone> Index<T, F> {
         {
             return Err("session or load bound exceeded".into());
         }
-        if self.lru.len() != resident || self.by_hash.len() != resident || self.tombs.len() != moved
-        {
+        if self.by_hash.len() != resident || self.tombs.len() != moved {
             return Err("order maps hold stale keys".into());
         }
         if moved > self.bounds.tombstones {
@@ -990,14 +1252,12 @@ mod tests {
     }
 
     #[test]
-    fn claims_follow_least_recent_access_and_skip_busy_and_backed_off() {
+    fn claims_follow_the_clock_and_skip_busy_and_backed_off() {
         let t0 = Instant::now();
         let mut index = TestIndex::new(bounds());
         let _a = load(&mut index, "a", 10, t0);
         let b = load(&mut index, "b", 20, t0);
         let _c = load(&mut index, "c", 30, t0);
-        // Touch a: order is now b, c, a.
-        assert!(matches!(index.lookup(b"a", t0), Lookup::Resident(_)));
         let need = Shortfall {
             sessions: 1,
             bytes: 40,
@@ -1007,8 +1267,15 @@ mod tests {
             unclaim_all(index, &claimed);
             keys(&claimed)
         };
+        // New sessions start with a second chance: the hand clears every
+        // reference bit, comes round again and takes them in slab order.
+        assert_eq!(claim(&mut index, 10, t0, &|_| false), ["a", "b", "c"]);
+        // The hand is back at a. A session touched since the hand passed it
+        // is passed over once (its bit cleared).
+        assert!(matches!(index.lookup(b"a", t0), Lookup::Resident(_)));
         assert_eq!(claim(&mut index, 10, t0, &|_| false), ["b", "c"]);
-        assert_eq!(claim(&mut index, 1, t0, &|_| false), ["b"]);
+        // Untouched since: a goes first now.
+        assert_eq!(claim(&mut index, 1, t0, &|_| false), ["a"]);
         let busy_b = |e: &u32| std::ptr::eq(e, Arc::as_ptr(&b));
         assert_eq!(claim(&mut index, 10, t0, &busy_b), ["c", "a"]);
         index.back_off(
@@ -1020,6 +1287,35 @@ mod tests {
         let later = t0 + Duration::from_secs(6);
         assert_eq!(claim(&mut index, 10, later, &|_| false), ["b", "c"]);
         assert_eq!(index.evicting(), 0);
+        index.check().unwrap();
+    }
+
+    #[test]
+    fn a_claim_passes_over_a_bounded_number_of_touched_sessions() {
+        let t0 = Instant::now();
+        let sessions = CLOCK_BUDGET + 10;
+        let mut index = TestIndex::new(Bounds {
+            sessions,
+            total_bytes: sessions,
+            loads: 1,
+            tombstones: 1,
+        });
+        for i in 0..sessions {
+            let key = format!("s{i}");
+            index.insert(key.as_bytes(), Arc::new(0), 1, t0, &mut Room::default());
+        }
+        let one = Shortfall {
+            sessions: 1,
+            bytes: 0,
+        };
+        // Every session is touched: the first claim gives second chances
+        // to CLOCK_BUDGET of them, then takes the next one all the same.
+        let first = index.claim(one, 1, t0, |_, _| false).unwrap();
+        assert_eq!(keys(&first), [format!("s{CLOCK_BUDGET}")]);
+        // The next claim passes over the 9 touched sessions left, comes
+        // round and takes the first whose second chance is spent.
+        let second = index.claim(one, 1, t0, |_, _| false).unwrap();
+        assert_eq!(keys(&second), ["s0"]);
         index.check().unwrap();
     }
 
@@ -1144,9 +1440,14 @@ mod tests {
         let a = load(&mut index, "a", 1, t0);
         let _b = load(&mut index, "b", 1, t0);
         assert!(matches!(index.lookup(b"b", t1), Lookup::Resident(_)));
-        let idle = index.idle(t0, 10);
-        assert_eq!(idle.len(), 1);
-        assert_eq!(idle[0].0, "a");
+        let mut idle = Vec::new();
+        assert!(index.idle(t0, &mut SlabCursor::default(), 10, &mut idle));
+        assert_eq!(keys(&idle), ["a"]);
+        // The same a node at a time.
+        let (mut cursor, mut paged) = (SlabCursor::default(), Vec::new());
+        assert!(!index.idle(t0, &mut cursor, 1, &mut paged));
+        assert!(index.idle(t0, &mut cursor, 1, &mut paged));
+        assert_eq!(keys(&paged), ["a"]);
         // An access after the cutoff protects a session from idle removal.
         assert!(matches!(index.lookup(b"a", t1), Lookup::Resident(_)));
         assert_eq!(index.remove(b"a", &a, Some(t0), None), None);
@@ -1310,12 +1611,15 @@ mod tests {
     #[test]
     fn the_shard_index_lists_each_shards_resident_keys_at_any_shard_count() {
         let t0 = Instant::now();
+        // Few buckets: keys share them, so their chains are exercised
+        // (added, found, unlinked at the head and in the middle).
         let mut index = TestIndex::new(Bounds {
             sessions: 400,
             total_bytes: 1 << 20,
             loads: 8,
             tombstones: 50,
-        });
+        })
+        .with_few_buckets();
         let mut mix = Mix(0x9e37_79b9_7f4a_7c15);
         let counts: Vec<ShardCount> = [1, 2, 8, 64, 4096, 65_536]
             .into_iter()
@@ -1364,7 +1668,7 @@ mod tests {
                 }
             }
             if round == 3 {
-                // A pressure eviction of the least recently used.
+                // A pressure eviction by the clock.
                 let need = Shortfall {
                     sessions: 40,
                     bytes: 0,

@@ -32,7 +32,7 @@ config_fields! {
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct Limits, built by LimitsBuilder {
         /// Most sessions resident or loading at once. Past it, idle sessions are
-        /// written back and evicted, least recently used first; if none can be,
+        /// written back and evicted, those not touched lately first (a clock); if none can be,
         /// new sessions are refused with [`StoreError::Full`]. Default 100 000.
         max_sessions: usize = 100_000;
         /// Most bytes one session may weigh (by the store's weigher). A write past

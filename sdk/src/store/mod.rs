@@ -22,8 +22,8 @@
 //!   requests wait for it; the load finishes and the session becomes resident
 //!   even if every caller gave up, so the retry finds it warm.
 //! * **Write-back before eviction.** Idle sessions (passivation) and, under
-//!   memory pressure, the least recently used ones are stored through the
-//!   persistence, if changed since their last write-back, and only then
+//!   memory pressure, ones not touched lately (by a clock: see
+//!   `index`) are stored through the persistence, if changed since their last write-back, and only then
 //!   evicted. A failed write-back keeps the session.
 //! * **Handoff hooks.** [`export`](SessionStore::export),
 //!   [`hand_off`](SessionStore::hand_off) (export and leave a tombstone, so

@@ -90,6 +90,9 @@ struct ShardWalk {
     cursor: SpanCursor,
     page: Vec<(u64, Bytes)>,
     found: Vec<(u32, Bytes)>,
+    /// The ring hash of the last key found, and where the keys of that hash
+    /// start in `found`.
+    run: Option<(u64, usize)>,
 }
 
 impl ShardWalk {
@@ -100,6 +103,7 @@ impl ShardWalk {
             cursor: SpanCursor::default(),
             page: Vec::with_capacity(PAGE),
             found: Vec::new(),
+            run: None,
         }
     }
 
@@ -111,12 +115,20 @@ impl ShardWalk {
     {
         let (spans, cursor, page) = (&self.spans, &mut self.cursor, &mut self.page);
         let done = store.with_index(|index| index.resident_in(spans, cursor, PAGE, page));
-        let shards = self.shards;
-        self.found.extend(
-            self.page
-                .drain(..)
-                .map(|(hash, key)| (shards.shard_of_hash(hash), key)),
-        );
+        for (hash, key) in self.page.drain(..) {
+            // Keys of equal hashes are ordered by their place in the index,
+            // so a key removed and added again between two pages can come
+            // again, right among the keys of its hash: keep it once.
+            match self.run {
+                Some((last, start)) if last == hash => {
+                    if self.found[start..].iter().any(|(_, seen)| *seen == key) {
+                        continue;
+                    }
+                }
+                _ => self.run = Some((hash, self.found.len())),
+            }
+            self.found.push((self.shards.shard_of_hash(hash), key));
+        }
         done
     }
 }

@@ -22,9 +22,6 @@ use crate::store::{
 
 /// The store calls the handoff protocol makes; see the [module docs](self).
 pub trait SessionTable: Send + Sync + 'static {
-    /// Keys of the resident sessions.
-    fn resident_keys(&self) -> Vec<Bytes>;
-
     /// Resident sessions: O(1).
     fn len(&self) -> usize;
 
@@ -110,10 +107,6 @@ where
     V: Clone + Send + Sync + 'static,
     P: Persistence<V>,
 {
-    fn resident_keys(&self) -> Vec<Bytes> {
-        SessionStore::resident_keys(self)
-    }
-
     fn len(&self) -> usize {
         SessionStore::len(self)
     }

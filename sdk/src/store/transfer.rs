@@ -138,8 +138,8 @@ where
     V: Clone + Send + Sync + 'static,
     P: Persistence<V>,
 {
-    /// The keys of every resident session, least recently used first,
-    /// without counting an access. O(sessions), under the index lock: to
+    /// The keys of every resident session, in the index's order, without
+    /// counting an access. O(sessions), under the index lock: to
     /// find the keys of some shards, use
     /// [`keys_in_shards`](Self::keys_in_shards).
     pub fn resident_keys(&self) -> Vec<Bytes> {
@@ -420,7 +420,7 @@ where
         Err(self.busy(key))
     }
 
-    /// Every resident session, encoded, least recently used first. The set
+    /// Every resident session, encoded, in the index's order. The set
     /// of keys is taken when the stream starts; sessions that leave memory
     /// before the stream reaches them are skipped. Each session is read under
     /// its shared lock, so the stream waits behind a running update.
