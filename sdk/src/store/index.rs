@@ -219,6 +219,11 @@ const INLINE_KEY: usize = 22;
 /// were touched since the hand last passed.
 const CLOCK_BUDGET: usize = 4096;
 
+/// How many candidates the hand gathers before it claims the least recently
+/// accessed of them (so that among sessions the clock cannot tell apart,
+/// the older access goes first).
+const CLOCK_SAMPLE: usize = 8;
+
 /// A key, inline if short (no allocation of its own).
 #[derive(Debug)]
 enum Key {
@@ -814,6 +819,9 @@ impl<T, F: Clone> Index<T, F> {
         skip: impl Fn(&[u8], &T) -> bool,
     ) -> Result<Vec<(Bytes, Arc<T>)>, usize> {
         let mut chosen = Vec::new();
+        // Candidates the hand found, the least recently accessed of which
+        // is claimed when there are `CLOCK_SAMPLE` of them.
+        let mut window: Vec<usize> = Vec::with_capacity(CLOCK_SAMPLE);
         let (mut sessions, mut bytes) = (0, 0);
         let count = self.nodes.len();
         let mut steps = 0;
@@ -842,17 +850,53 @@ impl<T, F: Clone> Index<T, F> {
                 node.referenced = false;
                 continue;
             }
-            node.referenced = false;
-            node.claimed = true;
-            sessions += 1;
-            bytes += resident.weight;
-            chosen.push((node.key.to_bytes(), Arc::clone(&resident.entry)));
+            if !window.contains(&at) {
+                window.push(at);
+            }
+            if window.len() >= CLOCK_SAMPLE
+                && let Some(weight) = self.claim_oldest(&mut window, &mut chosen)
+            {
+                sessions += 1;
+                bytes += weight;
+            }
+        }
+        while !window.is_empty()
+            && chosen.len() < limit
+            && (sessions < short.sessions || bytes < short.bytes)
+        {
+            if let Some(weight) = self.claim_oldest(&mut window, &mut chosen) {
+                sessions += 1;
+                bytes += weight;
+            }
         }
         if chosen.is_empty() {
             return Err(self.evicting);
         }
         self.evicting += chosen.len();
         Ok(chosen)
+    }
+
+    /// Claims the least recently accessed node of `window` (the first of
+    /// equals) and takes it out; returns its weight.
+    fn claim_oldest(
+        &mut self,
+        window: &mut Vec<usize>,
+        chosen: &mut Vec<(Bytes, Arc<T>)>,
+    ) -> Option<usize> {
+        let (place, _) = window
+            .iter()
+            .enumerate()
+            .filter_map(|(place, &at)| Some((place, self.resident_at(at)?.last_access)))
+            .min_by_key(|&(_, last_access)| last_access)?;
+        let at = window.remove(place);
+        let node = &mut self.nodes[at];
+        let Kind::Resident(resident) = &node.kind else {
+            return None;
+        };
+        node.referenced = false;
+        node.claimed = true;
+        chosen.push((node.key.to_bytes(), Arc::clone(&resident.entry)));
+        Some(resident.weight)
     }
 
     /// Ends the claim on the resident `entry` of `key` (its eviction did not
@@ -1277,15 +1321,22 @@ mod tests {
         // Untouched since: a goes first now.
         assert_eq!(claim(&mut index, 1, t0, &|_| false), ["a"]);
         let busy_b = |e: &u32| std::ptr::eq(e, Arc::as_ptr(&b));
-        assert_eq!(claim(&mut index, 10, t0, &busy_b), ["c", "a"]);
+        assert_eq!(claim(&mut index, 10, t0, &busy_b), ["a", "c"]);
         index.back_off(
             b"c",
             &index.peek(b"c").unwrap(),
             t0 + Duration::from_secs(5),
         );
-        assert_eq!(claim(&mut index, 10, t0, &|_| false), ["b", "a"]);
+        assert_eq!(claim(&mut index, 10, t0, &|_| false), ["a", "b"]);
         let later = t0 + Duration::from_secs(6);
-        assert_eq!(claim(&mut index, 10, later, &|_| false), ["b", "c"]);
+        assert_eq!(claim(&mut index, 10, later, &|_| false), ["a", "b", "c"]);
+        // Among candidates the clock cannot tell apart, the older access
+        // goes first.
+        assert!(matches!(index.lookup(b"a", later), Lookup::Resident(_)));
+        assert!(matches!(index.lookup(b"b", t0), Lookup::Resident(_)));
+        let mut oldest = claim(&mut index, 10, later, &|_| false);
+        oldest.sort();
+        assert_eq!(oldest, ["b", "c"]);
         assert_eq!(index.evicting(), 0);
         index.check().unwrap();
     }
