@@ -20,7 +20,8 @@
 //! 6. the inner service (the application) runs; the first answer for a key
 //!    taken over in a transition (by any path) carries
 //!    [`x-locus-takeover`](crate::driver::TAKEOVER_HEADER) and is counted as
-//!    served in the pod's report;
+//!    served in the pod's report (announced `late` and not counted once the
+//!    transition's report is final);
 //! 7. the answered request is counted in the key's shard, with its request
 //!    and response body bytes ([`load`](crate::load)).
 
@@ -222,9 +223,9 @@ where
             };
             let request_bytes = body_length(request.body(), request.headers());
             let takeover = member.state.unserved.take(&key);
-            if let Some((epoch, taken)) = takeover {
-                member.state.moved.served(epoch, taken);
-                member.state.metrics.served(taken);
+            if let Some(t) = takeover.filter(|t| !t.late) {
+                member.state.moved.served(t.epoch, t.path);
+                member.state.metrics.served(t.path);
             }
             let mut response = inner.call(request).await?;
             let bytes = request_bytes + body_length(response.body(), response.headers());
@@ -234,8 +235,12 @@ where
                     .headers_mut()
                     .insert(HANDOFF_HEADER, HeaderValue::from_static(path));
             }
-            if let Some((epoch, taken)) = takeover
-                && let Ok(value) = HeaderValue::from_str(&format!("{epoch}:{taken}"))
+            if let Some(t) = takeover
+                && let Ok(value) = HeaderValue::from_str(&if t.late {
+                    format!("{}:{}:late", t.epoch, t.path)
+                } else {
+                    format!("{}:{}", t.epoch, t.path)
+                })
             {
                 response.headers_mut().insert(TAKEOVER_HEADER, value);
             }
