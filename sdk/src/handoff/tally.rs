@@ -312,6 +312,15 @@ pub(crate) struct Takeover {
     pub late: bool,
 }
 
+impl Takeover {
+    /// The value of [`TAKEOVER_HEADER`](crate::driver::TAKEOVER_HEADER):
+    /// `<epoch>:<path>`, with `:late` if late.
+    pub(crate) fn header(&self) -> String {
+        let late = if self.late { ":late" } else { "" };
+        format!("{}:{}{late}", self.epoch, self.path)
+    }
+}
+
 /// The keys taken over whose first request was not served yet, with their
 /// epoch and path: the next request for one is counted as served and its
 /// answer says how the key arrived. Once the transition's report is final
@@ -560,20 +569,20 @@ mod tests {
         assert_eq!(tally.next_deadline(), Some(t0 + DEADLINE));
     }
 
-    fn counted(epoch: u64, path: TakeoverPath) -> Option<Takeover> {
-        Some(Takeover {
+    fn counted(epoch: u64, path: TakeoverPath) -> Takeover {
+        Takeover {
             epoch,
             path,
             late: false,
-        })
+        }
     }
 
-    fn late(epoch: u64, path: TakeoverPath) -> Option<Takeover> {
-        Some(Takeover {
+    fn late(epoch: u64, path: TakeoverPath) -> Takeover {
+        Takeover {
             epoch,
             path,
             late: true,
-        })
+        }
     }
 
     #[test]
@@ -585,12 +594,16 @@ mod tests {
         unserved.insert(b"b", 5, TakeoverPath::Absent);
         unserved.insert(b"c", 6, TakeoverPath::Absent);
         assert_eq!(unserved.take(b"c"), None, "over the bound: not followed");
-        assert_eq!(unserved.take(b"a"), counted(5, TakeoverPath::Pushed));
+        let a = unserved.take(b"a");
+        assert_eq!(a, Some(counted(5, TakeoverPath::Pushed)));
+        assert_eq!(a.map(|t| t.header()).as_deref(), Some("5:pushed"));
         assert_eq!(unserved.take(b"a"), None, "once");
         assert_eq!(unserved.next_expiry(), None);
         unserved.finished(&[5], t0);
         assert_eq!(unserved.next_expiry(), Some(t0 + LATE_ANNOUNCEMENT));
-        assert_eq!(unserved.take(b"b"), late(5, TakeoverPath::Absent));
+        let b = unserved.take(b"b");
+        assert_eq!(b, Some(late(5, TakeoverPath::Absent)));
+        assert_eq!(b.map(|t| t.header()).as_deref(), Some("5:absent:late"));
         // A takeover after the report was final is announced late as well.
         unserved.insert_late(b"d", 5, TakeoverPath::FencedLoad, t0);
         unserved.finished(&[], t0 + LATE_ANNOUNCEMENT);
@@ -607,8 +620,8 @@ mod tests {
         unserved.finished(&[5], t0);
         unserved.insert(b"c", 7, TakeoverPath::Absent);
         assert_eq!(unserved.take(b"a"), None, "the late one made room");
-        assert_eq!(unserved.take(b"b"), counted(6, TakeoverPath::Pushed));
-        assert_eq!(unserved.take(b"c"), counted(7, TakeoverPath::Absent));
+        assert_eq!(unserved.take(b"b"), Some(counted(6, TakeoverPath::Pushed)));
+        assert_eq!(unserved.take(b"c"), Some(counted(7, TakeoverPath::Absent)));
     }
 
     #[tokio::test]

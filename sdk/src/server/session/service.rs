@@ -236,11 +236,7 @@ where
                     .insert(HANDOFF_HEADER, HeaderValue::from_static(path));
             }
             if let Some(t) = takeover
-                && let Ok(value) = HeaderValue::from_str(&if t.late {
-                    format!("{}:{}:late", t.epoch, t.path)
-                } else {
-                    format!("{}:{}", t.epoch, t.path)
-                })
+                && let Ok(value) = HeaderValue::from_str(&t.header())
             {
                 response.headers_mut().insert(TAKEOVER_HEADER, value);
             }
