@@ -14,9 +14,9 @@
 //! * **Switch** — the ownership layer routes by the new `current` at once.
 //!   Records pushed to this pod before it owned their keys are installed
 //!   (promotion); other gained keys are taken over on first touch
-//!   ([`touch`] module: transfer from the previous owner). Keys this pod lost
+//!   (the `touch` module: transfer from the previous owner). Keys this pod lost
 //!   are **drained**: after the requests admitted under older rings have
-//!   finished (the [`gate`]), every resident key this pod no longer owns is
+//!   finished (the `gate`), every resident key this pod no longer owns is
 //!   handed off under its lock (tombstone: stragglers get 421 with the new
 //!   owner) and pushed to its new owner in bounded batches; then
 //!   `drained = V` is reported. Bounded by

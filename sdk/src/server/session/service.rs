@@ -82,7 +82,8 @@ impl<S> Layer<S> for SessionLayer {
     }
 }
 
-/// See the [module docs](self).
+/// The session layer's service; what it does per request is in the
+/// [`session`](crate::server::session) module's docs.
 pub struct SessionService<S> {
     inner: S,
     member: Arc<MemberInner>,
