@@ -5,9 +5,11 @@
 //! process's resident memory.
 //!
 //! `LOCUS_E2E_SCALE` lists the scenarios, comma-separated, each `<services>x<pods>` (default
-//! `1x10`; `make bench` runs more). The local cluster's one node admits 240 pods, so
-//! `services * (pods + max(1, pods / 10))` must stay within that. Each scenario runs in its
-//! own namespace with its own operator, ring-probe services
+//! `1x10`; `make bench` runs more). The scenarios run one after the other, each waiting for its
+//! pods to be gone, so the node must admit the largest `services * (pods + max(1, pods / 10))`:
+//! the test asks the local cluster for that many ([`Cluster::shared_with`]), which takes a pod
+//! range wider than the default /24 (240 pods) when it must, up to 971 pods (one bridge's
+//! ports). Each scenario runs in its own namespace with its own operator, ring-probe services
 //! (`e2e/src/bin/locus_ring_probe.rs`):
 //!
 //! - *create*: every service created at `pods` replicas, until all are Stable;
@@ -31,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::try_join_all;
 use kube::api::{DeleteParams, ListParams};
+use locus_e2e::cluster::{Cluster, ClusterOptions};
 use locus_operator::metrics::Metrics;
 use operator_support::*;
 use serde_json::json;
@@ -161,9 +164,21 @@ async fn all_converged(env: &Env, names: &[String], replicas: usize) {
     .unwrap();
 }
 
+/// A scenario `<services>x<pods>` as (services, pods).
+fn parse(spec: &str) -> (usize, usize) {
+    let (services, pods) = spec
+        .split_once('x')
+        .unwrap_or_else(|| panic!("scenario {spec:?}: expected <services>x<pods>"));
+    (services.parse().unwrap(), pods.parse().unwrap())
+}
+
+/// Pods a scenario runs at its peak: every service after the scale step.
+fn peak_pods((services, pods): (usize, usize)) -> usize {
+    services * (pods + (pods / 10).max(1))
+}
+
 async fn scenario(spec: &str) {
-    let (services, pods) = spec.split_once('x').unwrap();
-    let (services, pods): (usize, usize) = (services.parse().unwrap(), pods.parse().unwrap());
+    let (services, pods) = parse(spec);
     let env = setup("op-scale").await.unwrap();
     let metrics = Arc::new(Metrics::new());
     let _operator = Operator::start_measured(
@@ -225,11 +240,24 @@ async fn scenario(spec: &str) {
 #[tokio::test]
 async fn operator_cost_per_transition() {
     let scenarios = std::env::var("LOCUS_E2E_SCALE").unwrap_or_else(|_| SCENARIOS.to_owned());
-    for spec in scenarios
+    let specs: Vec<&str> = scenarios
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-    {
+        .collect();
+    let peak = specs.iter().map(|s| peak_pods(parse(s))).max().unwrap_or(0);
+    let cluster = Cluster::shared_with(ClusterOptions::pods(u32::try_from(peak).unwrap()))
+        .await
+        .unwrap();
+    println!(
+        "operator-scale: {}",
+        json!({
+            "peak_pods": peak,
+            "pod_cidr": cluster.info().pod_cidr,
+            "node_admits": cluster.info().pod_capacity,
+        })
+    );
+    for spec in specs {
         scenario(spec).await;
     }
 }

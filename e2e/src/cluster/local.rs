@@ -35,6 +35,9 @@ pub struct LocalClusterConfig {
     pub images: Vec<(String, PathBuf)>,
     /// Name of the node the agent registers.
     pub node_name: String,
+    /// Prefix length of the pod range: [`super::network::DEFAULT_POD_PREFIX`] (a /24, 240
+    /// pods) unless more pods are needed ([`super::network::pod_prefix_for`]).
+    pub pod_prefix: u8,
 }
 
 /// What a running cluster tells its users (printed as JSON by `locus-cluster up --json`).
@@ -56,6 +59,10 @@ pub struct ClusterInfo {
     pub bridge: String,
     /// The pod range.
     pub pod_cidr: String,
+    /// How many pods the node admits (its pod range's [`super::network::pod_capacity`]);
+    /// 0 on an external cluster.
+    #[serde(default)]
+    pub pod_capacity: u32,
     /// Seconds from start to a ready cluster.
     pub start_seconds: f64,
 }
@@ -126,7 +133,7 @@ impl LocalCluster {
         }
         let logs = run.join("logs");
 
-        let network = ClusterNetwork::create(run)?;
+        let network = ClusterNetwork::create(run, config.pod_prefix)?;
         let mut cluster = Self {
             info: ClusterInfo {
                 kubeconfig: run.join("admin.kubeconfig"),
@@ -137,6 +144,7 @@ impl LocalCluster {
                 node_name: None,
                 bridge: network.bridge.clone(),
                 pod_cidr: network.pod_cidr.clone(),
+                pod_capacity: super::network::pod_capacity(network.pod_prefix).unwrap_or_default(),
                 start_seconds: 0.0,
             },
             network,

@@ -1,8 +1,12 @@
-//! The cluster network: one Linux bridge per cluster with a private /24 pod range.
+//! The cluster network: one Linux bridge per cluster with a private pod range.
 //!
 //! Cluster `n` (1..=250) owns bridge `locus<n>` with address `10.213.<n>.1/24`; the API
 //! server listens on that address so pods can reach it, and the node agent gives each pod a
-//! veth on the bridge with an address from the same /24. Nothing routes beyond the bridge:
+//! veth on the bridge with an address from the same /24. A cluster started for more pods
+//! than a /24 holds ([`pod_prefix_for`]) takes a larger range, block `n` of its size in
+//! `10.224.0.0/12` (a /22 for cluster 3 is `10.224.8.0/22`), with the gateway at its first
+//! host address; [`pod_capacity`] is how many pods a range holds, and the node agent
+//! advertises exactly that. Nothing routes beyond the bridge:
 //! pod namespaces have no default route and the host does not forward. While the bridge is
 //! up, two iptables FORWARD rules tagged `locus-cluster <bridge>` accept its traffic, for
 //! hosts where Docker set the FORWARD policy to DROP (see [`super::firewall`]).
@@ -27,6 +31,68 @@ use super::process::kill_group;
 const STATE_DIR: &str = "/run/locus";
 const MAX_CLUSTERS: u8 = 250;
 
+/// The pod range's prefix length unless a cluster is asked for more pods.
+pub const DEFAULT_POD_PREFIX: u8 = 24;
+/// The widest pod range a cluster takes: every one of the 250 slots has its own /20 in
+/// [`LARGE_RANGES`].
+pub const MIN_POD_PREFIX: u8 = 20;
+/// Where ranges wider than a /24 come from (`10.224.0.0/12`), so they overlap neither the
+/// /24s of `10.213.0.0/16` nor each other.
+const LARGE_RANGES: Ipv4Addr = Ipv4Addr::new(10, 224, 0, 0);
+/// Ports one Linux bridge takes: port numbers are 10 bits and 0 is reserved, so attaching a
+/// 1024th interface fails with `EXFULL` ("Exchange full"). Every pod's veth is one port.
+pub const BRIDGE_PORTS: u32 = 1023;
+
+/// How many pods a node on a pod range with prefix length `prefix` admits: the range's host
+/// addresses less the gateway (the network and broadcast addresses are not hosts), bounded
+/// by the ports of the one bridge, less 5 % (rounded up) kept free for pods that still hold
+/// an address while they terminate. A /24 admits 240; a /22 969; anything wider is bounded by
+/// the bridge (971). `None` for prefix lengths outside 16..=29.
+pub fn pod_capacity(prefix: u8) -> Option<u32> {
+    if !(16..=29).contains(&prefix) {
+        return None;
+    }
+    let hosts = (1u32 << (32 - u32::from(prefix))) - 2;
+    let usable = (hosts - 1).min(BRIDGE_PORTS);
+    Some(usable - usable.div_ceil(20))
+}
+
+/// The narrowest pod range (largest prefix length, never narrower than the default /24) whose
+/// node admits `pods` pods, or an error saying the most one node can admit.
+pub fn pod_prefix_for(pods: u32) -> Result<u8, ClusterError> {
+    (MIN_POD_PREFIX..=DEFAULT_POD_PREFIX)
+        .rev()
+        .find(|&prefix| pod_capacity(prefix).is_some_and(|c| c >= pods))
+        .ok_or_else(|| {
+            ClusterError::Network(format!(
+                "a local cluster's node admits at most {} pods (its pods' veths share one bridge of {BRIDGE_PORTS} ports); {pods} were asked for",
+                pod_capacity(MIN_POD_PREFIX).unwrap_or_default()
+            ))
+        })
+}
+
+/// The pod range and gateway of cluster `index` for prefix length `prefix`: the /24
+/// `10.213.<index>.0/24` by default, else block `index - 1` of that size in `10.224.0.0/12`.
+/// The gateway is the range's first host address.
+pub fn pod_range(index: u8, prefix: u8) -> Result<(Ipv4Addr, u8), ClusterError> {
+    if !(1..=MAX_CLUSTERS).contains(&index) {
+        return Err(ClusterError::Network(format!(
+            "cluster index {index} is outside 1..={MAX_CLUSTERS}"
+        )));
+    }
+    if prefix == DEFAULT_POD_PREFIX {
+        return Ok((Ipv4Addr::new(10, 213, index, 0), prefix));
+    }
+    if !(MIN_POD_PREFIX..DEFAULT_POD_PREFIX).contains(&prefix) {
+        return Err(ClusterError::Network(format!(
+            "a pod range of /{prefix} is not offered: use /{MIN_POD_PREFIX} to /{DEFAULT_POD_PREFIX}"
+        )));
+    }
+    let block = 1u32 << (32 - u32::from(prefix));
+    let network = u32::from(LARGE_RANGES) + u32::from(index - 1) * block;
+    Ok((Ipv4Addr::from(network), prefix))
+}
+
 /// The network of one local cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterNetwork {
@@ -36,8 +102,10 @@ pub struct ClusterNetwork {
     pub bridge: String,
     /// The bridge's address: the pods' gateway and the API server's listen address.
     pub gateway: Ipv4Addr,
-    /// The pod range, `10.213.<n>.0/24`.
+    /// The pod range, `10.213.<n>.0/24` unless a larger one was asked for (see [`pod_range`]).
     pub pod_cidr: String,
+    /// The pod range's prefix length.
+    pub pod_prefix: u8,
     /// Whether iptables FORWARD rules accept the bridge's traffic (see [`super::firewall`]).
     pub forward_accepted: bool,
     claim: PathBuf,
@@ -127,9 +195,12 @@ fn io_err(action: String) -> impl FnOnce(std::io::Error) -> ClusterError {
 }
 
 impl ClusterNetwork {
-    /// Claims a free slot, cleaning stale ones on the way, and brings its bridge up.
-    /// `run_dir` is the cluster's run directory (recorded to recognise its processes).
-    pub fn create(run_dir: &std::path::Path) -> Result<Self, ClusterError> {
+    /// Claims a free slot, cleaning stale ones on the way, and brings its bridge up with a
+    /// pod range of prefix length `pod_prefix` ([`DEFAULT_POD_PREFIX`] unless more pods are
+    /// needed, see [`pod_prefix_for`]). `run_dir` is the cluster's run directory (recorded to
+    /// recognise its processes).
+    pub fn create(run_dir: &std::path::Path, pod_prefix: u8) -> Result<Self, ClusterError> {
+        pod_range(1, pod_prefix)?;
         std::fs::create_dir_all(STATE_DIR).map_err(io_err(format!("create {STATE_DIR}")))?;
         let _lock = state_lock()?;
         let run_dir = run_dir.to_string_lossy().into_owned();
@@ -159,11 +230,13 @@ impl ClusterNetwork {
             let json = serde_json::to_vec(&mine).unwrap_or_default();
             file.write_all(&json)
                 .map_err(io_err(format!("write {}", claim.display())))?;
+            let (network, prefix) = pod_range(index, pod_prefix)?;
             let mut net = Self {
                 index,
                 bridge: bridge_name(index),
-                gateway: Ipv4Addr::new(10, 213, index, 1),
-                pod_cidr: format!("10.213.{index}.0/24"),
+                gateway: Ipv4Addr::from(u32::from(network) + 1),
+                pod_cidr: format!("{network}/{prefix}"),
+                pod_prefix: prefix,
                 forward_accepted: false,
                 claim,
                 run_dir,
@@ -187,7 +260,7 @@ impl ClusterNetwork {
         ip(&[
             "addr",
             "add",
-            &format!("{}/24", self.gateway),
+            &format!("{}/{}", self.gateway, self.pod_prefix),
             "dev",
             &self.bridge,
         ])?;
@@ -341,4 +414,58 @@ pub fn clean_stale() -> Result<Vec<String>, ClusterError> {
         ));
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_is_the_range_less_gateway_bounded_by_the_bridge_less_headroom() {
+        // 254 hosts - gateway = 253, less 13: the default node admits what it always did.
+        assert_eq!(pod_capacity(24), Some(240));
+        // 1022 hosts - gateway = 1021, less 52.
+        assert_eq!(pod_capacity(22), Some(969));
+        // 2045 addresses, but one bridge takes 1023 veths.
+        assert_eq!(pod_capacity(21), Some(971));
+        assert_eq!(pod_capacity(16), Some(971));
+        // 6 hosts - gateway = 5, less 1.
+        assert_eq!(pod_capacity(29), Some(4));
+        assert_eq!(pod_capacity(30), None);
+        assert_eq!(pod_capacity(15), None);
+    }
+
+    #[test]
+    fn the_narrowest_range_that_admits_the_pods_is_chosen() {
+        assert_eq!(pod_prefix_for(0).unwrap(), 24);
+        assert_eq!(pod_prefix_for(240).unwrap(), 24);
+        assert_eq!(pod_prefix_for(241).unwrap(), 23);
+        assert_eq!(pod_prefix_for(550).unwrap(), 22);
+        assert_eq!(pod_prefix_for(971).unwrap(), 21);
+        let err = pod_prefix_for(1100).unwrap_err().to_string();
+        assert!(err.contains("at most 971 pods"), "{err}");
+    }
+
+    #[test]
+    fn ranges_are_disjoint_and_the_default_is_unchanged() {
+        assert_eq!(
+            pod_range(7, 24).unwrap(),
+            (Ipv4Addr::new(10, 213, 7, 0), 24)
+        );
+        assert_eq!(
+            pod_range(1, 22).unwrap(),
+            (Ipv4Addr::new(10, 224, 0, 0), 22)
+        );
+        assert_eq!(
+            pod_range(3, 22).unwrap(),
+            (Ipv4Addr::new(10, 224, 8, 0), 22)
+        );
+        // The last slot's widest range still ends inside 10.224.0.0/12.
+        let (last, prefix) = pod_range(MAX_CLUSTERS, MIN_POD_PREFIX).unwrap();
+        let end = u32::from(last) + (1 << (32 - u32::from(prefix))) - 1;
+        assert!(end <= u32::from(Ipv4Addr::new(10, 239, 255, 255)));
+        assert!(pod_range(1, 19).is_err());
+        assert!(pod_range(1, 25).is_err());
+        assert!(pod_range(0, 24).is_err());
+    }
 }

@@ -32,7 +32,7 @@ pub enum StartError {
     /// The bridge does not exist.
     #[error(
         "bridge {0:?} does not exist (or is not a bridge): create it first, e.g. \
-         `ip link add {0} type bridge && ip addr add <gateway>/24 dev {0} && ip link set {0} up`"
+         `ip link add {0} type bridge && ip addr add <gateway>/<pod-cidr prefix> dev {0} && ip link set {0} up`"
     )]
     NoBridge(String),
     /// The images file is unreadable or invalid.

@@ -7,6 +7,8 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use locus_e2e::cluster::network::pod_capacity;
+
 use crate::network::Ipv4Cidr;
 
 /// The agent's configuration, as given on the command line.
@@ -20,6 +22,9 @@ pub struct Flags {
     pub bridge: String,
     /// The pod range on the bridge.
     pub pod_cidr: Ipv4Cidr,
+    /// Pods the node admits, derived from the pod range
+    /// ([`locus_e2e::cluster::network::pod_capacity`]: 240 on a /24).
+    pub max_pods: u32,
     /// The bridge's own address (the API server listens there too).
     pub gateway: Ipv4Addr,
     /// Service range: blackholed inside every pod.
@@ -146,12 +151,26 @@ impl Flags {
                 reason: format!("the gateway must lie inside --pod-cidr {pod_cidr}"),
             });
         }
-        if pod_cidr.prefix() > 29 {
+        let Some(max_pods) = pod_capacity(pod_cidr.prefix()) else {
             return Err(FlagError::Invalid {
                 flag: "pod-cidr",
                 value: pod_cidr.to_string(),
-                reason: "the range is too small for pods: use at most a /29 (a /24 is usual)"
-                    .into(),
+                reason: if pod_cidr.prefix() > 29 {
+                    "the range is too small for pods: use at most a /29 (a /24 is usual)"
+                } else {
+                    "the range is larger than one node's bridge can use: use at least a /16 \
+                     (a /24 is usual)"
+                }
+                .into(),
+            });
+        };
+        if gateway == pod_cidr.network() || gateway == pod_cidr.broadcast() {
+            return Err(FlagError::Invalid {
+                flag: "gateway",
+                value: gateway_text,
+                reason: format!(
+                    "the gateway must be a host address of --pod-cidr {pod_cidr}, not its network or broadcast address"
+                ),
             });
         }
         let max_restart_backoff = match pairs.iter().find(|(n, _)| *n == "max-restart-backoff-secs")
@@ -189,6 +208,7 @@ impl Flags {
             node_name,
             bridge,
             pod_cidr,
+            max_pods,
             gateway,
             service_cidr,
             images: get("images")?.into(),
@@ -229,9 +249,22 @@ mod tests {
         assert_eq!(f.node_name, "locus-node");
         assert_eq!(f.gateway, Ipv4Addr::new(10, 213, 1, 1));
         assert_eq!(f.pod_cidr.to_string(), "10.213.1.0/24");
+        assert_eq!(f.max_pods, 240);
         assert_eq!(f.max_restart_backoff, Duration::from_secs(10));
         let f = Flags::parse(&args(&format!("{FULL} --max-restart-backoff-secs=3"))).unwrap();
         assert_eq!(f.max_restart_backoff, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn capacity_follows_the_pod_range() {
+        let wide = FULL
+            .replace("10.213.1.0/24", "10.224.8.0/22")
+            .replace("10.213.1.1", "10.224.8.1");
+        let f = Flags::parse(&args(&wide)).unwrap();
+        assert_eq!(f.pod_cidr.to_string(), "10.224.8.0/22");
+        assert_eq!(f.max_pods, 969);
+        let narrow = FULL.replace("10.213.1.0/24", "10.213.1.0/29");
+        assert_eq!(Flags::parse(&args(&narrow)).unwrap().max_pods, 4);
     }
 
     #[test]
@@ -265,6 +298,34 @@ mod tests {
                 ..
             })
         ));
+        for (cidr, gateway) in [("10.213.1.0/30", "10.213.1.1"), ("10.0.0.0/15", "10.0.0.1")] {
+            let bad = FULL
+                .replace("10.213.1.0/24", cidr)
+                .replace("10.213.1.1", gateway);
+            assert!(
+                matches!(
+                    Flags::parse(&args(&bad)),
+                    Err(FlagError::Invalid {
+                        flag: "pod-cidr",
+                        ..
+                    })
+                ),
+                "{cidr}"
+            );
+        }
+        for gateway in ["10.213.1.0", "10.213.1.255"] {
+            let bad = FULL.replace("--gateway=10.213.1.1", &format!("--gateway={gateway}"));
+            assert!(
+                matches!(
+                    Flags::parse(&args(&bad)),
+                    Err(FlagError::Invalid {
+                        flag: "gateway",
+                        ..
+                    })
+                ),
+                "{gateway}"
+            );
+        }
         assert_eq!(
             Flags::parse(&args("--kubeconfig")),
             Err(FlagError::NoValue("kubeconfig".into()))
