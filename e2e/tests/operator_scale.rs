@@ -10,7 +10,8 @@
 //! the test asks the local cluster for that many ([`Cluster::shared_with`]), which takes a pod
 //! range wider than the default /24 (240 pods) when it must, up to 971 pods (one bridge's
 //! ports). Each scenario runs in its own namespace with its own operator, ring-probe services
-//! (`e2e/src/bin/locus_ring_probe.rs`):
+//! (`e2e/src/bin/locus_ring_probe.rs`; 256 shards, or the next power of two above the grown
+//! replica count when that is larger):
 //!
 //! - *create*: every service created at `pods` replicas, until all are Stable;
 //! - *idle*: 10 s of a settled service (what a converged service costs);
@@ -172,6 +173,14 @@ fn parse(spec: &str) -> (usize, usize) {
     (services.parse().unwrap(), pods.parse().unwrap())
 }
 
+/// The ring-probe service `name` at `replicas`, with `shards` shards (the shared fixture has 256;
+/// a service may not have more slots than shards).
+fn scaled_service(name: &str, replicas: usize, shards: usize) -> serde_json::Value {
+    let mut manifest = service(name, i32::try_from(replicas).unwrap());
+    manifest["spec"]["shards"] = json!(shards);
+    manifest
+}
+
 /// Pods a scenario runs at its peak: every service after the scale step.
 fn peak_pods((services, pods): (usize, usize)) -> usize {
     services * (pods + (pods / 10).max(1))
@@ -188,10 +197,14 @@ async fn scenario(spec: &str) {
     );
     let names: Vec<String> = (0..services).map(|i| format!("s{i}")).collect();
     let total = services * pods;
+    let grown = pods + (pods / 10).max(1);
+    // 256 shards as in the other operator tests, or the power of two that gives every slot
+    // of the grown service at least one; the same before and after the scale step.
+    let shards = grown.next_power_of_two().max(256);
 
     let (before, started) = (figures(&metrics), Instant::now());
     for name in &names {
-        apply(&env, &service(name, i32::try_from(pods).unwrap()))
+        apply(&env, &scaled_service(name, pods, shards))
             .await
             .unwrap();
     }
@@ -202,10 +215,9 @@ async fn scenario(spec: &str) {
     tokio::time::sleep(IDLE).await;
     report(spec, "idle", total, &metrics, &before, started.elapsed());
 
-    let grown = pods + (pods / 10).max(1);
     let (before, started) = (figures(&metrics), Instant::now());
     for name in &names {
-        apply(&env, &service(name, i32::try_from(grown).unwrap()))
+        apply(&env, &scaled_service(name, grown, shards))
             .await
             .unwrap();
     }

@@ -42,19 +42,42 @@ const LARGE_RANGES: Ipv4Addr = Ipv4Addr::new(10, 224, 0, 0);
 /// Ports one Linux bridge takes: port numbers are 10 bits and 0 is reserved, so attaching a
 /// 1024th interface fails with `EXFULL` ("Exchange full"). Every pod's veth is one port.
 pub const BRIDGE_PORTS: u32 = 1023;
+/// Most bridges one node's pods are spread over.
+pub const MAX_BRIDGES: u32 = 64;
 
-/// How many pods a node on a pod range with prefix length `prefix` admits: the range's host
-/// addresses less the gateway (the network and broadcast addresses are not hosts), bounded
-/// by the ports of the one bridge, less 5 % (rounded up) kept free for pods that still hold
-/// an address while they terminate. A /24 admits 240; a /22 969; anything wider is bounded by
-/// the bridge (971). `None` for prefix lengths outside 16..=29.
-pub fn pod_capacity(prefix: u8) -> Option<u32> {
-    if !(16..=29).contains(&prefix) {
+/// Addresses of a range of prefix length `prefix` that pods can take: its hosts (the network
+/// and broadcast addresses are not) less the gateway.
+fn pod_addresses(prefix: u8) -> u32 {
+    (1u32 << (32 - u32::from(prefix))) - 3
+}
+
+/// How many bridges a cluster with a pod range of prefix length `prefix` brings up so that
+/// every pod address can have a port: one up to a /22, two for a /21, five for a /20. The
+/// first carries the gateway; each other one hangs off it by a veth pair (one L2 segment,
+/// one pod range, nothing routed).
+pub fn bridges_for(prefix: u8) -> u32 {
+    pod_addresses(prefix).div_ceil(BRIDGE_PORTS).max(1)
+}
+
+/// How many pods a node on a pod range with prefix length `prefix` whose pods' veths go to
+/// `bridges` bridges admits: the range's pod addresses, bounded by the bridges' ports (less
+/// the two ends of each veth pair joining a bridge to the first), less 5 % (rounded up) kept
+/// free for pods that still hold an address while they terminate. A /24 admits 240, a /22
+/// 969, a /21 on two bridges 1941, on one 971. `None` for prefix lengths outside 16..=29 and
+/// bridge counts outside 1..=[`MAX_BRIDGES`].
+pub fn pod_capacity(prefix: u8, bridges: u32) -> Option<u32> {
+    if !(16..=29).contains(&prefix) || !(1..=MAX_BRIDGES).contains(&bridges) {
         return None;
     }
-    let hosts = (1u32 << (32 - u32::from(prefix))) - 2;
-    let usable = (hosts - 1).min(BRIDGE_PORTS);
+    let ports = bridges * BRIDGE_PORTS - 2 * (bridges - 1);
+    let usable = pod_addresses(prefix).min(ports);
     Some(usable - usable.div_ceil(20))
+}
+
+/// How many pods a cluster's node admits on a pod range of prefix length `prefix`, with the
+/// bridges the cluster brings up for it ([`bridges_for`]).
+pub fn node_capacity(prefix: u8) -> Option<u32> {
+    pod_capacity(prefix, bridges_for(prefix))
 }
 
 /// The narrowest pod range (largest prefix length, never narrower than the default /24) whose
@@ -62,11 +85,11 @@ pub fn pod_capacity(prefix: u8) -> Option<u32> {
 pub fn pod_prefix_for(pods: u32) -> Result<u8, ClusterError> {
     (MIN_POD_PREFIX..=DEFAULT_POD_PREFIX)
         .rev()
-        .find(|&prefix| pod_capacity(prefix).is_some_and(|c| c >= pods))
+        .find(|&prefix| node_capacity(prefix).is_some_and(|c| c >= pods))
         .ok_or_else(|| {
             ClusterError::Network(format!(
-                "a local cluster's node admits at most {} pods (its pods' veths share one bridge of {BRIDGE_PORTS} ports); {pods} were asked for",
-                pod_capacity(MIN_POD_PREFIX).unwrap_or_default()
+                "a local cluster's node admits at most {} pods (a /{MIN_POD_PREFIX}); {pods} were asked for",
+                node_capacity(MIN_POD_PREFIX).unwrap_or_default()
             ))
         })
 }
@@ -100,6 +123,10 @@ pub struct ClusterNetwork {
     pub index: u8,
     /// Name of the bridge.
     pub bridge: String,
+    /// Further bridges the node agent puts pods' veths on once `bridge` is full (none for
+    /// ranges up to a /22, see [`bridges_for`]), `locus<n>p<k>`; each joins `bridge` by a veth
+    /// pair `locus<n>t<k>`/`locus<n>u<k>`.
+    pub leaves: Vec<String>,
     /// The bridge's address: the pods' gateway and the API server's listen address.
     pub gateway: Ipv4Addr,
     /// The pod range, `10.213.<n>.0/24` unless a larger one was asked for (see [`pod_range`]).
@@ -234,6 +261,7 @@ impl ClusterNetwork {
             let mut net = Self {
                 index,
                 bridge: bridge_name(index),
+                leaves: leaf_names(index, prefix),
                 gateway: Ipv4Addr::from(u32::from(network) + 1),
                 pod_cidr: format!("{network}/{prefix}"),
                 pod_prefix: prefix,
@@ -265,7 +293,23 @@ impl ClusterNetwork {
             &self.bridge,
         ])?;
         ip(&["link", "set", &self.bridge, "up"])?;
-        self.forward_accepted = firewall::accept_bridge(&self.bridge)?;
+        for (k, leaf) in (1..).zip(&self.leaves) {
+            let (trunk, peer) = (
+                format!("{}t{k}", self.bridge),
+                format!("{}u{k}", self.bridge),
+            );
+            ip(&["link", "add", leaf, "type", "bridge"])?;
+            ip(&["link", "add", &trunk, "type", "veth", "peer", "name", &peer])?;
+            ip(&["link", "set", &trunk, "master", &self.bridge])?;
+            ip(&["link", "set", &peer, "master", leaf])?;
+            for link in [leaf, &trunk, &peer] {
+                ip(&["link", "set", link, "up"])?;
+            }
+        }
+        self.forward_accepted = firewall::accept_bridges(&self.bridge, &self.leaves)?;
+        if !self.leaves.is_empty() || self.pod_prefix < DEFAULT_POD_PREFIX {
+            raise_neighbour_limits(node_capacity(self.pod_prefix).unwrap_or_default());
+        }
         Ok(())
     }
 
@@ -295,6 +339,60 @@ fn bridge_name(index: u8) -> String {
     format!("locus{index}")
 }
 
+/// The further bridges of cluster `index` with a pod range of prefix length `prefix`.
+pub fn leaf_names(index: u8, prefix: u8) -> Vec<String> {
+    (1..bridges_for(prefix))
+        .map(|k| format!("{}p{k}", bridge_name(index)))
+        .collect()
+}
+
+/// The host's neighbour (ARP) table is one for all network namespaces: each pod holds an entry
+/// for the gateway and the host one for each pod, and past `gc_thresh3` (1024 by default)
+/// new entries fail ("neighbor table overflow") and pods lose the API server. Raises
+/// `gc_thresh2`/`gc_thresh3` for `pods` pods (never lowers them); the values stay after the
+/// cluster stops.
+fn raise_neighbour_limits(pods: u32) {
+    let dir = "/proc/sys/net/ipv4/neigh/default";
+    let want3 = 4 * pods + 1024;
+    for (name, want) in [("gc_thresh2", want3 / 2), ("gc_thresh3", want3)] {
+        let path = format!("{dir}/{name}");
+        let now: u32 = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(u32::MAX);
+        if now < want {
+            match std::fs::write(&path, want.to_string()) {
+                Ok(()) => super::local::progress(&format!(
+                    "raised net.ipv4.neigh.default.{name} from {now} to {want} for {pods} pods"
+                )),
+                Err(e) => tracing::warn!(
+                    "could not raise net.ipv4.neigh.default.{name} to {want} ({e}): with many \
+                     pods the neighbour table may overflow"
+                ),
+            }
+        }
+    }
+}
+
+/// The further bridges and the veth pairs joining them of cluster `index`, as they exist.
+fn leaf_links(index: u8) -> Vec<String> {
+    let base = bridge_name(index);
+    let Ok(links) = std::fs::read_dir("/sys/class/net") else {
+        return Vec::new();
+    };
+    links
+        .flatten()
+        .map(|l| l.file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            ["p", "t"].iter().any(|kind| {
+                name.strip_prefix(&base)
+                    .and_then(|rest| rest.strip_prefix(kind))
+                    .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
+        .collect()
+}
+
 /// The cluster index of a bridge named `locus<n>` (1..=250).
 fn bridge_index(bridge: &str) -> Option<u8> {
     bridge
@@ -322,6 +420,10 @@ fn remove_network(index: u8) {
         kill_netns_processes(&ns);
         // Deleting the namespace deletes the pod end of its veth, and with it the host end.
         let _ = ip(&["netns", "delete", &ns]);
+    }
+    // Deleting `locus<n>t<k>` deletes its peer on the further bridge too.
+    for link in leaf_links(index) {
+        let _ = ip(&["link", "delete", &link]);
     }
     if std::path::Path::new(&format!("/sys/class/net/{bridge}")).exists() {
         let _ = ip(&["link", "delete", &bridge]);
@@ -421,18 +523,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn capacity_is_the_range_less_gateway_bounded_by_the_bridge_less_headroom() {
+    fn capacity_is_the_range_less_gateway_bounded_by_the_bridges_less_headroom() {
         // 254 hosts - gateway = 253, less 13: the default node admits what it always did.
-        assert_eq!(pod_capacity(24), Some(240));
+        assert_eq!(pod_capacity(24, 1), Some(240));
+        assert_eq!(node_capacity(24), Some(240));
         // 1022 hosts - gateway = 1021, less 52.
-        assert_eq!(pod_capacity(22), Some(969));
-        // 2045 addresses, but one bridge takes 1023 veths.
-        assert_eq!(pod_capacity(21), Some(971));
-        assert_eq!(pod_capacity(16), Some(971));
+        assert_eq!(pod_capacity(22, 1), Some(969));
+        // 2045 addresses, but one bridge takes 1023 veths...
+        assert_eq!(pod_capacity(21, 1), Some(971));
+        assert_eq!(pod_capacity(16, 1), Some(971));
+        // ...and two 2 * 1023 less the veth pair joining them: 2044, less 103.
+        assert_eq!(pod_capacity(21, 2), Some(1941));
+        assert_eq!(node_capacity(21), Some(1941));
+        // 4093 addresses on five bridges.
+        assert_eq!(node_capacity(20), Some(3888));
         // 6 hosts - gateway = 5, less 1.
-        assert_eq!(pod_capacity(29), Some(4));
-        assert_eq!(pod_capacity(30), None);
-        assert_eq!(pod_capacity(15), None);
+        assert_eq!(pod_capacity(29, 1), Some(4));
+        assert_eq!(pod_capacity(30, 1), None);
+        assert_eq!(pod_capacity(15, 1), None);
+        assert_eq!(pod_capacity(24, 0), None);
+        assert_eq!(pod_capacity(16, MAX_BRIDGES + 1), None);
+    }
+
+    #[test]
+    fn bridges_cover_every_pod_address() {
+        assert_eq!(bridges_for(24), 1);
+        assert_eq!(bridges_for(22), 1);
+        assert_eq!(bridges_for(21), 2);
+        assert_eq!(bridges_for(20), 5);
+        assert_eq!(leaf_names(3, 21), ["locus3p1"]);
+        assert!(leaf_names(3, 24).is_empty());
     }
 
     #[test]
@@ -441,9 +561,11 @@ mod tests {
         assert_eq!(pod_prefix_for(240).unwrap(), 24);
         assert_eq!(pod_prefix_for(241).unwrap(), 23);
         assert_eq!(pod_prefix_for(550).unwrap(), 22);
-        assert_eq!(pod_prefix_for(971).unwrap(), 21);
-        let err = pod_prefix_for(1100).unwrap_err().to_string();
-        assert!(err.contains("at most 971 pods"), "{err}");
+        assert_eq!(pod_prefix_for(970).unwrap(), 21);
+        assert_eq!(pod_prefix_for(1100).unwrap(), 21);
+        assert_eq!(pod_prefix_for(3888).unwrap(), 20);
+        let err = pod_prefix_for(3889).unwrap_err().to_string();
+        assert!(err.contains("at most 3888 pods"), "{err}");
     }
 
     #[test]
