@@ -273,3 +273,196 @@ async fn operator_cost_per_transition() {
         scenario(spec).await;
     }
 }
+
+/// Runs `ip -batch -` with `commands`, one per line.
+fn ip_batch(commands: &str) {
+    use std::io::Write as _;
+    let mut ip = std::process::Command::new("ip")
+        .args(["-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    ip.stdin
+        .take()
+        .unwrap()
+        .write_all(commands.as_bytes())
+        .unwrap();
+    assert!(ip.wait().unwrap().success(), "ip -batch failed");
+}
+
+/// A cluster of its own (not the shared one) whose node admits `pods` pods: the supervisor, its
+/// lifeline (drop it to stop the cluster) and what the cluster reported.
+fn own_cluster(
+    pods: u32,
+) -> (
+    std::process::Child,
+    std::process::ChildStdin,
+    locus_e2e::cluster::ClusterInfo,
+) {
+    use std::io::BufRead as _;
+    let bin = locus_e2e::cluster::workspace_bin_dir()
+        .unwrap()
+        .join("locus-cluster");
+    let mut supervisor = std::process::Command::new(bin)
+        .args(["up", "--json", "--lifeline", "--pods", &pods.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lifeline = supervisor.stdin.take().unwrap();
+    let stdout = std::io::BufReader::new(supervisor.stdout.take().unwrap());
+    let info = stdout
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+        .find_map(|m| m.get("ready").cloned())
+        .map(|ready| serde_json::from_value(ready).unwrap());
+    let Some(info) = info else {
+        panic!("the cluster did not start (its messages are above)")
+    };
+    (supervisor, lifeline, info)
+}
+
+/// Takes every free port of `bridge` with veth pairs whose other ends live in a namespace the
+/// cluster's teardown removes (it carries the cluster's prefix). Returns the first host end.
+fn fill_bridge(bridge: &str) -> String {
+    use locus_e2e::cluster::network::{BRIDGE_PORTS, netns_prefix};
+    use std::fmt::Write as _;
+    let ports = || {
+        std::fs::read_dir(
+            std::path::Path::new("/sys/class/net")
+                .join(bridge)
+                .join("brif"),
+        )
+        .unwrap()
+        .count()
+    };
+    let fill = format!("{}fill", netns_prefix(bridge));
+    let index = bridge.trim_start_matches("locus");
+    let mut batch = format!("netns add {fill}\n");
+    for k in 0..usize::try_from(BRIDGE_PORTS).unwrap() - ports() {
+        let host = format!("f{index}x{k}");
+        let _ = write!(
+            batch,
+            "link add {host} type veth peer name p{k} netns {fill}\nlink set {host} master {bridge}\n"
+        );
+    }
+    ip_batch(&batch);
+    assert_eq!(ports(), usize::try_from(BRIDGE_PORTS).unwrap());
+    format!("f{index}x0")
+}
+
+/// Creates a test-server pod in a new namespace of the cluster behind `kubeconfig` and waits
+/// until it is Ready; returns the host end of its veth (`lc<first 12 hex of its UID>`).
+async fn ready_pod(kubeconfig: &std::path::Path) -> String {
+    use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+    use kube::Api;
+    use kube::api::PostParams;
+    use locus_e2e::support::wait;
+    let client = locus_e2e::cluster::client_for(kubeconfig).await.unwrap();
+    let ns = "bridges";
+    let namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap();
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    wait::until(
+        Duration::from_secs(60),
+        "the default ServiceAccount",
+        || {
+            let accounts = accounts.clone();
+            async move { accounts.get_opt("default").await }
+        },
+    )
+    .await
+    .unwrap();
+    let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
+    let pod = serde_json::from_value(json!({
+        "metadata": {"name": "server"},
+        "spec": {"containers": [{
+            "name": "server",
+            "image": "locus/test-server:dev",
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "env": [
+                {"name": "POD_NAME", "valueFrom": field("metadata.name")},
+                {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
+                {"name": "POD_IP", "valueFrom": field("status.podIP")},
+            ],
+            "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1},
+        }]},
+    }))
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client, ns);
+    let uid = pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    wait::until(Duration::from_secs(120), "the pod Ready", || {
+        let pods = pods.clone();
+        async move {
+            let ready = pods
+                .get("server")
+                .await?
+                .status
+                .and_then(|s| s.conditions)
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            Ok::<_, kube::Error>(ready.then_some(()))
+        }
+    })
+    .await
+    .unwrap();
+    let hex: String = uid
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(12)
+        .collect();
+    format!("lc{hex}")
+}
+
+/// A cluster asked for more pods than one bridge has ports (1023) brings up a further bridge
+/// joined to its own; once the first is full, a pod's veth goes on the next one, where the
+/// node agent still reaches it (its readiness probe passes through the join and the FORWARD
+/// rules), and stopping the cluster removes both bridges and their rules. The first bridge is
+/// filled with veth pairs instead of a thousand pods.
+#[tokio::test]
+async fn a_full_bridge_sends_pods_to_the_next() {
+    use locus_e2e::cluster::firewall;
+    use std::path::Path;
+    if std::env::var_os("LOCUS_E2E_KUBECONFIG").is_some() {
+        return; // an external cluster has its own network
+    }
+    let (mut supervisor, lifeline, info) = own_cluster(1100);
+    assert_eq!(info.pod_capacity, 1941, "{info:?}");
+    assert!(info.pod_cidr.ends_with("/21"), "{info:?}");
+    let bridge = info.bridge.clone();
+    let leaf = format!("{bridge}p1");
+    let class = Path::new("/sys/class/net");
+    assert!(
+        class.join(&leaf).join("bridge").is_dir(),
+        "no bridge {leaf}"
+    );
+    assert_eq!(firewall::bridge_rules(&bridge).unwrap().len(), 4);
+    let filler = fill_bridge(&bridge);
+
+    let veth = ready_pod(&info.kubeconfig).await;
+    let master = std::fs::read_link(class.join(&veth).join("master")).unwrap();
+    assert_eq!(
+        master.file_name().unwrap().to_string_lossy(),
+        leaf,
+        "the pod's veth is not on the further bridge"
+    );
+
+    drop(lifeline);
+    assert!(supervisor.wait().unwrap().success());
+    for link in [&bridge, &leaf, &format!("{bridge}t1"), &filler] {
+        assert!(
+            !class.join(link).exists(),
+            "{link} is left after the cluster stopped"
+        );
+    }
+    assert!(firewall::bridge_rules(&bridge).unwrap().is_empty());
+}

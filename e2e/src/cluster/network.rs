@@ -3,8 +3,8 @@
 //! Cluster `n` (1..=250) owns bridge `locus<n>` with address `10.213.<n>.1/24`; the API
 //! server listens on that address so pods can reach it, and the node agent gives each pod a
 //! veth on the bridge with an address from the same /24. A cluster started for more pods
-//! than a /24 holds ([`pod_prefix_for`]) takes a larger range, block `n` of its size in
-//! `10.224.0.0/12` (a /22 for cluster 3 is `10.224.8.0/22`), with the gateway at its first
+//! than a /24 holds ([`pod_prefix_for`]) takes a larger range at the start of the `n`th /20 of
+//! `10.224.0.0/12` (a /22 for cluster 3 is `10.224.32.0/22`), with the gateway at its first
 //! host address; [`pod_capacity`] is how many pods a range holds, and the node agent
 //! advertises exactly that. Nothing routes beyond the bridge:
 //! pod namespaces have no default route and the host does not forward. While the bridge is
@@ -94,9 +94,9 @@ pub fn pod_prefix_for(pods: u32) -> Result<u8, ClusterError> {
         })
 }
 
-/// The pod range and gateway of cluster `index` for prefix length `prefix`: the /24
-/// `10.213.<index>.0/24` by default, else block `index - 1` of that size in `10.224.0.0/12`.
-/// The gateway is the range's first host address.
+/// The pod range of cluster `index` for prefix length `prefix`: the /24 `10.213.<index>.0/24`
+/// by default, else the start of the `index - 1`th /20 of `10.224.0.0/12`, so two clusters'
+/// ranges never overlap whatever their sizes. The gateway is the range's first host address.
 pub fn pod_range(index: u8, prefix: u8) -> Result<(Ipv4Addr, u8), ClusterError> {
     if !(1..=MAX_CLUSTERS).contains(&index) {
         return Err(ClusterError::Network(format!(
@@ -111,8 +111,8 @@ pub fn pod_range(index: u8, prefix: u8) -> Result<(Ipv4Addr, u8), ClusterError> 
             "a pod range of /{prefix} is not offered: use /{MIN_POD_PREFIX} to /{DEFAULT_POD_PREFIX}"
         )));
     }
-    let block = 1u32 << (32 - u32::from(prefix));
-    let network = u32::from(LARGE_RANGES) + u32::from(index - 1) * block;
+    let slot = 1u32 << (32 - u32::from(MIN_POD_PREFIX));
+    let network = u32::from(LARGE_RANGES) + u32::from(index - 1) * slot;
     Ok((Ipv4Addr::from(network), prefix))
 }
 
@@ -580,7 +580,12 @@ mod tests {
         );
         assert_eq!(
             pod_range(3, 22).unwrap(),
-            (Ipv4Addr::new(10, 224, 8, 0), 22)
+            (Ipv4Addr::new(10, 224, 32, 0), 22)
+        );
+        // Slot 2's /21 ends before slot 3's /22 starts.
+        assert_eq!(
+            pod_range(2, 21).unwrap(),
+            (Ipv4Addr::new(10, 224, 16, 0), 21)
         );
         // The last slot's widest range still ends inside 10.224.0.0/12.
         let (last, prefix) = pod_range(MAX_CLUSTERS, MIN_POD_PREFIX).unwrap();
