@@ -50,6 +50,13 @@ async fn report_load(env: &Env, ring: &Ring, rps: impl Fn(u32) -> u64) {
             ring_version: ring.version(),
             shards: ring.shards().get(),
             window_seconds: WINDOW,
+            window_end_ms: u64::try_from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis(),
+            )
+            .unwrap(),
             requests: loads.iter().map(|l| l.requests).sum(),
             bytes: loads.iter().map(|l| l.bytes).sum(),
             owned_shards: u32::try_from(shards.len()).unwrap(),

@@ -8,6 +8,9 @@
 //! - every slot's pod reported for the current ring (its version, its shard count, as many
 //!   shards as the ring gives the slot): a report counted under an older placement says
 //!   nothing about this one;
+//! - every report is live: its window ended after the current ring was published and at most
+//!   [`STALE_AFTER_WINDOWS`] windows ago ([`CLOCK_SKEW`] allowed either way between the pod's
+//!   clock and this process's): the last report of a pod whose reporter stopped is not used;
 //! - the current ring has been in place for `intervalSeconds` and for twice the longest
 //!   report window (so the windows measure it), and `intervalSeconds` passed since the last
 //!   rebalance started;
@@ -23,6 +26,8 @@
 
 use std::time::Duration;
 
+use k8s_openapi::jiff::Timestamp;
+use locus_contract::progress::ShardLoadReport;
 use locus_contract::ring::{
     self, Balance, BalanceConfig, BalanceError, Ring, RingError, SlotLoad, Transition,
 };
@@ -36,6 +41,16 @@ use crate::plan::{PublishedRing, RingMeta, StepKind, reasons};
 /// Most hot shards listed in `status.placement.hotShards`.
 const MAX_HOT_IN_STATUS: usize = 16;
 
+/// A report is used only if its window ended at most this many window lengths ago. The SDK's
+/// reporter writes every window except at most one unchanged one in a row, so a live pod's
+/// annotation ended at most two windows (and a write) ago; a third covers a slow write and a
+/// delayed pass (`docs/adr/0002-load-aware-placement.md`, amendment 1).
+pub(crate) const STALE_AFTER_WINDOWS: u64 = 3;
+
+/// The difference allowed between a pod's clock (which stamps `windowEndMs`) and this
+/// process's, in both checks of a report's age.
+pub(crate) const CLOCK_SKEW: Duration = Duration::from_secs(2);
+
 /// What the pods of a ring report about their load.
 pub(super) struct Measure {
     /// One entry per slot that holds shards, by slot.
@@ -47,6 +62,8 @@ pub(super) struct Measure {
     problems: Vec<(u16, String)>,
     /// The longest report window, in seconds.
     window: u32,
+    /// The earliest and the latest end of the usable reports' windows (Unix milliseconds).
+    window_ends: Option<(u64, u64)>,
     /// The planner's answer for the usable loads.
     balance: Option<Result<Balance, BalanceError>>,
 }
@@ -95,15 +112,49 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Why `report`, for the current ring, is not live: its window ended before the ring was
+    /// published (`in_place`), in the future, or more than [`STALE_AFTER_WINDOWS`] windows ago.
+    fn stale(&self, report: &ShardLoadReport, in_place: Timestamp) -> Option<String> {
+        let skew = i64::try_from(CLOCK_SKEW.as_millis()).unwrap_or(i64::MAX);
+        let end = i64::try_from(report.window_end_ms).unwrap_or(i64::MAX);
+        let now = self.obs.now.as_millisecond();
+        let max_age = i64::try_from(STALE_AFTER_WINDOWS * u64::from(report.window_seconds) * 1000)
+            .unwrap_or(i64::MAX);
+        let seconds = |ms: i64| format!("{:.1}", ms as f64 / 1000.0);
+        if end < in_place.as_millisecond().saturating_sub(skew) {
+            Some(format!(
+                "stale: its window ended {} s before ring version {} was published",
+                seconds(in_place.as_millisecond() - end),
+                report.ring_version
+            ))
+        } else if end > now.saturating_add(skew) {
+            Some(format!(
+                "its window ends {} s in the future: the pod's clock is ahead",
+                seconds(end - now)
+            ))
+        } else if now - end > max_age.saturating_add(skew) {
+            Some(format!(
+                "stale: its window ended {} s ago, more than {STALE_AFTER_WINDOWS} windows of {} s (is the pod's reporter running?)",
+                seconds(now - end),
+                report.window_seconds
+            ))
+        } else {
+            None
+        }
+    }
+
     /// Reads the reports of the pods of `ring`'s slots that hold shards and, if all are
-    /// usable, runs the load planner on them.
-    pub(super) fn measure(&self, ring: &Ring) -> Measure {
+    /// usable, runs the load planner on them. `meta`: the ring's bookkeeping (when it was
+    /// published; a report's window must end after that).
+    pub(super) fn measure(&self, ring: &Ring, meta: Option<&RingMeta>) -> Measure {
         let counts = ring.current().counts();
+        let in_place = meta.map_or(Timestamp::UNIX_EPOCH, |m| m.published_at);
         let mut measure = Measure {
             pods: Vec::new(),
             loads: Vec::new(),
             problems: Vec::new(),
             window: 0,
+            window_ends: None,
             balance: None,
         };
         for slot in ring
@@ -145,7 +196,15 @@ impl<'a> Planner<'a> {
                             "reports {} owned shards, the ring gives it {held}",
                             report.owned_shards
                         ))
+                    } else if let Some(stale) = self.stale(report, in_place) {
+                        Some(stale)
                     } else {
+                        let end = report.window_end_ms;
+                        measure.window_ends = Some(
+                            measure
+                                .window_ends
+                                .map_or((end, end), |(a, b)| (a.min(end), b.max(end))),
+                        );
                         let window = f64::from(report.window_seconds.max(1));
                         #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
                         let hot = report
@@ -196,7 +255,7 @@ impl<'a> Planner<'a> {
             self.load_note = Some("waiting for membership changes and rollouts to finish".into());
             return Ok(None);
         }
-        let measure = self.measure(ring);
+        let measure = self.measure(ring, published.meta.as_ref());
         let decision = self.rebalance_from(published, &measure)?;
         self.measured = Some((ring.version(), measure));
         Ok(decision)
@@ -303,7 +362,7 @@ impl<'a> Planner<'a> {
         }
         let measured = match self.measured.take() {
             Some((_, measure)) => Some(measure),
-            None => ring.map(|r| self.measure(r)),
+            None => ring.map(|r| self.measure(r, meta)),
         };
         let message = self.load_note.take().or_else(|| {
             ring.filter(|r| r.phase() != ring::Phase::Stable)

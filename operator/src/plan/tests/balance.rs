@@ -43,6 +43,7 @@ impl World {
                 ring_version: ring.version(),
                 shards: ring.shards().get(),
                 window_seconds: WINDOW,
+                window_end_ms: u64::try_from(self.now.as_millisecond()).unwrap(),
                 requests: loads.iter().map(|l| l.requests).sum(),
                 bytes: loads.iter().map(|l| l.bytes).sum(),
                 owned_shards: u32::try_from(shards.len()).unwrap(),
@@ -119,6 +120,7 @@ fn load_mode_moves_shards_from_the_busiest_pod_within_the_budget_then_stays() {
             world.true_ratio(&truth)
         );
         world.advance(61);
+        world.report_load(&truth);
         let before = world.ring().current().clone();
         let actions = world.step();
         let next = actions
@@ -165,9 +167,9 @@ fn load_mode_moves_shards_from_the_busiest_pod_within_the_budget_then_stays() {
     // Balanced load: no further rebalance, however long (hysteresis).
     for _ in 0..3 {
         world.advance(1000);
+        world.report_load(&truth);
         let actions = world.step();
         assert!(actions.publish.is_none(), "{:?}", world.placement());
-        world.report_load(&truth);
     }
     let placement = world.placement();
     assert!(placement.busiest_percent.unwrap() <= 110, "{placement:?}");
@@ -189,8 +191,8 @@ fn keys_mode_ignores_load_reports_and_writes_no_placement_status() {
 fn off_keeps_a_table_placed_by_load_and_keys_evens_it_out_again() {
     let mut world = World::placing_by_load(4, 6);
     let truth = skewed(&world);
-    world.report_load(&truth);
     world.advance(61);
+    world.report_load(&truth);
     world.settle(Reports::All);
     let placed = world.ring().current().clone();
     assert!(world.counts()[&0] < 16, "{:?}", world.counts());
@@ -207,13 +209,13 @@ fn off_keeps_a_table_placed_by_load_and_keys_evens_it_out_again() {
 fn a_report_for_another_ring_or_unreadable_holds_the_rebalance_back() {
     let mut world = World::placing_by_load(4, 6);
     let truth = skewed(&world);
+    world.advance(1000);
     world.report_load(&truth);
     let pod = world.slot_pod(2);
     let version = world.ring().version();
     if let Some(Ok(report)) = world.pod_mut(&pod).progress.load.as_mut() {
         report.ring_version = version - 1;
     }
-    world.advance(1000);
     assert!(world.step().publish.is_none());
     let placement = world.placement();
     let entry = placement.pods.iter().find(|p| p.slot == 2).unwrap();
@@ -245,14 +247,87 @@ fn a_report_for_another_ring_or_unreadable_holds_the_rebalance_back() {
     assert!(world.step().publish.is_some());
 }
 
+/// The problem status.placement names for slot 2's pod.
+fn slot_2_problem(world: &World) -> Option<String> {
+    world
+        .placement()
+        .pods
+        .iter()
+        .find(|p| p.slot == 2)
+        .and_then(|p| p.problem.clone())
+}
+
+#[test]
+fn a_report_whose_window_ended_long_ago_holds_the_rebalance_back() {
+    let mut world = World::placing_by_load(4, 6);
+    let truth = skewed(&world);
+    world.advance(1000);
+    world.report_load(&truth);
+    let pod = world.slot_pod(2);
+    let edit = |world: &mut World, end: &dyn Fn(u64) -> u64| {
+        if let Some(Ok(report)) = world.pod_mut(&pod).progress.load.as_mut() {
+            report.window_end_ms = end(report.window_end_ms);
+        }
+    };
+    // The other pods report on; slot 2's reporter stopped 33 s ago: more than three windows
+    // of 10 s and the 2 s allowed for clocks.
+    edit(&mut world, &|end| end - 33_000);
+    assert!(world.step().publish.is_none());
+    assert_eq!(
+        slot_2_problem(&world).as_deref(),
+        Some(
+            "stale: its window ended 33.0 s ago, more than 3 windows of 10 s (is the pod's reporter running?)"
+        )
+    );
+    let message = world.placement().message.unwrap();
+    assert!(message.contains("slot 2: stale"), "{message}");
+    assert!(world.placement().busiest_percent.is_none());
+    // 32 s ago is within three windows and the clocks' allowance.
+    edit(&mut world, &|end| end + 1000);
+    assert!(world.step().publish.is_some(), "{:?}", world.placement());
+
+    // A window that ended before the ring was published (its pod's clock far behind), or ends
+    // in the future (far ahead): not used either.
+    let mut world = World::placing_by_load(4, 6);
+    world.advance(1000);
+    world.report_load(&truth);
+    let published = world
+        .ring
+        .as_ref()
+        .unwrap()
+        .meta
+        .as_ref()
+        .unwrap()
+        .published_at;
+    let published = published.as_millisecond();
+    edit(&mut world, &|_| u64::try_from(published).unwrap() - 3000);
+    assert!(world.step().publish.is_none());
+    let problem = slot_2_problem(&world).unwrap();
+    assert!(
+        problem.starts_with("stale: its window ended 3.0 s before ring version"),
+        "{problem}"
+    );
+    world.report_load(&truth);
+    edit(&mut world, &|end| end + 5000);
+    assert!(world.step().publish.is_none());
+    assert_eq!(
+        slot_2_problem(&world).as_deref(),
+        Some("its window ends 5.0 s in the future: the pod's clock is ahead")
+    );
+    // A clock 2 s ahead is allowed.
+    world.report_load(&truth);
+    edit(&mut world, &|end| end + 2000);
+    assert!(world.step().publish.is_some(), "{:?}", world.placement());
+}
+
 #[test]
 fn a_shard_too_hot_for_any_pod_is_reported_once_and_not_moved() {
     let mut world = World::placing_by_load(4, 6);
     let mut truth = vec![1.0; 64];
     let hot = world.ring().current().shards_of(1).next().unwrap();
     truth[hot as usize] = 100.0; // mean (63 + 100) / 4 = 40.75
-    world.report_load(&truth);
     world.advance(61);
+    world.report_load(&truth);
     let actions = world.step();
     let placement = world.placement();
     assert_eq!(placement.hot_shards.len(), 1);
