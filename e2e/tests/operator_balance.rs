@@ -32,7 +32,7 @@ const INTERVAL: u32 = 3;
 
 /// Patches onto the pod of every slot holding shards in `ring` the report of the load
 /// `rps(shard)` (requests per second) puts on its shards, for `ring`'s version.
-async fn report_load(env: &Env, ring: &Ring, rps: impl Fn(u32) -> u64) {
+async fn report_load(env: &Env, ring: &Ring, rps: &impl Fn(u32) -> u64) {
     for slot in ring.slots() {
         let shards: Vec<u32> = ring.current().shards_of(slot.index).collect();
         if shards.is_empty() {
@@ -76,6 +76,29 @@ async fn report_load(env: &Env, ring: &Ring, rps: impl Fn(u32) -> u64) {
             )
             .await
             .unwrap();
+    }
+}
+
+/// Stands in for live reporters: every window, reports for `ring` the load `rps` puts on its
+/// shards (a fresh window each time: the operator refuses stale reports and starts a rebalance
+/// only on two windows in a row) until `name`'s `status.placement` satisfies `ready`.
+async fn report_until(
+    env: &Env,
+    name: &str,
+    ring: &Ring,
+    rps: impl Fn(u32) -> u64,
+    what: &str,
+    ready: impl Fn(&PlacementStatus) -> bool,
+) -> PlacementStatus {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        report_load(env, ring, &rps).await;
+        tokio::time::sleep(Duration::from_secs(u64::from(WINDOW))).await;
+        let svc = env.services().get(name).await.unwrap();
+        if let Some(placement) = svc.status.and_then(|s| s.placement).filter(|p| ready(p)) {
+            return placement;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
     }
 }
 
@@ -124,10 +147,14 @@ async fn skewed_load_is_rebalanced_within_the_budget_and_balanced_load_stays_put
     // Slot 0's 64 shards at 30 req/s, the others' at 10: the busiest at 200 % of the mean.
     let hot_slot: Vec<u32> = before.current().shards_of(0).collect();
     let skewed = |shard: u32| if hot_slot.contains(&shard) { 30 } else { 10 };
-    report_load(&env, &before, skewed).await;
-    let measured = placement_when(&env, "chat", "the skewed reports read", |p| {
-        p.last_rebalance.is_some() || p.busiest_percent == Some(200)
-    })
+    let measured = report_until(
+        &env,
+        "chat",
+        &before,
+        skewed,
+        "the skewed reports read",
+        |p| p.last_rebalance.is_some() || p.busiest_percent == Some(200),
+    )
     .await;
     assert!(
         measured
@@ -136,8 +163,9 @@ async fn skewed_load_is_rebalanced_within_the_budget_and_balanced_load_stays_put
             .all(|p| p.requests_per_second.is_some())
     );
 
-    // A rebalance starts, goes through Warm, Switch and Settle, and ends Stable.
-    let placement = placement_when(&env, "chat", "a rebalance recorded", |p| {
+    // A rebalance starts (once two windows in a row were above the trigger), goes through
+    // Warm, Switch and Settle, and ends Stable.
+    let placement = report_until(&env, "chat", &before, skewed, "a rebalance recorded", |p| {
         p.last_rebalance.is_some()
     })
     .await;
@@ -178,18 +206,28 @@ async fn skewed_load_is_rebalanced_within_the_budget_and_balanced_load_stays_put
     );
 
     // Reports for the new ring with an even load per shard: busiest/mean within the trigger.
-    report_load(&env, &after, |_| 10).await;
-    let balanced = placement_when(&env, "chat", "the balanced reports read", |p| {
-        p.message
-            .as_deref()
-            .is_some_and(|m| m.contains("within the trigger"))
-    })
+    let balanced = report_until(
+        &env,
+        "chat",
+        &after,
+        |_| 10,
+        "the balanced reports read",
+        |p| {
+            p.message
+                .as_deref()
+                .is_some_and(|m| m.contains("within the trigger"))
+        },
+    )
     .await;
     assert!(balanced.busiest_percent.unwrap() <= 120, "{balanced:?}");
     assert!(balanced.pods.iter().all(|p| p.problem.is_none()));
-    // Nothing more happens: the absence of a transition can only be seen by waiting (several
-    // intervals; the operator requeues itself at each interval's end).
-    tokio::time::sleep(Duration::from_secs(u64::from(INTERVAL) * 3)).await;
+    // Nothing more happens while the pods report on: the absence of a transition can only be
+    // seen by waiting (several intervals).
+    let quiet = tokio::time::Instant::now() + Duration::from_secs(u64::from(INTERVAL) * 3);
+    while tokio::time::Instant::now() < quiet {
+        report_load(&env, &after, &|_| 10).await;
+        tokio::time::sleep(Duration::from_secs(u64::from(WINDOW))).await;
+    }
     let still = ring(&env, "chat").await.unwrap().unwrap();
     assert_eq!(still.version(), after.version(), "rebalanced again");
     assert_eq!(still.current(), after.current());

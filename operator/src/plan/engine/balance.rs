@@ -14,7 +14,10 @@
 //! - the current ring has been in place for `intervalSeconds` and for twice the longest
 //!   report window (so the windows measure it), and `intervalSeconds` passed since the last
 //!   rebalance started;
-//! - the busiest pod serves more than `triggerPercent` of the mean ([`ring::balance`]).
+//! - the busiest pod serves more than `triggerPercent` of the mean ([`ring::balance`]), and
+//!   did in the reports of the windows before as well (hysteresis: two windows in a row of
+//!   every pod, remembered in `status.placement.triggerHeld`), so that one window near the
+//!   trigger starts nothing.
 //!
 //! It then publishes a `Warm` ring whose target moves the planned shards (at most
 //! `maxShardsPerRound`, and `maxShardMovesPerStep` when lower, so one step moves them all):
@@ -35,6 +38,7 @@ use locus_contract::ring::{
 use super::{Decision, Planner, plus, whole_seconds};
 use crate::crd::{
     BalanceMode, HotShardStatus, PlacementStatus, PodLoad, RebalanceRecord, TransitionKind,
+    TriggerHeld,
 };
 use crate::plan::{PublishedRing, RingMeta, StepKind, reasons};
 
@@ -276,6 +280,18 @@ impl<'a> Planner<'a> {
             ));
             return Ok(None);
         }
+        let result = match &measure.balance {
+            Some(Ok(result)) => result,
+            Some(Err(error)) => {
+                self.load_note = Some(format!("the load planner refused the reports: {error}"));
+                return Ok(None);
+            }
+            None => {
+                self.load_note = Some("no pod holds shards".into());
+                return Ok(None);
+            }
+        };
+        let confirmed = self.hold_trigger(ring, measure, result);
         let interval = Duration::from_secs(u64::from(self.obs.spec.placement.interval_seconds));
         let windows = Duration::from_secs(2 * u64::from(measure.window));
         let mut ready_at = plus(self.step_start(published), interval.max(windows));
@@ -295,21 +311,17 @@ impl<'a> Planner<'a> {
             ));
             return Ok(None);
         }
-        let result = match &measure.balance {
-            Some(Ok(result)) => result,
-            Some(Err(error)) => {
-                self.load_note = Some(format!("the load planner refused the reports: {error}"));
-                return Ok(None);
-            }
-            None => {
-                self.load_note = Some("no pod holds shards".into());
-                return Ok(None);
-            }
-        };
         let trigger = self.obs.spec.placement.trigger_percent;
         if !result.triggered {
             self.load_note = Some(format!(
                 "busiest pod at {}% of the mean, within the trigger of {trigger}%",
+                percent(result.before)
+            ));
+            return Ok(None);
+        }
+        if !confirmed {
+            self.load_note = Some(format!(
+                "busiest pod at {}% of the mean, above the trigger of {trigger}%: a rebalance starts if the next report of every pod shows it too",
                 percent(result.before)
             ));
             return Ok(None);
@@ -348,6 +360,46 @@ impl<'a> Planner<'a> {
         Ok(Some(Decision::publish(next, meta)))
     }
 
+    /// Hysteresis: records in `status.placement.triggerHeld` whether the trigger holds in the
+    /// usable reports of `measure`, and returns true if it held as well in reports of earlier
+    /// windows of every pod, for the same ring (the windows before: a report is written at
+    /// least every other window, and any report within the trigger in between clears the
+    /// record).
+    fn hold_trigger(&mut self, ring: &Ring, measure: &Measure, result: &Balance) -> bool {
+        let Some((earliest, latest)) = measure.window_ends else {
+            return false;
+        };
+        if !result.triggered {
+            self.trigger_held = Some(None);
+            return false;
+        }
+        let held = self
+            .obs
+            .status
+            .and_then(|s| s.placement.as_ref())
+            .and_then(|p| p.trigger_held.as_ref())
+            .filter(|h| h.ring_version == ring.version());
+        match held {
+            Some(held) if earliest > held.window_end_ms => {
+                // Confirmed; the record stays until the rebalance's new ring replaces it.
+                self.trigger_held = Some(Some(held.clone()));
+                true
+            }
+            Some(held) => {
+                self.trigger_held = Some(Some(held.clone()));
+                false
+            }
+            None => {
+                self.trigger_held = Some(Some(TriggerHeld {
+                    ring_version: ring.version(),
+                    window_end_ms: latest,
+                    busiest_percent: percent(result.before),
+                }));
+                false
+            }
+        }
+    }
+
     /// `status.placement` with `balance: Load` (`None` otherwise), from the measure the step
     /// took, or else from the ring this pass leaves (the hot shards as last measured while the
     /// reports are not usable); emits `HotShards` when the set of shards too hot for any pod
@@ -376,10 +428,22 @@ impl<'a> Planner<'a> {
             .and_then(|s| s.placement.as_ref())
             .map(|p| p.hot_shards.clone())
             .unwrap_or_default();
+        // The trigger as this pass found it, or as the last status recorded it while no usable
+        // reports were read; only for the ring this pass leaves.
+        let trigger_held = match self.trigger_held.take() {
+            Some(held) => held,
+            None => self
+                .obs
+                .status
+                .and_then(|s| s.placement.as_ref())
+                .and_then(|p| p.trigger_held.clone()),
+        }
+        .filter(|h| ring.is_some_and(|r| r.version() == h.ring_version));
         let mut status = PlacementStatus {
             message,
             last_rebalance: meta.and_then(|m| m.last_rebalance.clone()),
             hot_shards: previous_hot,
+            trigger_held,
             ..PlacementStatus::default()
         };
         if let Some(measure) = measured {

@@ -147,6 +147,9 @@ pub(super) struct Planner<'a> {
     load_note: Option<String>,
     /// Placement by load: the reports the step read, with the ring version they were read for.
     measured: Option<(u64, balance::Measure)>,
+    /// Placement by load: `status.placement.triggerHeld` as this pass leaves it, when the step
+    /// read usable reports (`None`: the previous status's is kept).
+    trigger_held: Option<Option<crate::crd::TriggerHeld>>,
 }
 
 impl<'a> Planner<'a> {
@@ -203,6 +206,7 @@ impl<'a> Planner<'a> {
             deadlines: Vec::new(),
             load_note: None,
             measured: None,
+            trigger_held: None,
         })
     }
 

@@ -55,6 +55,15 @@ impl World {
         }
     }
 
+    /// Two windows of reports of `truth` in a row (hysteresis: a rebalance starts only on the
+    /// second): reports, a pass that starts nothing, a window later reports again.
+    fn confirm_load(&mut self, truth: &[f64]) {
+        self.report_load(truth);
+        assert!(self.step().publish.is_none(), "one window starts nothing");
+        self.advance(i64::from(WINDOW));
+        self.report_load(truth);
+    }
+
     /// The true busiest slot's load over the mean under the current table.
     fn true_ratio(&self, truth: &[f64]) -> f64 {
         let mut loads: BTreeMap<u16, f64> = BTreeMap::new();
@@ -120,7 +129,13 @@ fn load_mode_moves_shards_from_the_busiest_pod_within_the_budget_then_stays() {
             world.true_ratio(&truth)
         );
         world.advance(61);
-        world.report_load(&truth);
+        if rounds == 1 {
+            // The reports read before the interval ended were above the trigger already: this
+            // is the second window in a row.
+            world.report_load(&truth);
+        } else {
+            world.confirm_load(&truth);
+        }
         let before = world.ring().current().clone();
         let actions = world.step();
         let next = actions
@@ -192,7 +207,7 @@ fn off_keeps_a_table_placed_by_load_and_keys_evens_it_out_again() {
     let mut world = World::placing_by_load(4, 6);
     let truth = skewed(&world);
     world.advance(61);
-    world.report_load(&truth);
+    world.confirm_load(&truth);
     world.settle(Reports::All);
     let placed = world.ring().current().clone();
     assert!(world.counts()[&0] < 16, "{:?}", world.counts());
@@ -243,7 +258,7 @@ fn a_report_for_another_ring_or_unreadable_holds_the_rebalance_back() {
         "{:?}",
         world.placement()
     );
-    world.report_load(&truth);
+    world.confirm_load(&truth);
     assert!(world.step().publish.is_some());
 }
 
@@ -282,8 +297,13 @@ fn a_report_whose_window_ended_long_ago_holds_the_rebalance_back() {
     let message = world.placement().message.unwrap();
     assert!(message.contains("slot 2: stale"), "{message}");
     assert!(world.placement().busiest_percent.is_none());
-    // 32 s ago is within three windows and the clocks' allowance.
+    // 32 s ago is within three windows and the clocks' allowance: the trigger holds (and
+    // holds again a window later).
     edit(&mut world, &|end| end + 1000);
+    assert!(world.step().publish.is_none());
+    assert!(world.placement().trigger_held.is_some());
+    world.advance(i64::from(WINDOW));
+    world.report_load(&truth);
     assert!(world.step().publish.is_some(), "{:?}", world.placement());
 
     // A window that ended before the ring was published (its pod's clock far behind), or ends
@@ -317,7 +337,70 @@ fn a_report_whose_window_ended_long_ago_holds_the_rebalance_back() {
     // A clock 2 s ahead is allowed.
     world.report_load(&truth);
     edit(&mut world, &|end| end + 2000);
+    assert!(world.step().publish.is_none());
+    assert!(world.placement().trigger_held.is_some());
+    world.advance(i64::from(WINDOW));
+    world.report_load(&truth);
+    edit(&mut world, &|end| end + 2000);
     assert!(world.step().publish.is_some(), "{:?}", world.placement());
+}
+
+#[test]
+fn a_rebalance_starts_only_when_two_windows_in_a_row_are_above_the_trigger() {
+    let mut world = World::placing_by_load(4, 6);
+    let truth = skewed(&world);
+    let even = vec![1.0; 64];
+    world.advance(1000);
+
+    // One window above the trigger: remembered, nothing starts, however often it is read.
+    world.report_load(&truth);
+    assert!(world.step().publish.is_none());
+    let held = world.placement().trigger_held.expect("triggerHeld");
+    assert_eq!((held.ring_version, held.busiest_percent), (1, 200));
+    let message = world.placement().message.unwrap();
+    assert!(
+        message.contains("if the next report of every pod shows it too"),
+        "{message}"
+    );
+    world.advance(5);
+    assert!(
+        world.step().publish.is_none(),
+        "the same windows read again"
+    );
+
+    // The next window within the trigger clears it; one more above starts nothing.
+    world.report_load(&even);
+    assert!(world.step().publish.is_none());
+    assert_eq!(world.placement().trigger_held, None);
+    world.advance(i64::from(WINDOW));
+    world.report_load(&truth);
+    assert!(
+        world.step().publish.is_none(),
+        "one window after an even one"
+    );
+    let held = world.placement().trigger_held.expect("triggerHeld again");
+
+    // A later window of some pods only: not yet.
+    world.advance(i64::from(WINDOW));
+    let early = world.slot_pod(3);
+    let kept = world.pod_mut(&early).progress.load.clone();
+    world.report_load(&truth);
+    world.pod_mut(&early).progress.load = kept;
+    assert!(
+        world.step().publish.is_none(),
+        "slot 3 still reports the window before"
+    );
+    assert_eq!(world.placement().trigger_held, Some(held));
+
+    // Every pod's next window above it too: the rebalance starts.
+    world.report_load(&truth);
+    let actions = world.step();
+    let next = actions.publish.expect("a rebalance starts");
+    assert_eq!(next.ring.phase(), RingPhase::Warm);
+    assert_eq!(world.events_of(reasons::REBALANCE).len(), 1);
+    // The record belongs to the ring before: gone with the new ring.
+    world.settle(Reports::All);
+    assert_eq!(world.placement().trigger_held, None);
 }
 
 #[test]
