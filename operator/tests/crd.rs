@@ -744,6 +744,7 @@ fn whole_resource_with_status_round_trips() {
                 shards_moved: 12,
                 busiest_percent_before: 152,
                 busiest_percent_predicted: 108,
+                split_to_shards: None,
             }),
             trigger_held: Some(TriggerHeld {
                 ring_version: 7,

@@ -163,6 +163,11 @@ pub struct RebalanceRecord {
     /// The same, predicted after the moves (measured again once the pods report for the new
     /// ring: busiestPercent).
     pub busiest_percent_predicted: u32,
+    /// Set when the round moved nothing but doubled the shard count to split shards too hot for
+    /// any pod (spec.shards unset): the count after. Each hot shard becomes two of about half
+    /// its load, which the next rounds can place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_to_shards: Option<u32>,
 }
 
 /// Reports in which the busiest pod was above the trigger, waiting for the next windows to

@@ -49,7 +49,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ring::{MAX_SHARDS, MAX_VERSION};
+use crate::ring::{MAX_SHARDS, MAX_VERSION, Ring};
 
 /// What a pod served over its last window, in total and for its busiest
 /// shards; the value of the annotation
@@ -108,6 +108,34 @@ impl ShardLoadReport {
         all.sort_unstable_by(|a, b| b.requests.cmp(&a.requests).then(a.shard.cmp(&b.shard)));
         all.truncate(Self::MAX_HOT);
         all
+    }
+
+    /// The report of the pod of `slot` in `ring` whose shards each served `load(shard)` in a
+    /// window of `window_seconds` that ended at `window_end_ms`: the totals summed, the
+    /// busiest kept as [`hot`](Self::hot). `None` if the slot holds no shard. What a test or
+    /// a simulation writes in place of the SDK's reporter, from a known load per shard.
+    #[must_use]
+    pub fn of_slot(
+        ring: &Ring,
+        slot: u16,
+        window_seconds: u32,
+        window_end_ms: u64,
+        load: impl Fn(u32) -> ShardLoad,
+    ) -> Option<Self> {
+        let loads: Vec<ShardLoad> = ring.current().shards_of(slot).map(load).collect();
+        if loads.is_empty() {
+            return None;
+        }
+        Some(Self {
+            ring_version: ring.version(),
+            shards: ring.shards().get(),
+            window_seconds,
+            window_end_ms,
+            requests: loads.iter().map(|l| l.requests).sum(),
+            bytes: loads.iter().map(|l| l.bytes).sum(),
+            owned_shards: u32::try_from(loads.len()).unwrap_or(u32::MAX),
+            hot: Self::hottest(loads),
+        })
     }
 
     /// Requests per second over the window (0 for an empty window).

@@ -32,7 +32,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use locus_contract::progress::ShardLoadReport;
 use locus_contract::ring::{
-    self, Balance, BalanceConfig, BalanceError, Ring, RingError, SlotLoad, Transition,
+    self, Balance, BalanceConfig, BalanceError, Ring, RingError, ShardCount, SlotLoad, Transition,
 };
 
 use super::{Decision, Planner, plus, whole_seconds};
@@ -267,7 +267,7 @@ impl<'a> Planner<'a> {
 
     fn rebalance_from(
         &mut self,
-        published: &PublishedRing,
+        published: &'a PublishedRing,
         measure: &Measure,
     ) -> Result<Option<Decision>, RingError> {
         let ring = &published.ring;
@@ -326,6 +326,9 @@ impl<'a> Planner<'a> {
             ));
             return Ok(None);
         }
+        if let Some(decision) = self.split_hot_shards(published, result)? {
+            return Ok(Some(decision));
+        }
         if result.moves.is_empty() {
             self.load_note = Some(format!(
                 "busiest pod at {}% of the mean, above the trigger of {trigger}%, but no shard move lowers it ({} shards too hot for any pod)",
@@ -356,8 +359,58 @@ impl<'a> Planner<'a> {
             shards_moved: moved,
             busiest_percent_before: percent(result.before),
             busiest_percent_predicted: percent(result.after),
+            split_to_shards: None,
         });
         Ok(Some(Decision::publish(next, meta)))
+    }
+
+    /// Shards too hot for any pod, with the shard count chosen by the operator (`spec.shards`
+    /// unset) and below the largest: the shard count doubles through the `Reshard` step (every
+    /// shard split in place, nothing moves), so each hot shard becomes two of about half its
+    /// load that the next round can place. With `spec.shards` set, the user fixed the count:
+    /// the hot shards are only reported. At most one doubling per `intervalSeconds`: like a
+    /// rebalance, it needs the ring in place and the last round started that long ago.
+    fn split_hot_shards(
+        &mut self,
+        published: &'a PublishedRing,
+        result: &Balance,
+    ) -> Result<Option<Decision>, RingError> {
+        let ring = &published.ring;
+        let shards = ring.shards().get();
+        if result.too_hot.is_empty()
+            || self.obs.spec.shards.is_some()
+            || shards >= locus_contract::ring::MAX_SHARDS
+        {
+            return Ok(None);
+        }
+        let doubled = shards * 2;
+        let hottest = &result.too_hot[0];
+        self.shards = ShardCount::new(doubled)?;
+        let Some(mut decision) = self.reshard(published)? else {
+            return Ok(None);
+        };
+        let note = format!(
+            "busiest pod at {}% of the mean (trigger {}%) and {} shards too hot for any pod (the hottest, shard {} on slot {}, alone at {}% of the mean): shards {shards} -> {doubled}, each split in two in place, nothing moved; the next rounds place the halves",
+            percent(result.before),
+            self.obs.spec.placement.trigger_percent,
+            result.too_hot.len(),
+            hottest.shard,
+            hottest.slot,
+            percent(hottest.ratio),
+        );
+        self.event(false, reasons::SPLIT_HOT_SHARDS, note.clone());
+        self.load_note = Some(note);
+        if let Some(meta) = decision.publish.as_mut().and_then(|p| p.meta.as_mut()) {
+            meta.last_rebalance = Some(RebalanceRecord {
+                started_at: whole_seconds(self.obs.now),
+                from_version: ring.version(),
+                shards_moved: 0,
+                busiest_percent_before: percent(result.before),
+                busiest_percent_predicted: percent(result.before),
+                split_to_shards: Some(doubled),
+            });
+        }
+        Ok(Some(decision))
     }
 
     /// Hysteresis: records in `status.placement.triggerHeld` whether the trigger holds in the

@@ -24,30 +24,18 @@ impl World {
     /// (requests per second, by shard) puts on its shards.
     fn report_load(&mut self, truth: &[f64]) {
         let ring = self.ring().clone();
+        let end = u64::try_from(self.now.as_millisecond()).unwrap();
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let count = |rps: f64| (rps * f64::from(WINDOW)).round() as u64;
         for slot in ring.slots() {
-            let shards: Vec<u32> = ring.current().shards_of(slot.index).collect();
-            if shards.is_empty() {
-                continue;
-            }
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            let count = |rps: f64| (rps * f64::from(WINDOW)).round() as u64;
-            let loads: Vec<ShardLoad> = shards
-                .iter()
-                .map(|&shard| ShardLoad {
+            let Some(report) =
+                ShardLoadReport::of_slot(&ring, slot.index, WINDOW, end, |shard| ShardLoad {
                     shard,
                     requests: count(truth[shard as usize]),
                     bytes: count(truth[shard as usize]) * 100,
                 })
-                .collect();
-            let report = ShardLoadReport {
-                ring_version: ring.version(),
-                shards: ring.shards().get(),
-                window_seconds: WINDOW,
-                window_end_ms: u64::try_from(self.now.as_millisecond()).unwrap(),
-                requests: loads.iter().map(|l| l.requests).sum(),
-                bytes: loads.iter().map(|l| l.bytes).sum(),
-                owned_shards: u32::try_from(shards.len()).unwrap(),
-                hot: ShardLoadReport::hottest(loads),
+            else {
+                continue;
             };
             assert_eq!(report.validate(), Ok(()));
             let name = slot.pod.name.clone();
@@ -410,7 +398,7 @@ fn a_shard_too_hot_for_any_pod_is_reported_once_and_not_moved() {
     let hot = world.ring().current().shards_of(1).next().unwrap();
     truth[hot as usize] = 100.0; // mean (63 + 100) / 4 = 40.75
     world.advance(61);
-    world.report_load(&truth);
+    world.confirm_load(&truth);
     let actions = world.step();
     let placement = world.placement();
     assert_eq!(placement.hot_shards.len(), 1);
@@ -431,6 +419,84 @@ fn a_shard_too_hot_for_any_pod_is_reported_once_and_not_moved() {
         1,
         "once per set"
     );
+}
+
+#[test]
+fn a_shard_too_hot_for_any_pod_is_split_by_doubling_when_the_operator_chose_the_count() {
+    let mut world = World::new(4);
+    world.spec.shards = None;
+    world.settle(Reports::All);
+    world.spec.placement.balance = BalanceMode::Load;
+    world.spec.placement.max_shards_per_round = 64;
+    world.spec.placement.interval_seconds = 60;
+    assert_eq!(world.ring().shards().get(), 4096);
+    let mut truth = vec![1.0; 4096];
+    let hot = world.ring().current().shards_of(1).next().unwrap();
+    truth[hot as usize] = 3000.0; // alone 169% of the mean (4095 + 3000) / 4
+    world.advance(61);
+    world.confirm_load(&truth);
+    let before = world.ring().clone();
+    let actions = world.step();
+    let next = actions.publish.expect("the split").ring;
+    // Every shard split in place: nothing moves, the ring stays Stable.
+    assert_eq!(next.shards().get(), 8192);
+    assert_eq!(next.phase(), RingPhase::Stable);
+    for shard in 0..8192 {
+        assert_eq!(
+            next.current().slot_of(shard),
+            before.current().slot_of(shard / 2)
+        );
+    }
+    assert_eq!(world.events_of(reasons::SPLIT_HOT_SHARDS).len(), 1);
+    let note = &world.events_of(reasons::SPLIT_HOT_SHARDS)[0].note;
+    assert!(
+        note.contains(&format!("the hottest, shard {hot} on slot 1"))
+            && note.contains("shards 4096 -> 8192"),
+        "{note}"
+    );
+    assert_eq!(
+        world.last_transition().kind,
+        crate::crd::TransitionKind::Reshard
+    );
+    let last = world.placement().last_rebalance.expect("lastRebalance");
+    assert_eq!((last.shards_moved, last.split_to_shards), (0, Some(8192)));
+
+    // The pods report per new shard: the hot shard's halves, each placeable, move.
+    let halves: Vec<f64> = (0..8192).map(|s| truth[s / 2] / 2.0).collect();
+    world.advance(61);
+    world.confirm_load(&halves);
+    let actions = world.step();
+    let next = actions.publish.expect("a rebalance").ring;
+    assert_eq!(next.phase(), RingPhase::Warm, "moves, not another split");
+    assert_eq!(next.shards().get(), 8192);
+    assert_eq!(world.events_of(reasons::SPLIT_HOT_SHARDS).len(), 1);
+    world.settle(Reports::All);
+    // The halves on two slots: 4023 + 3 × 1024 req/s over 4 pods, from 227 % of the mean to
+    // 142 % (1023 + 1500 at most on one pod: the best two halves allow).
+    let table = world.ring().current();
+    assert_ne!(
+        table.slot_of(hot * 2),
+        table.slot_of(hot * 2 + 1),
+        "the halves apart"
+    );
+    let ratio = world.true_ratio(&halves);
+    assert!(ratio < 1.43, "{ratio}");
+}
+
+#[test]
+fn with_spec_shards_set_a_hot_shard_is_only_reported() {
+    let mut world = World::placing_by_load(4, 6);
+    let mut truth = vec![1.0; 64];
+    let hot = world.ring().current().shards_of(1).next().unwrap();
+    truth[hot as usize] = 100.0;
+    world.advance(61);
+    world.confirm_load(&truth);
+    let actions = world.step();
+    assert!(world.events_of(reasons::SPLIT_HOT_SHARDS).is_empty());
+    assert_eq!(world.placement().hot_shards.len(), 1);
+    if let Some(next) = actions.publish {
+        assert_eq!(next.ring.shards().get(), 64, "the user's count stays");
+    }
 }
 
 /// `cargo test -p locus-operator --release --lib load_plan_cost -- --ignored --nocapture`:
