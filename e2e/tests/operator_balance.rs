@@ -33,34 +33,22 @@ const INTERVAL: u32 = 3;
 /// Patches onto the pod of every slot holding shards in `ring` the report of the load
 /// `rps(shard)` (requests per second) puts on its shards, for `ring`'s version.
 async fn report_load(env: &Env, ring: &Ring, rps: &impl Fn(u32) -> u64) {
+    let end = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
     for slot in ring.slots() {
-        let shards: Vec<u32> = ring.current().shards_of(slot.index).collect();
-        if shards.is_empty() {
-            continue;
-        }
-        let loads: Vec<ShardLoad> = shards
-            .iter()
-            .map(|&shard| ShardLoad {
+        let Some(report) =
+            ShardLoadReport::of_slot(ring, slot.index, WINDOW, end, |shard| ShardLoad {
                 shard,
                 requests: rps(shard) * u64::from(WINDOW),
                 bytes: rps(shard) * u64::from(WINDOW) * 512,
             })
-            .collect();
-        let report = ShardLoadReport {
-            ring_version: ring.version(),
-            shards: ring.shards().get(),
-            window_seconds: WINDOW,
-            window_end_ms: u64::try_from(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_millis(),
-            )
-            .unwrap(),
-            requests: loads.iter().map(|l| l.requests).sum(),
-            bytes: loads.iter().map(|l| l.bytes).sum(),
-            owned_shards: u32::try_from(shards.len()).unwrap(),
-            hot: ShardLoadReport::hottest(loads),
+        else {
+            continue;
         };
         let patch = serde_json::json!({
             "metadata": {"annotations": {SHARD_LOAD: report.to_annotation()}}
@@ -279,4 +267,56 @@ async fn bad_placement_values_are_refused_with_what_to_fix() {
         ),
         (120, 110, 64, 300)
     );
+}
+
+#[tokio::test]
+async fn a_shard_too_hot_for_any_pod_is_split_when_the_operator_chose_the_count() {
+    let env = setup("op-balance-split").await.unwrap();
+    let _operator = Operator::start(env.operator.clone(), env.namespace());
+    let mut manifest = service("hot", 2);
+    manifest["spec"].as_object_mut().unwrap().remove("shards");
+    manifest["spec"]["placement"] = serde_json::json!({
+        "balance": "Load",
+        "maxShardsPerRound": BUDGET,
+        "intervalSeconds": INTERVAL,
+    });
+    apply(&env, &manifest).await.unwrap();
+    let (before, _) = converged(&env, "hot", 2).await.unwrap();
+    assert_eq!(before.shards().get(), 4096, "the operator's choice");
+
+    // One shard of slot 0 at 10 000 req/s, the others at 1: alone at 142 % of the mean, too
+    // hot for any pod; the busiest pod at 171 %.
+    let hot = before.current().shards_of(0).next().unwrap();
+    let load = |shard: u32| if shard == hot { 10_000 } else { 1 };
+    let placement = report_until(&env, "hot", &before, load, "the hot shard split", |p| {
+        p.last_rebalance.is_some()
+    })
+    .await;
+    let last = placement.last_rebalance.unwrap();
+    assert_eq!((last.shards_moved, last.split_to_shards), (0, Some(8192)));
+    let (after, status) = converged(&env, "hot", 2).await.unwrap();
+    assert_eq!(after.shards().get(), 8192);
+    assert_eq!(
+        status.last_transition.as_ref().unwrap().kind,
+        TransitionKind::Reshard
+    );
+    for shard in 0..8192 {
+        assert_eq!(
+            after.current().slot_of(shard),
+            before.current().slot_of(shard / 2),
+            "every shard split in place, none moved"
+        );
+    }
+    let split = wait::until(
+        Duration::from_secs(20),
+        "the HotShardsSplit event",
+        || async {
+            let split = events(&env, "hot", "HotShardsSplit").await;
+            Ok::<_, kube::Error>((!split.is_empty()).then_some(split))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(split.len(), 1);
+    println!("hot shard split: {:?}", split[0].note);
 }
