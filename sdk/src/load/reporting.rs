@@ -145,7 +145,7 @@ mod tests {
         .unwrap()
     }
 
-    /// A reporter that fails while `down` is set.
+    /// The memory reporter, whose load reports fail while `down` is set.
     #[derive(Clone)]
     struct Flaky {
         memory: MemoryProgressReporter,
@@ -153,12 +153,15 @@ mod tests {
     }
 
     impl ProgressReporter for Flaky {
-        fn report<'a>(&'a self, _: &'a Progress) -> BoxFuture<'a, Result<(), ProgressError>> {
-            Box::pin(std::future::ready(Ok(())))
+        fn report<'a>(
+            &'a self,
+            progress: &'a Progress,
+        ) -> BoxFuture<'a, Result<(), ProgressError>> {
+            self.memory.report(progress)
         }
 
         fn takes_load(&self) -> bool {
-            true
+            self.memory.takes_load()
         }
 
         fn report_load<'a>(
