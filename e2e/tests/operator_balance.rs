@@ -90,6 +90,15 @@ async fn report_until(
     }
 }
 
+/// Stands in for live reporters for `seconds`: a report of `rps` for `ring` every window.
+async fn report_for(env: &Env, ring: &Ring, rps: impl Fn(u32) -> u64, seconds: u64) {
+    let end = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    while tokio::time::Instant::now() < end {
+        report_load(env, ring, &rps).await;
+        tokio::time::sleep(Duration::from_secs(u64::from(WINDOW))).await;
+    }
+}
+
 /// `status.placement` of `name`, once it satisfies `ready`.
 async fn placement_when(
     env: &Env,
@@ -211,11 +220,7 @@ async fn skewed_load_is_rebalanced_within_the_budget_and_balanced_load_stays_put
     assert!(balanced.pods.iter().all(|p| p.problem.is_none()));
     // Nothing more happens while the pods report on: the absence of a transition can only be
     // seen by waiting (several intervals).
-    let quiet = tokio::time::Instant::now() + Duration::from_secs(u64::from(INTERVAL) * 3);
-    while tokio::time::Instant::now() < quiet {
-        report_load(&env, &after, &|_| 10).await;
-        tokio::time::sleep(Duration::from_secs(u64::from(WINDOW))).await;
-    }
+    report_for(&env, &after, |_| 10, u64::from(INTERVAL) * 3).await;
     let still = ring(&env, "chat").await.unwrap().unwrap();
     assert_eq!(still.version(), after.version(), "rebalanced again");
     assert_eq!(still.current(), after.current());

@@ -679,6 +679,35 @@ fn transition_summary(
     }
 }
 
+/// `spec.placement` and `status.placement`, unless the service balances by key count and has
+/// no placement status.
+fn placement_summary(
+    service: &locus_contract::crd::StatefulService,
+    now: Timestamp,
+) -> Option<PlacementSummary> {
+    let status = service.status.as_ref();
+    let spec_placement = &service.spec.placement;
+    let status_placement = status.and_then(|s| s.placement.as_ref());
+    (spec_placement.balance != BalanceMode::Keys || status_placement.is_some()).then(|| {
+        let measured = status_placement.cloned().unwrap_or_default();
+        PlacementSummary {
+            mode: spec_placement.balance,
+            trigger_percent: spec_placement.trigger_percent,
+            target_percent: spec_placement.target_percent,
+            busiest_percent: measured.busiest_percent,
+            message: measured.message,
+            pods: measured.pods,
+            last_rebalance_seconds_ago: measured
+                .last_rebalance
+                .as_ref()
+                .map(|r| seconds_since(now, r.started_at.0)),
+            last_rebalance: measured.last_rebalance,
+            hot_shards: measured.hot_shards,
+            trigger_held: measured.trigger_held,
+        }
+    })
+}
+
 /// The report of `objects` at time `now`.
 pub fn build(objects: &Objects, now: Timestamp) -> StatusReport {
     let service = &objects.service;
@@ -738,27 +767,7 @@ pub fn build(objects: &Objects, now: Timestamp) -> StatusReport {
         })
         .map(|c| c.reason.clone());
     let last_transition = record.map(|t| transition_summary(t, reports, now));
-    let spec_placement = &service.spec.placement;
-    let status_placement = status.and_then(|s| s.placement.as_ref());
-    let placement = (spec_placement.balance != BalanceMode::Keys || status_placement.is_some())
-        .then(|| {
-            let measured = status_placement.cloned().unwrap_or_default();
-            PlacementSummary {
-                mode: spec_placement.balance,
-                trigger_percent: spec_placement.trigger_percent,
-                target_percent: spec_placement.target_percent,
-                busiest_percent: measured.busiest_percent,
-                message: measured.message,
-                pods: measured.pods,
-                last_rebalance_seconds_ago: measured
-                    .last_rebalance
-                    .as_ref()
-                    .map(|r| seconds_since(now, r.started_at.0)),
-                last_rebalance: measured.last_rebalance,
-                hot_shards: measured.hot_shards,
-                trigger_held: measured.trigger_held,
-            }
-        });
+    let placement = placement_summary(service, now);
     let mut report = StatusReport {
         service: name,
         namespace,

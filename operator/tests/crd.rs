@@ -678,6 +678,10 @@ fn bad_values_are_refused_by_serde_too() {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one whole resource, every status field set, written out"
+)]
 fn whole_resource_with_status_round_trips() {
     let spec: StatefulServiceSpec =
         serde_json::from_value(minimal_spec_json()).expect("deserializes");

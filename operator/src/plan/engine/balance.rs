@@ -124,6 +124,7 @@ impl<'a> Planner<'a> {
         let now = self.obs.now.as_millisecond();
         let max_age = i64::try_from(STALE_AFTER_WINDOWS * u64::from(report.window_seconds) * 1000)
             .unwrap_or(i64::MAX);
+        #[allow(clippy::cast_precision_loss, reason = "ages far below 2^52 ms")]
         let seconds = |ms: i64| format!("{:.1}", ms as f64 / 1000.0);
         if end < in_place.as_millisecond().saturating_sub(skew) {
             Some(format!(
@@ -422,8 +423,9 @@ impl<'a> Planner<'a> {
         let Some((earliest, latest)) = measure.window_ends else {
             return false;
         };
+        self.trigger_read = true;
         if !result.triggered {
-            self.trigger_held = Some(None);
+            self.trigger_held = None;
             return false;
         }
         let held = self
@@ -435,19 +437,19 @@ impl<'a> Planner<'a> {
         match held {
             Some(held) if earliest > held.window_end_ms => {
                 // Confirmed; the record stays until the rebalance's new ring replaces it.
-                self.trigger_held = Some(Some(held.clone()));
+                self.trigger_held = Some(held.clone());
                 true
             }
             Some(held) => {
-                self.trigger_held = Some(Some(held.clone()));
+                self.trigger_held = Some(held.clone());
                 false
             }
             None => {
-                self.trigger_held = Some(Some(TriggerHeld {
+                self.trigger_held = Some(TriggerHeld {
                     ring_version: ring.version(),
                     window_end_ms: latest,
                     busiest_percent: percent(result.before),
-                }));
+                });
                 false
             }
         }
@@ -483,13 +485,13 @@ impl<'a> Planner<'a> {
             .unwrap_or_default();
         // The trigger as this pass found it, or as the last status recorded it while no usable
         // reports were read; only for the ring this pass leaves.
-        let trigger_held = match self.trigger_held.take() {
-            Some(held) => held,
-            None => self
-                .obs
+        let trigger_held = if self.trigger_read {
+            self.trigger_held.take()
+        } else {
+            self.obs
                 .status
                 .and_then(|s| s.placement.as_ref())
-                .and_then(|p| p.trigger_held.clone()),
+                .and_then(|p| p.trigger_held.clone())
         }
         .filter(|h| ring.is_some_and(|r| r.version() == h.ring_version));
         let mut status = PlacementStatus {
