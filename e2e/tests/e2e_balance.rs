@@ -120,18 +120,23 @@ fn expected_shares(demo: &mut Demo, ring: &Ring, sessions: u32) -> BTreeMap<Stri
     shares
 }
 
-#[tokio::test]
-async fn every_pod_reports_its_shard_load() {
-    let env = setup("e2e-loadrep").await;
-    let options = options(&env, 3);
-    let mut demo = Demo::deploy_with(
+/// The sample service deployed with `options`, its load generator sending the Zipf load.
+async fn deploy_zipf(env: &Env, options: &DemoOptions) -> Demo {
+    Demo::deploy_with(
         &env.target,
-        &options,
+        options,
         |load| LoadConfig { keys: ZIPF, ..load },
         &say,
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn every_pod_reports_its_shard_load() {
+    let env = setup("e2e-loadrep").await;
+    let options = options(&env, 3);
+    let mut demo = deploy_zipf(&env, &options).await;
     let ring = demo.ring().await.unwrap().unwrap();
     let pods = demo.pods().clone();
     let http = reqwest::Client::new();
@@ -499,14 +504,7 @@ async fn zipf_load_is_rebalanced() {
         sample_args: vec!["--load-report-interval".into(), "5s".into()],
         ..options(&env, 4)
     };
-    let mut demo = Demo::deploy_with(
-        &env.target,
-        &options,
-        |load| LoadConfig { keys: ZIPF, ..load },
-        &say,
-    )
-    .await
-    .unwrap();
+    let mut demo = deploy_zipf(&env, &options).await;
     let client = env.cluster.client().await.unwrap();
     let services: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), env.namespace(), &resource());

@@ -151,6 +151,7 @@ mod tests {
             ring_version: 9,
             shards: 1024,
             window_seconds: 15,
+            window_end_ms: 1_800_000_000_000,
             requests: 300,
             bytes: 4096,
             owned_shards: 341,
