@@ -561,14 +561,18 @@ async fn zipf_load_is_rebalanced() {
     figures.say();
 
     for summary in [&steady, &moving, &settled] {
-        say(&format!("{}: moved {:?}", summary.phase, summary.moved));
+        let late: u64 = summary.takeovers.values().map(|t| t.late).sum();
+        say(&format!(
+            "{}: moved {:?}, {late} takeovers announced late",
+            summary.phase, summary.moved
+        ));
         assert_eq!(summary.errors, 0, "{:?}", summary.errors_by_kind);
         assert!(summary.is_consistent(), "{}", summary.to_json_line());
+        // Every session seen on a new pod was announced by it (`x-locus-takeover`), late
+        // (`:late`) when its first request came after the pod's report was final: a Zipf tail
+        // session can go unrequested for minutes.
+        assert_eq!(summary.moved.unannounced, 0, "{}", summary.to_json_line());
     }
-    // Not asserted: sessions seen on a new pod without `x-locus-takeover` (`unannounced`).
-    // With two rounds some appear (2 and 3 in one run, 0 with one round): the load generator's
-    // move tracking or the takeover announcement when a second round moves shards again; the
-    // warm and lost-write checks below are the issue's.
     assert_eq!(
         verification.lost_writes, 0,
         "{:?}",
