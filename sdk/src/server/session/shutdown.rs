@@ -141,8 +141,8 @@ impl Member {
 
     /// [`shutdown`](Self::shutdown) with the reason given by the caller
     /// instead of looked up: [`ShutdownIntent::Restart`] writes the snapshot
-    /// (if a directory is set), [`ShutdownIntent::Retire`] hands the
-    /// sessions over.
+    /// (if a directory is set) and nothing back — say it only when the same
+    /// pod starts again —, [`ShutdownIntent::Retire`] hands the sessions over.
     pub async fn shutdown_as(&self, intent: ShutdownIntent, within: Duration) -> ShutdownReport {
         let started = Instant::now();
         self.shut_down(started, started + within, Some(Ok(intent)))
