@@ -167,7 +167,11 @@ mod tests {
 
     #[test]
     fn seen_headers_are_summed_over_the_transitions_switch_versions() {
-        let counts = |warm, cold| TakeoverCounts { warm, cold };
+        let counts = |warm, cold| TakeoverCounts {
+            warm,
+            cold,
+            late: 0,
+        };
         let phase: BTreeMap<u64, TakeoverCounts> =
             [(3, counts(5, 1)), (7, counts(2, 0)), (9, counts(1, 1))].into();
         let verify: BTreeMap<u64, TakeoverCounts> = [(7, counts(1, 2))].into();

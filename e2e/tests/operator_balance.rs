@@ -32,28 +32,23 @@ const INTERVAL: u32 = 3;
 
 /// Patches onto the pod of every slot holding shards in `ring` the report of the load
 /// `rps(shard)` (requests per second) puts on its shards, for `ring`'s version.
-async fn report_load(env: &Env, ring: &Ring, rps: impl Fn(u32) -> u64) {
+async fn report_load(env: &Env, ring: &Ring, rps: &impl Fn(u32) -> u64) {
+    let end = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
     for slot in ring.slots() {
-        let shards: Vec<u32> = ring.current().shards_of(slot.index).collect();
-        if shards.is_empty() {
-            continue;
-        }
-        let loads: Vec<ShardLoad> = shards
-            .iter()
-            .map(|&shard| ShardLoad {
+        let Some(report) =
+            ShardLoadReport::of_slot(ring, slot.index, WINDOW, end, |shard| ShardLoad {
                 shard,
                 requests: rps(shard) * u64::from(WINDOW),
                 bytes: rps(shard) * u64::from(WINDOW) * 512,
             })
-            .collect();
-        let report = ShardLoadReport {
-            ring_version: ring.version(),
-            shards: ring.shards().get(),
-            window_seconds: WINDOW,
-            requests: loads.iter().map(|l| l.requests).sum(),
-            bytes: loads.iter().map(|l| l.bytes).sum(),
-            owned_shards: u32::try_from(shards.len()).unwrap(),
-            hot: ShardLoadReport::hottest(loads),
+        else {
+            continue;
         };
         let patch = serde_json::json!({
             "metadata": {"annotations": {SHARD_LOAD: report.to_annotation()}}
@@ -69,6 +64,38 @@ async fn report_load(env: &Env, ring: &Ring, rps: impl Fn(u32) -> u64) {
             )
             .await
             .unwrap();
+    }
+}
+
+/// Stands in for live reporters: every window, reports for `ring` the load `rps` puts on its
+/// shards (a fresh window each time: the operator refuses stale reports and starts a rebalance
+/// only on two windows in a row) until `name`'s `status.placement` satisfies `ready`.
+async fn report_until(
+    env: &Env,
+    name: &str,
+    ring: &Ring,
+    rps: impl Fn(u32) -> u64,
+    what: &str,
+    ready: impl Fn(&PlacementStatus) -> bool,
+) -> PlacementStatus {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        report_load(env, ring, &rps).await;
+        tokio::time::sleep(Duration::from_secs(u64::from(WINDOW))).await;
+        let svc = env.services().get(name).await.unwrap();
+        if let Some(placement) = svc.status.and_then(|s| s.placement).filter(|p| ready(p)) {
+            return placement;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+    }
+}
+
+/// Stands in for live reporters for `seconds`: a report of `rps` for `ring` every window.
+async fn report_for(env: &Env, ring: &Ring, rps: impl Fn(u32) -> u64, seconds: u64) {
+    let end = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    while tokio::time::Instant::now() < end {
+        report_load(env, ring, &rps).await;
+        tokio::time::sleep(Duration::from_secs(u64::from(WINDOW))).await;
     }
 }
 
@@ -117,10 +144,14 @@ async fn skewed_load_is_rebalanced_within_the_budget_and_balanced_load_stays_put
     // Slot 0's 64 shards at 30 req/s, the others' at 10: the busiest at 200 % of the mean.
     let hot_slot: Vec<u32> = before.current().shards_of(0).collect();
     let skewed = |shard: u32| if hot_slot.contains(&shard) { 30 } else { 10 };
-    report_load(&env, &before, skewed).await;
-    let measured = placement_when(&env, "chat", "the skewed reports read", |p| {
-        p.last_rebalance.is_some() || p.busiest_percent == Some(200)
-    })
+    let measured = report_until(
+        &env,
+        "chat",
+        &before,
+        skewed,
+        "the skewed reports read",
+        |p| p.last_rebalance.is_some() || p.busiest_percent == Some(200),
+    )
     .await;
     assert!(
         measured
@@ -129,8 +160,9 @@ async fn skewed_load_is_rebalanced_within_the_budget_and_balanced_load_stays_put
             .all(|p| p.requests_per_second.is_some())
     );
 
-    // A rebalance starts, goes through Warm, Switch and Settle, and ends Stable.
-    let placement = placement_when(&env, "chat", "a rebalance recorded", |p| {
+    // A rebalance starts (once two windows in a row were above the trigger), goes through
+    // Warm, Switch and Settle, and ends Stable.
+    let placement = report_until(&env, "chat", &before, skewed, "a rebalance recorded", |p| {
         p.last_rebalance.is_some()
     })
     .await;
@@ -171,18 +203,24 @@ async fn skewed_load_is_rebalanced_within_the_budget_and_balanced_load_stays_put
     );
 
     // Reports for the new ring with an even load per shard: busiest/mean within the trigger.
-    report_load(&env, &after, |_| 10).await;
-    let balanced = placement_when(&env, "chat", "the balanced reports read", |p| {
-        p.message
-            .as_deref()
-            .is_some_and(|m| m.contains("within the trigger"))
-    })
+    let balanced = report_until(
+        &env,
+        "chat",
+        &after,
+        |_| 10,
+        "the balanced reports read",
+        |p| {
+            p.message
+                .as_deref()
+                .is_some_and(|m| m.contains("within the trigger"))
+        },
+    )
     .await;
     assert!(balanced.busiest_percent.unwrap() <= 120, "{balanced:?}");
     assert!(balanced.pods.iter().all(|p| p.problem.is_none()));
-    // Nothing more happens: the absence of a transition can only be seen by waiting (several
-    // intervals; the operator requeues itself at each interval's end).
-    tokio::time::sleep(Duration::from_secs(u64::from(INTERVAL) * 3)).await;
+    // Nothing more happens while the pods report on: the absence of a transition can only be
+    // seen by waiting (several intervals).
+    report_for(&env, &after, |_| 10, u64::from(INTERVAL) * 3).await;
     let still = ring(&env, "chat").await.unwrap().unwrap();
     assert_eq!(still.version(), after.version(), "rebalanced again");
     assert_eq!(still.current(), after.current());
@@ -234,4 +272,56 @@ async fn bad_placement_values_are_refused_with_what_to_fix() {
         ),
         (120, 110, 64, 300)
     );
+}
+
+#[tokio::test]
+async fn a_shard_too_hot_for_any_pod_is_split_when_the_operator_chose_the_count() {
+    let env = setup("op-balance-split").await.unwrap();
+    let _operator = Operator::start(env.operator.clone(), env.namespace());
+    let mut manifest = service("hot", 2);
+    manifest["spec"].as_object_mut().unwrap().remove("shards");
+    manifest["spec"]["placement"] = serde_json::json!({
+        "balance": "Load",
+        "maxShardsPerRound": BUDGET,
+        "intervalSeconds": INTERVAL,
+    });
+    apply(&env, &manifest).await.unwrap();
+    let (before, _) = converged(&env, "hot", 2).await.unwrap();
+    assert_eq!(before.shards().get(), 4096, "the operator's choice");
+
+    // One shard of slot 0 at 10 000 req/s, the others at 1: alone at 142 % of the mean, too
+    // hot for any pod; the busiest pod at 171 %.
+    let hot = before.current().shards_of(0).next().unwrap();
+    let load = |shard: u32| if shard == hot { 10_000 } else { 1 };
+    let placement = report_until(&env, "hot", &before, load, "the hot shard split", |p| {
+        p.last_rebalance.is_some()
+    })
+    .await;
+    let last = placement.last_rebalance.unwrap();
+    assert_eq!((last.shards_moved, last.split_to_shards), (0, Some(8192)));
+    let (after, status) = converged(&env, "hot", 2).await.unwrap();
+    assert_eq!(after.shards().get(), 8192);
+    assert_eq!(
+        status.last_transition.as_ref().unwrap().kind,
+        TransitionKind::Reshard
+    );
+    for shard in 0..8192 {
+        assert_eq!(
+            after.current().slot_of(shard),
+            before.current().slot_of(shard / 2),
+            "every shard split in place, none moved"
+        );
+    }
+    let split = wait::until(
+        Duration::from_secs(20),
+        "the HotShardsSplit event",
+        || async {
+            let split = events(&env, "hot", "HotShardsSplit").await;
+            Ok::<_, kube::Error>((!split.is_empty()).then_some(split))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(split.len(), 1);
+    println!("hot shard split: {:?}", split[0].note);
 }

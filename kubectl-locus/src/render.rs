@@ -14,6 +14,7 @@
 
 use std::fmt::Write as _;
 
+use locus_contract::crd::BalanceMode;
 use locus_contract::ring::Phase as RingPhase;
 
 use crate::report::{PodRow, SlotRow, StatusReport, TransitionSummary};
@@ -630,6 +631,106 @@ fn last_transition(report: &StatusReport, out: &mut String, width: usize) {
     }
 }
 
+/// Requests or bytes per second, short: `950.5`, `12.3k`, `4.1M`.
+fn rate(value: Option<f64>) -> String {
+    match value {
+        None => "-".to_owned(),
+        Some(v) if v >= 1e6 => format!("{:.1}M", v / 1e6),
+        Some(v) if v >= 1e4 => format!("{:.1}k", v / 1e3),
+        Some(v) => format!("{v:.1}"),
+    }
+}
+
+fn placement(report: &StatusReport, out: &mut String, width: usize) {
+    let Some(p) = &report.placement else {
+        return;
+    };
+    let _ = writeln!(out, "\nPlacement");
+    let mut mode = format!("{:?}", p.mode);
+    if p.mode == BalanceMode::Load {
+        let _ = write!(
+            mode,
+            " (trigger {}%, target {}% of the mean)",
+            p.trigger_percent, p.target_percent
+        );
+    }
+    field(out, "Balance", &mode, width);
+    if let Some(busiest) = p.busiest_percent {
+        field(
+            out,
+            "Busiest pod",
+            &format!("{busiest}% of the mean"),
+            width,
+        );
+    }
+    if let Some(held) = &p.trigger_held {
+        field(
+            out,
+            "Trigger held",
+            &format!(
+                "{}% in the last windows of ring version {}: a rebalance starts if the next confirm it",
+                held.busiest_percent, held.ring_version
+            ),
+            width,
+        );
+    }
+    if let Some(message) = &p.message {
+        field(out, "Message", message, width);
+    }
+    let last = match (&p.last_rebalance, p.last_rebalance_seconds_ago) {
+        (None, _) => "none".to_owned(),
+        (Some(r), ago) => format!(
+            "{} ago, from ring version {}: {} shards moved, busiest {}% -> {}% predicted",
+            ago.map_or_else(|| "?".to_owned(), age),
+            r.from_version,
+            r.shards_moved,
+            r.busiest_percent_before,
+            r.busiest_percent_predicted
+        ),
+    };
+    field(out, "Last rebalance", &last, width);
+    if !p.hot_shards.is_empty() {
+        let hot: Vec<String> = p
+            .hot_shards
+            .iter()
+            .map(|h| {
+                format!(
+                    "{} on slot {} ({} req/s, {}% of the mean)",
+                    h.shard,
+                    h.slot,
+                    rate(Some(h.requests_per_second)),
+                    h.percent_of_mean
+                )
+            })
+            .collect();
+        field(out, "Hot shards", &hot.join(", "), width);
+    }
+    if p.pods.is_empty() {
+        return;
+    }
+    let mut table = Table::new(vec![
+        Column::left("SLOT"),
+        Column::shrinking("POD", Cut::Middle, 12),
+        Column::right("REQ/S"),
+        Column::right("BYTES/S"),
+        Column::right("RING"),
+        Column::shrinking("PROBLEM", Cut::Wrap, 16),
+    ]);
+    for pod in &p.pods {
+        table.row(vec![
+            pod.slot.to_string(),
+            pod.pod.clone(),
+            rate(pod.requests_per_second),
+            rate(pod.bytes_per_second),
+            version(pod.ring_version),
+            pod.problem.clone().unwrap_or_else(|| "-".to_owned()),
+        ]);
+    }
+    for line in table.render(width) {
+        let _ = writeln!(out, "{line}");
+    }
+}
+
 fn warnings(report: &StatusReport, out: &mut String, width: usize) {
     let _ = writeln!(out, "\nWarnings");
     if report.warnings.is_empty() {
@@ -643,7 +744,7 @@ fn warnings(report: &StatusReport, out: &mut String, width: usize) {
 }
 
 /// The report as text for a terminal `width` columns wide: header, slots, pods, conditions,
-/// last transition, warnings.
+/// last transition, placement (when not by key count), warnings.
 pub fn text(report: &StatusReport, width: usize) -> String {
     let mut out = String::new();
     header(report, &mut out, width);
@@ -651,6 +752,7 @@ pub fn text(report: &StatusReport, width: usize) -> String {
     pods(report, &mut out, width);
     conditions(report, &mut out, width);
     last_transition(report, &mut out, width);
+    placement(report, &mut out, width);
     warnings(report, &mut out, width);
     out
 }
@@ -723,6 +825,64 @@ Warnings
 (none)
 ";
         assert_eq!(text, expected, "\n{text}");
+    }
+
+    /// `stable()` placing by load, with what the operator measured.
+    fn placing_by_load() -> crate::fetch::Objects {
+        let mut objects = stable();
+        objects.service.spec.placement.balance = BalanceMode::Load;
+        let placement = serde_json::json!({
+            "pods": [
+                {"slot": 0, "pod": "ledger-0-aaaaa", "requestsPerSecond": 950.5,
+                 "bytesPerSecond": 1_234_567.0, "ringVersion": 3},
+                {"slot": 1, "pod": "ledger-1-bbbbb", "ringVersion": 2,
+                 "problem": "stale: its window ended 40.0 s ago, more than 3 windows of 5 s"},
+            ],
+            "busiestPercent": 135,
+            "message": "waiting for every pod's load report for ring version 3",
+            "lastRebalance": {"startedAt": "2030-01-01T00:00:30Z", "fromVersion": 1,
+                "shardsMoved": 3, "busiestPercentBefore": 152, "busiestPercentPredicted": 108},
+            "triggerHeld": {"ringVersion": 3, "windowEndMs": 1_893_456_090_000_u64,
+                "busiestPercent": 135},
+            "hotShards": [{"shard": 5, "slot": 0, "requestsPerSecond": 12_500.0,
+                "percentOfMean": 140}],
+        });
+        objects.service.status.as_mut().unwrap().placement =
+            Some(serde_json::from_value(placement).unwrap());
+        objects
+    }
+
+    #[test]
+    fn placement_by_load_shows_each_pods_load_the_last_rebalance_and_hot_shards() {
+        let report = build(&placing_by_load(), now());
+        let text = text(&report, DEFAULT_WIDTH);
+        assert_fits(&text, 80);
+        let start = text.find("\nPlacement\n").expect("a placement section");
+        let end = text.find("\nWarnings").unwrap();
+        let expected = "
+Placement
+Balance          Load (trigger 120%, target 110% of the mean)
+Busiest pod      135% of the mean
+Trigger held     135% in the last windows of ring version 3: a rebalance starts
+                 if the next confirm it
+Message          waiting for every pod's load report for ring version 3
+Last rebalance   1m10s ago, from ring version 1: 3 shards moved, busiest 152% ->
+                 108% predicted
+Hot shards       5 on slot 0 (12.5k req/s, 140% of the mean)
+SLOT  POD             REQ/S  BYTES/S  RING  PROBLEM
+0     ledger-0-aaaaa  950.5     1.2M     3  -
+1     ledger-1-bbbbb      -        -     2  stale: its window ended 40.0 s ago,
+                                            more than 3 windows of 5 s
+";
+        assert_eq!(&text[start..end], expected, "\n{text}");
+        let json: serde_json::Value = serde_json::from_str(&json(&report).unwrap()).unwrap();
+        assert_eq!(json["placement"]["mode"], "Load");
+        assert_eq!(json["placement"]["pods"][0]["requestsPerSecond"], 950.5);
+        assert_eq!(json["placement"]["lastRebalanceSecondsAgo"], 70);
+        // Balanced by key count, without a placement status: no section, `null` in JSON.
+        let keys = build(&stable(), now());
+        assert!(keys.placement.is_none());
+        assert!(!super::text(&keys, DEFAULT_WIDTH).contains("Placement"));
     }
 
     #[test]
@@ -1043,6 +1203,7 @@ Warnings
             "pods",
             "conditions",
             "lastTransition",
+            "placement",
             "warnings",
         ];
         documented.sort_unstable();

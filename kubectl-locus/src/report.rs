@@ -13,8 +13,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::jiff::Timestamp;
 use locus_contract::crd::{
-    ColdSessions, MOVED_SESSIONS_REPORTED, MovedSessionsSummary, Phase, ServedSessions,
-    TransitionKind, TransitionRecord, WarmSessions,
+    BalanceMode, ColdSessions, HotShardStatus, MOVED_SESSIONS_REPORTED, MovedSessionsSummary,
+    Phase, PodLoad, RebalanceRecord, ServedSessions, TransitionKind, TransitionRecord, TriggerHeld,
+    WarmSessions,
 };
 use locus_contract::progress::{MovedReport, MovedSessions, Progress, ReportState};
 use locus_contract::ring::{
@@ -59,8 +60,38 @@ pub struct StatusReport {
     pub conditions: Vec<ConditionRow>,
     /// `status.lastTransition`, with the moved sessions the pods reported for it.
     pub last_transition: Option<TransitionSummary>,
+    /// Placement by load: `spec.placement` and `status.placement`; `None` when the service
+    /// balances by key count (the default) and the status has no placement.
+    pub placement: Option<PlacementSummary>,
     /// What needs attention.
     pub warnings: Vec<Warning>,
+}
+
+/// How shards are placed (`spec.placement`) and what the operator measured
+/// (`status.placement`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementSummary {
+    /// `spec.placement.balance`: `Keys`, `Load` or `Off`.
+    pub mode: BalanceMode,
+    /// `spec.placement.triggerPercent`.
+    pub trigger_percent: u32,
+    /// `spec.placement.targetPercent`.
+    pub target_percent: u32,
+    /// The busiest pod's requests per second over the mean, in percent.
+    pub busiest_percent: Option<u32>,
+    /// Why no rebalance is starting, or which one started.
+    pub message: Option<String>,
+    /// The load each slot's pod reports (`status.placement.pods`).
+    pub pods: Vec<PodLoad>,
+    /// The last rebalance by load.
+    pub last_rebalance: Option<RebalanceRecord>,
+    /// Seconds since the last rebalance started.
+    pub last_rebalance_seconds_ago: Option<i64>,
+    /// Shards too hot for any pod, busiest first.
+    pub hot_shards: Vec<HotShardStatus>,
+    /// The trigger held in the last windows; a rebalance starts if the next ones confirm it.
+    pub trigger_held: Option<TriggerHeld>,
 }
 
 /// Replica counts: the spec's, and the status' (`None` without a status).
@@ -648,6 +679,35 @@ fn transition_summary(
     }
 }
 
+/// `spec.placement` and `status.placement`, unless the service balances by key count and has
+/// no placement status.
+fn placement_summary(
+    service: &locus_contract::crd::StatefulService,
+    now: Timestamp,
+) -> Option<PlacementSummary> {
+    let status = service.status.as_ref();
+    let spec_placement = &service.spec.placement;
+    let status_placement = status.and_then(|s| s.placement.as_ref());
+    (spec_placement.balance != BalanceMode::Keys || status_placement.is_some()).then(|| {
+        let measured = status_placement.cloned().unwrap_or_default();
+        PlacementSummary {
+            mode: spec_placement.balance,
+            trigger_percent: spec_placement.trigger_percent,
+            target_percent: spec_placement.target_percent,
+            busiest_percent: measured.busiest_percent,
+            message: measured.message,
+            pods: measured.pods,
+            last_rebalance_seconds_ago: measured
+                .last_rebalance
+                .as_ref()
+                .map(|r| seconds_since(now, r.started_at.0)),
+            last_rebalance: measured.last_rebalance,
+            hot_shards: measured.hot_shards,
+            trigger_held: measured.trigger_held,
+        }
+    })
+}
+
 /// The report of `objects` at time `now`.
 pub fn build(objects: &Objects, now: Timestamp) -> StatusReport {
     let service = &objects.service;
@@ -707,6 +767,7 @@ pub fn build(objects: &Objects, now: Timestamp) -> StatusReport {
         })
         .map(|c| c.reason.clone());
     let last_transition = record.map(|t| transition_summary(t, reports, now));
+    let placement = placement_summary(service, now);
     let mut report = StatusReport {
         service: name,
         namespace,
@@ -732,6 +793,7 @@ pub fn build(objects: &Objects, now: Timestamp) -> StatusReport {
         pods,
         conditions,
         last_transition,
+        placement,
         warnings: Vec::new(),
     };
     report.warnings = warnings(&report);

@@ -27,7 +27,7 @@
 //!   least the version in question, so a stale pod list only delays steps. The steps that act
 //!   on what the list shows or lacks are creations and deletions. A pod this process created
 //!   but the cache does not show yet would be planned again: its name is a pure function of
-//!   service, slot, revision and attempt ([`crate::plan::naming`]), so the server-side apply
+//!   service, slot, revision and attempt (`plan::naming`), so the server-side apply
 //!   would hit the same pod, but the attempt depends on the names the list shows, so instead
 //!   the plan waits for the cache: every creation and deletion this process makes is recorded
 //!   ([`Context::wrote_pods`]) and a cached list that does not show them all (created pods

@@ -1,6 +1,6 @@
 //! The controller's memory of when this process first saw each state a step deadline counts
 //! from ([`Sightings`], one per service), the source of the planner's
-//! [`FirstSeen`](crate::plan::FirstSeen).
+//! [`FirstSeen`].
 //!
 //! Sightings are [`Instant`]s (the monotonic clock), converted to times on this process's wall
 //! clock only when a plan is made (`now_wall - (now_instant - seen_instant)`): a wall-clock

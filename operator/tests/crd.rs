@@ -13,7 +13,7 @@ use locus_operator::crd::{
     self, AVAILABLE, BalanceMode, ColdSessions, DEGRADED, HotShardStatus, MovedSessionsSummary,
     PROGRESSING, Phase, PlacementStatus, PodFailurePolicy, PodLoad, RebalanceRecord,
     StatefulService, StatefulServiceSpec, StatefulServiceStatus, TransitionKind, TransitionRecord,
-    UpdateStrategyType, WarmSessions, rules,
+    TriggerHeld, UpdateStrategyType, WarmSessions, rules,
 };
 use serde_json::{Value, json};
 
@@ -678,6 +678,10 @@ fn bad_values_are_refused_by_serde_too() {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one whole resource, every status field set, written out"
+)]
 fn whole_resource_with_status_round_trips() {
     let spec: StatefulServiceSpec =
         serde_json::from_value(minimal_spec_json()).expect("deserializes");
@@ -744,6 +748,12 @@ fn whole_resource_with_status_round_trips() {
                 shards_moved: 12,
                 busiest_percent_before: 152,
                 busiest_percent_predicted: 108,
+                split_to_shards: None,
+            }),
+            trigger_held: Some(TriggerHeld {
+                ring_version: 7,
+                window_end_ms: 1_767_323_045_000,
+                busiest_percent: 131,
             }),
             hot_shards: vec![HotShardStatus {
                 shard: 77,
@@ -758,6 +768,10 @@ fn whole_resource_with_status_round_trips() {
     assert_eq!(placement["pods"][0]["requestsPerSecond"], 120.5);
     assert_eq!(placement["lastRebalance"]["busiestPercentPredicted"], 108);
     assert_eq!(placement["hotShards"][0]["percentOfMean"], 140);
+    assert_eq!(
+        placement["triggerHeld"]["windowEndMs"],
+        1_767_323_045_000_u64
+    );
     assert!(placement["pods"][0].get("problem").is_none());
     let moved = &json["status"]["lastTransition"]["movedSessions"];
     assert_eq!(moved["warm"]["total"], 199);

@@ -20,47 +20,12 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::Full;
 use locus::client::RouterBody;
-use locus::ring::{
-    PlanRequest, Pod, Ring, RingParts, ShardCount, Slot, SlotState, Transition, plan,
-};
 use locus::{MissingKey, OwnershipLayer, RouterLayer, StaticRingSource, headers};
 use tower::{Layer, ServiceExt, service_fn};
 
-const MEMBERS: u16 = 3;
+mod common;
 
-fn ring(owner_of_all: Option<u16>) -> Ring {
-    let slots: Vec<u16> = (0..MEMBERS).collect();
-    let mut assignment = plan(&PlanRequest::new("default", "bench", &slots))
-        .unwrap()
-        .assignment;
-    if let Some(slot) = owner_of_all {
-        assignment = locus::ring::Assignment::uniform(ShardCount::DEFAULT, slot);
-    }
-    Ring::new(RingParts {
-        namespace: "default".to_owned(),
-        service: "bench".to_owned(),
-        version: 1,
-        shards: ShardCount::DEFAULT,
-        vnodes: 128,
-        slots: slots
-            .iter()
-            .map(|&index| Slot {
-                index,
-                pod: Pod {
-                    name: format!("bench-{index}-abcde"),
-                    uid: format!("uid-{index}"),
-                    address: format!("10.0.0.{}:8080", index + 1).parse().unwrap(),
-                },
-                state: SlotState::Active,
-                successor: None,
-                predecessor: None,
-            })
-            .collect(),
-        current: assignment,
-        transition: Transition::Stable,
-    })
-    .unwrap()
-}
+use common::ring;
 
 fn request<B>(key: &str, body: B) -> Request<B> {
     Request::post("/rooms/messages?limit=10")

@@ -22,45 +22,14 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::Full;
 use locus::client::RouterBody;
-use locus::ring::{
-    PlanRequest, Pod, Ring, RingParts, ShardCount, Slot, SlotState, Transition, plan,
-};
 use locus::{RouterLayer, StaticRingSource, headers};
 use tower::{Layer, ServiceExt, service_fn};
 
-const MEMBERS: u16 = 3;
-const IN_FLIGHT: u64 = 64;
+mod common;
 
-fn ring() -> Ring {
-    let slots: Vec<u16> = (0..MEMBERS).collect();
-    let assignment = plan(&PlanRequest::new("default", "bench", &slots))
-        .unwrap()
-        .assignment;
-    Ring::new(RingParts {
-        namespace: "default".to_owned(),
-        service: "bench".to_owned(),
-        version: 1,
-        shards: ShardCount::DEFAULT,
-        vnodes: 128,
-        slots: slots
-            .iter()
-            .map(|&index| Slot {
-                index,
-                pod: Pod {
-                    name: format!("bench-{index}-abcde"),
-                    uid: format!("uid-{index}"),
-                    address: format!("10.0.0.{}:8080", index + 1).parse().unwrap(),
-                },
-                state: SlotState::Active,
-                successor: None,
-                predecessor: None,
-            })
-            .collect(),
-        current: assignment,
-        transition: Transition::Stable,
-    })
-    .unwrap()
-}
+use common::ring;
+
+const IN_FLIGHT: u64 = 64;
 
 fn request(key: &str, body: Bytes) -> Request<Full<Bytes>> {
     Request::post("/sessions/abc/events?x=1")
@@ -73,7 +42,7 @@ fn request(key: &str, body: Bytes) -> Request<Full<Bytes>> {
 fn router_overhead(c: &mut Criterion) {
     let keys: Arc<Vec<String>> = Arc::new((0..1024).map(|i| format!("session-{i}")).collect());
     let payload = Bytes::from_static(b"{\"seq\":1,\"kind\":\"fee\",\"amount\":-3}");
-    let source = StaticRingSource::with_ring(ring());
+    let source = StaticRingSource::with_ring(ring(None));
     let router = RouterLayer::new(&source)
         .owner_concurrency(4096)
         .layer(service_fn(|_: Request<RouterBody<Full<Bytes>>>| async {

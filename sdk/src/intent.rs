@@ -21,7 +21,9 @@ use crate::own_pod::OwnPod;
 pub enum ShutdownIntent {
     /// The process starts again in the same pod (a container restart: an
     /// in-place image update, a failed liveness probe): the pod's volumes,
-    /// the snapshot volume among them, are still there when it does.
+    /// the snapshot volume among them, are still there when it does. The
+    /// snapshot then holds the unsaved sessions until the next process has
+    /// written them back, so say it only when it is known.
     Restart,
     /// The pod itself is going away (eviction, node drain, deletion,
     /// replacement, scale-down): what is on its volumes goes with it, so its
@@ -48,7 +50,7 @@ impl ShutdownIntent {
 }
 
 /// Why the intent could not be found; [`Member::shutdown`](crate::server::session::Member::shutdown)
-/// then writes the snapshot (today's behaviour) and logs this.
+/// then writes the sessions back and the snapshot, and logs this.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum IntentError {
@@ -101,11 +103,15 @@ pub enum IntentError {
 /// 3. none: the intent is unknown.
 ///
 /// The lookup is bounded (`MemberBuilder::intent_timeout`, 2 s by default).
-/// When the intent is unknown — no source, the API server does not answer,
-/// the pod cannot be read — shutdown writes the snapshot as before and logs
-/// why at `warn`: a restart in place keeps its sessions, a deleted pod loses
-/// those not written back. [`Member::shutdown_as`] takes the intent from the
-/// caller instead.
+/// Only a positive [`ShutdownIntent::Restart`] lets shutdown skip the
+/// write-back: the snapshot then carries the unsaved sessions and the next
+/// process writes them back in the background
+/// (`docs/adr/0004-in-place-restart-durability.md`). When the intent is
+/// unknown — no source, the API server does not answer, the pod cannot be
+/// read — shutdown writes the changed sessions back first (while still
+/// serving), then the snapshot, and logs why at `warn`: a restart in place
+/// keeps its sessions, a deleted pod keeps those the write-back reached.
+/// [`Member::shutdown_as`] takes the intent from the caller instead.
 ///
 /// [`Member::shutdown`]: crate::server::session::Member::shutdown
 /// [`Member::shutdown_as`]: crate::server::session::Member::shutdown_as

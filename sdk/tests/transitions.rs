@@ -503,3 +503,73 @@ async fn ten_times_the_bounds_get_clear_refusals_and_the_pod_stays_bounded() {
     let stats = store.stats();
     assert!(stats.sessions <= MAX_SESSIONS && stats.bytes <= MAX_SESSIONS * 8);
 }
+
+/// A session moved in a transition and first requested after the new
+/// owner's report of it became final: the answer still says it was taken
+/// over (`<epoch>:<path>:late`), and the pod's served counts leave it out,
+/// so a client can tell a late first request from a move nobody announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_first_requested_after_its_report_is_final_is_announced_late() {
+    let deadline = Duration::from_secs(2);
+    let mut options = options();
+    options.config = HandoffConfig::builder()
+        .warm_timeout(Duration::from_secs(10))
+        .handoff_deadline(deadline)
+        .drain_timeout(Duration::from_secs(10))
+        .first_touch_wait(Duration::from_secs(1))
+        .settle_grace(Duration::from_secs(1))
+        .retry_backoff(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let cluster = Arc::new(HttpCluster::new(options));
+    let mut pods = Vec::new();
+    for i in 0..3u8 {
+        pods.push(
+            cluster
+                .start_pod(&format!("counters-{i}-a"), 60 + i, 0)
+                .await,
+        );
+    }
+    let mut operator = Operator::new(&pods, SHARDS, timeouts());
+    cluster.publish(&operator.stable()).await;
+    let keys = keys();
+    for (i, key) in keys.iter().enumerate() {
+        let outcome = cluster.append(key, i as u64).await;
+        assert!(matches!(outcome, Outcome::Acked { .. }), "{outcome:?}");
+    }
+    let before = operator.stable();
+    pods.push(cluster.start_pod("counters-3-a", 63, 0).await);
+    operator.scale(cluster.as_ref(), &pods).await;
+    let after = operator.stable();
+    let switch = operator.log.last().unwrap().switch.version();
+    let report = final_reports(cluster.as_ref(), &pods, operator.version).await;
+    assert_eq!(report.state, ReportState::Final, "{report}");
+    assert!(report.warm.total() > 0, "nothing moved: {report}");
+
+    let mut late = 0;
+    for (i, key) in keys.iter().enumerate() {
+        let moved = before.owner(key).pod.name != after.owner(key).pod.name;
+        let outcome = cluster.append(key, (SESSIONS + i) as u64).await;
+        let Outcome::Acked { takeover, pod, .. } = &outcome else {
+            panic!("{outcome:?}");
+        };
+        if moved {
+            assert_eq!(pod, "counters-3-a");
+            let header = takeover.as_deref().unwrap_or("none");
+            assert!(
+                header.starts_with(&format!("{switch}:")) && header.ends_with(":late"),
+                "session {i} moved to {pod}, first answered after the report was final: {header}"
+            );
+            late += 1;
+        } else {
+            assert_eq!(takeover, &None, "session {i} did not move");
+        }
+    }
+    assert!(late > 0, "no session moved");
+    let again = final_reports(cluster.as_ref(), &pods, operator.version).await;
+    assert_eq!(
+        (again.served.warm, again.served.cold),
+        (report.served.warm, report.served.cold),
+        "late answers are not counted as served"
+    );
+}

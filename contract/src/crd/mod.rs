@@ -55,7 +55,8 @@ pub use spec::{
 pub use status::{
     AVAILABLE, ColdSessions, DEGRADED, HotShardStatus, MOVED_SESSIONS_REPORTED,
     MovedSessionsSummary, PROGRESSING, Phase, PlacementStatus, PodLoad, RebalanceRecord,
-    ServedSessions, StatefulServiceStatus, TransitionKind, TransitionRecord, WarmSessions,
+    ServedSessions, StatefulServiceStatus, TransitionKind, TransitionRecord, TriggerHeld,
+    WarmSessions,
 };
 
 /// API group of the resource.

@@ -128,7 +128,7 @@ pub struct StatefulServiceSpec {
     pub template: PodTemplateSpec,
 
     /// Name of the container port that serves session traffic (and the handoff endpoints). It
-    /// must name a port in spec.template.spec.containers[*].ports; routers send each request to
+    /// must name a port in `spec.template.spec.containers[*].ports`; routers send each request to
     /// this port of the owner pod.
     #[schemars(length(min = 1, max = 15), regex(pattern = rules::PORT_NAME_PATTERN))]
     pub port: String,

@@ -110,6 +110,12 @@ pub struct PlacementStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rebalance: Option<RebalanceRecord>,
 
+    /// The busiest pod was above triggerPercent in the reports of these windows: a rebalance
+    /// starts only when it is again in reports of later windows of every pod (two windows in
+    /// a row; unset as soon as a report shows it within the trigger).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_held: Option<TriggerHeld>,
+
     /// Shards busier alone than spec.placement.targetPercent of the mean pod load: no pod can
     /// take one within the target, so they stay where they are (doubling spec.shards splits
     /// them). Busiest first, at most 16.
@@ -157,6 +163,25 @@ pub struct RebalanceRecord {
     /// The same, predicted after the moves (measured again once the pods report for the new
     /// ring: busiestPercent).
     pub busiest_percent_predicted: u32,
+    /// Set when the round moved nothing but doubled the shard count to split shards too hot for
+    /// any pod (spec.shards unset): the count after. Each hot shard becomes two of about half
+    /// its load, which the next rounds can place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_to_shards: Option<u32>,
+}
+
+/// Reports in which the busiest pod was above the trigger, waiting for the next windows to
+/// confirm it.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerHeld {
+    /// The ring version the reports are for.
+    pub ring_version: u64,
+    /// The latest end of those reports' windows (Unix milliseconds, each pod's clock): the
+    /// next reports of every pod must have ended later.
+    pub window_end_ms: u64,
+    /// The busiest pod's requests per second over the mean in those reports, in percent.
+    pub busiest_percent: u32,
 }
 
 /// A shard too hot for any pod.

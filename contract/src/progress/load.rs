@@ -7,7 +7,10 @@
 //! [`bytes`](ShardLoadReport::bytes) request and response body bytes, for the
 //! [`owned_shards`](ShardLoadReport::owned_shards) shards it owned under the ring
 //! [`ring_version`](ShardLoadReport::ring_version), whose shard numbering has
-//! [`shards`](ShardLoadReport::shards) shards. [`hot`](ShardLoadReport::hot) names
+//! [`shards`](ShardLoadReport::shards) shards; the window ended at
+//! [`window_end_ms`](ShardLoadReport::window_end_ms) (the pod's wall clock),
+//! so that a reader can tell a live report from the last one of a pod whose
+//! reporter stopped. [`hot`](ShardLoadReport::hot) names
 //! its busiest shards by requests, busiest first, at most
 //! [`ShardLoadReport::MAX_HOT`]; the load of its other shards is the rest of the
 //! totals.
@@ -24,6 +27,7 @@
 //!     ring_version: 12,
 //!     shards: 4096,
 //!     window_seconds: 60,
+//!     window_end_ms: 1_800_000_000_000,
 //!     requests: 6000,
 //!     bytes: 1_200_000,
 //!     owned_shards: 1365,
@@ -33,7 +37,9 @@
 //!     ]),
 //! };
 //! let text = report.to_annotation();
-//! assert!(text.starts_with(r#"{"ringVersion":12,"shards":4096,"windowSeconds":60,"#));
+//! assert!(text.starts_with(
+//!     r#"{"ringVersion":12,"shards":4096,"windowSeconds":60,"windowEndMs":1800000000000,"#
+//! ));
 //! let read = ShardLoadReport::from_annotation(&text).unwrap();
 //! assert_eq!(read, report);
 //! assert_eq!(read.hot[0].shard, 3);
@@ -43,7 +49,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ring::{MAX_SHARDS, MAX_VERSION};
+use crate::ring::{MAX_SHARDS, MAX_VERSION, Ring};
 
 /// What a pod served over its last window, in total and for its busiest
 /// shards; the value of the annotation
@@ -57,6 +63,11 @@ pub struct ShardLoadReport {
     pub shards: u32,
     /// Length of the window the counts cover, in seconds (at least 1).
     pub window_seconds: u32,
+    /// When the window ended: Unix time in milliseconds, by the pod's clock
+    /// (at least `windowSeconds` after the epoch, at most 2^53 - 1). Required:
+    /// a report without it is refused (`docs/adr/0002-load-aware-placement.md`,
+    /// amendment 1).
+    pub window_end_ms: u64,
     /// Requests served in the window, for every shard the pod owned.
     pub requests: u64,
     /// Request and response body bytes of those requests.
@@ -99,10 +110,46 @@ impl ShardLoadReport {
         all
     }
 
+    /// The report of the pod of `slot` in `ring` whose shards each served `load(shard)` in a
+    /// window of `window_seconds` that ended at `window_end_ms`: the totals summed, the
+    /// busiest kept as [`hot`](Self::hot). `None` if the slot holds no shard. What a test or
+    /// a simulation writes in place of the SDK's reporter, from a known load per shard.
+    #[must_use]
+    pub fn of_slot(
+        ring: &Ring,
+        slot: u16,
+        window_seconds: u32,
+        window_end_ms: u64,
+        load: impl Fn(u32) -> ShardLoad,
+    ) -> Option<Self> {
+        let loads: Vec<ShardLoad> = ring.current().shards_of(slot).map(load).collect();
+        if loads.is_empty() {
+            return None;
+        }
+        Some(Self {
+            ring_version: ring.version(),
+            shards: ring.shards().get(),
+            window_seconds,
+            window_end_ms,
+            requests: loads.iter().map(|l| l.requests).sum(),
+            bytes: loads.iter().map(|l| l.bytes).sum(),
+            owned_shards: u32::try_from(loads.len()).unwrap_or(u32::MAX),
+            hot: Self::hottest(loads),
+        })
+    }
+
     /// Requests per second over the window (0 for an empty window).
     #[must_use]
     pub fn requests_per_second(&self) -> f64 {
         per_second(self.requests, self.window_seconds)
+    }
+
+    /// When the window started, in Unix milliseconds: its end less its
+    /// length.
+    #[must_use]
+    pub fn window_start_ms(&self) -> u64 {
+        self.window_end_ms
+            .saturating_sub(u64::from(self.window_seconds) * 1000)
     }
 
     /// Body bytes per second over the window (0 for an empty window).
@@ -144,6 +191,11 @@ impl ShardLoadReport {
         }
         if self.window_seconds == 0 {
             return Err(LoadReportError::EmptyWindow);
+        }
+        if self.window_end_ms < u64::from(self.window_seconds) * 1000
+            || self.window_end_ms > MAX_VERSION
+        {
+            return Err(LoadReportError::WindowEnd(self.window_end_ms));
         }
         if self.owned_shards > self.shards {
             return Err(LoadReportError::OwnedShards {
@@ -230,6 +282,12 @@ pub enum LoadReportError {
     /// `windowSeconds` is 0.
     #[error("shard load report: windowSeconds is 0, want at least 1")]
     EmptyWindow,
+    /// `windowEndMs` is before the window could have started (less than
+    /// `windowSeconds` after the epoch) or above 2^53 - 1.
+    #[error(
+        "shard load report: windowEndMs {0} is not a time in Unix milliseconds after the window's length"
+    )]
+    WindowEnd(u64),
     /// `ownedShards` is above `shards`.
     #[error("shard load report: ownedShards {owned} is more than shards {shards}")]
     OwnedShards {
@@ -295,6 +353,7 @@ mod tests {
             ring_version: 9,
             shards: 1024,
             window_seconds: 30,
+            window_end_ms: 1_800_000_030_000,
             requests: 3000,
             bytes: 30_000,
             owned_shards: 341,
@@ -307,7 +366,7 @@ mod tests {
         let text = report().to_annotation();
         assert_eq!(
             text,
-            r#"{"ringVersion":9,"shards":1024,"windowSeconds":30,"requests":3000,"bytes":30000,"ownedShards":341,"hot":[{"shard":5,"requests":900,"bytes":9000},{"shard":1,"requests":300,"bytes":3000},{"shard":700,"requests":300,"bytes":3000}]}"#
+            r#"{"ringVersion":9,"shards":1024,"windowSeconds":30,"windowEndMs":1800000030000,"requests":3000,"bytes":30000,"ownedShards":341,"hot":[{"shard":5,"requests":900,"bytes":9000},{"shard":1,"requests":300,"bytes":3000},{"shard":700,"requests":300,"bytes":3000}]}"#
         );
         assert_eq!(ShardLoadReport::from_annotation(&text), Ok(report()));
         assert_eq!(
@@ -346,8 +405,15 @@ mod tests {
         };
         assert!(refused("{").contains("not a report"));
         assert!(refused("").contains("not a report"));
-        let missing = refused(r#"{"ringVersion":1,"shards":1,"windowSeconds":1}"#);
+        let missing =
+            refused(r#"{"ringVersion":1,"shards":1,"windowSeconds":1,"windowEndMs":1000}"#);
         assert!(missing.contains("missing field `requests`"), "{missing}");
+        // Reports of the first version, without their window's end, are refused.
+        let old = report()
+            .to_annotation()
+            .replace(r#""windowEndMs":1800000030000,"#, "");
+        let old = refused(&old);
+        assert!(old.contains("missing field `windowEndMs`"), "{old}");
         let mut unknown = report().to_annotation();
         unknown.insert_str(1, r#""extra":1,"#);
         assert!(refused(&unknown).contains("unknown field `extra`"));
@@ -390,6 +456,14 @@ mod tests {
         assert_eq!(
             check(&|r| r.window_seconds = 0),
             LoadReportError::EmptyWindow
+        );
+        assert_eq!(
+            check(&|r| r.window_end_ms = 29_999),
+            LoadReportError::WindowEnd(29_999)
+        );
+        assert_eq!(
+            check(&|r| r.window_end_ms = MAX_VERSION + 1),
+            LoadReportError::WindowEnd(MAX_VERSION + 1)
         );
         assert_eq!(
             check(&|r| r.owned_shards = 1025),

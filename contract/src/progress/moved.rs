@@ -214,8 +214,8 @@ impl ServedTakeovers {
     }
 }
 
-/// Whether a transition's counts can still change; see the
-/// [module docs](self).
+/// Whether a transition's counts can still change; see the `moved`
+/// module's docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum ReportState {
@@ -229,7 +229,7 @@ pub enum ReportState {
     Partial,
 }
 
-/// One pod's counts for one transition; see the [module docs](self).
+/// One pod's counts for one transition; see the `moved` module's docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MovedSessions {

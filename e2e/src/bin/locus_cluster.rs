@@ -1,7 +1,7 @@
 //! `locus-cluster`: runs the local Kubernetes cluster (control plane + node agent).
 //!
 //! ```text
-//! locus-cluster up [--run-dir DIR] [--image NAME=PATH]... [--no-node] [--json] [--lifeline]
+//! locus-cluster up [--run-dir DIR] [--image NAME=PATH]... [--pods N] [--no-node] [--json] [--lifeline]
 //! locus-cluster build
 //! locus-cluster clean
 //! ```
@@ -11,6 +11,9 @@
 //! test harness holds that pipe). Stopping removes every process, pod network namespace,
 //! the bridge, the bridge's iptables FORWARD rules and (unless it was given with `--run-dir`
 //! or `LOCUS_KEEP` is set) the run directory.
+//!
+//! `--pods N` starts a node that admits at least `N` pods: beyond the 240 of the default /24
+//! the cluster takes a wider pod range (at most 971 pods, the ports of one bridge).
 //!
 //! `clean` removes what clusters whose supervisor was killed left behind (processes, pod
 //! namespaces, bridges, FORWARD rules; not their run directories), leaving running clusters
@@ -27,12 +30,13 @@ use locus_e2e::cluster::{ClusterError, LocalCluster, LocalClusterConfig, random_
 /// Workspace binaries the node can run as images `locus/<name>:dev` (binary `locus-<name>`).
 const WORKSPACE_IMAGES: &[&str] = &["test-server", "ring-probe", "operator", "sample", "loadgen"];
 
-const USAGE: &str = "usage: locus-cluster up [--run-dir DIR] [--image NAME=PATH]... [--no-node] [--json] [--lifeline]\n       locus-cluster build\n       locus-cluster clean";
+const USAGE: &str = "usage: locus-cluster up [--run-dir DIR] [--image NAME=PATH]... [--pods N] [--no-node] [--json] [--lifeline]\n       locus-cluster build\n       locus-cluster clean";
 
 struct Args {
     command: String,
     run_dir: Option<PathBuf>,
     images: Vec<(String, PathBuf)>,
+    pod_prefix: u8,
     node: bool,
     json: bool,
     lifeline: bool,
@@ -45,6 +49,7 @@ fn parse_args() -> Result<Args, String> {
         command,
         run_dir: None,
         images: Vec::new(),
+        pod_prefix: network::DEFAULT_POD_PREFIX,
         node: true,
         json: false,
         lifeline: false,
@@ -60,6 +65,13 @@ fn parse_args() -> Result<Args, String> {
                     .split_once('=')
                     .ok_or_else(|| format!("--image {v}: expected NAME=PATH"))?;
                 args.images.push((name.to_owned(), PathBuf::from(path)));
+            }
+            "--pods" => {
+                let v = it.next().ok_or("--pods needs a number")?;
+                let pods: u32 = v
+                    .parse()
+                    .map_err(|_| format!("--pods {v}: expected a number of pods"))?;
+                args.pod_prefix = network::pod_prefix_for(pods).map_err(|e| e.to_string())?;
             }
             "--no-node" => args.node = false,
             "--json" => args.json = true,
@@ -188,6 +200,7 @@ async fn up(args: Args) -> ExitCode {
         node_agent: args.node.then(|| here.join("locus-node-agent")),
         images,
         node_name: "locus-node-1".into(),
+        pod_prefix: args.pod_prefix,
     };
     progress(&format!("starting in {}", run_dir.display()));
 
@@ -214,13 +227,14 @@ async fn up(args: Args) -> ExitCode {
     } else {
         let kubectl = info.bin_dir.join("kubectl");
         println!(
-            "\nThe local cluster is up ({:.1}s).\n\n  export KUBECONFIG={}\n  export PATH={}:$PATH   # kubectl, helm\n  kubectl get nodes\n\nAPI server {}  pods on {} ({})\nLogs: {}/logs, pod logs: {}/pods\nPress Ctrl-C to stop and clean up.",
+            "\nThe local cluster is up ({:.1}s).\n\n  export KUBECONFIG={}\n  export PATH={}:$PATH   # kubectl, helm\n  kubectl get nodes\n\nAPI server {}  pods on {} ({}, {} pods)\nLogs: {}/logs, pod logs: {}/pods\nPress Ctrl-C to stop and clean up.",
             info.start_seconds,
             info.kubeconfig.display(),
             kubectl.parent().unwrap_or(Path::new("")).display(),
             info.server,
             info.bridge,
             info.pod_cidr,
+            info.pod_capacity,
             info.run_dir.display(),
             info.node_run_dir.display(),
         );

@@ -105,9 +105,9 @@ pub fn run_iptables(program: &Path, args: &[&str]) -> Result<String, FirewallErr
     }
 }
 
-/// The rule specifications (without `-I`/`-D FORWARD`) that accept `bridge`'s traffic.
-fn accept_specs(bridge: &str) -> [Vec<String>; 2] {
-    let comment = rule_comment(bridge);
+/// The rule specifications (without `-I`/`-D FORWARD`) that accept `bridge`'s traffic, tagged
+/// with `comment`.
+fn accept_specs(bridge: &str, comment: &str) -> [Vec<String>; 2] {
     ["-i", "-o"].map(|direction| {
         [
             direction,
@@ -115,7 +115,7 @@ fn accept_specs(bridge: &str) -> [Vec<String>; 2] {
             "-m",
             "comment",
             "--comment",
-            &comment,
+            comment,
             "-j",
             "ACCEPT",
         ]
@@ -127,6 +127,12 @@ fn accept_specs(bridge: &str) -> [Vec<String>; 2] {
 /// Inserts the rules accepting `bridge`'s traffic at the top of FORWARD, after deleting any
 /// left by an earlier cluster on the same bridge. Returns whether the rules are in place.
 pub fn accept_bridge(bridge: &str) -> Result<bool, ClusterError> {
+    accept_bridges(bridge, &[])
+}
+
+/// [`accept_bridge`] for `bridge` and the further bridges `leaves` joined to it: the rules of
+/// all of them are tagged for `bridge`, so [`remove_bridge_rules`] of `bridge` removes them.
+pub fn accept_bridges(bridge: &str, leaves: &[String]) -> Result<bool, ClusterError> {
     let passes = bridged_traffic_passes_iptables();
     let Some(program) = iptables_program() else {
         if passes {
@@ -146,10 +152,13 @@ pub fn accept_bridge(bridge: &str) -> Result<bool, ClusterError> {
         return Ok(false);
     };
     let inserted = remove_rules_with(&program, bridge).and_then(|_| {
-        for spec in accept_specs(bridge) {
-            let mut args = vec!["-I", CHAIN, "1"];
-            args.extend(spec.iter().map(String::as_str));
-            run_iptables(&program, &args)?;
+        let comment = rule_comment(bridge);
+        for link in std::iter::once(bridge).chain(leaves.iter().map(String::as_str)) {
+            for spec in accept_specs(link, &comment) {
+                let mut args = vec!["-I", CHAIN, "1"];
+                args.extend(spec.iter().map(String::as_str));
+                run_iptables(&program, &args)?;
+            }
         }
         Ok(())
     });
@@ -336,7 +345,7 @@ mod tests {
 
     #[test]
     fn both_directions_are_accepted_and_tagged() {
-        let [inbound, outbound] = accept_specs("locus7");
+        let [inbound, outbound] = accept_specs("locus7", &rule_comment("locus7"));
         assert_eq!(
             inbound.join(" "),
             "-i locus7 -m comment --comment locus-cluster locus7 -j ACCEPT"

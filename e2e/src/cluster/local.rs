@@ -35,6 +35,9 @@ pub struct LocalClusterConfig {
     pub images: Vec<(String, PathBuf)>,
     /// Name of the node the agent registers.
     pub node_name: String,
+    /// Prefix length of the pod range: [`super::network::DEFAULT_POD_PREFIX`] (a /24, 240
+    /// pods) unless more pods are needed ([`super::network::pod_prefix_for`]).
+    pub pod_prefix: u8,
 }
 
 /// What a running cluster tells its users (printed as JSON by `locus-cluster up --json`).
@@ -56,6 +59,10 @@ pub struct ClusterInfo {
     pub bridge: String,
     /// The pod range.
     pub pod_cidr: String,
+    /// How many pods the node admits ([`super::network::node_capacity`] of its range);
+    /// 0 on an external cluster.
+    #[serde(default)]
+    pub pod_capacity: u32,
     /// Seconds from start to a ready cluster.
     pub start_seconds: f64,
 }
@@ -126,7 +133,7 @@ impl LocalCluster {
         }
         let logs = run.join("logs");
 
-        let network = ClusterNetwork::create(run)?;
+        let network = ClusterNetwork::create(run, config.pod_prefix)?;
         let mut cluster = Self {
             info: ClusterInfo {
                 kubeconfig: run.join("admin.kubeconfig"),
@@ -137,6 +144,7 @@ impl LocalCluster {
                 node_name: None,
                 bridge: network.bridge.clone(),
                 pod_cidr: network.pod_cidr.clone(),
+                pod_capacity: super::network::node_capacity(network.pod_prefix).unwrap_or_default(),
                 start_seconds: 0.0,
             },
             network,
@@ -144,8 +152,13 @@ impl LocalCluster {
         };
         let gateway = IpAddr::V4(cluster.network.gateway);
         progress(&format!(
-            "network: bridge {} with {}{}",
+            "network: bridge {}{} with {}{}",
             cluster.network.bridge,
+            if cluster.network.leaves.is_empty() {
+                String::new()
+            } else {
+                format!(" (and {})", cluster.network.leaves.join(", "))
+            },
             cluster.network.pod_cidr,
             if cluster.network.forward_accepted {
                 ", accepted in iptables FORWARD"
@@ -347,7 +360,7 @@ impl LocalCluster {
     ) -> Result<(), ClusterError> {
         let images_file = self.info.run_dir.join("images.yaml");
         write_images(&images_file, &config.images)?;
-        let args = vec![
+        let mut args = vec![
             path_arg("kubeconfig", &self.info.kubeconfig),
             format!("--node-name={}", config.node_name),
             format!("--bridge={}", self.network.bridge),
@@ -357,6 +370,9 @@ impl LocalCluster {
             path_arg("images", &images_file),
             path_arg("run-dir", &self.info.node_run_dir),
         ];
+        if !self.network.leaves.is_empty() {
+            args.push(format!("--extra-bridges={}", self.network.leaves.join(",")));
+        }
         self.spawn("node-agent", agent, &args, logs)?;
         self.info.node_name = Some(config.node_name.clone());
         let nodes: Api<Node> = Api::all(client.clone());

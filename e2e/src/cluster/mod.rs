@@ -169,13 +169,29 @@ impl Cluster {
     /// With `LOCUS_E2E_KUBECONFIG` set, the tests run against that cluster instead (kind, for
     /// users with Docker); `kubectl` and `helm` then come from `PATH`.
     pub async fn shared() -> Result<&'static Cluster, ClusterError> {
-        let cell = tokio::task::spawn_blocking(|| {
-            SHARED.get_or_init(|| startsupervisor().map_err(|e| e.to_string()))
+        Self::shared_with(ClusterOptions::default()).await
+    }
+
+    /// [`Cluster::shared`], started with `options` if this is the first use in the test
+    /// binary. Fails if the cluster is already up and cannot meet them (a test that needs a
+    /// large node asks before any other test starts the cluster). An external cluster
+    /// (`LOCUS_E2E_KUBECONFIG`) is taken as it is.
+    pub async fn shared_with(options: ClusterOptions) -> Result<&'static Cluster, ClusterError> {
+        let cell = tokio::task::spawn_blocking(move || {
+            SHARED.get_or_init(|| startsupervisor(options).map_err(|e| e.to_string()))
         })
         .await
         .map_err(|e| ClusterError::Supervisor(e.to_string()))?;
-        cell.as_ref()
-            .map_err(|e| ClusterError::Supervisor(e.clone()))
+        let cluster = cell
+            .as_ref()
+            .map_err(|e| ClusterError::Supervisor(e.clone()))?;
+        if cluster.supervisor.is_some() && cluster.info.pod_capacity < options.pods {
+            return Err(ClusterError::Supervisor(format!(
+                "the shared cluster's node admits {} pods ({}), {} were asked for: ask with Cluster::shared_with before the first Cluster::shared",
+                cluster.info.pod_capacity, cluster.info.pod_cidr, options.pods
+            )));
+        }
+        Ok(cluster)
     }
 
     /// What the cluster reported when it became ready.
@@ -247,6 +263,21 @@ impl Cluster {
     }
 }
 
+/// What a test needs of the local cluster it shares ([`Cluster::shared_with`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterOptions {
+    /// Pods the node must admit at once. Up to 240 the default /24 pod range serves; beyond,
+    /// the cluster takes a wider range ([`network::pod_prefix_for`]; at most 971 pods).
+    pub pods: u32,
+}
+
+impl ClusterOptions {
+    /// Options for a node that admits at least `pods` pods.
+    pub fn pods(pods: u32) -> Self {
+        Self { pods }
+    }
+}
+
 /// A namespace for one test; deleted (without waiting) when dropped.
 #[derive(Debug)]
 pub struct TestNamespace {
@@ -299,13 +330,14 @@ fn external_cluster(kubeconfig: PathBuf) -> Cluster {
             node_name: None,
             bridge: String::new(),
             pod_cidr: String::new(),
+            pod_capacity: 0,
             start_seconds: 0.0,
         },
         supervisor: None,
     }
 }
 
-fn startsupervisor() -> Result<Cluster, ClusterError> {
+fn startsupervisor(options: ClusterOptions) -> Result<Cluster, ClusterError> {
     if let Some(kubeconfig) = std::env::var_os("LOCUS_E2E_KUBECONFIG") {
         return Ok(external_cluster(kubeconfig.into()));
     }
@@ -315,8 +347,12 @@ fn startsupervisor() -> Result<Cluster, ClusterError> {
             .map(|d| d.join("locus-cluster"))
             .ok_or_else(|| ClusterError::Supervisor("cannot locate locus-cluster".into()))?,
     };
-    let mut child = Command::new(&bin)
-        .args(["up", "--json", "--lifeline"])
+    let mut command = Command::new(&bin);
+    command.args(["up", "--json", "--lifeline"]);
+    if options.pods > 0 {
+        command.args(["--pods", &options.pods.to_string()]);
+    }
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -16,7 +16,7 @@ use std::str::FromStr;
 /// Largest Zipf exponent accepted.
 pub const MAX_ZIPF_EXPONENT: f64 = 10.0;
 
-/// How requests spread over the sessions; see the [module docs](self).
+/// How requests spread over the sessions; see the `keys` module's docs.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum KeyDistribution {
     /// Every session alike, in turn.
@@ -24,7 +24,7 @@ pub enum KeyDistribution {
     Uniform,
     /// Session `r` in proportion to `1 / (r + 1)^s`.
     Zipf {
-        /// The exponent `s`, above 0 and at most [`MAX_ZIPF_EXPONENT`].
+        /// The exponent `s`, above 0 and at most `MAX_ZIPF_EXPONENT` (10).
         s: f64,
     },
 }
@@ -83,7 +83,7 @@ impl KeyDistribution {
     }
 }
 
-/// Picks the session of each request; see the [module docs](self).
+/// Picks the session of each request; see the `keys` module's docs.
 #[derive(Debug, Clone)]
 pub(crate) struct KeySampler {
     sessions: u32,

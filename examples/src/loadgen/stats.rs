@@ -114,9 +114,14 @@ impl Tally {
         *self.handoff.entry(path.to_owned()).or_default() += 1;
     }
 
-    /// An `x-locus-takeover` header (`<epoch>:<path>`); false if it is not
-    /// one the SDK writes.
+    /// An `x-locus-takeover` header (`<epoch>:<path>`, or
+    /// `<epoch>:<path>:late` once the pod's report of that transition was
+    /// final: counted apart); false if it is not one the SDK writes.
     pub(crate) fn takeover(&mut self, header: &str) -> bool {
+        let (header, late) = match header.strip_suffix(":late") {
+            Some(rest) => (rest, true),
+            None => (header, false),
+        };
         let Some((epoch, path)) = header.split_once(':') else {
             return false;
         };
@@ -130,7 +135,9 @@ impl Tally {
             return true;
         }
         let counts = self.takeovers.entry(epoch).or_default();
-        if path.is_warm() {
+        if late {
+            counts.late += 1;
+        } else if path.is_warm() {
             counts.warm += 1;
         } else {
             counts.cold += 1;
@@ -175,6 +182,7 @@ impl Tally {
                 let counts = self.takeovers.entry(*epoch).or_default();
                 counts.warm += n.warm;
                 counts.cold += n.cold;
+                counts.late += n.late;
             }
         }
         for (path, n) in &other.handoff {
@@ -321,6 +329,16 @@ pub struct TakeoverCounts {
     pub warm: u64,
     /// Cold paths (absent, rolled forward, fenced load).
     pub cold: u64,
+    /// Announced late (`:late`), by either path: the first answer came
+    /// after the pod's report of the transition was final, which does not
+    /// count them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub late: u64,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref, reason = "serde's signature")]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Most transitions (epochs) a tally keeps takeover counts for.
@@ -635,7 +653,16 @@ mod tests {
         assert!(a.takeover("14:pushed"));
         assert!(a.takeover("14:absent"));
         assert!(a.takeover("17:precopied"));
-        for bad in ["", "14", "x:pushed", "14:warm", "14:pushed:1"] {
+        assert!(a.takeover("14:pushed:late"));
+        for bad in [
+            "",
+            "14",
+            "x:pushed",
+            "14:warm",
+            "14:pushed:1",
+            "14:late",
+            "14:pushed:late:late",
+        ] {
             assert!(!a.takeover(bad), "{bad:?}");
         }
         let mut b = Tally::default();
@@ -643,17 +670,25 @@ mod tests {
         a.merge(&b);
         assert_eq!(
             a.takeovers.get(&14),
-            Some(&TakeoverCounts { warm: 1, cold: 2 })
+            Some(&TakeoverCounts {
+                warm: 1,
+                cold: 2,
+                late: 1
+            })
         );
         assert_eq!(
             a.takeovers.get(&17),
-            Some(&TakeoverCounts { warm: 1, cold: 0 })
+            Some(&TakeoverCounts {
+                warm: 1,
+                cold: 0,
+                late: 0
+            })
         );
         let json = a
             .summary("p", "ring", Duration::from_secs(1), None, None)
             .to_json_line();
         assert!(
-            json.contains(r#""takeovers":{"14":{"warm":1,"cold":2}"#),
+            json.contains(r#""takeovers":{"14":{"warm":1,"cold":2,"late":1}"#),
             "{json}"
         );
     }

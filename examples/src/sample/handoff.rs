@@ -1,5 +1,5 @@
 //! How the sample takes part in ring transitions: the SDK's entry point,
-//! [`MemberPod`](locus::MemberPod) (handoff endpoints, transition driver,
+//! [`MemberPod`] (handoff endpoints, transition driver,
 //! progress reports, drain on SIGTERM, snapshot restore), set up from
 //! [`HandoffOptions`].
 //!

@@ -347,6 +347,9 @@ pub mod reasons {
     /// Shards too hot for any pod (alone above `spec.placement.targetPercent` of the mean),
     /// when the set of them changes.
     pub const HOT_SHARDS: &str = "HotShards";
+    /// Shards too hot for any pod were split by doubling the shard count (`spec.shards` unset,
+    /// `spec.placement.balance: Load`).
+    pub const SPLIT_HOT_SHARDS: &str = "HotShardsSplit";
 }
 
 /// Reasons of the deletions that fence a pod (make it gone, so that its keys may be loaded

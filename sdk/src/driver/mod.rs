@@ -14,9 +14,9 @@
 //! * **Switch** — the ownership layer routes by the new `current` at once.
 //!   Records pushed to this pod before it owned their keys are installed
 //!   (promotion); other gained keys are taken over on first touch
-//!   ([`touch`] module: transfer from the previous owner). Keys this pod lost
+//!   (the `touch` module: transfer from the previous owner). Keys this pod lost
 //!   are **drained**: after the requests admitted under older rings have
-//!   finished (the [`gate`]), every resident key this pod no longer owns is
+//!   finished (the `gate`), every resident key this pod no longer owns is
 //!   handed off under its lock (tombstone: stragglers get 421 with the new
 //!   owner) and pushed to its new owner in bounded batches; then
 //!   `drained = V` is reported. Bounded by
@@ -67,7 +67,10 @@ pub const HANDOFF_HEADER: HeaderName = HeaderName::from_static("x-locus-handoff"
 /// the [`TakeoverPath`](crate::progress::TakeoverPath) name, e.g.
 /// `14:pushed`. Each takeover is announced once; the pod counts it as served
 /// ([`ServedTakeovers`](crate::progress::ServedTakeovers)), so a client can
-/// check the pods' reports against what it saw.
+/// check the pods' reports against what it saw. A first answer after the
+/// transition's report became final says `<epoch>:<path>:late` (for up to
+/// five minutes after that) and is not counted: a client can tell a late
+/// first request from a move nobody announced.
 pub const TAKEOVER_HEADER: HeaderName = HeaderName::from_static("x-locus-takeover");
 
 /// Sleeps until `at`, or forever if `None`.
@@ -167,7 +170,13 @@ impl Driver {
                 }
                 self.drain_wake.notify_one();
             }
-            let finish_at = self.state.moved.next_deadline();
+            let finish_at = match (
+                self.state.moved.next_deadline(),
+                self.state.unserved.next_expiry(),
+            ) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             tokio::select! {
                 changed = watch.changed() => {
                     if !changed {
@@ -178,8 +187,9 @@ impl Driver {
                     self.progress.moved(self.state.moved.report());
                 }
                 () = sleep_until_some(finish_at) => {
-                    let finished = self.state.moved.finish(Instant::now());
-                    self.state.unserved.forget(&finished);
+                    let now = Instant::now();
+                    let finished = self.state.moved.finish(now);
+                    self.state.unserved.finished(&finished, now);
                     self.progress.moved(self.state.moved.report());
                 }
             }

@@ -263,10 +263,13 @@ impl HandoffState {
         let new = self.settled.mark(epoch, key);
         if new {
             self.metrics.takeover(path);
-            // Announced to the first request only while the transition's report
-            // can still count it as served.
-            if self.moved.count(epoch, path, tokio::time::Instant::now()) {
+            // Announced to the first request: counted as served while the
+            // transition's report can still count it, else as late.
+            let now = tokio::time::Instant::now();
+            if self.moved.count(epoch, path, now) {
                 self.unserved.insert(key, epoch, path);
+            } else {
+                self.unserved.insert_late(key, epoch, path, now);
             }
         }
         new

@@ -294,16 +294,55 @@ impl MovedTally {
     }
 }
 
+/// How long a takeover whose transition's report became final before its
+/// first request was served is still announced, as late: long enough for a
+/// client to see most of them, short enough that requests soon stop taking
+/// the [`Unserved`] lock again.
+pub(crate) const LATE_ANNOUNCEMENT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A takeover waiting for its first request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Takeover {
+    /// The `Switch` epoch the key was taken over under.
+    pub epoch: u64,
+    /// How it arrived.
+    pub path: TakeoverPath,
+    /// True if the transition's report was final before the key's first
+    /// request: announced, but no longer counted as served.
+    pub late: bool,
+}
+
+impl Takeover {
+    /// The value of [`TAKEOVER_HEADER`](crate::driver::TAKEOVER_HEADER):
+    /// `<epoch>:<path>`, with `:late` if late.
+    pub(crate) fn header(&self) -> String {
+        let late = if self.late { ":late" } else { "" };
+        format!("{}:{}{late}", self.epoch, self.path)
+    }
+}
+
 /// The keys taken over whose first request was not served yet, with their
 /// epoch and path: the next request for one is counted as served and its
-/// answer says how the key arrived. Bounded: past `max` keys, further
-/// takeovers are not followed (logged once per transition).
+/// answer says how the key arrived. Once the transition's report is final
+/// the key is kept for [`LATE_ANNOUNCEMENT`] more and its first answer says
+/// the takeover is late (not counted), so a client can tell a late first
+/// request from a move nobody announced. Bounded: past `max` keys, late
+/// ones make room first; then further takeovers are not followed (logged).
 #[derive(Debug)]
 pub(crate) struct Unserved {
-    keys: Mutex<HashMap<Bytes, (u64, TakeoverPath)>>,
+    keys: Mutex<HashMap<Bytes, Pending>>,
     /// `keys.len()`, read without the lock on every request.
     len: AtomicUsize,
     max: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    epoch: u64,
+    path: TakeoverPath,
+    /// When the transition's report became final (or the key was taken
+    /// over after that).
+    late_since: Option<Instant>,
 }
 
 impl Unserved {
@@ -315,36 +354,95 @@ impl Unserved {
         }
     }
 
-    /// `key` was taken over under `epoch` by `path`.
+    /// `key` was taken over under `epoch` by `path`, while its transition's
+    /// report counts it.
     pub(crate) fn insert(&self, key: &[u8], epoch: u64, path: TakeoverPath) {
-        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        self.put(
+            key,
+            Pending {
+                epoch,
+                path,
+                late_since: None,
+            },
+        );
+    }
+
+    /// `key` was taken over under `epoch` by `path` at `now`, after its
+    /// transition's report became final: announced late.
+    pub(crate) fn insert_late(&self, key: &[u8], epoch: u64, path: TakeoverPath, now: Instant) {
+        self.put(
+            key,
+            Pending {
+                epoch,
+                path,
+                late_since: Some(now),
+            },
+        );
+    }
+
+    fn put(&self, key: &[u8], pending: Pending) {
+        let mut keys = self.lock();
         if keys.len() >= self.max && !keys.contains_key(key) {
-            tracing::debug!(max = self.max, "too many unserved takeovers to follow");
-            return;
+            keys.retain(|_, p| p.late_since.is_none());
+            if keys.len() >= self.max {
+                tracing::debug!(max = self.max, "too many unserved takeovers to follow");
+                self.len.store(keys.len(), Ordering::Release);
+                return;
+            }
         }
-        keys.insert(Bytes::copy_from_slice(key), (epoch, path));
+        keys.insert(Bytes::copy_from_slice(key), pending);
         self.len.store(keys.len(), Ordering::Release);
     }
 
-    /// The epoch and path of `key`'s takeover, the first time it is served.
-    pub(crate) fn take(&self, key: &[u8]) -> Option<(u64, TakeoverPath)> {
+    /// `key`'s takeover, the first time it is served.
+    pub(crate) fn take(&self, key: &[u8]) -> Option<Takeover> {
         if self.len.load(Ordering::Acquire) == 0 {
             return None;
         }
-        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut keys = self.lock();
         let taken = keys.remove(key);
         self.len.store(keys.len(), Ordering::Release);
-        taken
+        taken.map(|p| Takeover {
+            epoch: p.epoch,
+            path: p.path,
+            late: p.late_since.is_some(),
+        })
     }
 
-    /// Forgets the takeovers of `epochs` (their transitions' reports are final).
-    pub(crate) fn forget(&self, epochs: &[u64]) {
-        if epochs.is_empty() || self.len.load(Ordering::Acquire) == 0 {
+    /// The reports of `epochs` became final at `now`: their takeovers are
+    /// announced late from now on. Late takeovers older than
+    /// [`LATE_ANNOUNCEMENT`] are dropped.
+    pub(crate) fn finished(&self, epochs: &[u64], now: Instant) {
+        if self.len.load(Ordering::Acquire) == 0 {
             return;
         }
-        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        keys.retain(|_, (epoch, _)| !epochs.contains(epoch));
+        let mut keys = self.lock();
+        keys.retain(|_, p| match p.late_since {
+            None => {
+                if epochs.contains(&p.epoch) {
+                    p.late_since = Some(now);
+                }
+                true
+            }
+            Some(since) => now < since + LATE_ANNOUNCEMENT,
+        });
         self.len.store(keys.len(), Ordering::Release);
+    }
+
+    /// When the oldest late takeover stops being announced.
+    pub(crate) fn next_expiry(&self) -> Option<Instant> {
+        if self.len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.lock()
+            .values()
+            .filter_map(|p| p.late_since)
+            .min()
+            .map(|since| since + LATE_ANNOUNCEMENT)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Bytes, Pending>> {
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -471,18 +569,59 @@ mod tests {
         assert_eq!(tally.next_deadline(), Some(t0 + DEADLINE));
     }
 
+    fn counted(epoch: u64, path: TakeoverPath) -> Takeover {
+        Takeover {
+            epoch,
+            path,
+            late: false,
+        }
+    }
+
+    fn late(epoch: u64, path: TakeoverPath) -> Takeover {
+        Takeover {
+            epoch,
+            path,
+            late: true,
+        }
+    }
+
     #[test]
-    fn a_takeover_is_served_once_until_its_report_is_final() {
+    fn a_takeover_is_served_once_and_late_after_its_report_is_final() {
+        let t0 = Instant::now();
         let unserved = Unserved::new(2);
         assert_eq!(unserved.take(b"a"), None);
         unserved.insert(b"a", 5, TakeoverPath::Pushed);
         unserved.insert(b"b", 5, TakeoverPath::Absent);
         unserved.insert(b"c", 6, TakeoverPath::Absent);
         assert_eq!(unserved.take(b"c"), None, "over the bound: not followed");
-        assert_eq!(unserved.take(b"a"), Some((5, TakeoverPath::Pushed)));
+        let a = unserved.take(b"a");
+        assert_eq!(a, Some(counted(5, TakeoverPath::Pushed)));
+        assert_eq!(a.map(|t| t.header()).as_deref(), Some("5:pushed"));
         assert_eq!(unserved.take(b"a"), None, "once");
-        unserved.forget(&[5]);
-        assert_eq!(unserved.take(b"b"), None, "forgotten with its transition");
+        assert_eq!(unserved.next_expiry(), None);
+        unserved.finished(&[5], t0);
+        assert_eq!(unserved.next_expiry(), Some(t0 + LATE_ANNOUNCEMENT));
+        let b = unserved.take(b"b");
+        assert_eq!(b, Some(late(5, TakeoverPath::Absent)));
+        assert_eq!(b.map(|t| t.header()).as_deref(), Some("5:absent:late"));
+        // A takeover after the report was final is announced late as well.
+        unserved.insert_late(b"d", 5, TakeoverPath::FencedLoad, t0);
+        unserved.finished(&[], t0 + LATE_ANNOUNCEMENT);
+        assert_eq!(unserved.take(b"d"), None, "late announcements expire");
+        assert_eq!(unserved.next_expiry(), None);
+    }
+
+    #[test]
+    fn late_takeovers_make_room_for_counted_ones() {
+        let t0 = Instant::now();
+        let unserved = Unserved::new(2);
+        unserved.insert(b"a", 5, TakeoverPath::Pushed);
+        unserved.insert(b"b", 6, TakeoverPath::Pushed);
+        unserved.finished(&[5], t0);
+        unserved.insert(b"c", 7, TakeoverPath::Absent);
+        assert_eq!(unserved.take(b"a"), None, "the late one made room");
+        assert_eq!(unserved.take(b"b"), Some(counted(6, TakeoverPath::Pushed)));
+        assert_eq!(unserved.take(b"c"), Some(counted(7, TakeoverPath::Absent)));
     }
 
     #[tokio::test]

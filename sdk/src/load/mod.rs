@@ -22,7 +22,9 @@
 //!   apply with a field manager of its own
 //!   ([`LOAD_FIELD_MANAGER`](crate::progress::LOAD_FIELD_MANAGER)). A
 //!   window within [`DEFAULT_LOAD_TOLERANCE`] of the last report written is
-//!   not sent ([`unchanged`]). Default interval
+//!   not sent ([`unchanged`]), but never two in a row: each report carries
+//!   its window's end, and the operator refuses one older than three
+//!   windows. Default interval
 //!   [`DEFAULT_LOAD_REPORT_INTERVAL`], set with
 //!   [`MemberPodBuilder::load_report_interval`](crate::server::session::MemberPodBuilder::load_report_interval)
 //!   or [`LOAD_REPORT_INTERVAL_ENV`]; zero turns reports off (counting

@@ -1,7 +1,11 @@
 //! The load report task of a member pod: every interval, one
-//! [`LoadWindow`](super::LoadWindow) taken and, unless it is
-//! [`unchanged`](super::unchanged), handed to the progress reporter
-//! ([`ProgressReporter::report_load`]).
+//! [`LoadWindow`](super::LoadWindow) taken and handed to the progress reporter
+//! ([`ProgressReporter::report_load`]), unless it is
+//! [`unchanged`](super::unchanged) from the last one written and the window
+//! before it was written: at most one window in a row is skipped, so the
+//! annotation's window never ended more than two intervals (and a write)
+//! ago while the reporter lives. The operator refuses reports older than
+//! three windows (`docs/adr/0002-load-aware-placement.md`, amendment 1).
 //!
 //! A window is cut at each change of the ring the pod holds: what was counted
 //! under the ring before is dropped (a report names one ring version, and the
@@ -40,6 +44,8 @@ impl LoadReporting {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut window = LoadWindow::new(start.into_std());
         let mut last: Option<ShardLoadReport> = None;
+        // The window before this one was skipped as unchanged: this one is written.
+        let mut skipped = false;
         let mut rings = self.ring.clone();
         let mut held = rings.version();
         let mut watching = true;
@@ -70,13 +76,16 @@ impl LoadReporting {
                 tracing::warn!(pod = %self.pod, %error, "load report not sent: it does not hold together");
                 continue;
             }
-            if last
-                .as_ref()
-                .is_some_and(|last| unchanged(last, &report, self.tolerance))
+            if !skipped
+                && last
+                    .as_ref()
+                    .is_some_and(|last| unchanged(last, &report, self.tolerance))
             {
                 self.load.metrics.outcome(ReportOutcome::Unchanged);
+                skipped = true;
                 continue;
             }
+            skipped = false;
             let sent = tokio::time::timeout(self.interval, self.reporter.report_load(&report));
             match sent.await {
                 Ok(Ok(())) => {
@@ -136,7 +145,7 @@ mod tests {
         .unwrap()
     }
 
-    /// A reporter that fails while `down` is set.
+    /// The memory reporter, whose load reports fail while `down` is set.
     #[derive(Clone)]
     struct Flaky {
         memory: MemoryProgressReporter,
@@ -144,12 +153,15 @@ mod tests {
     }
 
     impl ProgressReporter for Flaky {
-        fn report<'a>(&'a self, _: &'a Progress) -> BoxFuture<'a, Result<(), ProgressError>> {
-            Box::pin(std::future::ready(Ok(())))
+        fn report<'a>(
+            &'a self,
+            progress: &'a Progress,
+        ) -> BoxFuture<'a, Result<(), ProgressError>> {
+            self.memory.report(progress)
         }
 
         fn takes_load(&self) -> bool {
-            true
+            self.memory.takes_load()
         }
 
         fn report_load<'a>(
@@ -210,10 +222,22 @@ mod tests {
         assert_eq!(memory.load_reports(), 1);
         assert_eq!(outcomes(ReportOutcome::Unchanged), 1);
 
+        // The same rate a third time: sent, so that the operator sees a live report (it
+        // refuses one whose window ended more than three windows ago).
+        count(&load, &ring(1), 1000);
+        tick().await;
+        assert_eq!(memory.load_reports(), 2);
+        let refreshed = memory.latest_load().unwrap();
+        assert!(
+            refreshed.window_end_ms >= first.window_end_ms,
+            "{refreshed:?}"
+        );
+        assert!(refreshed.window_end_ms >= 10_000, "the wall clock's");
+
         // Three times the rate: sent.
         count(&load, &ring(1), 3000);
         tick().await;
-        assert_eq!(memory.load_reports(), 2);
+        assert_eq!(memory.load_reports(), 3);
         assert_eq!(memory.latest_load().unwrap().requests, 3000);
 
         // A new ring mid-window: what was counted before it is dropped, and a whole window
@@ -224,7 +248,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1)).await;
         count(&load, &ring(2), 3000);
         tick().await;
-        assert_eq!(memory.load_reports(), 3);
+        assert_eq!(memory.load_reports(), 4);
         let report = memory.latest_load().unwrap();
         assert_eq!((report.ring_version, report.requests), (2, 3000));
         assert_eq!(report.window_seconds, 10);
@@ -237,9 +261,9 @@ mod tests {
         down.store(false, Ordering::Release);
         count(&load, &ring(2), 100);
         tick().await;
-        assert_eq!(memory.load_reports(), 4);
+        assert_eq!(memory.load_reports(), 5);
         assert_eq!(memory.latest_load().unwrap().requests, 100);
-        assert_eq!(outcomes(ReportOutcome::Patched), 4);
+        assert_eq!(outcomes(ReportOutcome::Patched), 5);
         task.abort();
     }
 

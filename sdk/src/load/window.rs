@@ -37,7 +37,9 @@ impl LoadWindow {
     }
 
     /// The load counted since the last take, which ends at `now`; the next
-    /// window starts there. `ring`: the ring the pod holds now (its version,
+    /// window starts there. The report's
+    /// [`window_end_ms`](ShardLoadReport::window_end_ms) is the wall clock
+    /// read at the take. `ring`: the ring the pod holds now (its version,
     /// shard count and this pod's shards go into the report); `pod`: this
     /// pod's name in it. Without a ring the report has only totals (and
     /// ring version 0, which [`ShardLoadReport::validate`] refuses: the
@@ -92,12 +94,22 @@ impl LoadWindow {
             ring_version: ring.map_or(0, Ring::version),
             shards: ring.map_or(0, |r| r.shards().get()),
             window_seconds,
+            window_end_ms: wall_clock_ms(),
             requests,
             bytes,
             owned_shards: ring.map_or(0, |r| owned_shards(r, pod)),
             hot,
         }
     }
+}
+
+/// Now by the wall clock, in Unix milliseconds: when a window taken now
+/// ended ([`ShardLoadReport::window_end_ms`]). The operator compares it with
+/// its own clock to refuse the last report of a pod whose reporter stopped.
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The shards of `pod`'s slot under the ring's `current` table.
@@ -294,6 +306,7 @@ mod tests {
             ring_version: 5,
             shards: 1024,
             window_seconds: 15,
+            window_end_ms: 1_800_000_000_000,
             requests,
             bytes: requests * 100,
             owned_shards: 300,

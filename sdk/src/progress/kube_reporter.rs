@@ -33,7 +33,7 @@ pub const FIELD_MANAGER: &str = "locus-pod";
 /// Field manager of the pods' own applies of their load annotation.
 pub const LOAD_FIELD_MANAGER: &str = "locus-pod-load";
 
-/// Patches the pod's own annotations; see the [module docs](self).
+/// Patches the pod's own annotations; see the `kube_reporter` module's docs.
 #[derive(Clone, Debug)]
 pub struct KubeProgressReporter {
     pod: OwnPod,
@@ -151,6 +151,7 @@ mod tests {
             ring_version: 9,
             shards: 1024,
             window_seconds: 15,
+            window_end_ms: 1_800_000_000_000,
             requests: 300,
             bytes: 4096,
             owned_shards: 341,

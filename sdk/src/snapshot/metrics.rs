@@ -25,6 +25,13 @@
 //! | `locus_snapshot_write_records` | gauge | records in the last snapshot written |
 //! | `locus_snapshot_write_bytes` | gauge | size of the last snapshot written |
 //! | `locus_snapshot_write_seconds` | gauge | time the last write took |
+//! | `locus_snapshot_unsaved_records` | gauge | unsaved records of the last restored snapshot whose background write-back has not finished (its file is kept until 0) |
+//! | `locus_snapshot_write_back_seconds` | gauge | time the last background write-back took, from its start (right after the restore) |
+//! | `locus_snapshot_write_back_done_timestamp_seconds` | gauge | when it finished (Unix time) |
+//! | `locus_snapshot_write_back_retries_total` | counter | background write-back rounds in which some write-back failed (retried) |
+//! | `locus_snapshot_salvaged_records_total` | counter | unsaved records written back from a file that was not installed (kept aside, left over, keys no longer owned) |
+//! | `locus_snapshot_salvage_failures_total` | counter | failed attempts to write such a record (retried before the pod serves) |
+//! | `locus_snapshot_kept_aside_total` | counter | files kept aside (`sessions.snapshot.kept-*`): not restored, never deleted |
 
 use std::sync::LazyLock;
 use std::sync::atomic::AtomicU64;
@@ -54,6 +61,13 @@ pub struct SnapshotMetrics {
     write_records: Gauge,
     write_bytes: Gauge,
     write_seconds: Real,
+    unsaved: Gauge,
+    write_back_seconds: Real,
+    write_back_done: Real,
+    write_back_retries: Counter,
+    salvaged: Counter,
+    salvage_failures: Counter,
+    kept_aside: Counter,
 }
 
 static PROCESS: LazyLock<SnapshotMetrics> = LazyLock::new(SnapshotMetrics::default);
@@ -138,6 +152,48 @@ impl SnapshotMetrics {
             Unit::Seconds,
             self.write_seconds.clone(),
         );
+        self.register_write_back(sub);
+    }
+
+    /// The background write-back's and the salvage's metrics.
+    fn register_write_back(&self, sub: &mut Registry) {
+        sub.register(
+            "unsaved_records",
+            "Unsaved records of the last restored snapshot not written back yet (its file is kept until 0)",
+            self.unsaved.clone(),
+        );
+        sub.register_with_unit(
+            "write_back",
+            "Time the last background write-back after a restore took",
+            Unit::Seconds,
+            self.write_back_seconds.clone(),
+        );
+        sub.register_with_unit(
+            "write_back_done_timestamp",
+            "When the last background write-back after a restore finished (Unix time)",
+            Unit::Seconds,
+            self.write_back_done.clone(),
+        );
+        sub.register(
+            "write_back_retries",
+            "Background write-back rounds after a restore in which some write-back failed",
+            self.write_back_retries.clone(),
+        );
+        sub.register(
+            "salvaged_records",
+            "Unsaved records written back from snapshot files that were not installed",
+            self.salvaged.clone(),
+        );
+        sub.register(
+            "salvage_failures",
+            "Failed attempts to write back a salvaged record (retried)",
+            self.salvage_failures.clone(),
+        );
+        sub.register(
+            "kept_aside",
+            "Snapshot files kept aside (not restored, never deleted)",
+            self.kept_aside.clone(),
+        );
     }
 
     /// Records a snapshot restored.
@@ -173,6 +229,41 @@ impl SnapshotMetrics {
     /// Records a snapshot that could not be written.
     pub(crate) fn write_failed(&self) {
         self.writes.get_or_create(&[("outcome", "failed")]).inc();
+    }
+
+    /// Records a background write-back of `unsaved` restored records started.
+    pub(crate) fn write_back_started(&self, unsaved: u64) {
+        self.unsaved.set(gauge_value(unsaved));
+    }
+
+    /// Records a background write-back round in which some failed.
+    pub(crate) fn write_back_retried(&self) {
+        self.write_back_retries.inc();
+    }
+
+    /// Records a background write-back finished after `took`.
+    pub(crate) fn write_back_done(&self, took: std::time::Duration) {
+        self.unsaved.set(0);
+        self.write_back_seconds.set(took.as_secs_f64());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.write_back_done.set(now);
+    }
+
+    /// Records `n` salvaged records written back.
+    pub(crate) fn salvaged(&self, n: u64) {
+        self.salvaged.inc_by(n);
+    }
+
+    /// Records a failed attempt to write a salvaged record.
+    pub(crate) fn salvage_failed(&self) {
+        self.salvage_failures.inc();
+    }
+
+    /// Records a file kept aside.
+    pub(crate) fn kept_aside(&self) {
+        self.kept_aside.inc();
     }
 }
 
@@ -233,6 +324,8 @@ mod tests {
             bytes: 4096,
             check_took: Duration::from_millis(10),
             took: Duration::from_millis(250),
+            not_owned_written_back: 0,
+            pending_write_back: true,
         });
         metrics.ignored();
         metrics.written(&SnapshotWritten {

@@ -17,13 +17,32 @@
 //! checksum over a stream of records).
 //!
 //! The file is written to `sessions.snapshot.tmp`, synced, then renamed, so a
-//! snapshot is either complete or absent. A snapshot that is corrupt,
-//! truncated, from another service or slot, or from a newer ring than the
-//! pod's is logged and ignored: nothing of it is installed (every chunk is
-//! checked before the first record is), and the pod starts cold, its sessions
-//! loaded from the persistence as requests come. In every case the file is
-//! removed so that it is never restored twice. Records of keys the slot no
-//! longer owns under the current ring are skipped.
+//! snapshot is either complete or absent. Each record says whether its
+//! writer had written it back (the dirty flag): a pod that positively
+//! restarts in place writes nothing back before its snapshot, so the file is
+//! then the only durable copy of those writes until the restoring process
+//! has written them back. Hence (`docs/adr/0004-in-place-restart-durability.md`):
+//!
+//! * [`restore()`] installs the records (dirty ones stay dirty in the store,
+//!   so eviction writes them back first), writes back at once the unsaved
+//!   records of keys the slot no longer owns, and renames the file
+//!   [`RESTORED_FILE`]; the caller serves and runs [`write_back_restored`] in
+//!   the background, which removes the file once every changed session is
+//!   written back. A file without unsaved records is removed at once. A
+//!   snapshot is never installed twice.
+//! * A snapshot that is corrupt, truncated, from another service or slot,
+//!   from a newer ring than the pod's, or in a format this build cannot read
+//!   is logged and not installed (every chunk is checked before the first
+//!   record is); it is *salvaged* ([`salvage`](self::salvage)): the unsaved
+//!   records of every chunk that checks are written back, and the file is
+//!   kept aside (`sessions.snapshot.kept-<unix ms>`, never deleted). The pod
+//!   starts cold, its sessions loaded from the persistence as requests come.
+//! * A [`RESTORED_FILE`] or a `sessions.snapshot.tmp` left by an earlier
+//!   process (crashed during its write-back; killed while writing) is
+//!   salvaged the same way before anything is restored.
+//!
+//! Records of keys the slot no longer owns under the current ring are not
+//! installed.
 //!
 //! The file work runs on tokio's blocking pool (`spawn_blocking`), never on
 //! the async worker threads.
@@ -34,9 +53,15 @@
 
 mod chunked;
 mod metrics;
+pub mod salvage;
 mod v1;
+mod write_back;
 
 pub use self::metrics::SnapshotMetrics;
+pub use self::salvage::{
+    RESTORED_FILE, Salvaged, restored_path_in, salvage_all, salvage_left_overs,
+};
+pub use self::write_back::{WrittenBack, release_restored, write_back_restored};
 
 use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
@@ -46,7 +71,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::ring::Ring;
-use crate::store::{Restore, SessionTable};
+use crate::store::{Restore, SessionRecord, SessionTable};
 
 /// Environment variable naming the snapshot directory.
 pub const SNAPSHOT_DIR_ENV: &str = "LOCUS_SNAPSHOT_DIR";
@@ -170,11 +195,41 @@ pub struct SnapshotRestore {
     pub check_took: Duration,
     /// Time to check and install.
     pub took: Duration,
+    /// Unsaved records of keys this pod does not own, written back before
+    /// the restore returned (the pod that owns them may load them).
+    pub not_owned_written_back: u64,
+    /// True when unsaved records were installed: the file was renamed
+    /// [`RESTORED_FILE`] and stays until [`write_back_restored`] has written
+    /// them back. False: the file held none and was removed.
+    pub pending_write_back: bool,
+}
+
+impl SnapshotRestore {
+    /// Unsaved records installed (or refused by the store: then written back
+    /// before the restore returned).
+    pub fn unsaved_installed(&self) -> u64 {
+        self.dirty.saturating_sub(self.not_owned_written_back)
+    }
 }
 
 /// The snapshot file in `dir`.
 pub fn path_in(dir: &Path) -> PathBuf {
     dir.join(SNAPSHOT_FILE)
+}
+
+/// True if `dir` holds a snapshot, a restored snapshot whose write-back has
+/// not finished, or a snapshot being written: something [`restore()`] acts on.
+pub async fn files_in(dir: &Path) -> bool {
+    for path in [
+        path_in(dir),
+        restored_path_in(dir),
+        salvage::tmp_path_in(dir),
+    ] {
+        if tokio::fs::try_exists(&path).await.unwrap_or(true) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Removes the snapshot in `dir` and a left-over temporary file, if any;
@@ -215,45 +270,90 @@ pub async fn write(
     result
 }
 
-/// not own under `ring` are skipped. `Ok(None)`: no snapshot. The file is
-/// removed afterwards, whatever the outcome. Recorded in
-/// [`SnapshotMetrics::process`].
+/// Restores the snapshot in `dir` into `store`: the records of keys `pod`
+/// owns under `ring` are installed, the others skipped (their unsaved ones
+/// written back). `Ok(None)`: no snapshot. Left-overs of an earlier process
+/// are salvaged first; a snapshot that cannot be restored is salvaged and
+/// kept aside; a restored one with unsaved records is renamed
+/// [`RESTORED_FILE`] for [`write_back_restored`] (see the [module
+/// docs](self)). Recorded in [`SnapshotMetrics::process`].
 pub async fn restore(
     store: Arc<dyn SessionTable>,
     dir: &Path,
     ring: &Ring,
     pod: &str,
 ) -> Result<Option<SnapshotRestore>, SnapshotError> {
+    salvage_left_overs(&store, dir, pod, Some(ring)).await;
     let path = path_in(dir);
     // An error other than "absent" (permissions, say) shows in the restore.
     if !tokio::fs::try_exists(&path).await.unwrap_or(true) {
         return Ok(None);
     }
-    let result = restore_file(store, &path, ring, pod).await;
-    if let Err(error) = tokio::fs::remove_file(&path).await {
+    let (mut report, unsaved_not_owned) =
+        match restore_file(Arc::clone(&store), &path, ring, pod).await {
+            Ok(restored) => restored,
+            Err(error) => {
+                SnapshotMetrics::process().ignored();
+                tracing::warn!(%error, "snapshot not restored; salvaging it and starting cold");
+                salvage::salvage_file(&store, &path, dir, pod, Some(ring)).await;
+                return Err(error);
+            }
+        };
+    if !unsaved_not_owned.is_empty() {
+        let (written, _refused) = salvage::write_records(store.as_ref(), unsaved_not_owned).await;
+        report.not_owned_written_back = written;
+    }
+    if report.restore.failed > 0 && report.dirty > 0 {
+        // The store refused some records (too large, undecodable, no room):
+        // those unsaved are nowhere else. Write every unsaved record of the
+        // file back now (conditional: the installed ones change nothing).
+        let salvaged = salvage::write_back_file(&store, &path, pod, Some(ring)).await;
+        tracing::warn!(
+            refused = report.restore.failed,
+            written_back = salvaged.written_back,
+            "snapshot records refused by the store; the file's unsaved records written back"
+        );
+    }
+    if report.unsaved_installed() > 0 {
+        let restored = restored_path_in(dir);
+        match tokio::fs::rename(&path, &restored).await {
+            Ok(()) => report.pending_write_back = true,
+            Err(error) => {
+                // Never restored twice: a second restore after this process
+                // served would bring older state back.
+                tracing::error!(
+                    path = %path.display(),
+                    %error,
+                    "cannot keep the restored snapshot for its write-back; removing it \
+                     (its unsaved sessions are in memory only until written back)"
+                );
+                remove_restored_snapshot(&path).await;
+            }
+        }
+    } else {
+        remove_restored_snapshot(&path).await;
+    }
+    SnapshotMetrics::process().restored(&report);
+    tracing::info!(
+        path = %path.display(),
+        records = report.records,
+        dirty = report.dirty,
+        restored = report.restore.inserted + report.restore.replaced,
+        not_owned = report.not_owned,
+        not_owned_written_back = report.not_owned_written_back,
+        failed = report.restore.failed,
+        pending_write_back = report.pending_write_back,
+        bytes = report.bytes,
+        took = ?report.took,
+        "snapshot restored"
+    );
+    Ok(Some(report))
+}
+
+async fn remove_restored_snapshot(path: &Path) {
+    if let Err(error) = tokio::fs::remove_file(path).await {
         tracing::warn!(path = %path.display(), %error, "cannot remove the snapshot after reading it");
     }
-    match &result {
-        Ok(report) => {
-            SnapshotMetrics::process().restored(report);
-            tracing::info!(
-            path = %path.display(),
-            records = report.records,
-            dirty = report.dirty,
-            restored = report.restore.inserted + report.restore.replaced,
-            not_owned = report.not_owned,
-            failed = report.restore.failed,
-            bytes = report.bytes,
-            took = ?report.took,
-            "snapshot restored"
-            );
-        }
-        Err(error) => {
-            SnapshotMetrics::process().ignored();
-            tracing::warn!(%error, "snapshot ignored; starting cold");
-        }
-    }
-    result.map(Some)
 }
 
 /// Checks that the snapshot is this pod's: same service, the slot it
@@ -324,7 +424,7 @@ async fn restore_file(
     path: &Path,
     ring: &Ring,
     pod: &str,
-) -> Result<SnapshotRestore, SnapshotError> {
+) -> Result<(SnapshotRestore, Vec<SessionRecord>), SnapshotError> {
     let probe = path.to_owned();
     let format = tokio::task::spawn_blocking(move || format_of(&probe))
         .await

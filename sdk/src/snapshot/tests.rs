@@ -84,6 +84,10 @@ async fn a_snapshot_restores_every_session_with_its_version_once() {
     }
     assert!(!path_in(&dir).exists(), "a snapshot is restored only once");
     assert!(
+        report.pending_write_back && restored_path_in(&dir).exists(),
+        "kept for the write-back of its unsaved records"
+    );
+    assert!(
         restore(Arc::new(store()), &dir, &ring, "svc-0-x")
             .await
             .unwrap()
@@ -110,9 +114,28 @@ async fn refused(
         0,
         "nothing installed from a refused snapshot"
     );
-    assert!(!path_in(&dir).exists(), "a refused snapshot is removed");
+    assert!(
+        !path_in(&dir).exists(),
+        "a refused snapshot is not left to restore"
+    );
+    assert_eq!(kept_in(&dir).len(), 1, "a refused snapshot is kept aside");
     std::fs::remove_dir_all(&dir).unwrap();
     error
+}
+
+/// The files kept aside in `dir`.
+fn kept_in(dir: &Path) -> Vec<PathBuf> {
+    let mut kept: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(salvage::KEPT_PREFIX))
+        })
+        .collect();
+    kept.sort();
+    kept
 }
 
 #[tokio::test]
@@ -366,7 +389,8 @@ async fn a_corrupted_chunk_is_refused_whole_and_the_sessions_come_from_the_persi
         0,
         "nothing installed from a refused snapshot"
     );
-    assert!(!path.exists(), "a refused snapshot is removed");
+    assert!(!path.exists(), "a refused snapshot is not left to restore");
+    assert_eq!(kept_in(&dir).len(), 1, "a refused snapshot is kept aside");
     for i in 0..3000 {
         let key = format!("k{i}");
         let got = cold.get(key.as_bytes()).await.unwrap();
@@ -476,5 +500,311 @@ async fn an_empty_store_writes_a_snapshot_that_restores_nothing() {
         .unwrap();
     assert_eq!((report.records, report.restore.inserted), (0, 0));
     assert_eq!(target.stats().sessions, 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// [`Memory`] whose next `failing` stores fail.
+#[derive(Clone, Default)]
+struct Flaky {
+    db: Memory,
+    failing: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the database is unavailable")]
+struct Unavailable;
+
+impl Persistence<String> for Flaky {
+    type Error = Unavailable;
+
+    async fn load(&self, key: &[u8]) -> Result<Option<Stored<String>>, Self::Error> {
+        Ok(self.db.load(key).await.unwrap_or_else(|e| match e {}))
+    }
+
+    async fn store(&self, key: &[u8], stamp: Stamp, value: &String) -> Result<(), Self::Error> {
+        use std::sync::atomic::Ordering;
+        let failing = self
+            .failing
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(Unavailable);
+        }
+        self.db
+            .store(key, stamp, value)
+            .await
+            .unwrap_or_else(|e| match e {});
+        Ok(())
+    }
+}
+
+/// A store over `db`.
+fn over(db: &Flaky) -> SessionStore<String, Flaky> {
+    SessionStore::builder(JsonCodec, String::len)
+        .persistence(db.clone())
+        .build()
+        .unwrap()
+}
+
+/// `sessions` sessions of about `size` bytes (epoch 7) snapshotted by pod
+/// `svc-0-x` of slot 0 (owning everything) without any write-back, as a
+/// restart in place writes them: every record unsaved, the database empty.
+async fn unsaved_snapshot(name: &str, sessions: usize, size: usize) -> (PathBuf, Ring, Flaky) {
+    let dir = dir(name);
+    let ring = ring("svc", 4, vec![0, 0]);
+    let db = Flaky::default();
+    let writer = over(&db);
+    for i in 0..sessions {
+        let key = format!("k{i}");
+        writer
+            .install(
+                key.as_bytes(),
+                Versioned::new(i as u64 % 3 + 1, format!("{i}:{}", "x".repeat(size))).with_epoch(7),
+            )
+            .await
+            .unwrap();
+    }
+    let header = SnapshotHeader::new(&ring, 0, "svc-0-x");
+    let done = write(&writer, &dir, &header).await.unwrap();
+    assert_eq!(
+        (done.records, done.dirty),
+        (sessions as u64, sessions as u64)
+    );
+    assert!(db.db.0.lock().unwrap().is_empty());
+    (dir, ring, db)
+}
+
+/// The value session `i` of [`unsaved_snapshot`] holds.
+fn value_of(i: usize, size: usize) -> String {
+    format!("{i}:{}", "x".repeat(size))
+}
+
+#[tokio::test]
+async fn restored_unsaved_sessions_are_written_back_in_the_background_then_the_file_goes() {
+    let (dir, ring, db) = unsaved_snapshot("background", 500, 100).await;
+    let restored = over(&db);
+    let report = restore(Arc::new(restored.clone()), &dir, &ring, "svc-0-x")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((report.dirty, report.unsaved_installed()), (500, 500));
+    assert!(report.pending_write_back);
+    // Serving now, nothing written back yet: the file is the durable copy.
+    assert!(!path_in(&dir).exists());
+    assert!(restored_path_in(&dir).exists());
+    assert!(db.db.0.lock().unwrap().is_empty());
+    // The persistence fails the first writes: retried, the file stays
+    // meanwhile.
+    db.failing.store(20, std::sync::atomic::Ordering::SeqCst);
+    let done = write_back_restored(Arc::new(restored.clone()), dir.clone(), 500).await;
+    assert!(done.rounds >= 2, "{done:?}");
+    assert_eq!(done.written, 500, "{done:?}");
+    assert!(
+        !restored_path_in(&dir).exists(),
+        "removed once written back"
+    );
+    let rows = db.db.0.lock().unwrap().clone();
+    assert_eq!(rows.len(), 500);
+    for i in 0..500usize {
+        let (stamp, value) = &rows[format!("k{i}").as_bytes()];
+        assert_eq!(value, &value_of(i, 100));
+        assert_eq!(stamp.version, i as u64 % 3 + 1);
+        assert!(
+            stamp.epoch >= 7,
+            "written under the record's epoch or higher"
+        );
+    }
+    // Clean now: nothing left to write.
+    assert_eq!(restored.flush().await.written, 0);
+    assert!(kept_in(&dir).is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_crash_during_the_write_back_leaves_the_file_and_the_next_process_writes_it_back_first() {
+    let (dir, ring, db) = unsaved_snapshot("crash", 300, 100).await;
+    let crashed = over(&db);
+    let report = restore(Arc::new(crashed.clone()), &dir, &ring, "svc-0-x")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(report.pending_write_back);
+    // The process served a newer write of k1 and wrote it back, then
+    // crashed before its background write-back ran.
+    crashed
+        .update(b"k1", |value| value.push_str(" and more"))
+        .await
+        .unwrap();
+    assert_eq!(crashed.flush().await.written, 300);
+    let newer = db.db.0.lock().unwrap()[b"k1".as_slice()].clone();
+    db.db.0.lock().unwrap().retain(|key, _| key == b"k1");
+    drop(crashed);
+    assert!(restored_path_in(&dir).exists());
+
+    let next = over(&db);
+    let again = restore(Arc::new(next.clone()), &dir, &ring, "svc-0-x")
+        .await
+        .unwrap();
+    assert!(again.is_none(), "no snapshot to restore");
+    assert_eq!(
+        next.stats().sessions,
+        0,
+        "a restored file is never installed again"
+    );
+    assert!(!restored_path_in(&dir).exists());
+    assert_eq!(kept_in(&dir).len(), 1, "kept aside after its write-back");
+    let rows = db.db.0.lock().unwrap().clone();
+    assert_eq!(rows.len(), 300, "every unsaved record written back");
+    assert_eq!(
+        rows[b"k1".as_slice()],
+        newer,
+        "the newer write is not replaced"
+    );
+    for i in 2..300usize {
+        assert_eq!(rows[format!("k{i}").as_bytes()].1, value_of(i, 100));
+    }
+    // Served from the persistence: the latest of each.
+    assert_eq!(next.get(b"k1").await.unwrap().value, newer.1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_restore_keeps_the_file_aside_and_writes_back_the_chunks_that_check() {
+    // About 12 MiB: several chunks. One bit of the last chunk's last record.
+    let (dir, ring, db) = unsaved_snapshot("salvage", 3000, 4000).await;
+    let path = path_in(&dir);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() - 41;
+    bytes[at] ^= 0x04;
+    std::fs::write(&path, &bytes).unwrap();
+    let target = over(&db);
+    let error = restore(Arc::new(target.clone()), &dir, &ring, "svc-0-x")
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("checksum mismatch"), "{error}");
+    assert_eq!(target.stats().sessions, 0, "nothing installed");
+    assert!(!path.exists());
+    let kept = kept_in(&dir);
+    assert_eq!(kept.len(), 1, "kept aside, never deleted");
+    assert_eq!(std::fs::read(&kept[0]).unwrap(), bytes, "kept as it was");
+    let rows = db.db.0.lock().unwrap().clone();
+    assert!(
+        rows.len() > 1500 && rows.len() < 3000,
+        "the records of every chunk but the damaged one: {}",
+        rows.len()
+    );
+    for (key, (stamp, value)) in &rows {
+        let i: usize = std::str::from_utf8(&key[1..]).unwrap().parse().unwrap();
+        assert_eq!(value, &value_of(i, 4000));
+        assert_eq!(*stamp, Stamp::new(7, i as u64 % 3 + 1));
+    }
+    // Cold from here: what was written back is served.
+    let (key, (_, value)) = rows.iter().next().unwrap();
+    assert_eq!(&target.get(key).await.unwrap().value, value);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_snapshot_cut_short_by_a_killed_writer_gives_its_complete_chunks() {
+    let (dir, ring, db) = unsaved_snapshot("killed", 3000, 4000).await;
+    // The writer was killed in the middle of the file: no rename, no trailer.
+    let bytes = std::fs::read(path_in(&dir)).unwrap();
+    std::fs::write(salvage::tmp_path_in(&dir), &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::remove_file(path_in(&dir)).unwrap();
+    let target = over(&db);
+    assert!(
+        restore(Arc::new(target.clone()), &dir, &ring, "svc-0-x")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let rows = db.db.0.lock().unwrap().len();
+    assert!(rows > 0 && rows < 3000, "{rows}");
+    assert!(!salvage::tmp_path_in(&dir).exists());
+    assert_eq!(kept_in(&dir).len(), 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_format_this_build_cannot_read_is_kept_aside_untouched() {
+    let (dir, ring, db) = unsaved_snapshot("unknown-format", 50, 10).await;
+    let path = path_in(&dir);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[8..12].copy_from_slice(&9u32.to_be_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let error = restore(Arc::new(over(&db)), &dir, &ring, "svc-0-x")
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("format version 9"), "{error}");
+    let kept = kept_in(&dir);
+    assert_eq!(kept.len(), 1);
+    assert_eq!(std::fs::read(&kept[0]).unwrap(), bytes);
+    assert!(
+        db.db.0.lock().unwrap().is_empty(),
+        "nothing of it can be trusted"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn unsaved_records_of_keys_no_longer_owned_are_written_back_before_the_restore_returns() {
+    let (dir, _, db) = unsaved_snapshot("not-owned", 200, 10).await;
+    // Slot 0 now owns only shard 0 of 2.
+    let ring = ring("svc", 5, vec![0, 1]);
+    let target = over(&db);
+    let report = restore(Arc::new(target.clone()), &dir, &ring, "svc-0-x")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(report.not_owned > 0);
+    assert_eq!(report.not_owned_written_back, report.not_owned);
+    let rows = db.db.0.lock().unwrap().clone();
+    assert_eq!(rows.len() as u64, report.not_owned);
+    for key in rows.keys() {
+        assert_eq!(ring.owner(key).index, 1, "only keys another slot owns");
+    }
+    assert_eq!(report.unsaved_installed(), 200 - report.not_owned);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_session_restored_unsaved_is_written_back_before_it_is_evicted() {
+    let (dir, ring, db) = unsaved_snapshot("evict", 100, 10).await;
+    let clock = crate::store::ManualClock::new();
+    let restored = SessionStore::builder(JsonCodec, String::len)
+        .persistence(db.clone())
+        .limits(
+            Limits::builder()
+                .idle_timeout(std::time::Duration::from_secs(1))
+                .build()
+                .unwrap(),
+        )
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    restore(Arc::new(restored.clone()), &dir, &ring, "svc-0-x")
+        .await
+        .unwrap()
+        .unwrap();
+    // The database refuses the first writes: a session whose write-back
+    // fails is not evicted.
+    db.failing.store(30, std::sync::atomic::Ordering::SeqCst);
+    clock.advance(std::time::Duration::from_secs(5));
+    let sweep = restored.passivate_idle().await;
+    assert_eq!(sweep.write_back_failed, 30, "{sweep:?}");
+    assert_eq!(sweep.evicted, 70, "{sweep:?}");
+    assert_eq!(restored.stats().sessions, 30);
+    assert_eq!(
+        db.db.0.lock().unwrap().len(),
+        70,
+        "every evicted session was written first"
+    );
+    clock.advance(std::time::Duration::from_secs(600));
+    let sweep = restored.passivate_idle().await;
+    assert_eq!(sweep.evicted, 30, "{sweep:?}");
+    let rows = db.db.0.lock().unwrap().clone();
+    assert_eq!(rows.len(), 100);
+    for i in 0..100usize {
+        assert_eq!(rows[format!("k{i}").as_bytes()].1, value_of(i, 10));
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -218,14 +218,36 @@ fn check(path: &Path) -> Result<Checked, SnapshotError> {
     })
 }
 
+/// The header and the unsaved records of the intact format 1 snapshot at
+/// `path` (checked whole first), for a salvage. Blocks.
+pub(super) fn unsaved_records(
+    path: &Path,
+) -> Result<(SnapshotHeader, Vec<SessionRecord>), SnapshotError> {
+    check(path)?;
+    let (mut reader, header, file_len) = open(path)?;
+    let body_end = file_len - TRAILER_BYTES;
+    let mut unsaved = Vec::new();
+    while reader.read < body_end {
+        let record = read_record(&mut reader, body_end).map_err(|e| SnapshotError::Corrupt {
+            path: path.to_owned(),
+            reason: format!("changed while reading: {e}"),
+        })?;
+        if record.dirty {
+            unsaved.push(record);
+        }
+    }
+    Ok((header, unsaved))
+}
+
 /// Restores the format 1 snapshot at `path`: checked whole first, then
-/// installed record by record.
+/// installed record by record. Also returns the unsaved records of keys
+/// `pod` does not own (not installed).
 pub(super) async fn restore_file(
     store: Arc<dyn SessionTable>,
     path: &Path,
     ring: &Ring,
     pod: &str,
-) -> Result<SnapshotRestore, SnapshotError> {
+) -> Result<(SnapshotRestore, Vec<SessionRecord>), SnapshotError> {
     let started = Instant::now();
     let checked = path.to_owned();
     let Checked {
@@ -262,10 +284,11 @@ pub(super) async fn restore_file(
         let pod = pod.to_owned();
         move |key: &[u8]| ring.owner(key).pod.name == pod
     };
-    let reader = tokio::task::spawn_blocking(move || -> Result<u64, SnapshotError> {
+    let reader = tokio::task::spawn_blocking(move || -> Result<_, SnapshotError> {
         let (mut reader, _, file_len) = open(&reading)?;
         let body_end = file_len - TRAILER_BYTES;
         let mut not_owned = 0;
+        let mut unsaved_not_owned = Vec::new();
         let mut next = 0;
         while reader.read < body_end {
             let record =
@@ -275,6 +298,9 @@ pub(super) async fn restore_file(
                 })?;
             if !owned(&record.key) {
                 not_owned += 1;
+                if record.dirty {
+                    unsaved_not_owned.push(record);
+                }
                 continue;
             }
             if senders[next].blocking_send(record).is_err() {
@@ -282,9 +308,9 @@ pub(super) async fn restore_file(
             }
             next = (next + 1) % senders.len();
         }
-        Ok(not_owned)
+        Ok((not_owned, unsaved_not_owned))
     });
-    let not_owned = reader.await.map_err(|e| SnapshotError::Writer {
+    let (not_owned, unsaved_not_owned) = reader.await.map_err(|e| SnapshotError::Writer {
         reason: e.to_string(),
     })??;
     let mut restore = Restore::default();
@@ -298,7 +324,7 @@ pub(super) async fn restore_file(
         restore.failed += part.failed;
         restore.errors.extend(part.errors);
     }
-    Ok(SnapshotRestore {
+    let report = SnapshotRestore {
         header,
         format: FORMAT_VERSION,
         records,
@@ -308,7 +334,10 @@ pub(super) async fn restore_file(
         bytes,
         check_took,
         took: started.elapsed(),
-    })
+        not_owned_written_back: 0,
+        pending_write_back: false,
+    };
+    Ok((report, unsaved_not_owned))
 }
 
 /// The format 1 writer, kept to make files of this format in tests.

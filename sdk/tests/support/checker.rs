@@ -455,7 +455,8 @@ pub fn first_touches(
 }
 
 /// The `x-locus-takeover` headers the client saw, by the epoch (`Switch`
-/// version) they name: (warm, cold).
+/// version) they name: (warm, cold); late ones (`:late`) are left out, as
+/// the pods leave them out of their reports.
 pub fn takeover_headers(ops: &[Op]) -> BTreeMap<u64, (u64, u64)> {
     let mut seen: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     for op in ops {
@@ -466,6 +467,10 @@ pub fn takeover_headers(ops: &[Op]) -> BTreeMap<u64, (u64, u64)> {
         else {
             continue;
         };
+        if header.ends_with(":late") {
+            // After the pod's report was final: not counted as served.
+            continue;
+        }
         let (epoch, path) = header.split_once(':').expect("<epoch>:<path>");
         let epoch: u64 = epoch.parse().expect("a decimal epoch");
         let path = locus::progress::TakeoverPath::from_name(path).expect("a known path");

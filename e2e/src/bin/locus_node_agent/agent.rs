@@ -32,7 +32,7 @@ pub enum StartError {
     /// The bridge does not exist.
     #[error(
         "bridge {0:?} does not exist (or is not a bridge): create it first, e.g. \
-         `ip link add {0} type bridge && ip addr add <gateway>/24 dev {0} && ip link set {0} up`"
+         `ip link add {0} type bridge && ip addr add <gateway>/<pod-cidr prefix> dev {0} && ip link set {0} up`"
     )]
     NoBridge(String),
     /// The images file is unreadable or invalid.
@@ -113,12 +113,11 @@ pub fn check_host(flags: &Flags) -> Result<(IpCommand, Images), StartError> {
         return Err(StartError::NotRoot);
     }
     let ip = IpCommand::find().ok_or(StartError::NoIp)?;
-    if !Path::new("/sys/class/net")
-        .join(&flags.bridge)
-        .join("bridge")
-        .is_dir()
+    if let Some(missing) = flags
+        .bridges()
+        .find(|b| !Path::new("/sys/class/net").join(b).join("bridge").is_dir())
     {
-        return Err(StartError::NoBridge(flags.bridge.clone()));
+        return Err(StartError::NoBridge(missing.to_owned()));
     }
     let images = Images::open(&flags.images)?;
     Ok((ip, images))
@@ -218,7 +217,7 @@ pub async fn build(flags: Flags, ip: IpCommand, images: Images) -> Result<Arc<Ag
         source,
     })?;
     let exe = std::env::current_exe().map_err(StartError::SelfExe)?;
-    let removed = remove_stale(&ip, &flags.bridge).await;
+    let removed = remove_stale(&ip, &flags.bridge, &flags.extra_bridges).await;
     if removed > 0 {
         tracing::info!(
             "removed {removed} namespaces/veths left by an earlier agent on {}",
@@ -264,7 +263,7 @@ pub async fn run(agent: Arc<Agent>) -> Result<(), StartError> {
     let _ = shutdown_tx.send(true);
     let _ = pods.await;
     let _ = heartbeats.await;
-    let removed = remove_stale(&agent.ip, &agent.flags.bridge).await;
+    let removed = remove_stale(&agent.ip, &agent.flags.bridge, &agent.flags.extra_bridges).await;
     if removed > 0 {
         tracing::warn!("removed {removed} namespaces/veths that pods left behind");
     }

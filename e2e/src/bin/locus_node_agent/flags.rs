@@ -7,6 +7,8 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use locus_e2e::cluster::network::{MAX_BRIDGES, pod_capacity};
+
 use crate::network::Ipv4Cidr;
 
 /// The agent's configuration, as given on the command line.
@@ -18,8 +20,14 @@ pub struct Flags {
     pub node_name: String,
     /// An existing, up Linux bridge carrying the gateway address.
     pub bridge: String,
+    /// Further bridges joined to `bridge` (one L2 segment) that take pods' veths once the
+    /// ones before them are full: a bridge takes 1023 ports.
+    pub extra_bridges: Vec<String>,
     /// The pod range on the bridge.
     pub pod_cidr: Ipv4Cidr,
+    /// Pods the node admits, derived from the pod range
+    /// ([`locus_e2e::cluster::network::pod_capacity`]: 240 on a /24).
+    pub max_pods: u32,
     /// The bridge's own address (the API server listens there too).
     pub gateway: Ipv4Addr,
     /// Service range: blackholed inside every pod.
@@ -35,7 +43,7 @@ pub struct Flags {
 /// The usage text printed with flag errors.
 pub const USAGE: &str = "usage: locus-node-agent --kubeconfig PATH --node-name NAME --bridge NAME \
 --pod-cidr 10.213.N.0/24 --gateway 10.213.N.1 --service-cidr 10.96.0.0/16 --images PATH \
---run-dir DIR [--max-restart-backoff-secs 10]\n       locus-node-agent exec-container \
+--run-dir DIR [--extra-bridges NAME,...] [--max-restart-backoff-secs 10]\n       locus-node-agent exec-container \
 [--hostname NAME] [--workdir DIR] [--mount SRC:DST[:ro]]... -- PROGRAM [ARGS...]";
 
 /// A flag was missing, unknown, repeated or invalid.
@@ -65,10 +73,11 @@ pub enum FlagError {
     },
 }
 
-const KNOWN: [&str; 9] = [
+const KNOWN: [&str; 10] = [
     "kubeconfig",
     "node-name",
     "bridge",
+    "extra-bridges",
     "pod-cidr",
     "gateway",
     "service-cidr",
@@ -146,14 +155,13 @@ impl Flags {
                 reason: format!("the gateway must lie inside --pod-cidr {pod_cidr}"),
             });
         }
-        if pod_cidr.prefix() > 29 {
-            return Err(FlagError::Invalid {
-                flag: "pod-cidr",
-                value: pod_cidr.to_string(),
-                reason: "the range is too small for pods: use at most a /29 (a /24 is usual)"
-                    .into(),
-            });
-        }
+        let bridge = get("bridge")?;
+        let extra = pairs
+            .iter()
+            .find(|(n, _)| *n == "extra-bridges")
+            .map(|(_, v)| v.as_str());
+        let extra_bridges = parse_bridges(&bridge, extra)?;
+        let max_pods = capacity(pod_cidr, gateway, &gateway_text, extra_bridges.len() + 1)?;
         let max_restart_backoff = match pairs.iter().find(|(n, _)| *n == "max-restart-backoff-secs")
         {
             None => Duration::from_secs(10),
@@ -176,25 +184,105 @@ impl Flags {
                 reason: "expected a DNS subdomain: lower-case letters, digits, '-' and '.'".into(),
             });
         }
-        let bridge = get("bridge")?;
-        if bridge.len() > 15 || bridge.contains('/') || bridge.contains(char::is_whitespace) {
-            return Err(FlagError::Invalid {
-                flag: "bridge",
-                value: bridge,
-                reason: "expected a network interface name of at most 15 characters".into(),
-            });
-        }
         Ok(Self {
             kubeconfig: get("kubeconfig")?.into(),
             node_name,
             bridge,
+            extra_bridges,
             pod_cidr,
+            max_pods,
             gateway,
             service_cidr,
             images: get("images")?.into(),
             run_dir: get("run-dir")?.into(),
             max_restart_backoff,
         })
+    }
+}
+
+/// Whether `value` can name a network interface.
+fn is_interface_name(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 15
+        && !value.contains(['/', ','])
+        && !value.contains(char::is_whitespace)
+}
+
+/// Checks `--bridge` and parses `--extra-bridges` (comma-separated, each named once).
+fn parse_bridges(bridge: &str, extra: Option<&str>) -> Result<Vec<String>, FlagError> {
+    if !is_interface_name(bridge) {
+        return Err(FlagError::Invalid {
+            flag: "bridge",
+            value: bridge.to_owned(),
+            reason: "expected a network interface name of at most 15 characters".into(),
+        });
+    }
+    let Some(extra) = extra else {
+        return Ok(Vec::new());
+    };
+    let invalid = |reason: String| FlagError::Invalid {
+        flag: "extra-bridges",
+        value: extra.to_owned(),
+        reason,
+    };
+    let names: Vec<String> = extra.split(',').map(str::to_owned).collect();
+    if !names.iter().all(|n| is_interface_name(n)) {
+        return Err(invalid(
+            "expected network interface names of at most 15 characters, separated by commas".into(),
+        ));
+    }
+    if names
+        .iter()
+        .enumerate()
+        .any(|(i, b)| b == bridge || names[..i].contains(b))
+    {
+        return Err(invalid(
+            "every bridge may be named once, --bridge included".into(),
+        ));
+    }
+    if u32::try_from(names.len() + 1).map_or(true, |n| n > MAX_BRIDGES) {
+        return Err(invalid(format!(
+            "at most {} further bridges",
+            MAX_BRIDGES - 1
+        )));
+    }
+    Ok(names)
+}
+
+/// Pods the node admits on `pod_cidr` with `bridges` bridges, once the gateway is known to be
+/// one of its host addresses.
+fn capacity(
+    pod_cidr: Ipv4Cidr,
+    gateway: Ipv4Addr,
+    gateway_text: &str,
+    bridges: usize,
+) -> Result<u32, FlagError> {
+    if gateway == pod_cidr.network() || gateway == pod_cidr.broadcast() {
+        return Err(FlagError::Invalid {
+            flag: "gateway",
+            value: gateway_text.to_owned(),
+            reason: format!(
+                "the gateway must be a host address of --pod-cidr {pod_cidr}, not its network or broadcast address"
+            ),
+        });
+    }
+    let bridges = u32::try_from(bridges).unwrap_or(u32::MAX);
+    pod_capacity(pod_cidr.prefix(), bridges).ok_or_else(|| FlagError::Invalid {
+        flag: "pod-cidr",
+        value: pod_cidr.to_string(),
+        reason: if pod_cidr.prefix() > 29 {
+            "the range is too small for pods: use at most a /29 (a /24 is usual)"
+        } else {
+            "the range is larger than a node can use: use at least a /16 (a /24 is usual)"
+        }
+        .into(),
+    })
+}
+
+impl Flags {
+    /// Every bridge pods' veths may go to, `--bridge` first.
+    pub fn bridges(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.bridge.as_str()).chain(self.extra_bridges.iter().map(String::as_str))
     }
 }
 
@@ -229,9 +317,42 @@ mod tests {
         assert_eq!(f.node_name, "locus-node");
         assert_eq!(f.gateway, Ipv4Addr::new(10, 213, 1, 1));
         assert_eq!(f.pod_cidr.to_string(), "10.213.1.0/24");
+        assert_eq!(f.max_pods, 240);
         assert_eq!(f.max_restart_backoff, Duration::from_secs(10));
         let f = Flags::parse(&args(&format!("{FULL} --max-restart-backoff-secs=3"))).unwrap();
         assert_eq!(f.max_restart_backoff, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn capacity_follows_the_pod_range() {
+        let wide = FULL
+            .replace("10.213.1.0/24", "10.224.8.0/22")
+            .replace("10.213.1.1", "10.224.8.1");
+        let f = Flags::parse(&args(&wide)).unwrap();
+        assert_eq!(f.pod_cidr.to_string(), "10.224.8.0/22");
+        assert_eq!(f.max_pods, 969);
+        let narrow = FULL.replace("10.213.1.0/24", "10.213.1.0/29");
+        assert_eq!(Flags::parse(&args(&narrow)).unwrap().max_pods, 4);
+        // A /21 on one bridge is bounded by its 1023 ports; on two by 2044.
+        let wider = FULL
+            .replace("10.213.1.0/24", "10.224.8.0/21")
+            .replace("10.213.1.1", "10.224.8.1");
+        assert_eq!(Flags::parse(&args(&wider)).unwrap().max_pods, 971);
+        let f = Flags::parse(&args(&format!("{wider} --extra-bridges=locus2p1"))).unwrap();
+        assert_eq!(f.extra_bridges, ["locus2p1"]);
+        assert_eq!(f.max_pods, 1941);
+        for bad in ["locus1", "locus2p1,locus2p1", "a,,b", "a/b"] {
+            assert!(
+                matches!(
+                    Flags::parse(&args(&format!("{wider} --extra-bridges={bad}"))),
+                    Err(FlagError::Invalid {
+                        flag: "extra-bridges",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -265,6 +386,34 @@ mod tests {
                 ..
             })
         ));
+        for (cidr, gateway) in [("10.213.1.0/30", "10.213.1.1"), ("10.0.0.0/15", "10.0.0.1")] {
+            let bad = FULL
+                .replace("10.213.1.0/24", cidr)
+                .replace("10.213.1.1", gateway);
+            assert!(
+                matches!(
+                    Flags::parse(&args(&bad)),
+                    Err(FlagError::Invalid {
+                        flag: "pod-cidr",
+                        ..
+                    })
+                ),
+                "{cidr}"
+            );
+        }
+        for gateway in ["10.213.1.0", "10.213.1.255"] {
+            let bad = FULL.replace("--gateway=10.213.1.1", &format!("--gateway={gateway}"));
+            assert!(
+                matches!(
+                    Flags::parse(&args(&bad)),
+                    Err(FlagError::Invalid {
+                        flag: "gateway",
+                        ..
+                    })
+                ),
+                "{gateway}"
+            );
+        }
         assert_eq!(
             Flags::parse(&args("--kubeconfig")),
             Err(FlagError::NoValue("kubeconfig".into()))

@@ -229,10 +229,13 @@ pub struct PodNetwork {
     pub ip: Ipv4Addr,
 }
 
-/// Creates the namespace, the veth pair and the routes of one pod.
+/// Creates the namespace, the veth pair and the routes of one pod. The host end of the veth
+/// goes to `bridge`, or once that is full (a bridge takes 1023 ports) to the first of
+/// `extra_bridges` with room; the namespace is named after `bridge` either way.
 pub async fn set_up(
     ip: &IpCommand,
     bridge: &str,
+    extra_bridges: &[String],
     pod_cidr: Ipv4Cidr,
     service_cidr: Ipv4Cidr,
     uid: &str,
@@ -249,20 +252,11 @@ pub async fn set_up(
     let address = format!("{addr}/{}", pod_cidr.prefix());
     let service = service_cidr.to_string();
     ip.run(&["netns", "add", ns]).await?;
-    let steps: [&[&str]; 7] = [
-        &[
-            "link",
-            "add",
-            &net.host_veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns,
-        ],
-        &["link", "set", &net.host_veth, "master", bridge],
+    if let Err(e) = attach(ip, &net, bridge, extra_bridges).await {
+        tear_down(ip, &net).await;
+        return Err(e);
+    }
+    let steps: [&[&str]; 5] = [
         &["link", "set", &net.host_veth, "up"],
         &["-n", ns, "link", "set", "lo", "up"],
         &["-n", ns, "addr", "add", &address, "dev", "eth0"],
@@ -276,6 +270,47 @@ pub async fn set_up(
         }
     }
     Ok(net)
+}
+
+/// Creates the pod's veth pair and puts its host end on the first bridge with a free port.
+async fn attach(
+    ip: &IpCommand,
+    net: &PodNetwork,
+    bridge: &str,
+    extra_bridges: &[String],
+) -> Result<(), NetworkError> {
+    ip.run(&[
+        "link",
+        "add",
+        &net.host_veth,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &net.netns,
+    ])
+    .await?;
+    for candidate in std::iter::once(bridge).chain(extra_bridges.iter().map(String::as_str)) {
+        match ip
+            .run(&["link", "set", &net.host_veth, "master", candidate])
+            .await
+        {
+            Ok(_) => return Ok(()),
+            // EXFULL: every port number of this bridge is taken; try the next.
+            Err(NetworkError::Failed { stderr, .. }) if stderr.contains("Exchange full") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(NetworkError::Failed {
+        args: format!("link set {} master <each bridge>", net.host_veth),
+        stderr: format!(
+            "every bridge of the node is full (a bridge takes 1023 ports): {bridge}{}{}",
+            if extra_bridges.is_empty() { "" } else { "," },
+            extra_bridges.join(",")
+        ),
+    })
 }
 
 /// Kills every process still inside network namespace `netns` (a container that left
@@ -311,9 +346,9 @@ pub async fn tear_down(ip: &IpCommand, net: &PodNetwork) {
     }
 }
 
-/// Removes namespaces and veths an earlier agent on the same bridge left behind.
+/// Removes namespaces and veths an earlier agent on the same bridges left behind.
 /// Returns how many it removed.
-pub async fn remove_stale(ip: &IpCommand, bridge: &str) -> usize {
+pub async fn remove_stale(ip: &IpCommand, bridge: &str, extra_bridges: &[String]) -> usize {
     let mut removed = 0;
     let prefix = netns_prefix(bridge);
     if let Ok(list) = ip.run(&["netns", "list"]).await {
@@ -330,7 +365,10 @@ pub async fn remove_stale(ip: &IpCommand, bridge: &str) -> usize {
             }
         }
     }
-    if let Ok(list) = ip.run(&["-o", "link", "show", "master", bridge]).await {
+    for bridge in std::iter::once(bridge).chain(extra_bridges.iter().map(String::as_str)) {
+        let Ok(list) = ip.run(&["-o", "link", "show", "master", bridge]).await else {
+            continue;
+        };
         for line in list.lines() {
             // "12: lcabcdef012345@if2: <BROADCAST,...> ..."
             let Some(name) = line.split(':').nth(1).map(str::trim) else {

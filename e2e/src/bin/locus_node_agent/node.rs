@@ -27,11 +27,6 @@ pub const LEASE_RENEW: Duration = Duration::from_secs(10);
 pub const LEASE_SECONDS: i32 = 40;
 /// Status heartbeat period.
 pub const STATUS_PERIOD: Duration = Duration::from_secs(15);
-/// Pods the node accepts. A kubelet's default is 110; this node admits more so the scale
-/// tests can run a few hundred small pods (`e2e/tests/operator_scale.rs`). The bound is the
-/// cluster's /24 pod range: 253 addresses less the gateway, the API server's veth and room for
-/// pods that are still terminating.
-pub const MAX_PODS: u32 = 240;
 
 /// What the machine offers, for capacity and nodeInfo.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,7 +121,9 @@ pub fn node_status(
     let resources: BTreeMap<&str, String> = [
         ("cpu", machine.cpus.to_string()),
         ("memory", format!("{}Ki", machine.memory_kib)),
-        ("pods", MAX_PODS.to_string()),
+        // A kubelet's default is 110; this node admits what its pod range holds (240 on the
+        // usual /24) so the scale tests can run hundreds of small pods.
+        ("pods", agent.flags.max_pods.to_string()),
         ("ephemeral-storage", format!("{}Ki", machine.storage_kib)),
     ]
     .into();

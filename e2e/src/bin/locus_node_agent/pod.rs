@@ -292,6 +292,7 @@ impl Worker {
                 match network::set_up(
                     &self.agent.ip,
                     &f.bridge,
+                    &f.extra_bridges,
                     f.pod_cidr,
                     f.service_cidr,
                     &self.uid,

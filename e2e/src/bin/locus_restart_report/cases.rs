@@ -217,13 +217,30 @@ pub(crate) async fn snapshot_case(
             after.name, after.uid, after.image
         )));
     }
-    let page = scrape(&bench.http, &format!("{}:{PORT}", after.ip)).await;
+    let page = written_back(bench, &format!("{}:{PORT}", after.ip)).await;
     case.facts = snapshot_facts(&page, case.changed_at);
     case.facts.push((
         "restarts".into(),
         format!("{}→{}", first.restarts, after.restarts),
     ));
     Ok(case)
+}
+
+/// The restored process's `/metrics` page once its background write-back of the restored
+/// unsaved sessions finished (`locus_snapshot_unsaved_records` 0), waited for at most 120 s;
+/// at once when the page has no such gauge (a build that writes back before it stops). The
+/// cold case that follows kills the process: it must not take the write-back with it.
+async fn written_back(bench: &Bench<'_>, address: &str) -> String {
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        let page = scrape(&bench.http, address).await;
+        match value(&page, "locus_snapshot_unsaved_records", None) {
+            Some(pending) if pending > 0.0 && Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            _ => return page,
+        }
+    }
 }
 
 /// Case 2: with every session in PostgreSQL, SIGKILL: no snapshot, each session loaded on

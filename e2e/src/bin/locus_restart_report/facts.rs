@@ -28,8 +28,12 @@ fn seconds(v: Option<f64>) -> String {
 ///
 /// `snapshot_records`, `snapshot_mb`: what the old process wrote; `snapshot_dirty`: of
 /// those, records it had not written back to PostgreSQL; `snapshot_started_s`: change → it
-/// started writing the snapshot (its shutdown's write-back came first); `restored`,
-/// `not_owned`, `restore_s`: what the restore installed, skipped, and how long it took.
+/// started writing the snapshot (after its shutdown's write-back, if it did one);
+/// `restored`, `not_owned`, `restore_s`: what the restore installed, skipped, and how long it
+/// took; `unsaved_pending`, `written_back_s`, `write_back_s`: restored unsaved records not
+/// written back yet when the page was read, change → the new process's background
+/// write-back finished, and how long that write-back took (builds that write back before
+/// stopping have none of these three).
 pub(crate) fn snapshot_facts(page: &str, changed_at: SystemTime) -> Vec<(String, String)> {
     let changed_s = changed_at
         .duration_since(UNIX_EPOCH)
@@ -69,6 +73,26 @@ pub(crate) fn snapshot_facts(page: &str, changed_at: SystemTime) -> Vec<(String,
         (
             "restore_s".into(),
             seconds(value(page, "locus_snapshot_restore_seconds", None)),
+        ),
+        (
+            "unsaved_pending".into(),
+            whole(page, "locus_snapshot_unsaved_records"),
+        ),
+        (
+            "written_back_s".into(),
+            seconds(
+                value(
+                    page,
+                    "locus_snapshot_write_back_done_timestamp_seconds",
+                    None,
+                )
+                .filter(|done| *done > 0.0)
+                .map(|done| done - changed_s),
+            ),
+        ),
+        (
+            "write_back_s".into(),
+            seconds(value(page, "locus_snapshot_write_back_seconds", None)),
         ),
     ]
 }

@@ -24,10 +24,13 @@
 //!    `--note-bytes` note, by the load generator routing with the SDK router over the ring
 //!    `ConfigMap`;
 //! 5. **snapshot**: the template's image `locus/sample:dev` → `locus/sample:v2` (the same
-//!    binary): the operator updates the pod in place; on SIGTERM the pod writes its changed
-//!    sessions back to PostgreSQL while still serving, stops, writes what changed meanwhile
-//!    and its snapshot; the node agent restarts the container in the same pod and the new
-//!    process restores the snapshot before it serves;
+//!    binary): the operator updates the pod in place; on SIGTERM the pod, which reads its
+//!    own Pod and finds it restarting in place, stops and writes its snapshot with every
+//!    changed session marked unsaved, writing nothing back (ADR 0004; a build before it wrote
+//!    them back first); the node agent restarts the container in the same pod and the new
+//!    process restores the snapshot before it serves, then writes the unsaved sessions back
+//!    in the background (the report waits for that before the cold case, and prints when it
+//!    finished);
 //! 6. **cold**: with every session in PostgreSQL (checked by counting its rows), the
 //!    container's process is killed with SIGKILL (the process id is the node agent's
 //!    `containerID`, `locus://<pid>`, checked against the process's environment): no

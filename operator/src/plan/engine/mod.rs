@@ -147,6 +147,11 @@ pub(super) struct Planner<'a> {
     load_note: Option<String>,
     /// Placement by load: the reports the step read, with the ring version they were read for.
     measured: Option<(u64, balance::Measure)>,
+    /// Placement by load: `status.placement.triggerHeld` as this pass leaves it, if
+    /// `trigger_read` (the step read usable reports); else the previous status's is kept.
+    trigger_held: Option<crate::crd::TriggerHeld>,
+    /// Placement by load: the step decided `trigger_held` in this pass.
+    trigger_read: bool,
 }
 
 impl<'a> Planner<'a> {
@@ -203,6 +208,8 @@ impl<'a> Planner<'a> {
             deadlines: Vec::new(),
             load_note: None,
             measured: None,
+            trigger_held: None,
+            trigger_read: false,
         })
     }
 

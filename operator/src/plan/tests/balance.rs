@@ -24,34 +24,32 @@ impl World {
     /// (requests per second, by shard) puts on its shards.
     fn report_load(&mut self, truth: &[f64]) {
         let ring = self.ring().clone();
+        let end = u64::try_from(self.now.as_millisecond()).unwrap();
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let count = |rps: f64| (rps * f64::from(WINDOW)).round() as u64;
         for slot in ring.slots() {
-            let shards: Vec<u32> = ring.current().shards_of(slot.index).collect();
-            if shards.is_empty() {
-                continue;
-            }
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            let count = |rps: f64| (rps * f64::from(WINDOW)).round() as u64;
-            let loads: Vec<ShardLoad> = shards
-                .iter()
-                .map(|&shard| ShardLoad {
+            let Some(report) =
+                ShardLoadReport::of_slot(&ring, slot.index, WINDOW, end, |shard| ShardLoad {
                     shard,
                     requests: count(truth[shard as usize]),
                     bytes: count(truth[shard as usize]) * 100,
                 })
-                .collect();
-            let report = ShardLoadReport {
-                ring_version: ring.version(),
-                shards: ring.shards().get(),
-                window_seconds: WINDOW,
-                requests: loads.iter().map(|l| l.requests).sum(),
-                bytes: loads.iter().map(|l| l.bytes).sum(),
-                owned_shards: u32::try_from(shards.len()).unwrap(),
-                hot: ShardLoadReport::hottest(loads),
+            else {
+                continue;
             };
             assert_eq!(report.validate(), Ok(()));
             let name = slot.pod.name.clone();
             self.pod_mut(&name).progress.load = Some(Ok(report));
         }
+    }
+
+    /// Two windows of reports of `truth` in a row (hysteresis: a rebalance starts only on the
+    /// second): reports, a pass that starts nothing, a window later reports again.
+    fn confirm_load(&mut self, truth: &[f64]) {
+        self.report_load(truth);
+        assert!(self.step().publish.is_none(), "one window starts nothing");
+        self.advance(i64::from(WINDOW));
+        self.report_load(truth);
     }
 
     /// The true busiest slot's load over the mean under the current table.
@@ -119,6 +117,13 @@ fn load_mode_moves_shards_from_the_busiest_pod_within_the_budget_then_stays() {
             world.true_ratio(&truth)
         );
         world.advance(61);
+        if rounds == 1 {
+            // The reports read before the interval ended were above the trigger already: this
+            // is the second window in a row.
+            world.report_load(&truth);
+        } else {
+            world.confirm_load(&truth);
+        }
         let before = world.ring().current().clone();
         let actions = world.step();
         let next = actions
@@ -165,9 +170,9 @@ fn load_mode_moves_shards_from_the_busiest_pod_within_the_budget_then_stays() {
     // Balanced load: no further rebalance, however long (hysteresis).
     for _ in 0..3 {
         world.advance(1000);
+        world.report_load(&truth);
         let actions = world.step();
         assert!(actions.publish.is_none(), "{:?}", world.placement());
-        world.report_load(&truth);
     }
     let placement = world.placement();
     assert!(placement.busiest_percent.unwrap() <= 110, "{placement:?}");
@@ -189,8 +194,8 @@ fn keys_mode_ignores_load_reports_and_writes_no_placement_status() {
 fn off_keeps_a_table_placed_by_load_and_keys_evens_it_out_again() {
     let mut world = World::placing_by_load(4, 6);
     let truth = skewed(&world);
-    world.report_load(&truth);
     world.advance(61);
+    world.confirm_load(&truth);
     world.settle(Reports::All);
     let placed = world.ring().current().clone();
     assert!(world.counts()[&0] < 16, "{:?}", world.counts());
@@ -207,13 +212,13 @@ fn off_keeps_a_table_placed_by_load_and_keys_evens_it_out_again() {
 fn a_report_for_another_ring_or_unreadable_holds_the_rebalance_back() {
     let mut world = World::placing_by_load(4, 6);
     let truth = skewed(&world);
+    world.advance(1000);
     world.report_load(&truth);
     let pod = world.slot_pod(2);
     let version = world.ring().version();
     if let Some(Ok(report)) = world.pod_mut(&pod).progress.load.as_mut() {
         report.ring_version = version - 1;
     }
-    world.advance(1000);
     assert!(world.step().publish.is_none());
     let placement = world.placement();
     let entry = placement.pods.iter().find(|p| p.slot == 2).unwrap();
@@ -241,8 +246,149 @@ fn a_report_for_another_ring_or_unreadable_holds_the_rebalance_back() {
         "{:?}",
         world.placement()
     );
-    world.report_load(&truth);
+    world.confirm_load(&truth);
     assert!(world.step().publish.is_some());
+}
+
+/// The problem status.placement names for slot 2's pod.
+fn slot_2_problem(world: &World) -> Option<String> {
+    world
+        .placement()
+        .pods
+        .iter()
+        .find(|p| p.slot == 2)
+        .and_then(|p| p.problem.clone())
+}
+
+#[test]
+fn a_report_whose_window_ended_long_ago_holds_the_rebalance_back() {
+    let mut world = World::placing_by_load(4, 6);
+    let truth = skewed(&world);
+    world.advance(1000);
+    world.report_load(&truth);
+    let pod = world.slot_pod(2);
+    let edit = |world: &mut World, end: &dyn Fn(u64) -> u64| {
+        if let Some(Ok(report)) = world.pod_mut(&pod).progress.load.as_mut() {
+            report.window_end_ms = end(report.window_end_ms);
+        }
+    };
+    // The other pods report on; slot 2's reporter stopped 33 s ago: more than three windows
+    // of 10 s and the 2 s allowed for clocks.
+    edit(&mut world, &|end| end - 33_000);
+    assert!(world.step().publish.is_none());
+    assert_eq!(
+        slot_2_problem(&world).as_deref(),
+        Some(
+            "stale: its window ended 33.0 s ago, more than 3 windows of 10 s (is the pod's reporter running?)"
+        )
+    );
+    let message = world.placement().message.unwrap();
+    assert!(message.contains("slot 2: stale"), "{message}");
+    assert!(world.placement().busiest_percent.is_none());
+    // 32 s ago is within three windows and the clocks' allowance: the trigger holds (and
+    // holds again a window later).
+    edit(&mut world, &|end| end + 1000);
+    assert!(world.step().publish.is_none());
+    assert!(world.placement().trigger_held.is_some());
+    world.advance(i64::from(WINDOW));
+    world.report_load(&truth);
+    assert!(world.step().publish.is_some(), "{:?}", world.placement());
+
+    // A window that ended before the ring was published (its pod's clock far behind), or ends
+    // in the future (far ahead): not used either.
+    let mut world = World::placing_by_load(4, 6);
+    world.advance(1000);
+    world.report_load(&truth);
+    let published = world
+        .ring
+        .as_ref()
+        .unwrap()
+        .meta
+        .as_ref()
+        .unwrap()
+        .published_at;
+    let published = published.as_millisecond();
+    edit(&mut world, &|_| u64::try_from(published).unwrap() - 3000);
+    assert!(world.step().publish.is_none());
+    let problem = slot_2_problem(&world).unwrap();
+    assert!(
+        problem.starts_with("stale: its window ended 3.0 s before ring version"),
+        "{problem}"
+    );
+    world.report_load(&truth);
+    edit(&mut world, &|end| end + 5000);
+    assert!(world.step().publish.is_none());
+    assert_eq!(
+        slot_2_problem(&world).as_deref(),
+        Some("its window ends 5.0 s in the future: the pod's clock is ahead")
+    );
+    // A clock 2 s ahead is allowed.
+    world.report_load(&truth);
+    edit(&mut world, &|end| end + 2000);
+    assert!(world.step().publish.is_none());
+    assert!(world.placement().trigger_held.is_some());
+    world.advance(i64::from(WINDOW));
+    world.report_load(&truth);
+    edit(&mut world, &|end| end + 2000);
+    assert!(world.step().publish.is_some(), "{:?}", world.placement());
+}
+
+#[test]
+fn a_rebalance_starts_only_when_two_windows_in_a_row_are_above_the_trigger() {
+    let mut world = World::placing_by_load(4, 6);
+    let truth = skewed(&world);
+    let even = vec![1.0; 64];
+    world.advance(1000);
+
+    // One window above the trigger: remembered, nothing starts, however often it is read.
+    world.report_load(&truth);
+    assert!(world.step().publish.is_none());
+    let held = world.placement().trigger_held.expect("triggerHeld");
+    assert_eq!((held.ring_version, held.busiest_percent), (1, 200));
+    let message = world.placement().message.unwrap();
+    assert!(
+        message.contains("if the next report of every pod shows it too"),
+        "{message}"
+    );
+    world.advance(5);
+    assert!(
+        world.step().publish.is_none(),
+        "the same windows read again"
+    );
+
+    // The next window within the trigger clears it; one more above starts nothing.
+    world.report_load(&even);
+    assert!(world.step().publish.is_none());
+    assert_eq!(world.placement().trigger_held, None);
+    world.advance(i64::from(WINDOW));
+    world.report_load(&truth);
+    assert!(
+        world.step().publish.is_none(),
+        "one window after an even one"
+    );
+    let held = world.placement().trigger_held.expect("triggerHeld again");
+
+    // A later window of some pods only: not yet.
+    world.advance(i64::from(WINDOW));
+    let early = world.slot_pod(3);
+    let kept = world.pod_mut(&early).progress.load.clone();
+    world.report_load(&truth);
+    world.pod_mut(&early).progress.load = kept;
+    assert!(
+        world.step().publish.is_none(),
+        "slot 3 still reports the window before"
+    );
+    assert_eq!(world.placement().trigger_held, Some(held));
+
+    // Every pod's next window above it too: the rebalance starts.
+    world.report_load(&truth);
+    let actions = world.step();
+    let next = actions.publish.expect("a rebalance starts");
+    assert_eq!(next.ring.phase(), RingPhase::Warm);
+    assert_eq!(world.events_of(reasons::REBALANCE).len(), 1);
+    // The record belongs to the ring before: gone with the new ring.
+    world.settle(Reports::All);
+    assert_eq!(world.placement().trigger_held, None);
 }
 
 #[test]
@@ -251,8 +397,8 @@ fn a_shard_too_hot_for_any_pod_is_reported_once_and_not_moved() {
     let mut truth = vec![1.0; 64];
     let hot = world.ring().current().shards_of(1).next().unwrap();
     truth[hot as usize] = 100.0; // mean (63 + 100) / 4 = 40.75
-    world.report_load(&truth);
     world.advance(61);
+    world.confirm_load(&truth);
     let actions = world.step();
     let placement = world.placement();
     assert_eq!(placement.hot_shards.len(), 1);
@@ -273,6 +419,84 @@ fn a_shard_too_hot_for_any_pod_is_reported_once_and_not_moved() {
         1,
         "once per set"
     );
+}
+
+#[test]
+fn a_shard_too_hot_for_any_pod_is_split_by_doubling_when_the_operator_chose_the_count() {
+    let mut world = World::new(4);
+    world.spec.shards = None;
+    world.settle(Reports::All);
+    world.spec.placement.balance = BalanceMode::Load;
+    world.spec.placement.max_shards_per_round = 64;
+    world.spec.placement.interval_seconds = 60;
+    assert_eq!(world.ring().shards().get(), 4096);
+    let mut truth = vec![1.0; 4096];
+    let hot = world.ring().current().shards_of(1).next().unwrap();
+    truth[hot as usize] = 3000.0; // alone 169% of the mean (4095 + 3000) / 4
+    world.advance(61);
+    world.confirm_load(&truth);
+    let before = world.ring().clone();
+    let actions = world.step();
+    let next = actions.publish.expect("the split").ring;
+    // Every shard split in place: nothing moves, the ring stays Stable.
+    assert_eq!(next.shards().get(), 8192);
+    assert_eq!(next.phase(), RingPhase::Stable);
+    for shard in 0..8192 {
+        assert_eq!(
+            next.current().slot_of(shard),
+            before.current().slot_of(shard / 2)
+        );
+    }
+    assert_eq!(world.events_of(reasons::SPLIT_HOT_SHARDS).len(), 1);
+    let note = &world.events_of(reasons::SPLIT_HOT_SHARDS)[0].note;
+    assert!(
+        note.contains(&format!("the hottest, shard {hot} on slot 1"))
+            && note.contains("shards 4096 -> 8192"),
+        "{note}"
+    );
+    assert_eq!(
+        world.last_transition().kind,
+        crate::crd::TransitionKind::Reshard
+    );
+    let last = world.placement().last_rebalance.expect("lastRebalance");
+    assert_eq!((last.shards_moved, last.split_to_shards), (0, Some(8192)));
+
+    // The pods report per new shard: the hot shard's halves, each placeable, move.
+    let halves: Vec<f64> = (0..8192).map(|s| truth[s / 2] / 2.0).collect();
+    world.advance(61);
+    world.confirm_load(&halves);
+    let actions = world.step();
+    let next = actions.publish.expect("a rebalance").ring;
+    assert_eq!(next.phase(), RingPhase::Warm, "moves, not another split");
+    assert_eq!(next.shards().get(), 8192);
+    assert_eq!(world.events_of(reasons::SPLIT_HOT_SHARDS).len(), 1);
+    world.settle(Reports::All);
+    // The halves on two slots: 4023 + 3 × 1024 req/s over 4 pods, from 227 % of the mean to
+    // 142 % (1023 + 1500 at most on one pod: the best two halves allow).
+    let table = world.ring().current();
+    assert_ne!(
+        table.slot_of(hot * 2),
+        table.slot_of(hot * 2 + 1),
+        "the halves apart"
+    );
+    let ratio = world.true_ratio(&halves);
+    assert!(ratio < 1.43, "{ratio}");
+}
+
+#[test]
+fn with_spec_shards_set_a_hot_shard_is_only_reported() {
+    let mut world = World::placing_by_load(4, 6);
+    let mut truth = vec![1.0; 64];
+    let hot = world.ring().current().shards_of(1).next().unwrap();
+    truth[hot as usize] = 100.0;
+    world.advance(61);
+    world.confirm_load(&truth);
+    let actions = world.step();
+    assert!(world.events_of(reasons::SPLIT_HOT_SHARDS).is_empty());
+    assert_eq!(world.placement().hot_shards.len(), 1);
+    if let Some(next) = actions.publish {
+        assert_eq!(next.ring.shards().get(), 64, "the user's count stays");
+    }
 }
 
 /// `cargo test -p locus-operator --release --lib load_plan_cost -- --ignored --nocapture`:

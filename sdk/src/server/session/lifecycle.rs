@@ -1,6 +1,7 @@
-//! Starting a [`Member`]: restore the snapshot of an in-place restart,
-//! then start the transition driver, the progress reports and the load
-//! reports — once, even when called twice at the same time.
+//! Starting a [`Member`]: restore the snapshot of an in-place restart (and
+//! write its unsaved sessions back in the background), then start the
+//! transition driver, the progress reports and the load reports — once,
+//! even when called twice at the same time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use crate::driver::{AbortOnDrop, Driver};
 use crate::load::DEFAULT_LOAD_TOLERANCE;
 use crate::load::reporting::LoadReporting;
 use crate::progress::ProgressTracker;
-use crate::snapshot::{self, SnapshotError, SnapshotRestore};
+use crate::snapshot::{self, Salvaged, SnapshotError, SnapshotRestore};
 
 /// Longest wait for a ring to check a snapshot against.
 const SNAPSHOT_RING_WAIT: Duration = Duration::from_secs(10);
@@ -23,6 +24,9 @@ pub struct StartReport {
     pub snapshot: Option<SnapshotRestore>,
     /// Why a snapshot found was ignored.
     pub snapshot_ignored: Option<SnapshotError>,
+    /// Files salvaged without a ring to check the snapshot against (their
+    /// unsaved records written back, the files kept aside).
+    pub salvaged: Vec<Salvaged>,
 }
 
 impl Member {
@@ -31,6 +35,13 @@ impl Member {
     /// driver, the progress reports and the [load reports](crate::load).
     /// Call it before serving.
     ///
+    /// A restored snapshot's unsaved sessions stay dirty in the store and
+    /// are written back in the background ([`snapshot::write_back_restored`],
+    /// stopped by [`shutdown`](Self::shutdown)); its file is kept until they
+    /// are. A snapshot that cannot be restored, and files an earlier process
+    /// left, have their unsaved records written back before this returns
+    /// (see `docs/adr/0004-in-place-restart-durability.md`).
+    ///
     /// It runs once: a second call — even one made while the first is still
     /// restoring — waits for the first to finish and returns an empty
     /// report, so a snapshot is never restored twice.
@@ -38,6 +49,7 @@ impl Member {
         let mut report = StartReport {
             snapshot: None,
             snapshot_ignored: None,
+            salvaged: Vec::new(),
         };
         // Held until the driver runs: checking and acting under one lock.
         let mut started = self.inner.started.lock().await;
@@ -45,22 +57,36 @@ impl Member {
             return report;
         }
         *started = true;
+        let mut tasks = Vec::new();
         if let Some(dir) = &self.inner.snapshot_dir
-            && tokio::fs::try_exists(snapshot::path_in(dir))
-                .await
-                .unwrap_or(false)
+            && snapshot::files_in(dir).await
         {
             let state = &self.inner.state;
             if let Some(ring) = state.ring.wait_for_ring(SNAPSHOT_RING_WAIT).await {
                 match snapshot::restore(Arc::clone(&state.store), dir, &ring, &state.pod).await {
-                    Ok(restored) => report.snapshot = restored,
+                    Ok(Some(restored)) => {
+                        if restored.pending_write_back {
+                            let write_back = snapshot::write_back_restored(
+                                Arc::clone(&state.store),
+                                dir.clone(),
+                                restored.unsaved_installed(),
+                            );
+                            tasks.push(AbortOnDrop(tokio::spawn(async move {
+                                write_back.await;
+                            })));
+                        }
+                        report.snapshot = Some(restored);
+                    }
+                    Ok(None) => {}
                     Err(error) => report.snapshot_ignored = Some(error),
                 }
             } else {
                 tracing::warn!(
                     wait = ?SNAPSHOT_RING_WAIT,
-                    "no ring in time: the snapshot is not restored"
+                    "no ring in time: the snapshot is not restored; writing its unsaved \
+                     sessions back and keeping it aside"
                 );
+                report.salvaged = snapshot::salvage_all(&state.store, dir, &state.pod).await;
             }
         }
         let (tracker, reporting) =
@@ -71,7 +97,7 @@ impl Member {
             Arc::clone(&self.inner.gate),
         );
         let task = tokio::spawn(Arc::clone(&driver).run());
-        let mut tasks = vec![AbortOnDrop(task), AbortOnDrop(reporting)];
+        tasks.extend([AbortOnDrop(task), AbortOnDrop(reporting)]);
         let interval = self.inner.load_report_interval;
         if !interval.is_zero() && self.inner.reporter.takes_load() {
             let load = LoadReporting {

@@ -20,7 +20,8 @@
 //! 6. the inner service (the application) runs; the first answer for a key
 //!    taken over in a transition (by any path) carries
 //!    [`x-locus-takeover`](crate::driver::TAKEOVER_HEADER) and is counted as
-//!    served in the pod's report;
+//!    served in the pod's report (announced `late` and not counted once the
+//!    transition's report is final);
 //! 7. the answered request is counted in the key's shard, with its request
 //!    and response body bytes ([`load`](crate::load)).
 
@@ -81,7 +82,8 @@ impl<S> Layer<S> for SessionLayer {
     }
 }
 
-/// See the [module docs](self).
+/// The session layer's service; what it does per request is in the
+/// [`session`](crate::server::session) module's docs.
 pub struct SessionService<S> {
     inner: S,
     member: Arc<MemberInner>,
@@ -222,9 +224,9 @@ where
             };
             let request_bytes = body_length(request.body(), request.headers());
             let takeover = member.state.unserved.take(&key);
-            if let Some((epoch, taken)) = takeover {
-                member.state.moved.served(epoch, taken);
-                member.state.metrics.served(taken);
+            if let Some(t) = takeover.filter(|t| !t.late) {
+                member.state.moved.served(t.epoch, t.path);
+                member.state.metrics.served(t.path);
             }
             let mut response = inner.call(request).await?;
             let bytes = request_bytes + body_length(response.body(), response.headers());
@@ -234,8 +236,8 @@ where
                     .headers_mut()
                     .insert(HANDOFF_HEADER, HeaderValue::from_static(path));
             }
-            if let Some((epoch, taken)) = takeover
-                && let Ok(value) = HeaderValue::from_str(&format!("{epoch}:{taken}"))
+            if let Some(t) = takeover
+                && let Ok(value) = HeaderValue::from_str(&t.header())
             {
                 response.headers_mut().insert(TAKEOVER_HEADER, value);
             }

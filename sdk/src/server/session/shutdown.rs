@@ -43,7 +43,9 @@ pub struct ShutdownReport {
     pub path: ShutdownPath,
     /// Sessions handed over (paths `Handoff`).
     pub handed_over: DrainReport,
-    /// Sessions written back to the persistence.
+    /// Sessions written back to the persistence; `None` when nothing was
+    /// written back (a restart in place whose snapshot holds the unsaved
+    /// sessions) or the write-back did not finish before the deadline.
     pub flushed: Option<Flush>,
     /// The snapshot written (path `Snapshot`).
     pub snapshot: Option<Result<SnapshotWritten, SnapshotError>>,
@@ -83,6 +85,16 @@ fn snapshot_step(
     }
 }
 
+/// True if a shutdown left the sessions of a restored snapshot safe another
+/// way — a complete snapshot of every session, or every changed session
+/// written back after the pod stopped serving — so that the file kept for
+/// their background write-back may go (pure: the whole decision).
+fn supersedes_restored(report: &ShutdownReport) -> bool {
+    let snapshot_complete = matches!(&report.snapshot, Some(Ok(w)) if w.skipped == 0);
+    let flushed_all = report.flushed.is_some_and(|f| f.failed == 0);
+    snapshot_complete || flushed_all
+}
+
 impl Member {
     /// Shuts the member down within `within` (the pod's termination grace
     /// period, minus a margin). Call it from the service's SIGTERM handler,
@@ -90,11 +102,17 @@ impl Member {
     ///
     /// * With a snapshot directory, it first finds out why the process stops
     ///   ([`ShutdownIntent`]; bounded by the
-    ///   [intent timeout](super::MemberBuilder::intent_timeout)): a restart in the
-    ///   same pod — or no answer, logged at `warn` — takes the snapshot path
-    ///   (fast restart): new requests get 503, the requests in flight finish,
-    ///   every session is written to the snapshot, then written back to the
-    ///   persistence with the time left. A pod that is going away (its Pod
+    ///   [intent timeout](super::MemberBuilder::intent_timeout)). A restart in
+    ///   the same pod takes the snapshot path (fast restart): new requests get
+    ///   503, the requests in flight finish, every session is written to the
+    ///   snapshot with its unsaved flag, and nothing is written back — the
+    ///   next process writes the unsaved sessions back in the background
+    ///   (`docs/adr/0004-in-place-restart-durability.md`); only if the
+    ///   snapshot cannot be written (or left sessions out) are the changed
+    ///   sessions written back with the time left. No answer (logged at
+    ///   `warn`) takes the snapshot path too, but writes the changed sessions
+    ///   back first, while still serving, then what changed meanwhile after
+    ///   it stops, then the snapshot. A pod that is going away (its Pod
     ///   has a `deletionTimestamp`) removes any snapshot left in the
     ///   directory and goes on as below: its snapshot volume dies with it.
     /// * Else, if the operator retires this pod (a Warm ring names a
@@ -123,8 +141,8 @@ impl Member {
 
     /// [`shutdown`](Self::shutdown) with the reason given by the caller
     /// instead of looked up: [`ShutdownIntent::Restart`] writes the snapshot
-    /// (if a directory is set), [`ShutdownIntent::Retire`] hands the
-    /// sessions over.
+    /// (if a directory is set) and nothing back — say it only when the same
+    /// pod starts again —, [`ShutdownIntent::Retire`] hands the sessions over.
     pub async fn shutdown_as(&self, intent: ShutdownIntent, within: Duration) -> ShutdownReport {
         let started = Instant::now();
         self.shut_down(started, started + within, Some(Ok(intent)))
@@ -167,6 +185,18 @@ impl Member {
             took: Duration::ZERO,
         };
         self.shutdown_steps(deadline, &mut report).await;
+        if let Some(dir) = &self.inner.snapshot_dir
+            && supersedes_restored(&report)
+        {
+            match snapshot::release_restored(dir).await {
+                Ok(true) => tracing::info!(
+                    pod = %self.inner.state.pod,
+                    "the restored snapshot's sessions are safe again: its file is removed"
+                ),
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, "cannot remove the restored snapshot"),
+            }
+        }
         let state = &self.inner.state;
         report.took = started.elapsed();
         state.metrics.phase("shutdown", report.took);
@@ -180,7 +210,7 @@ impl Member {
         let step = snapshot_step(self.inner.snapshot_dir.is_some(), report.intent.as_ref());
         let Some(ring) = state.ring.latest() else {
             self.stop(deadline).await;
-            report.flushed = Some(self.flush(deadline).await);
+            report.flushed = self.flush(deadline).await;
             return;
         };
         match (step, &self.inner.snapshot_dir) {
@@ -194,7 +224,7 @@ impl Member {
         if self.await_coordination(deadline).await {
             report.path = ShutdownPath::Coordinated;
             self.stop(deadline).await;
-            report.flushed = Some(self.flush(deadline).await);
+            report.flushed = self.flush(deadline).await;
             return;
         }
         self.stop(deadline).await;
@@ -203,7 +233,7 @@ impl Member {
         // Written back first: whoever ends up owning these sessions (the
         // planner's pick, or a replacement pod of this slot loading cold),
         // the persistence has them.
-        report.flushed = Some(self.flush(deadline).await);
+        report.flushed = self.flush(deadline).await;
         let Some(slot) = slot else {
             return;
         };
@@ -228,7 +258,8 @@ impl Member {
     }
 
     /// The snapshot path: stops serving, writes every session to the
-    /// snapshot in `dir`, then back to the persistence with the time left.
+    /// snapshot in `dir`. A positive restart in place writes nothing back
+    /// (unless the snapshot fails); an unknown intent writes back first.
     async fn write_snapshot(
         &self,
         dir: &Path,
@@ -237,19 +268,36 @@ impl Member {
         report: &mut ShutdownReport,
     ) {
         let state = &self.inner.state;
+        let in_place = matches!(report.intent, Some(Ok(ShutdownIntent::Restart)));
         if let Some(Err(error)) = &report.intent {
             tracing::warn!(
                 pod = %state.pod,
                 %error,
                 "shutdown: cannot tell whether this pod is being deleted; writing the \
-                 snapshot as for a restart in place (if the pod is going away, the \
-                 sessions not written back are lost)"
+                 sessions back, then the snapshot as for a restart in place"
             );
         }
-        // Written back while the pod still serves: the sessions are durable
-        // even if the next process cannot use the snapshot (a new image that
-        // refuses its format, say), without holding the pod unavailable for
-        // the whole write-back. Half the time at most: the snapshot comes first.
+        if in_place {
+            self.stop(deadline).await;
+            report.path = ShutdownPath::Snapshot;
+            let written = self.snapshot_to(dir, ring).await;
+            let complete = matches!(&written, Some(Ok(w)) if w.skipped == 0);
+            report.snapshot = written;
+            if !complete {
+                tracing::warn!(
+                    pod = %state.pod,
+                    snapshot = ?report.snapshot,
+                    "shutdown: the snapshot does not hold every session; writing them back"
+                );
+                report.flushed = self.flush(deadline).await;
+            }
+            return;
+        }
+        // Intent unknown: written back while the pod still serves, so the
+        // sessions are durable even if the pod is going away or the next
+        // process cannot use the snapshot, without holding the pod
+        // unavailable for the whole write-back. Half the time at most: the
+        // snapshot comes first.
         let left = deadline.saturating_duration_since(Instant::now());
         let early = self.flush(Instant::now() + left / 2).await;
         self.stop(deadline).await;
@@ -259,15 +307,25 @@ impl Member {
         // the restored process writes back only what is still unwritten).
         let left = deadline.saturating_duration_since(Instant::now());
         let late = self.flush(Instant::now() + left / 2).await;
-        if let Some(slot) = plan::serving_slot(ring, &state.pod) {
-            let header = SnapshotHeader::new(ring, slot, &state.pod);
-            report.snapshot = Some(snapshot::write(state.store.as_ref(), dir, &header).await);
-        }
-        report.flushed = Some(Flush {
-            written: early.written + late.written,
+        report.snapshot = self.snapshot_to(dir, ring).await;
+        report.flushed = late.map(|late| Flush {
+            written: early.map_or(0, |e| e.written) + late.written,
             failed: late.failed,
             clean: late.clean,
         });
+    }
+
+    /// Writes the snapshot of this pod's slot under `ring` to `dir`; `None`
+    /// if the pod serves no slot.
+    async fn snapshot_to(
+        &self,
+        dir: &Path,
+        ring: &Ring,
+    ) -> Option<Result<SnapshotWritten, SnapshotError>> {
+        let state = &self.inner.state;
+        let slot = plan::serving_slot(ring, &state.pod)?;
+        let header = SnapshotHeader::new(ring, slot, &state.pod);
+        Some(snapshot::write(state.store.as_ref(), dir, &header).await)
     }
 
     /// The pod goes away with its snapshot volume: no snapshot, and none
@@ -309,14 +367,17 @@ impl Member {
         }
     }
 
-    async fn flush(&self, deadline: Instant) -> Flush {
+    /// Writes every changed session back, bounded by `deadline`; `None` if
+    /// it did not finish.
+    async fn flush(&self, deadline: Instant) -> Option<Flush> {
         let left = deadline.saturating_duration_since(Instant::now());
-        if let Ok(flush) = tokio::time::timeout(left, self.inner.state.store.flush()).await {
-            flush
-        } else {
+        let flush = tokio::time::timeout(left, self.inner.state.store.flush())
+            .await
+            .ok();
+        if flush.is_none() {
             tracing::warn!(pod = %self.inner.state.pod, "write-back did not finish before the deadline");
-            Flush::default()
         }
+        flush
     }
 
     /// Waits (at most the coordination wait) for a ring that retires this
@@ -392,7 +453,7 @@ mod tests {
     use crate::ring::{Assignment, Pod, RingParts, ShardCount, Slot, SlotState, Transition};
     use crate::server::session::{MemberBuilder, ShutdownIntentSource};
     use crate::source::StaticRingSource;
-    use crate::store::{JsonCodec, SessionStore, Versioned};
+    use crate::store::{JsonCodec, Persistence, SessionStore, Stamp, Stored, Versioned};
 
     const POD: &str = "svc-0-x";
     const SESSIONS: u64 = 12;
@@ -742,6 +803,157 @@ mod tests {
             matches!(&report.intent, Some(Err(IntentError::Lookup { pod, .. })) if pod == POD),
             "{report:?}"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Rows of a database shared by the processes of one pod.
+    #[derive(Clone, Default)]
+    struct Db(Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, Stored<String>>>>);
+
+    impl Persistence<String> for Db {
+        type Error = std::convert::Infallible;
+
+        async fn load(&self, key: &[u8]) -> Result<Option<Stored<String>>, Self::Error> {
+            Ok(self.0.lock().unwrap().get(key).cloned())
+        }
+
+        async fn store(&self, key: &[u8], stamp: Stamp, value: &String) -> Result<(), Self::Error> {
+            let mut rows = self.0.lock().unwrap();
+            if rows.get(key).is_none_or(|held| held.stamp <= stamp) {
+                rows.insert(key.to_vec(), Stored::new(stamp, value.clone()));
+            }
+            Ok(())
+        }
+    }
+
+    impl Db {
+        fn rows(&self) -> usize {
+            self.0.lock().unwrap().len()
+        }
+    }
+
+    /// One process of [`POD`] over `db` with a snapshot directory in `dir`:
+    /// with [`SESSIONS`] changed sessions if `filled`.
+    async fn process(
+        dir: &Path,
+        db: &Db,
+        filled: bool,
+    ) -> (StaticRingSource, SessionStore<String, Db>, MemberBuilder) {
+        let source = StaticRingSource::with_ring(ring());
+        let store = SessionStore::builder(JsonCodec, String::len)
+            .persistence(db.clone())
+            .build()
+            .unwrap();
+        if filled {
+            for i in 0..SESSIONS {
+                store
+                    .install(
+                        format!("k{i}").as_bytes(),
+                        Versioned::new(1, format!("v{i}")),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        let builder = Member::builder(POD, &source, store.clone())
+            .secret(HandoffSecret::new("a-test-secret-of-some-length").unwrap())
+            .snapshot_dir(dir)
+            .coordination_wait(Duration::ZERO);
+        (source, store, builder)
+    }
+
+    /// Waits (bounded) until `done` holds.
+    async fn eventually(what: &str, done: impl Fn() -> bool) {
+        let until = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < until, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restart_in_place_writes_nothing_back_and_the_next_process_does_it_after_serving() {
+        let dir = temp_dir("in-place");
+        let db = Db::default();
+        let (_source, _store, builder) = process(&dir, &db, true).await;
+        let member = builder.build().unwrap();
+        member.start().await;
+        let report = member
+            .shutdown_as(ShutdownIntent::Restart, Duration::from_secs(10))
+            .await;
+        assert_snapshot(&report, &dir);
+        let written = report.snapshot.as_ref().unwrap().as_ref().unwrap();
+        assert_eq!(written.dirty, SESSIONS, "every record marked unsaved");
+        assert!(report.flushed.is_none(), "{report:?}");
+        assert_eq!(db.rows(), 0, "nothing written back before stopping");
+        drop(member);
+
+        // The new process restores, serves, and writes back in the background.
+        let (_source, store, builder) = process(&dir, &db, false).await;
+        let member = builder.build().unwrap();
+        let started = member.start().await;
+        let restored = started.snapshot.expect("restored");
+        assert!(restored.pending_write_back);
+        assert_eq!(store.stats().sessions, SESSIONS as usize);
+        assert_eq!(store.get(b"k3").await.unwrap().value, "v3");
+        eventually("the background write-back", || {
+            db.rows() == SESSIONS as usize && !snapshot::restored_path_in(&dir).exists()
+        })
+        .await;
+        assert_eq!(store.flush().await.written, 0, "every session clean");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unknown_intent_writes_back_before_stopping() {
+        let dir = temp_dir("unknown-db");
+        let db = Db::default();
+        let (_source, _store, builder) = process(&dir, &db, true).await;
+        let (source, _) = asked(None);
+        let member = builder
+            .shutdown_intent(source)
+            .intent_timeout(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        member.start().await;
+        let report = member.shutdown(Duration::from_secs(10)).await;
+        assert_snapshot(&report, &dir);
+        assert!(matches!(report.intent, Some(Err(IntentError::TimedOut(_)))));
+        assert_eq!(report.flushed.map(|f| f.written), Some(SESSIONS as usize));
+        assert_eq!(
+            db.rows(),
+            SESSIONS as usize,
+            "written back before the process ends"
+        );
+        let written = report.snapshot.as_ref().unwrap().as_ref().unwrap();
+        assert_eq!(written.dirty, 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_that_saved_every_session_again_removes_the_restored_file() {
+        let dir = temp_dir("supersede");
+        let db = Db::default();
+        let (_source, _store, builder) = process(&dir, &db, true).await;
+        builder
+            .build()
+            .unwrap()
+            .shutdown_as(ShutdownIntent::Restart, Duration::from_secs(10))
+            .await;
+        // A second process restores, and restarts in place again before its
+        // background write-back has run: its own snapshot holds the sessions
+        // (still unsaved), so the restored file goes.
+        let (_source, _store, builder) = process(&dir, &Db::default(), false).await;
+        let member = builder.build().unwrap();
+        let started = member.start().await;
+        assert!(started.snapshot.unwrap().pending_write_back);
+        let report = member
+            .shutdown_as(ShutdownIntent::Restart, Duration::from_secs(10))
+            .await;
+        let written = report.snapshot.as_ref().unwrap().as_ref().unwrap();
+        assert_eq!(written.records, SESSIONS);
+        assert!(!snapshot::restored_path_in(&dir).exists());
+        assert!(snapshot::path_in(&dir).exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -41,7 +41,7 @@
 mod read;
 mod write;
 
-pub(super) use self::read::restore_file;
+pub(super) use self::read::{restore_file, salvage_read};
 pub(super) use self::write::write_file;
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
+use bytes::Bytes;
 use xxhash_rust::xxh3::Xxh3Default;
 
 use super::{
@@ -18,7 +19,7 @@ use crate::snapshot::{
     END_MAGIC, MAGIC, MAX_HEADER_BYTES, SnapshotError, SnapshotHeader, SnapshotRestore, belongs,
     io_error,
 };
-use crate::store::{PreparedChunk, RawRecord, SessionTable};
+use crate::store::{PreparedChunk, RawRecord, SessionRecord, SessionTable};
 
 /// Where a chunk is and what its header says.
 struct ChunkAt {
@@ -34,6 +35,9 @@ struct Part {
     prepared: PreparedChunk,
     dirty: u64,
     not_owned: u64,
+    /// The unsaved records of keys the pod does not own (written back
+    /// before it serves, not installed).
+    unsaved_not_owned: Vec<SessionRecord>,
 }
 
 /// A file whose every chunk passed, decoded and ready to install.
@@ -44,15 +48,17 @@ struct Checked {
     not_owned: u64,
     bytes: u64,
     chunks: Vec<PreparedChunk>,
+    unsaved_not_owned: Vec<SessionRecord>,
 }
 
-/// Restores the format 2 snapshot at `path` (see the [format](super)).
+/// Restores the format 2 snapshot at `path` (see the [format](super)); also
+/// returns the unsaved records of keys `pod` does not own (not installed).
 pub(crate) async fn restore_file(
     store: Arc<dyn SessionTable>,
     path: &Path,
     ring: &Ring,
     pod: &str,
-) -> Result<SnapshotRestore, SnapshotError> {
+) -> Result<(SnapshotRestore, Vec<SessionRecord>), SnapshotError> {
     let started = Instant::now();
     let checked = {
         let store = Arc::clone(&store);
@@ -73,9 +79,10 @@ pub(crate) async fn restore_file(
         not_owned,
         bytes,
         chunks,
+        unsaved_not_owned,
     } = checked;
     let restore = store.install_prepared(chunks).await;
-    Ok(SnapshotRestore {
+    let report = SnapshotRestore {
         header,
         format: FORMAT_VERSION,
         records,
@@ -85,7 +92,10 @@ pub(crate) async fn restore_file(
         bytes,
         check_took,
         took: started.elapsed(),
-    })
+        not_owned_written_back: 0,
+        pending_write_back: false,
+    };
+    Ok((report, unsaved_not_owned))
 }
 
 /// Checks the file's frame, then every chunk in parallel, decoding the
@@ -137,10 +147,12 @@ fn check(
     let parts = check_chunks(&file, &table, store, &owned).map_err(corrupt)?;
     let (mut dirty, mut not_owned) = (0, 0);
     let mut chunks = Vec::with_capacity(parts.len());
+    let mut unsaved_not_owned = Vec::new();
     for part in parts {
         dirty += part.dirty;
         not_owned += part.not_owned;
         chunks.push(part.prepared);
+        unsaved_not_owned.extend(part.unsaved_not_owned);
     }
     Ok(Checked {
         header,
@@ -149,6 +161,7 @@ fn check(
         not_owned,
         bytes: file_len,
         chunks,
+        unsaved_not_owned,
     })
 }
 
@@ -301,7 +314,36 @@ fn check_chunk(
     // The header's count is checked against the records once they are read; until then it
     // only sizes the list, within what the chunk's bytes can hold.
     let mut records = Vec::with_capacity((at.records as usize).min(len / RECORD_HEADER_BYTES));
-    let (mut count, mut dirty, mut not_owned) = (0u64, 0u64, 0u64);
+    let (mut dirty, mut not_owned) = (0u64, 0u64);
+    let mut unsaved_not_owned = Vec::new();
+    walk_records(payload, at.records, |record| {
+        dirty += u64::from(record.dirty);
+        if owned(record.key) {
+            records.push(record);
+        } else {
+            not_owned += 1;
+            if record.dirty {
+                unsaved_not_owned.push(owned_record(&record));
+            }
+        }
+    })?;
+    Ok(Part {
+        prepared: store.prepare_chunk(&records),
+        dirty,
+        not_owned,
+        unsaved_not_owned,
+    })
+}
+
+/// Walks the records of a chunk's `payload` (checksum already checked),
+/// handing each to `each`; `expected`: the count its header gives.
+fn walk_records<'a>(
+    payload: &'a [u8],
+    expected: u32,
+    mut each: impl FnMut(RawRecord<'a>),
+) -> Result<(), String> {
+    let len = payload.len();
+    let mut count = 0u64;
     let mut pos = 0;
     while pos < len {
         let head = payload
@@ -322,29 +364,130 @@ fn check_chunk(
         };
         pos = end;
         count += 1;
-        let record = RawRecord {
+        each(RawRecord {
             key,
             version: be_u64(&head[7..]),
             epoch: be_u64(&head[15..]),
             dirty: flags & FLAG_DIRTY != 0,
             value,
-        };
-        dirty += u64::from(record.dirty);
-        if owned(key) {
-            records.push(record);
-        } else {
-            not_owned += 1;
-        }
+        });
     }
-    if count != u64::from(at.records) {
+    if count != u64::from(expected) {
         return Err(format!(
-            "its header counts {} records, it holds {count}",
-            at.records
+            "its header counts {expected} records, it holds {count}"
         ));
     }
-    Ok(Part {
-        prepared: store.prepare_chunk(&records),
-        dirty,
-        not_owned,
-    })
+    Ok(())
+}
+
+/// A borrowed record copied out of its chunk.
+fn owned_record(record: &RawRecord<'_>) -> SessionRecord {
+    SessionRecord {
+        key: Bytes::copy_from_slice(record.key),
+        version: record.version,
+        epoch: record.epoch,
+        dirty: record.dirty,
+        value: Bytes::copy_from_slice(record.value),
+    }
+}
+
+/// What [`salvage_read`] found in a file that may be damaged.
+pub(crate) struct SalvageRead {
+    /// The header, if it could be read.
+    pub(crate) header: Option<SnapshotHeader>,
+    /// Chunks whose checksum and records check.
+    pub(crate) chunks: u64,
+    /// Chunks that do not (damaged, cut short).
+    pub(crate) bad_chunks: u64,
+    /// The unsaved records of the chunks that check.
+    pub(crate) unsaved: Vec<SessionRecord>,
+}
+
+/// Reads what can be trusted of a format 2 file that could not be restored
+/// (or was left behind): walks the chunks from the first, keeping the
+/// unsaved records of every chunk whose checksum and records check. Needs no
+/// trailer (a file cut short by a killed writer has none). A chunk whose
+/// length runs past the file ends the walk; one whose checksum fails is
+/// skipped (its length still leads to the next: a damaged length makes the
+/// next "chunk" fail its checksum in turn).
+pub(crate) fn salvage_read(path: &Path) -> Result<SalvageRead, SnapshotError> {
+    let corrupt = |reason: String| SnapshotError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let file = File::open(path).map_err(io_error(path))?;
+    let file_len = file.metadata().map_err(io_error(path))?.len();
+    let mut read = SalvageRead {
+        header: None,
+        chunks: 0,
+        bad_chunks: 0,
+        unsaved: Vec::new(),
+    };
+    let mut start = [0u8; START_BYTES as usize];
+    file.read_exact_at(&mut start, 0)
+        .map_err(|e| corrupt(format!("header cut short: {e}")))?;
+    if &start[..8] != MAGIC {
+        return Err(corrupt("not a Locus snapshot (bad magic)".into()));
+    }
+    let version = be_u32(&start[8..]);
+    if version != FORMAT_VERSION {
+        return Err(corrupt(format!(
+            "format version {version} is not supported"
+        )));
+    }
+    let header_len = be_u32(&start[12..]);
+    let body_start = START_BYTES + u64::from(header_len);
+    if header_len > MAX_HEADER_BYTES || body_start > file_len {
+        return Err(corrupt("header length out of bounds".into()));
+    }
+    let mut header_json = vec![0u8; header_len as usize];
+    file.read_exact_at(&mut header_json, START_BYTES)
+        .map_err(|e| corrupt(format!("header cut short: {e}")))?;
+    read.header = serde_json::from_slice(&header_json).ok();
+    let mut offset = body_start;
+    let mut buf = Vec::new();
+    while offset + CHUNK_HEADER_BYTES <= file_len {
+        let mut head = [0u8; CHUNK_HEADER_BYTES as usize];
+        if file.read_exact_at(&mut head, offset).is_err() {
+            break;
+        }
+        if &head[..8] == END_MAGIC && file_len - offset == TRAILER_BYTES {
+            break;
+        }
+        let records = be_u32(&head);
+        let len = be_u32(&head[4..]);
+        let checksum = be_u64(&head[8..]);
+        let payload_at = offset + CHUNK_HEADER_BYTES;
+        if payload_at + u64::from(len) > file_len {
+            read.bad_chunks += 1;
+            break;
+        }
+        buf.resize(len as usize, 0);
+        if file.read_exact_at(&mut buf, payload_at).is_err() {
+            read.bad_chunks += 1;
+            break;
+        }
+        offset = payload_at + u64::from(len);
+        if chunk_checksum(records, &buf) != checksum {
+            read.bad_chunks += 1;
+            continue;
+        }
+        let mut unsaved = Vec::new();
+        match walk_records(&buf, records, |record| {
+            if record.dirty {
+                unsaved.push(owned_record(&record));
+            }
+        }) {
+            Ok(()) => {
+                read.chunks += 1;
+                read.unsaved.extend(unsaved);
+            }
+            Err(_) => read.bad_chunks += 1,
+        }
+    }
+    if offset + CHUNK_HEADER_BYTES > file_len && offset < file_len {
+        // Bytes after the last whole chunk header: a chunk cut short.
+        read.bad_chunks += 1;
+    }
+    Ok(read)
 }

@@ -6,7 +6,7 @@
 //! the session layer around the application, metrics, a readiness probe,
 //! and on SIGTERM a shutdown that hands the sessions over before readiness
 //! goes off. [`MemberPod::from_env`] reads what the operator puts in the
-//! pod's environment ([`env`]), a [`MemberPodBuilder`] overrides any of it,
+//! pod's environment ([`env`](mod@env)), a [`MemberPodBuilder`] overrides any of it,
 //! and the [`MemberPod`] it builds gives:
 //!
 //! * [`MemberPod::layer`]: one [`MemberLayer`] to put around the
@@ -91,7 +91,7 @@ impl fmt::Debug for MemberPod {
 
 impl MemberPod {
     /// A pod over `store`, configured from this process's environment
-    /// ([`env`]); override any setting on the builder, then
+    /// ([`env`](mod@env)); override any setting on the builder, then
     /// [`build`](MemberPodBuilder::build) it.
     pub fn from_env<V, P>(store: SessionStore<V, P>) -> MemberPodBuilder
     where
