@@ -73,7 +73,10 @@ fn key(i: usize) -> String {
 /// A scattered visiting order of `0..n` (a multiplicative step coprime
 /// with `n`), so reads do not walk the keys in insertion order.
 fn scattered(n: usize) -> impl Iterator<Item = usize> {
-    let step = (0x9E37_79B9_usize..).find(|s| gcd(*s, n) == 1).unwrap();
+    // Among any n consecutive numbers one is coprime with n (1 mod n is).
+    let step = (0x9E37_79B9_usize..0x9E37_79B9 + n.max(1))
+        .find(|s| gcd(*s, n) == 1)
+        .unwrap_or(1);
     (0..n).map(move |i| (i * step) % n)
 }
 

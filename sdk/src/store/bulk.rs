@@ -218,7 +218,7 @@ where
                     ) {
                         Ok(()) => {
                             report.count(Ok(Installed::Inserted), Bytes::new);
-                            index.insert_owned(ready.key, ready.entry, ready.weight, now);
+                            index.insert_owned(&ready.key, ready.entry, ready.weight, now);
                         }
                         Err(InsertRefused::Stale { held }) => {
                             report.count(Ok(Installed::Stale { held }), Bytes::new);

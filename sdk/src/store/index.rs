@@ -666,10 +666,10 @@ impl<T, F: Clone> Index<T, F> {
     /// [`insert`](Self::insert) of a key the caller already owns (a bulk
     /// restore copies its keys off the lock), with no room held. Only after
     /// [`admit`](Self::admit) said yes (with no room) under the same lock.
-    pub fn insert_owned(&mut self, key: Bytes, entry: Arc<T>, weight: usize, now: Instant) {
-        debug_assert!(!self.occupied(&key), "insert on an occupied key");
-        self.remove_tombstone(&key);
-        self.put_resident(&key, entry, weight, now);
+    pub fn insert_owned(&mut self, key: &[u8], entry: Arc<T>, weight: usize, now: Instant) {
+        debug_assert!(!self.occupied(key), "insert on an occupied key");
+        self.remove_tombstone(key);
+        self.put_resident(key, entry, weight, now);
     }
 
     /// Makes room for `additional` more keys (no more than the session bound
@@ -1700,7 +1700,7 @@ mod tests {
                     }
                     (2, None) => {
                         if index.admit(key.as_bytes(), 1, 9, now, Room::default()) == Ok(()) {
-                            index.insert_owned(Bytes::from(key), Arc::new(2), 1, now);
+                            index.insert_owned(key.as_bytes(), Arc::new(2), 1, now);
                         }
                     }
                     (3, None) => {
