@@ -34,7 +34,7 @@ const MAX_CLUSTERS: u8 = 250;
 /// The pod range's prefix length unless a cluster is asked for more pods.
 pub const DEFAULT_POD_PREFIX: u8 = 24;
 /// The widest pod range a cluster takes: every one of the 250 slots has its own /20 in
-/// [`LARGE_RANGES`].
+/// `10.224.0.0/12`.
 pub const MIN_POD_PREFIX: u8 = 20;
 /// Where ranges wider than a /24 come from (`10.224.0.0/12`), so they overlap neither the
 /// /24s of `10.213.0.0/16` nor each other.

@@ -33,7 +33,7 @@
 //! * A snapshot that is corrupt, truncated, from another service or slot,
 //!   from a newer ring than the pod's, or in a format this build cannot read
 //!   is logged and not installed (every chunk is checked before the first
-//!   record is); it is *salvaged* ([`salvage`](self::salvage)): the unsaved
+//!   record is); it is *salvaged* ([`salvage`]): the unsaved
 //!   records of every chunk that checks are written back, and the file is
 //!   kept aside (`sessions.snapshot.kept-<unix ms>`, never deleted). The pod
 //!   starts cold, its sessions loaded from the persistence as requests come.

@@ -37,7 +37,7 @@ pub struct WrittenBack {
 
 /// Writes every changed session of `store` back (the restored unsaved
 /// ones among them), retried until none fails, then removes the restored
-/// snapshot in `dir` (see the [module docs](self)). `unsaved`: how many
+/// snapshot in `dir` (see the `write_back` module's docs). `unsaved`: how many
 /// unsaved records the restore installed (the pending gauge).
 pub async fn write_back_restored(
     store: Arc<dyn SessionTable>,

@@ -95,7 +95,7 @@ fn parse_v1(value: &str) -> Option<u64> {
         .filter(|&l| l > 0 && l < UNLIMITED_V1)
 }
 
-/// How a memory limit is shared out; see the [module docs](self).
+/// How a memory limit is shared out; see the `memory` module's docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryBudget {
     /// Most weighed bytes of all resident sessions.

@@ -51,7 +51,7 @@ where
     /// (`wanted[i]`: shard `i` at `shards` shards; missing entries are
     /// false), each with its shard, in shard order, without counting an
     /// access. Costs O(runs of wanted shards · log n + keys returned), the
-    /// index lock held for at most [`PAGE`] keys at a time: a session that
+    /// index lock held for at most 1024 keys at a time: a session that
     /// arrives or leaves during the walk may or may not be in the answer.
     pub fn keys_in_shards(&self, shards: ShardCount, wanted: &[bool]) -> Vec<(u32, Bytes)> {
         let mut walk = ShardWalk::new(shards, wanted);
