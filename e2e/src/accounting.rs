@@ -100,6 +100,8 @@ pub struct HandoffCheck {
     pub seen: (u64, u64),
     /// Pods whose report is missing, partial or unreadable.
     pub missing: Vec<String>,
+    /// Pods whose report was still counting (not final) when the operator looked.
+    pub pending: Vec<String>,
 }
 
 impl HandoffCheck {
@@ -120,6 +122,7 @@ impl HandoffCheck {
             served: (moved.served.warm, moved.served.cold),
             seen: seen_between(seen, record.from_version, record.to_version),
             missing: moved.missing,
+            pending: moved.pending,
         }
     }
 
@@ -157,6 +160,9 @@ impl fmt::Display for HandoffCheck {
         if !self.missing.is_empty() {
             write!(f, ", missing {:?}", self.missing)?;
         }
+        if !self.pending.is_empty() {
+            write!(f, ", still counting {:?}", self.pending)?;
+        }
         Ok(())
     }
 }
@@ -192,6 +198,7 @@ mod tests {
             served: (30, 1),
             seen: (29, 1),
             missing: Vec::new(),
+            pending: Vec::new(),
         };
         assert!(check.complete());
         assert!(check.agrees(1));

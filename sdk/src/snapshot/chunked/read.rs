@@ -98,6 +98,30 @@ pub(crate) async fn restore_file(
     Ok((report, unsaved_not_owned))
 }
 
+/// Checks a file's fixed start (magic, format version, header length)
+/// against its length `file_len`, keeping `tail` bytes for what must follow
+/// the header; returns the header's length and where the body starts, or
+/// why the file is not one this build reads.
+fn parse_start(
+    start: &[u8; START_BYTES as usize],
+    file_len: u64,
+    tail: u64,
+) -> Result<(u32, u64), String> {
+    if &start[..8] != MAGIC {
+        return Err("not a Locus snapshot (bad magic)".into());
+    }
+    let version = be_u32(&start[8..]);
+    if version != FORMAT_VERSION {
+        return Err(format!("format version {version} is not supported"));
+    }
+    let header_len = be_u32(&start[12..]);
+    let body_start = START_BYTES + u64::from(header_len);
+    if header_len > MAX_HEADER_BYTES || body_start + tail > file_len {
+        return Err("header length out of bounds".into());
+    }
+    Ok((header_len, body_start))
+}
+
 /// Checks the file's frame, then every chunk in parallel, decoding the
 /// records `pod` owns under `ring`.
 fn check(
@@ -121,20 +145,7 @@ fn check(
     };
     let mut start = [0u8; START_BYTES as usize];
     read_at(&mut start, 0, "header")?;
-    if &start[..8] != MAGIC {
-        return Err(corrupt("not a Locus snapshot (bad magic)".into()));
-    }
-    let version = be_u32(&start[8..]);
-    if version != FORMAT_VERSION {
-        return Err(corrupt(format!(
-            "format version {version} is not supported"
-        )));
-    }
-    let header_len = be_u32(&start[12..]);
-    let body_start = START_BYTES + u64::from(header_len);
-    if header_len > MAX_HEADER_BYTES || body_start + TRAILER_BYTES > file_len {
-        return Err(corrupt("header length out of bounds".into()));
-    }
+    let (header_len, body_start) = parse_start(&start, file_len, TRAILER_BYTES).map_err(corrupt)?;
     let mut header_json = vec![0u8; header_len as usize];
     read_at(&mut header_json, START_BYTES, "header")?;
     let header: SnapshotHeader = serde_json::from_slice(&header_json)
@@ -426,20 +437,8 @@ pub(crate) fn salvage_read(path: &Path) -> Result<SalvageRead, SnapshotError> {
     let mut start = [0u8; START_BYTES as usize];
     file.read_exact_at(&mut start, 0)
         .map_err(|e| corrupt(format!("header cut short: {e}")))?;
-    if &start[..8] != MAGIC {
-        return Err(corrupt("not a Locus snapshot (bad magic)".into()));
-    }
-    let version = be_u32(&start[8..]);
-    if version != FORMAT_VERSION {
-        return Err(corrupt(format!(
-            "format version {version} is not supported"
-        )));
-    }
-    let header_len = be_u32(&start[12..]);
-    let body_start = START_BYTES + u64::from(header_len);
-    if header_len > MAX_HEADER_BYTES || body_start > file_len {
-        return Err(corrupt("header length out of bounds".into()));
-    }
+    // No trailer needed: a file cut short by a killed writer has none.
+    let (header_len, body_start) = parse_start(&start, file_len, 0).map_err(corrupt)?;
     let mut header_json = vec![0u8; header_len as usize];
     file.read_exact_at(&mut header_json, START_BYTES)
         .map_err(|e| corrupt(format!("header cut short: {e}")))?;
