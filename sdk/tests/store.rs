@@ -25,8 +25,8 @@ use futures::future::join_all;
 use futures::{StreamExt, poll, stream};
 use http::StatusCode;
 use locus::store::{
-    HandOff, Installed, JsonCodec, Limits, ManualClock, Passivation, Persistence, SessionStore,
-    Stamp, StoreError, Stored, Versioned,
+    FlushPace, HandOff, Installed, JsonCodec, Limits, ManualClock, Passivation, Persistence,
+    SessionStore, Stamp, StoreError, Stored, Versioned,
 };
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
@@ -648,6 +648,82 @@ async fn a_session_stays_resident_until_its_write_back_has_completed() {
     assert_eq!(store.stats().sessions, 1);
     assert_eq!(store.total_bytes(), 50);
     assert_eq!(persistence.stored(b"old").unwrap().version, 1);
+}
+
+#[tokio::test]
+async fn a_paced_flush_runs_as_many_write_backs_at_once_as_its_pace_says() {
+    let limits = Limits::builder().write_back_concurrency(3).build().unwrap();
+    let (store, persistence) = text_store(limits);
+    for i in 0..8 {
+        store
+            .update(format!("k{i}").as_bytes(), |s| *s = fill('x', 4))
+            .await
+            .unwrap();
+    }
+    let started = || {
+        persistence
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Call::Store(..)))
+            .count()
+    };
+    // Paced at one: while the first write-back is held, no other starts.
+    persistence.hold_stores(true);
+    let flush = tokio::spawn({
+        let store = store.clone();
+        async move { store.flush_paced(&|| FlushPace::Run(1)).await }
+    });
+    persistence.stores_started(1).await;
+    for _ in 0..1000 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(started(), 1);
+    persistence.hold_stores(false);
+    assert_eq!(within(flush).await.unwrap().written, 8);
+    assert_eq!(started(), 8);
+
+    // A pace above `write_back_concurrency` runs that many, no more.
+    for i in 0..8 {
+        store
+            .update(format!("k{i}").as_bytes(), |s| *s = fill('y', 4))
+            .await
+            .unwrap();
+    }
+    persistence.hold_stores(true);
+    let flush = tokio::spawn({
+        let store = store.clone();
+        async move { store.flush_paced(&|| FlushPace::Run(usize::MAX)).await }
+    });
+    persistence.stores_started(11).await;
+    for _ in 0..1000 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(started(), 11);
+    persistence.hold_stores(false);
+    assert_eq!(within(flush).await.unwrap().written, 8);
+
+    // Told to pause before every other write-back: it pauses, and the
+    // write-backs already running finish meanwhile (one at a time here).
+    for i in 0..8 {
+        store
+            .update(format!("k{i}").as_bytes(), |s| *s = fill('z', 4))
+            .await
+            .unwrap();
+    }
+    let asked = AtomicUsize::new(0);
+    let pauses = AtomicUsize::new(0);
+    let pace = || {
+        if asked.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
+            pauses.fetch_add(1, Ordering::SeqCst);
+            FlushPace::Pause(Duration::from_millis(1))
+        } else {
+            FlushPace::Run(1)
+        }
+    };
+    let flushed = within(store.flush_paced(&pace)).await;
+    assert_eq!(flushed.written, 8);
+    assert!(pauses.load(Ordering::SeqCst) >= 8, "paused before each");
+    assert_eq!(started(), 24);
 }
 
 #[tokio::test]

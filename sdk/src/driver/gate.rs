@@ -34,6 +34,8 @@ pub(crate) enum Refused {
 struct Inner {
     by_version: BTreeMap<u64, usize>,
     total: usize,
+    /// Requests admitted since the gate was made.
+    admitted: u64,
     closed: bool,
 }
 
@@ -80,6 +82,7 @@ impl Gate {
             let version = latest.as_ref().map_or(0, |r| r.version());
             *inner.by_version.entry(version).or_default() += 1;
             inner.total += 1;
+            inner.admitted = inner.admitted.wrapping_add(1);
             Ok((
                 latest,
                 Pass {
@@ -127,6 +130,16 @@ impl Gate {
     /// Requests in flight.
     pub(crate) fn in_flight(&self) -> usize {
         self.with(|inner| inner.total)
+    }
+
+    /// Whether the pod is serving: requests in flight now, or `admitted`
+    /// (the count this returned last) changed since; updates `admitted`.
+    pub(crate) fn serving_since(&self, admitted: &mut u64) -> bool {
+        self.with(|inner| {
+            let arrived = inner.admitted != *admitted;
+            *admitted = inner.admitted;
+            arrived || inner.total > 0
+        })
     }
 }
 
@@ -199,5 +212,21 @@ mod tests {
         assert!(!gate.wait_idle(Duration::from_millis(10)).await);
         drop(new);
         assert!(gate.wait_idle(Duration::from_millis(10)).await);
+    }
+
+    #[test]
+    fn serving_means_requests_in_flight_or_arrived_since_last_asked() {
+        let source = StaticRingSource::with_ring(ring(1));
+        let watch = source.watch();
+        let gate = Gate::new(4);
+        let mut admitted = 0;
+        assert!(!gate.serving_since(&mut admitted), "nothing yet");
+        let (_, pass) = gate.enter(&watch).unwrap();
+        assert!(gate.serving_since(&mut admitted), "one in flight");
+        drop(pass);
+        assert!(!gate.serving_since(&mut admitted), "seen, and done");
+        drop(gate.enter(&watch).unwrap());
+        assert!(gate.serving_since(&mut admitted), "one came and went since");
+        assert!(!gate.serving_since(&mut admitted));
     }
 }

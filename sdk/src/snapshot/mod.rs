@@ -61,7 +61,9 @@ pub use self::metrics::SnapshotMetrics;
 pub use self::salvage::{
     RESTORED_FILE, Salvaged, restored_path_in, salvage_all, salvage_left_overs,
 };
-pub use self::write_back::{WrittenBack, release_restored, write_back_restored};
+pub use self::write_back::{
+    DutyCycle, WriteBackPace, WrittenBack, release_restored, write_back_restored,
+};
 
 use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};

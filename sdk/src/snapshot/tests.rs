@@ -3,7 +3,9 @@
 
 use super::*;
 use crate::ring::{Assignment, Pod, RingParts, ShardCount, Slot, SlotState, Transition};
-use crate::store::{JsonCodec, Limits, Persistence, SessionStore, Stamp, Stored, Versioned};
+use crate::store::{
+    FlushPace, JsonCodec, Limits, Persistence, SessionStore, Stamp, Stored, Versioned,
+};
 
 fn ring(service: &str, version: u64, table: Vec<u16>) -> Ring {
     let slot = |index: u16| Slot {
@@ -595,7 +597,13 @@ async fn restored_unsaved_sessions_are_written_back_in_the_background_then_the_f
     // The persistence fails the first writes: retried, the file stays
     // meanwhile.
     db.failing.store(20, std::sync::atomic::Ordering::SeqCst);
-    let done = write_back_restored(Arc::new(restored.clone()), dir.clone(), 500).await;
+    let done = write_back_restored(
+        Arc::new(restored.clone()),
+        dir.clone(),
+        500,
+        Arc::new(|| FlushPace::Run(usize::MAX)),
+    )
+    .await;
     assert!(done.rounds >= 2, "{done:?}");
     assert_eq!(done.written, 500, "{done:?}");
     assert!(

@@ -3,21 +3,23 @@
 //! without a write-back first holds sessions the persistence does not have.
 //! They are restored dirty; the process serves at once and writes every
 //! changed session back in the background (the store's
-//! [`flush`](crate::store::SessionStore::flush), `write_back_concurrency` at a
-//! time), round after round with a growing pause while some fail, and only
-//! then removes the file it restored them from ([`RESTORED_FILE`](super::RESTORED_FILE)).
+//! [`flush_paced`](crate::store::SessionStore::flush_paced): as many at a
+//! time as its pace says, `write_back_concurrency` at most, so that it can
+//! yield to the requests the pod serves), round after round with a growing
+//! pause while some fail, and only then removes the file it restored them
+//! from ([`RESTORED_FILE`](super::RESTORED_FILE)).
 //! Until then the file is the durable copy: a process that crashes in
 //! between leaves it for the next one, which writes its records back before
 //! it serves.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::{SnapshotError, SnapshotMetrics, io_error, restored_path_in};
-use crate::store::SessionTable;
+use crate::store::{FlushPace, SessionTable};
 
 /// First pause after a round in which some write-backs failed.
 const FIRST_PAUSE: Duration = Duration::from_millis(200);
@@ -35,14 +37,69 @@ pub struct WrittenBack {
     pub took: Duration,
 }
 
+/// What the write-back does before its next session, asked before each.
+pub type WriteBackPace = Arc<dyn Fn() -> FlushPace + Send + Sync>;
+
+/// The pace of a background write-back beside the requests a pod serves:
+/// while it serves none, `write_back_concurrency` at once; while it serves,
+/// `concurrency` at once for `work`, then a pause of `rest`, so that the
+/// write-back takes about `work / (work + rest)` of the time and leaves the
+/// rest of the cores to the requests. Pure logic: the caller says whether
+/// the pod serves and what time it is.
+#[derive(Debug)]
+pub struct DutyCycle {
+    work: Duration,
+    rest: Duration,
+    concurrency: usize,
+    /// When the current working period began, if one did.
+    working_since: Mutex<Option<Instant>>,
+}
+
+impl DutyCycle {
+    /// See the [type docs](Self).
+    pub fn new(work: Duration, rest: Duration, concurrency: usize) -> Self {
+        Self {
+            work,
+            rest,
+            concurrency,
+            working_since: Mutex::new(None),
+        }
+    }
+
+    /// The pace for the next write-back.
+    pub fn pace(&self, serving: bool, now: Instant) -> FlushPace {
+        let mut since = self
+            .working_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !serving {
+            *since = None;
+            return FlushPace::Run(usize::MAX);
+        }
+        match *since {
+            Some(began) if now.saturating_duration_since(began) >= self.work => {
+                *since = None;
+                FlushPace::Pause(self.rest)
+            }
+            Some(_) => FlushPace::Run(self.concurrency),
+            None => {
+                *since = Some(now);
+                FlushPace::Run(self.concurrency)
+            }
+        }
+    }
+}
+
 /// Writes every changed session of `store` back (the restored unsaved
 /// ones among them), retried until none fails, then removes the restored
 /// snapshot in `dir` (see the `write_back` module's docs). `unsaved`: how many
-/// unsaved records the restore installed (the pending gauge).
+/// unsaved records the restore installed (the pending gauge); `pace`: how many
+/// write-backs run at once (a member gives few while it serves requests).
 pub async fn write_back_restored(
     store: Arc<dyn SessionTable>,
     dir: PathBuf,
     unsaved: u64,
+    pace: WriteBackPace,
 ) -> WrittenBack {
     let metrics = SnapshotMetrics::process();
     metrics.write_back_started(unsaved);
@@ -54,7 +111,7 @@ pub async fn write_back_restored(
     };
     let mut pause = FIRST_PAUSE;
     loop {
-        let flush = store.flush().await;
+        let flush = store.flush_paced(pace.as_ref()).await;
         done.rounds += 1;
         done.written += flush.written;
         if flush.failed == 0 {
@@ -98,5 +155,38 @@ async fn release(path: &Path) -> Result<bool, SnapshotError> {
         Ok(()) => Ok(true),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(error) => Err(io_error(path)(error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_serving_pod_gets_the_rest_of_each_cycle() {
+        let duty = DutyCycle::new(Duration::from_millis(5), Duration::from_millis(15), 2);
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        // Idle: as many as the store allows, no pause.
+        assert_eq!(duty.pace(false, at(0)), FlushPace::Run(usize::MAX));
+        // Serving: a working period of 5 ms at 2 at once, then 15 ms of rest.
+        assert_eq!(duty.pace(true, at(0)), FlushPace::Run(2));
+        assert_eq!(duty.pace(true, at(4)), FlushPace::Run(2));
+        assert_eq!(
+            duty.pace(true, at(5)),
+            FlushPace::Pause(Duration::from_millis(15))
+        );
+        // After the rest, a new working period.
+        assert_eq!(duty.pace(true, at(20)), FlushPace::Run(2));
+        assert_eq!(duty.pace(true, at(24)), FlushPace::Run(2));
+        assert_eq!(
+            duty.pace(true, at(26)),
+            FlushPace::Pause(Duration::from_millis(15))
+        );
+        // Idle again mid-period: full speed, and serving starts a new period.
+        assert_eq!(duty.pace(true, at(41)), FlushPace::Run(2));
+        assert_eq!(duty.pace(false, at(43)), FlushPace::Run(usize::MAX));
+        assert_eq!(duty.pace(true, at(50)), FlushPace::Run(2));
+        assert_eq!(duty.pace(true, at(54)), FlushPace::Run(2));
     }
 }

@@ -32,10 +32,11 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use futures::stream;
+use futures::stream::{self, FuturesUnordered};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -82,6 +83,16 @@ pub struct Flush {
     pub failed: usize,
     /// Sessions with nothing to store.
     pub clean: usize,
+}
+
+/// What a [paced flush](SessionStore::flush_paced) does before its next
+/// write-back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPace {
+    /// Start it once fewer than this many write-backs run.
+    Run(usize),
+    /// Wait this long first (then ask again).
+    Pause(Duration),
 }
 
 /// How one eviction attempt ended.
@@ -344,29 +355,62 @@ where
     }
 
     /// Writes every changed resident session back, without evicting any (for
-    /// a shutdown that has no other pod to hand its sessions to). Waits for
-    /// each session's exclusive lock in turn.
+    /// a shutdown that has no other pod to hand its sessions to), at most
+    /// `write_back_concurrency` at once. Waits for each session's exclusive
+    /// lock in turn.
     pub async fn flush(&self) -> Flush {
-        let entries = self.with_index(|index| index.entries());
         let concurrency = self.inner.limits.write_back_concurrency;
-        let outcomes: Vec<Option<bool>> = stream::iter(entries)
-            .map(|(key, entry)| async move {
+        self.flush_paced(&move || FlushPace::Run(concurrency)).await
+    }
+
+    /// [`flush`](Self::flush), paced by `pace`, asked again before each
+    /// write-back starts: how many may run at once (at least one, at most
+    /// `write_back_concurrency`), or a pause first (the write-backs already
+    /// running go on meanwhile). A background write-back that yields to the
+    /// requests a pod serves.
+    pub async fn flush_paced(&self, pace: &(dyn Fn() -> FlushPace + Send + Sync)) -> Flush {
+        let entries = self.with_index(|index| index.entries());
+        let most = self.inner.limits.write_back_concurrency;
+        let mut running = FuturesUnordered::new();
+        let mut report = Flush::default();
+        let mut count = |outcome: Option<bool>| match outcome {
+            Some(true) => report.written += 1,
+            Some(false) => report.failed += 1,
+            None => report.clean += 1,
+        };
+        for (key, entry) in entries {
+            loop {
+                match pace() {
+                    FlushPace::Run(n) if running.len() < n.clamp(1, most) => break,
+                    FlushPace::Run(_) => {
+                        if let Some(outcome) = running.next().await {
+                            count(outcome);
+                        }
+                    }
+                    FlushPace::Pause(pause) => {
+                        let pause = tokio::time::sleep(pause);
+                        tokio::pin!(pause);
+                        loop {
+                            tokio::select! {
+                                () = &mut pause => break,
+                                Some(outcome) = running.next(), if !running.is_empty() => {
+                                    count(outcome);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            running.push(async move {
                 let mut state = entry.state.write().await;
                 if state.retired || !state.dirty {
                     return None;
                 }
                 Some(self.write_back(&key, &mut state).await.is_ok())
-            })
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
-        let mut report = Flush::default();
-        for outcome in outcomes {
-            match outcome {
-                Some(true) => report.written += 1,
-                Some(false) => report.failed += 1,
-                None => report.clean += 1,
-            }
+            });
+        }
+        while let Some(outcome) = running.next().await {
+            count(outcome);
         }
         report
     }

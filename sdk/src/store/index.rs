@@ -882,12 +882,15 @@ impl<T, F: Clone> Index<T, F> {
     }
 
     /// Claims the least recently accessed node of `window` (the first of
-    /// equals) and takes it out; returns its weight.
+    /// equals) and takes it out; returns its weight. Nodes of the window no
+    /// longer resident leave it too, so `None` comes with an empty window (the
+    /// callers loop while it is not).
     fn claim_oldest(
         &mut self,
         window: &mut Vec<usize>,
         chosen: &mut Vec<(Bytes, Arc<T>)>,
     ) -> Option<usize> {
+        window.retain(|&at| self.resident_at(at).is_some());
         let (place, _) = window
             .iter()
             .enumerate()

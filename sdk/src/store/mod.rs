@@ -91,7 +91,7 @@ pub(crate) use bulk::{PreparedChunk, RawRecord, ResidentSessions};
 pub use clock::{Clock, ManualClock, TokioClock};
 pub use codec::{CodecError, JsonCodec, SessionCodec};
 pub use error::{SharedError, StoreError};
-pub use evict::{Flush, Passivation};
+pub use evict::{Flush, FlushPace, Passivation};
 pub use limits::{Limits, LimitsBuilder};
 pub use memory::{
     MEMORY_LIMIT_ENV, MemoryBudget, SESSION_OVERHEAD_BYTES, memory_limit, memory_limit_from,

@@ -16,7 +16,7 @@ use futures::{FutureExt as _, StreamExt as _};
 
 use crate::ring::ShardCount;
 use crate::store::{
-    Flush, HandOff, Installed, Limits, LoadGuard, Persistence, PreparedChunk, RawRecord,
+    Flush, FlushPace, HandOff, Installed, Limits, LoadGuard, Persistence, PreparedChunk, RawRecord,
     ResidentSessions, Restore, SessionRecord, SessionStore, StoreError,
 };
 
@@ -70,6 +70,13 @@ pub trait SessionTable: Send + Sync + 'static {
 
     /// Writes every changed session back through the persistence.
     fn flush(&self) -> BoxFuture<'_, Flush>;
+
+    /// [`flush`](Self::flush) with as many write-backs at once as `pace`
+    /// says (asked before each; see [`SessionStore::flush_paced`]).
+    fn flush_paced<'a>(
+        &'a self,
+        pace: &'a (dyn Fn() -> FlushPace + Send + Sync),
+    ) -> BoxFuture<'a, Flush>;
 
     /// Writes a handed-off record through the persistence (conditional on
     /// its version); `Ok(false)` if the persistence keeps nothing.
@@ -161,6 +168,13 @@ where
 
     fn flush(&self) -> BoxFuture<'_, Flush> {
         SessionStore::flush(self).boxed()
+    }
+
+    fn flush_paced<'a>(
+        &'a self,
+        pace: &'a (dyn Fn() -> FlushPace + Send + Sync),
+    ) -> BoxFuture<'a, Flush> {
+        SessionStore::flush_paced(self, pace).boxed()
     }
 
     fn write_record<'a>(

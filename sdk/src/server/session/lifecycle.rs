@@ -16,6 +16,17 @@ use crate::snapshot::{self, Salvaged, SnapshotError, SnapshotRestore};
 
 /// Longest wait for a ring to check a snapshot against.
 const SNAPSHOT_RING_WAIT: Duration = Duration::from_secs(10);
+/// The background write-back of restored sessions while the pod serves
+/// requests (some in flight, or some arrived since the last write-back
+/// started): this many at once for [`WRITE_BACK_WORK`], then a pause of
+/// [`WRITE_BACK_REST`], a quarter of the time; the rest of the cores go to
+/// the first requests after a restart. While it serves none, the store's
+/// `write_back_concurrency` at once, no pause.
+const WRITE_BACK_WHILE_SERVING: usize = 4;
+/// See [`WRITE_BACK_WHILE_SERVING`].
+const WRITE_BACK_WORK: Duration = Duration::from_millis(5);
+/// See [`WRITE_BACK_WHILE_SERVING`].
+const WRITE_BACK_REST: Duration = Duration::from_millis(15);
 
 /// What [`Member::start`] did.
 #[derive(Debug)]
@@ -37,8 +48,9 @@ impl Member {
     ///
     /// A restored snapshot's unsaved sessions stay dirty in the store and
     /// are written back in the background ([`snapshot::write_back_restored`],
-    /// stopped by [`shutdown`](Self::shutdown)); its file is kept until they
-    /// are. A snapshot that cannot be restored, and files an earlier process
+    /// stopped by [`shutdown`](Self::shutdown)), paced to about a quarter of
+    /// the time while the pod serves requests, at full speed otherwise; its
+    /// file is kept until they are. A snapshot that cannot be restored, and files an earlier process
     /// left, have their unsaved records written back before this returns
     /// (see `docs/adr/0004-in-place-restart-durability.md`).
     ///
@@ -66,10 +78,24 @@ impl Member {
                 match snapshot::restore(Arc::clone(&state.store), dir, &ring, &state.pod).await {
                     Ok(Some(restored)) => {
                         if restored.pending_write_back {
+                            let gate = Arc::clone(&self.inner.gate);
+                            let admitted = std::sync::Mutex::new(0);
+                            let duty = snapshot::DutyCycle::new(
+                                WRITE_BACK_WORK,
+                                WRITE_BACK_REST,
+                                WRITE_BACK_WHILE_SERVING,
+                            );
                             let write_back = snapshot::write_back_restored(
                                 Arc::clone(&state.store),
                                 dir.clone(),
                                 restored.unsaved_installed(),
+                                Arc::new(move || {
+                                    let mut admitted = admitted
+                                        .lock()
+                                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                                    let serving = gate.serving_since(&mut admitted);
+                                    duty.pace(serving, tokio::time::Instant::now())
+                                }),
                             );
                             tasks.push(AbortOnDrop(tokio::spawn(async move {
                                 write_back.await;

@@ -490,13 +490,18 @@ mod tests {
         dir
     }
 
-    /// A pod with [`SESSIONS`] sessions, a snapshot directory in `dir` and
-    /// no coordination wait; the ring source is returned to stay alive.
+    /// A pod with [`SESSIONS`] sessions and no persistence (see [`member`]).
     async fn pod(dir: &Path) -> (StaticRingSource, SessionStore<String>, MemberBuilder) {
-        let source = StaticRingSource::with_ring(ring());
         let store = SessionStore::builder(JsonCodec, String::len)
             .build()
             .unwrap();
+        fill(&store).await;
+        let (source, builder) = member(dir, &store);
+        (source, store, builder)
+    }
+
+    /// Installs [`SESSIONS`] sessions `k<i>` → `v<i>`, changed since stored.
+    async fn fill<P: Persistence<String>>(store: &SessionStore<String, P>) {
         for i in 0..SESSIONS {
             store
                 .install(
@@ -506,11 +511,20 @@ mod tests {
                 .await
                 .unwrap();
         }
+    }
+
+    /// [`POD`] over `store`, with a snapshot directory in `dir` and no
+    /// coordination wait; the ring source is returned to stay alive.
+    fn member<P: Persistence<String>>(
+        dir: &Path,
+        store: &SessionStore<String, P>,
+    ) -> (StaticRingSource, MemberBuilder) {
+        let source = StaticRingSource::with_ring(ring());
         let builder = Member::builder(POD, &source, store.clone())
             .secret(HandoffSecret::new("a-test-secret-of-some-length").unwrap())
             .snapshot_dir(dir)
             .coordination_wait(Duration::ZERO);
-        (source, store, builder)
+        (source, builder)
     }
 
     /// Counts how often it is asked; answers `answer`, or never.
@@ -839,26 +853,14 @@ mod tests {
         db: &Db,
         filled: bool,
     ) -> (StaticRingSource, SessionStore<String, Db>, MemberBuilder) {
-        let source = StaticRingSource::with_ring(ring());
         let store = SessionStore::builder(JsonCodec, String::len)
             .persistence(db.clone())
             .build()
             .unwrap();
         if filled {
-            for i in 0..SESSIONS {
-                store
-                    .install(
-                        format!("k{i}").as_bytes(),
-                        Versioned::new(1, format!("v{i}")),
-                    )
-                    .await
-                    .unwrap();
-            }
+            fill(&store).await;
         }
-        let builder = Member::builder(POD, &source, store.clone())
-            .secret(HandoffSecret::new("a-test-secret-of-some-length").unwrap())
-            .snapshot_dir(dir)
-            .coordination_wait(Duration::ZERO);
+        let (source, builder) = member(dir, &store);
         (source, store, builder)
     }
 
