@@ -44,46 +44,60 @@ pub type WriteBackPace = Arc<dyn Fn() -> FlushPace + Send + Sync>;
 /// while it serves none, `write_back_concurrency` at once; while it serves,
 /// `concurrency` at once for `work`, then a pause of `rest`, so that the
 /// write-back takes about `work / (work + rest)` of the time and leaves the
-/// rest of the cores to the requests. Pure logic: the caller says whether
-/// the pod serves and what time it is.
+/// rest of the cores to the requests. The pod counts as serving until
+/// `quiet` passed without a request. Pure logic: the caller says whether
+/// requests came since it last asked, and what time it is.
 #[derive(Debug)]
 pub struct DutyCycle {
     work: Duration,
     rest: Duration,
+    quiet: Duration,
     concurrency: usize,
+    state: Mutex<Cycle>,
+}
+
+#[derive(Debug, Default)]
+struct Cycle {
     /// When the current working period began, if one did.
-    working_since: Mutex<Option<Instant>>,
+    working_since: Option<Instant>,
+    /// When requests were last seen.
+    last_request: Option<Instant>,
 }
 
 impl DutyCycle {
     /// See the [type docs](Self).
-    pub fn new(work: Duration, rest: Duration, concurrency: usize) -> Self {
+    pub fn new(work: Duration, rest: Duration, quiet: Duration, concurrency: usize) -> Self {
         Self {
             work,
             rest,
+            quiet,
             concurrency,
-            working_since: Mutex::new(None),
+            state: Mutex::new(Cycle::default()),
         }
     }
 
-    /// The pace for the next write-back.
-    pub fn pace(&self, serving: bool, now: Instant) -> FlushPace {
-        let mut since = self
-            .working_since
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+    /// The pace for the next write-back; `requests`: whether requests were
+    /// in flight or arrived since the last call.
+    pub fn pace(&self, requests: bool, now: Instant) -> FlushPace {
+        let mut cycle = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if requests {
+            cycle.last_request = Some(now);
+        }
+        let serving = cycle
+            .last_request
+            .is_some_and(|seen| now.saturating_duration_since(seen) < self.quiet);
         if !serving {
-            *since = None;
+            cycle.working_since = None;
             return FlushPace::Run(usize::MAX);
         }
-        match *since {
+        match cycle.working_since {
             Some(began) if now.saturating_duration_since(began) >= self.work => {
-                *since = None;
+                cycle.working_since = None;
                 FlushPace::Pause(self.rest)
             }
             Some(_) => FlushPace::Run(self.concurrency),
             None => {
-                *since = Some(now);
+                cycle.working_since = Some(now);
                 FlushPace::Run(self.concurrency)
             }
         }
@@ -164,29 +178,41 @@ mod tests {
 
     #[test]
     fn a_serving_pod_gets_the_rest_of_each_cycle() {
-        let duty = DutyCycle::new(Duration::from_millis(5), Duration::from_millis(15), 2);
+        let duty = DutyCycle::new(
+            Duration::from_millis(5),
+            Duration::from_millis(15),
+            Duration::from_millis(100),
+            2,
+        );
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
-        // Idle: as many as the store allows, no pause.
+        // Never a request: as many as the store allows, no pause.
         assert_eq!(duty.pace(false, at(0)), FlushPace::Run(usize::MAX));
         // Serving: a working period of 5 ms at 2 at once, then 15 ms of rest.
-        assert_eq!(duty.pace(true, at(0)), FlushPace::Run(2));
-        assert_eq!(duty.pace(true, at(4)), FlushPace::Run(2));
+        assert_eq!(duty.pace(true, at(1)), FlushPace::Run(2));
+        assert_eq!(duty.pace(true, at(5)), FlushPace::Run(2));
         assert_eq!(
-            duty.pace(true, at(5)),
+            duty.pace(true, at(6)),
             FlushPace::Pause(Duration::from_millis(15))
         );
-        // After the rest, a new working period.
-        assert_eq!(duty.pace(true, at(20)), FlushPace::Run(2));
-        assert_eq!(duty.pace(true, at(24)), FlushPace::Run(2));
+        // After the rest, a new working period; a moment without a request
+        // between two is still serving.
+        assert_eq!(duty.pace(false, at(21)), FlushPace::Run(2));
+        assert_eq!(duty.pace(false, at(25)), FlushPace::Run(2));
         assert_eq!(
             duty.pace(true, at(26)),
             FlushPace::Pause(Duration::from_millis(15))
         );
-        // Idle again mid-period: full speed, and serving starts a new period.
-        assert_eq!(duty.pace(true, at(41)), FlushPace::Run(2));
-        assert_eq!(duty.pace(false, at(43)), FlushPace::Run(usize::MAX));
-        assert_eq!(duty.pace(true, at(50)), FlushPace::Run(2));
-        assert_eq!(duty.pace(true, at(54)), FlushPace::Run(2));
+        // 100 ms without a request: idle, full speed; the next request
+        // starts a new working period.
+        assert_eq!(duty.pace(false, at(125)), FlushPace::Run(2));
+        assert_eq!(duty.pace(false, at(126)), FlushPace::Run(usize::MAX));
+        assert_eq!(duty.pace(false, at(140)), FlushPace::Run(usize::MAX));
+        assert_eq!(duty.pace(true, at(150)), FlushPace::Run(2));
+        assert_eq!(duty.pace(false, at(154)), FlushPace::Run(2));
+        assert_eq!(
+            duty.pace(false, at(155)),
+            FlushPace::Pause(Duration::from_millis(15))
+        );
     }
 }

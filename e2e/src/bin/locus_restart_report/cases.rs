@@ -108,6 +108,11 @@ impl Bench<'_> {
         let read_started = Instant::now();
         let read = self.read_all().await?;
         let done = Instant::now();
+        let written_back_during_reads = value(
+            &scrape(&self.http, &format!("{}:{PORT}", before.ip)).await,
+            "locus_store_write_backs_total",
+            Some("result=\"ok\""),
+        );
         let ready_at = (&mut ready.0).await.map_err(joined)??;
         progress(&format!(
             "{name}: read every session in {:.2} s ({} warm, {} cold, {} errors); checking the acknowledged appends",
@@ -126,6 +131,7 @@ impl Bench<'_> {
             resident_at_start: resident,
             read,
             read_all_s: (done - read_started).as_secs_f64(),
+            written_back_during_reads,
             total_s: (done - started).as_secs_f64(),
             verification,
             changed_at,

@@ -28,6 +28,9 @@ pub(crate) struct CaseReport {
     pub(crate) read: Summary,
     /// Its duration.
     pub(crate) read_all_s: f64,
+    /// `locus_store_write_backs_total{result="ok"}` of the new process right after it: how
+    /// far its background write-back of the restored sessions got meanwhile.
+    pub(crate) written_back_during_reads: Option<f64>,
     /// Change → every session answered once.
     pub(crate) total_s: f64,
     /// The second read of every session, against the acknowledged appends.
@@ -50,7 +53,7 @@ impl CaseReport {
         let mut line = format!(
             "case={} restart_to_serving_s={:.2} restart_to_ready_s={:.2} old_process_down_s={:.2} \
              sessions_down_s={:.2} \
-             resident_at_start={} read_all_s={:.2} read_rps={:.0} read_p50_ms={:.2} read_p99_ms={:.2} \
+             resident_at_start={} read_all_s={:.2} written_back_during_reads={} read_rps={:.0} read_p50_ms={:.2} read_p99_ms={:.2} \
              read_max_ms={:.1} warm={} cold={} read_errors={} restart_to_all_served_s={:.2} \
              stopped_to_all_served_s={:.2} lost_writes={} stale_sessions={} unreadable={}",
             self.name,
@@ -61,6 +64,8 @@ impl CaseReport {
             self.resident_at_start
                 .map_or_else(|| "?".to_owned(), |v| format!("{v:.0}")),
             self.read_all_s,
+            self.written_back_during_reads
+                .map_or_else(|| "?".to_owned(), |v| format!("{v:.0}")),
             self.read.throughput_rps,
             self.read.read_latency_ms.p50,
             self.read.read_latency_ms.p99,

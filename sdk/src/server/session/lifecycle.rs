@@ -17,8 +17,8 @@ use crate::snapshot::{self, Salvaged, SnapshotError, SnapshotRestore};
 /// Longest wait for a ring to check a snapshot against.
 const SNAPSHOT_RING_WAIT: Duration = Duration::from_secs(10);
 /// The background write-back of restored sessions while the pod serves
-/// requests (some in flight, or some arrived since the last write-back
-/// started): this many at once for [`WRITE_BACK_WORK`], then a pause of
+/// requests (some in flight or arrived within [`WRITE_BACK_QUIET`]): this
+/// many at once for [`WRITE_BACK_WORK`], then a pause of
 /// [`WRITE_BACK_REST`], a quarter of the time; the rest of the cores go to
 /// the first requests after a restart. While it serves none, the store's
 /// `write_back_concurrency` at once, no pause.
@@ -27,6 +27,8 @@ const WRITE_BACK_WHILE_SERVING: usize = 4;
 const WRITE_BACK_WORK: Duration = Duration::from_millis(5);
 /// See [`WRITE_BACK_WHILE_SERVING`].
 const WRITE_BACK_REST: Duration = Duration::from_millis(15);
+/// The pod serves until this long passed without a request.
+const WRITE_BACK_QUIET: Duration = Duration::from_millis(100);
 
 /// What [`Member::start`] did.
 #[derive(Debug)]
@@ -83,6 +85,7 @@ impl Member {
                             let duty = snapshot::DutyCycle::new(
                                 WRITE_BACK_WORK,
                                 WRITE_BACK_REST,
+                                WRITE_BACK_QUIET,
                                 WRITE_BACK_WHILE_SERVING,
                             );
                             let write_back = snapshot::write_back_restored(
