@@ -650,16 +650,21 @@ async fn a_session_stays_resident_until_its_write_back_has_completed() {
     assert_eq!(persistence.stored(b"old").unwrap().version, 1);
 }
 
+/// Changes sessions `k0` to `k7` to four `c`s.
+async fn change_eight(store: &Text, c: char) {
+    for i in 0..8 {
+        store
+            .update(format!("k{i}").as_bytes(), |s| *s = fill(c, 4))
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_paced_flush_runs_as_many_write_backs_at_once_as_its_pace_says() {
     let limits = Limits::builder().write_back_concurrency(3).build().unwrap();
     let (store, persistence) = text_store(limits);
-    for i in 0..8 {
-        store
-            .update(format!("k{i}").as_bytes(), |s| *s = fill('x', 4))
-            .await
-            .unwrap();
-    }
+    change_eight(&store, 'x').await;
     let started = || {
         persistence
             .calls()
@@ -683,12 +688,7 @@ async fn a_paced_flush_runs_as_many_write_backs_at_once_as_its_pace_says() {
     assert_eq!(started(), 8);
 
     // A pace above `write_back_concurrency` runs that many, no more.
-    for i in 0..8 {
-        store
-            .update(format!("k{i}").as_bytes(), |s| *s = fill('y', 4))
-            .await
-            .unwrap();
-    }
+    change_eight(&store, 'y').await;
     persistence.hold_stores(true);
     let flush = tokio::spawn({
         let store = store.clone();
@@ -704,12 +704,7 @@ async fn a_paced_flush_runs_as_many_write_backs_at_once_as_its_pace_says() {
 
     // Told to pause before every other write-back: it pauses, and the
     // write-backs already running finish meanwhile (one at a time here).
-    for i in 0..8 {
-        store
-            .update(format!("k{i}").as_bytes(), |s| *s = fill('z', 4))
-            .await
-            .unwrap();
-    }
+    change_eight(&store, 'z').await;
     let asked = AtomicUsize::new(0);
     let pauses = AtomicUsize::new(0);
     let pace = || {
