@@ -32,11 +32,15 @@
 //! chunk header) and the trailer are checked first: their counts, lengths
 //! and the trailer's checksum over the header and the chunk checksums. Then
 //! a few threads each take chunks in turn: read it once (`pread` into a
-//! buffer the thread reuses), check its checksum, walk its records, skip
-//! those of keys the pod does not own, and have the store decode and weigh
-//! the others off its lock. Only when every chunk passed does the store
-//! install them (one lock per chunk, see `store::bulk`); a single bad chunk
-//! refuses the whole file and installs nothing.
+//! buffer of its own, which becomes a `Bytes`), check its checksum, walk its
+//! records, skip those of keys the pod does not own, and have the store
+//! prepare the others off its lock: dirty records decoded and weighed, clean
+//! ones (with a durable persistence) kept encoded as slices of the chunk's
+//! buffer, no copy, until their first use
+//! (`docs/adr/0005-restore-without-building-the-heap.md`); a buffer lives as
+//! long as a session still encoded in it. Only when every chunk passed does
+//! the store install them (one lock per chunk, see `store::bulk`); a single
+//! bad chunk refuses the whole file and installs nothing.
 
 mod read;
 mod write;

@@ -265,12 +265,11 @@ fn check_chunks(
         let threads: Vec<_> = (0..workers(table.len()))
             .map(|_| {
                 scope.spawn(|| {
-                    let mut buf = Vec::new();
                     let mut parts = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(at) = table.get(i) else { break };
-                        match check_chunk(file, at, &mut buf, store, owned) {
+                        match check_chunk(file, at, store, owned) {
                             Ok(part) => parts.push((i, part)),
                             Err(reason) => {
                                 stop.store(true, Ordering::Relaxed);
@@ -303,22 +302,21 @@ fn check_chunks(
     Ok(parts.into_iter().map(|(_, part)| part).collect())
 }
 
-/// Reads chunk `at` into `buf` (reused), checks it and decodes the records
-/// `owned` accepts.
+/// Reads chunk `at` into a buffer of its own, checks it and has the store
+/// prepare the records `owned` accepts (those it keeps encoded hold slices
+/// of the buffer, which lives as long as any of them).
 fn check_chunk(
     file: &File,
     at: &ChunkAt,
-    buf: &mut Vec<u8>,
     store: &dyn SessionTable,
     owned: &(dyn Fn(&[u8]) -> bool + Sync),
 ) -> Result<Part, String> {
     let len = at.len as usize;
-    if buf.len() < len {
-        buf.resize(len, 0);
-    }
-    file.read_exact_at(&mut buf[..len], at.offset)
+    let mut buf = vec![0; len];
+    file.read_exact_at(&mut buf, at.offset)
         .map_err(|e| format!("cannot be read: {e}"))?;
-    let payload = &buf[..len];
+    let chunk = Bytes::from(buf);
+    let payload = &chunk[..];
     if chunk_checksum(at.records, payload) != at.checksum {
         return Err("checksum mismatch".into());
     }
@@ -339,7 +337,7 @@ fn check_chunk(
         }
     })?;
     Ok(Part {
-        prepared: store.prepare_chunk(&records),
+        prepared: store.prepare_chunk(&chunk, &records),
         dirty,
         not_owned,
         unsaved_not_owned,
