@@ -1060,3 +1060,52 @@ async fn sessions_still_encoded_are_snapshotted_and_exported_as_they_were_writte
     assert_eq!(second.stats(), original.stats());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_uses_of_an_encoded_session_decode_it_once_and_lose_no_update() {
+    let dir = dir("racing");
+    let ring = ring("svc", 4, vec![0, 0]);
+    let db = Memory::default();
+    let original = filled(&db, 200, 50).await;
+    original.flush().await;
+    write(&original, &dir, &SnapshotHeader::new(&ring, 0, "svc-0-x"))
+        .await
+        .unwrap();
+    let restored = durable_store(&db, JsonCodec);
+    restore(Arc::new(restored.clone()), &dir, &ring, "svc-0-x")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(restored.encoded_sessions().await, 200);
+    let mut tasks = Vec::new();
+    for i in 0..200u64 {
+        for n in 0..6 {
+            let store = restored.clone();
+            tasks.push(tokio::spawn(async move {
+                let key = format!("k{i}");
+                if n % 3 == 0 {
+                    store
+                        .update(key.as_bytes(), |value| value.push('+'))
+                        .await
+                        .unwrap();
+                } else {
+                    let read = store.read(key.as_bytes(), String::len).await.unwrap();
+                    assert!(read.version >= i % 3 + 1);
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(restored.encoded_sessions().await, 0);
+    assert_eq!(restored.deferred_decode_failures(), 0);
+    for i in 0..200u64 {
+        let got = restored.get(format!("k{i}").as_bytes()).await.unwrap();
+        assert_eq!(got.version, i % 3 + 3, "both updates kept");
+        assert!(got.value.ends_with("++"));
+    }
+    assert_eq!(restored.total_bytes(), restored.recount_bytes().await);
+    restored.check_index().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
