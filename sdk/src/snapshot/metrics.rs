@@ -32,6 +32,7 @@
 //! | `locus_snapshot_salvaged_records_total` | counter | unsaved records written back from a file that was not installed (kept aside, left over, keys no longer owned) |
 //! | `locus_snapshot_salvage_failures_total` | counter | failed attempts to write such a record (retried before the pod serves) |
 //! | `locus_snapshot_kept_aside_total` | counter | files kept aside (`sessions.snapshot.kept-*`): not restored, never deleted |
+//! | `locus_snapshot_encoded_bytes` | gauge | chunk buffers of restored snapshots still held: by sessions left encoded until their first use (`docs/adr/0005-restore-without-building-the-heap.md`), or by a restore in progress |
 
 use std::sync::LazyLock;
 use std::sync::atomic::AtomicU64;
@@ -68,6 +69,7 @@ pub struct SnapshotMetrics {
     salvaged: Counter,
     salvage_failures: Counter,
     kept_aside: Counter,
+    encoded: Gauge,
 }
 
 static PROCESS: LazyLock<SnapshotMetrics> = LazyLock::new(SnapshotMetrics::default);
@@ -194,6 +196,17 @@ impl SnapshotMetrics {
             "Snapshot files kept aside (not restored, never deleted)",
             self.kept_aside.clone(),
         );
+        sub.register_with_unit(
+            "encoded",
+            "Chunk buffers of restored snapshots still held by sessions left encoded (or by a restore in progress)",
+            Unit::Bytes,
+            self.encoded.clone(),
+        );
+    }
+
+    /// The gauge of chunk buffers held (`locus_snapshot_encoded_bytes`).
+    pub(crate) fn encoded_bytes(&self) -> &Gauge {
+        &self.encoded
     }
 
     /// Records a snapshot restored.

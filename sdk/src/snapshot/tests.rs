@@ -1109,3 +1109,44 @@ async fn concurrent_first_uses_of_an_encoded_session_decode_it_once_and_lose_no_
     restored.check_index().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn the_sessions_left_encoded_are_decoded_in_the_background() {
+    let dir = dir("decode-left");
+    let ring = ring("svc", 4, vec![0, 0]);
+    let db = Memory::default();
+    let original = filled(&db, 3000, 1000).await;
+    original
+        .install(b"poisoned", Versioned::new(9, "poison".into()))
+        .await
+        .unwrap();
+    original.flush().await;
+    write(&original, &dir, &SnapshotHeader::new(&ring, 0, "svc-0-x"))
+        .await
+        .unwrap();
+    let restored = durable_store(&db, Picky);
+    restore(Arc::new(restored.clone()), &dir, &ring, "svc-0-x")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(restored.encoded_sessions().await, 3001);
+    // Some used already: only the others are left to decode.
+    for i in 0..10 {
+        restored.get(format!("k{i}").as_bytes()).await.unwrap();
+    }
+    let decoded = decode_left(Arc::new(restored.clone()), Duration::ZERO).await;
+    assert_eq!(decoded, 2990);
+    assert_eq!(restored.encoded_sessions().await, 0);
+    // The one that does not decode is dropped, as on first use.
+    assert_eq!(restored.deferred_decode_failures(), 1);
+    assert_eq!(restored.stats().sessions, 3000);
+    restored.check_index().unwrap();
+    assert_eq!(restored.total_bytes(), restored.recount_bytes().await);
+    assert_eq!(
+        restored.total_bytes(),
+        original.total_bytes() - "poison".len(),
+        "decoded, the sessions weigh what they weighed before the snapshot"
+    );
+    assert_eq!(restored.get(b"poisoned").await.unwrap().value, "poison");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -50,7 +50,10 @@
 //!   encoded session weighing its encoded length).
 //!
 //! [`ResidentSessions::encode`] gives a session still encoded as its bytes,
-//! without decoding it.
+//! without decoding it. [`decode_left`](SessionStore::decode_left), run in
+//! the background some time after a restore, decodes the sessions no request
+//! has used yet, so that memory converges to what a decoded store holds
+//! (each chunk's buffer is freed with the last session encoded in it).
 
 use std::any::Any;
 use std::sync::Arc;
@@ -59,9 +62,13 @@ use bytes::Bytes;
 
 use super::entry::{Entry, Value};
 use super::error::display_key;
-use super::index::{InsertRefused, Room};
+use super::index::{InsertRefused, Room, SlabCursor};
 use super::transfer::{Installed, Restore, SessionRecord};
 use super::{Persistence, SessionStore, StoreError};
+
+/// Resident sessions one page of [`decode_left`](SessionStore::decode_left)
+/// looks at (each page one short hold of the index lock).
+const DECODE_PAGE: usize = 4096;
 
 /// One session of a snapshot as borrowed bytes: what a bulk restore decodes.
 #[derive(Debug, Clone, Copy)]
@@ -274,6 +281,64 @@ where
             self.install_one(ready, &mut report).await;
         }
         report
+    }
+
+    /// Decodes the sessions a restore left encoded that no request has used
+    /// yet: a page of the index at a time, each session under its own
+    /// exclusive lock taken without waiting (one in use is passed over: its
+    /// user decodes it), other tasks running between pages. A session that
+    /// does not fit once decoded stays encoded (no eviction for it here); one
+    /// that does not decode is dropped as on first use (see
+    /// `SessionStore::decoded`). Returns how many it decoded.
+    pub(crate) async fn decode_left(&self) -> usize {
+        let mut cursor = SlabCursor::default();
+        let mut page = Vec::new();
+        let (mut decoded, mut dropped) = (0, 0);
+        loop {
+            let walked = self.with_index(|index| {
+                index.resident_where(&mut cursor, DECODE_PAGE, Entry::is_encoded, &mut page)
+            });
+            for (key, entry) in page.drain(..) {
+                let Ok(mut state) = entry.state.try_write() else {
+                    continue;
+                };
+                let Value::Encoded(bytes) = &state.value else {
+                    continue;
+                };
+                if state.retired {
+                    continue;
+                }
+                match self.decode_weighed(&key, bytes) {
+                    Ok((weight, value)) => {
+                        let mut room = Room::default();
+                        let resized =
+                            self.with_index(|index| index.resize(&key, &entry, weight, &mut room));
+                        if matches!(resized, Some(Ok(_))) {
+                            state.value = Value::Decoded(value);
+                            decoded += 1;
+                        }
+                    }
+                    Err(error) => {
+                        if self
+                            .drop_undecodable(&key, &entry, &mut state, &error)
+                            .is_ok()
+                        {
+                            dropped += 1;
+                        }
+                    }
+                }
+            }
+            if walked {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        tracing::info!(
+            decoded,
+            dropped,
+            "restored sessions left encoded decoded in the background"
+        );
+        decoded
     }
 
     /// Checks every invariant of the index (see `store::index`).

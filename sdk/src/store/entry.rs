@@ -97,6 +97,14 @@ impl<V> Entry<V> {
         }
     }
 
+    /// Whether it is resident and still encoded, as far as a look without
+    /// waiting tells (false while it is locked exclusively).
+    pub fn is_encoded(&self) -> bool {
+        self.state
+            .try_read()
+            .is_ok_and(|state| !state.retired && state.value.decoded().is_none())
+    }
+
     /// Whether eviction must pass over it: updates queued or running, or
     /// pinned.
     pub fn in_use(&self) -> bool {

@@ -453,17 +453,7 @@ where
         state: &'s mut State<V>,
     ) -> Result<Option<&'s V>, StoreError> {
         if let Value::Encoded(bytes) = &state.value {
-            let decoded = self
-                .inner
-                .codec
-                .decode(bytes)
-                .map_err(|source| StoreError::Codec {
-                    key: display_key(key),
-                    action: "decode",
-                    source: source.into(),
-                })
-                .and_then(|value| Ok((self.weigh(key, &value)?, value)));
-            match decoded {
+            match self.decode_weighed(key, bytes) {
                 Ok((weight, value)) => {
                     self.resize(key, entry, weight).await?;
                     state.value = Value::Decoded(value);
@@ -475,6 +465,21 @@ where
             }
         }
         Ok(state.value.decoded())
+    }
+
+    /// A restored session's `bytes` decoded and weighed; refused if they do
+    /// not decode or weigh more than `max_session_bytes`.
+    fn decode_weighed(&self, key: &[u8], bytes: &[u8]) -> Result<(usize, V), StoreError> {
+        let value = self
+            .inner
+            .codec
+            .decode(bytes)
+            .map_err(|source| StoreError::Codec {
+                key: display_key(key),
+                action: "decode",
+                source: source.into(),
+            })?;
+        Ok((self.weigh(key, &value)?, value))
     }
 
     /// Drops the locked, clean, restored session whose bytes failed to

@@ -106,6 +106,10 @@ pub trait SessionTable: Send + Sync + 'static {
     /// Installs prepared chunks in order, one lock per chunk.
     fn install_prepared(&self, chunks: Vec<PreparedChunk>) -> BoxFuture<'_, Restore>;
 
+    /// Decodes the restored sessions left encoded that no request used yet;
+    /// returns how many.
+    fn decode_left(&self) -> BoxFuture<'_, usize>;
+
     /// The store's bounds.
     fn limits(&self) -> &Limits;
 }
@@ -207,6 +211,10 @@ where
 
     fn install_prepared(&self, chunks: Vec<PreparedChunk>) -> BoxFuture<'_, Restore> {
         SessionStore::install_prepared(self, chunks).boxed()
+    }
+
+    fn decode_left(&self) -> BoxFuture<'_, usize> {
+        SessionStore::decode_left(self).boxed()
     }
 
     fn limits(&self) -> &Limits {

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
+use prometheus_client::metrics::gauge::Gauge;
 use xxhash_rust::xxh3::Xxh3Default;
 
 use super::{
@@ -16,8 +17,8 @@ use super::{
 };
 use crate::ring::Ring;
 use crate::snapshot::{
-    END_MAGIC, MAGIC, MAX_HEADER_BYTES, SnapshotError, SnapshotHeader, SnapshotRestore, belongs,
-    io_error,
+    END_MAGIC, MAGIC, MAX_HEADER_BYTES, SnapshotError, SnapshotHeader, SnapshotMetrics,
+    SnapshotRestore, belongs, io_error,
 };
 use crate::store::{PreparedChunk, RawRecord, SessionRecord, SessionTable};
 
@@ -315,7 +316,7 @@ fn check_chunk(
     let mut buf = vec![0; len];
     file.read_exact_at(&mut buf, at.offset)
         .map_err(|e| format!("cannot be read: {e}"))?;
-    let chunk = Bytes::from(buf);
+    let chunk = ChunkBuffer::bytes(buf, SnapshotMetrics::process().encoded_bytes());
     let payload = &chunk[..];
     if chunk_checksum(at.records, payload) != at.checksum {
         return Err("checksum mismatch".into());
@@ -342,6 +343,37 @@ fn check_chunk(
         not_owned,
         unsaved_not_owned,
     })
+}
+
+/// A chunk's buffer, counted in a gauge (`locus_snapshot_encoded_bytes`)
+/// from its read until the last slice of it is dropped.
+struct ChunkBuffer {
+    bytes: Vec<u8>,
+    held: Gauge,
+}
+
+impl ChunkBuffer {
+    /// `bytes` as a `Bytes` whose slices share it, counted in `held`.
+    fn bytes(bytes: Vec<u8>, held: &Gauge) -> Bytes {
+        held.inc_by(i64::try_from(bytes.len()).unwrap_or(i64::MAX));
+        Bytes::from_owner(Self {
+            bytes,
+            held: held.clone(),
+        })
+    }
+}
+
+impl AsRef<[u8]> for ChunkBuffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for ChunkBuffer {
+    fn drop(&mut self) {
+        self.held
+            .dec_by(i64::try_from(self.bytes.len()).unwrap_or(i64::MAX));
+    }
 }
 
 /// Walks the records of a chunk's `payload` (checksum already checked),
@@ -487,4 +519,22 @@ pub(crate) fn salvage_read(path: &Path) -> Result<SalvageRead, SnapshotError> {
         read.bad_chunks += 1;
     }
     Ok(read)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_buffer_is_counted_until_its_last_slice_is_dropped() {
+        let held = Gauge::default();
+        let chunk = ChunkBuffer::bytes(vec![7; 1000], &held);
+        assert_eq!(held.get(), 1000);
+        let record = chunk.slice(10..20);
+        drop(chunk);
+        assert_eq!(held.get(), 1000, "a record still holds the buffer");
+        assert_eq!(&record[..], &[7; 10]);
+        drop(record);
+        assert_eq!(held.get(), 0);
+    }
 }
