@@ -455,10 +455,12 @@ where
     }
 
     /// Encodes a locked session; one a snapshot restore left encoded gives
-    /// its bytes as they are (what the codec made of it).
+    /// its bytes as they are (what the codec made of it), copied out of the
+    /// snapshot chunk they are a slice of, so that a record kept for long
+    /// (a hand-off's outbox) does not hold the whole chunk in memory.
     pub(super) fn record(&self, key: Bytes, state: &State<V>) -> Result<SessionRecord, StoreError> {
         let value = match &state.value {
-            Value::Encoded(bytes) => bytes.clone(),
+            Value::Encoded(bytes) => Bytes::copy_from_slice(bytes),
             Value::Decoded(value) => {
                 self.inner
                     .codec
