@@ -327,7 +327,10 @@ async fn restore_phase<P: Persistence<String>>(
     if args.read_all {
         let started = Instant::now();
         for i in 0..sessions {
-            restored_store.read(key(i).as_bytes(), |_| ()).await.unwrap();
+            restored_store
+                .read(key(i).as_bytes(), |_| ())
+                .await
+                .unwrap();
         }
         println!(
             "first read of every session: {:?} ({} bytes weighed after)",
