@@ -58,6 +58,7 @@
 //! [`Metrics`](crate::Metrics) registry) besides the returned report.
 
 mod chunked;
+mod mapped;
 mod metrics;
 pub mod salvage;
 mod v1;

@@ -1169,3 +1169,134 @@ async fn the_sessions_left_encoded_are_decoded_in_the_background() {
     assert_eq!(restored.get(b"poisoned").await.unwrap().value, "poison");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The lines of this process's memory map that map `path` (an unlinked
+/// file's name ends in " (deleted)").
+fn mappings_of(path: &Path) -> Vec<String> {
+    let path = path.display().to_string();
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|line| line.contains(&path))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_restore_maps_the_file_and_serves_every_session_after_it_is_renamed_and_unlinked() {
+    let dir = std::fs::canonicalize(dir("mapped-unlinked")).unwrap();
+    let ring = ring("svc", 4, vec![0, 0]);
+    let db = Memory::default();
+    // Even sessions clean (left encoded, slices of the mapping), odd ones
+    // dirty (decoded, written back, then the file goes).
+    let original = filled(&db, 2000, 300).await;
+    write(&original, &dir, &SnapshotHeader::new(&ring, 0, "svc-0-x"))
+        .await
+        .unwrap();
+    let restored = durable_store(&db, JsonCodec);
+    let report = restore(Arc::new(restored.clone()), &dir, &ring, "svc-0-x")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((report.restore.inserted, report.dirty), (2000, 1000));
+    // Renamed for its write-back, as the SDK does.
+    assert!(report.pending_write_back);
+    let renamed = restored_path_in(&dir);
+    assert!(!path_in(&dir).exists() && renamed.exists());
+    assert!(
+        !mappings_of(&renamed).is_empty(),
+        "the restore mapped the file"
+    );
+    let done = write_back_restored(
+        Arc::new(restored.clone()),
+        dir.clone(),
+        1000,
+        Arc::new(|| FlushPace::Run(usize::MAX)),
+    )
+    .await;
+    assert_eq!(done.written, 1000, "{done:?}");
+    assert!(!renamed.exists(), "unlinked once written back");
+    // Unlinked, its pages stay mapped while the encoded sessions hold them.
+    let mapped = mappings_of(&renamed);
+    assert!(
+        !mapped.is_empty() && mapped.iter().all(|line| line.ends_with("(deleted)")),
+        "{mapped:?}"
+    );
+    assert_eq!(restored.encoded_sessions().await, 1000);
+
+    // Every session answers the value and stamp written, the clean ones
+    // decoded from the unlinked file's pages.
+    for i in 0..2000usize {
+        let key = format!("k{i}");
+        let got = restored.get(key.as_bytes()).await.unwrap();
+        assert_eq!(got, original.get(key.as_bytes()).await.unwrap(), "{key}");
+        assert_eq!((got.version, got.epoch), (i as u64 % 3 + 1, 7), "{key}");
+    }
+    assert_eq!(restored.encoded_sessions().await, 0);
+    assert!(
+        mappings_of(&renamed).is_empty(),
+        "the last slice dropped, the mapping goes"
+    );
+    restored.check_index().unwrap();
+    assert_eq!(restored.total_bytes(), original.total_bytes());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_file_that_cannot_be_mapped_is_read_chunk_by_chunk_and_restores_the_same() {
+    let dir = std::fs::canonicalize(dir("not-mapped")).unwrap();
+    let ring = ring("svc", 4, vec![0, 0]);
+    let db = Memory::default();
+    let original = filled(&db, 2000, 300).await;
+    write(&original, &dir, &SnapshotHeader::new(&ring, 0, "svc-0-x"))
+        .await
+        .unwrap();
+    let path = path_in(&dir);
+    let restored = durable_store(&db, JsonCodec);
+    let (report, not_owned) =
+        chunked::restore_file_with(Arc::new(restored.clone()), &path, &ring, "svc-0-x", |_| {
+            Err(io::Error::other("this file system cannot map"))
+        })
+        .await
+        .unwrap();
+    assert!(mappings_of(&path).is_empty(), "read, not mapped");
+    assert!(not_owned.is_empty());
+    assert_eq!((report.records, report.dirty), (2000, 1000));
+    assert_eq!((report.restore.inserted, report.restore.failed), (2000, 0));
+    assert_eq!(restored.encoded_sessions().await, 1000);
+    std::fs::remove_dir_all(&dir).unwrap();
+    for i in 0..2000usize {
+        let key = format!("k{i}");
+        let got = restored.get(key.as_bytes()).await.unwrap();
+        assert_eq!(got, original.get(key.as_bytes()).await.unwrap(), "{key}");
+    }
+    restored.check_index().unwrap();
+    assert_eq!(restored.total_bytes(), original.total_bytes());
+
+    // The same checks refuse a damaged chunk read this way.
+    let damaged = super::tests::dir("not-mapped-corrupt");
+    write(
+        &original,
+        &damaged,
+        &SnapshotHeader::new(&ring, 0, "svc-0-x"),
+    )
+    .await
+    .unwrap();
+    let path = path_in(&damaged);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&path, bytes).unwrap();
+    let error = chunked::restore_file_with(
+        Arc::new(durable_store(&db, JsonCodec)),
+        &path,
+        &ring,
+        "svc-0-x",
+        |_| Err(io::Error::other("this file system cannot map")),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(error.to_string().contains("checksum mismatch"), "{error}");
+    std::fs::remove_dir_all(&damaged).unwrap();
+}

@@ -11,7 +11,8 @@
 //!   any thread (the snapshot reader calls it on several chunks in parallel).
 //!   A clean record (written back before the snapshot) is not decoded when
 //!   the store's persistence is durable: its entry holds the encoded bytes,
-//!   a slice of the chunk's buffer (no copy), and weighs their length until
+//!   a slice of the mapped file (or of the chunk's buffer where the file
+//!   could not be mapped; no copy), and weighs their length until
 //!   its first use decodes it under the entry's exclusive lock
 //!   (`docs/adr/0005-restore-without-building-the-heap.md`; see `entry`). A
 //!   dirty record, and every record of a store without a durable
@@ -53,7 +54,8 @@
 //! without decoding it. [`decode_left`](SessionStore::decode_left), run in
 //! the background some time after a restore, decodes the sessions no request
 //! has used yet, so that memory converges to what a decoded store holds
-//! (each chunk's buffer is freed with the last session encoded in it).
+//! (the mapped file, or a chunk's buffer, is freed with the last session
+//! encoded in it).
 
 use std::any::Any;
 use std::sync::Arc;
