@@ -6,7 +6,7 @@
 //! cargo run --release -p locus --example snapshot_report -- \
 //!     --bytes 1GiB [--session-bytes 1024] [--dir /dev/shm/locus-snapshot-report] \
 //!     [--postgres "host=/path/to/socket/dir user=postgres dbname=postgres"] \
-//!     [--phase all|write|restore]
+//!     [--phase all|write|restore] [--durable no|yes] [--read-all no|yes]
 //! ```
 //!
 //! Sessions are strings of `--session-bytes` bytes (JSON-encoded by the
@@ -22,6 +22,14 @@
 //! it); `--phase restore` only restores the snapshot found in `--dir`: each
 //! phase in its own process, to profile it or to measure its peak memory
 //! alone (`/usr/bin/time -v`).
+//!
+//! `--durable yes` stands for a service with a database: the write phase
+//! writes every session back first (the snapshot's records are clean), and
+//! the restored store's persistence says it is durable (it keeps nothing),
+//! so the restore leaves the clean sessions encoded until their first use
+//! (`docs/adr/0005-restore-without-building-the-heap.md`). Without it every
+//! record is unsaved and decoded at restore. `--read-all yes` then reads
+//! every session once after the restore (their first use) and times it.
 
 #![allow(
     clippy::unwrap_used,
@@ -64,6 +72,8 @@ struct Args {
     dir: PathBuf,
     postgres: Option<String>,
     phase: String,
+    durable: bool,
+    read_all: bool,
 }
 
 fn args() -> Args {
@@ -73,6 +83,8 @@ fn args() -> Args {
         dir: PathBuf::from("/dev/shm/locus-snapshot-report"),
         postgres: None,
         phase: "all".into(),
+        durable: false,
+        read_all: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -83,6 +95,8 @@ fn args() -> Args {
             "--dir" => args.dir = PathBuf::from(value),
             "--postgres" => args.postgres = Some(value),
             "--phase" => args.phase = value,
+            "--durable" => args.durable = value == "yes",
+            "--read-all" => args.read_all = value == "yes",
             other => panic!("unknown flag {other}"),
         }
     }
@@ -121,6 +135,23 @@ fn limits() -> Limits {
         .max_concurrent_loads(1024)
         .build()
         .unwrap()
+}
+
+/// A persistence that keeps nothing but says it is durable, as a database
+/// would (`--durable yes`).
+#[derive(Clone, Copy)]
+struct StandIn;
+
+impl Persistence<String> for StandIn {
+    type Error = std::convert::Infallible;
+
+    async fn load(&self, _key: &[u8]) -> Result<Option<Stored<String>>, Self::Error> {
+        Ok(None)
+    }
+
+    async fn store(&self, _key: &[u8], _stamp: Stamp, _value: &String) -> Result<(), Self::Error> {
+        Ok(())
+    }
 }
 
 /// An empty in-memory store of string sessions within [`limits`].
@@ -256,9 +287,27 @@ async fn main() {
         return;
     }
 
-    let restored_store = empty_store();
+    if args.durable {
+        let store = SessionStore::builder(JsonCodec, String::len)
+            .limits(limits())
+            .persistence(StandIn)
+            .build()
+            .unwrap();
+        restore_phase(args, sessions, &ring, store).await;
+    } else {
+        restore_phase(args, sessions, &ring, empty_store()).await;
+    }
+}
 
-    let restored = snapshot::restore(Arc::new(restored_store.clone()), &args.dir, &ring, POD)
+/// Restores the snapshot into `restored_store` (then, with `--postgres`,
+/// compares with the database).
+async fn restore_phase<P: Persistence<String>>(
+    args: Args,
+    sessions: usize,
+    ring: &Ring,
+    restored_store: SessionStore<String, P>,
+) {
+    let restored = snapshot::restore(Arc::new(restored_store.clone()), &args.dir, ring, POD)
         .await
         .unwrap()
         .expect("the snapshot is there");
@@ -275,6 +324,20 @@ async fn main() {
         rate(restored.bytes, restored.took),
         restored.check_took
     );
+    if args.read_all {
+        let started = Instant::now();
+        for i in 0..sessions {
+            restored_store
+                .read(key(i).as_bytes(), |_| ())
+                .await
+                .unwrap();
+        }
+        println!(
+            "first read of every session: {:?} ({} bytes weighed after)",
+            started.elapsed(),
+            restored_store.total_bytes()
+        );
+    }
 
     let Some(config) = args.postgres else {
         println!("PostgreSQL: skipped (no --postgres)");
@@ -297,6 +360,10 @@ async fn write_phase(args: &Args, sessions: usize, ring: &Ring) {
             .unwrap();
     }
     println!("filled the store in {:?}", started.elapsed());
+    if args.durable {
+        let flushed = store.flush().await;
+        println!("written back (clean records): {}", flushed.written);
+    }
     let header = SnapshotHeader::new(ring, 0, POD);
     let written = snapshot::write(&store, &args.dir, &header).await.unwrap();
     println!(
@@ -309,9 +376,9 @@ async fn write_phase(args: &Args, sessions: usize, ring: &Ring) {
 }
 
 /// Writes the sessions of `store` to PostgreSQL, then reloads them two ways.
-async fn postgres(
+async fn postgres<P: Persistence<String>>(
     config: &str,
-    restored_store: SessionStore<String>,
+    restored_store: SessionStore<String, P>,
     sessions: usize,
     session_bytes: usize,
 ) {

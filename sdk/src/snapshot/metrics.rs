@@ -32,6 +32,7 @@
 //! | `locus_snapshot_salvaged_records_total` | counter | unsaved records written back from a file that was not installed (kept aside, left over, keys no longer owned) |
 //! | `locus_snapshot_salvage_failures_total` | counter | failed attempts to write such a record (retried before the pod serves) |
 //! | `locus_snapshot_kept_aside_total` | counter | files kept aside (`sessions.snapshot.kept-*`): not restored, never deleted |
+//! | `locus_snapshot_encoded_bytes` | gauge | bytes of restored snapshots still held: the whole mapped file while any session left encoded until its first use (`docs/adr/0005-restore-without-building-the-heap.md`) or a restore in progress holds a slice of it (on tmpfs these are the file's own pages, not fresh memory, and they stay after the file is unlinked); where a file could not be mapped, the chunk buffers read instead |
 
 use std::sync::LazyLock;
 use std::sync::atomic::AtomicU64;
@@ -68,6 +69,7 @@ pub struct SnapshotMetrics {
     salvaged: Counter,
     salvage_failures: Counter,
     kept_aside: Counter,
+    encoded: Gauge,
 }
 
 static PROCESS: LazyLock<SnapshotMetrics> = LazyLock::new(SnapshotMetrics::default);
@@ -194,6 +196,18 @@ impl SnapshotMetrics {
             "Snapshot files kept aside (not restored, never deleted)",
             self.kept_aside.clone(),
         );
+        sub.register_with_unit(
+            "encoded",
+            "Restored snapshots still held by sessions left encoded (or by a restore in progress): whole mapped files, or the chunk buffers of files read",
+            Unit::Bytes,
+            self.encoded.clone(),
+        );
+    }
+
+    /// The gauge of restored snapshot bytes held, mapped files or chunk
+    /// buffers (`locus_snapshot_encoded_bytes`).
+    pub(crate) fn encoded_bytes(&self) -> &Gauge {
+        &self.encoded
     }
 
     /// Records a snapshot restored.

@@ -44,6 +44,12 @@
 //! Records of keys the slot no longer owns under the current ring are not
 //! installed.
 //!
+//! With a durable persistence, the clean records of a format 2 file stay
+//! encoded in the store until their first use
+//! (`docs/adr/0005-restore-without-building-the-heap.md`); [`decode_left`],
+//! run in the background, decodes those no request used within
+//! [`DECODE_LEFT_AFTER`] of the restore.
+//!
 //! The file work runs on tokio's blocking pool (`spawn_blocking`), never on
 //! the async worker threads.
 //!
@@ -52,6 +58,7 @@
 //! [`Metrics`](crate::Metrics) registry) besides the returned report.
 
 mod chunked;
+mod mapped;
 mod metrics;
 pub mod salvage;
 mod v1;
@@ -74,6 +81,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::ring::Ring;
 use crate::store::{Restore, SessionRecord, SessionTable};
+
+/// How long after a restore [`decode_left`] starts decoding the sessions it
+/// left encoded.
+pub const DECODE_LEFT_AFTER: Duration = Duration::from_secs(60);
 
 /// Environment variable naming the snapshot directory.
 pub const SNAPSHOT_DIR_ENV: &str = "LOCUS_SNAPSHOT_DIR";
@@ -350,6 +361,15 @@ pub async fn restore(
         "snapshot restored"
     );
     Ok(Some(report))
+}
+
+/// Waits `after`, then decodes the sessions a restore left encoded that no
+/// request has used since, a page at a time off the request path, so that
+/// the store's memory converges to what a decoded store holds; returns how
+/// many it decoded. Run it in a task that the pod's shutdown aborts.
+pub async fn decode_left(store: Arc<dyn SessionTable>, after: Duration) -> usize {
+    tokio::time::sleep(after).await;
+    store.decode_left().await
 }
 
 async fn remove_restored_snapshot(path: &Path) {

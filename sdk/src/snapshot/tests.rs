@@ -4,7 +4,8 @@
 use super::*;
 use crate::ring::{Assignment, Pod, RingParts, ShardCount, Slot, SlotState, Transition};
 use crate::store::{
-    FlushPace, JsonCodec, Limits, Persistence, SessionStore, Stamp, Stored, Versioned,
+    CodecError, FlushPace, HandOff, JsonCodec, Limits, Persistence, SessionCodec, SessionStore,
+    Stamp, StoreError, Stored, Versioned,
 };
 
 fn ring(service: &str, version: u64, table: Vec<u16>) -> Ring {
@@ -334,7 +335,7 @@ async fn versions_epochs_and_dirty_flags_survive_a_restore_across_chunks() {
     assert_eq!(report.format, chunked::FORMAT_VERSION);
     assert_eq!((report.records, report.dirty), (3000, 1500));
     assert_eq!(report.restore.inserted, 3000);
-    assert_eq!(restored.stats(), original.stats());
+    assert_eq!(restored.stats().sessions, original.stats().sessions);
     assert_eq!(
         restored.resident_keys(),
         original.resident_keys(),
@@ -346,6 +347,8 @@ async fn versions_epochs_and_dirty_flags_survive_a_restore_across_chunks() {
         assert_eq!(got, original.get(key.as_bytes()).await.unwrap());
         assert_eq!((got.version, got.epoch), (i % 3 + 1, 7));
     }
+    // Decoded on first use, the clean half weighs what the weigher says.
+    assert_eq!(restored.stats(), original.stats());
     // Only the dirty half is written back by the restored store.
     db.0.lock().unwrap().clear();
     let flushed = restored.flush().await;
@@ -815,4 +818,485 @@ async fn a_session_restored_unsaved_is_written_back_before_it_is_evicted() {
         assert_eq!(rows[format!("k{i}").as_bytes()].1, value_of(i, 10));
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A store of strings over `db` with `codec`.
+fn durable_store(db: &Memory, codec: impl SessionCodec<String>) -> SessionStore<String, Memory> {
+    SessionStore::builder(codec, String::len)
+        .persistence(db.clone())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn clean_sessions_stay_encoded_until_first_use_and_dirty_ones_are_decoded() {
+    let dir = dir("deferred");
+    let ring = ring("svc", 4, vec![0, 0]);
+    let db = Memory::default();
+    // Even sessions written back (clean), odd ones not (dirty).
+    let original = filled(&db, 400, 100).await;
+    write(&original, &dir, &SnapshotHeader::new(&ring, 0, "svc-0-x"))
+        .await
+        .unwrap();
+    let restored = durable_store(&db, JsonCodec);
+    let report = restore(Arc::new(restored.clone()), &dir, &ring, "svc-0-x")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((report.restore.inserted, report.dirty), (400, 200));
+    assert_eq!(
+        restored.encoded_sessions().await,
+        200,
+        "the clean half stays encoded, the dirty half is decoded"
+    );
+    // Encoded, a session weighs its bytes: the recount agrees with the index.
+    assert_eq!(restored.total_bytes(), restored.recount_bytes().await);
+    restored.check_index().unwrap();
+
+    // A read decodes once and answers the value and version written.
+    let got = restored.get(b"k0").await.unwrap();
+    assert_eq!(got, original.get(b"k0").await.unwrap());
+    assert_eq!((got.version, got.epoch), (1, 7));
+    assert_eq!(restored.encoded_sessions().await, 199);
+    // An update of a session still encoded works and is written back with
+    // its stamp; the sessions nobody changed are not.
+    let updated = restored
+        .update(b"k2", |value| value.push_str(" and more"))
+        .await
+        .unwrap();
+    assert_eq!((updated.version, updated.epoch), (4, 7));
+    // A hand-off of a session still encoded gives the bytes the codec made.
+    let HandOff::State(record) = restored
+        .hand_off(b"k4", None, "svc-1-x", Duration::from_secs(60))
+        .await
+        .unwrap()
+    else {
+        panic!("k4 is resident");
+    };
+    let was = original.get(b"k4").await.unwrap();
+    assert_eq!(record.value, JsonCodec.encode(&was.value).unwrap());
+    assert_eq!(
+        (record.version, record.epoch, record.dirty),
+        (was.version, 7, false)
+    );
+    assert_eq!(
+        restored.encoded_sessions().await,
+        197,
+        "k0 read, k2 updated, k4 handed off"
+    );
+    db.0.lock().unwrap().clear();
+    let flushed = restored.flush().await;
+    assert_eq!(flushed.written, 201, "{flushed:?}");
+    let rows = db.0.lock().unwrap().clone();
+    assert_eq!(
+        rows[b"k2".as_slice()],
+        (Stamp::new(7, 4), format!("2:{} and more", "x".repeat(100)))
+    );
+    assert!(!rows.contains_key(b"k0".as_slice()) && !rows.contains_key(b"k4".as_slice()));
+
+    // Every session decoded: the index weighs what the weigher says.
+    for i in (0..400).filter(|&i| i != 4) {
+        let key = format!("k{i}");
+        let got = restored.get(key.as_bytes()).await.unwrap();
+        if i != 2 {
+            assert_eq!(got, original.get(key.as_bytes()).await.unwrap());
+        }
+    }
+    assert_eq!(restored.encoded_sessions().await, 0);
+    let mut weighed = 0;
+    for i in (0..400).filter(|&i| i != 4) {
+        let key = format!("k{i}");
+        weighed += restored
+            .read(key.as_bytes(), String::len)
+            .await
+            .unwrap()
+            .value;
+    }
+    assert_eq!(restored.total_bytes(), weighed);
+    assert_eq!(restored.recount_bytes().await, weighed);
+    restored.check_index().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn without_a_durable_persistence_every_record_is_decoded_at_restore() {
+    let dir = dir("eager");
+    let ring = ring("svc", 4, vec![0, 0]);
+    let db = Memory::default();
+    let original = filled(&db, 100, 10).await;
+    write(&original, &dir, &SnapshotHeader::new(&ring, 0, "svc-0-x"))
+        .await
+        .unwrap();
+    let restored = store();
+    restore(Arc::new(restored.clone()), &dir, &ring, "svc-0-x")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(restored.stats().sessions, 100);
+    assert_eq!(restored.encoded_sessions().await, 0);
+    assert_eq!(restored.stats(), original.stats());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// JSON, refusing to decode strings that contain "poison" (a codec change
+/// that cannot read what the old one wrote).
+struct Picky;
+
+impl SessionCodec<String> for Picky {
+    fn encode(&self, value: &String) -> Result<bytes::Bytes, CodecError> {
+        JsonCodec.encode(value)
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<String, CodecError> {
+        let value: String = JsonCodec.decode(bytes)?;
+        if value.contains("poison") {
+            return Err("this build cannot read it".into());
+        }
+        Ok(value)
+    }
+}
+
+#[tokio::test]
+async fn a_clean_session_that_does_not_decode_is_loaded_from_the_persistence() {
+    let dir = dir("undecodable");
+    let ring = ring("svc", 4, vec![0, 0]);
+    let db = Memory::default();
+    let original = durable_store(&db, JsonCodec);
+    for (key, version) in [("good", 2), ("bad", 5)] {
+        let value = format!("{key} poison");
+        let value = if key == "good" { key.to_owned() } else { value };
+        original
+            .install(key.as_bytes(), Versioned::new(version, value).with_epoch(3))
+            .await
+            .unwrap();
+    }
+    assert_eq!(original.flush().await.written, 2);
+    write(&original, &dir, &SnapshotHeader::new(&ring, 0, "svc-0-x"))
+        .await
+        .unwrap();
+    // The persistence's copy of "bad" is one the new codec never has to read.
+    let stored = (Stamp::new(3, 5), String::from("bad poison"));
+    assert_eq!(db.0.lock().unwrap()[b"bad".as_slice()], stored);
+
+    let restored = durable_store(&db, Picky);
+    let report = restore(Arc::new(restored.clone()), &dir, &ring, "svc-0-x")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((report.restore.inserted, report.restore.failed), (2, 0));
+    assert_eq!(restored.encoded_sessions().await, 2);
+    db.0.lock().unwrap().clear();
+    db.0.lock().unwrap().insert(b"bad".to_vec(), stored.clone());
+    let got = restored.get(b"bad").await.unwrap();
+    assert_eq!((got.version, got.epoch, &got.value), (5, 3, &stored.1));
+    assert_eq!(restored.deferred_decode_failures(), 1);
+    assert_eq!(restored.get(b"good").await.unwrap().value, "good");
+    assert_eq!(restored.deferred_decode_failures(), 1);
+    // Nothing written from the bytes that did not decode, nor from the
+    // session loaded in their place (clean).
+    assert_eq!(restored.flush().await.written, 0);
+    assert_eq!(db.0.lock().unwrap().len(), 1);
+    assert_eq!(db.0.lock().unwrap()[b"bad".as_slice()], stored);
+    assert_eq!(restored.stats().sessions, 2);
+    assert_eq!(restored.total_bytes(), restored.recount_bytes().await);
+    restored.check_index().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_restored_session_heavier_than_the_bound_once_decoded_is_reloaded_and_refused() {
+    let dir = dir("heavy");
+    let ring = ring("svc", 4, vec![0, 0]);
+    let db = Memory::default();
+    let original = durable_store(&db, JsonCodec);
+    original
+        .install(b"k", Versioned::new(1, "x".repeat(100)))
+        .await
+        .unwrap();
+    original.flush().await;
+    write(&original, &dir, &SnapshotHeader::new(&ring, 0, "svc-0-x"))
+        .await
+        .unwrap();
+    // Encoded it weighs 102 bytes; decoded, by this weigher, 300.
+    let restored = SessionStore::builder(JsonCodec, |value: &String| 3 * value.len())
+        .persistence(db.clone())
+        .limits(Limits::builder().max_session_bytes(200).build().unwrap())
+        .build()
+        .unwrap();
+    let report = restore(Arc::new(restored.clone()), &dir, &ring, "svc-0-x")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.restore.inserted, 1);
+    let error = restored.get(b"k").await.unwrap_err();
+    assert!(matches!(error, StoreError::TooLarge { .. }), "{error}");
+    assert_eq!(restored.deferred_decode_failures(), 1);
+    assert_eq!(restored.stats().sessions, 0);
+    restored.check_index().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn sessions_still_encoded_are_snapshotted_and_exported_as_they_were_written() {
+    let dir = dir("encoded-again");
+    let ring = ring("svc", 4, vec![0, 0]);
+    let db = Memory::default();
+    let original = filled(&db, 3000, 1000).await;
+    original.flush().await;
+    let header = SnapshotHeader::new(&ring, 0, "svc-0-x");
+    write(&original, &dir, &header).await.unwrap();
+    let first = durable_store(&db, JsonCodec);
+    restore(Arc::new(first.clone()), &dir, &ring, "svc-0-x")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.encoded_sessions().await, 3000);
+    // A handoff export gives the bytes the codec made, without decoding.
+    let exported = first.export(b"k7").await.unwrap().unwrap();
+    let value = original.get(b"k7").await.unwrap();
+    assert_eq!(exported.value, JsonCodec.encode(&value.value).unwrap());
+    assert_eq!(
+        (exported.version, exported.epoch, exported.dirty),
+        (value.version, 7, false)
+    );
+    assert_eq!(first.encoded_sessions().await, 3000);
+    // Snapshotted again while still encoded, then restored again.
+    write(&first, &dir, &header).await.unwrap();
+    assert_eq!(first.encoded_sessions().await, 3000);
+    let second = durable_store(&db, JsonCodec);
+    let report = restore(Arc::new(second.clone()), &dir, &ring, "svc-0-x")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((report.restore.inserted, report.dirty), (3000, 0));
+    for i in 0..3000 {
+        let key = format!("k{i}");
+        assert_eq!(
+            second.get(key.as_bytes()).await.unwrap(),
+            original.get(key.as_bytes()).await.unwrap()
+        );
+    }
+    assert_eq!(second.stats(), original.stats());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_uses_of_an_encoded_session_decode_it_once_and_lose_no_update() {
+    let dir = dir("racing");
+    let ring = ring("svc", 4, vec![0, 0]);
+    let db = Memory::default();
+    let original = filled(&db, 200, 50).await;
+    original.flush().await;
+    write(&original, &dir, &SnapshotHeader::new(&ring, 0, "svc-0-x"))
+        .await
+        .unwrap();
+    let restored = durable_store(&db, JsonCodec);
+    restore(Arc::new(restored.clone()), &dir, &ring, "svc-0-x")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(restored.encoded_sessions().await, 200);
+    let mut tasks = Vec::new();
+    for i in 0..200u64 {
+        for n in 0..6 {
+            let store = restored.clone();
+            tasks.push(tokio::spawn(async move {
+                let key = format!("k{i}");
+                if n % 3 == 0 {
+                    store
+                        .update(key.as_bytes(), |value| value.push('+'))
+                        .await
+                        .unwrap();
+                } else {
+                    let read = store.read(key.as_bytes(), String::len).await.unwrap();
+                    assert!(read.version > i % 3, "never older than restored");
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(restored.encoded_sessions().await, 0);
+    assert_eq!(restored.deferred_decode_failures(), 0);
+    for i in 0..200u64 {
+        let got = restored.get(format!("k{i}").as_bytes()).await.unwrap();
+        assert_eq!(got.version, i % 3 + 3, "both updates kept");
+        assert!(got.value.ends_with("++"));
+    }
+    assert_eq!(restored.total_bytes(), restored.recount_bytes().await);
+    restored.check_index().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn the_sessions_left_encoded_are_decoded_in_the_background() {
+    let dir = dir("decode-left");
+    let ring = ring("svc", 4, vec![0, 0]);
+    let db = Memory::default();
+    let original = filled(&db, 3000, 1000).await;
+    original
+        .install(b"poisoned", Versioned::new(9, "poison".into()))
+        .await
+        .unwrap();
+    original.flush().await;
+    write(&original, &dir, &SnapshotHeader::new(&ring, 0, "svc-0-x"))
+        .await
+        .unwrap();
+    let restored = durable_store(&db, Picky);
+    restore(Arc::new(restored.clone()), &dir, &ring, "svc-0-x")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(restored.encoded_sessions().await, 3001);
+    // Some used already: only the others are left to decode.
+    for i in 0..10 {
+        restored.get(format!("k{i}").as_bytes()).await.unwrap();
+    }
+    let decoded = decode_left(Arc::new(restored.clone()), Duration::ZERO).await;
+    assert_eq!(decoded, 2990);
+    assert_eq!(restored.encoded_sessions().await, 0);
+    // The one that does not decode is dropped, as on first use.
+    assert_eq!(restored.deferred_decode_failures(), 1);
+    assert_eq!(restored.stats().sessions, 3000);
+    restored.check_index().unwrap();
+    assert_eq!(restored.total_bytes(), restored.recount_bytes().await);
+    assert_eq!(
+        restored.total_bytes(),
+        original.total_bytes() - "poison".len(),
+        "decoded, the sessions weigh what they weighed before the snapshot"
+    );
+    assert_eq!(restored.get(b"poisoned").await.unwrap().value, "poison");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The lines of this process's memory map that map `path` (an unlinked
+/// file's name ends in " (deleted)").
+fn mappings_of(path: &Path) -> Vec<String> {
+    let path = path.display().to_string();
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|line| line.contains(&path))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_restore_maps_the_file_and_serves_every_session_after_it_is_renamed_and_unlinked() {
+    let dir = std::fs::canonicalize(dir("mapped-unlinked")).unwrap();
+    let ring = ring("svc", 4, vec![0, 0]);
+    let db = Memory::default();
+    // Even sessions clean (left encoded, slices of the mapping), odd ones
+    // dirty (decoded, written back, then the file goes).
+    let original = filled(&db, 2000, 300).await;
+    write(&original, &dir, &SnapshotHeader::new(&ring, 0, "svc-0-x"))
+        .await
+        .unwrap();
+    let restored = durable_store(&db, JsonCodec);
+    let report = restore(Arc::new(restored.clone()), &dir, &ring, "svc-0-x")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((report.restore.inserted, report.dirty), (2000, 1000));
+    // Renamed for its write-back, as the SDK does.
+    assert!(report.pending_write_back);
+    let renamed = restored_path_in(&dir);
+    assert!(!path_in(&dir).exists() && renamed.exists());
+    assert!(
+        !mappings_of(&renamed).is_empty(),
+        "the restore mapped the file"
+    );
+    let done = write_back_restored(
+        Arc::new(restored.clone()),
+        dir.clone(),
+        1000,
+        Arc::new(|| FlushPace::Run(usize::MAX)),
+    )
+    .await;
+    assert_eq!(done.written, 1000, "{done:?}");
+    assert!(!renamed.exists(), "unlinked once written back");
+    // Unlinked, its pages stay mapped while the encoded sessions hold them.
+    let mapped = mappings_of(&renamed);
+    assert!(
+        !mapped.is_empty() && mapped.iter().all(|line| line.ends_with("(deleted)")),
+        "{mapped:?}"
+    );
+    assert_eq!(restored.encoded_sessions().await, 1000);
+
+    // Every session answers the value and stamp written, the clean ones
+    // decoded from the unlinked file's pages.
+    for i in 0..2000usize {
+        let key = format!("k{i}");
+        let got = restored.get(key.as_bytes()).await.unwrap();
+        assert_eq!(got, original.get(key.as_bytes()).await.unwrap(), "{key}");
+        assert_eq!((got.version, got.epoch), (i as u64 % 3 + 1, 7), "{key}");
+    }
+    assert_eq!(restored.encoded_sessions().await, 0);
+    assert!(
+        mappings_of(&renamed).is_empty(),
+        "the last slice dropped, the mapping goes"
+    );
+    restored.check_index().unwrap();
+    assert_eq!(restored.total_bytes(), original.total_bytes());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_file_that_cannot_be_mapped_is_read_chunk_by_chunk_and_restores_the_same() {
+    let dir = std::fs::canonicalize(dir("not-mapped")).unwrap();
+    let ring = ring("svc", 4, vec![0, 0]);
+    let db = Memory::default();
+    let original = filled(&db, 2000, 300).await;
+    write(&original, &dir, &SnapshotHeader::new(&ring, 0, "svc-0-x"))
+        .await
+        .unwrap();
+    let path = path_in(&dir);
+    let restored = durable_store(&db, JsonCodec);
+    let (report, not_owned) =
+        chunked::restore_file_with(Arc::new(restored.clone()), &path, &ring, "svc-0-x", |_| {
+            Err(io::Error::other("this file system cannot map"))
+        })
+        .await
+        .unwrap();
+    assert!(mappings_of(&path).is_empty(), "read, not mapped");
+    assert!(not_owned.is_empty());
+    assert_eq!((report.records, report.dirty), (2000, 1000));
+    assert_eq!((report.restore.inserted, report.restore.failed), (2000, 0));
+    assert_eq!(restored.encoded_sessions().await, 1000);
+    std::fs::remove_dir_all(&dir).unwrap();
+    for i in 0..2000usize {
+        let key = format!("k{i}");
+        let got = restored.get(key.as_bytes()).await.unwrap();
+        assert_eq!(got, original.get(key.as_bytes()).await.unwrap(), "{key}");
+    }
+    restored.check_index().unwrap();
+    assert_eq!(restored.total_bytes(), original.total_bytes());
+
+    // The same checks refuse a damaged chunk read this way.
+    let damaged = super::tests::dir("not-mapped-corrupt");
+    write(
+        &original,
+        &damaged,
+        &SnapshotHeader::new(&ring, 0, "svc-0-x"),
+    )
+    .await
+    .unwrap();
+    let path = path_in(&damaged);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&path, bytes).unwrap();
+    let error = chunked::restore_file_with(
+        Arc::new(durable_store(&db, JsonCodec)),
+        &path,
+        &ring,
+        "svc-0-x",
+        |_| Err(io::Error::other("this file system cannot map")),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(error.to_string().contains("checksum mismatch"), "{error}");
+    std::fs::remove_dir_all(&damaged).unwrap();
 }

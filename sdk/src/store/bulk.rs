@@ -9,6 +9,15 @@
 //! * [`prepare_chunk`](SessionStore::prepare_chunk): a chunk of borrowed
 //!   records ([`RawRecord`]) decoded, checked and weighed off the lock, from
 //!   any thread (the snapshot reader calls it on several chunks in parallel).
+//!   A clean record (written back before the snapshot) is not decoded when
+//!   the store's persistence is durable: its entry holds the encoded bytes,
+//!   a slice of the mapped file (or of the chunk's buffer where the file
+//!   could not be mapped; no copy), and weighs their length until
+//!   its first use decodes it under the entry's exclusive lock
+//!   (`docs/adr/0005-restore-without-building-the-heap.md`; see `entry`). A
+//!   dirty record, and every record of a store without a durable
+//!   persistence, is decoded here: its write-back needs the value, and a
+//!   record that cannot be decoded must be refused before the pod serves.
 //! * [`install_prepared`](SessionStore::install_prepared): the prepared
 //!   chunks installed in order, one index lock per chunk (a few thousand
 //!   records), into a map sized once for the whole snapshot. The lock is a
@@ -20,7 +29,11 @@
 //!
 //! * a key longer than `max_key_bytes`, a state the codec cannot decode and
 //!   a state heavier than `max_session_bytes` are refused and counted as
-//!   failed, the first few kept with their keys;
+//!   failed, the first few kept with their keys. For a record kept encoded
+//!   the bound is checked against its encoded length here, and the decode
+//!   and the weigher's answer on first use: a failure there drops the
+//!   session from memory without a write-back (the persistence holds that
+//!   version) and the request loads it from the persistence;
 //! * the ownership epoch its write-backs carry is the higher of the record's
 //!   and the one the load guard gives (fencing, `docs/adr/0001-fencing.md`);
 //! * the `dirty` flag is kept, so a session not yet written back is written
@@ -34,18 +47,30 @@
 //!   evicting idle sessions (written back first) or the record is refused
 //!   as full. A record older than an unexpired tombstone is stale;
 //! * the index's sums, its order of last access (the snapshot's order) and
-//!   the store's gauges are what the per-record inserts would leave.
+//!   the store's gauges are what the per-record inserts would leave (an
+//!   encoded session weighing its encoded length).
+//!
+//! [`ResidentSessions::encode`] gives a session still encoded as its bytes,
+//! without decoding it. [`decode_left`](SessionStore::decode_left), run in
+//! the background some time after a restore, decodes the sessions no request
+//! has used yet, so that memory converges to what a decoded store holds
+//! (the mapped file, or a chunk's buffer, is freed with the last session
+//! encoded in it).
 
 use std::any::Any;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::entry::Entry;
+use super::entry::{Entry, Value};
 use super::error::display_key;
-use super::index::{InsertRefused, Room};
+use super::index::{InsertRefused, Room, SlabCursor};
 use super::transfer::{Installed, Restore, SessionRecord};
 use super::{Persistence, SessionStore, StoreError};
+
+/// Resident sessions one page of [`decode_left`](SessionStore::decode_left)
+/// looks at (each page one short hold of the index lock).
+const DECODE_PAGE: usize = 4096;
 
 /// One session of a snapshot as borrowed bytes: what a bulk restore decodes.
 #[derive(Debug, Clone, Copy)]
@@ -143,15 +168,22 @@ where
         })
     }
 
-    /// Decodes, checks and weighs `records` off the index lock (see the
-    /// [module docs](self)); callable from any thread, in parallel.
-    pub(crate) fn prepare_chunk(&self, records: &[RawRecord<'_>]) -> PreparedChunk {
+    /// Decodes, checks and weighs `records`, which borrow from `chunk`, off
+    /// the index lock (see the [module docs](self)); callable from any
+    /// thread, in parallel.
+    pub(crate) fn prepare_chunk(&self, chunk: &Bytes, records: &[RawRecord<'_>]) -> PreparedChunk {
         let mut decoded = Decoded {
             ready: Vec::with_capacity(records.len()),
             refused: Restore::default(),
         };
+        let defer = self.inner.persistence.durable();
         for record in records {
-            match self.prepare_one(record) {
+            let encoded = if defer && !record.dirty {
+                slice_of(chunk, record.value)
+            } else {
+                None
+            };
+            match self.prepare_one(record, encoded) {
                 Ok(ready) => decoded.ready.push(ready),
                 Err(error) => decoded
                     .refused
@@ -161,28 +193,47 @@ where
         PreparedChunk(Box::new(decoded))
     }
 
-    fn prepare_one(&self, record: &RawRecord<'_>) -> Result<Ready<V>, StoreError> {
+    /// Prepares one record: kept `encoded` if given (a clean record), decoded
+    /// otherwise.
+    fn prepare_one(
+        &self,
+        record: &RawRecord<'_>,
+        encoded: Option<Bytes>,
+    ) -> Result<Ready<V>, StoreError> {
         self.check_key(record.key)?;
-        let value = self
-            .inner
-            .codec
-            .decode(record.value)
-            .map_err(|source| StoreError::Codec {
-                key: display_key(record.key),
-                action: "decode",
-                source: source.into(),
-            })?;
-        let weight = self.weigh(record.key, &value)?;
         let epoch = match self.claim(record.key) {
             Ok(Some(own)) => own.max(record.epoch),
             Ok(None) | Err(_) => record.epoch,
         };
+        let (entry, weight) = if let Some(encoded) = encoded {
+            let weight = self.bounded(record.key, encoded.len())?;
+            (Entry::encoded(encoded, record.version, epoch), weight)
+        } else {
+            let value = self.decode_value(record.key, record.value)?;
+            let weight = self.weigh(record.key, &value)?;
+            (
+                Entry::new(value, record.version, epoch, record.dirty),
+                weight,
+            )
+        };
         Ok(Ready {
             key: Bytes::copy_from_slice(record.key),
-            entry: Arc::new(Entry::new(value, record.version, epoch, record.dirty)),
+            entry: Arc::new(entry),
             weight,
             version: record.version,
         })
+    }
+
+    /// `bytes`, decoded with the store's codec.
+    fn decode_value(&self, key: &[u8], bytes: &[u8]) -> Result<V, StoreError> {
+        self.inner
+            .codec
+            .decode(bytes)
+            .map_err(|source| StoreError::Codec {
+                key: display_key(key),
+                action: "decode",
+                source: source.into(),
+            })
     }
 
     /// Installs prepared chunks in order, one index lock per chunk; what
@@ -234,10 +285,85 @@ where
         report
     }
 
+    /// Decodes the sessions a restore left encoded that no request has used
+    /// yet: a page of the index at a time, each session under its own
+    /// exclusive lock taken without waiting (one in use is passed over: its
+    /// user decodes it), other tasks running between pages. A session that
+    /// does not fit once decoded stays encoded (no eviction for it here); one
+    /// that does not decode is dropped as on first use (see
+    /// `SessionStore::decoded`). Returns how many it decoded.
+    pub(crate) async fn decode_left(&self) -> usize {
+        let mut cursor = SlabCursor::default();
+        let mut page = Vec::new();
+        let (mut decoded, mut dropped) = (0, 0);
+        loop {
+            let walked = self.with_index(|index| {
+                index.resident_where(&mut cursor, DECODE_PAGE, Entry::is_encoded, &mut page)
+            });
+            for (key, entry) in page.drain(..) {
+                let Ok(mut state) = entry.state.try_write() else {
+                    continue;
+                };
+                let Value::Encoded(bytes) = &state.value else {
+                    continue;
+                };
+                if state.retired {
+                    continue;
+                }
+                match self.decode_weighed(&key, bytes) {
+                    Ok((weight, value)) => {
+                        let mut room = Room::default();
+                        let resized =
+                            self.with_index(|index| index.resize(&key, &entry, weight, &mut room));
+                        if matches!(resized, Some(Ok(_))) {
+                            state.value = Value::Decoded(value);
+                            decoded += 1;
+                        }
+                    }
+                    Err(error) => {
+                        if self
+                            .drop_undecodable(&key, &entry, &mut state, &error)
+                            .is_ok()
+                        {
+                            dropped += 1;
+                        }
+                    }
+                }
+            }
+            if walked {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        tracing::info!(
+            decoded,
+            dropped,
+            "restored sessions left encoded decoded in the background"
+        );
+        decoded
+    }
+
     /// Checks every invariant of the index (see `store::index`).
     #[cfg(test)]
     pub(crate) fn check_index(&self) -> Result<(), String> {
         self.with_index(|index| index.check())
+    }
+
+    /// Resident sessions still encoded (restored, not used since).
+    #[cfg(test)]
+    pub(crate) async fn encoded_sessions(&self) -> usize {
+        let mut encoded = 0;
+        for (_, entry) in self.with_index(|index| index.entries()) {
+            let state = entry.state.read().await;
+            encoded += usize::from(!state.retired && state.value.decoded().is_none());
+        }
+        encoded
+    }
+
+    /// Deferred decodes that failed (see `SessionStore::decoded`).
+    #[cfg(test)]
+    pub(crate) fn deferred_decode_failures(&self) -> u64 {
+        self.inner.metrics.deferred_decode_failures()
     }
 
     /// The per-record install of a prepared session that could not go
@@ -250,15 +376,27 @@ where
             return;
         };
         let state = entry.state.into_inner();
-        let installed = self
-            .install_with(
-                &ready.key,
-                state.version,
-                state.epoch,
-                state.value,
-                state.dirty,
-            )
-            .await;
+        // Rare (a key already held, or no room without evicting): decoded
+        // here, so that the per-record path needs no encoded form.
+        let value = match state.value {
+            Value::Decoded(value) => Ok(value),
+            Value::Encoded(bytes) => self.decode_value(&ready.key, &bytes),
+        };
+        let installed = match value {
+            Ok(value) => {
+                self.install_with(&ready.key, state.version, state.epoch, value, state.dirty)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
         report.count(installed, || ready.key);
     }
+}
+
+/// `part` (a record's bytes inside `chunk`) as a slice of `chunk`, sharing
+/// its buffer; `None` if it is not inside it.
+fn slice_of(chunk: &Bytes, part: &[u8]) -> Option<Bytes> {
+    let start = (part.as_ptr() as usize).checked_sub(chunk.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= chunk.len()).then(|| chunk.slice(start..end))
 }

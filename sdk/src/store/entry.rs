@@ -13,16 +13,46 @@
 //! gap between a load making its session resident and the requests that
 //! waited for it locking it; without it, another request short of room could
 //! evict the session in that gap, and the waiters would load it again.
+//!
+//! A session restored from a snapshot may hold its state *encoded* (the
+//! bytes the codec made, a slice of the snapshot's chunk:
+//! `docs/adr/0005-restore-without-building-the-heap.md`) until its first use.
+//! Only a clean session is held so ([`Entry::encoded`] makes it clean, and
+//! every change of the state stores a decoded value), so a write-back never
+//! meets one. Whoever needs the value decodes it under the exclusive lock,
+//! once; paths that want the encoded form (a snapshot, a hand-off) take the
+//! bytes as they are.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use bytes::Bytes;
 use tokio::sync::RwLock;
+
+/// A session's state: decoded, or still as the snapshot held it.
+#[derive(Debug)]
+pub(crate) enum Value<V> {
+    /// The state.
+    Decoded(V),
+    /// The state as the store's codec encoded it (clean sessions only).
+    Encoded(Bytes),
+}
+
+impl<V> Value<V> {
+    /// The state, if decoded.
+    pub fn decoded(&self) -> Option<&V> {
+        match self {
+            Self::Decoded(value) => Some(value),
+            Self::Encoded(_) => None,
+        }
+    }
+}
 
 /// A session's state and bookkeeping, guarded by the entry's lock.
 #[derive(Debug)]
 pub(crate) struct State<V> {
-    pub value: V,
+    /// Encoded only while clean (see the [module docs](self)).
+    pub value: Value<V>,
     pub version: u64,
     /// The ownership epoch its write-backs carry (see
     /// [`Stamp`](super::Stamp)).
@@ -45,6 +75,15 @@ pub(crate) struct Entry<V> {
 
 impl<V> Entry<V> {
     pub fn new(value: V, version: u64, epoch: u64, dirty: bool) -> Self {
+        Self::with(Value::Decoded(value), version, epoch, dirty)
+    }
+
+    /// A clean session whose state stays `encoded` until its first use.
+    pub fn encoded(encoded: Bytes, version: u64, epoch: u64) -> Self {
+        Self::with(Value::Encoded(encoded), version, epoch, false)
+    }
+
+    fn with(value: Value<V>, version: u64, epoch: u64, dirty: bool) -> Self {
         Self {
             state: RwLock::new(State {
                 value,
@@ -56,6 +95,14 @@ impl<V> Entry<V> {
             pending: AtomicU32::new(0),
             pins: AtomicU32::new(0),
         }
+    }
+
+    /// Whether it is resident and still encoded, as far as a look without
+    /// waiting tells (false while it is locked exclusively).
+    pub fn is_encoded(&self) -> bool {
+        self.state
+            .try_read()
+            .is_ok_and(|state| !state.retired && state.value.decoded().is_none())
     }
 
     /// Whether eviction must pass over it: updates queued or running, or

@@ -243,10 +243,19 @@ where
     }
 
     /// Stores the locked `state` through the persistence; marks it clean on
-    /// success.
+    /// success. Only a changed state is written back, and a changed state is
+    /// decoded (a restore leaves only clean ones encoded: `entry`); bytes
+    /// that were never decoded are never written.
     async fn write_back(&self, key: &[u8], state: &mut State<V>) -> Result<(), StoreError> {
         let stamp = Stamp::new(state.epoch, state.version);
-        let stored = self.store_through(key, stamp, &state.value).await;
+        let Some(value) = state.value.decoded() else {
+            tracing::error!(key = %display_key(key), "a changed session is still encoded; not written back");
+            return Err(StoreError::Interrupted {
+                key: display_key(key),
+                retry_after: self.inner.limits.retry_after,
+            });
+        };
+        let stored = self.store_through(key, stamp, value).await;
         match &stored {
             Ok(()) => state.dirty = false,
             Err(error) => tracing::warn!(

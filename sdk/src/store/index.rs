@@ -1014,6 +1014,28 @@ impl<T, F: Clone> Index<T, F> {
         end >= self.nodes.len()
     }
 
+    /// Appends to `out` the resident entries `keep` accepts among the next
+    /// `scan` nodes from `cursor` (in slab order), and moves `cursor` past
+    /// them. Returns true when the walk has passed the last node.
+    pub fn resident_where(
+        &self,
+        cursor: &mut SlabCursor,
+        scan: usize,
+        keep: impl Fn(&T) -> bool,
+        out: &mut Vec<(Bytes, Arc<T>)>,
+    ) -> bool {
+        let end = cursor.0.saturating_add(scan).min(self.nodes.len());
+        for node in self.nodes.get(cursor.0..end).unwrap_or_default() {
+            if let Kind::Resident(resident) = &node.kind
+                && keep(&resident.entry)
+            {
+                out.push((node.key.to_bytes(), Arc::clone(&resident.entry)));
+            }
+        }
+        cursor.0 = end;
+        end >= self.nodes.len()
+    }
+
     /// Whether a resident key lies in one of `spans`: O(log n) per span.
     pub fn holds_any_in(&self, spans: &[HashSpan]) -> bool {
         spans

@@ -15,10 +15,16 @@
 //! | `locus_store_resident_bytes` | gauge | — |
 //! | `locus_store_loading` | gauge | — |
 //! | `locus_store_tombstones` | gauge | — |
+//! | `locus_snapshot_deferred_decode_failures_total` | counter | — |
 //!
 //! A *cold* access waited for a load through the persistence; a *warm* one
 //! found the session in memory. Durations include waiting for the session's
 //! lock and running the caller's closure.
+//!
+//! A *deferred decode failure* is a session a snapshot restore left encoded
+//! whose bytes did not decode (or decoded too heavy) on first use: dropped
+//! from memory and loaded from the persistence instead
+//! (`docs/adr/0005-restore-without-building-the-heap.md`).
 
 use std::time::Duration;
 
@@ -80,6 +86,7 @@ pub(crate) struct StoreMetrics {
     bytes: Gauge,
     loading: Gauge,
     tombstones: Gauge,
+    deferred_decode_failures: Counter,
     // Handles of the hot series, so the request path takes no family lock.
     read_warm: Histogram,
     read_cold: Histogram,
@@ -110,6 +117,7 @@ impl StoreMetrics {
             bytes: Gauge::default(),
             loading: Gauge::default(),
             tombstones: Gauge::default(),
+            deferred_decode_failures: Counter::default(),
             read_warm,
             read_cold,
             update_warm,
@@ -163,6 +171,11 @@ impl StoreMetrics {
             "Keys handed off to another owner, still answered with a redirect",
             self.tombstones.clone(),
         );
+        registry.register(
+            "snapshot_deferred_decode_failures",
+            "Sessions a snapshot restore left encoded whose bytes did not decode on first use (loaded from the persistence instead)",
+            self.deferred_decode_failures.clone(),
+        );
     }
 
     pub fn access(&self, op: Op, cold: bool, took: Duration) {
@@ -200,6 +213,16 @@ impl StoreMetrics {
             LoadResult::Failed => "failed",
         };
         self.loads.get_or_create(&[("result", label)]).inc();
+    }
+
+    pub fn deferred_decode_failure(&self) {
+        self.deferred_decode_failures.inc();
+    }
+
+    /// Deferred decodes that failed so far.
+    #[cfg(test)]
+    pub fn deferred_decode_failures(&self) -> u64 {
+        self.deferred_decode_failures.get()
     }
 
     pub fn gauges(&self, sessions: usize, bytes: usize, loading: usize, tombstones: usize) {

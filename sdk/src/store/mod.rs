@@ -100,7 +100,7 @@ pub use persistence::{NoPersistence, Persistence, Stamp, Stored, Versioned};
 pub(crate) use table::SessionTable;
 pub use transfer::{HandOff, Installed, Restore, SessionRecord};
 
-use entry::{Entry, Pinned, State};
+use entry::{Entry, Pinned, State, Value};
 use error::display_key;
 use index::{Bounds, Index, LoadRefused, Lookup, Shortfall};
 use metrics::{LoadResult, Op, StoreMetrics};
@@ -343,7 +343,10 @@ where
             if state.retired {
                 continue;
             }
-            let mut work = state.value.clone();
+            let Some(value) = self.decoded(key, entry, &mut state).await? else {
+                continue;
+            };
+            let mut work = value.clone();
             let output = match f(&mut work) {
                 Ok(output) => output,
                 Err(refused) => return Ok(Err(refused)),
@@ -398,7 +401,10 @@ where
                 if state.retired {
                     continue;
                 }
-                let (work, output) = match f(state.value.clone()).await {
+                let Some(value) = self.decoded(key, entry, &mut state).await? else {
+                    continue;
+                };
+                let (work, output) = match f(value.clone()).await {
                     Ok(done) => done,
                     Err(refused) => return Ok(Err(refused)),
                 };
@@ -423,9 +429,86 @@ where
     ) -> Result<(), StoreError> {
         let weight = self.weigh(key, &value)?;
         self.resize(key, entry, weight).await?;
-        state.value = value;
+        state.value = Value::Decoded(value);
         state.version += 1;
         state.dirty = true;
+        Ok(())
+    }
+
+    /// The locked `state`'s value, decoded first if a restore left it
+    /// encoded (`docs/adr/0005-restore-without-building-the-heap.md`): once,
+    /// under the exclusive lock the caller holds, then weighed by the
+    /// weigher and the index's sums corrected (evicting idle sessions if it
+    /// grew past the room left; `Full` otherwise, the state left encoded).
+    ///
+    /// `None`: the bytes do not decode, or decode to a state heavier than
+    /// `max_session_bytes`. The session was clean, so the persistence holds
+    /// this version: it is dropped from memory (retired, not written back),
+    /// the failure logged and counted, and the caller looks the key up
+    /// again, which loads it through the persistence.
+    async fn decoded<'s>(
+        &self,
+        key: &[u8],
+        entry: &Arc<Entry<V>>,
+        state: &'s mut State<V>,
+    ) -> Result<Option<&'s V>, StoreError> {
+        if let Value::Encoded(bytes) = &state.value {
+            match self.decode_weighed(key, bytes) {
+                Ok((weight, value)) => {
+                    self.resize(key, entry, weight).await?;
+                    state.value = Value::Decoded(value);
+                }
+                Err(error) => {
+                    self.drop_undecodable(key, entry, state, &error)?;
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(state.value.decoded())
+    }
+
+    /// A restored session's `bytes` decoded and weighed; refused if they do
+    /// not decode or weigh more than `max_session_bytes`.
+    fn decode_weighed(&self, key: &[u8], bytes: &[u8]) -> Result<(usize, V), StoreError> {
+        let value = self
+            .inner
+            .codec
+            .decode(bytes)
+            .map_err(|source| StoreError::Codec {
+                key: display_key(key),
+                action: "decode",
+                source: source.into(),
+            })?;
+        Ok((self.weigh(key, &value)?, value))
+    }
+
+    /// Drops the locked, clean, restored session whose bytes failed to
+    /// decode (see [`decoded`](Self::decoded)).
+    fn drop_undecodable(
+        &self,
+        key: &[u8],
+        entry: &Arc<Entry<V>>,
+        state: &mut State<V>,
+        error: &StoreError,
+    ) -> Result<(), StoreError> {
+        if self
+            .with_index(|index| index.remove(key, entry, None, None))
+            .is_none()
+        {
+            tracing::error!(key = %display_key(key), "locked session is not resident");
+            return Err(StoreError::Interrupted {
+                key: display_key(key),
+                retry_after: self.inner.limits.retry_after,
+            });
+        }
+        state.retired = true;
+        self.inner.metrics.deferred_decode_failure();
+        tracing::warn!(
+            key = %display_key(key),
+            version = state.version,
+            %error,
+            "a restored session does not decode; dropped from memory, loading it from the persistence"
+        );
         Ok(())
     }
 
@@ -441,11 +524,29 @@ where
         let result = async {
             for _ in 0..MAX_RELOOKUPS {
                 let found = self.resident(key, &mut cold).await?;
-                let state = found.entry.state.read().await;
+                let mut state = found.entry.state.read().await;
                 if state.retired {
                     continue;
                 }
-                return Ok(Versioned::new(state.version, f(&state.value)).with_epoch(state.epoch));
+                if state.value.decoded().is_none() {
+                    // Restored encoded: decode under the exclusive lock,
+                    // then read under it downgraded.
+                    drop(state);
+                    let mut exclusive = found.entry.state.write().await;
+                    if exclusive.retired
+                        || self
+                            .decoded(key, &found.entry, &mut exclusive)
+                            .await?
+                            .is_none()
+                    {
+                        continue;
+                    }
+                    state = exclusive.downgrade();
+                }
+                let Some(value) = state.value.decoded() else {
+                    continue;
+                };
+                return Ok(Versioned::new(state.version, f(value)).with_epoch(state.epoch));
             }
             Err(self.busy(key))
         }
@@ -688,7 +789,11 @@ where
 
     /// The weight of `value`, refused past the per-session bound.
     fn weigh(&self, key: &[u8], value: &V) -> Result<usize, StoreError> {
-        let size = (self.inner.weigher)(value);
+        self.bounded(key, (self.inner.weigher)(value))
+    }
+
+    /// `size`, refused past the per-session bound.
+    fn bounded(&self, key: &[u8], size: usize) -> Result<usize, StoreError> {
         let max = self.inner.limits.max_session_bytes;
         if size > max {
             return Err(StoreError::TooLarge {
@@ -799,8 +904,10 @@ where
         self.with_index(|index| index.bytes())
     }
 
-    /// Weighs every resident session again and returns the sum; with no
-    /// write in flight it equals [`total_bytes`](Self::total_bytes). A
+    /// Weighs every resident session again and returns the sum (a session
+    /// a snapshot restore left encoded weighs its encoded length until its
+    /// first use); with no write in flight it equals
+    /// [`total_bytes`](Self::total_bytes). A
     /// diagnostic (it takes every session's shared lock in turn), not for the
     /// request path.
     pub async fn recount_bytes(&self) -> usize {
@@ -809,10 +916,19 @@ where
         for (_, entry) in entries {
             let state = entry.state.read().await;
             if !state.retired {
-                sum += (self.inner.weigher)(&state.value);
+                sum += self.weight_of(&state.value);
             }
         }
         sum
+    }
+
+    /// What `value` weighs: the weigher's answer, or its encoded length
+    /// while a restore leaves it encoded.
+    fn weight_of(&self, value: &Value<V>) -> usize {
+        match value {
+            Value::Decoded(value) => (self.inner.weigher)(value),
+            Value::Encoded(bytes) => bytes.len(),
+        }
     }
 
     /// The store's bounds and timings.

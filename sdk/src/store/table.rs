@@ -98,12 +98,17 @@ pub trait SessionTable: Send + Sync + 'static {
     /// snapshot's writer).
     fn resident_sessions(&self) -> Box<dyn ResidentSessions>;
 
-    /// Decodes a chunk of records off the store's lock (a snapshot's reader,
-    /// from any thread).
-    fn prepare_chunk(&self, records: &[RawRecord<'_>]) -> PreparedChunk;
+    /// Decodes a chunk of records, borrowed from `chunk`, off the store's
+    /// lock (a snapshot's reader, from any thread); clean records may stay
+    /// encoded, as slices of `chunk`.
+    fn prepare_chunk(&self, chunk: &Bytes, records: &[RawRecord<'_>]) -> PreparedChunk;
 
     /// Installs prepared chunks in order, one lock per chunk.
     fn install_prepared(&self, chunks: Vec<PreparedChunk>) -> BoxFuture<'_, Restore>;
+
+    /// Decodes the restored sessions left encoded that no request used yet;
+    /// returns how many.
+    fn decode_left(&self) -> BoxFuture<'_, usize>;
 
     /// The store's bounds.
     fn limits(&self) -> &Limits;
@@ -200,12 +205,16 @@ where
         SessionStore::resident_sessions(self)
     }
 
-    fn prepare_chunk(&self, records: &[RawRecord<'_>]) -> PreparedChunk {
-        SessionStore::prepare_chunk(self, records)
+    fn prepare_chunk(&self, chunk: &Bytes, records: &[RawRecord<'_>]) -> PreparedChunk {
+        SessionStore::prepare_chunk(self, chunk, records)
     }
 
     fn install_prepared(&self, chunks: Vec<PreparedChunk>) -> BoxFuture<'_, Restore> {
         SessionStore::install_prepared(self, chunks).boxed()
+    }
+
+    fn decode_left(&self) -> BoxFuture<'_, usize> {
+        SessionStore::decode_left(self).boxed()
     }
 
     fn limits(&self) -> &Limits {

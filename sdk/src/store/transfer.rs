@@ -21,7 +21,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt, stream};
 
 use super::clock::later;
-use super::entry::{Entry, State};
+use super::entry::{Entry, State, Value};
 use super::error::display_key;
 use super::index::{InsertRefused, Lookup};
 use super::metrics::Eviction;
@@ -407,7 +407,7 @@ where
                                 return Ok(Installed::Stale { held: previous });
                             }
                             self.resize(key, &entry, weight).await?;
-                            state.value = value;
+                            state.value = Value::Decoded(value);
                             state.version = version;
                             state.epoch = state.epoch.max(epoch);
                             state.dirty = dirty;
@@ -454,17 +454,24 @@ where
         report
     }
 
-    /// Encodes a locked session.
+    /// Encodes a locked session; one a snapshot restore left encoded gives
+    /// its bytes as they are (what the codec made of it), copied out of the
+    /// snapshot chunk they are a slice of, so that a record kept for long
+    /// (a hand-off's outbox) does not hold the whole chunk in memory.
     pub(super) fn record(&self, key: Bytes, state: &State<V>) -> Result<SessionRecord, StoreError> {
-        let value = self
-            .inner
-            .codec
-            .encode(&state.value)
-            .map_err(|source| StoreError::Codec {
-                key: display_key(&key),
-                action: "encode",
-                source: source.into(),
-            })?;
+        let value = match &state.value {
+            Value::Encoded(bytes) => Bytes::copy_from_slice(bytes),
+            Value::Decoded(value) => {
+                self.inner
+                    .codec
+                    .encode(value)
+                    .map_err(|source| StoreError::Codec {
+                        key: display_key(&key),
+                        action: "encode",
+                        source: source.into(),
+                    })?
+            }
+        };
         Ok(SessionRecord {
             key,
             version: state.version,

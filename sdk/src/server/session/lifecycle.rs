@@ -52,7 +52,9 @@ impl Member {
     /// are written back in the background ([`snapshot::write_back_restored`],
     /// stopped by [`shutdown`](Self::shutdown)), paced to about a quarter of
     /// the time while the pod serves requests, at full speed otherwise; its
-    /// file is kept until they are. A snapshot that cannot be restored, and files an earlier process
+    /// file is kept until they are. The sessions it left encoded are decoded
+    /// in the background a minute later ([`snapshot::decode_left`], stopped
+    /// by the shutdown too). A snapshot that cannot be restored, and files an earlier process
     /// left, have their unsaved records written back before this returns
     /// (see `docs/adr/0004-in-place-restart-durability.md`).
     ///
@@ -79,6 +81,17 @@ impl Member {
             if let Some(ring) = state.ring.wait_for_ring(SNAPSHOT_RING_WAIT).await {
                 match snapshot::restore(Arc::clone(&state.store), dir, &ring, &state.pod).await {
                     Ok(Some(restored)) => {
+                        if restored.restore.inserted + restored.restore.replaced > 0 {
+                            // The sessions left encoded, decoded a minute on
+                            // (ADR 0005); stopped by the shutdown.
+                            let left = snapshot::decode_left(
+                                Arc::clone(&state.store),
+                                snapshot::DECODE_LEFT_AFTER,
+                            );
+                            tasks.push(AbortOnDrop(tokio::spawn(async move {
+                                left.await;
+                            })));
+                        }
                         if restored.pending_write_back {
                             let gate = Arc::clone(&self.inner.gate);
                             let admitted = std::sync::Mutex::new(0);

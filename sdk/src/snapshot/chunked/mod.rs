@@ -28,19 +28,30 @@
 //! order of the runs (least recently used first, the order a restore
 //! installs them in), then syncs. Chunk buffers are reused.
 //!
-//! **Reading.** The header, the chunk table (walked from chunk header to
-//! chunk header) and the trailer are checked first: their counts, lengths
-//! and the trailer's checksum over the header and the chunk checksums. Then
-//! a few threads each take chunks in turn: read it once (`pread` into a
-//! buffer the thread reuses), check its checksum, walk its records, skip
-//! those of keys the pod does not own, and have the store decode and weigh
-//! the others off its lock. Only when every chunk passed does the store
-//! install them (one lock per chunk, see `store::bulk`); a single bad chunk
-//! refuses the whole file and installs nothing.
+//! **Reading.** The file is mapped read-only, its pages populated, and
+//! becomes one `Bytes` (`snapshot/mapped.rs`, the workspace's one `unsafe`
+//! call; ADR 0005 step 2); where it cannot be mapped it is read instead,
+//! each chunk with `pread` into a buffer of its own (a warning says so).
+//! The header, the chunk table (walked from chunk header to chunk header)
+//! and the trailer are checked first: their counts, lengths and the
+//! trailer's checksum over the header and the chunk checksums. Then a few
+//! threads each take chunks in turn: take its bytes (a slice of the mapping,
+//! or its buffer), check its checksum, walk its records, skip those of keys
+//! the pod does not own, and have the store prepare the others off its
+//! lock: dirty records decoded and weighed, clean ones (with a durable
+//! persistence) kept encoded as slices of the mapping (or of the chunk's
+//! buffer), no copy, until their first use
+//! (`docs/adr/0005-restore-without-building-the-heap.md`); the mapping (a
+//! buffer) lives as long as a session still encoded in it, even after the
+//! file is renamed and unlinked (its pages stay until the last slice goes). Only when every chunk passed does
+//! the store install them (one lock per chunk, see `store::bulk`); a single
+//! bad chunk refuses the whole file and installs nothing.
 
 mod read;
 mod write;
 
+#[cfg(test)]
+pub(super) use self::read::restore_file_with;
 pub(super) use self::read::{restore_file, salvage_read};
 pub(super) use self::write::write_file;
 

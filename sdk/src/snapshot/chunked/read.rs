@@ -1,6 +1,7 @@
 //! Format 2's reader (see the [format](super)).
 
 use std::fs::File;
+use std::io;
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -8,6 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
+use memmap2::Mmap;
+use prometheus_client::metrics::gauge::Gauge;
 use xxhash_rust::xxh3::Xxh3Default;
 
 use super::{
@@ -15,9 +18,10 @@ use super::{
     TRAILER_BYTES, be_u16, be_u32, be_u64, chunk_checksum, workers,
 };
 use crate::ring::Ring;
+use crate::snapshot::mapped::map_snapshot;
 use crate::snapshot::{
-    END_MAGIC, MAGIC, MAX_HEADER_BYTES, SnapshotError, SnapshotHeader, SnapshotRestore, belongs,
-    io_error,
+    END_MAGIC, MAGIC, MAX_HEADER_BYTES, SnapshotError, SnapshotHeader, SnapshotMetrics,
+    SnapshotRestore, belongs, io_error,
 };
 use crate::store::{PreparedChunk, RawRecord, SessionRecord, SessionTable};
 
@@ -59,13 +63,28 @@ pub(crate) async fn restore_file(
     ring: &Ring,
     pod: &str,
 ) -> Result<(SnapshotRestore, Vec<SessionRecord>), SnapshotError> {
+    restore_file_with(store, path, ring, pod, map_snapshot).await
+}
+
+/// Maps a snapshot file (the [`map_snapshot`] of a restore; a test's stand-in).
+pub(crate) type MapFile = fn(&File) -> io::Result<Mmap>;
+
+/// [`restore_file`], the file mapped by `map` (read chunk by chunk if
+/// that fails).
+pub(crate) async fn restore_file_with(
+    store: Arc<dyn SessionTable>,
+    path: &Path,
+    ring: &Ring,
+    pod: &str,
+    map: MapFile,
+) -> Result<(SnapshotRestore, Vec<SessionRecord>), SnapshotError> {
     let started = Instant::now();
     let checked = {
         let store = Arc::clone(&store);
         let path = path.to_owned();
         let ring = ring.clone();
         let pod = pod.to_owned();
-        tokio::task::spawn_blocking(move || check(store.as_ref(), &path, &ring, &pod))
+        tokio::task::spawn_blocking(move || check(store.as_ref(), &path, &ring, &pod, map))
             .await
             .map_err(|e| SnapshotError::Writer {
                 reason: e.to_string(),
@@ -122,13 +141,81 @@ fn parse_start(
     Ok((header_len, body_start))
 }
 
+/// Where a check takes the file's bytes from.
+enum Source<'a> {
+    /// The whole file, mapped (ADR 0005 step 2): a chunk is a slice of it.
+    Mapped(Bytes),
+    /// The file itself, read where needed, a chunk into a buffer of its own:
+    /// where it cannot be mapped.
+    Read(&'a File),
+}
+
+impl<'a> Source<'a> {
+    /// Maps `file` with `map`, counting the mapping in the gauge
+    /// (`locus_snapshot_encoded_bytes`) until its last slice is dropped; a
+    /// file that cannot be mapped is read instead.
+    fn open(file: &'a File, path: &Path, map: MapFile) -> Self {
+        match map(file) {
+            Ok(mapped) => Self::Mapped(Held::bytes(
+                mapped,
+                SnapshotMetrics::process().encoded_bytes(),
+            )),
+            Err(error) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    %error,
+                    "cannot map the snapshot; reading it chunk by chunk instead"
+                );
+                Self::Read(file)
+            }
+        }
+    }
+
+    /// Fills `buf` with the bytes at `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        match self {
+            Self::Mapped(whole) => {
+                let bytes = usize::try_from(offset)
+                    .ok()
+                    .and_then(|start| whole.get(start..start.checked_add(buf.len())?))
+                    .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+                buf.copy_from_slice(bytes);
+                Ok(())
+            }
+            Self::Read(file) => file.read_exact_at(buf, offset),
+        }
+    }
+
+    /// The payload of chunk `at`: a slice of the mapping, or a buffer of
+    /// its own read from the file (counted in the gauge while any slice of
+    /// it lives).
+    fn chunk(&self, at: &ChunkAt) -> Result<Bytes, String> {
+        match self {
+            Self::Mapped(whole) => usize::try_from(at.offset)
+                .ok()
+                .and_then(|start| Some(start..start.checked_add(at.len as usize)?))
+                .filter(|range| range.end <= whole.len())
+                .map(|range| whole.slice(range))
+                .ok_or_else(|| "runs past the mapped file".to_string()),
+            Self::Read(file) => {
+                let mut buf = vec![0; at.len as usize];
+                file.read_exact_at(&mut buf, at.offset)
+                    .map_err(|e| format!("cannot be read: {e}"))?;
+                Ok(Held::bytes(buf, SnapshotMetrics::process().encoded_bytes()))
+            }
+        }
+    }
+}
+
 /// Checks the file's frame, then every chunk in parallel, decoding the
-/// records `pod` owns under `ring`.
+/// records `pod` owns under `ring`; the file mapped with `map` (read if
+/// that fails).
 fn check(
     store: &dyn SessionTable,
     path: &Path,
     ring: &Ring,
     pod: &str,
+    map: MapFile,
 ) -> Result<Checked, SnapshotError> {
     let corrupt = |reason: String| SnapshotError::Corrupt {
         path: path.to_owned(),
@@ -139,8 +226,10 @@ fn check(
     if file_len < START_BYTES + TRAILER_BYTES {
         return Err(corrupt("shorter than a header and a trailer".into()));
     }
+    let source = Source::open(&file, path, map);
     let read_at = |buf: &mut [u8], offset: u64, what: &str| {
-        file.read_exact_at(buf, offset)
+        source
+            .read_at(buf, offset)
             .map_err(|e| corrupt(format!("{what} cut short: {e}")))
     };
     let mut start = [0u8; START_BYTES as usize];
@@ -152,10 +241,10 @@ fn check(
         .map_err(|e| corrupt(format!("header is not valid: {e}")))?;
     belongs(&header, path, ring, pod)?;
 
-    let (table, records) = chunk_table(&file, path, &header_json, body_start, file_len)?;
+    let (table, records) = chunk_table(&source, path, &header_json, body_start, file_len)?;
 
     let owned = |key: &[u8]| ring.owner(key).pod.name == pod;
-    let parts = check_chunks(&file, &table, store, &owned).map_err(corrupt)?;
+    let parts = check_chunks(&source, &table, store, &owned).map_err(corrupt)?;
     let (mut dirty, mut not_owned) = (0, 0);
     let mut chunks = Vec::with_capacity(parts.len());
     let mut unsaved_not_owned = Vec::new();
@@ -179,7 +268,7 @@ fn check(
 /// Walks the chunk headers from `body_start` to the trailer and checks them
 /// against the trailer: the chunk table and its record count.
 fn chunk_table(
-    file: &File,
+    source: &Source<'_>,
     path: &Path,
     header_json: &[u8],
     body_start: u64,
@@ -190,7 +279,8 @@ fn chunk_table(
         reason,
     };
     let read_at = |buf: &mut [u8], offset: u64, what: &str| {
-        file.read_exact_at(buf, offset)
+        source
+            .read_at(buf, offset)
             .map_err(|e| corrupt(format!("{what} cut short: {e}")))
     };
     let body_end = file_len - TRAILER_BYTES;
@@ -254,7 +344,7 @@ fn chunk_table(
 /// in turn; the parts come back in the table's order. The first bad chunk
 /// stops them all.
 fn check_chunks(
-    file: &File,
+    source: &Source<'_>,
     table: &[ChunkAt],
     store: &dyn SessionTable,
     owned: &(dyn Fn(&[u8]) -> bool + Sync),
@@ -265,12 +355,11 @@ fn check_chunks(
         let threads: Vec<_> = (0..workers(table.len()))
             .map(|_| {
                 scope.spawn(|| {
-                    let mut buf = Vec::new();
                     let mut parts = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(at) = table.get(i) else { break };
-                        match check_chunk(file, at, &mut buf, store, owned) {
+                        match check_chunk(source, at, store, owned) {
                             Ok(part) => parts.push((i, part)),
                             Err(reason) => {
                                 stop.store(true, Ordering::Relaxed);
@@ -303,22 +392,19 @@ fn check_chunks(
     Ok(parts.into_iter().map(|(_, part)| part).collect())
 }
 
-/// Reads chunk `at` into `buf` (reused), checks it and decodes the records
-/// `owned` accepts.
+/// Takes chunk `at` from `source` (a slice of the mapping, or a buffer of
+/// its own), checks it and has the store prepare the records `owned`
+/// accepts (those it keeps encoded hold slices of the mapping or buffer,
+/// which lives as long as any of them).
 fn check_chunk(
-    file: &File,
+    source: &Source<'_>,
     at: &ChunkAt,
-    buf: &mut Vec<u8>,
     store: &dyn SessionTable,
     owned: &(dyn Fn(&[u8]) -> bool + Sync),
 ) -> Result<Part, String> {
     let len = at.len as usize;
-    if buf.len() < len {
-        buf.resize(len, 0);
-    }
-    file.read_exact_at(&mut buf[..len], at.offset)
-        .map_err(|e| format!("cannot be read: {e}"))?;
-    let payload = &buf[..len];
+    let chunk = source.chunk(at)?;
+    let payload = &chunk[..];
     if chunk_checksum(at.records, payload) != at.checksum {
         return Err("checksum mismatch".into());
     }
@@ -339,11 +425,43 @@ fn check_chunk(
         }
     })?;
     Ok(Part {
-        prepared: store.prepare_chunk(&records),
+        prepared: store.prepare_chunk(&chunk, &records),
         dirty,
         not_owned,
         unsaved_not_owned,
     })
+}
+
+/// A restored file's bytes (its mapping, or a chunk's buffer where it is
+/// read), counted in a gauge (`locus_snapshot_encoded_bytes`) from its
+/// mapping or read until the last slice of it is dropped.
+struct Held<T: AsRef<[u8]>> {
+    bytes: T,
+    held: Gauge,
+}
+
+impl<T: AsRef<[u8]> + Send + 'static> Held<T> {
+    /// `bytes` as a `Bytes` whose slices share it, counted in `held`.
+    fn bytes(bytes: T, held: &Gauge) -> Bytes {
+        held.inc_by(i64::try_from(bytes.as_ref().len()).unwrap_or(i64::MAX));
+        Bytes::from_owner(Self {
+            bytes,
+            held: held.clone(),
+        })
+    }
+}
+
+impl<T: AsRef<[u8]>> AsRef<[u8]> for Held<T> {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes.as_ref()
+    }
+}
+
+impl<T: AsRef<[u8]>> Drop for Held<T> {
+    fn drop(&mut self) {
+        self.held
+            .dec_by(i64::try_from(self.bytes.as_ref().len()).unwrap_or(i64::MAX));
+    }
 }
 
 /// Walks the records of a chunk's `payload` (checksum already checked),
@@ -489,4 +607,40 @@ pub(crate) fn salvage_read(path: &Path) -> Result<SalvageRead, SnapshotError> {
         read.bad_chunks += 1;
     }
     Ok(read)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_buffer_is_counted_until_its_last_slice_is_dropped() {
+        let held = Gauge::default();
+        let chunk = Held::bytes(vec![7; 1000], &held);
+        assert_eq!(held.get(), 1000);
+        let record = chunk.slice(10..20);
+        drop(chunk);
+        assert_eq!(held.get(), 1000, "a record still holds the buffer");
+        assert_eq!(&record[..], &[7; 10]);
+        drop(record);
+        assert_eq!(held.get(), 0);
+    }
+
+    #[test]
+    fn a_mapped_file_is_counted_whole_until_its_last_slice_is_dropped() {
+        let path = std::env::temp_dir().join(format!("locus-mapped-{}", std::process::id()));
+        std::fs::write(&path, [7u8; 5000]).unwrap();
+        let file = File::open(&path).unwrap();
+        let held = Gauge::default();
+        let whole = Held::bytes(map_snapshot(&file).unwrap(), &held);
+        drop(file);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(held.get(), 5000);
+        let record = whole.slice(4000..4010);
+        drop(whole);
+        assert_eq!(held.get(), 5000, "a record still holds the whole mapping");
+        assert_eq!(&record[..], &[7; 10], "readable after the unlink");
+        drop(record);
+        assert_eq!(held.get(), 0);
+    }
 }
