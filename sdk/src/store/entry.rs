@@ -35,7 +35,10 @@ pub(crate) enum Value<V> {
     /// The state.
     Decoded(V),
     /// The state as the store's codec encoded it (clean sessions only).
-    Encoded(Bytes),
+    /// Boxed: a restored session pays one small allocation until its first
+    /// use so that every session's state stays as small as its decoded
+    /// value (a `Bytes` is 32 bytes, more than many values).
+    Encoded(Box<Bytes>),
 }
 
 impl<V> Value<V> {
@@ -80,7 +83,7 @@ impl<V> Entry<V> {
 
     /// A clean session whose state stays `encoded` until its first use.
     pub fn encoded(encoded: Bytes, version: u64, epoch: u64) -> Self {
-        Self::with(Value::Encoded(encoded), version, epoch, false)
+        Self::with(Value::Encoded(Box::new(encoded)), version, epoch, false)
     }
 
     fn with(value: Value<V>, version: u64, epoch: u64, dirty: bool) -> Self {
