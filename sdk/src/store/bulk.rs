@@ -224,18 +224,6 @@ where
         })
     }
 
-    /// `bytes`, decoded with the store's codec.
-    fn decode_value(&self, key: &[u8], bytes: &[u8]) -> Result<V, StoreError> {
-        self.inner
-            .codec
-            .decode(bytes)
-            .map_err(|source| StoreError::Codec {
-                key: display_key(key),
-                action: "decode",
-                source: source.into(),
-            })
-    }
-
     /// Installs prepared chunks in order, one index lock per chunk; what
     /// does not go straight in takes the per-record path (see the
     /// [module docs](self)).

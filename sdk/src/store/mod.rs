@@ -470,16 +470,20 @@ where
     /// A restored session's `bytes` decoded and weighed; refused if they do
     /// not decode or weigh more than `max_session_bytes`.
     fn decode_weighed(&self, key: &[u8], bytes: &[u8]) -> Result<(usize, V), StoreError> {
-        let value = self
-            .inner
+        let value = self.decode_value(key, bytes)?;
+        Ok((self.weigh(key, &value)?, value))
+    }
+
+    /// `bytes`, the state of `key`, decoded with the store's codec.
+    pub(super) fn decode_value(&self, key: &[u8], bytes: &[u8]) -> Result<V, StoreError> {
+        self.inner
             .codec
             .decode(bytes)
             .map_err(|source| StoreError::Codec {
                 key: display_key(key),
                 action: "decode",
                 source: source.into(),
-            })?;
-        Ok((self.weigh(key, &value)?, value))
+            })
     }
 
     /// Drops the locked, clean, restored session whose bytes failed to

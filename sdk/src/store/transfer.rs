@@ -280,14 +280,7 @@ where
 
     /// The state of `record`, decoded with the store's codec.
     fn decode(&self, record: &SessionRecord) -> Result<V, StoreError> {
-        self.inner
-            .codec
-            .decode(&record.value)
-            .map_err(|source| StoreError::Codec {
-                key: display_key(&record.key),
-                action: "decode",
-                source: source.into(),
-            })
+        self.decode_value(&record.key, &record.value)
     }
 
     /// Installs `session` for `key` if its version is newer than the one held
