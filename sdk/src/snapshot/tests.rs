@@ -820,6 +820,29 @@ async fn a_session_restored_unsaved_is_written_back_before_it_is_evicted() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A snapshot in a fresh `dir(name)` of the pod `svc-0-x` (one slot owning
+/// every shard) of [`filled`]'s sessions (even ones written back to the
+/// returned persistence, odd ones not; all of them if `flushed`), with the
+/// store it was written from.
+async fn durable_snapshot(
+    name: &str,
+    sessions: usize,
+    size: usize,
+    flushed: bool,
+) -> (PathBuf, Ring, Memory, SessionStore<String, Memory>) {
+    let dir = dir(name);
+    let ring = ring("svc", 4, vec![0, 0]);
+    let db = Memory::default();
+    let original = filled(&db, sessions, size).await;
+    if flushed {
+        original.flush().await;
+    }
+    write(&original, &dir, &SnapshotHeader::new(&ring, 0, "svc-0-x"))
+        .await
+        .unwrap();
+    (dir, ring, db, original)
+}
+
 /// A store of strings over `db` with `codec`.
 fn durable_store(db: &Memory, codec: impl SessionCodec<String>) -> SessionStore<String, Memory> {
     SessionStore::builder(codec, String::len)
@@ -830,14 +853,8 @@ fn durable_store(db: &Memory, codec: impl SessionCodec<String>) -> SessionStore<
 
 #[tokio::test]
 async fn clean_sessions_stay_encoded_until_first_use_and_dirty_ones_are_decoded() {
-    let dir = dir("deferred");
-    let ring = ring("svc", 4, vec![0, 0]);
-    let db = Memory::default();
     // Even sessions written back (clean), odd ones not (dirty).
-    let original = filled(&db, 400, 100).await;
-    write(&original, &dir, &SnapshotHeader::new(&ring, 0, "svc-0-x"))
-        .await
-        .unwrap();
+    let (dir, ring, db, original) = durable_snapshot("deferred", 400, 100, false).await;
     let restored = durable_store(&db, JsonCodec);
     let report = restore(Arc::new(restored.clone()), &dir, &ring, "svc-0-x")
         .await
@@ -1082,14 +1099,7 @@ async fn sessions_still_encoded_are_snapshotted_and_exported_as_they_were_writte
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_first_uses_of_an_encoded_session_decode_it_once_and_lose_no_update() {
-    let dir = dir("racing");
-    let ring = ring("svc", 4, vec![0, 0]);
-    let db = Memory::default();
-    let original = filled(&db, 200, 50).await;
-    original.flush().await;
-    write(&original, &dir, &SnapshotHeader::new(&ring, 0, "svc-0-x"))
-        .await
-        .unwrap();
+    let (dir, ring, db, _) = durable_snapshot("racing", 200, 50, true).await;
     let restored = durable_store(&db, JsonCodec);
     restore(Arc::new(restored.clone()), &dir, &ring, "svc-0-x")
         .await
@@ -1184,15 +1194,10 @@ fn mappings_of(path: &Path) -> Vec<String> {
 
 #[tokio::test]
 async fn a_restore_maps_the_file_and_serves_every_session_after_it_is_renamed_and_unlinked() {
-    let dir = std::fs::canonicalize(dir("mapped-unlinked")).unwrap();
-    let ring = ring("svc", 4, vec![0, 0]);
-    let db = Memory::default();
     // Even sessions clean (left encoded, slices of the mapping), odd ones
     // dirty (decoded, written back, then the file goes).
-    let original = filled(&db, 2000, 300).await;
-    write(&original, &dir, &SnapshotHeader::new(&ring, 0, "svc-0-x"))
-        .await
-        .unwrap();
+    let (dir, ring, db, original) = durable_snapshot("mapped-unlinked", 2000, 300, false).await;
+    let dir = std::fs::canonicalize(dir).unwrap();
     let restored = durable_store(&db, JsonCodec);
     let report = restore(Arc::new(restored.clone()), &dir, &ring, "svc-0-x")
         .await
@@ -1244,13 +1249,8 @@ async fn a_restore_maps_the_file_and_serves_every_session_after_it_is_renamed_an
 
 #[tokio::test]
 async fn a_file_that_cannot_be_mapped_is_read_chunk_by_chunk_and_restores_the_same() {
-    let dir = std::fs::canonicalize(dir("not-mapped")).unwrap();
-    let ring = ring("svc", 4, vec![0, 0]);
-    let db = Memory::default();
-    let original = filled(&db, 2000, 300).await;
-    write(&original, &dir, &SnapshotHeader::new(&ring, 0, "svc-0-x"))
-        .await
-        .unwrap();
+    let (dir, ring, db, original) = durable_snapshot("not-mapped", 2000, 300, false).await;
+    let dir = std::fs::canonicalize(dir).unwrap();
     let path = path_in(&dir);
     let restored = durable_store(&db, JsonCodec);
     let (report, not_owned) =
