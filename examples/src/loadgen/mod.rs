@@ -738,17 +738,16 @@ fn observe(
         // The first answer from a new pod for a session answered elsewhere
         // before: the session moved. Was it in memory there already, and
         // did the pod say it took it over?
-        let seen = shared
+        let moved = shared
             .track(session)
             .moves
             .answered(ordinal, pod, announced);
-        if seen.moved {
+        if moved {
             match cache {
                 Some(b"warm") => tally.moved.warm += 1,
                 _ => tally.moved.cold += 1,
             }
         }
-        tally.moved.unannounced += seen.unannounced;
     }
     if answer.headers.contains_key(headers::FORWARDED_BY) {
         tally.forwarded += 1;

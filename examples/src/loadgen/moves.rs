@@ -11,9 +11,12 @@
 //!   nor becomes the session's last pod.
 //! * A pod announces a takeover on the first request it serves for the key;
 //!   when two requests of the session reach it together, the one without the
-//!   header can come back first. A move seen without the header is therefore
-//!   held open until the phase ends and closed by an announcing answer from
-//!   the same pod; only the ones still open at the end are unannounced.
+//!   header can come back first, and the session may even move on to a third
+//!   pod before the announcing answer is back (the first request at a new
+//!   owner is the one that waits for the takeover). A move seen without the
+//!   header is therefore held open until the phase ends and closed by an
+//!   announcing answer from the same pod, whenever it arrives; only the ones
+//!   still open at the end are unannounced.
 
 /// Where one session was last seen, as answers come back.
 #[derive(Debug, Default)]
@@ -24,18 +27,8 @@ pub(crate) struct Moves {
     observed: u64,
     /// The pod that answered the newest observed request.
     last_pod: Option<Box<str>>,
-    /// A pod the session moved to without an announcing answer seen yet.
-    open: Option<Box<str>>,
-}
-
-/// What one answer told.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Seen {
-    /// The session is now answered by another pod than before.
-    pub moved: bool,
-    /// Moves found unannounced for good by this answer (an earlier open move
-    /// the session has moved on from).
-    pub unannounced: u64,
+    /// Pods the session moved to without an announcing answer seen yet.
+    open: Vec<Box<str>>,
 }
 
 impl Moves {
@@ -46,37 +39,38 @@ impl Moves {
     }
 
     /// Records the answer from `pod` to the request numbered `ordinal`;
-    /// `announced` if it carried a takeover header.
-    pub fn answered(&mut self, ordinal: u64, pod: &str, announced: bool) -> Seen {
-        let mut seen = Seen::default();
-        if announced && self.open.as_deref() == Some(pod) {
-            self.open = None;
+    /// `announced` if it carried a takeover header. True if it shows the
+    /// session answered by another pod than before.
+    pub fn answered(&mut self, ordinal: u64, pod: &str, announced: bool) -> bool {
+        if announced && let Some(at) = self.open.iter().position(|open| &**open == pod) {
+            self.open.swap_remove(at);
         }
         if ordinal < self.observed {
-            return seen;
+            return false;
         }
         self.observed = ordinal;
         match self.last_pod.as_deref() {
-            Some(last) if last == pod => {}
+            Some(last) if last == pod => false,
             Some(_) => {
-                seen.moved = true;
-                if self.open.take().is_some() {
-                    seen.unannounced += 1;
-                }
                 if !announced {
-                    self.open = Some(pod.into());
+                    self.open.push(pod.into());
                 }
                 self.last_pod = Some(pod.into());
+                true
             }
-            None => self.last_pod = Some(pod.into()),
+            None => {
+                self.last_pod = Some(pod.into());
+                false
+            }
         }
-        seen
     }
 
     /// At the end of a phase, when every request sent has been answered or
-    /// failed: 1 if a move is still without its announcement.
+    /// failed: the moves still without their announcement.
     pub fn close(&mut self) -> u64 {
-        u64::from(self.open.take().is_some())
+        let open = self.open.len() as u64;
+        self.open.clear();
+        open
     }
 }
 
@@ -88,11 +82,9 @@ mod tests {
     fn a_move_with_its_header_is_announced() {
         let mut m = Moves::default();
         let a = m.send();
-        assert_eq!(m.answered(a, "p0", false), Seen::default());
+        assert!(!m.answered(a, "p0", false));
         let b = m.send();
-        let seen = m.answered(b, "p1", true);
-        assert!(seen.moved);
-        assert_eq!(seen.unannounced, 0);
+        assert!(m.answered(b, "p1", true));
         assert_eq!(m.close(), 0);
     }
 
@@ -102,9 +94,9 @@ mod tests {
         let a = m.send();
         m.answered(a, "p0", false);
         let b = m.send();
-        assert!(m.answered(b, "p1", false).moved);
+        assert!(m.answered(b, "p1", false));
         let c = m.send();
-        assert!(!m.answered(c, "p1", false).moved);
+        assert!(!m.answered(c, "p1", false));
         assert_eq!(m.close(), 1);
         assert_eq!(m.close(), 0, "closed once");
     }
@@ -118,8 +110,8 @@ mod tests {
         // (with the header), but the second one's answer came back first.
         let first = m.send();
         let second = m.send();
-        assert!(m.answered(second, "p1", false).moved);
-        assert!(!m.answered(first, "p1", true).moved);
+        assert!(m.answered(second, "p1", false));
+        assert!(!m.answered(first, "p1", true));
         assert_eq!(m.close(), 0);
     }
 
@@ -142,29 +134,39 @@ mod tests {
         m.answered(a, "p0", false);
         let old = m.send();
         let new = m.send();
-        assert!(m.answered(new, "p1", true).moved);
-        assert_eq!(m.answered(old, "p0", false), Seen::default());
+        assert!(m.answered(new, "p1", true));
+        assert!(!m.answered(old, "p0", false));
         let next = m.send();
-        assert!(!m.answered(next, "p1", false).moved);
+        assert!(!m.answered(next, "p1", false));
         assert_eq!(m.close(), 0);
     }
 
     #[test]
-    fn moving_on_from_an_open_move_makes_it_unannounced() {
+    fn moving_on_from_a_move_never_announced_leaves_it_unannounced() {
         let mut m = Moves::default();
         let a = m.send();
         m.answered(a, "p0", false);
         let b = m.send();
         m.answered(b, "p1", false);
         let c = m.send();
-        let seen = m.answered(c, "p2", true);
-        assert_eq!(
-            seen,
-            Seen {
-                moved: true,
-                unannounced: 1
-            }
-        );
+        assert!(m.answered(c, "p2", true));
+        assert_eq!(m.close(), 1);
+    }
+
+    #[test]
+    fn an_announcement_back_after_the_session_moved_on_still_counts() {
+        let mut m = Moves::default();
+        let a = m.send();
+        m.answered(a, "p0", false);
+        // The first request at p1 waits for the takeover (it carries the
+        // header); a second one comes back first, then the session moves on
+        // to p2 before the first one's answer is back.
+        let first = m.send();
+        let second = m.send();
+        assert!(m.answered(second, "p1", false));
+        let third = m.send();
+        assert!(m.answered(third, "p2", true));
+        assert!(!m.answered(first, "p1", true));
         assert_eq!(m.close(), 0);
     }
 }
