@@ -9,8 +9,10 @@ use std::io;
 use memmap2::{Mmap, MmapOptions};
 
 /// Maps `file`, a complete snapshot in the pod's own snapshot directory,
-/// read-only, its pages populated at once (on tmpfs they are the file's own
-/// pages: no copy, no fresh memory).
+/// read-only (on tmpfs its pages are the file's own: no copy, no fresh
+/// memory). The pages are mapped in as the checking threads first read
+/// them, in parallel; populating them all in the mapping call took one
+/// thread about 0.1 s for 1 GiB, before any check could start.
 #[allow(unsafe_code)]
 pub(super) fn map_snapshot(file: &File) -> io::Result<Mmap> {
     // SAFETY: `Mmap::map` is unsafe because the bytes behind the returned
@@ -25,5 +27,5 @@ pub(super) fn map_snapshot(file: &File) -> io::Result<Mmap> {
     // while it is mapped is outside the contract (ADR 0005, point 6); the
     // chunk checksums are checked on the mapping before any record is
     // installed.
-    unsafe { MmapOptions::new().populate().map(file) }
+    unsafe { MmapOptions::new().map(file) }
 }

@@ -25,10 +25,11 @@
 //! **Writing.** The resident sessions are taken under the store's lock in
 //! one go (keys and `Arc`s); a few threads encode runs of them, each run into
 //! its own chunks, off the lock, and one thread writes the chunks in the
-//! order of the runs (least recently used first, the order a restore
-//! installs them in), then syncs. Chunk buffers are reused.
+//! order of the runs (the index's slab order), then syncs. Chunk buffers
+//! are reused.
 //!
-//! **Reading.** The file is mapped read-only, its pages populated, and
+//! **Reading.** The file is mapped read-only (its pages mapped in as the
+//! checking threads first read them) and
 //! becomes one `Bytes` (`snapshot/mapped.rs`, the workspace's one `unsafe`
 //! call; ADR 0005 step 2); where it cannot be mapped it is read instead,
 //! each chunk with `pread` into a buffer of its own (a warning says so).
@@ -43,9 +44,11 @@
 //! buffer), no copy, until their first use
 //! (`docs/adr/0005-restore-without-building-the-heap.md`); the mapping (a
 //! buffer) lives as long as a session still encoded in it, even after the
-//! file is renamed and unlinked (its pages stay until the last slice goes). Only when every chunk passed does
-//! the store install them (one lock per chunk, see `store::bulk`); a single
-//! bad chunk refuses the whole file and installs nothing.
+//! file is renamed and unlinked (its pages stay until the last slice goes).
+//! Each thread also sorts the chunk's records by ring hash. Only when every
+//! chunk passed does the store install them, band by band of the ring-hash
+//! space, a few thousand records per hold of its lock (see `store::bulk`);
+//! a single bad chunk refuses the whole file and installs nothing.
 
 mod read;
 mod write;
