@@ -77,6 +77,10 @@ const DECODE_PAGE: usize = 4096;
 /// Records a bulk restore installs per hold of the index lock.
 const INSTALL_PAGE: usize = 4096;
 
+/// Records whose buckets a bulk restore reads all at once before inserting
+/// them one by one ([`Index::touch`](super::index::Index::touch)).
+const TOUCH_GROUP: usize = 16;
+
 /// One session of a snapshot as borrowed bytes: what a bulk restore decodes.
 #[derive(Debug, Clone, Copy)]
 pub struct RawRecord<'a> {
@@ -283,41 +287,48 @@ where
     ) -> Vec<Ready<V>> {
         let mut reserve = total;
         let mut slow = Vec::new();
+        let mut group = Vec::with_capacity(TOUCH_GROUP);
         let mut left = true;
         while left {
             let now = self.inner.clock.now();
             self.with_index(|index| {
                 index.reserve(std::mem::take(&mut reserve));
-                let mut page = 0;
-                for one in ready.by_ref() {
-                    let Ready {
-                        key,
-                        hashes,
-                        entry,
-                        weight,
-                        version,
-                    } = one;
-                    match index.insert_hashed(key, hashes, entry, weight, version, now) {
-                        Ok(()) => report.count(Ok(Installed::Inserted), Bytes::new),
-                        Err((InsertRefused::Stale { held }, _, _)) => {
-                            report.count(Ok(Installed::Stale { held }), Bytes::new);
-                        }
-                        Err((InsertRefused::Occupied | InsertRefused::Short(_), key, entry)) => {
-                            slow.push(Ready {
-                                key,
-                                hashes,
-                                entry,
-                                weight,
-                                version,
-                            });
-                        }
-                    }
-                    page += 1;
-                    if page == INSTALL_PAGE {
+                for _ in 0..INSTALL_PAGE / TOUCH_GROUP {
+                    group.extend(ready.by_ref().take(TOUCH_GROUP));
+                    if group.is_empty() {
+                        left = false;
                         return;
                     }
+                    index.touch(group.iter().map(|one| one.hashes));
+                    for one in group.drain(..) {
+                        let Ready {
+                            key,
+                            hashes,
+                            entry,
+                            weight,
+                            version,
+                        } = one;
+                        match index.insert_hashed(key, hashes, entry, weight, version, now) {
+                            Ok(()) => report.count(Ok(Installed::Inserted), Bytes::new),
+                            Err((InsertRefused::Stale { held }, _, _)) => {
+                                report.count(Ok(Installed::Stale { held }), Bytes::new);
+                            }
+                            Err((
+                                InsertRefused::Occupied | InsertRefused::Short(_),
+                                key,
+                                entry,
+                            )) => {
+                                slow.push(Ready {
+                                    key,
+                                    hashes,
+                                    entry,
+                                    weight,
+                                    version,
+                                });
+                            }
+                        }
+                    }
                 }
-                left = false;
             });
         }
         slow
