@@ -43,6 +43,9 @@
 #   LOCUS_BENCH_BASELINE_BIN  a directory with an older `locus-loadgen` to run beside this one;
 #                          build it in its own CARGO_TARGET_DIR (in a shared one, cargo can take
 #                          the older binary for up to date and this tree's build is skipped)
+#   LOCUS_BENCH_PIN=1      the load generator on the last core, everything else (pods, PostgreSQL,
+#                          nginx) on the others (`taskset`), so that the service side and the
+#                          generator do not take each other's cores; needs 2 cores or more
 #   LOCUS_BENCH_PORT       first of the ports used (default 18080; uses PORT..PORT+3)
 #   LOCUS_BENCH_KEEP=1     keep the work directory (logs, configs, JSON lines)
 #   CARGO_TARGET_DIR       where cargo builds (default target/)
@@ -54,7 +57,8 @@ warmup=${LOCUS_BENCH_WARMUP:-4}
 sessions=${LOCUS_BENCH_SESSIONS:-1000}
 concurrency=${LOCUS_BENCH_CONCURRENCY:-32}
 read_percent=${LOCUS_BENCH_READ_PERCENT:-20}
-workers=${LOCUS_BENCH_WORKERS:-$(nproc)}
+cores=$(nproc)   # before any pinning below
+workers=${LOCUS_BENCH_WORKERS:-$cores}
 nginx_workers=$workers
 baseline_bin=${LOCUS_BENCH_BASELINE_BIN:-}
 export TOKIO_WORKER_THREADS=$workers
@@ -71,6 +75,19 @@ die() { log "error: $*"; exit 1; }
 for n in duration warmup sessions concurrency read_percent base_port workers; do
     [[ ${!n} =~ ^[0-9]+$ ]] || die "$n must be a whole number (got '${!n}')"
 done
+
+# Pinning: this script (and so every process it starts) on cores 0..n-2, the load generator
+# alone on core n-1.
+loadgen_on=()
+pinned="no"
+if [ "${LOCUS_BENCH_PIN:-0}" = 1 ]; then
+    [ "$cores" -ge 2 ] || die "LOCUS_BENCH_PIN=1 needs 2 cores or more (have $cores)"
+    command -v taskset >/dev/null 2>&1 || die "LOCUS_BENCH_PIN=1 needs taskset (util-linux)"
+    taskset -p -c "0-$((cores - 2))" $$ >/dev/null
+    loadgen_on=(taskset -c "$((cores - 1))")
+    pinned="load generator on core $((cores - 1)), the rest on cores 0-$((cores - 2))"
+    log "pinned: the load generator on core $((cores - 1)), everything else on cores 0-$((cores - 2))"
+fi
 
 # --- prerequisites -------------------------------------------------------------------------
 missing=()
@@ -314,7 +331,7 @@ run_one() {
     if [ "$variant" = before ]; then loadgen="$baseline_bin/locus-loadgen"; fi
     if [ "$mode" = rate ]; then rate_flags=(--rate "$rate"); fi
     log "$name ($mode${rate_flags[*]:+, ${rate_flags[*]}}, $variant): ${warmup}s warm-up + ${duration}s"
-    "$loadgen" "$@" --sessions "$sessions" --concurrency "$concurrency" \
+    "${loadgen_on[@]}" "$loadgen" "$@" --sessions "$sessions" --concurrency "$concurrency" \
         --read-percent "$read_percent" --prefix "$(prefix_of "$name" "$mode" "$variant")" \
         --duration "$((warmup + duration))s" --json "${rate_flags[@]}" \
         >"$out" 2>"$work/logs/loadgen-$tag.log" &
@@ -407,7 +424,7 @@ rate_for() {
     echo $(( slowest / 2 > 10 ? slowest / 2 : 10 ))
 }
 
-echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# machine: $cores cores (pinned: $pinned), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 pg_version=none
 if [ -n "$database_url" ]; then
     pg_version=$(runuser -u postgres -- psql -h "$work/pg" -At -c 'show server_version' 2>/dev/null || echo '?')
