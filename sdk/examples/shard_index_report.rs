@@ -35,9 +35,9 @@
 //! after filling the store, over `--sessions`, minus the key and value
 //! bytes, is the per-session overhead with the shard index. The shard index's
 //! own share is the growth of the resident set while a copy of it is built
-//! alone (the same `(hash, key)` pairs inserted one by one into a
-//! `BTreeSet`, keys shared with the store as in the index); the overhead
-//! without it is the difference.
+//! alone (the same `(ring hash, node number)` pairs as the index's, inserted
+//! one by one into a `BTreeSet`); the overhead without it is the
+//! difference.
 
 #![allow(
     clippy::unwrap_used,
@@ -264,14 +264,14 @@ fn fill(rt: &tokio::runtime::Runtime, store: &SessionStore<u64>, keys: &[Bytes])
         }
     });
     let rss_full = rss_bytes();
-    // A copy of the shard index alone: the same (hash, key) pairs, the keys
-    // shared with the store, inserted one by one in the order the store
-    // took them (as the index fills: nodes as full as the index's).
+    // A copy of the shard index alone: the same (ring hash, node number)
+    // pairs as the index's, inserted one by one in the order the store took
+    // them (as the index fills: nodes as full as the index's).
     let copy_keys = store.resident_keys();
     let rss_keys = rss_bytes();
     let mut shard_index = BTreeSet::new();
-    for key in &copy_keys {
-        shard_index.insert((hash_key(key), key.clone()));
+    for (node, key) in copy_keys.iter().enumerate() {
+        shard_index.insert((hash_key(key), node as u32));
     }
     let rss_index = rss_bytes();
     let n = keys.len() as f64;
