@@ -1363,6 +1363,49 @@ mod tests {
     }
 
     #[test]
+    fn the_table_of_chain_heads_grows_and_every_key_stays_found() {
+        let now = Instant::now();
+        let mut index = TestIndex::new(Bounds {
+            sessions: 100_000,
+            total_bytes: 100_000,
+            loads: 100_000,
+            tombstones: 10,
+        });
+        let keys: Vec<String> = (0..5000).map(|i| format!("k{i}")).collect();
+        let entries: Vec<Arc<u32>> = keys
+            .iter()
+            .map(|key| load(&mut index, key, 1, now))
+            .collect();
+        index.check().unwrap();
+        assert!(
+            index.heads.len() >= 2 * keys.len(),
+            "{} buckets for {} keys: more than half full",
+            index.heads.len(),
+            keys.len()
+        );
+        for (key, entry) in keys.iter().zip(&entries).step_by(2) {
+            index.remove(key.as_bytes(), entry, None, None).unwrap();
+        }
+        index.check().unwrap();
+        // Back through the bulk path, hashed as a restore hashes them.
+        let hasher = index.hasher();
+        for key in keys.iter().step_by(2) {
+            let key = key.as_bytes();
+            let inserted =
+                index.insert_hashed(Key::new(key), hasher.hashes(key), Arc::new(1), 1, 1, now);
+            assert!(inserted.is_ok(), "{key:?} refused");
+        }
+        index.check().unwrap();
+        assert_eq!(index.resident(), keys.len());
+        // A key held already is given back to the per-record path.
+        let held = keys[1].as_bytes();
+        let again =
+            index.insert_hashed(Key::new(held), hasher.hashes(held), Arc::new(2), 1, 1, now);
+        assert!(matches!(again, Err((InsertRefused::Occupied, _, _))));
+        index.check().unwrap();
+    }
+
+    #[test]
     fn loads_count_as_sessions_and_are_bounded() {
         let now = Instant::now();
         let mut index = TestIndex::new(bounds());
