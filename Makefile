@@ -54,6 +54,8 @@ bench: cluster-tools
 	@bash e2e/bench/cluster-start.sh 5
 	@bash e2e/bench/inplace-restart.sh
 	@bash bench/locality-routing.sh
+	@LOCUS_BENCH_PIN=1 LOCUS_BENCH_WORKERS=1 bash bench/locality-routing.sh
+	@bash bench/snapshot-restore.sh
 	$(CARGO) run --release -p locus --example ring_report -- --members 100 --vnodes 128 --keys 1000000
 	$(CARGO) run --release -p locus --example ring_report -- --members 1000 --vnodes 128 --keys 1000000
 	$(CARGO) run --release -p locus-contract --example ring_limits
