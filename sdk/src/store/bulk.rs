@@ -203,7 +203,7 @@ where
                     .count(Err(error), || Bytes::copy_from_slice(record.key)),
             }
         }
-        // In the shard index's order, for the install's merge.
+        // In the shard index's order, for the install's bands (`ByBand`).
         decoded
             .ready
             .sort_unstable_by_key(|ready| ready.hashes.ring);
