@@ -20,7 +20,9 @@
 //!   is `unsafe` code, forbidden in this workspace.)
 //! * **fill, warm read, warm update**: the time per operation of the fill,
 //!   of a read of every session in a scattered order, and of an update of
-//!   every session in that order.
+//!   every session in that order; and the slowest single new session of the
+//!   fill (the index's tables doubling under its lock: the longest a
+//!   request waits behind the growth).
 //! * **churn**: `--sessions / 10` new sessions into the full store, each
 //!   evicting one (pressure eviction, no persistence): the time per new
 //!   session and the resident set after, per session held.
@@ -33,7 +35,7 @@
     reason = "a report: a failed unwrap is a failed run"
 )]
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use locus::store::{JsonCodec, Limits, SessionStore};
 
@@ -109,8 +111,11 @@ fn main() {
     rt.block_on(async {
         let rss_empty = rss_bytes();
         let started = Instant::now();
+        let mut slowest = Duration::ZERO;
         for i in 0..n {
+            let one = Instant::now();
             store.update(key(i).as_bytes(), |v| *v += 1).await.unwrap();
+            slowest = slowest.max(one.elapsed());
         }
         let fill_ns = per_op(started, n);
         let rss_full = rss_bytes();
@@ -151,6 +156,10 @@ fn main() {
         );
         println!(
             "fill {fill_ns:.0} ns/session; warm read {read_ns:.0} ns; warm update {update_ns:.0} ns (scattered order)"
+        );
+        println!(
+            "slowest new session of the fill: {:.1} ms (the index's tables growing under its lock)",
+            slowest.as_secs_f64() * 1e3
         );
         println!(
             "churn: {churn} new sessions into the full store, {churn_ns:.0} ns each (one eviction each); resident set growth after {churned:.0} B/session held"
